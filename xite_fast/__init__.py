@@ -1,0 +1,42 @@
+"""xite_fast: fast cross-lingual transfer for multilingual encoders.
+
+``import xite_fast`` always works: the C++ extension, triton, onnxruntime and GPUs are optional,
+and heavy submodules load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from xite_fast._backend import Backend, backends_available
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it (loaded lazily, so `import xite_fast` stays cheap)
+_LAZY = {
+    "cosine_topk": "xite_fast.ops.cosine_topk",
+    "lda_project_interp": "xite_fast.ops.lda_project_interp",
+    "LanguageLDA": "xite_fast.lda",
+    "Encoder": "xite_fast.encoder",
+    "encode_corpus": "xite_fast.corpus",
+    "EmbeddingStore": "xite_fast.corpus",
+    "XiteAugmenter": "xite_fast.augment",
+    "train": "xite_fast.train",
+    "TrainConfig": "xite_fast.train",
+    "sinkhorn_divergence": "xite_fast.ops.sinkhorn",
+}
+
+__all__ = ["Backend", "backends_available", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'xite_fast' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,3 @@
+from xite_fast.cli import main
+
+raise SystemExit(main())
