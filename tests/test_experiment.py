@@ -1,0 +1,138 @@
+"""Experiment driver: leak-free splits, an end-to-end tiny run (tables + resume), argument errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from xite_fast.experiment import VARIANTS, load_splits, main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared 2-core box: oversubscription makes small models crawl
+    yield
+    torch.set_num_threads(n)
+
+
+def test_splits_do_not_leak_test_conversations():
+    d = load_splits(["korean", "japanese"], 0.25, 0)
+    from xite_fast.data import chatterbot_topics
+
+    assert d["topics"] == chatterbot_topics("english", "korean", "japanese")
+    en_train = set(d["english"]["train_conv"])
+    for lang in ("korean", "japanese"):
+        test_conv = set(d[lang]["test_conv"])
+        pool_conv = set(d[lang]["pool_conv"])
+        # no test sentence's English twin (same conversation) is trained on, and the pool is disjoint
+        assert not (en_train & test_conv)
+        assert not (pool_conv & test_conv)
+        assert not (pool_conv & set(d["english"]["test_conv"]))
+        texts, labels = d[lang]["test"]
+        assert len(texts) == len(labels) > 100
+        assert labels.min() >= 0 and labels.max() < len(d["topics"])
+        # labels are topics: every test label's topic name matches its conversation id
+        assert all(
+            d["topics"][y] == c.split("/")[0] for y, c in zip(labels, d[lang]["test_conv"], strict=True)
+        )
+    n_en = len(d["english"]["train"][0]) + len(d["english"]["test"][0])
+    assert 0.6 < len(d["english"]["train"][0]) / n_en < 0.9
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer random BertModel + a whitespace word-level tokenizer over the chatterbot English/Korean
+    words, saved as a local HF folder (the 250k-piece e5 tokenizer is too slow to load for CI)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    d = load_splits(["korean"], 0.25, 0)
+    words = sorted(
+        {
+            w
+            for part in (
+                d["english"]["train"],
+                d["english"]["test"],
+                d["korean"]["pool"],
+                d["korean"]["test"],
+            )
+            for t in part[0]
+            for w in t.split()
+        }
+    )
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "query:": 4}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        pad_token_id=1,
+    )
+    out = tmp_path_factory.mktemp("tiny_e5")
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_end_to_end_tiny_run_and_resume(tmp_path, tiny_model_dir):
+    out = tmp_path / "exp"
+    argv = [
+        "--model", str(tiny_model_dir), "--num-layers", "2", "--freeze-layers", "1", "--hidden-layer", "1",
+        "--langs", "korean", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1",
+        "--variants", "self-train", "xite-hidden-lda", "xite-input",
+        "--out", str(out), "--work-dir", str(tmp_path / "work"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    runs = [json.loads(x) for x in (tmp_path / "exp_runs.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in runs] == [
+        "s0/zero-shot",
+        "s0/korean/self-train",
+        "s0/korean/xite-hidden-lda",
+        "s0/korean/xite-input",
+    ]
+    rows = list(csv.DictReader(open(f"{out}.csv")))
+    assert [r["variant"] for r in rows] == ["zero-shot", "self-train", "xite-hidden-lda", "xite-input"]
+    for r, run in zip(rows, runs, strict=True):
+        tgt = run["targets"]["korean"] if r["variant"] == "zero-shot" else run["target"]
+        assert float(r["acc_mean"]) == pytest.approx(tgt["accuracy"])
+        assert 0.0 <= float(r["f1_mean"]) <= 1.0 and r["n_seeds"] == "1"
+    # the zero-shot row is the stage-1 model's last evaluation
+    assert runs[0]["english"] == runs[0]["history"][-1]["eval"]["english"]
+    # XITE rows trained on the transferred labels of matched sources; diag is recorded
+    assert 0.0 <= runs[2]["diag"]["match_label_acc"] <= 1.0
+    assert runs[2]["config"]["lda"] and runs[2]["config"]["placement"] == "hidden"
+    md = (tmp_path / "exp.md").read_text()
+    assert "truncated to its first 2 layers" in md and "| korean | xite-input |" in md
+    # rerun: everything is cached, no new runs, same table
+    assert main(argv) == 0
+    assert len((tmp_path / "exp_runs.jsonl").read_text().splitlines()) == 4
+    assert list(csv.DictReader(open(f"{out}.csv"))) == rows
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="--variants must be from"):
+        main(["--variants", "xite-magic", "--out", str(tmp_path / "x"), "--limit", "10"])
+    with pytest.raises(SystemExit, match="--freeze-layers must be in"):
+        main(["--num-layers", "2", "--freeze-layers", "3", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="--stage1-epochs must be > 0"):
+        main(["--stage1-epochs", "0", "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="not in chatterbot|unknown|available"):
+        load_splits(["klingon"], 0.25, 0)
+    assert set(VARIANTS) >= {"self-train", "xite-sentence-lda", "xite-input-lda", "xite-hidden-lda"}
