@@ -7,7 +7,11 @@ import os
 
 import pytest
 
-import xite_fast
+# Tests run while other processes may hold the cores; OpenMP spin-waiting then makes torch 10-20x
+# slower. Must be set before torch/OpenMP initialise.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import xite_fast  # noqa: E402
 
 # Triton has no CPU backend: without a CUDA device, run the `triton` tests under the interpreter.
 # Set before any test module imports triton (triton.jit reads it at decoration time).

@@ -1,0 +1,418 @@
+// Fused LDA projection + interpolation (AVX2/FMA + OpenMP), one pass over the rows.
+//
+// With P(x) = x W W^T (W (D, r) orthonormal) and g = 1 - lam:
+//   interp: out = lam*s + g*t
+//   proj:   out = lam*s + g*P(t)
+//   comp:   out = lam*s + g*t - g*P(t)
+//   shift:  out = s - g*P(s) + g*P(t) = s + g*P(t - s)      (one projection instead of two)
+// Every mode is  out = init(s, t) + sum_k coef_k * Wt[k]  with coef = +-g * (x . W), x in {t, t - s},
+// so one kernel does all four: phase 1 computes x . W for a block of RB rows (dot products along D,
+// Wt rows reused by the RB rows held in registers), phase 2 writes RB x 16 output tiles (GEMM-style
+// micro-kernel: Wt vectors are loaded once per k and shared by the RB rows). s and t of the block
+// are still in L1/L2 when phase 2 re-reads them, so DRAM sees each input once and the output once
+// (non-temporal stores skip the read-for-ownership of the output when it is large). Phase 2
+// prefetches the next block's rows so their DRAM latency overlaps this block's FMAs; interp (no W)
+// is a plain row-by-row stream instead, which the hardware prefetchers follow best.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <pybind11/numpy.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string>
+
+#include "common.h"
+
+namespace py = pybind11;
+
+namespace {
+
+enum Mode : int { kInterp = 0, kProj = 1, kComp = 2, kShift = 3 };
+
+constexpr int kRowBlock = 4;  // rows per register block (phase 1: 4x2 accumulators, phase 2: 4x16 tile)
+constexpr int kCompBlock = 2;  // components per phase-1 pass (Wt is zero-padded to a multiple of it)
+
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+using AlignedBuf = std::unique_ptr<float[], AlignedFree>;
+
+AlignedBuf aligned_floats(size_t n) {
+  size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
+  if (bytes == 0) bytes = 64;
+  void* p = std::aligned_alloc(64, bytes);
+  if (p == nullptr) throw std::bad_alloc();
+  std::memset(p, 0, bytes);
+  return AlignedBuf(static_cast<float*>(p));
+}
+
+struct Params {
+  const float* s;
+  const float* t;
+  float* out;
+  const float* wt;  // (rp, Dp) = W^T, zero-padded rows/columns, 64-byte aligned
+  int64_t M, D, Dp;
+  int r, rp;
+  const float* lam;
+  int64_t lam_len, lam_div;
+  Mode mode;
+  bool nt;  // non-temporal stores (out rows 32-byte aligned, large output)
+};
+
+inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v);
+  __m128 hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  __m128 sh = _mm_movehdup_ps(lo);
+  lo = _mm_add_ps(lo, sh);
+  sh = _mm_movehl_ps(sh, lo);
+  lo = _mm_add_ss(lo, sh);
+  return _mm_cvtss_f32(lo);
+}
+
+inline __m256i tail_mask(int64_t rem) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// x_i . Wt[k] for RB rows starting at row i0 (x = t, or t - s for shift) -> coef[i * rp + k].
+template <int RB>
+inline void phase1(const Params& p, int64_t i0, float* coef) {
+  const int64_t D = p.D, Dp = p.Dp;
+  const int64_t full = D & ~int64_t(7);
+  const bool shift = p.mode == kShift;
+  const __m256i mask = tail_mask(D - full);
+  const float* trow[RB];
+  const float* srow[RB];
+  for (int i = 0; i < RB; ++i) {
+    trow[i] = p.t + (i0 + i) * D;
+    srow[i] = p.s + (i0 + i) * D;
+  }
+  for (int k = 0; k < p.rp; k += kCompBlock) {
+    const float* w0p = p.wt + int64_t(k) * Dp;
+    const float* w1p = w0p + Dp;
+    __m256 a0[RB], a1[RB];
+    for (int i = 0; i < RB; ++i) a0[i] = a1[i] = _mm256_setzero_ps();
+    int64_t d = 0;
+    for (; d < full; d += 8) {
+      const __m256 w0 = _mm256_load_ps(w0p + d);
+      const __m256 w1 = _mm256_load_ps(w1p + d);
+      for (int i = 0; i < RB; ++i) {
+        __m256 x = _mm256_loadu_ps(trow[i] + d);
+        if (shift) x = _mm256_sub_ps(x, _mm256_loadu_ps(srow[i] + d));
+        a0[i] = _mm256_fmadd_ps(x, w0, a0[i]);
+        a1[i] = _mm256_fmadd_ps(x, w1, a1[i]);
+      }
+    }
+    if (d < D) {  // masked tail: lanes past D load as 0 (and Wt is zero-padded there anyway)
+      const __m256 w0 = _mm256_load_ps(w0p + d);
+      const __m256 w1 = _mm256_load_ps(w1p + d);
+      for (int i = 0; i < RB; ++i) {
+        __m256 x = _mm256_maskload_ps(trow[i] + d, mask);
+        if (shift) x = _mm256_sub_ps(x, _mm256_maskload_ps(srow[i] + d, mask));
+        a0[i] = _mm256_fmadd_ps(x, w0, a0[i]);
+        a1[i] = _mm256_fmadd_ps(x, w1, a1[i]);
+      }
+    }
+    for (int i = 0; i < RB; ++i) {
+      coef[i * p.rp + k] = hsum(a0[i]);
+      coef[i * p.rp + k + 1] = hsum(a1[i]);
+    }
+  }
+}
+
+// One output tile: RB rows x NV*8 columns starting at column d. `masked` only for the last,
+// partial 8-column chunk (NV == 1).
+template <int RB, int NV>
+inline __m256 tile(const Params& p, int64_t i0, int64_t d, const float* lam_row, const float* coef, bool masked,
+                   __m256i mask, __m256 bad) {
+  const int64_t D = p.D, Dp = p.Dp;
+  __m256 acc[RB][NV];
+  for (int i = 0; i < RB; ++i) {
+    const float* srow = p.s + (i0 + i) * D + d;
+    const float* trow = p.t + (i0 + i) * D + d;
+    const __m256 lv = _mm256_set1_ps(lam_row[i]);
+    const __m256 gv = _mm256_set1_ps(1.0f - lam_row[i]);
+    for (int v = 0; v < NV; ++v) {
+      const __m256 sv = masked ? _mm256_maskload_ps(srow + 8 * v, mask) : _mm256_loadu_ps(srow + 8 * v);
+      if (p.mode == kShift) {
+        acc[i][v] = sv;
+      } else if (p.mode == kProj) {
+        acc[i][v] = _mm256_mul_ps(lv, sv);
+      } else {  // interp, comp: lam*s + g*t
+        const __m256 tv = masked ? _mm256_maskload_ps(trow + 8 * v, mask) : _mm256_loadu_ps(trow + 8 * v);
+        acc[i][v] = _mm256_fmadd_ps(gv, tv, _mm256_mul_ps(lv, sv));
+      }
+    }
+  }
+  if (p.mode != kInterp) {
+    for (int k = 0; k < p.r; ++k) {
+      __m256 w[NV];
+      for (int v = 0; v < NV; ++v) w[v] = _mm256_load_ps(p.wt + int64_t(k) * Dp + d + 8 * v);
+      for (int i = 0; i < RB; ++i) {
+        const __m256 c = _mm256_broadcast_ss(coef + i * p.rp + k);
+        for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_fmadd_ps(c, w[v], acc[i][v]);
+      }
+    }
+  }
+  if (NV == 2 && i0 + 2 * RB <= p.M) {
+    // pull the next row block's inputs while this block computes (phase 1 of the next block
+    // would otherwise stall on DRAM with nothing to overlap)
+    for (int i = 0; i < RB; ++i) {
+      _mm_prefetch(reinterpret_cast<const char*>(p.t + (i0 + RB + i) * D + d), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p.s + (i0 + RB + i) * D + d), _MM_HINT_T0);
+    }
+  }
+  for (int i = 0; i < RB; ++i) {
+    float* orow = p.out + (i0 + i) * D + d;
+    for (int v = 0; v < NV; ++v) {
+      // finite x gives x - x == +0 (all bits clear); inf/NaN give NaN, so OR-ing flags any of them
+      bad = _mm256_or_ps(bad, _mm256_sub_ps(acc[i][v], acc[i][v]));
+      if (masked) {
+        _mm256_maskstore_ps(orow + 8 * v, mask, acc[i][v]);
+      } else if (p.nt) {
+        _mm256_stream_ps(orow + 8 * v, acc[i][v]);
+      } else {
+        _mm256_storeu_ps(orow + 8 * v, acc[i][v]);
+      }
+    }
+  }
+  return bad;
+}
+
+// Processes RB consecutive rows; returns true when an output value is not finite.
+template <int RB>
+inline bool rows(const Params& p, int64_t i0, float* coef) {
+  float lam_row[RB];
+  for (int i = 0; i < RB; ++i) {
+    int64_t li = p.lam_len == 1 ? 0 : (i0 + i) / p.lam_div;
+    lam_row[i] = p.lam[li];
+  }
+  if (p.mode != kInterp) {
+    phase1<RB>(p, i0, coef);
+    for (int i = 0; i < RB; ++i) {
+      // comp subtracts g*P(t); proj and shift add g*P(x)
+      const float g = (p.mode == kComp ? -1.0f : 1.0f) * (1.0f - lam_row[i]);
+      for (int k = 0; k < p.r; ++k) coef[i * p.rp + k] *= g;
+    }
+  }
+  const int64_t D = p.D;
+  const int64_t full = D & ~int64_t(7);
+  const __m256i mask = tail_mask(D - full);
+  __m256 bad = _mm256_setzero_ps();
+  int64_t d = 0;
+  for (; d + 16 <= full; d += 16) bad = tile<RB, 2>(p, i0, d, lam_row, coef, false, mask, bad);
+  for (; d < full; d += 8) bad = tile<RB, 1>(p, i0, d, lam_row, coef, false, mask, bad);
+  if (d < D) bad = tile<RB, 1>(p, i0, d, lam_row, coef, true, mask, bad);
+  return !_mm256_testz_si256(_mm256_castps_si256(bad), _mm256_castps_si256(bad));
+}
+
+// interp needs no W: a plain row-by-row stream (2 input streams + 1 output, like a STREAM triad)
+// keeps the hardware prefetchers on track better than the 4-row tiles (8 input streams).
+inline bool interp_row(const Params& p, int64_t i) {
+  const int64_t D = p.D;
+  const float lam = p.lam[p.lam_len == 1 ? 0 : i / p.lam_div];
+  const __m256 lv = _mm256_set1_ps(lam), gv = _mm256_set1_ps(1.0f - lam);
+  const float* srow = p.s + i * D;
+  const float* trow = p.t + i * D;
+  float* orow = p.out + i * D;
+  __m256 bad = _mm256_setzero_ps();
+  int64_t d = 0;
+  for (; d + 8 <= D; d += 8) {
+    const __m256 v = _mm256_fmadd_ps(gv, _mm256_loadu_ps(trow + d), _mm256_mul_ps(lv, _mm256_loadu_ps(srow + d)));
+    bad = _mm256_or_ps(bad, _mm256_sub_ps(v, v));
+    if (p.nt) {
+      _mm256_stream_ps(orow + d, v);
+    } else {
+      _mm256_storeu_ps(orow + d, v);
+    }
+  }
+  if (d < D) {
+    const __m256i mask = tail_mask(D - d);
+    const __m256 v = _mm256_fmadd_ps(gv, _mm256_maskload_ps(trow + d, mask),
+                                     _mm256_mul_ps(lv, _mm256_maskload_ps(srow + d, mask)));
+    bad = _mm256_or_ps(bad, _mm256_sub_ps(v, v));
+    _mm256_maskstore_ps(orow + d, mask, v);
+  }
+  return !_mm256_testz_si256(_mm256_castps_si256(bad), _mm256_castps_si256(bad));
+}
+
+int64_t run(const Params& p, int num_threads) {
+  const int64_t nblocks = (p.M + kRowBlock - 1) / kRowBlock;
+  int64_t first_bad = std::numeric_limits<int64_t>::max();
+  const int nt = num_threads > 0 ? num_threads : omp_get_max_threads();
+  // tiny problems are not worth waking the thread pool
+  const bool par = nt > 1 && p.M * p.D >= 32768;
+#pragma omp parallel num_threads(par ? nt : 1) reduction(min : first_bad)
+  {
+    AlignedBuf coef = aligned_floats(size_t(kRowBlock) * std::max(p.rp, 1));
+    if (p.mode == kInterp) {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < p.M; ++i)
+        if (interp_row(p, i)) first_bad = std::min(first_bad, i);
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < nblocks; ++b) {
+        const int64_t i0 = b * kRowBlock;
+        if (i0 + kRowBlock <= p.M) {
+          if (rows<kRowBlock>(p, i0, coef.get())) {
+            // locate the exact row only on the error path
+            for (int64_t i = i0; i < i0 + kRowBlock; ++i) {
+              bool row_bad = false;
+              for (int64_t d = 0; d < p.D; ++d) row_bad |= !std::isfinite(p.out[i * p.D + d]);
+              if (row_bad) {
+                first_bad = std::min(first_bad, i);
+                break;
+              }
+            }
+          }
+        } else {
+          for (int64_t i = i0; i < p.M; ++i)
+            if (rows<1>(p, i, coef.get())) first_bad = std::min(first_bad, i);
+        }
+      }
+    }
+    if (p.nt) _mm_sfence();
+  }
+  return first_bad == std::numeric_limits<int64_t>::max() ? -1 : first_bad;
+}
+
+void check_f32_matrix(const py::array& a, const char* name) {
+  XITE_CHECK(a.ndim() == 2, "lda_project_interp: " << name << " must be 2-D, got ndim " << a.ndim());
+  XITE_CHECK(a.dtype().is(py::dtype::of<float>()),
+             "lda_project_interp: " << name << " must be float32, got " << std::string(py::str(a.dtype())));
+  XITE_CHECK(a.flags() & py::array::c_style, "lda_project_interp: " << name << " must be C-contiguous");
+}
+
+int mode_from_string(const std::string& m) {
+  if (m == "interp") return kInterp;
+  if (m == "proj") return kProj;
+  if (m == "comp") return kComp;
+  if (m == "shift") return kShift;
+  XITE_CHECK(false, "lda_project_interp: mode must be one of 'interp', 'proj', 'comp', 'shift', got '" << m << "'");
+  return -1;
+}
+
+// Returns the first row whose output is not finite, or -1.
+int64_t lda_project_interp_py(const py::array& src, const py::array& tgt, const py::array& W, const py::array& lam,
+                              int64_t lam_div, const std::string& mode_name, py::array& out, int num_threads,
+                              int nt_mode) {
+  const int mode = mode_from_string(mode_name);
+  check_f32_matrix(src, "src");
+  check_f32_matrix(tgt, "tgt");
+  check_f32_matrix(out, "out");
+  XITE_CHECK(out.writeable(), "lda_project_interp: out must be writeable");
+  const int64_t M = src.shape(0), D = src.shape(1);
+  XITE_CHECK(tgt.shape(0) == M && tgt.shape(1) == D, "lda_project_interp: tgt shape (" << tgt.shape(0) << ", "
+                                                       << tgt.shape(1) << ") != src shape (" << M << ", " << D << ")");
+  XITE_CHECK(out.shape(0) == M && out.shape(1) == D, "lda_project_interp: out shape (" << out.shape(0) << ", "
+                                                       << out.shape(1) << ") != src shape (" << M << ", " << D << ")");
+  XITE_CHECK(D >= 1, "lda_project_interp: D must be >= 1, got " << D);
+  int r = 0;
+  if (mode != kInterp) {
+    check_f32_matrix(W, "W");
+    XITE_CHECK(W.shape(0) == D, "lda_project_interp: W must have " << D << " rows (D), got " << W.shape(0));
+    XITE_CHECK(W.shape(1) >= 1 && W.shape(1) <= D,
+               "lda_project_interp: W must have 1 <= r <= D columns, got " << W.shape(1));
+    r = static_cast<int>(W.shape(1));
+  }
+  XITE_CHECK(lam.ndim() == 1 && lam.dtype().is(py::dtype::of<float>()) && (lam.flags() & py::array::c_style),
+             "lda_project_interp: lam must be a 1-D contiguous float32 array");
+  const int64_t L = lam.shape(0);
+  XITE_CHECK(L >= 1, "lda_project_interp: lam must have at least one value");
+  XITE_CHECK(lam_div >= 1, "lda_project_interp: lam_div must be >= 1, got " << lam_div);
+  XITE_CHECK(L == 1 || L * lam_div == M,
+             "lda_project_interp: lam has " << L << " values x lam_div " << lam_div << ", expected " << M << " rows");
+  XITE_CHECK(num_threads >= 0, "lda_project_interp: num_threads must be >= 0, got " << num_threads);
+  const float* lp = static_cast<const float*>(lam.data());
+  for (int64_t i = 0; i < L; ++i)
+    XITE_CHECK(lp[i] >= 0.0f && lp[i] <= 1.0f, "lda_project_interp: lam must be in [0, 1], got " << lp[i]);
+  if (M == 0) return -1;
+
+  Params p{};
+  p.s = static_cast<const float*>(src.data());
+  p.t = static_cast<const float*>(tgt.data());
+  p.out = static_cast<float*>(out.mutable_data());
+  p.M = M;
+  p.D = D;
+  p.Dp = (D + 7) & ~int64_t(7);
+  p.r = r;
+  p.rp = (r + kCompBlock - 1) / kCompBlock * kCompBlock;
+  p.lam = lp;
+  p.lam_len = L;
+  p.lam_div = lam_div;
+  p.mode = static_cast<Mode>(mode);
+  const bool aligned = (reinterpret_cast<uintptr_t>(p.out) % 32 == 0) && (D % 8 == 0);
+  // nt_mode: -1 auto (outputs larger than ~L3 bypass the cache), 0 off, 1 on when aligned
+  const bool big = M * D * int64_t(sizeof(float)) >= (int64_t(16) << 20);
+  p.nt = aligned && (nt_mode == 1 || (nt_mode < 0 && big));
+
+  // W^T once per call: (rp, Dp), zero-padded so phase 1 needs no masks on W and odd r is free
+  AlignedBuf wt = aligned_floats(size_t(std::max(p.rp, 1)) * p.Dp);
+  if (r > 0) {
+    const float* w = static_cast<const float*>(W.data());
+    for (int64_t d = 0; d < D; ++d)
+      for (int k = 0; k < r; ++k) wt[size_t(k) * p.Dp + d] = w[d * r + k];
+  }
+  p.wt = wt.get();
+
+  int64_t bad;
+  {
+    py::gil_scoped_release release;
+    bad = run(p, num_threads);
+  }
+  return bad;
+}
+
+// STREAM-triad-like a = b + s*c (same traffic pattern as the op: 2 reads + 1 streamed write),
+// used by the benchmark to measure the attainable memory bandwidth in the same run.
+void triad_py(py::array& a, const py::array& b, const py::array& c, float scalar, int num_threads) {
+  for (const py::array* x : {static_cast<const py::array*>(&a), &b, &c}) {
+    XITE_CHECK(x->dtype().is(py::dtype::of<float>()) && (x->flags() & py::array::c_style),
+               "lda_project_interp_triad: arrays must be contiguous float32");
+    XITE_CHECK(x->size() == a.size(), "lda_project_interp_triad: arrays must have the same size");
+  }
+  float* pa = static_cast<float*>(a.mutable_data());
+  const float* pb = static_cast<const float*>(b.data());
+  const float* pc = static_cast<const float*>(c.data());
+  const int64_t n = a.size();
+  const bool nt = reinterpret_cast<uintptr_t>(pa) % 32 == 0;
+  const int nth = num_threads > 0 ? num_threads : omp_get_max_threads();
+  py::gil_scoped_release release;
+#pragma omp parallel num_threads(nth)
+  {
+    const __m256 sv = _mm256_set1_ps(scalar);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < (n + 4095) / 4096; ++blk) {
+      const int64_t lo = blk * 4096, hi = std::min(n, lo + 4096);
+      int64_t i = lo;
+      for (; i + 8 <= hi; i += 8) {
+        const __m256 v = _mm256_fmadd_ps(sv, _mm256_loadu_ps(pc + i), _mm256_loadu_ps(pb + i));
+        if (nt) {
+          _mm256_stream_ps(pa + i, v);
+        } else {
+          _mm256_storeu_ps(pa + i, v);
+        }
+      }
+      for (; i < hi; ++i) pa[i] = pb[i] + scalar * pc[i];
+    }
+    _mm_sfence();
+  }
+}
+
+}  // namespace
+
+XITE_REGISTER_OP("lda_project_interp", [](py::module_& m) {
+  m.def("lda_project_interp", &lda_project_interp_py, py::arg("src"), py::arg("tgt"), py::arg("W"), py::arg("lam"),
+        py::arg("lam_div"), py::arg("mode"), py::arg("out"), py::arg("num_threads") = 0, py::arg("nt_mode") = -1,
+        "Fused LDA projection + interpolation over (M, D) float32 rows, written into `out`.\n"
+        "lam: (L,) float32 with L == 1 or L * lam_div == M (row i uses lam[i // lam_div]).\n"
+        "Returns the first row whose output is not finite, or -1. Use xite_fast.lda_project_interp.");
+  m.def("lda_project_interp_triad", &triad_py, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("scalar"),
+        py::arg("num_threads") = 0, "Bandwidth probe a = b + scalar * c (float32, streaming stores).");
+});

@@ -1,0 +1,282 @@
+"""Fused LDA projection + interpolation: synthetic embeddings between a source and a target language.
+
+With P(x) = x W Wᵀ (W (D, r) orthonormal, e.g. :attr:`xite_fast.LanguageLDA.components_`) and
+g = 1 − lam, per row:
+
+=========  =========================================  ==============================================
+mode       formula                                    meaning
+=========  =========================================  ==============================================
+interp     lam·s + g·t                                plain mixup (W unused, may be None)
+proj       lam·s + g·P(t)                             mix s with the target's language component
+comp       lam·s + g·(t − P(t))                       mix s with the target's language-free part
+shift      s − g·P(s) + g·P(t)                        move s's language component toward t's
+=========  =========================================  ==============================================
+
+The CPU kernel (``xite_fast._C.lda_project_interp``) reads src and tgt once and writes the output
+once: per block of 4 rows it computes t·W (for ``shift`` the identity s − g·P(s) + g·P(t) =
+s + g·P(t − s) needs a single projection) with AVX2 FMA and writes lam·s + g·(c Wᵀ) tile by tile,
+OpenMP over rows, GIL released, streaming stores for outputs larger than the L3 cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from xite_fast._backend import Backend, load_extension, resolve_backend
+from xite_fast._validation import check_finite, is_torch
+
+__all__ = ["lda_project_interp", "aligned_empty", "MODES"]
+
+MODES = ("interp", "proj", "comp", "shift")
+
+# W must have orthonormal columns for x W Wᵀ to be a projector; fp32 QR output is ~1e-6 off.
+_ORTHO_TOL = 1e-3
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(int(s) for s in x.shape)
+
+
+def _check_array(name: str, x: Any, ndims: tuple[int, ...], what: str) -> None:
+    if not (isinstance(x, np.ndarray) or is_torch(x)):
+        raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+    if x.ndim not in ndims:
+        raise ValueError(f"{name} must be {what}, got shape {_shape(x)}")
+    floating = x.dtype.is_floating_point if is_torch(x) else np.issubdtype(x.dtype, np.floating)
+    if not floating:
+        raise ValueError(f"{name} must have a floating dtype (float32 preferred), got {x.dtype}")
+
+
+def _to_f32_numpy(x: Any) -> np.ndarray:
+    """Zero-copy when ``x`` already is contiguous float32 on the CPU."""
+    if is_torch(x):
+        import torch
+
+        x = x.detach()
+        if x.device.type != "cpu":
+            x = x.cpu()
+        if x.dtype != torch.float32:
+            x = x.to(torch.float32)
+        return x.contiguous().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _lam_values(lam: Any, n: int) -> np.ndarray:
+    """lam as a float32 array of length 1 (scalar) or n (per row), validated."""
+    if isinstance(lam, bool):
+        raise ValueError(f"lam must be a float in [0, 1] or an (N,) array with N={n}, got {lam!r}")
+    if is_torch(lam):
+        lam = lam.detach().cpu().numpy()
+    if isinstance(lam, (int, float, np.integer, np.floating)):
+        arr = np.asarray([lam], dtype=np.float64)
+    else:
+        try:
+            arr = np.asarray(lam, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"lam must be a float in [0, 1] or an (N,) array with N={n}, got {type(lam).__name__}"
+            ) from None
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        elif arr.ndim != 1 or arr.shape[0] != n:
+            raise ValueError(
+                f"lam must be a float or an (N,) array with N={n} (src rows), got shape {arr.shape}"
+            )
+    bad = ~np.isfinite(arr) | (arr < 0.0) | (arr > 1.0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        where = f" (first bad at index {i})" if arr.shape[0] > 1 else ""
+        raise ValueError(f"lam must be in [0, 1], got {arr[i]}{where}")
+    return arr.astype(np.float32)
+
+
+def _check_W(W: Any, d: int) -> None:
+    _check_array("W", W, (2,), "2-D (D, r)")
+    if W.shape[0] != d:
+        raise ValueError(f"W must have D={d} rows (the last dimension of src), got shape {_shape(W)}")
+    r = int(W.shape[1])
+    if not 1 <= r <= d:
+        raise ValueError(f"W must have 1 <= r <= D={d} columns, got shape {_shape(W)}")
+    check_finite("W", W)
+    w = W.detach().cpu().double().numpy() if is_torch(W) else np.asarray(W, dtype=np.float64)
+    err = float(np.abs(w.T @ w - np.eye(r)).max())
+    if err > _ORTHO_TOL:
+        raise ValueError(
+            f"W must have orthonormal columns (max |WᵀW - I| <= {_ORTHO_TOL}), got {err:.3g}; "
+            "use LanguageLDA.components_ (orthonormal), not scalings_, or orthonormalize with np.linalg.qr"
+        )
+
+
+def aligned_empty(shape: tuple[int, ...], align: int = 64) -> np.ndarray:
+    """Uninitialised float32 array whose data starts on an ``align``-byte boundary.
+
+    numpy only guarantees 16 bytes; 32-byte aligned rows let the kernel use streaming stores.
+    """
+    n = int(np.prod(shape, dtype=np.int64))
+    buf = np.empty(n + align // 4, dtype=np.float32)
+    off = (-buf.ctypes.data % align) // 4
+    return buf[off : off + n].reshape(shape)
+
+
+def _check_out(out: Any, shape: tuple[int, ...], src: Any, tgt: Any) -> np.ndarray:
+    """The float32 C-contiguous numpy view of a preallocated ``out`` (numpy, memmap or CPU tensor)."""
+    if is_torch(out):
+        import torch
+
+        if out.device.type != "cpu" or out.dtype != torch.float32 or not out.is_contiguous():
+            raise ValueError(
+                f"out must be a contiguous float32 CPU tensor, got dtype {out.dtype} on {out.device} "
+                f"(contiguous={out.is_contiguous()})"
+            )
+        if out.requires_grad:
+            raise ValueError("out must not require grad")
+        arr = out.numpy()
+    elif isinstance(out, np.ndarray):
+        arr = out
+    else:
+        raise ValueError(f"out must be a numpy array, np.memmap or torch tensor, got {type(out).__name__}")
+    if _shape(arr) != shape:
+        raise ValueError(f"out must have the shape of src {shape}, got {_shape(arr)}")
+    if arr.dtype != np.float32 or not arr.flags.c_contiguous or not arr.flags.writeable:
+        raise ValueError(
+            f"out must be a writeable C-contiguous float32 array, got dtype {arr.dtype} "
+            f"(contiguous={arr.flags.c_contiguous}, writeable={arr.flags.writeable})"
+        )
+    for name, x in (("src", src), ("tgt", tgt)):
+        xa = x.detach().numpy() if is_torch(x) and x.device.type == "cpu" else x
+        if isinstance(xa, np.ndarray) and np.may_share_memory(arr, xa):
+            # exact aliasing (in place) is safe: every row is read before it is written
+            same = (
+                xa.dtype == np.float32
+                and xa.flags.c_contiguous
+                and xa.__array_interface__["data"][0] == arr.__array_interface__["data"][0]
+            )
+            if not same:
+                raise ValueError(f"out partially overlaps {name}; pass a separate array or exactly {name}")
+    return arr
+
+
+def lda_project_interp(
+    src: Any,
+    tgt: Any,
+    W: Any,
+    lam: float | Any,
+    mode: str = "proj",
+    *,
+    backend: str | Backend = "auto",
+    out: Any = None,
+    num_threads: int | None = None,
+) -> Any:
+    """Interpolate source and target embeddings through the LDA language subspace, in one pass.
+
+    With P(x) = x W Wᵀ and g = 1 − lam: ``interp`` lam·s + g·t; ``proj`` lam·s + g·P(t);
+    ``comp`` lam·s + g·(t − P(t)); ``shift`` s − g·P(s) + g·P(t).
+
+    Computation is float32: float64/float16/bfloat16 inputs are converted to float32 first and the
+    result is always float32 (numpy in → numpy out, torch in → torch out, following ``src``).
+
+    Args:
+        src: (N, D) sentence vectors or (N, T, D) token embeddings, floating (float32 preferred).
+        tgt: same shape as ``src``.
+        W: (D, r) orthonormal basis of the language subspace, 1 <= r <= D (e.g.
+            ``LanguageLDA.components_``); may be None for ``mode="interp"``.
+        lam: float in [0, 1], or (N,) per-row values in [0, 1] (broadcast over T for 3-D inputs).
+        mode: ``"interp"``, ``"proj"``, ``"comp"`` or ``"shift"``.
+        backend: ``"auto"``, ``"cpu"`` (C++ kernel) or ``"torch"`` (reference).
+        out: optional preallocated float32 C-contiguous array shaped like ``src`` (numpy, np.memmap
+            or CPU tensor) to write into without allocating; may be exactly ``src`` or ``tgt``
+            (in place). If a non-finite value is detected the error is raised after ``out`` was
+            (partly) written.
+        num_threads: OpenMP threads for the CPU kernel (default: all). Results do not depend on it.
+
+    Returns:
+        (N, D) or (N, T, D) float32, same container type as ``src`` (``out`` itself if given).
+
+    Raises:
+        ValueError: bad shapes/dtypes, lam outside [0, 1] or of the wrong length, NaN/inf in the
+            inputs (or an overflow in the output), unknown mode, non-orthonormal W.
+    """
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    _check_array("src", src, (2, 3), "2-D (N, D) or 3-D (N, T, D)")
+    _check_array("tgt", tgt, (2, 3), "2-D (N, D) or 3-D (N, T, D)")
+    shape = _shape(src)
+    if _shape(tgt) != shape:
+        raise ValueError(f"tgt must have the shape of src {shape}, got {_shape(tgt)}")
+    n, d = shape[0], shape[-1]
+    if d < 1:
+        raise ValueError(f"src must have a last dimension D >= 1, got shape {shape}")
+    if mode != "interp":
+        if W is None:
+            raise ValueError(f"W (D, r) is required for mode={mode!r}, got None")
+        _check_W(W, d)
+    elif W is not None:
+        _check_W(W, d)
+    lam_arr = _lam_values(lam, n)
+    if num_threads is not None and (
+        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+    ):
+        raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+    out_arr = None if out is None else _check_out(out, shape, src, tgt)
+    torch_io = is_torch(src)
+    on_gpu = torch_io and src.device.type != "cpu"
+    chosen = resolve_backend("lda_project_interp", backend, on_gpu=on_gpu)
+    if chosen is Backend.CPU and on_gpu:
+        raise ValueError(f"backend='cpu' needs CPU tensors, got src on {src.device}")
+
+    if chosen is Backend.TORCH:
+        return _torch_path(src, tgt, W, lam_arr, mode, out, out_arr)
+
+    per = int(np.prod(shape[1:-1], dtype=np.int64))
+    s2 = _to_f32_numpy(src).reshape(-1, d)
+    t2 = _to_f32_numpy(tgt).reshape(-1, d)
+    w = np.zeros((d, 1), np.float32) if W is None else _to_f32_numpy(W)
+    res = aligned_empty(shape) if out_arr is None else out_arr
+    res2 = res.reshape(-1, d)
+    lam_div = per if lam_arr.shape[0] > 1 else max(1, s2.shape[0])
+    if s2.shape[0] > 0:
+        bad = load_extension().lda_project_interp(
+            s2, t2, w, lam_arr, lam_div, mode, res2, num_threads=num_threads or 0
+        )
+        if bad >= 0:
+            _raise_nonfinite(src, tgt, bad // per)
+    if out is not None:
+        return out
+    if torch_io:
+        import torch
+
+        return torch.from_numpy(res)
+    return res
+
+
+def _raise_nonfinite(src: Any, tgt: Any, row: int) -> None:
+    # the kernel only flags a non-finite output; name the input that caused it
+    check_finite("src", src)
+    check_finite("tgt", tgt)
+    raise ValueError(f"lda_project_interp overflowed float32: non-finite output at row {row} (finite inputs)")
+
+
+def _torch_path(src: Any, tgt: Any, W: Any, lam_arr: np.ndarray, mode: str, out: Any, out_arr: Any) -> Any:
+    import torch
+
+    from xite_fast.reference import lda_project_interp_ref
+
+    check_finite("src", src)
+    check_finite("tgt", tgt)
+    torch_io = is_torch(src)
+    dev = src.device if torch_io else torch.device("cpu")
+    s = src if torch_io else torch.from_numpy(np.asarray(src))
+    t = tgt.to(dev) if is_torch(tgt) else torch.from_numpy(np.asarray(tgt)).to(dev)
+    w = None
+    if W is not None:
+        w = W if is_torch(W) else torch.from_numpy(np.asarray(W))
+    lam_t: float | torch.Tensor = float(lam_arr[0]) if lam_arr.shape[0] == 1 else torch.from_numpy(lam_arr)
+    res = lda_project_interp_ref(
+        s.detach(), t.detach(), w, lam_t, mode, compute_dtype=torch.float32, out_dtype=torch.float32
+    )
+    if out_arr is not None:
+        out_arr[...] = res.cpu().numpy()
+        return out
+    return res if torch_io else res.numpy()
