@@ -184,7 +184,8 @@ def lda_project_interp(
             ``LanguageLDA.components_``); may be None for ``mode="interp"``.
         lam: float in [0, 1], or (N,) per-row values in [0, 1] (broadcast over T for 3-D inputs).
         mode: ``"interp"``, ``"proj"``, ``"comp"`` or ``"shift"``.
-        backend: ``"auto"``, ``"cpu"`` (C++ kernel) or ``"torch"`` (reference).
+        backend: ``"auto"``, ``"cpu"`` (C++ kernel), ``"torch"`` (reference), ``"triton"`` or
+            ``"cuda"`` (GPU kernels; CUDA tensors in, picked automatically for them).
         out: optional preallocated float32 C-contiguous array shaped like ``src`` (numpy, np.memmap
             or CPU tensor) to write into without allocating; may be exactly ``src`` or ``tgt``
             (in place). If a non-finite value is detected the error is raised after ``out`` was
@@ -228,6 +229,8 @@ def lda_project_interp(
 
     if chosen is Backend.TORCH:
         return _torch_path(src, tgt, W, lam_arr, mode, out, out_arr)
+    if chosen in (Backend.TRITON, Backend.CUDA):
+        return _gpu_path(chosen, src, tgt, W, lam_arr, mode, out, out_arr)
 
     per = int(np.prod(shape[1:-1], dtype=np.int64))
     s2 = _to_f32_numpy(src).reshape(-1, d)
@@ -256,6 +259,39 @@ def _raise_nonfinite(src: Any, tgt: Any, row: int) -> None:
     check_finite("src", src)
     check_finite("tgt", tgt)
     raise ValueError(f"lda_project_interp overflowed float32: non-finite output at row {row} (finite inputs)")
+
+
+def _gpu_path(
+    chosen: Backend, src: Any, tgt: Any, W: Any, lam_arr: np.ndarray, mode: str, out: Any, out_arr: Any
+) -> Any:
+    """TRITON (``xite_fast.ops.triton.lda_project_interp``) or CUDA (``_C.lda_project_interp_cuda``).
+
+    Both take torch tensors on the device (CPU tensors only under ``TRITON_INTERPRET=1``) and do not
+    scan for NaN/inf, so the check happens here.
+    """
+    import torch
+
+    check_finite("src", src)
+    check_finite("tgt", tgt)
+    torch_io = is_torch(src)
+    s = src if torch_io else torch.from_numpy(np.ascontiguousarray(src))
+    dev = s.device
+    t = tgt.to(dev) if is_torch(tgt) else torch.from_numpy(np.ascontiguousarray(tgt)).to(dev)
+    s, t = s.float().contiguous(), t.float().contiguous()
+    w = None if W is None else (W if is_torch(W) else torch.from_numpy(np.asarray(W))).to(dev).float()
+    lam_t: float | torch.Tensor = (
+        float(lam_arr[0]) if lam_arr.shape[0] == 1 else torch.from_numpy(lam_arr).to(dev).float()
+    )
+    if chosen is Backend.TRITON:
+        from xite_fast.ops.triton.lda_project_interp import lda_project_interp as triton_impl
+
+        res = triton_impl(s, t, w, lam_t, mode)
+    else:
+        res = load_extension().lda_project_interp_cuda(s, t, w, lam_t, mode)
+    if out_arr is not None:
+        out_arr[...] = res.detach().cpu().numpy()
+        return out
+    return res if torch_io else res.detach().cpu().numpy()
 
 
 def _torch_path(src: Any, tgt: Any, W: Any, lam_arr: np.ndarray, mode: str, out: Any, out_arr: Any) -> Any:
