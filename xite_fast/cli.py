@@ -684,9 +684,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold", type=float, default=None, help="drop targets with best similarity below this"
     )
     a.add_argument("--temperature", type=float, default=None, help="softmax temperature of --vote weighted")
-    a.add_argument("--lam", type=_float_or_beta, default=0.5, help="source weight in [0,1] or 'beta'")
-    a.add_argument("--beta-alpha", type=float, default=0.4, help="Beta(a, a) shape for --lam beta")
-    a.add_argument("--mode", default="proj", choices=MODES)
+    a.add_argument("--lam", type=_float_or_beta, default="beta", help="source weight in [0,1] or 'beta'")
+    a.add_argument("--beta-alpha", type=float, default=1.0, help="Beta(a, a) shape for --lam beta")
+    a.add_argument(
+        "--mode", default="interp", choices=MODES, help="interpolation (interp: no LDA, the measured best)"
+    )
     a.add_argument("--lda-components", type=int, default=None)
     a.add_argument(
         "--lda-max-rows", type=int, default=50_000, help="rows sampled per language to fit the LDA"
