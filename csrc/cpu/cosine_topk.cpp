@@ -1,0 +1,496 @@
+// Fused exact cosine top-k on the CPU (AVX2/FMA + OpenMP).
+//
+//   score[i, j] = <q_i, x_j> / (|q_i| |x_j|)      (0 when either vector is zero)
+//
+// The N x M score matrix is never materialised. Queries are normalised once (an O(N D) copy);
+// keys are never copied: their norms are computed per key block into an O(M) vector,
+// in the same pass that checks them for NaN/inf (double-precision sum of squares, so the check
+// is exact and huge finite values do not overflow).
+//
+// Blocking (row-major along D for both operands, so no packing is needed):
+//   key block   (~4 MiB, shared L3; all threads sweep it before moving on, so a memory-mapped
+//                key matrix is streamed from disk once)
+//   query block (~160 KiB, L2) x key group of 4 rows (L1)
+//   micro-kernel 3 queries x 4 keys: 12 ymm accumulators + 3 query vectors (keys are FMA memory
+//                operands): 7 loads per 12 FMAs, horizontal sums at the end.
+// Each 3x4 score tile is filtered against the per-query k-th best score with one SSE compare per
+// query; insertions into the per-query sorted top-k array are rare.
+//
+// Determinism: every (query, key) score is produced by the same instruction sequence (edge tiles
+// repeat the last row instead of using a different kernel), so scores are bit-identical whatever
+// the thread count or tiling. The result is the top-k under the strict total order
+// (score desc, index asc), which is unique; keys are visited in increasing index order per query,
+// so a strict '>' against the k-th score implements "lower index wins ties", and the per-thread
+// partial results of the key-split mode are merged under the same order.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include "common.h"
+
+namespace py = pybind11;
+
+namespace {
+
+constexpr int QR = 3;  // query rows per micro-kernel
+constexpr int KR = 4;  // key rows per micro-kernel
+// Vectors whose norm is below this are treated as zero vectors (score 0): 1/norm would overflow
+// fp32 and their fp32 dot products are dominated by subnormal rounding anyway.
+constexpr double kTinyNormSq = 1e-60;
+
+alignas(32) const int32_t kMaskTable[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+// Sum of squares in double; non-finite iff the row holds NaN or inf.
+inline double row_sumsq(const float* x, int64_t d) {
+  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+  int64_t i = 0;
+  for (; i + 8 <= d; i += 8) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+    __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    a0 = _mm256_fmadd_pd(lo, lo, a0);
+    a1 = _mm256_fmadd_pd(hi, hi, a1);
+  }
+  a0 = _mm256_add_pd(a0, a1);
+  alignas(32) double t[4];
+  _mm256_store_pd(t, a0);
+  double s = (t[0] + t[1]) + (t[2] + t[3]);
+  for (; i < d; ++i) s += static_cast<double>(x[i]) * x[i];
+  return s;
+}
+
+// Norm used as a divisor: +inf for (near-)zero vectors so that their scores are exactly 0.
+// Dividing (rather than multiplying by 1/norm) reproduces x / |x| of the reference bit for bit
+// in the common cases (e.g. D = 1 gives exactly +-1).
+inline float norm_divisor(double sumsq) {
+  return sumsq < kTinyNormSq ? std::numeric_limits<float>::infinity() : static_cast<float>(std::sqrt(sumsq));
+}
+
+// 3 queries x 4 keys dot products. out[r] = (dot(q_r,k_0), .., dot(q_r,k_3)).
+__attribute__((always_inline)) inline void micro_3x4(const float* __restrict q0, const float* __restrict q1,
+                                                     const float* __restrict q2, const float* __restrict k0,
+                                                     const float* __restrict k1, const float* __restrict k2,
+                                                     const float* __restrict k3, int64_t d8, int64_t rem,
+                                                     __m128 out[3]) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c02 = _mm256_setzero_ps(),
+         c03 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps(), c12 = _mm256_setzero_ps(),
+         c13 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(), c22 = _mm256_setzero_ps(),
+         c23 = _mm256_setzero_ps();
+#define XITE_STEP(LOADQ, LOADK)                                              \
+  {                                                                          \
+    const __m256 a0 = LOADQ(q0 + i), a1 = LOADQ(q1 + i), a2 = LOADQ(q2 + i); \
+    __m256 b = LOADK(k0 + i);                                                \
+    c00 = _mm256_fmadd_ps(a0, b, c00);                                       \
+    c10 = _mm256_fmadd_ps(a1, b, c10);                                       \
+    c20 = _mm256_fmadd_ps(a2, b, c20);                                       \
+    b = LOADK(k1 + i);                                                       \
+    c01 = _mm256_fmadd_ps(a0, b, c01);                                       \
+    c11 = _mm256_fmadd_ps(a1, b, c11);                                       \
+    c21 = _mm256_fmadd_ps(a2, b, c21);                                       \
+    b = LOADK(k2 + i);                                                       \
+    c02 = _mm256_fmadd_ps(a0, b, c02);                                       \
+    c12 = _mm256_fmadd_ps(a1, b, c12);                                       \
+    c22 = _mm256_fmadd_ps(a2, b, c22);                                       \
+    b = LOADK(k3 + i);                                                       \
+    c03 = _mm256_fmadd_ps(a0, b, c03);                                       \
+    c13 = _mm256_fmadd_ps(a1, b, c13);                                       \
+    c23 = _mm256_fmadd_ps(a2, b, c23);                                       \
+  }
+#ifndef XITE_UNROLL
+#define XITE_UNROLL 4
+#endif
+  int64_t i = 0;
+  // Unrolled so the loop-exit branch (mispredicted once per call) and loop overhead amortise over
+  // more FMAs; the accumulation order is the same as the plain loop.
+  for (; i + 8 * XITE_UNROLL <= d8; i += 8 * XITE_UNROLL) {
+#pragma GCC unroll 8
+    for (int u = 0; u < XITE_UNROLL; ++u) {
+      const int64_t iu = i + 8 * u;
+      {
+        const int64_t i = iu;
+        XITE_STEP(_mm256_loadu_ps, _mm256_loadu_ps)
+      }
+    }
+  }
+  for (; i < d8; i += 8) XITE_STEP(_mm256_loadu_ps, _mm256_loadu_ps)
+  if (rem) {
+    // masked tail: maskload never touches the masked-out bytes (safe at the end of a mapping)
+    const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMaskTable + 8 - rem));
+    i = d8;
+#define XITE_MLOAD(p) _mm256_maskload_ps((p), m)
+    XITE_STEP(XITE_MLOAD, XITE_MLOAD)
+#undef XITE_MLOAD
+  }
+#undef XITE_STEP
+  // One reduction tree for every (query, key) position: scores do not depend on the tile slot.
+  // unpack/shuffle tree (single-uop shuffles; vhaddps is several uops on Zen 2)
+  auto hsum4 = [](__m256 a, __m256 b, __m256 c, __m256 e) {
+    const __m256 ab = _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));  // a02 b02 a13 b13
+    const __m256 ce = _mm256_add_ps(_mm256_unpacklo_ps(c, e), _mm256_unpackhi_ps(c, e));
+    const __m256 t = _mm256_add_ps(_mm256_shuffle_ps(ab, ce, 0x44), _mm256_shuffle_ps(ab, ce, 0xEE));
+    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+  };
+  out[0] = hsum4(c00, c01, c02, c03);
+  out[1] = hsum4(c10, c11, c12, c13);
+  out[2] = hsum4(c20, c21, c22, c23);
+}
+
+// Per-query running top-k: scores sorted descending, ties by ascending index.
+struct TopK {
+  float* s;       // (n, k)
+  int64_t* idx;   // (n, k)
+  float* thr;     // (n,) current k-th score, -inf while fewer than k entries
+  int32_t* cnt;   // (n,)
+  int k;
+  int* nan_seen;  // set when a score is inf/NaN (float32 overflow); shared, atomic store
+
+  // j is larger than every index already stored, so it goes after all entries with score >= s.
+  inline void insert(int64_t q, float score, int64_t j) {
+    float* S = s + q * k;
+    int64_t* I = idx + q * k;
+    int c = cnt[q];
+    int pos = c < k ? c : k - 1;
+    while (pos > 0 && S[pos - 1] < score) {
+      S[pos] = S[pos - 1];
+      I[pos] = I[pos - 1];
+      --pos;
+    }
+    S[pos] = score;
+    I[pos] = j;
+    if (c < k) cnt[q] = ++c;
+    if (c == k) thr[q] = S[k - 1];
+  }
+};
+
+struct Problem {
+  const float* Q;  // (N, D) unit-norm (or zero) queries
+  const float* K;  // (M, D) raw keys
+  const float* knorm;  // (M,) key norms (1 when assume_normalized), +inf for zero keys
+  int64_t N, M, D;
+  int64_t key_offset;  // added to reported indices (chunked callers)
+  int64_t qblock;      // queries per L2 block (multiple of QR)
+};
+
+// Scores queries [qa, qb) against keys [ja, jb) and folds them into `top` (rows indexed by
+// query - top_row0).
+void run_tile(const Problem& P, int64_t qa, int64_t qb, int64_t ja, int64_t jb, TopK& top, int64_t top_row0) {
+  const int64_t D = P.D, d8 = D & ~int64_t(7), rem = D & 7;
+  const float* Q = P.Q;
+  const float* K = P.K;
+  const size_t row_bytes = static_cast<size_t>(D) * sizeof(float);
+  for (int64_t q0 = qa; q0 < qb; q0 += P.qblock) {
+    const int64_t q1 = std::min(q0 + P.qblock, qb);
+    const int64_t nmicro = (q1 - q0 + QR - 1) / QR;
+    for (int64_t j = ja; j < jb; j += KR) {
+      const int64_t nk = std::min<int64_t>(KR, jb - j);
+      const float* kp[KR];
+      alignas(16) float nrm[KR];
+      for (int t = 0; t < KR; ++t) {
+        const int64_t jj = j + std::min<int64_t>(t, nk - 1);  // edge: repeat last key row
+        kp[t] = K + jj * D;
+        nrm[t] = P.knorm[jj];
+      }
+      const __m128 vnrm = _mm_load_ps(nrm);
+      const int valid_mask = (1 << nk) - 1;
+      // Spread prefetches of the next key group over the micro-kernel calls of this group.
+      const char* next = reinterpret_cast<const char*>(K + (j + KR) * D);
+      const int64_t next_rows = std::min<int64_t>(KR, jb - (j + KR));
+      const size_t next_bytes = next_rows > 0 ? static_cast<size_t>(next_rows) * row_bytes : 0;
+      const size_t lines_per_call = next_bytes ? (next_bytes / 64 + nmicro) / nmicro : 0;
+      size_t pf = 0;
+      for (int64_t r = q0; r < q1; r += QR) {
+        const int64_t nq = std::min<int64_t>(QR, q1 - r);
+        const float* qp0 = Q + r * D;
+        const float* qp1 = Q + (r + std::min<int64_t>(1, nq - 1)) * D;
+        const float* qp2 = Q + (r + std::min<int64_t>(2, nq - 1)) * D;
+#ifndef XITE_NO_PREFETCH
+        for (size_t l = 0; l < lines_per_call && pf < next_bytes; ++l, pf += 64)
+          _mm_prefetch(next + pf, _MM_HINT_T0);
+#endif
+        __m128 out[3];
+        micro_3x4(qp0, qp1, qp2, kp[0], kp[1], kp[2], kp[3], d8, rem, out);
+        for (int t = 0; t < nq; ++t) {
+          const int64_t row = r + t - top_row0;
+          const __m128 sc = _mm_div_ps(out[t], vnrm);
+          // NLE_UQ: score > threshold, or NaN (overflowed inputs) -> both take the rare path
+          int m = _mm_movemask_ps(_mm_cmp_ps(sc, _mm_set1_ps(top.thr[row]), _CMP_NLE_UQ)) & valid_mask;
+          if (__builtin_expect(m != 0, 0)) {
+            alignas(16) float sv[4];
+            _mm_store_ps(sv, sc);
+            while (m) {
+              const int b = __builtin_ctz(m);
+              m &= m - 1;
+              // the threshold rises with every insertion: re-check in key order
+              if (!(sv[b] <= std::numeric_limits<float>::max())) {  // NaN or +inf: overflow
+                __atomic_store_n(top.nan_seen, 1, __ATOMIC_RELAXED);
+              } else if (sv[b] > top.thr[row]) {
+                top.insert(row, sv[b], j + b + P.key_offset);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Norms of keys [ja, jb); returns the first non-finite row or -1.
+int64_t key_norms(const float* K, int64_t ja, int64_t jb, int64_t D, bool assume_normalized, float* knorm) {
+  int64_t bad = -1;
+  for (int64_t j = ja; j < jb; ++j) {
+    const double ss = row_sumsq(K + j * D, D);
+    if (!std::isfinite(ss)) {
+      if (bad < 0) bad = j;
+      knorm[j] = std::numeric_limits<float>::infinity();
+      continue;
+    }
+    knorm[j] = assume_normalized ? 1.0f : norm_divisor(ss);
+  }
+  return bad;
+}
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+py::tuple cosine_topk(py::array queries, py::array keys, int64_t k, bool assume_normalized, int num_threads,
+                      int64_t key_offset, int64_t key_block, int64_t query_block, bool stream_keys,
+                      const std::string& split) {
+  XITE_CHECK(queries.ndim() == 2, "cosine_topk: queries must be 2-D (N, D), got ndim " << queries.ndim());
+  XITE_CHECK(keys.ndim() == 2, "cosine_topk: keys must be 2-D (M, D), got ndim " << keys.ndim());
+  XITE_CHECK(queries.dtype().is(py::dtype::of<float>()),
+             "cosine_topk: queries must be float32, got " << std::string(py::str(queries.dtype())));
+  XITE_CHECK(keys.dtype().is(py::dtype::of<float>()),
+             "cosine_topk: keys must be float32, got " << std::string(py::str(keys.dtype())));
+  XITE_CHECK(queries.flags() & py::array::c_style, "cosine_topk: queries must be C-contiguous");
+  XITE_CHECK(keys.flags() & py::array::c_style, "cosine_topk: keys must be C-contiguous");
+  const int64_t N = queries.shape(0), D = queries.shape(1), M = keys.shape(0);
+  XITE_CHECK(keys.shape(1) == D,
+             "cosine_topk: keys must have the same dimension D as queries (" << D << "), got " << keys.shape(1));
+  XITE_CHECK(D >= 1, "cosine_topk: D must be >= 1, got " << D);
+  XITE_CHECK(k > 0, "cosine_topk: k must be > 0, got " << k);
+  XITE_CHECK(M >= 1, "cosine_topk: keys must be non-empty (M >= 1), got M=" << M);
+  XITE_CHECK(k <= M, "cosine_topk: k must be <= the number of keys M=" << M << ", got k=" << k);
+  XITE_CHECK(k <= std::numeric_limits<int32_t>::max(), "cosine_topk: k too large: " << k);
+  XITE_CHECK(num_threads >= 0, "cosine_topk: num_threads must be >= 0 (0 = all), got " << num_threads);
+  XITE_CHECK(split == "auto" || split == "queries" || split == "keys",
+             "cosine_topk: split must be 'auto', 'queries' or 'keys', got '" << split << "'");
+
+  py::array_t<float> out_s({N, k});
+  py::array_t<int64_t> out_i({N, k});
+  if (N == 0) return py::make_tuple(out_s, out_i);
+  const float* Qraw = static_cast<const float*>(queries.data());
+  const float* K = static_cast<const float*>(keys.data());
+  float* S = out_s.mutable_data();
+  int64_t* I = out_i.mutable_data();
+
+  int64_t bad_query = -1, bad_key = -1;
+  int nan_seen = 0;
+  {
+    py::gil_scoped_release release;
+    const int T = num_threads > 0 ? num_threads : omp_get_max_threads();
+    const double work = static_cast<double>(N) * M * D;
+    const int Tq = work < 4e6 ? 1 : T;  // thread start-up would dominate tiny problems
+
+    // Queries: normalise into a copy (O(N D)); with assume_normalized only check them.
+    std::vector<float> Qn;
+    if (!assume_normalized) Qn.resize(static_cast<size_t>(N) * D);
+    int64_t badq = std::numeric_limits<int64_t>::max();
+#pragma omp parallel for num_threads(Tq) schedule(static) reduction(min : badq)
+    for (int64_t i = 0; i < N; ++i) {
+      const float* q = Qraw + i * D;
+      const double ss = row_sumsq(q, D);
+      if (!std::isfinite(ss)) {
+        badq = std::min(badq, i);
+        continue;
+      }
+      if (!assume_normalized) {
+        const float nq = norm_divisor(ss);
+        float* o = Qn.data() + i * D;
+        for (int64_t t = 0; t < D; ++t) o[t] = q[t] / nq;
+      }
+    }
+    if (badq != std::numeric_limits<int64_t>::max()) {
+      bad_query = badq;
+    } else {
+      Problem P;
+      P.Q = assume_normalized ? Qraw : Qn.data();
+      P.K = K;
+      P.N = N;
+      P.M = M;
+      P.D = D;
+      P.key_offset = key_offset;
+      std::vector<float> knorm(M);
+      P.knorm = knorm.data();
+      const int64_t row_bytes = D * static_cast<int64_t>(sizeof(float));
+      const int64_t kb = key_block > 0 ? round_up(key_block, KR)
+                                        : std::max<int64_t>(64, round_up((4 << 20) / row_bytes, KR));
+      int64_t qb = query_block > 0 ? round_up(query_block, QR)
+                                   : std::max<int64_t>(QR, (160 << 10) / row_bytes / QR * QR);
+      // Few queries, or memory-mapped keys: split over keys (every key is read once; a few parts per
+      // thread for balance). Many in-RAM queries: split over query chunks (each chunk's queries stay
+      // in L3 while key blocks stream past; measured a little faster under L3 contention). Huge
+      // N x k (per-part top-k lists > 256 MiB) also splits over queries.
+      const int64_t per_part = std::max<int64_t>(round_up((M + 4 * Tq - 1) / (4 * Tq), KR), 256);
+      const int64_t nparts = (M + per_part - 1) / per_part;
+      const double part_state_bytes = static_cast<double>(nparts) * N * k * (sizeof(float) + sizeof(int64_t));
+      const bool split_queries =
+          split == "queries" || Tq == 1 || nparts == 1 ||
+          (split == "auto" && (part_state_bytes > double(256 << 20) || (!stream_keys && N >= 512)));
+      if (split_queries) {
+        qb = std::min(qb, round_up((N + Tq - 1) / Tq, QR));  // balance small N
+        P.qblock = qb;
+        std::vector<float> thr(N, -std::numeric_limits<float>::infinity());
+        std::vector<int32_t> cnt(N, 0);
+        TopK top{S, I, thr.data(), cnt.data(), static_cast<int>(k), &nan_seen};
+        const int64_t nqb = (N + qb - 1) / qb;
+        int64_t badk = std::numeric_limits<int64_t>::max();
+        if (!stream_keys) {
+          // Keys in RAM: one parallel norm pass (one extra read of the keys, ~1% of the run), then
+          // threads take query chunks dynamically and sweep all keys without further barriers, so
+          // a thread that is descheduled on a shared machine does not stall the other one. A
+          // chunk's queries (~MBs) stay in L3 while it sweeps the key blocks.
+#pragma omp parallel for num_threads(Tq) schedule(static, 256) reduction(min : badk)
+          for (int64_t j = 0; j < M; ++j) {
+            const int64_t b = key_norms(K, j, j + 1, D, assume_normalized, knorm.data());
+            if (b >= 0) badk = std::min(badk, b);
+          }
+          if (badk == std::numeric_limits<int64_t>::max()) {
+            const int64_t per_chunk = std::max<int64_t>(1, (nqb + 8 * Tq - 1) / (8 * Tq));  // in query blocks
+            const int64_t nchunks = (nqb + per_chunk - 1) / per_chunk;
+#pragma omp parallel for num_threads(Tq) schedule(dynamic, 1)
+            for (int64_t c = 0; c < nchunks; ++c) {
+              const int64_t b0 = c * per_chunk, b1 = std::min(b0 + per_chunk, nqb);
+              for (int64_t j0 = 0; j0 < M; j0 += kb) {
+                const int64_t j1 = std::min(j0 + kb, M);
+                for (int64_t b = b0; b < b1; ++b) run_tile(P, b * qb, std::min((b + 1) * qb, N), j0, j1, top, 0);
+              }
+            }
+          }
+        } else {
+          // Memory-mapped keys: all threads sweep one key block at a time, so the file is read from
+          // disk once (and the block is shared in L3); its norms are computed just before use.
+          std::atomic<int64_t> bad_shared{std::numeric_limits<int64_t>::max()};
+#pragma omp parallel num_threads(Tq)
+          {
+            for (int64_t j0 = 0; j0 < M; j0 += kb) {
+              const int64_t j1 = std::min(j0 + kb, M);
+#pragma omp for schedule(static)
+              for (int64_t j = j0; j < j1; j += 64) {
+                if (bad_shared.load(std::memory_order_relaxed) < j0) continue;  // an earlier block failed
+                const int64_t b = key_norms(K, j, std::min(j + 64, j1), D, assume_normalized, knorm.data());
+                if (b >= 0) {
+                  int64_t cur = bad_shared.load();
+                  while (b < cur && !bad_shared.compare_exchange_weak(cur, b)) {
+                  }
+                }
+              }
+              // implicit barrier: knorm of this block is complete and bad_shared final. Every thread
+              // keeps meeting the same worksharing constructs (no `break`: leaving this loop early
+              // hung with torch's libgomp); the remaining blocks are skipped cheaply.
+              if (bad_shared.load() != std::numeric_limits<int64_t>::max()) continue;
+              // static schedule: a query block always belongs to the same thread (no races on top)
+#pragma omp for schedule(static) nowait
+              for (int64_t b = 0; b < nqb; ++b) run_tile(P, b * qb, std::min((b + 1) * qb, N), j0, j1, top, 0);
+            }
+          }
+          badk = bad_shared.load();
+        }
+        if (badk != std::numeric_limits<int64_t>::max()) bad_key = badk;
+        // a row with fewer than k entries can only come from -inf/NaN scores (float32 overflow)
+        for (int64_t q = 0; q < N && bad_key < 0; ++q)
+          if (cnt[q] < k) nan_seen = 1;
+      } else {
+        P.qblock = qb;
+        // Key split: the keys are cut into `nparts` contiguous ranges, each with private top-k
+        // lists, taken dynamically by the threads (balanced on a shared machine; every key is read
+        // from memory or disk once). The partial lists are merged under (score desc, index asc),
+        // so the result does not depend on the number of parts or threads.
+        std::vector<float> ps(static_cast<size_t>(nparts) * N * k);
+        std::vector<int64_t> pi(static_cast<size_t>(nparts) * N * k);
+        std::vector<float> pthr(static_cast<size_t>(nparts) * N, -std::numeric_limits<float>::infinity());
+        std::vector<int32_t> pcnt(static_cast<size_t>(nparts) * N, 0);
+        std::vector<int64_t> pbad(nparts, -1);
+#pragma omp parallel for num_threads(Tq) schedule(dynamic, 1)
+        for (int64_t p = 0; p < nparts; ++p) {
+          TopK top{ps.data() + p * N * k, pi.data() + p * N * k, pthr.data() + p * N, pcnt.data() + p * N,
+                   static_cast<int>(k), &nan_seen};
+          const int64_t ja = p * per_part, jb = std::min(ja + per_part, M);
+          for (int64_t j0 = ja; j0 < jb; j0 += kb) {
+            const int64_t j1 = std::min(j0 + kb, jb);
+            const int64_t b = key_norms(K, j0, j1, D, assume_normalized, knorm.data());
+            if (b >= 0) {
+              pbad[p] = b;  // the first bad row of this part (blocks are scanned in order)
+              break;
+            }
+            run_tile(P, 0, N, j0, j1, top, 0);
+          }
+        }
+        for (int64_t p = 0; p < nparts && bad_key < 0; ++p) bad_key = pbad[p];  // parts are in key order
+        if (bad_key < 0) {
+          int short_rows = 0;
+#pragma omp parallel num_threads(Tq) reduction(max : short_rows)
+          {
+            std::vector<std::pair<float, int64_t>> cand;
+            cand.reserve(static_cast<size_t>(nparts) * k);
+#pragma omp for schedule(static)
+            for (int64_t q = 0; q < N; ++q) {
+              cand.clear();
+              for (int64_t p = 0; p < nparts; ++p) {
+                const int32_t c = pcnt[p * N + q];
+                const float* sp = ps.data() + (p * N + q) * k;
+                const int64_t* ip = pi.data() + (p * N + q) * k;
+                for (int32_t t = 0; t < c; ++t) cand.emplace_back(sp[t], ip[t]);
+              }
+              if (static_cast<int64_t>(cand.size()) < k) {  // only -inf/NaN scores (float32 overflow)
+                short_rows = 1;
+                continue;
+              }
+              std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), [](const auto& a, const auto& b) {
+                return a.first > b.first || (a.first == b.first && a.second < b.second);
+              });
+              for (int64_t t = 0; t < k; ++t) {
+                S[q * k + t] = cand[t].first;
+                I[q * k + t] = cand[t].second;
+              }
+            }
+          }
+          if (short_rows) nan_seen = 1;
+        }
+      }
+    }
+  }
+  XITE_CHECK(bad_query < 0, "queries contains NaN or inf (first at row " << bad_query << ")");
+  XITE_CHECK(bad_key < 0, "keys contains NaN or inf (first at row " << bad_key + key_offset << ")");
+  XITE_CHECK(!nan_seen,
+             "cosine_topk: scores overflowed float32 (inf/NaN) although the inputs are finite: vector "
+             "norms near 3e38, or assume_normalized=True with large unnormalised inputs");
+  return py::make_tuple(out_s, out_i);
+}
+
+}  // namespace
+
+XITE_REGISTER_OP("cosine_topk", [](py::module_& m) {
+  m.def("cosine_topk", &cosine_topk, py::arg("queries"), py::arg("keys"), py::arg("k"),
+        py::arg("assume_normalized") = false, py::arg("num_threads") = 0, py::arg("key_offset") = 0,
+        py::arg("key_block") = 0, py::arg("query_block") = 0, py::arg("stream_keys") = false,
+        py::arg("split") = "auto",
+        R"doc(Exact cosine top-k: (scores (N, k) float32, indices (N, k) int64), sorted descending,
+ties -> lower index. queries (N, D) and keys (M, D) must be C-contiguous float32 (keys may be a
+memory map: they are read in place). num_threads=0 uses all OpenMP threads; key_offset is added to
+the returned indices (for callers streaming key chunks); key_block/query_block override the cache
+blocking (rows, 0 = auto); stream_keys=True (for memory-mapped keys) makes all threads sweep one
+key block at a time so the keys are read from disk once (query split); split='auto'|'queries'|'keys'
+forces the parallel decomposition (for tests). The GIL is released during the computation.)doc");
+});
