@@ -198,3 +198,10 @@ def test_folder_without_config(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no config.json"):
         model_dir(tmp_path / "empty")
+
+
+def test_tokenizer_decodes_back_to_text(e5_tiny):
+    _, tok = e5_tiny
+    for text in ("hello world, how are you?", "안녕하세요 세계", "नमस्ते दुनिया"):
+        ids = tok(text)["input_ids"]
+        assert tok.decode(ids, skip_special_tokens=True) == text

