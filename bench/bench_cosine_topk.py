@@ -26,11 +26,8 @@ Rows are appended to ``bench/results/cosine_topk.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
-import fcntl
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -38,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import append_csv, bench_lock, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -75,15 +73,7 @@ class PeakRSS:
 
 
 def _machine() -> str:
-    model = platform.processor() or "cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} x{os.cpu_count()} ({platform.machine()}, {platform.system()})"
+    return machine()
 
 
 def numpy_topk(q: np.ndarray, x: np.ndarray, k: int, qchunk: int = 1024, kchunk: int = 32768):
@@ -142,11 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     slow_n = min(n, args.slow_queries or (n if args.quick else 2048))
     providers = args.providers.split(",")
 
-    lock = None
-    if not args.no_lock:
-        lock = open("/tmp/xite_bench.lock", "w")
-        print("waiting for /tmp/xite_bench.lock ...", flush=True)
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock = bench_lock(not args.no_lock)
 
     import torch
 
@@ -231,15 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         print(flush=True)
-    path = Path(args.csv)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {len(rows)} rows to {path}")
+    append_csv(args.csv, rows)
     if lock is not None:
         lock.close()
     return 0

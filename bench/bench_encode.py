@@ -26,17 +26,15 @@ Holds ``/tmp/xite_bench.lock`` (flock) unless ``--no-lock`` (use that when wrapp
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
-import fcntl
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import append_csv, bench_lock, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -48,15 +46,7 @@ LANGS = ["korean", "english", "hindi", "japanese", "russian", "persian", "chines
 
 
 def _machine() -> str:
-    model = platform.processor() or "cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} x{os.cpu_count()} ({platform.machine()}, {platform.system()})"
+    return machine()
 
 
 def load_sentences(lang: str) -> list[str]:
@@ -121,11 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if "torch" not in providers:
         providers.insert(0, "torch")  # the reference for parity and ratios
 
-    lock = None
-    if not args.no_lock:
-        lock = open("/tmp/xite_bench.lock", "w")
-        print("waiting for /tmp/xite_bench.lock ...", flush=True)
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock = bench_lock(not args.no_lock)
 
     import onnxruntime
     import torch
@@ -228,15 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         f"agreement with ONNX fp32 on the {int(clear.sum())} queries whose fp32 top-1 margin >= 0.01)"
     )
     if not args.no_csv:
-        path = Path(args.csv)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                w.writeheader()
-            w.writerows(rows)
-        print(f"wrote {len(rows)} rows to {path}")
+        append_csv(args.csv, rows)
     if lock is not None:
         lock.close()
     return 0

@@ -17,7 +17,6 @@ import csv
 import datetime as dt
 import functools
 import os
-import platform
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import cpu_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,15 +37,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "lda_project_interp.csv"
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} x{os.cpu_count()} cores"
+    return f"{cpu_model()} x{os.cpu_count()} cores"
 
 
 def median_time(fn, repeats: int, warmup: int = 1, cpu: bool = False):

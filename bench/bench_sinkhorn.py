@@ -37,13 +37,13 @@ import argparse
 import csv
 import math
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,15 +54,7 @@ from xite_fast.reference import sinkhorn_divergence_ref, sq_euclidean_cost_ref  
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     # the load average says how much the shared cores were contended during the run
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return f"{cpu} x{os.cpu_count()} threads={torch.get_num_threads()} load1={load:.1f}"
