@@ -92,15 +92,21 @@ def test_all_k_1_to_64():
 
 
 @needs_cpu
+@pytest.mark.parametrize("kernel", ["packed", "dot"])
 @pytest.mark.parametrize("n,m,d", [(7, 50, 1), (31, 517, 13), (64, 3001, 96)])
-def test_blocking_and_threads_bitwise_identical(n, m, d):
+def test_blocking_and_threads_bitwise_identical(n, m, d, kernel):
     """Every tiling/thread count yields bit-identical output (same instruction sequence per score)."""
     ext = _backend.load_extension()
     q, x = _data(n, m, d, seed=3)
     x[::7] = x[3]  # exact duplicate keys: tie order must not depend on the split
     k = min(16, m)
-    base_s, base_i = ext.cosine_topk(q, x, k, False, 1)
+    base_s, base_i = ext.cosine_topk(q, x, k, False, 1, kernel=kernel)
     for kw in [
+        # packed kernel: key blocks that are not multiples of its 16-key panels, 6-row query panels
+        dict(num_threads=1, key_block=20, query_block=6),
+        dict(num_threads=2, key_block=36, query_block=12, split="queries"),
+        dict(num_threads=2, stream_keys=True, key_block=20, query_block=6, split="queries"),
+        dict(num_threads=2, split="keys", key_block=44, query_block=18),
         dict(num_threads=2),
         dict(num_threads=3),
         dict(num_threads=2, key_block=8, query_block=3),
@@ -113,7 +119,7 @@ def test_blocking_and_threads_bitwise_identical(n, m, d):
         dict(num_threads=2, split="keys"),
         dict(num_threads=3, split="keys", key_block=4, query_block=3),
     ]:
-        s, i = ext.cosine_topk(q, x, k, False, **kw)
+        s, i = ext.cosine_topk(q, x, k, False, kernel=kernel, **kw)
         np.testing.assert_array_equal(i, base_i, err_msg=str(kw))
         np.testing.assert_array_equal(s, base_s, err_msg=str(kw))
     assert_topk_equal(base_s, base_i, *_ref64(q, x, k), atol=ATOL, queries=q, keys=x)
@@ -352,3 +358,42 @@ def test_triton_backend_dispatch():
     s, i = cosine_topk(torch.from_numpy(q), torch.from_numpy(x), 5, backend="triton")
     assert isinstance(s, torch.Tensor)
     assert_topk_equal(s, i, *_ref64(q, x, 5), atol=1e-4, queries=q, keys=x)
+
+
+@needs_cpu
+@pytest.mark.parametrize("kernel", ["packed", "dot", "auto"])
+@pytest.mark.parametrize("assume_normalized", [False, True])
+@pytest.mark.parametrize("n,m,d,k", SHAPES + [(13, 4099, 768, 8), (6, 33, 17, 33), (97, 1601, 384, 5)])
+def test_cpp_kernels_vs_reference(kernel, assume_normalized, n, m, d, k):
+    """Both micro-kernels (packed 6x16 default, unpacked 3x4 'dot') against the float64 reference."""
+    ext = _backend.load_extension()
+    q, x = _data(n, m, d, seed=n * m + d)
+    if assume_normalized:
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for threads, split in [(1, "auto"), (2, "queries"), (2, "keys")]:
+        s, i = ext.cosine_topk(q, x, k, assume_normalized, threads, split=split, kernel=kernel)
+        rs, ri = _ref64(q, x, k, assume_normalized)
+        assert_topk_equal(s, i, rs, ri, atol=ATOL, queries=q, keys=x, assume_normalized=assume_normalized)
+
+
+@needs_cpu
+@pytest.mark.parametrize("kernel", ["packed", "dot"])
+def test_cpp_kernels_zero_vectors_and_errors(kernel):
+    ext = _backend.load_extension()
+    q, x = _data(8, 40, 24, seed=5)
+    q[2] = 0
+    x[[0, 17, 39]] = 0  # zero keys score exactly 0
+    s, i = ext.cosine_topk(q, x, 40, False, 1, kernel=kernel)
+    rs, ri = _ref64(q, x, 40)
+    assert_topk_equal(s, i, rs, ri, atol=ATOL, queries=q, keys=x)
+    np.testing.assert_array_equal(s[2], np.zeros(40, np.float32))
+    np.testing.assert_array_equal(i[2], np.arange(40))
+    x[23, 5] = np.inf
+    with pytest.raises(ValueError, match=r"keys contains NaN or inf \(first at row 23\)"):
+        ext.cosine_topk(q, x, 3, False, 2, kernel=kernel)
+    big_q, big_x = np.full((7, 8), 1e20, np.float32), np.full((50, 8), 1e20, np.float32)
+    with pytest.raises(ValueError, match="scores overflowed float32"):
+        ext.cosine_topk(big_q, big_x, 3, True, 1, kernel=kernel)
+    with pytest.raises(ValueError, match="kernel must be 'auto', 'packed' or 'dot', got 'gemm'"):
+        ext.cosine_topk(q, x, 3, kernel="gemm")

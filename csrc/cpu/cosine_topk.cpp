@@ -15,6 +15,11 @@
 //                operands): 7 loads per 12 FMAs, horizontal sums at the end.
 // Each 3x4 score tile is filtered against the per-query k-th best score with one SSE compare per
 // query; insertions into the per-query sorted top-k array are rare.
+// That is kernel='dot'. The default kernel='packed' (see micro_6x16) packs the queries once into
+// 6-row k-major panels and each key block into 16-key k-major panels (per thread, O(block) per
+// sweep) and runs a 6x16 broadcast/FMA micro-kernel whose 12 accumulators hold the scores directly:
+// ~1.2-1.4x the 'dot' kernel (fewer loads per FMA, no horizontal sums). The two kernels round
+// differently (sequential vs 8-lane sums), each is deterministic on its own.
 //
 // Determinism: every (query, key) score is produced by the same instruction sequence (edge tiles
 // repeat the last row instead of using a different kernel), so scores are bit-identical whatever
@@ -28,6 +33,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -47,6 +53,9 @@ constexpr int QR = 3;  // query rows per micro-kernel
 constexpr int KR = 4;  // key rows per micro-kernel
 // Vectors whose norm is below this are treated as zero vectors (score 0): 1/norm would overflow
 // fp32 and their fp32 dot products are dominated by subnormal rounding anyway.
+#ifndef XITE_PF_A
+#define XITE_PF_A 64
+#endif
 constexpr double kTinyNormSq = 1e-60;
 
 alignas(32) const int32_t kMaskTable[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
@@ -247,6 +256,181 @@ void run_tile(const Problem& P, int64_t qa, int64_t qb, int64_t ja, int64_t jb, 
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Packed (BLIS-style) kernel: 6 queries x 16 keys per micro-tile, operands packed k-major.
+//   A~ (queries): panels of 6 rows, A~[p][d*6 + r] = q_{6p+r}[d]   (packed once per call, O(N D))
+//   B~ (keys):    panels of 16 keys, B~[p][d*16 + c] = x_{16p+c}[d] (packed per key block per thread)
+// Per d step: 2 aligned loads of B~, 6 broadcasts of A~, 12 FMAs into 12 ymm accumulators, so the
+// accumulators hold the 96 scores directly (no horizontal sums). Every score accumulates
+// sequentially over d in one lane starting from 0, so it is bit-identical whatever the tiling.
+// Zero padding rows/columns are masked out and never inserted.
+constexpr int PMR = 6;   // query rows per packed micro-tile
+constexpr int PNR = 16;  // keys per packed micro-tile
+
+struct AlignedBuf {
+  float* p = nullptr;
+  size_t n = 0;
+  void reserve(size_t count) {
+    if (count <= n) return;
+    std::free(p);
+    p = static_cast<float*>(std::aligned_alloc(64, round_bytes(count)));
+    XITE_CHECK(p != nullptr, "cosine_topk: out of memory allocating a packing buffer");
+    n = count;
+  }
+  static size_t round_bytes(size_t count) { return (count * sizeof(float) + 63) / 64 * 64; }
+  AlignedBuf() = default;
+  AlignedBuf(const AlignedBuf&) = delete;
+  AlignedBuf& operator=(const AlignedBuf&) = delete;
+  ~AlignedBuf() { std::free(p); }
+};
+
+// Packs keys [j0, j1) into 16-key k-major panels (zero-padded) and their divisors into nrm
+// (padding: 1). dst holds ceil((j1-j0)/16) * D * 16 floats.
+void pack_keys(const float* K, const float* knorm, int64_t j0, int64_t j1, int64_t D, float* dst, float* nrm) {
+  const int64_t np = (j1 - j0 + PNR - 1) / PNR;
+  for (int64_t p = 0; p < np; ++p) {
+    float* out = dst + p * D * PNR;
+    const int64_t jb = j0 + p * PNR;
+    const int64_t nk = std::min<int64_t>(PNR, j1 - jb);
+    for (int c = 0; c < PNR; ++c) nrm[p * PNR + c] = c < nk ? knorm[jb + c] : 1.0f;
+    if (nk == PNR) {
+      // 8x8 in-register transposes
+      int64_t d = 0;
+      for (; d + 8 <= D; d += 8) {
+        for (int g = 0; g < 2; ++g) {
+          const float* src = K + (jb + 8 * g) * D + d;
+          __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + D), r2 = _mm256_loadu_ps(src + 2 * D),
+                 r3 = _mm256_loadu_ps(src + 3 * D), r4 = _mm256_loadu_ps(src + 4 * D),
+                 r5 = _mm256_loadu_ps(src + 5 * D), r6 = _mm256_loadu_ps(src + 6 * D),
+                 r7 = _mm256_loadu_ps(src + 7 * D);
+          __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+          __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+          __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+          __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+          __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+          __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+          __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+          __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+          float* o = out + d * PNR + 8 * g;
+          _mm256_store_ps(o + 0 * PNR, _mm256_permute2f128_ps(u0, u4, 0x20));
+          _mm256_store_ps(o + 1 * PNR, _mm256_permute2f128_ps(u1, u5, 0x20));
+          _mm256_store_ps(o + 2 * PNR, _mm256_permute2f128_ps(u2, u6, 0x20));
+          _mm256_store_ps(o + 3 * PNR, _mm256_permute2f128_ps(u3, u7, 0x20));
+          _mm256_store_ps(o + 4 * PNR, _mm256_permute2f128_ps(u0, u4, 0x31));
+          _mm256_store_ps(o + 5 * PNR, _mm256_permute2f128_ps(u1, u5, 0x31));
+          _mm256_store_ps(o + 6 * PNR, _mm256_permute2f128_ps(u2, u6, 0x31));
+          _mm256_store_ps(o + 7 * PNR, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+      }
+      for (; d < D; ++d)
+        for (int c = 0; c < PNR; ++c) out[d * PNR + c] = K[(jb + c) * D + d];
+    } else {
+      for (int64_t d = 0; d < D; ++d)
+        for (int c = 0; c < PNR; ++c) out[d * PNR + c] = c < nk ? K[(jb + c) * D + d] : 0.0f;
+    }
+  }
+}
+
+// 6 x 16 scores: c[2r], c[2r+1] = dot(q_r, keys 0..7 / 8..15).
+__attribute__((always_inline)) inline void micro_6x16(const float* __restrict A, const float* __restrict B,
+                                                      int64_t D, __m256 c[12]) {
+  __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+  c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
+#define XITE_PSTEP(U)                                           \
+  {                                                             \
+    const float* a = A + (U) * PMR;                             \
+    const __m256 b0 = _mm256_load_ps(B + (U) * PNR);            \
+    const __m256 b1 = _mm256_load_ps(B + (U) * PNR + 8);        \
+    __m256 av = _mm256_broadcast_ss(a + 0);                     \
+    c00 = _mm256_fmadd_ps(av, b0, c00);                         \
+    c01 = _mm256_fmadd_ps(av, b1, c01);                         \
+    av = _mm256_broadcast_ss(a + 1);                            \
+    c10 = _mm256_fmadd_ps(av, b0, c10);                         \
+    c11 = _mm256_fmadd_ps(av, b1, c11);                         \
+    av = _mm256_broadcast_ss(a + 2);                            \
+    c20 = _mm256_fmadd_ps(av, b0, c20);                         \
+    c21 = _mm256_fmadd_ps(av, b1, c21);                         \
+    av = _mm256_broadcast_ss(a + 3);                            \
+    c30 = _mm256_fmadd_ps(av, b0, c30);                         \
+    c31 = _mm256_fmadd_ps(av, b1, c31);                         \
+    av = _mm256_broadcast_ss(a + 4);                            \
+    c40 = _mm256_fmadd_ps(av, b0, c40);                         \
+    c41 = _mm256_fmadd_ps(av, b1, c41);                         \
+    av = _mm256_broadcast_ss(a + 5);                            \
+    c50 = _mm256_fmadd_ps(av, b0, c50);                         \
+    c51 = _mm256_fmadd_ps(av, b1, c51);                         \
+  }
+  int64_t d = 0;
+  for (; d + 4 <= D; d += 4) {
+    _mm_prefetch(reinterpret_cast<const char*>(A + (d + XITE_PF_A) * PMR), _MM_HINT_T0);
+    XITE_PSTEP(0)
+    XITE_PSTEP(1)
+    XITE_PSTEP(2)
+    XITE_PSTEP(3)
+    A += 4 * PMR;
+    B += 4 * PNR;
+    // pins the 12 accumulators to registers across iterations (GCC otherwise renames them through
+    // the unrolled body and spills one)
+    __asm__("" : "+x"(c00), "+x"(c01), "+x"(c10), "+x"(c11), "+x"(c20), "+x"(c21), "+x"(c30), "+x"(c31),
+            "+x"(c40), "+x"(c41), "+x"(c50), "+x"(c51));
+  }
+  for (; d < D; ++d) {
+    XITE_PSTEP(0)
+    A += PMR;
+    B += PNR;
+  }
+#undef XITE_PSTEP
+  c[0] = c00, c[1] = c01, c[2] = c10, c[3] = c11, c[4] = c20, c[5] = c21;
+  c[6] = c30, c[7] = c31, c[8] = c40, c[9] = c41, c[10] = c50, c[11] = c51;
+}
+
+// Scores queries [qa, qb) (qa a multiple of 6; A~ = all packed query panels) against the packed
+// key block Bp (keys [ja, jb), divisors nrm) and folds them into `top`.
+void run_tile_packed(const float* Ap, const float* Bp, const float* nrm, int64_t D, int64_t qa, int64_t qb,
+                     int64_t ja, int64_t jb, int64_t qblock, int64_t key_offset, TopK& top) {
+  const int64_t npanels = (jb - ja + PNR - 1) / PNR;
+  for (int64_t q0 = qa; q0 < qb; q0 += qblock) {
+    const int64_t q1 = std::min(q0 + qblock, qb);
+    for (int64_t p = 0; p < npanels; ++p) {
+      const float* B = Bp + p * D * PNR;
+      const int64_t jp = ja + p * PNR;
+      const int64_t nk = std::min<int64_t>(PNR, jb - jp);
+      const unsigned valid = nk == PNR ? 0xFFFFu : ((1u << nk) - 1u);
+      const __m256 n0 = _mm256_loadu_ps(nrm + p * PNR), n1 = _mm256_loadu_ps(nrm + p * PNR + 8);
+      for (int64_t r = q0; r < q1; r += PMR) {
+        const int nq = static_cast<int>(std::min<int64_t>(PMR, q1 - r));
+        __m256 c[12];
+        // Whole rows: splitting D into L1-sized chunks (partial sums through a buffer) measured
+        // ~3-7% slower at D=768 on this machine.
+        micro_6x16(Ap + (r / PMR) * PMR * D, B, D, c);
+        for (int t = 0; t < nq; ++t) {
+          const int64_t row = r + t;
+          const __m256 thr = _mm256_set1_ps(top.thr[row]);
+          const __m256 s0 = _mm256_div_ps(c[2 * t], n0), s1 = _mm256_div_ps(c[2 * t + 1], n1);
+          // NLE_UQ: score > threshold, or NaN (overflowed inputs) -> both take the rare path
+          unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(s0, thr, _CMP_NLE_UQ))) |
+                       (static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(s1, thr, _CMP_NLE_UQ))) << 8);
+          m &= valid;
+          if (__builtin_expect(m != 0, 0)) {
+            alignas(32) float sv[PNR];
+            _mm256_store_ps(sv, s0);
+            _mm256_store_ps(sv + 8, s1);
+            while (m) {
+              const int b = __builtin_ctz(m);
+              m &= m - 1;
+              if (!(sv[b] <= std::numeric_limits<float>::max())) {  // NaN or +inf: overflow
+                __atomic_store_n(top.nan_seen, 1, __ATOMIC_RELAXED);
+              } else if (sv[b] > top.thr[row]) {
+                top.insert(row, sv[b], jp + b + key_offset);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // Norms of keys [ja, jb); returns the first non-finite row or -1.
 int64_t key_norms(const float* K, int64_t ja, int64_t jb, int64_t D, bool assume_normalized, float* knorm) {
   int64_t bad = -1;
@@ -266,7 +450,7 @@ int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 py::tuple cosine_topk(py::array queries, py::array keys, int64_t k, bool assume_normalized, int num_threads,
                       int64_t key_offset, int64_t key_block, int64_t query_block, bool stream_keys,
-                      const std::string& split) {
+                      const std::string& split, const std::string& kernel) {
   XITE_CHECK(queries.ndim() == 2, "cosine_topk: queries must be 2-D (N, D), got ndim " << queries.ndim());
   XITE_CHECK(keys.ndim() == 2, "cosine_topk: keys must be 2-D (M, D), got ndim " << keys.ndim());
   XITE_CHECK(queries.dtype().is(py::dtype::of<float>()),
@@ -286,7 +470,10 @@ py::tuple cosine_topk(py::array queries, py::array keys, int64_t k, bool assume_
   XITE_CHECK(num_threads >= 0, "cosine_topk: num_threads must be >= 0 (0 = all), got " << num_threads);
   XITE_CHECK(split == "auto" || split == "queries" || split == "keys",
              "cosine_topk: split must be 'auto', 'queries' or 'keys', got '" << split << "'");
-
+  XITE_CHECK(kernel == "auto" || kernel == "packed" || kernel == "dot",
+             "cosine_topk: kernel must be 'auto', 'packed' or 'dot', got '" << kernel << "'");
+  const bool packed = kernel != "dot";
+  const int64_t qr = packed ? PMR : QR;
   py::array_t<float> out_s({N, k});
   py::array_t<int64_t> out_i({N, k});
   if (N == 0) return py::make_tuple(out_s, out_i);
@@ -304,10 +491,18 @@ py::tuple cosine_topk(py::array queries, py::array keys, int64_t k, bool assume_
     const int Tq = work < 4e6 ? 1 : T;  // thread start-up would dominate tiny problems
 
     // Queries: normalise into a copy (O(N D)); with assume_normalized only check them.
+    // Packed kernel: the (normalised) queries go straight into 6-row k-major panels A~ (zero rows
+    // pad the last panel).
     std::vector<float> Qn;
-    if (!assume_normalized) Qn.resize(static_cast<size_t>(N) * D);
+    if (!assume_normalized && !packed) Qn.resize(static_cast<size_t>(N) * D);
+    AlignedBuf Ap;
+    const int64_t npan_q = (N + PMR - 1) / PMR;
+    if (packed) {
+      Ap.reserve(static_cast<size_t>(npan_q) * PMR * D);
+      std::memset(Ap.p, 0, static_cast<size_t>(npan_q) * PMR * D * sizeof(float));
+    }
     int64_t badq = std::numeric_limits<int64_t>::max();
-#pragma omp parallel for num_threads(Tq) schedule(static) reduction(min : badq)
+#pragma omp parallel for num_threads(Tq) schedule(static, 48) reduction(min : badq)
     for (int64_t i = 0; i < N; ++i) {
       const float* q = Qraw + i * D;
       const double ss = row_sumsq(q, D);
@@ -315,7 +510,15 @@ py::tuple cosine_topk(py::array queries, py::array keys, int64_t k, bool assume_
         badq = std::min(badq, i);
         continue;
       }
-      if (!assume_normalized) {
+      if (packed) {
+        float* o = Ap.p + (i / PMR) * PMR * D + (i % PMR);
+        if (assume_normalized) {
+          for (int64_t t = 0; t < D; ++t) o[t * PMR] = q[t];
+        } else {
+          const float nq = norm_divisor(ss);
+          for (int64_t t = 0; t < D; ++t) o[t * PMR] = q[t] / nq;
+        }
+      } else if (!assume_normalized) {
         const float nq = norm_divisor(ss);
         float* o = Qn.data() + i * D;
         for (int64_t t = 0; t < D; ++t) o[t] = q[t] / nq;
@@ -334,10 +537,21 @@ py::tuple cosine_topk(py::array queries, py::array keys, int64_t k, bool assume_
       std::vector<float> knorm(M);
       P.knorm = knorm.data();
       const int64_t row_bytes = D * static_cast<int64_t>(sizeof(float));
+      const int64_t kr = packed ? PNR : KR;
       const int64_t kb = key_block > 0 ? round_up(key_block, KR)
-                                        : std::max<int64_t>(64, round_up((4 << 20) / row_bytes, KR));
-      int64_t qb = query_block > 0 ? round_up(query_block, QR)
+                                        : std::max<int64_t>(64, round_up((4 << 20) / row_bytes, kr));
+      // packed: the query block's A~ panels (~768 KiB, L2) are swept by one 16-key B~ panel at a
+      // time (measured: 384 KiB blocks ~10% slower, 1.5 MiB about the same)
+      int64_t qb = query_block > 0 ? round_up(query_block, qr)
+                   : packed        ? std::max<int64_t>(PMR, (768 << 10) / row_bytes / PMR * PMR)
                                    : std::max<int64_t>(QR, (160 << 10) / row_bytes / QR * QR);
+      // per-thread / shared packed key blocks (allocated once per call)
+      const size_t kb_floats = static_cast<size_t>(round_up(kb, PNR)) * D;
+      std::vector<AlignedBuf> kbuf(packed ? Tq : 0), kbnrm(packed ? Tq : 0);
+      for (int t = 0; t < (packed ? Tq : 0); ++t) {
+        kbuf[t].reserve(kb_floats);
+        kbnrm[t].reserve(static_cast<size_t>(round_up(kb, PNR)));
+      }
       // Few queries, or memory-mapped keys: split over keys (every key is read once; a few parts per
       // thread for balance). Many in-RAM queries: split over query chunks (each chunk's queries stay
       // in L3 while key blocks stream past; measured a little faster under L3 contention). Huge
@@ -349,7 +563,7 @@ py::tuple cosine_topk(py::array queries, py::array keys, int64_t k, bool assume_
           split == "queries" || Tq == 1 || nparts == 1 ||
           (split == "auto" && (part_state_bytes > double(256 << 20) || (!stream_keys && N >= 512)));
       if (split_queries) {
-        qb = std::min(qb, round_up((N + Tq - 1) / Tq, QR));  // balance small N
+        qb = std::min(qb, round_up((N + Tq - 1) / Tq, qr));  // balance small N
         P.qblock = qb;
         std::vector<float> thr(N, -std::numeric_limits<float>::infinity());
         std::vector<int32_t> cnt(N, 0);
@@ -367,14 +581,24 @@ py::tuple cosine_topk(py::array queries, py::array keys, int64_t k, bool assume_
             if (b >= 0) badk = std::min(badk, b);
           }
           if (badk == std::numeric_limits<int64_t>::max()) {
-            const int64_t per_chunk = std::max<int64_t>(1, (nqb + 8 * Tq - 1) / (8 * Tq));  // in query blocks
+            // packed: every chunk re-packs the keys, so fewer, larger chunks (one per call single-threaded)
+            const int64_t cpt = packed ? (Tq == 1 ? 0 : 4 * Tq) : 8 * Tq;
+            const int64_t per_chunk = cpt == 0 ? nqb : std::max<int64_t>(1, (nqb + cpt - 1) / cpt);  // in query blocks
             const int64_t nchunks = (nqb + per_chunk - 1) / per_chunk;
 #pragma omp parallel for num_threads(Tq) schedule(dynamic, 1)
             for (int64_t c = 0; c < nchunks; ++c) {
               const int64_t b0 = c * per_chunk, b1 = std::min(b0 + per_chunk, nqb);
               for (int64_t j0 = 0; j0 < M; j0 += kb) {
                 const int64_t j1 = std::min(j0 + kb, M);
-                for (int64_t b = b0; b < b1; ++b) run_tile(P, b * qb, std::min((b + 1) * qb, N), j0, j1, top, 0);
+                if (packed) {
+                  const int tid = omp_get_thread_num();
+                  pack_keys(K, knorm.data(), j0, j1, D, kbuf[tid].p, kbnrm[tid].p);
+                  run_tile_packed(Ap.p, kbuf[tid].p, kbnrm[tid].p, D, b0 * qb, std::min(b1 * qb, N), j0, j1, qb,
+                                  key_offset, top);
+                } else {
+                  for (int64_t b = b0; b < b1; ++b)
+                    run_tile(P, b * qb, std::min((b + 1) * qb, N), j0, j1, top, 0);
+                }
               }
             }
           }
@@ -400,6 +624,19 @@ py::tuple cosine_topk(py::array queries, py::array keys, int64_t k, bool assume_
               // keeps meeting the same worksharing constructs (no `break`: leaving this loop early
               // hung with torch's libgomp); the remaining blocks are skipped cheaply.
               if (bad_shared.load() != std::numeric_limits<int64_t>::max()) continue;
+              if (packed) {
+                // one shared packed copy of the block; the norm loop's barrier above guarantees no
+                // thread still reads the previous block
+#pragma omp for schedule(static)
+                for (int64_t j = j0; j < j1; j += 4 * PNR)
+                  pack_keys(K, knorm.data(), j, std::min(j + 4 * PNR, j1), D, kbuf[0].p + (j - j0) * D,
+                            kbnrm[0].p + (j - j0));
+#pragma omp for schedule(static) nowait
+                for (int64_t b = 0; b < nqb; ++b)
+                  run_tile_packed(Ap.p, kbuf[0].p, kbnrm[0].p, D, b * qb, std::min((b + 1) * qb, N), j0, j1, qb,
+                                  key_offset, top);
+                continue;
+              }
               // static schedule: a query block always belongs to the same thread (no races on top)
 #pragma omp for schedule(static) nowait
               for (int64_t b = 0; b < nqb; ++b) run_tile(P, b * qb, std::min((b + 1) * qb, N), j0, j1, top, 0);
@@ -434,7 +671,13 @@ py::tuple cosine_topk(py::array queries, py::array keys, int64_t k, bool assume_
               pbad[p] = b;  // the first bad row of this part (blocks are scanned in order)
               break;
             }
-            run_tile(P, 0, N, j0, j1, top, 0);
+            if (packed) {
+              const int tid = omp_get_thread_num();
+              pack_keys(K, knorm.data(), j0, j1, D, kbuf[tid].p, kbnrm[tid].p);
+              run_tile_packed(Ap.p, kbuf[tid].p, kbnrm[tid].p, D, 0, N, j0, j1, qb, key_offset, top);
+            } else {
+              run_tile(P, 0, N, j0, j1, top, 0);
+            }
           }
         }
         for (int64_t p = 0; p < nparts && bad_key < 0; ++p) bad_key = pbad[p];  // parts are in key order
@@ -485,12 +728,13 @@ XITE_REGISTER_OP("cosine_topk", [](py::module_& m) {
   m.def("cosine_topk", &cosine_topk, py::arg("queries"), py::arg("keys"), py::arg("k"),
         py::arg("assume_normalized") = false, py::arg("num_threads") = 0, py::arg("key_offset") = 0,
         py::arg("key_block") = 0, py::arg("query_block") = 0, py::arg("stream_keys") = false,
-        py::arg("split") = "auto",
+        py::arg("split") = "auto", py::arg("kernel") = "auto",
         R"doc(Exact cosine top-k: (scores (N, k) float32, indices (N, k) int64), sorted descending,
 ties -> lower index. queries (N, D) and keys (M, D) must be C-contiguous float32 (keys may be a
 memory map: they are read in place). num_threads=0 uses all OpenMP threads; key_offset is added to
 the returned indices (for callers streaming key chunks); key_block/query_block override the cache
 blocking (rows, 0 = auto); stream_keys=True (for memory-mapped keys) makes all threads sweep one
 key block at a time so the keys are read from disk once (query split); split='auto'|'queries'|'keys'
-forces the parallel decomposition (for tests). The GIL is released during the computation.)doc");
+forces the parallel decomposition (for tests); kernel='auto'|'packed'|'dot' picks the packed 6x16
+micro-kernel (default) or the older unpacked 3x4 dot-product kernel. The GIL is released during the computation.)doc");
 });
