@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # XITE vs zero-shot on chatterbot-corpus, English -> Korean / Japanese (xite_fast.experiment).
-#   CONFIG=e5s12 (default): full 12-layer e5-small, embeddings + bottom 10 layers frozen, top 2 trained
+#   CONFIG=e5s12 (default): full 12-layer e5-small, embeddings + bottom 10 layers frozen, top 2 trained;
+#                           also the OT pre-alignment (ot-align, xite-sentence+ot) and EAR (ear,
+#                           xite-sentence+ear) stage-1 variants
 #   CONFIG=e5s6           : e5-small truncated to 6 layers, embeddings + bottom 4 layers frozen
 # Writes bench/results/experiment_<CONFIG>.md / .csv (+ raw runs in experiment_<CONFIG>_runs*.jsonl).
 # Finished runs are cached in the jsonl files and stage 1 is checkpointed under
@@ -14,7 +16,8 @@ CONFIG=${CONFIG:-e5s12}
 OUT=bench/results/experiment_${CONFIG}
 case "$CONFIG" in
   e5s12) ARGS=(--num-layers 12 --freeze-layers 10 --hidden-layer 10 --stage1-epochs 4 --lr 1e-4 --head-lr 5e-3
-               --stage2-epochs 2 --stage2-lr 5e-5 --stage2-head-lr 1e-3) ;;
+               --stage2-epochs 2 --stage2-lr 5e-5 --stage2-head-lr 1e-3
+               --stage1-variants plain ot ear --aligned-variants xite-sentence) ;;
   e5s6)  ARGS=(--num-layers 6 --freeze-layers 4 --hidden-layer 4 --stage1-epochs 3 --stage2-epochs 1) ;;
   *) echo "unknown CONFIG=$CONFIG (e5s12 | e5s6)" >&2; exit 2 ;;
 esac
@@ -29,4 +32,5 @@ if [[ "${PARALLEL:-1}" == "1" ]]; then
   wait
 fi
 # sequential form (PARALLEL=0 runs everything here); after the parallel runs this only merges the tables
-"$PY" -m xite_fast experiment "${COMMON[@]}" --seeds 0 1 2
+# (TABLES_ONLY=1: merge whatever finished, never train)
+"$PY" -m xite_fast experiment "${COMMON[@]}" --seeds 0 1 2 ${TABLES_ONLY:+--tables-only}

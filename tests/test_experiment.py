@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from xite_fast.experiment import VARIANTS, load_splits, main
+from xite_fast.experiment import STAGE1_ROWS, VARIANTS, alignment_pairs, load_splits, main, row_names
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -136,3 +136,80 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="not in chatterbot|unknown|available"):
         load_splits(["klingon"], 0.25, 0)
     assert set(VARIANTS) >= {"self-train", "xite-sentence-lda", "xite-input-lda", "xite-hidden-lda"}
+
+
+def test_alignment_pairs_are_train_only_and_structure_matched():
+    from xite_fast.data import WELL_ALIGNED_TOPICS, load_chatterbot, split_by_conversation
+
+    pairs = alignment_pairs(["korean", "japanese"], 0.25, 0)
+    d = load_splits(["korean", "japanese"], 0.25, 0)
+    en_test = set(d["english"]["test"][0])
+    en_train = set(d["english"]["train"][0])
+    for lang in ("korean", "japanese"):
+        assert len(pairs[lang]) > 200
+        tgt_test = set(d[lang]["test"][0])
+        pool = set(d[lang]["pool"][0])
+        assert all(e in en_train and t in pool for e, t in pairs[lang])
+        # texts shared by train and test conversations (e.g. "Hello") may occur; none comes from a test twin
+        assert sum(e in en_test and e not in en_train for e, _ in pairs[lang]) == 0
+        assert sum(t in tgt_test and t not in pool for _, t in pairs[lang]) == 0
+    # Korean: matched topics are exactly WELL_ALIGNED_TOPICS; the pair is the positional twin
+    ko = load_chatterbot("korean", topics=list(WELL_ALIGNED_TOPICS))
+    en = {
+        (r["conv_id"], r["turn"]): r["text"]
+        for r in load_chatterbot("english", topics=list(WELL_ALIGNED_TOPICS))
+    }
+    tr, _ = split_by_conversation(ko, 0.25, 0)
+    assert pairs["korean"] == [(en[(r["conv_id"], r["turn"])], r["text"]) for r in tr]
+    assert len(alignment_pairs(["korean"], 0.25, 0, "all")["korean"]) > len(pairs["korean"])
+
+
+def test_row_keys_for_ot_and_ear():
+    import argparse
+
+    args = argparse.Namespace(
+        variants=["self-train", "xite-sentence"],
+        stage1_variants=["plain", "ot", "ear"],
+        aligned_variants=["xite-sentence"],
+    )
+    assert STAGE1_ROWS == {"plain": "zero-shot", "ot": "ot-align", "ear": "ear"}
+    assert row_names(args) == [
+        "zero-shot",
+        "self-train",
+        "xite-sentence",
+        "ot-align",
+        "xite-sentence+ot",
+        "ear",
+        "xite-sentence+ear",
+    ]
+
+
+def test_end_to_end_ot_and_ear_rows(tmp_path, tiny_model_dir):
+    out = tmp_path / "exp"
+    argv = [
+        "--model", str(tiny_model_dir), "--num-layers", "2", "--freeze-layers", "1", "--hidden-layer", "1",
+        "--langs", "korean", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1", "--variants", "self-train",
+        "--stage1-variants", "ot", "ear", "--aligned-variants", "xite-sentence", "--align-epochs", "1",
+        "--out", str(out), "--work-dir", str(tmp_path / "work"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    runs = {
+        json.loads(x)["key"]: json.loads(x) for x in (tmp_path / "exp_runs.jsonl").read_text().splitlines()
+    }
+    assert list(runs) == [
+        "s0/ot-align",
+        "s0/korean/xite-sentence+ot",
+        "s0/ear",
+        "s0/korean/xite-sentence+ear",
+    ]
+    al = runs["s0/ot-align"]["align"]
+    assert al["pairs"]["korean"] > 100 and al["steps"] > 0 and al["config"]["freeze_layers"] == 1
+    assert runs["s0/ear"]["ear"]["attention_layer"] == 2  # 6 > 2 layers: the first trainable one
+    assert runs["s0/korean/xite-sentence+ot"]["stage1"] == "ot-align"
+    rows = list(csv.DictReader(open(f"{out}.csv")))
+    assert [r["variant"] for r in rows] == ["ot-align", "xite-sentence+ot", "ear", "xite-sentence+ear"]
+    assert float(rows[0]["acc_mean"]) == pytest.approx(runs["s0/ot-align"]["targets"]["korean"]["accuracy"])
+    # --tables-only never trains and reproduces the table
+    assert main([*argv, "--tables-only"]) == 0
+    assert len((tmp_path / "exp_runs.jsonl").read_text().splitlines()) == 4
+    assert list(csv.DictReader(open(f"{out}.csv"))) == rows

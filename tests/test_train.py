@@ -422,3 +422,195 @@ def test_state_cache_paths_match_full_forward():
     np.testing.assert_array_equal(
         predict(m, TGT, frozen_layers=2, state_cache={}, **kw), predict(m, TGT, **kw)
     )
+
+
+# --------------------------------------------------------------------------------------------- OT pre-alignment
+PAIRS = list(zip(SRC, [" ".join(w + "_x" for w in t.split()) for t in SRC], strict=True))
+
+
+def _acfg(**kw):
+    from xite_fast.train import AlignConfig
+
+    base = dict(epochs=4, batch_size=8, lr=3e-3, prefix="", freeze_layers=1, eps=0.5, drift_weight=0.01)
+    base.update(kw)
+    return AlignConfig(**base)
+
+
+def test_align_step0_ot_matches_hf_forward_reference():
+    # first step's OT term == ot_alignment_loss on a plain HF forward (torch Sinkhorn, word_ids from
+    # the tokenizer): checks the cached prefix, last-subword pooling inputs and collation
+    from xite_fast.losses import ot_alignment_loss, word_ids_tensor
+    from xite_fast.train import align
+
+    m = _model(dropout=0.0)
+    ref_model = copy.deepcopy(m).eval()
+    res = align(m, PAIRS, _acfg(epochs=1, max_steps=1, batch_size=len(PAIRS), backend="torch"))
+    en = [p[0] for p in PAIRS]
+    tg = [p[1] for p in PAIRS]
+    with torch.no_grad():
+        enc_e = TOK(en, padding=True, return_tensors="pt")
+        enc_t = TOK(tg, padding=True, return_tensors="pt")
+        h_e = ref_model.encoder(input_ids=enc_e["input_ids"], attention_mask=enc_e["attention_mask"])
+        h_t = ref_model.encoder(input_ids=enc_t["input_ids"], attention_mask=enc_t["attention_mask"])
+        ref = ot_alignment_loss(
+            h_t.last_hidden_state,
+            h_e.last_hidden_state,
+            (enc_t["attention_mask"], enc_e["attention_mask"]),
+            word_ids=(word_ids_tensor(enc_t), word_ids_tensor(enc_e)),
+            eps=0.5,
+            backend="torch",
+        )
+    assert res.ot[0] == pytest.approx(float(ref), rel=1e-4, abs=1e-5)
+    assert res.drift[0] == 0.0  # parameters have not moved yet: c == c0 exactly (no dropout)
+
+
+@pytest.mark.parametrize("cache_frozen", [True, False])
+def test_align_ot_falls_drift_grows_frozen_parts_fixed(cache_frozen):
+    from xite_fast.train import align
+
+    m = _model(dropout=0.0)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    res = align(m, {"x": PAIRS}, _acfg(cache_frozen=cache_frozen))
+    assert len(res.ot) == 4 * 6 and res.pairs == {"x": 48}
+    assert res.drift[0] == 0.0
+    assert res.drift[-1] > 0.0
+    assert np.mean(res.ot[-3:]) < 0.5 * np.mean(res.ot[:3]), (res.ot[:3], res.ot[-3:])
+    for n, p in m.named_parameters():
+        moved = not torch.equal(p, before[n])
+        trainable = n.startswith("encoder.encoder.layer.1.")
+        if not trainable:
+            assert not moved, f"{n} is frozen (embeddings, layer 0, head) but changed"
+    assert any(not torch.equal(p, before[n]) for n, p in m.named_parameters() if "layer.1." in n)
+
+
+def test_align_drift_weight_limits_drift():
+    from xite_fast.train import align
+
+    free = align(_model(dropout=0.0), PAIRS, _acfg(drift_weight=0.0))
+    tied = align(_model(dropout=0.0), PAIRS, _acfg(drift_weight=1.0))
+    assert free.drift[-1] == 0.0  # weight 0 -> term 0
+    # measured unweighted drift: tied run stays much closer to the start model
+    assert tied.drift[-1] / 1.0 < 0.5 * sum(free.ot[:1])
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"eps": 0.0}, "AlignConfig.eps must be a finite float > 0"),
+        ({"freeze_layers": 2}, r"AlignConfig.freeze_layers must be in \[0, 1\]"),
+        ({"pooling": "max"}, "AlignConfig.pooling must be one of"),
+        ({"eps_schedule": "cosine"}, "AlignConfig.eps_schedule must be None or 'anneal'"),
+        ({"drift_weight": -1.0}, "AlignConfig.drift_weight must be a finite float >= 0"),
+        ({"max_steps": 0}, "AlignConfig.max_steps must be None or a positive int"),
+        ({"backend": "gpu"}, "backend must be one of"),
+    ],
+)
+def test_align_bad_config_named_errors(kw, match):
+    from xite_fast.train import align
+
+    with pytest.raises(ValueError, match=match):
+        align(_model(), PAIRS, _acfg(**kw))
+
+
+def test_align_bad_pairs_named_errors():
+    from xite_fast.train import align
+
+    with pytest.raises(ValueError, match=r"pairs\['target'\] must be a non-empty sequence"):
+        align(_model(), [], _acfg())
+    with pytest.raises(ValueError, match=r"pairs\['ko'\]\[1\] must be a \(english, target\) pair"):
+        align(_model(), {"ko": [("a", "b"), ("a",)]}, _acfg())
+    with pytest.raises(ValueError, match="must be an EncoderClassifier"):
+        align(_model().encoder, PAIRS, _acfg())
+
+
+# --------------------------------------------------------------------------------------------- EAR
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_attention_probs_match_eager_output_attentions(impl):
+    from transformers import BertModel
+
+    from xite_fast.train import attention_probs
+
+    m = _model(dropout=0.0).eval()
+    eager = BertModel(copy.deepcopy(m.encoder.config), add_pooling_layer=False)
+    eager.load_state_dict(m.encoder.state_dict())
+    eager.set_attn_implementation("eager")
+    m.encoder.set_attn_implementation(impl)
+    ids, mask = m.collate(m.tokenize(SRC[:6], 16))
+    with torch.no_grad():
+        out = eager(input_ids=ids, attention_mask=mask, output_attentions=True, output_hidden_states=True)
+        for li in range(2):
+            h = out.hidden_states[li]
+            got = attention_probs(m.encoder.encoder.layer[li], h, m._layer_mask(mask, h))
+            real = mask.bool()
+            pair = (real[:, None, :, None] & real[:, None, None, :]).expand_as(got)
+            torch.testing.assert_close(got[pair], out.attentions[li][pair], rtol=1e-5, atol=1e-6)
+            # padded keys get no attention
+            assert float(got.masked_select(~real[:, None, None, :].expand_as(got)).abs().max()) < 1e-6
+
+
+def test_ear_layer_resolution_and_perturbed_copies():
+    from xite_fast.train import _perturbed_copies, ear_layer
+
+    assert ear_layer(TrainConfig(freeze_layers=0), 12) == 6
+    assert ear_layer(TrainConfig(freeze_layers=10), 12) == 11  # 6 is frozen: first trainable layer
+    assert ear_layer(TrainConfig(freeze_layers=1), 2) == 2
+    assert ear_layer(TrainConfig(ear_attention_layer=3), 12) == 3
+    m = _model()
+    seqs = m.tokenize(SRC, 16)
+    pert = _perturbed_copies(m, SRC, seqs, _cfg(ear=True, ear_rate=0.5, ear_k=3))
+    english_ids = {i for s in seqs for i in s}
+    assert [len(s) for s in pert] == [len(s) for s in seqs]
+    changed = sum(a != b for s, p in zip(seqs, pert, strict=True) for a, b in zip(s, p, strict=True))
+    assert changed > 0.2 * sum(len(s) - 2 for s in seqs)  # rate 0.5 of the words (specials kept)
+    assert all(i in english_ids for s in pert for i in s)  # replacements come from the English vocabulary
+    assert all(s[0] == p[0] and s[-1] == p[-1] for s, p in zip(seqs, pert, strict=True))
+
+
+def test_ear_loss_falls_and_cached_equals_recomputed():
+    runs = {}
+    for cache in (True, False):
+        m = _model(dropout=0.0)
+        runs[cache] = train(m, SRC, YS, _cfg(ear=True, freeze_layers=1, cache_frozen=cache, epochs=8))
+    r = runs[True]
+    assert len(r.ear_terms) == len(r.step_losses) == 8 * 6
+    np.testing.assert_allclose(runs[True].step_losses[:3], runs[False].step_losses[:3], rtol=1e-4)
+    assert np.mean(r.step_losses[-6:]) < 0.7 * np.mean(r.step_losses[:6])
+    t0 = r.ear_terms[0]
+    w = TrainConfig()
+    total0 = (
+        w.ear_ce_weight * t0["ce"]
+        + w.ear_ce_perturbed_weight * t0["ce_perturbed"]
+        + w.ear_push_weight * t0["push"]
+        + w.ear_pull_weight * t0["pull"]
+    )
+    assert r.step_losses[0] == pytest.approx(total0, rel=1e-5)
+    assert t0["push"] <= 0.0 and t0["pull"] >= 0.0
+
+
+def test_ear_pull_weight_reduces_attention_gap():
+    # a large pull weight must bring the attention of originals and copies closer than no pull
+    pulls = {}
+    for wgt in (0.0, 1e4):
+        r = train(_model(dropout=0.0), SRC, YS, _cfg(ear=True, freeze_layers=1, ear_pull_weight=wgt))
+        pulls[wgt] = np.mean([t["pull"] for t in r.ear_terms[-6:]])
+    assert pulls[1e4] < pulls[0.0]
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"ear_rate": 0.0}, r"ear_rate must be a float in \(0, 1\]"),
+        ({"ear_k": 0}, "ear_k must be a positive int"),
+        ({"ear_pull_weight": -1.0}, "ear_pull_weight must be a finite float >= 0"),
+        ({"ear_attention_layer": 3}, r"ear_attention_layer must be in \[1, 2\]"),
+        ({"ear_attention_layer": 1, "freeze_layers": 1}, "must be a trainable layer"),
+    ],
+)
+def test_ear_bad_config_named_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        train(_model(), SRC, YS, _cfg(ear=True, **kw))
+
+
+def test_ear_rejects_stage2():
+    with pytest.raises(ValueError, match="ear is a stage-1 option"):
+        train(_model(), TGT, YS, _cfg(ear=True), source_texts=SRC)

@@ -23,6 +23,8 @@ _LAZY = {
     "XiteAugmenter": "xite_fast.augment",
     "train": "xite_fast.train",
     "TrainConfig": "xite_fast.train",
+    "align": "xite_fast.train",
+    "AlignConfig": "xite_fast.train",
     "sinkhorn_divergence": "xite_fast.ops.sinkhorn",
 }
 

