@@ -13,7 +13,6 @@ formulation. Rows are appended to bench/results/lda_project_interp.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import functools
 import os
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import cpu_model
+from _common import append_csv, cpu_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -255,14 +254,7 @@ def main(argv=None) -> None:
         print()
         del s, t, out, ts, tt, tout
     if not args.no_csv:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        new = not RESULTS.exists()
-        with RESULTS.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                w.writeheader()
-            w.writerows(rows)
-        print(f"wrote {len(rows)} rows to {RESULTS}")
+        append_csv(RESULTS, rows)
 
 
 if __name__ == "__main__":

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
+# TRITON_INTERPRET=1 (no CUDA device) is set by tests/conftest.py before this module is imported.
 import os
-
-if not os.environ.get("TRITON_INTERPRET"):
-    import torch as _torch
-
-    if not _torch.cuda.is_available():
-        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere in this module
 
 import pytest
 import torch

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
-if not os.environ.get("TRITON_INTERPRET"):
-    import torch as _torch
-
-    if not _torch.cuda.is_available():
-        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere in this module
-
+# TRITON_INTERPRET=1 (no CUDA device) is set by tests/conftest.py before this module is imported.
 import pytest
 import torch
 
