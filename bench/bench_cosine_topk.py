@@ -100,6 +100,16 @@ def _provider(prov: str, q: np.ndarray, x: np.ndarray, k: int, slow_n: int, repe
     """(callable returning (scores, indices), queries it handles, repeats) for one provider."""
     if prov == "xite_fast":
         return (lambda: cosine_topk(q, x, k, backend="cpu")), q.shape[0], repeats
+    if prov.startswith("xite_"):  # xite_avx512 / xite_packed / xite_dot: one forced micro-kernel
+
+        def run():
+            os.environ["XITE_FAST_CPU_KERNEL"] = prov[len("xite_") :]
+            try:
+                return cosine_topk(q, x, k, backend="cpu")
+            finally:
+                del os.environ["XITE_FAST_CPU_KERNEL"]
+
+        return run, q.shape[0], repeats
     if prov == "faiss":
         import faiss
 
@@ -213,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                     ratio_vs_faiss=f"{ratio:.3f}",
                     threads=threads,
                     machine=machine,
-                    version=versions.get(prov, ""),
+                    version=versions.get(prov, versions["xite_fast"] if prov.startswith("xite_") else ""),
                 )
             )
         print(flush=True)

@@ -24,6 +24,9 @@ BACKENDS = [
     "torch",
 ]
 needs_cpu = pytest.mark.skipif(not HAS_CPU, reason="C++ kernel not built")
+HAS_AVX512 = HAS_CPU and bool(_backend.load_extension().cpu_supports_avx512())
+# packed micro-kernels this CPU runs: AVX2 6x16 always, AVX-512 12x32 when present
+PACKED = ["packed"] + (["avx512"] if HAS_AVX512 else [])
 ATOL = 2e-6
 
 
@@ -92,7 +95,7 @@ def test_all_k_1_to_64():
 
 
 @needs_cpu
-@pytest.mark.parametrize("kernel", ["packed", "dot"])
+@pytest.mark.parametrize("kernel", [*PACKED, "dot"])
 @pytest.mark.parametrize("n,m,d", [(7, 50, 1), (31, 517, 13), (64, 3001, 96)])
 def test_blocking_and_threads_bitwise_identical(n, m, d, kernel):
     """Every tiling/thread count yields bit-identical output (same instruction sequence per score)."""
@@ -118,6 +121,9 @@ def test_blocking_and_threads_bitwise_identical(n, m, d, kernel):
         dict(num_threads=3, split="queries", key_block=8),
         dict(num_threads=2, split="keys"),
         dict(num_threads=3, split="keys", key_block=4, query_block=3),
+        # AVX-512 kernel: reduction chunks (partial sums through memory), incl. ragged last chunk
+        dict(num_threads=1, d_block=7),
+        dict(num_threads=2, d_block=32, key_block=40, query_block=24, split="keys"),
     ]:
         s, i = ext.cosine_topk(q, x, k, False, kernel=kernel, **kw)
         np.testing.assert_array_equal(i, base_i, err_msg=str(kw))
@@ -361,7 +367,7 @@ def test_triton_backend_dispatch():
 
 
 @needs_cpu
-@pytest.mark.parametrize("kernel", ["packed", "dot", "auto"])
+@pytest.mark.parametrize("kernel", [*PACKED, "dot", "auto"])
 @pytest.mark.parametrize("assume_normalized", [False, True])
 @pytest.mark.parametrize("n,m,d,k", SHAPES + [(13, 4099, 768, 8), (6, 33, 17, 33), (97, 1601, 384, 5)])
 def test_cpp_kernels_vs_reference(kernel, assume_normalized, n, m, d, k):
@@ -378,7 +384,7 @@ def test_cpp_kernels_vs_reference(kernel, assume_normalized, n, m, d, k):
 
 
 @needs_cpu
-@pytest.mark.parametrize("kernel", ["packed", "dot"])
+@pytest.mark.parametrize("kernel", [*PACKED, "dot"])
 def test_cpp_kernels_zero_vectors_and_errors(kernel):
     ext = _backend.load_extension()
     q, x = _data(8, 40, 24, seed=5)
@@ -395,5 +401,39 @@ def test_cpp_kernels_zero_vectors_and_errors(kernel):
     big_q, big_x = np.full((7, 8), 1e20, np.float32), np.full((50, 8), 1e20, np.float32)
     with pytest.raises(ValueError, match="scores overflowed float32"):
         ext.cosine_topk(big_q, big_x, 3, True, 1, kernel=kernel)
-    with pytest.raises(ValueError, match="kernel must be 'auto', 'packed' or 'dot', got 'gemm'"):
+    with pytest.raises(ValueError, match="kernel must be 'auto', 'avx512', 'packed' or 'dot', got 'gemm'"):
         ext.cosine_topk(q, x, 3, kernel="gemm")
+    with pytest.raises(ValueError, match="d_block must be >= 0"):
+        ext.cosine_topk(q, x, 3, kernel=kernel, d_block=-1)
+
+
+@needs_cpu
+@pytest.mark.skipif(not HAS_AVX512, reason="CPU without AVX-512F")
+@pytest.mark.parametrize("n,m,d", [(5, 40, 1), (37, 1000, 768), (100, 3001, 97), (251, 2049, 384)])
+def test_avx512_bitwise_equals_avx2_packed(n, m, d):
+    """Both packed kernels accumulate each score sequentially over d in one fp32 lane with FMAs, so
+    the AVX-512 12x32 tile (with or without reduction chunks) reproduces the AVX2 6x16 tile bit for bit."""
+    ext = _backend.load_extension()
+    q, x = _data(n, m, d, seed=d)
+    x[::5] = x[2]  # ties
+    k = min(8, m)
+    ref_s, ref_i = ext.cosine_topk(q, x, k, kernel="packed")
+    for kw in [dict(), dict(d_block=64), dict(d_block=5, num_threads=1), dict(split="keys")]:
+        s, i = ext.cosine_topk(q, x, k, kernel="avx512", **kw)
+        np.testing.assert_array_equal(s, ref_s, err_msg=str(kw))
+        np.testing.assert_array_equal(i, ref_i, err_msg=str(kw))
+    assert ext.cosine_topk(q, x, k)[0].tobytes() == ref_s.tobytes()  # "auto" picks AVX-512 here
+
+
+@needs_cpu
+def test_cpu_kernel_env_override(monkeypatch):
+    """XITE_FAST_CPU_KERNEL selects the C++ micro-kernel; unknown names are a clear error."""
+    q, x = _data(20, 300, 33, seed=9)
+    base = cosine_topk(q, x, 4, backend="cpu")
+    for name in [*PACKED, "dot"]:
+        monkeypatch.setenv("XITE_FAST_CPU_KERNEL", name)
+        s, i = cosine_topk(q, x, 4, backend="cpu")
+        assert_topk_equal(s, i, *base, atol=ATOL, queries=q, keys=x)
+    monkeypatch.setenv("XITE_FAST_CPU_KERNEL", "sse9")
+    with pytest.raises(ValueError, match="XITE_FAST_CPU_KERNEL must be one of"):
+        cosine_topk(q, x, 4, backend="cpu")

@@ -167,8 +167,20 @@ def _key_chunks(keys: Any):
         yield j0, keys[j0 : j0 + rows]
 
 
+_CPU_KERNELS = ("auto", "avx512", "packed", "dot")
+
+
+def _cpu_kernel() -> str:
+    """Micro-kernel of the C++ backend: ``XITE_FAST_CPU_KERNEL`` (default ``"auto"``)."""
+    kernel = os.environ.get("XITE_FAST_CPU_KERNEL", "auto").strip().lower() or "auto"
+    if kernel not in _CPU_KERNELS:
+        raise ValueError(f"XITE_FAST_CPU_KERNEL must be one of {_CPU_KERNELS}, got {kernel!r}")
+    return kernel
+
+
 def _cpu(queries: Any, keys: Any, k: int, assume_normalized: bool) -> tuple[np.ndarray, np.ndarray]:
     ext = load_extension()
+    kernel = _cpu_kernel()
     q = _as_f32_numpy(queries)
     if (
         is_torch(keys)
@@ -178,12 +190,14 @@ def _cpu(queries: Any, keys: Any, k: int, assume_normalized: bool) -> tuple[np.n
         # in-memory keys are converted once; a float32 C-contiguous memmap is read in place (zero-copy),
         # all threads sweeping one key block at a time so the file is read from disk once
         stream = isinstance(keys, np.memmap)
-        return ext.cosine_topk(q, _as_f32_numpy(keys), k, assume_normalized, stream_keys=stream)
+        return ext.cosine_topk(
+            q, _as_f32_numpy(keys), k, assume_normalized, stream_keys=stream, kernel=kernel
+        )
     # other memmaps: convert chunk by chunk so RAM stays O(chunk), merge the partial top-k exactly
     parts_s, parts_i = [], []
     for j0, chunk in _key_chunks(keys):
         kc = min(k, int(chunk.shape[0]))
-        s, i = ext.cosine_topk(q, _as_f32_numpy(chunk), kc, assume_normalized, key_offset=j0)
+        s, i = ext.cosine_topk(q, _as_f32_numpy(chunk), kc, assume_normalized, key_offset=j0, kernel=kernel)
         parts_s.append(s)
         parts_i.append(i)
     return merge_topk(parts_s, parts_i, k)
