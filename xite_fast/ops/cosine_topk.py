@@ -6,14 +6,16 @@
 
 sorted descending, ties broken by the lower key index. Two backends:
 
-* ``"cpu"``: the fused C++ kernel ``xite_fast._C.cosine_topk``: queries normalised into 6-row
-  panels, key blocks packed into 16-key panels, a BLIS-style 6 x 16 AVX2/FMA micro-kernel whose
-  12 accumulators are compared (one compare + movemask per row) with each query's running k-th
-  score, so only the rare winners touch the per-query top-k; OpenMP over queries or keys, GIL
-  released. It never materialises the N x M score matrix and never makes a normalised copy of the
-  keys (key norms are an O(M) vector). Each score is summed in d order in one lane, so the output is
-  bit-identical for every thread count and tiling. (``kernel="dot"`` on ``_C.cosine_topk`` selects
-  the older unpacked 3 x 4 dot-product kernel.)
+* ``"cpu"``: the fused C++ kernel ``xite_fast._C.cosine_topk``: queries normalised into 12-row
+  (AVX-512) or 6-row (AVX2) panels, key blocks packed into 32- or 16-key panels, a BLIS-style
+  12 x 32 AVX-512 (24 zmm accumulators) or 6 x 16 AVX2/FMA micro-kernel, picked at run time from
+  the CPU's features; the accumulators are compared (one compare per row) with each query's
+  running k-th score, so only the rare winners touch the per-query top-k; OpenMP over queries or
+  keys, GIL released. It never materialises the N x M score matrix and never makes a normalised
+  copy of the keys (key norms are an O(M) vector). Each score is summed in d order in one lane
+  with FMAs, so the output is bit-identical for every thread count, tiling and for both
+  micro-kernels. ``XITE_FAST_CPU_KERNEL=avx512|packed|dot`` forces one (``dot`` is the older
+  unpacked 3 x 4 dot-product kernel); the default ``auto`` picks AVX-512 when present.
 * ``"torch"``: the chunked reference :func:`xite_fast.reference.cosine_topk_ref`.
 * ``"triton"`` / ``"cuda"``: the GPU kernels (``xite_fast.ops.triton.cosine_topk``,
   ``xite_fast._C.cosine_topk_cuda``) for torch CUDA tensors; ``"auto"`` picks them for CUDA inputs.
