@@ -27,14 +27,14 @@ Providers and how their parameters are matched:
   updates), plus its final extrapolation step. Its iteration count therefore matches ours but its
   update rule does not (it is closest to ``xite_cpu_anneal``).
 
-Writes bench/results/sinkhorn.csv: shape, provider, mode, n_iters, median_ms, throughput
+Appends to bench/results/sinkhorn.csv: date, shape, provider, mode, n_iters, median_ms, throughput
 (pairs/s), machine, version, note.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import datetime as dt
 import math
 import os
 import statistics
@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import cpu_model
+from _common import append_csv, cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -111,6 +111,7 @@ def main(argv=None) -> None:
         results[(provider, mode)] = sec
         rows.append(
             dict(
+                date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 shape=shape,
                 provider=provider,
                 mode=mode,
@@ -220,13 +221,7 @@ def main(argv=None) -> None:
         sp = f"{f / results[(base, 'fwd')]:.1f}x / {fb / results[(base, 'fwd+bwd')]:.1f}x"
         print(f"{prov:16s} {f * 1e3:10.2f} {fb * 1e3:11.2f} {sp:>34s}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print(f"\nwrote {out}")
+    append_csv(args.out, rows)  # earlier runs stay in the file (dated rows)
 
 
 if __name__ == "__main__":
