@@ -189,6 +189,20 @@ struct TopK {
     if (c < k) cnt[q] = ++c;
     if (c == k) thr[q] = S[k - 1];
   }
+
+  // Rare path of the kernels' filters: bit b of m flags score sv[b] (of key j0 + b) as above row
+  // `q`'s threshold or NaN/inf. Re-checked in key order: the threshold rises with every insertion.
+  inline void insert_flagged(int64_t q, uint32_t m, const float* sv, int64_t j0) {
+    while (m) {
+      const int b = __builtin_ctz(m);
+      m &= m - 1;
+      if (!(sv[b] <= std::numeric_limits<float>::max())) {  // NaN or +inf: float32 overflow
+        __atomic_store_n(nan_seen, 1, __ATOMIC_RELAXED);
+      } else if (sv[b] > thr[q]) {
+        insert(q, sv[b], j0 + b);
+      }
+    }
+  }
 };
 
 struct Problem {
@@ -246,16 +260,7 @@ void run_tile(const Problem& P, int64_t qa, int64_t qb, int64_t ja, int64_t jb, 
           if (__builtin_expect(m != 0, 0)) {
             alignas(16) float sv[4];
             _mm_store_ps(sv, sc);
-            while (m) {
-              const int b = __builtin_ctz(m);
-              m &= m - 1;
-              // the threshold rises with every insertion: re-check in key order
-              if (!(sv[b] <= std::numeric_limits<float>::max())) {  // NaN or +inf: overflow
-                __atomic_store_n(top.nan_seen, 1, __ATOMIC_RELAXED);
-              } else if (sv[b] > top.thr[row]) {
-                top.insert(row, sv[b], j + b + P.key_offset);
-              }
-            }
+            top.insert_flagged(row, m, sv, j + P.key_offset);
           }
         }
       }
@@ -423,15 +428,7 @@ void run_tile_packed(const float* Ap, const float* Bp, const float* nrm, int64_t
             alignas(32) float sv[PNR];
             _mm256_store_ps(sv, s0);
             _mm256_store_ps(sv + 8, s1);
-            while (m) {
-              const int b = __builtin_ctz(m);
-              m &= m - 1;
-              if (!(sv[b] <= std::numeric_limits<float>::max())) {  // NaN or +inf: overflow
-                __atomic_store_n(top.nan_seen, 1, __ATOMIC_RELAXED);
-              } else if (sv[b] > top.thr[row]) {
-                top.insert(row, sv[b], jp + b + key_offset);
-              }
-            }
+            top.insert_flagged(row, m, sv, jp + key_offset);
           }
         }
       }
@@ -520,15 +517,7 @@ XITE_AVX512 void run_tile_avx512(const float* Ap, const float* Bp, const float* 
               alignas(64) float sv[ZNR];
               _mm512_store_ps(sv, s0);
               _mm512_store_ps(sv + 16, s1);
-              while (m) {
-                const int b = __builtin_ctz(m);
-                m &= m - 1;
-                if (!(sv[b] <= std::numeric_limits<float>::max())) {  // NaN or +inf: overflow
-                  __atomic_store_n(top.nan_seen, 1, __ATOMIC_RELAXED);
-                } else if (sv[b] > top.thr[row]) {
-                  top.insert(row, sv[b], jp + b + key_offset);
-                }
-              }
+              top.insert_flagged(row, m, sv, jp + key_offset);
             }
           }
         }
