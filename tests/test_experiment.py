@@ -126,6 +126,37 @@ def test_end_to_end_tiny_run_and_resume(tmp_path, tiny_model_dir):
     assert list(csv.DictReader(open(f"{out}.csv"))) == rows
 
 
+def test_matched_only_ablation_trains_on_matched_labels(tmp_path, tiny_model_dir, monkeypatch):
+    """The lambda = 0 row fine-tunes on the XITE-matched labels (those the xite rows use), no mixing;
+    self-train uses the stage-1 pseudo-labels."""
+    import xite_fast.train as tr
+
+    seen = {}
+    real_train = tr.train
+
+    def spy(model, texts, labels, cfg, **kw):
+        if cfg.checkpoint_dir and "/korean/" in cfg.checkpoint_dir:
+            seen[cfg.checkpoint_dir.rsplit("/", 1)[-1]] = (list(labels), kw.get("source_texts"), cfg.placement)
+        return real_train(model, texts, labels, cfg, **kw)
+
+    monkeypatch.setattr(tr, "train", spy)  # the driver imports it at call time
+    argv = [
+        "--model", str(tiny_model_dir), "--num-layers", "2", "--freeze-layers", "1", "--hidden-layer", "1",
+        "--langs", "korean", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1",
+        "--variants", "self-train", "matched-only", "xite-sentence",
+        "--out", str(tmp_path / "exp"), "--work-dir", str(tmp_path / "work"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    assert set(seen) == {"self-train", "matched-only", "xite-sentence"}
+    matched, src, placement = seen["matched-only"]
+    assert placement == "none" and src is None  # no source texts: nothing to mix with
+    assert matched == seen["xite-sentence"][0]  # the transferred labels
+    runs = {r["variant"]: r for r in map(json.loads, (tmp_path / "exp_runs.jsonl").read_text().splitlines())}
+    assert runs["matched-only"]["labels"] == "matched" and runs["self-train"]["labels"] == "pseudo"
+    # the stage-1 pseudo-labels and the matched labels are different label sets on this pool
+    assert seen["self-train"][0] != matched
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="--variants must be from"):
         main(["--variants", "xite-magic", "--out", str(tmp_path / "x"), "--limit", "10"])

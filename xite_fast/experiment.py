@@ -12,6 +12,8 @@ Protocol (per seed):
 * Stage 1: fine-tune the encoder + head on English train -> the **zero-shot** row.
 * Stage 2 (each row restarts from the stage-1 weights), on the target pool:
   ``self-train``: plain fine-tuning on the stage-1 model's pseudo-labels;
+  ``matched-only``: the lambda = 0 ablation: plain fine-tuning on the target pool with the XITE-matched
+  labels (no source/target mixing), separating label quality from interpolation;
   ``xite-<placement>[-lda]``: every pool sentence is matched to its cosine top-1 English train sentence
   (pooled embeddings of the stage-1 encoder, :func:`xite_fast.cosine_topk`), takes that label, and the
   model trains on the source/target mix at the given placement (see :mod:`xite_fast.train`).
@@ -49,6 +51,7 @@ __all__ = ["main", "VARIANTS", "STAGE1_ROWS", "run_experiment", "summarize", "al
 # name -> TrainConfig overrides for stage 2 (fields not listed come from the stage-2 base config)
 VARIANTS: dict[str, dict[str, Any]] = {
     "self-train": {"placement": "none"},
+    "matched-only": {"placement": "none", "labels": "matched"},
     "xite-sentence": {"placement": "sentence", "lda": False},
     "xite-sentence-lda": {"placement": "sentence", "lda": True},
     "xite-input": {"placement": "input", "lda": False},
@@ -443,7 +446,8 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                     if key in done:
                         continue
                     _restore(model, stage1)
-                    over = VARIANTS[variant]
+                    over = dict(VARIANTS[variant])
+                    label_source = over.pop("labels", "pseudo")  # rows without mixing: which labels
                     cfg2 = TrainConfig(
                         epochs=args.stage2_epochs,
                         lr=args.stage2_lr,
@@ -457,7 +461,7 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                         res = train(
                             model,
                             pool_texts,
-                            pseudo,
+                            xite_labels if label_source == "matched" else pseudo,
                             cfg2,
                             eval_sets={lang: data[lang]["test"], "english": en_te},
                             state_cache=cache,
@@ -479,6 +483,7 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                         "lang": lang,
                         "variant": f"{variant}{suffix}",
                         "stage1": row,
+                        "labels": label_source if over["placement"] == "none" else "matched",
                         "seconds": time.perf_counter() - t0,
                         "step_seconds": float(np.mean([h["seconds"] / h["steps"] for h in res.history])),
                         "english": fin["english"],
