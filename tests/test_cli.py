@@ -266,3 +266,27 @@ def test_encode_subcommand(tmp_path, capsys):
     texts = txt.read_text(encoding="utf-8").splitlines()
     ref = Encoder(num_layers=2).encode(texts[:5])
     np.testing.assert_allclose(store.to_memmap()[:5], ref, atol=1e-5)
+
+
+def test_ray_option_errors(tmp_path, capsys, monkeypatch):
+    """--ray fails fast and clearly: malformed address, unreachable head, Ray not installed."""
+    src, tgt, txt = _write_small(tmp_path)
+    aug = ["augment", "--source", str(src), "--target", str(tgt), "--out", str(tmp_path / "o")]
+    enc = ["encode", "--input", str(txt), "--out", str(tmp_path / "e")]
+    for argv in (aug, enc):
+        err = _err(capsys, [*argv, "--ray", "nohost"])
+        assert "--ray: ray address must be 'local', 'auto', 'HOST:PORT'" in err and "'nohost'" in err
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        ray = None
+    if ray is not None and not ray.is_initialized():
+        for argv in (aug, enc):
+            assert main([*argv, "--ray", "127.0.0.1:1"]) == 1
+            err = capsys.readouterr().err
+            assert "--ray: cannot reach the Ray cluster at '127.0.0.1:1'" in err, err
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    for argv in (aug, enc):
+        err = _err(capsys, [*argv, "--ray", "local"])
+        assert 'a required component is missing: Ray is not installed: pip install "xite_fast[ray]"' in err
+    assert not (tmp_path / "e").exists()  # nothing was written before the check

@@ -23,6 +23,11 @@ RAM is bounded by one target shard + one source shard (``--shard-size`` rows x D
 (shard, k) match results, and 8 + 4 bytes per row for the offset/label indexes: never N x M scores,
 never all embeddings or texts.
 
+``--ray ADDRESS`` (``augment`` and ``encode``) runs steps 2 and 4 on a Ray cluster
+(:mod:`xite_fast.distributed`: both corpora encoded by one Ray Data pipeline of encoder actors, each
+target shard matched against the source shards by Ray Data workers); the outputs are byte-identical to
+the run without it, and either can resume the other's run (``--ray`` is not part of ``config.json``).
+
 A rerun with the same options skips every finished stage and shard, so a killed run loses at most the
 shard in progress and the outputs are byte-identical to an uninterrupted run. A rerun with different
 options into the same ``--out`` is refused (``OUT/config.json``).
@@ -105,13 +110,61 @@ class _Timer:
         return _Ctx()
 
 
-def _make_encoder(args):
-    from xite_fast.encoder import Encoder
-
+def _encoder_kwargs(args) -> dict:
     kw = {"num_layers": args.num_layers}
     if args.encoder_backend is not None:
         kw["backend"] = args.encoder_backend
-    return Encoder(args.model, **kw)
+    return kw
+
+
+def _make_encoder(args):
+    from xite_fast.encoder import Encoder
+
+    return Encoder(args.model, **_encoder_kwargs(args))
+
+
+def _init_ray(address: str) -> None:
+    """``--ray ADDRESS``: connect (or start a local instance) before any work, so a bad address or a
+    missing Ray fails in seconds (ValueError -> exit 2, ImportError -> exit 2, unreachable -> exit 1)."""
+    from xite_fast.distributed import init_ray
+
+    try:
+        ray = init_ray(address)
+    except ValueError as exc:
+        raise CLIError(f"--ray: {exc}") from None
+    except RuntimeError as exc:
+        raise RuntimeError(f"--ray: {exc}") from None
+    # keep the CLI's stderr readable: no Ray Data progress bars or per-dataset INFO lines
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    import logging
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+class _IndexedTexts:
+    """Texts of an indexed corpus by row range, for Ray workers (picklable: paths only).
+
+    Row ``i`` is record ``i`` of :func:`xite_fast.data.iter_records` (the ``OUT/index`` byte offsets),
+    i.e. the same texts the single-process path streams into :func:`xite_fast.encode_corpus`.
+    """
+
+    def __init__(self, path: Path, offsets_path: Path, text_field: str):
+        self.path, self.offsets_path, self.text_field = str(path), str(offsets_path), text_field
+        self.rows = int(np.load(offsets_path, mmap_mode="r").shape[0])
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def read_rows(self, start: int, stop: int) -> list[str]:
+        from xite_fast.data import RecordReader
+
+        reader = RecordReader(
+            self.path, np.load(self.offsets_path, mmap_mode="r"), text_field=self.text_field
+        )
+        try:
+            return [text for text, _ in reader.get(range(start, stop))]
+        finally:
+            reader.close()
 
 
 # ----------------------------------------------------------------------------------------- inputs
@@ -331,6 +384,22 @@ def _match_shard(tmm, src_shards, k: int, backend: str, src_mean, tgt_mean, chun
     return out_s, out_i
 
 
+def _match_shard_ray(tmm, src_store, k: int, backend: str, src_mean, tgt_mean, chunk: int):
+    """:func:`_match_shard` on the Ray cluster: the source store's shards are searched by Ray Data
+    workers (each memory-maps and centers its shard) and merged exactly; bit-identical results."""
+    from xite_fast.distributed import sharded_cosine_topk
+
+    n = tmm.shape[0]
+    out_s, out_i = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
+    for c0 in range(0, n, chunk):
+        q = np.asarray(tmm[c0 : c0 + chunk], dtype=np.float32)
+        if tgt_mean is not None:
+            q = q - tgt_mean[None, :]
+        s, i = sharded_cosine_topk(q, src_store, k, executor="ray", backend=backend, key_mean=src_mean)
+        out_s[c0 : c0 + chunk], out_i[c0 : c0 + chunk] = s, i
+    return out_s, out_i
+
+
 def run_augment(args) -> dict:
     from xite_fast.augment import (
         SimilarityHistogram,
@@ -343,6 +412,8 @@ def run_augment(args) -> dict:
     from xite_fast.ops.lda_project_interp import lda_project_interp
 
     _validate_augment_args(args)
+    if args.ray is not None:
+        _init_ray(args.ray)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     timer = _Timer()
@@ -380,7 +451,31 @@ def run_augment(args) -> dict:
 
         stores = {}
         encoder = None
-        for name, path, meta in (("source", src_path, smeta), ("target", tgt_path, tmeta)):
+        corpora = (("source", src_path, smeta), ("target", tgt_path, tmeta))
+        if args.ray is not None:
+            # both corpora in one Ray Data pipeline: the actors load the encoder once
+            from xite_fast.distributed import encode_corpora_ray
+
+            todo = [
+                (name, path)
+                for name, path, meta in corpora
+                if _complete_store(out / f"{name}_emb", meta["rows"], EmbeddingStore) is None
+            ]
+            if todo:
+                encode_corpora_ray(
+                    [
+                        (
+                            _IndexedTexts(path, idx_dir / f"{name}_offsets.npy", args.text_field),
+                            out / f"{name}_emb",
+                        )
+                        for name, path in todo
+                    ],
+                    args.model,
+                    encoder_kwargs=_encoder_kwargs(args),
+                    shard_size=args.shard_size,
+                    batch_size=args.batch_size,
+                )
+        for name, path, meta in corpora:
             store_dir = out / f"{name}_emb"
             store = _complete_store(store_dir, meta["rows"], EmbeddingStore)
             if store is None:
@@ -440,7 +535,12 @@ def run_augment(args) -> dict:
                 n_skipped += 1
                 continue
             n = tmm.shape[0]
-            s, i = _match_shard(tmm, src_shards, k, args.backend, src_mean, tgt_mean, args.match_chunk)
+            if args.ray is not None:
+                s, i = _match_shard_ray(
+                    tmm, stores["source"], k, args.backend, src_mean, tgt_mean, args.match_chunk
+                )
+            else:
+                s, i = _match_shard(tmm, src_shards, k, args.backend, src_mean, tgt_mean, args.match_chunk)
             labels, sid, sim, keep = transfer_labels(
                 s,
                 i,
@@ -623,6 +723,8 @@ def run_encode(args) -> dict:
             check_positive_int(name, getattr(args, name))
         except ValueError as exc:
             raise CLIError(str(exc)) from None
+    if args.ray is not None:
+        _init_ray(args.ray)
     lang = parse_source_spec(args.input)
     if lang:
         source = [r["text"] for r in load_chatterbot(lang)]
@@ -634,14 +736,27 @@ def run_encode(args) -> dict:
     from xite_fast.corpus import encode_corpus
 
     t0 = time.perf_counter()
-    store = encode_corpus(
-        source,
-        Path(args.out),
-        _make_encoder(args),
-        shard_size=args.shard_size,
-        batch_size=args.batch_size,
-        text_field=args.text_field,
-    )
+    if args.ray is not None:
+        from xite_fast.distributed import encode_corpus_ray
+
+        store = encode_corpus_ray(
+            source,
+            Path(args.out),
+            args.model,
+            encoder_kwargs=_encoder_kwargs(args),
+            shard_size=args.shard_size,
+            batch_size=args.batch_size,
+            text_field=args.text_field,
+        )
+    else:
+        store = encode_corpus(
+            source,
+            Path(args.out),
+            _make_encoder(args),
+            shard_size=args.shard_size,
+            batch_size=args.batch_size,
+            text_field=args.text_field,
+        )
     if len(store) == 0:
         raise CLIError(f"--input: empty corpus: {args.input!r}")
     dt = time.perf_counter() - t0
@@ -662,6 +777,13 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=65536, help="rows per embedding / synthetic shard")
     p.add_argument("--text-field", default="text", help="JSONL field holding the text")
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default=None,
+        help="run encoding (and matching) on Ray: 'local' starts a local instance, 'auto' joins the one "
+        "on this machine, HOST:PORT / ray://HOST:PORT a cluster head; same output as without",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

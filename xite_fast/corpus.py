@@ -127,11 +127,15 @@ def _check_utf8(path: Path, errors: str) -> str:
     return h.hexdigest()
 
 
-def _iter_lines(path: Path, errors: str) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without its newline). Binary read: universal-newline text mode
-    would also split on U+2028 etc. inside a line and shift row numbers."""
+def _iter_lines(
+    path: Path, errors: str, *, offset: int = 0, first_lineno: int = 1
+) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its newline), from byte ``offset`` (line ``first_lineno``).
+    Binary read: universal-newline text mode would also split on U+2028 etc. inside a line and shift
+    row numbers."""
     with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
+        fh.seek(offset)
+        for lineno, raw in enumerate(fh, first_lineno):
             if raw.endswith(b"\n"):
                 raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
             try:
@@ -147,21 +151,26 @@ def _texts_txt(path: Path, errors: str, **_) -> Iterator[str]:
 
 def _texts_jsonl(path: Path, errors: str, text_field: str, **_) -> Iterator[str]:
     for lineno, line in _iter_lines(path, errors):
-        if not line.strip():
-            raise ValueError(f"{path}: line {lineno} is empty; a .jsonl file needs one JSON object per line")
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict) or text_field not in obj:
-            keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-            raise ValueError(f"{path}: line {lineno} has no field text_field={text_field!r} (got {keys})")
-        text = obj[text_field]
-        if not isinstance(text, str):
-            raise ValueError(
-                f"{path}: line {lineno} field {text_field!r} must be a string, got {type(text).__name__}"
-            )
-        yield text
+        yield _jsonl_text(path, lineno, line, text_field)
+
+
+def _jsonl_text(path: Path, lineno: int, line: str, text_field: str) -> str:
+    """One .jsonl record -> its text (shared by the streaming and the per-shard readers)."""
+    if not line.strip():
+        raise ValueError(f"{path}: line {lineno} is empty; a .jsonl file needs one JSON object per line")
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict) or text_field not in obj:
+        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{path}: line {lineno} has no field text_field={text_field!r} (got {keys})")
+    text = obj[text_field]
+    if not isinstance(text, str):
+        raise ValueError(
+            f"{path}: line {lineno} field {text_field!r} must be a string, got {type(text).__name__}"
+        )
+    return text
 
 
 def _texts_tsv(path: Path, errors: str, text_field: str, **_) -> Iterator[str]:
@@ -173,12 +182,16 @@ def _texts_tsv(path: Path, errors: str, text_field: str, **_) -> Iterator[str]:
     header = header_line.split("\t")
     col = header.index(text_field) if text_field in header else 0
     for lineno, line in lines:
-        fields = next(csv.reader([line], delimiter="\t", quoting=csv.QUOTE_NONE)) if line else [""]
-        if col >= len(fields):
-            raise ValueError(
-                f"{path}: line {lineno} has {len(fields)} columns, column {header[col]!r} (index {col}) missing"
-            )
-        yield fields[col]
+        yield _tsv_field(path, lineno, line, header, col)
+
+
+def _tsv_field(path: Path, lineno: int, line: str, header: list[str], col: int) -> str:
+    fields = next(csv.reader([line], delimiter="\t", quoting=csv.QUOTE_NONE)) if line else [""]
+    if col >= len(fields):
+        raise ValueError(
+            f"{path}: line {lineno} has {len(fields)} columns, column {header[col]!r} (index {col}) missing"
+        )
+    return fields[col]
 
 
 def _texts_parquet(path: Path, errors: str, text_field: str, **_) -> Iterator[str]:
@@ -235,6 +248,106 @@ def _open_source(source: Any, text_field: str, errors: str) -> tuple[dict, Itera
         )
     # an iterable cannot be fingerprinted up front: each shard's text sha256 identifies it instead
     return {"kind": "iterable"}, _texts_iterable(source)
+
+
+def _plan_file_shards(
+    source: str | os.PathLike, text_field: str, errors: str, shard_size: int
+) -> tuple[dict, list[dict]]:
+    """(fingerprint, shard specs) of a file source, for workers that each read only their own shard.
+
+    One pass over the file (after the validating pass of :func:`_open_source`) records the byte offset
+    and line number where every shard starts, so a worker seeks there and parses ``rows`` records with
+    the same readers as the streaming path (:func:`_read_shard_texts`): shard ``k`` holds exactly the
+    texts the single-process run puts into it. Specs are small picklable dicts.
+    """
+    fingerprint, _ = _open_source(source, text_field, errors)  # validation, sha256; the iterator is unused
+    path = Path(source).expanduser().resolve()  # absolute: a worker's working directory may differ
+    kind = fingerprint["kind"]
+    common = {
+        "path": str(path),
+        "kind": kind,
+        "errors": errors,
+        "text_field": text_field,
+        "size": path.stat().st_size,
+    }
+    specs: list[dict] = []
+    if kind == "parquet":
+        pf = _parquet_file(path, text_field)
+        n = int(pf.metadata.num_rows)
+        for k, start in enumerate(range(0, n, shard_size)):
+            specs.append({**common, "k": k, "start": start, "rows": min(shard_size, n - start)})
+        return fingerprint, specs
+    if kind == "tsv":
+        first = next(_iter_lines(path, errors), None)
+        if first is None:
+            return fingerprint, []
+        header = first[1].split("\t")
+        common["header"] = header
+        common["col"] = header.index(text_field) if text_field in header else 0
+    with open(path, "rb") as fh:
+        pos = lineno = row = 0
+        if kind == "tsv":
+            pos, lineno = len(fh.readline()), 1
+        for raw in fh:
+            lineno += 1
+            if row % shard_size == 0:
+                specs.append(
+                    {**common, "k": len(specs), "start": row, "rows": 0, "offset": pos, "lineno": lineno}
+                )
+            specs[-1]["rows"] += 1
+            row += 1
+            pos += len(raw)
+    return fingerprint, specs
+
+
+def _parquet_file(path: Path, text_field: str):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise ImportError("reading .parquet needs pyarrow: `pip install pyarrow`") from exc
+    pf = pq.ParquetFile(path)
+    if text_field not in pf.schema_arrow.names:
+        raise ValueError(f"{path}: no column text_field={text_field!r} (columns: {pf.schema_arrow.names})")
+    return pf
+
+
+def _read_shard_texts(spec: dict) -> list[str]:
+    """The texts of one shard spec of :func:`_plan_file_shards` (or its inline ``texts``)."""
+    if "texts" in spec:
+        return list(spec["texts"])
+    path, kind, rows = Path(spec["path"]), spec["kind"], int(spec["rows"])
+    if not path.is_file() or path.stat().st_size != spec["size"]:
+        raise ValueError(f"{path} is missing or changed size since the shards were planned; rerun")
+    out: list[str] = []
+    if kind == "parquet":
+        pf = _parquet_file(path, spec["text_field"])
+        start, stop, g0 = int(spec["start"]), int(spec["start"]) + rows, 0
+        for g in range(pf.num_row_groups):
+            g1 = g0 + pf.metadata.row_group(g).num_rows
+            if g1 > start and g0 < stop:  # only the row groups that overlap the shard
+                col = pf.read_row_group(g, columns=[spec["text_field"]]).column(0).to_pylist()
+                for r in range(max(start, g0), min(stop, g1)):
+                    value = col[r - g0]
+                    if not isinstance(value, str):
+                        raise ValueError(
+                            f"{path}: row {r} column {spec['text_field']!r} must be a string, got {type(value).__name__}"
+                        )
+                    out.append(value)
+            g0 = g1
+    else:
+        lines = _iter_lines(
+            path, spec["errors"], offset=int(spec["offset"]), first_lineno=int(spec["lineno"])
+        )
+        for lineno, line in itertools.islice(lines, rows):
+            if kind == "txt":
+                out.append(line)
+            elif kind == "jsonl":
+                out.append(_jsonl_text(path, lineno, line, spec["text_field"]))
+            else:
+                out.append(_tsv_field(path, lineno, line, spec["header"], spec["col"]))
+    if len(out) != rows:
+        raise ValueError(f"{path}: shard {spec['k']} has {len(out)} rows, planned {rows}; the file changed")
+    return out
 
 
 def _take(it: Iterator[str], n: int) -> list[str]:
@@ -373,12 +486,7 @@ def encode_corpus(
         ValueError: empty source, non-UTF-8 line, bad JSON / missing field, or ``out_dir`` already holds
             the output of a different source, model or parameters (and ``overwrite`` is False).
     """
-    shard_size = check_positive_int("shard_size", shard_size)
-    batch_size = check_positive_int("batch_size", batch_size)
-    if errors not in ("strict", "replace"):
-        raise ValueError(f"errors must be 'strict' or 'replace', got {errors!r}")
-    if not isinstance(text_field, str) or not text_field:
-        raise ValueError(f"text_field must be a non-empty str, got {text_field!r}")
+    shard_size, batch_size = _check_encode_args(shard_size, batch_size, text_field, errors)
     fingerprint, texts = _open_source(source, text_field, errors)  # validates before any model work
     first = _take(texts, 1)  # surfaces an empty source or a bad first record before anything is written
     if not first:
@@ -388,21 +496,7 @@ def encode_corpus(
         from xite_fast.encoder import Encoder
 
         encoder = Encoder()
-    dim = int(encoder.dim)
-    header = {
-        "format": _FORMAT,
-        "version": _VERSION,
-        "model_id": str(getattr(encoder, "model_id", type(encoder).__name__)),
-        "dim": dim,
-        "dtype": "float32",
-        "shard_size": shard_size,
-        "params": {
-            "batch_size": batch_size,
-            "prefix": getattr(encoder, "prefix", None),
-            "normalize": True,
-        },
-        "source": fingerprint,
-    }
+    header = _make_header(encoder, shard_size, batch_size, fingerprint)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _dir_lock(out_dir):
@@ -427,28 +521,17 @@ def encode_corpus(
                     _verify_done_shard(out_dir, done[k], chunk)
                     k += 1
                     continue
-                emb = encoder.encode(chunk, batch_size=batch_size, show_progress_bar=False, normalize=True)
-                emb = np.asarray(emb, dtype=np.float32)
-                if emb.shape != (len(chunk), dim):
-                    raise ValueError(f"encoder returned shape {emb.shape}, expected ({len(chunk)}, {dim})")
-                data = _npy_bytes(emb)
-                name = f"shard_{k:06d}.npy"
-                _atomic_write_bytes(out_dir / name, data)
-                done.append(
-                    {
-                        "file": name,
-                        "start": k * shard_size,
-                        "rows": len(chunk),
-                        "sha256": hashlib.sha256(data).hexdigest(),
-                        "text_sha256": _texts_sha256(chunk),
-                    }
-                )
+                # a shard finished by a killed distributed run but not yet in the manifest is kept
+                entry = _adopt_pending(out_dir, k, shard_size, chunk)
+                if entry is None:
+                    entry = _encode_shard(encoder, chunk, out_dir, k, shard_size, batch_size)
+                done.append(entry)
                 manifest["num_rows"] = sum(s["rows"] for s in done)
                 _write_manifest(out_dir, manifest)  # the shard counts as done only from here on
                 if bar is not None:
                     bar.update(len(chunk))
                 k += 1
-                del chunk, emb, data
+                del chunk
         finally:
             if bar is not None:
                 bar.close()
@@ -457,10 +540,124 @@ def encode_corpus(
                 f"{out_dir} holds {len(done)} shards but the source now has only {k} shards of texts; "
                 f"pass overwrite=True to start over"
             )
-        manifest["complete"] = True
-        manifest["num_rows"] = sum(s["rows"] for s in done)
-        _write_manifest(out_dir, manifest)
+        _finish(out_dir, manifest)
     return EmbeddingStore(out_dir)
+
+
+# ------------------------------------------------- pieces shared with xite_fast.distributed.encode_corpus_ray
+
+
+def _check_encode_args(shard_size: Any, batch_size: Any, text_field: Any, errors: Any) -> tuple[int, int]:
+    shard_size = check_positive_int("shard_size", shard_size)
+    batch_size = check_positive_int("batch_size", batch_size)
+    if errors not in ("strict", "replace"):
+        raise ValueError(f"errors must be 'strict' or 'replace', got {errors!r}")
+    if not isinstance(text_field, str) or not text_field:
+        raise ValueError(f"text_field must be a non-empty str, got {text_field!r}")
+    return shard_size, batch_size
+
+
+def _make_header(encoder: Any, shard_size: int, batch_size: int, fingerprint: dict) -> dict:
+    """Everything that makes two runs' shards interchangeable (compared on resume)."""
+    return {
+        "format": _FORMAT,
+        "version": _VERSION,
+        "model_id": str(getattr(encoder, "model_id", type(encoder).__name__)),
+        "dim": int(encoder.dim),
+        "dtype": "float32",
+        "shard_size": shard_size,
+        "params": {
+            "batch_size": batch_size,
+            "prefix": getattr(encoder, "prefix", None),
+            "normalize": True,
+        },
+        "source": fingerprint,
+    }
+
+
+def _shard_name(k: int) -> str:
+    return f"shard_{k:06d}.npy"
+
+
+def _pending_path(out_dir: Path, k: int) -> Path:
+    return out_dir / f".pending-{_shard_name(k)[:-4]}.json"
+
+
+def _encode_shard(
+    encoder: Any,
+    texts: list[str],
+    out_dir: Path,
+    k: int,
+    shard_size: int,
+    batch_size: int,
+    *,
+    pending: bool = False,
+) -> dict:
+    """Encode shard ``k`` (``texts`` = source rows ``[k * shard_size, ...)``), write ``shard_k.npy``
+    atomically and return its manifest entry.
+
+    Args:
+        encoder: object with ``encode(texts, batch_size=, show_progress_bar=, normalize=)`` and ``dim``.
+        texts: the shard's texts (1 <= len <= shard_size).
+        pending: also write the entry to a hidden ``.pending-shard_k.json`` next to the shard (for a
+            writer that finishes shards out of order: a rerun adopts them, see :func:`_adopt_pending`).
+
+    Returns:
+        ``{"file", "start", "rows", "sha256", "text_sha256"}``.
+    """
+    dim = int(encoder.dim)
+    emb = encoder.encode(texts, batch_size=batch_size, show_progress_bar=False, normalize=True)
+    emb = np.asarray(emb, dtype=np.float32)
+    if emb.shape != (len(texts), dim):
+        raise ValueError(f"encoder returned shape {emb.shape}, expected ({len(texts)}, {dim})")
+    data = _npy_bytes(emb)
+    name = _shard_name(k)
+    _atomic_write_bytes(out_dir / name, data)
+    entry = {
+        "file": name,
+        "start": k * shard_size,
+        "rows": len(texts),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "text_sha256": _texts_sha256(texts),
+    }
+    if pending:
+        _atomic_write_bytes(_pending_path(out_dir, k), json.dumps(entry, sort_keys=True).encode())
+    return entry
+
+
+def _adopt_pending(out_dir: Path, k: int, shard_size: int, texts: list[str]) -> dict | None:
+    """The entry of shard ``k`` if an interrupted run already wrote it (pending file, same texts, shard
+    bytes matching its sha256), else None. Pending files only exist for the current header: a reset
+    (:func:`_resume_or_reset`) deletes them."""
+    path = _pending_path(out_dir, k)
+    if not path.is_file():
+        return None
+    try:
+        entry = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(entry, dict)
+        or entry.get("file") != _shard_name(k)
+        or entry.get("start") != k * shard_size
+        or entry.get("rows") != len(texts)
+        or entry.get("text_sha256") != _texts_sha256(texts)
+    ):
+        return None
+    shard = out_dir / entry["file"]
+    if not shard.is_file() or _sha256_file(shard) != entry.get("sha256"):
+        return None
+    return entry
+
+
+def _finish(out_dir: Path, manifest: dict) -> None:
+    """Mark the run complete; pending files of shards now in the manifest are no longer needed."""
+    manifest["complete"] = True
+    manifest["num_rows"] = sum(s["rows"] for s in manifest["shards"])
+    _write_manifest(out_dir, manifest)
+    for p in out_dir.glob(".pending-shard_*.json"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
 
 
 def _describe(source: Any) -> str:
@@ -518,7 +715,11 @@ def _resume_or_reset(out_dir: Path, header: dict, overwrite: bool) -> dict:
             )
     # start over: remove only files this module writes
     for p in out_dir.iterdir():
-        if _SHARD_RE.match(p.name) or p.name in (CONSOLIDATED, MANIFEST) or p.name.startswith(".tmp-"):
+        if (
+            _SHARD_RE.match(p.name)
+            or p.name in (CONSOLIDATED, MANIFEST)
+            or p.name.startswith((".tmp-", ".pending-"))
+        ):
             p.unlink()
     manifest = {**header, "shards": [], "complete": False, "num_rows": 0}
     _write_manifest(out_dir, manifest)
