@@ -7,7 +7,8 @@ multilingual-e5-small, batch 64, length bucketing, prefix ``"query: "``:
 * ``torch``      - ``Encoder(backend="torch")``: transformers BertModel under inference_mode (SDPA).
 * ``onnx_fp32``  - ``Encoder(backend="onnx")``: fused graph (Attention/SkipLayerNorm/BiasGelu) with
   mean pooling inside, CPU execution provider.
-* ``onnx_int8``  - ``Encoder(backend="onnx", quantize=True)``: dynamic int8 (per-channel, 7-bit) matmuls.
+* ``onnx_int8``  - ``Encoder(backend="onnx", quantize=True)``: SmoothQuant-calibrated dynamic int8
+  (per-channel weights) QKV/attention-out/FFN-in matmuls, FFN-out fp32 (xite_fast/_quant.py).
 
 Timing: ``--repeats`` full passes per provider, interleaved round-robin (the machine is shared, so
 load spikes hit every provider alike), median reported; sentences/s and the ratio vs torch.
