@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -193,7 +192,9 @@ def quantize_int8_smooth(
     try:
         onnx.save(model, str(tmp_fp32))
         del model
-        with warnings.catch_warnings(), _quiet_root_logger():
+        from xite_fast.encoder import _silence_logger  # lazy: encoder imports this module lazily too
+
+        with warnings.catch_warnings(), _silence_logger("root"):
             warnings.simplefilter("ignore")
             quantize_dynamic(
                 str(tmp_fp32),
@@ -267,14 +268,3 @@ def cpu_has_vnni() -> bool:
     except OSError:
         pass
     return False
-
-
-@contextlib.contextmanager
-def _quiet_root_logger():
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
