@@ -9,28 +9,10 @@
 
 namespace py = pybind11;
 
-static bool cpu_supports_avx2() {
-#if defined(__x86_64__) || defined(_M_X64)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
-#endif
-}
-
-static bool cpu_supports_avx512() {
-#if defined(__x86_64__) || defined(_M_X64)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f");
-#else
-  return false;
-#endif
-}
-
 PYBIND11_MODULE(_C, m) {
   m.doc() = "xite_fast C++ CPU kernels (AVX2/FMA + OpenMP). Use the Python wrappers in xite_fast.";
-  m.def("cpu_supports_avx2", &cpu_supports_avx2, "True when this CPU runs the AVX2/FMA kernels.");
-  m.def("cpu_supports_avx512", &cpu_supports_avx512,
+  m.def("cpu_supports_avx2", &xite::cpu_has_avx2_fma, "True when this CPU runs the AVX2/FMA kernels.");
+  m.def("cpu_supports_avx512", &xite::cpu_has_avx512,
         "True when this CPU has AVX-512F (cosine_topk then picks its 12x32 AVX-512 micro-kernel).");
   m.def("max_threads", []() { return omp_get_max_threads(); }, "OpenMP thread count in use.");
   m.def("with_cuda", []() {

@@ -22,6 +22,32 @@ namespace xite {
     }                                                                          \
   } while (0)
 
+// CPU features checked at run time (the AVX-512 kernels are compiled with target attributes, so
+// the module loads on any x86-64 CPU and dispatches on these). Cached after the first call.
+inline bool cpu_has_avx2_fma() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
+inline bool cpu_has_avx512() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
 // Each csrc/cpu/<op>.cpp registers its bindings with XITE_REGISTER_OP, so adding an op never
 // edits a shared file. Registration runs during static initialisation of the one shared
 // library, before PYBIND11_MODULE executes.

@@ -526,14 +526,6 @@ XITE_AVX512 void run_tile_avx512(const float* Ap, const float* Bp, const float* 
   }
 }
 
-bool cpu_has_avx512() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") != 0;
-  }();
-  return has;
-}
-
 // Norms of keys [ja, jb); returns the first non-finite row or -1.
 int64_t key_norms(const float* K, int64_t ja, int64_t jb, int64_t D, bool assume_normalized, float* knorm) {
   int64_t bad = -1;
@@ -575,10 +567,10 @@ py::tuple cosine_topk(py::array queries, py::array keys, int64_t k, bool assume_
              "cosine_topk: split must be 'auto', 'queries' or 'keys', got '" << split << "'");
   XITE_CHECK(kernel == "auto" || kernel == "packed" || kernel == "avx512" || kernel == "dot",
              "cosine_topk: kernel must be 'auto', 'avx512', 'packed' or 'dot', got '" << kernel << "'");
-  XITE_CHECK(kernel != "avx512" || cpu_has_avx512(), "cosine_topk: kernel='avx512' needs a CPU with AVX-512F");
+  XITE_CHECK(kernel != "avx512" || xite::cpu_has_avx512(), "cosine_topk: kernel='avx512' needs a CPU with AVX-512F");
   XITE_CHECK(d_block >= 0, "cosine_topk: d_block must be >= 0 (0 = auto), got " << d_block);
   const bool packed = kernel != "dot";
-  const bool z512 = kernel == "avx512" || (kernel == "auto" && cpu_has_avx512());
+  const bool z512 = kernel == "avx512" || (kernel == "auto" && xite::cpu_has_avx512());
   const int64_t mr = z512 ? ZMR : PMR, nr = z512 ? ZNR : PNR;  // packed micro-tile
   const int64_t qr = packed ? mr : QR;
   py::array_t<float> out_s({N, k});
