@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import xite_fast  # noqa: E402
-from xite_fast.encoder import Encoder  # noqa: E402
+from xite_fast.encode.encoder import Encoder  # noqa: E402
 
 LANGS = ["korean", "english", "hindi", "japanese", "russian", "persian", "chinese", "spanish"]
 

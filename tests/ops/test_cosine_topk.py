@@ -1,0 +1,439 @@
+"""cosine_topk: C++ kernel and torch backend vs the float64 reference, faiss, ties, memmaps, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import xite_fast
+from tests.topk_check import assert_topk_equal, cosine_scores64, exact_topk
+from xite_fast import _backend
+from xite_fast.ops import cosine_topk as ct_mod
+from xite_fast.ops.cosine_topk import cosine_topk, merge_topk
+from xite_fast.reference import cosine_topk_ref
+
+HAS_CPU = _backend.backends_available()["cpu"] and hasattr(_backend.load_extension(), "cosine_topk")
+BACKENDS = [
+    pytest.param("cpu", marks=pytest.mark.skipif(not HAS_CPU, reason="C++ kernel not built")),
+    "torch",
+]
+needs_cpu = pytest.mark.skipif(not HAS_CPU, reason="C++ kernel not built")
+HAS_AVX512 = HAS_CPU and bool(_backend.load_extension().cpu_supports_avx512())
+# packed micro-kernels this CPU runs: AVX2 6x16 always, AVX-512 12x32 when present
+PACKED = ["packed"] + (["avx512"] if HAS_AVX512 else [])
+ATOL = 2e-6
+
+
+def _data(n, m, d, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)).astype(dtype), rng.standard_normal((m, d)).astype(dtype)
+
+
+def _ref64(q, x, k, assume_normalized=False):
+    s, i = cosine_topk_ref(
+        torch.from_numpy(np.asarray(q, np.float64)),
+        torch.from_numpy(np.asarray(x, np.float64)),
+        k,
+        assume_normalized=assume_normalized,
+    )
+    return s.numpy(), i.numpy()
+
+
+def _assert_scores_equal(s, expect, backend):
+    # the C++ kernel computes every score with one instruction sequence (bit-identical whatever the
+    # chunking); torch's BLAS may round a score differently in a differently shaped matmul
+    if backend == "cpu":
+        np.testing.assert_array_equal(s, expect)
+    else:
+        np.testing.assert_allclose(s, expect, rtol=0, atol=1e-6)
+
+
+def _check(q, x, k, backend, atol=ATOL, assume_normalized=False):
+    s, i = cosine_topk(q, x, k, backend=backend, assume_normalized=assume_normalized)
+    assert s.dtype == np.float32 and i.dtype == np.int64 and s.shape == (q.shape[0], k) == i.shape
+    rs, ri = _ref64(q, x, k, assume_normalized)
+    assert_topk_equal(s, i, rs, ri, atol=atol, queries=q, keys=x, assume_normalized=assume_normalized)
+    return s, i
+
+
+SHAPES = [
+    (5, 123, 77, 3),
+    (1, 1, 1, 1),
+    (33, 1000, 384, 10),
+    (7, 50, 1, 5),  # d=1: scores are exactly +-1, all ties
+    (3, 10, 16, 10),  # N < k, k == M
+    (2, 9, 9, 9),
+    (100, 999, 33, 64),
+    (50, 257, 8, 1),
+    (40, 301, 15, 17),
+    (130, 2003, 768, 8),  # query-split mode on 2 threads
+    (10, 20011, 64, 8),  # key-split mode (few queries, many keys)
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,m,d,k", SHAPES)
+def test_vs_reference_grid(backend, n, m, d, k):
+    q, x = _data(n, m, d, seed=n + m + d)
+    _check(q, x, k, backend)
+
+
+@needs_cpu
+def test_all_k_1_to_64():
+    q, x = _data(20, 300, 37, seed=1)
+    rs, ri = _ref64(q, x, 64)
+    for k in range(1, 65):
+        s, i = cosine_topk(q, x, k, backend="cpu")
+        # the top-k is a prefix of the top-64 (same total order)
+        assert_topk_equal(s, i, rs[:, :k], ri[:, :k], atol=ATOL, queries=q, keys=x)
+
+
+@needs_cpu
+@pytest.mark.parametrize("kernel", [*PACKED, "dot"])
+@pytest.mark.parametrize("n,m,d", [(7, 50, 1), (31, 517, 13), (64, 3001, 96)])
+def test_blocking_and_threads_bitwise_identical(n, m, d, kernel):
+    """Every tiling/thread count yields bit-identical output (same instruction sequence per score)."""
+    ext = _backend.load_extension()
+    q, x = _data(n, m, d, seed=3)
+    x[::7] = x[3]  # exact duplicate keys: tie order must not depend on the split
+    k = min(16, m)
+    base_s, base_i = ext.cosine_topk(q, x, k, False, 1, kernel=kernel)
+    for kw in [
+        # packed kernel: key blocks that are not multiples of its 16-key panels, 6-row query panels
+        dict(num_threads=1, key_block=20, query_block=6),
+        dict(num_threads=2, key_block=36, query_block=12, split="queries"),
+        dict(num_threads=2, stream_keys=True, key_block=20, query_block=6, split="queries"),
+        dict(num_threads=2, split="keys", key_block=44, query_block=18),
+        dict(num_threads=2),
+        dict(num_threads=3),
+        dict(num_threads=2, key_block=8, query_block=3),
+        dict(num_threads=1, key_block=4, query_block=6),
+        dict(num_threads=4, key_block=12),
+        dict(num_threads=2, stream_keys=True, split="queries"),
+        dict(num_threads=3, stream_keys=True, key_block=8, query_block=3, split="queries"),
+        dict(num_threads=2, split="queries"),
+        dict(num_threads=3, split="queries", key_block=8),
+        dict(num_threads=2, split="keys"),
+        dict(num_threads=3, split="keys", key_block=4, query_block=3),
+        # AVX-512 kernel: reduction chunks (partial sums through memory), incl. ragged last chunk
+        dict(num_threads=1, d_block=7),
+        dict(num_threads=2, d_block=32, key_block=40, query_block=24, split="keys"),
+    ]:
+        s, i = ext.cosine_topk(q, x, k, False, kernel=kernel, **kw)
+        np.testing.assert_array_equal(i, base_i, err_msg=str(kw))
+        np.testing.assert_array_equal(s, base_s, err_msg=str(kw))
+    assert_topk_equal(base_s, base_i, *_ref64(q, x, k), atol=ATOL, queries=q, keys=x)
+
+
+@needs_cpu
+def test_omp_num_threads_subprocess(tmp_path):
+    """OMP_NUM_THREADS=1 vs 2 in fresh processes give identical results (both split modes)."""
+    script = textwrap.dedent(
+        """
+        import sys, numpy as np
+        from xite_fast.ops.cosine_topk import cosine_topk
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((6000, 48)).astype(np.float32)
+        x[1::5] = x[0]
+        out = {}
+        for n in (5, 200):
+            q = rng.standard_normal((n, 48)).astype(np.float32)
+            out[f"s{n}"], out[f"i{n}"] = cosine_topk(q, x, 12, backend="cpu")
+        np.savez(sys.argv[1], **out)
+        """
+    )
+    res = {}
+    for t in ("1", "2"):
+        env = dict(os.environ, OMP_NUM_THREADS=t)
+        path = tmp_path / f"out{t}.npz"
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env, timeout=120)
+        res[t] = np.load(path)
+    for key in res["1"].files:
+        np.testing.assert_array_equal(res["1"][key], res["2"][key], err_msg=key)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_duplicate_keys_lower_index_wins(backend):
+    """Exact ties (duplicate keys): the lower index comes first and beats higher ones for the last slots."""
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((40, 24)).astype(np.float32)
+    owner = rng.integers(0, 40, size=400)
+    x = base[owner]  # each base row appears ~10 times at scattered indices
+    q = rng.standard_normal((25, 24)).astype(np.float32)
+    k = 23
+    s, i = cosine_topk(q, x, k, backend=backend)
+    scores = cosine_scores64(q, x)
+    for r in range(q.shape[0]):
+        # duplicates score bit-identically in our kernel, so their order must be by index
+        for a in range(k - 1):
+            if owner[i[r, a]] == owner[i[r, a + 1]]:
+                assert s[r, a] == s[r, a + 1] and i[r, a] < i[r, a + 1], (r, a, i[r].tolist())
+        # a duplicate group cut by k keeps its lowest indices
+        last = owner[i[r, -1]]
+        members = np.flatnonzero(owner == last)
+        chosen = sorted(int(j) for j in i[r] if owner[j] == last)
+        assert chosen == members[: len(chosen)].tolist(), (r, chosen, members.tolist())
+    rs, ri = exact_topk(scores, k)
+    assert_topk_equal(s, i, rs, ri, atol=ATOL, queries=q, keys=x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exact_dyadic_ties_match_reference_exactly(backend):
+    """Small dyadic values make every dot product exact: indices must equal the oracle's bit for bit."""
+    rng = np.random.default_rng(9)
+    x = (rng.integers(-2, 3, size=(500, 20)) / 4).astype(np.float32)  # many exactly equal scores
+    q = (rng.integers(-2, 3, size=(31, 20)) / 4).astype(np.float32)
+    s, i = cosine_topk(q, x, 40, backend=backend, assume_normalized=True)
+    rs, ri = exact_topk(q.astype(np.float64) @ x.astype(np.float64).T, 40)
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_array_equal(s, rs.astype(np.float32))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_vectors(backend):
+    q, x = _data(9, 200, 21, seed=2)
+    q[3] = 0
+    x[[0, 17, 150]] = 0
+    s, i = _check(q, x, 12, backend)
+    np.testing.assert_array_equal(s[3], np.zeros(12, np.float32))
+    np.testing.assert_array_equal(i[3], np.arange(12))  # all tied at 0 -> lowest indices
+    # zero keys score exactly 0 wherever they appear
+    for r in range(9):
+        for a in range(12):
+            if i[r, a] in (0, 17, 150):
+                assert s[r, a] == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_zero_keys(backend):
+    q, _ = _data(4, 1, 10)
+    s, i = cosine_topk(q, np.zeros((6, 10), np.float32), 6, backend=backend)
+    np.testing.assert_array_equal(s, np.zeros((4, 6), np.float32))
+    np.testing.assert_array_equal(i, np.tile(np.arange(6), (4, 1)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_assume_normalized(backend):
+    q, x = _data(17, 700, 50, seed=4)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    s1, i1 = cosine_topk(qn, xn, 9, backend=backend, assume_normalized=True)
+    rs, ri = _ref64(q, x, 9)
+    assert_topk_equal(s1, i1, rs, ri, atol=ATOL, queries=q, keys=x)
+    # unnormalised inputs with assume_normalized=True: raw inner products
+    s2, i2 = cosine_topk(q, x, 9, backend=backend, assume_normalized=True)
+    rs2, ri2 = exact_topk(q.astype(np.float64) @ x.astype(np.float64).T, 9)
+    assert_topk_equal(s2, i2, rs2, ri2, atol=2e-4, queries=q, keys=x, assume_normalized=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_and_numpy_io(backend):
+    q, x = _data(11, 300, 40, seed=6)
+    sn, in_ = cosine_topk(q, x, 5, backend=backend)
+    assert isinstance(sn, np.ndarray) and isinstance(in_, np.ndarray)
+    st, it = cosine_topk(torch.from_numpy(q), torch.from_numpy(x), 5, backend=backend)
+    assert isinstance(st, torch.Tensor) and isinstance(it, torch.Tensor)
+    assert st.dtype == torch.float32 and it.dtype == torch.int64
+    np.testing.assert_array_equal(it.numpy(), in_)
+    np.testing.assert_allclose(st.numpy(), sn, rtol=0, atol=1e-6)
+    # mixed: the output type follows the queries; requires_grad inputs are fine (no gradient)
+    sm, im = cosine_topk(torch.from_numpy(q).requires_grad_(), x, 5, backend=backend)
+    assert isinstance(sm, torch.Tensor) and not sm.requires_grad
+    np.testing.assert_array_equal(im.numpy(), in_)
+    # non-contiguous views are accepted
+    sv, iv = cosine_topk(np.asfortranarray(q), x[:, :], 5, backend=backend)
+    np.testing.assert_array_equal(iv, in_)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_other_float_dtypes_are_converted(backend, dtype):
+    q, x = _data(8, 150, 24, seed=7, dtype=dtype)
+    s, i = cosine_topk(q, x, 6, backend=backend)
+    assert s.dtype == np.float32 and i.dtype == np.int64
+    s32, i32 = cosine_topk(q.astype(np.float32), x.astype(np.float32), 6, backend=backend)
+    np.testing.assert_array_equal(i, i32)
+    np.testing.assert_array_equal(s, s32)
+    st, _ = cosine_topk(torch.from_numpy(q.astype(np.float32)).to(torch.bfloat16), x, 6, backend=backend)
+    assert st.dtype == torch.float32
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_queries(backend):
+    _, x = _data(1, 30, 8)
+    s, i = cosine_topk(np.zeros((0, 8), np.float32), x, 4, backend=backend)
+    assert s.shape == (0, 4) and i.shape == (0, 4) and s.dtype == np.float32 and i.dtype == np.int64
+    st, it = cosine_topk(torch.zeros(0, 8), x, 4, backend=backend)
+    assert isinstance(st, torch.Tensor) and tuple(st.shape) == (0, 4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("key_dtype", [np.float32, np.float64])
+def test_memmap_and_npy_path(backend, key_dtype, tmp_path, monkeypatch):
+    q, x = _data(23, 3001, 40, seed=8)
+    x[2000:2100] = x[5]  # ties that straddle chunk boundaries
+    xk = x.astype(key_dtype)
+    path = tmp_path / "keys.npy"
+    np.save(path, xk)
+    # force several chunks on the converting paths
+    monkeypatch.setattr(ct_mod, "_CHUNK_BYTES", 40 * 4 * 700)
+    expect = cosine_topk(q, x, 15, backend=backend)
+    for keys in (str(path), path, np.load(path, mmap_mode="r")):
+        s, i = cosine_topk(q, keys, 15, backend=backend)
+        np.testing.assert_array_equal(i, expect[1])
+        _assert_scores_equal(s, expect[0], backend)
+    assert_topk_equal(*expect, *_ref64(q, x, 15), atol=ATOL, queries=q, keys=x)
+
+
+@needs_cpu
+def test_memmap_float32_is_zero_copy(tmp_path, monkeypatch):
+    """A float32 C-contiguous memmap goes to C++ as is (no chunking, no conversion)."""
+    q, x = _data(5, 500, 16, seed=10)
+    path = tmp_path / "k.npy"
+    np.save(path, x)
+    mm = np.load(path, mmap_mode="r")
+    calls = []
+    real = ct_mod.load_extension()
+
+    class Spy:
+        def cosine_topk(self, qq, kk, *a, **kw):
+            calls.append(kk)
+            return real.cosine_topk(qq, kk, *a, **kw)
+
+    monkeypatch.setattr(ct_mod, "load_extension", lambda: Spy())
+    s, i = cosine_topk(q, mm, 3, backend="cpu")
+    assert len(calls) == 1 and np.shares_memory(calls[0], mm)
+    assert_topk_equal(s, i, *_ref64(q, x, 3), atol=ATOL, queries=q, keys=x)
+
+
+def test_vs_faiss_normalized():
+    faiss = pytest.importorskip("faiss")
+    q, x = _data(64, 5000, 96, seed=11)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(96)
+    index.add(x)
+    fs, fi = index.search(q, 10)
+    for backend in ["torch"] + (["cpu"] if HAS_CPU else []):
+        s, i = cosine_topk(q, x, 10, backend=backend, assume_normalized=True)
+        assert_topk_equal(s, i, fs, fi, atol=1e-5, queries=q, keys=x, assume_normalized=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_merge_topk_equals_single_search(backend):
+    q, x = _data(13, 900, 20, seed=12)
+    x[400:700:3] = x[10]
+    k = 14
+    full = cosine_topk(q, x, k, backend=backend)
+    bounds = [0, 5, 300, 301, 650, 900]
+    parts = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        s, i = cosine_topk(q, x[a:b], min(k, b - a), backend=backend)
+        parts.append((s, i + a))
+    # chunk order must not matter
+    for order in (parts, parts[::-1]):
+        ms, mi = merge_topk([p[0] for p in order], [p[1] for p in order], k)
+        np.testing.assert_array_equal(mi, full[1])
+        _assert_scores_equal(ms, full[0], backend)
+    ts, ti = merge_topk([torch.from_numpy(p[0]) for p in parts], [torch.from_numpy(p[1]) for p in parts], k)
+    assert isinstance(ts, torch.Tensor) and ti.dtype == torch.int64
+    np.testing.assert_array_equal(ti.numpy(), full[1])
+
+
+def test_public_api_and_auto_backend():
+    assert xite_fast.cosine_topk is cosine_topk
+    q, x = _data(6, 90, 12, seed=13)
+    s, i = xite_fast.cosine_topk(q, x, 4)
+    assert_topk_equal(s, i, *_ref64(q, x, 4), atol=ATOL, queries=q, keys=x)
+    expected = "cpu" if HAS_CPU else "torch"
+    assert _backend.resolve_backend("cosine_topk", "auto").value == expected
+
+
+@pytest.mark.triton
+def test_triton_backend_dispatch():
+    """backend="triton" reaches the Triton kernel (runs under TRITON_INTERPRET=1 on CPU)."""
+    q, x = _data(4, 64, 32, seed=14)
+    s, i = cosine_topk(torch.from_numpy(q), torch.from_numpy(x), 5, backend="triton")
+    assert isinstance(s, torch.Tensor)
+    assert_topk_equal(s, i, *_ref64(q, x, 5), atol=1e-4, queries=q, keys=x)
+
+
+@needs_cpu
+@pytest.mark.parametrize("kernel", [*PACKED, "dot", "auto"])
+@pytest.mark.parametrize("assume_normalized", [False, True])
+@pytest.mark.parametrize("n,m,d,k", SHAPES + [(13, 4099, 768, 8), (6, 33, 17, 33), (97, 1601, 384, 5)])
+def test_cpp_kernels_vs_reference(kernel, assume_normalized, n, m, d, k):
+    """Both micro-kernels (packed 6x16 default, unpacked 3x4 'dot') against the float64 reference."""
+    ext = _backend.load_extension()
+    q, x = _data(n, m, d, seed=n * m + d)
+    if assume_normalized:
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for threads, split in [(1, "auto"), (2, "queries"), (2, "keys")]:
+        s, i = ext.cosine_topk(q, x, k, assume_normalized, threads, split=split, kernel=kernel)
+        rs, ri = _ref64(q, x, k, assume_normalized)
+        assert_topk_equal(s, i, rs, ri, atol=ATOL, queries=q, keys=x, assume_normalized=assume_normalized)
+
+
+@needs_cpu
+@pytest.mark.parametrize("kernel", [*PACKED, "dot"])
+def test_cpp_kernels_zero_vectors_and_errors(kernel):
+    ext = _backend.load_extension()
+    q, x = _data(8, 40, 24, seed=5)
+    q[2] = 0
+    x[[0, 17, 39]] = 0  # zero keys score exactly 0
+    s, i = ext.cosine_topk(q, x, 40, False, 1, kernel=kernel)
+    rs, ri = _ref64(q, x, 40)
+    assert_topk_equal(s, i, rs, ri, atol=ATOL, queries=q, keys=x)
+    np.testing.assert_array_equal(s[2], np.zeros(40, np.float32))
+    np.testing.assert_array_equal(i[2], np.arange(40))
+    x[23, 5] = np.inf
+    with pytest.raises(ValueError, match=r"keys contains NaN or inf \(first at row 23\)"):
+        ext.cosine_topk(q, x, 3, False, 2, kernel=kernel)
+    big_q, big_x = np.full((7, 8), 1e20, np.float32), np.full((50, 8), 1e20, np.float32)
+    with pytest.raises(ValueError, match="scores overflowed float32"):
+        ext.cosine_topk(big_q, big_x, 3, True, 1, kernel=kernel)
+    with pytest.raises(ValueError, match="kernel must be 'auto', 'avx512', 'packed' or 'dot', got 'gemm'"):
+        ext.cosine_topk(q, x, 3, kernel="gemm")
+    with pytest.raises(ValueError, match="d_block must be >= 0"):
+        ext.cosine_topk(q, x, 3, kernel=kernel, d_block=-1)
+
+
+@needs_cpu
+@pytest.mark.skipif(not HAS_AVX512, reason="CPU without AVX-512F")
+@pytest.mark.parametrize("n,m,d", [(5, 40, 1), (37, 1000, 768), (100, 3001, 97), (251, 2049, 384)])
+def test_avx512_bitwise_equals_avx2_packed(n, m, d):
+    """Both packed kernels accumulate each score sequentially over d in one fp32 lane with FMAs, so
+    the AVX-512 12x32 tile (with or without reduction chunks) reproduces the AVX2 6x16 tile bit for bit."""
+    ext = _backend.load_extension()
+    q, x = _data(n, m, d, seed=d)
+    x[::5] = x[2]  # ties
+    k = min(8, m)
+    ref_s, ref_i = ext.cosine_topk(q, x, k, kernel="packed")
+    for kw in [dict(), dict(d_block=64), dict(d_block=5, num_threads=1), dict(split="keys")]:
+        s, i = ext.cosine_topk(q, x, k, kernel="avx512", **kw)
+        np.testing.assert_array_equal(s, ref_s, err_msg=str(kw))
+        np.testing.assert_array_equal(i, ref_i, err_msg=str(kw))
+    assert ext.cosine_topk(q, x, k)[0].tobytes() == ref_s.tobytes()  # "auto" picks AVX-512 here
+
+
+@needs_cpu
+def test_cpu_kernel_env_override(monkeypatch):
+    """XITE_FAST_CPU_KERNEL selects the C++ micro-kernel; unknown names are a clear error."""
+    q, x = _data(20, 300, 33, seed=9)
+    base = cosine_topk(q, x, 4, backend="cpu")
+    for name in [*PACKED, "dot"]:
+        monkeypatch.setenv("XITE_FAST_CPU_KERNEL", name)
+        s, i = cosine_topk(q, x, 4, backend="cpu")
+        assert_topk_equal(s, i, *base, atol=ATOL, queries=q, keys=x)
+    monkeypatch.setenv("XITE_FAST_CPU_KERNEL", "sse9")
+    with pytest.raises(ValueError, match="XITE_FAST_CPU_KERNEL must be one of"):
+        cosine_topk(q, x, 4, backend="cpu")

@@ -1,0 +1,1 @@
+"""The reproducible experiment driver behind ``xite-fast experiment``."""

@@ -1,0 +1,1 @@
+"""Training objectives: OT alignment + drift penalty, EAR losses, English perturbations."""

@@ -1,0 +1,1 @@
+"""The XITE method: language LDA, matching, label transfer, interpolation, the augment pipeline."""
