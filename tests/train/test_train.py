@@ -343,13 +343,16 @@ def test_convergence_torch_vs_fast_ops(placement):
     assert "lda_project_interp" in dir(xite_fast)
 
 
-def test_match_sources_is_cosine_top1():
+@pytest.mark.parametrize("center", [True, False])
+def test_match_sources_is_cosine_top1(center):
     m = _model().eval()
-    idx, scores = match_sources(m, SRC, TGT[:10], max_length=16, prefix="")
+    idx, scores = match_sources(m, SRC, TGT[:10], max_length=16, prefix="", center=center)
     from xite_fast.train.legacy import pooled_embeddings
 
-    S = pooled_embeddings(m, SRC, max_length=16, prefix="")
-    T = pooled_embeddings(m, TGT[:10], max_length=16, prefix="")
+    S = pooled_embeddings(m, SRC, max_length=16, prefix="").astype(np.float64)
+    T = pooled_embeddings(m, TGT[:10], max_length=16, prefix="").astype(np.float64)
+    if center:  # the matcher's rule: each side minus its own mean
+        S, T = S - S.mean(0), T - T.mean(0)
     S /= np.linalg.norm(S, axis=1, keepdims=True)
     T /= np.linalg.norm(T, axis=1, keepdims=True)
     sim = T @ S.T

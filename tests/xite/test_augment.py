@@ -278,7 +278,7 @@ def test_end_to_end_chatterbot_english_to_korean_real_encoder():
     pytest.importorskip("chatterbot_corpus")
     from collections import Counter
 
-    from xite_fast.data.records import chatterbot_topics, load_chatterbot, split_by_conversation
+    from xite_fast.data.chatterbot import chatterbot_topics, load_chatterbot, split_by_conversation
     from xite_fast.encode.encoder import Encoder
 
     topics = chatterbot_topics("english", "korean")

@@ -169,7 +169,7 @@ class _IndexedTexts:
 
 # ----------------------------------------------------------------------------------------- inputs
 def _materialize_chatterbot(lang: str, path: Path, topics) -> None:
-    from xite_fast.data.records import load_chatterbot
+    from xite_fast.data.chatterbot import load_chatterbot
 
     if path.exists():
         return
@@ -181,7 +181,8 @@ def _materialize_chatterbot(lang: str, path: Path, topics) -> None:
 
 def _resolve_inputs(args, out: Path) -> tuple[Path, Path]:
     """Input files (chatterbot specs are written to OUT/inputs/*.jsonl) with their labels, if any."""
-    from xite_fast.data.records import chatterbot_topics, corpus_format, parse_source_spec
+    from xite_fast.data.chatterbot import chatterbot_topics, parse_source_spec
+    from xite_fast.data.records import corpus_format
 
     src_lang, tgt_lang = parse_source_spec(args.source), parse_source_spec(args.target)
     topics_src = topics_tgt = None
@@ -401,6 +402,8 @@ def _match_shard_ray(tmm, src_store, k: int, backend: str, src_mean, tgt_mean, c
 
 
 def run_augment(args) -> dict:
+    from xite_fast.data.records import RecordReader
+    from xite_fast.ops.lda_project_interp import lda_project_interp
     from xite_fast.xite.augmenter import (
         SimilarityHistogram,
         build_report,
@@ -408,8 +411,6 @@ def run_augment(args) -> dict:
         lambdas_for,
         transfer_labels,
     )
-    from xite_fast.data.records import RecordReader
-    from xite_fast.ops.lda_project_interp import lda_project_interp
 
     _validate_augment_args(args)
     if args.ray is not None:
@@ -716,7 +717,7 @@ def _print_summary(report: dict, hist, out: Path) -> None:
 # ----------------------------------------------------------------------------------------- encode
 def run_encode(args) -> dict:
     from xite_fast._validation import check_positive_int
-    from xite_fast.data.records import load_chatterbot, parse_source_spec
+    from xite_fast.data.chatterbot import load_chatterbot, parse_source_spec
 
     for name in ("batch_size", "shard_size"):
         try:

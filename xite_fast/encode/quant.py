@@ -78,7 +78,7 @@ def calibration_texts() -> tuple[tuple[str, ...], str]:
         when chatterbot-corpus is not installed.
     """
     try:
-        from xite_fast.data.records import load_chatterbot
+        from xite_fast.data.chatterbot import load_chatterbot
 
         texts = [r["text"] for lang in CALIBRATION_LANGUAGES for r in load_chatterbot(lang)[:_PER_LANGUAGE]]
     except (ImportError, ValueError, FileNotFoundError):

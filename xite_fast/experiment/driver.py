@@ -154,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------- data
 def load_splits(langs: list[str], test_fraction: float, split_seed: int, limit: int = 0) -> dict[str, Any]:
     """English train/test and per-language pool/test, split by conversation, over the shared topics."""
-    from xite_fast.data.records import chatterbot_topics, load_chatterbot, split_by_conversation
+    from xite_fast.data.chatterbot import chatterbot_topics, load_chatterbot, split_by_conversation
 
     topics = chatterbot_topics("english", *langs)
     label_of = {t: i for i, t in enumerate(topics)}
@@ -196,7 +196,12 @@ def alignment_pairs(
     every target sentence has a twin; for Korean this is exactly ``WELL_ALIGNED_TOPICS``): elsewhere the
     positional twin is mostly not the translation (see :mod:`xite_fast.data`).
     """
-    from xite_fast.data.records import alignment_stats, chatterbot_topics, load_chatterbot, split_by_conversation
+    from xite_fast.data.chatterbot import (
+        alignment_stats,
+        chatterbot_topics,
+        load_chatterbot,
+        split_by_conversation,
+    )
 
     topics = chatterbot_topics("english", *langs)
     en_train, _ = split_by_conversation(load_chatterbot("english", topics=topics), test_fraction, split_seed)

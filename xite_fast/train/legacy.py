@@ -831,13 +831,15 @@ def match_sources(
     backend: str = "auto",
     frozen_layers: int = 0,
     state_cache: dict | None = None,
+    center: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """XITE matching: for every target sentence its cosine top-1 source sentence.
+    """XITE matching: for every target sentence its cosine top-1 source sentence (in the model's
+    pooled space, :func:`xite_fast.xite.match.match_arrays`, per-language centering by default).
 
     Returns:
         indices (N_tgt,) int64 into ``source_texts``, scores (N_tgt,) float32.
     """
-    from xite_fast import cosine_topk
+    from xite_fast.xite.match import match_arrays
 
     kw = dict(
         max_length=max_length,
@@ -848,7 +850,7 @@ def match_sources(
     )
     src = pooled_embeddings(model, source_texts, **kw)
     tgt = pooled_embeddings(model, target_texts, **kw)
-    scores, idx = cosine_topk(tgt, src, 1, backend=backend)
+    scores, idx = match_arrays(tgt, src, 1, center=center, backend=backend)
     return np.asarray(idx)[:, 0].astype(np.int64), np.asarray(scores)[:, 0].astype(np.float32)
 
 

@@ -67,8 +67,8 @@ from typing import Any
 import numpy as np
 
 from xite_fast._validation import check_finite, check_matrix, check_positive_int
-from xite_fast.ops.cosine_topk import cosine_topk
 from xite_fast.ops.lda_project_interp import lda_project_interp
+from xite_fast.xite.match import match_arrays
 
 __all__ = [
     "XiteAugmenter",
@@ -422,9 +422,6 @@ def _check_embeddings(name: str, x: Any) -> np.ndarray:
     return x
 
 
-def _center(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    return (x - mean[None, :]).astype(np.float32)
-
 
 class XiteAugmenter:
     """Build XITE synthetic training data from a labelled source and an unlabelled target corpus.
@@ -522,13 +519,12 @@ class XiteAugmenter:
         n_classes: int,
     ):
         """Top-k matching + label transfer. Returns ``transfer_labels`` output for every target row."""
-        src, tgt = source_embeddings, target_embeddings
-        if self.center:
-            src, tgt = _center(src, src.mean(0)), _center(tgt, tgt.mean(0))
         k = self.k if self.vote == "weighted" else 1
-        if k > src.shape[0]:
-            raise ValueError(f"k must be <= the number of source rows ({src.shape[0]}), got k={k}")
-        scores, idx = cosine_topk(tgt, src, k, backend=self.backend)
+        if k > source_embeddings.shape[0]:
+            raise ValueError(f"k must be <= the number of source rows ({source_embeddings.shape[0]}), got k={k}")
+        scores, idx = match_arrays(
+            target_embeddings, source_embeddings, k, center=self.center, backend=self.backend
+        )
         return transfer_labels(
             np.asarray(scores),
             np.asarray(idx),
