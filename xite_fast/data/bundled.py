@@ -1,0 +1,102 @@
+"""The bundled offline data sets behind specs such as ``chatterbot:korean``.
+
+A *spec* names a data set that ships inside an installed package (nothing is downloaded): the CLI and
+Python accept it wherever a corpus file is accepted. :func:`load_bundled` returns its records together
+with the sha256 of the package files that were read, so a run directory can record exactly what it used.
+
+Registered prefixes (one loader each):
+
+* ``chatterbot:<language>`` — topic-labelled chatterbot-corpus sentences (:mod:`xite_fast.data.chatterbot`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["BundledData", "bundled_prefixes", "is_bundled", "load_bundled", "sha256_of_files"]
+
+
+@dataclass(frozen=True)
+class BundledData:
+    """Records of one bundled data set.
+
+    Attributes:
+        spec: the normalised spec (``"chatterbot:korean"``).
+        records: one dict per row with at least ``"text"`` and ``"label"`` (labels keep their type), and
+            ``"text_pair"`` for sentence-pair sets; data-set specific keys (``conv_id``, ``turn``) may follow.
+        sha256: sha256 over the bytes of every package file read (in a fixed order).
+        source: human-readable provenance (package, version, file, licence).
+    """
+
+    spec: str
+    records: list[dict]
+    sha256: str
+    source: str
+
+
+def sha256_of_files(paths: Sequence[Path]) -> str:
+    """One sha256 over the given files' names and bytes, in the given order."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).name.encode("utf-8") + b"\x00")
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def _chatterbot(arg: str, topics: Sequence[str] | None) -> BundledData:
+    from xite_fast.data.chatterbot import _language_dir, load_chatterbot
+
+    lang = arg.strip().lower()
+    lang_dir = _language_dir(lang)  # raises on an unknown language, listing the available ones
+    records = load_chatterbot(lang, topics=topics)
+    files = sorted(lang_dir.glob("*.yml"))
+    if topics is not None:
+        files = [p for p in files if p.stem in set(topics)]
+    import chatterbot_corpus
+
+    version = getattr(chatterbot_corpus, "__version__", "?")
+    return BundledData(
+        spec=f"chatterbot:{lang}",
+        records=records,
+        sha256=sha256_of_files(files),
+        source=f"chatterbot-corpus {version} (BSD-3), {lang}/*.yml",
+    )
+
+
+_LOADERS: dict[str, Callable[[str, Sequence[str] | None], BundledData]] = {"chatterbot": _chatterbot}
+
+
+def bundled_prefixes() -> list[str]:
+    """The registered spec prefixes, e.g. ``["chatterbot"]``."""
+    return sorted(_LOADERS)
+
+
+def is_bundled(spec: object) -> bool:
+    """True when ``spec`` is a string of the form ``<registered prefix>:<argument>``."""
+    if not isinstance(spec, str) or ":" not in spec:
+        return False
+    return spec.split(":", 1)[0].strip().lower() in _LOADERS
+
+
+def load_bundled(spec: str, *, topics: Sequence[str] | None = None) -> BundledData:
+    """Load a bundled data set by spec.
+
+    Args:
+        spec: ``"<prefix>:<argument>"``, e.g. ``"chatterbot:korean"``.
+        topics: chatterbot only: restrict to these topics (file stems).
+
+    Raises:
+        ValueError: not a bundled spec (the message lists the prefixes), or an unknown argument.
+    """
+    if not is_bundled(spec):
+        raise ValueError(
+            f"spec must be '<name>:<argument>' with name one of {bundled_prefixes()}, got {spec!r}"
+        )
+    prefix, arg = spec.split(":", 1)
+    return _LOADERS[prefix.strip().lower()](arg, topics)
