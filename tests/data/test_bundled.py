@@ -31,3 +31,11 @@ def test_spec_errors():
         load_bundled("nosuch:x")
     with pytest.raises(ValueError, match="unknown chatterbot language"):
         load_bundled("chatterbot:elvish")
+
+
+def test_iso_codes_and_all_prefixes_registered():
+    from xite_fast.data.bundled import bundled_prefixes
+
+    assert bundled_prefixes() == ["chatterbot", "pairs", "sentiment"]
+    assert load_bundled("chatterbot:ko").records == load_bundled("chatterbot:korean").records
+    assert is_bundled("sentiment:zh") and is_bundled("pairs:ja")

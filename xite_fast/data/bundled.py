@@ -6,7 +6,13 @@ with the sha256 of the package files that were read, so a run directory can reco
 
 Registered prefixes (one loader each):
 
-* ``chatterbot:<language>`` — topic-labelled chatterbot-corpus sentences (:mod:`xite_fast.data.chatterbot`).
+* ``chatterbot:<language>`` — topic-labelled chatterbot-corpus sentences (:mod:`xite_fast.data.chatterbot`);
+  ``<language>`` is a corpus directory name or an ISO code (``chatterbot:ko`` == ``chatterbot:korean``).
+* ``sentiment:<en|zh|fr>`` — binary sentiment, labels ``"positive"`` / ``"negative"``
+  (:mod:`xite_fast.data.sentiment`; ``fr`` needs ``python -m xite_fast.data.sentiment fetch`` once).
+* ``pairs:<language>`` — response selection from chatterbot conversations: ``text`` / ``text_pair``,
+  label 1 (true next utterance) or 0 (a random one from the same topic), balanced
+  (:mod:`xite_fast.data.pairs`).
 """
 
 from __future__ import annotations
@@ -52,8 +58,8 @@ def sha256_of_files(paths: Sequence[Path]) -> str:
 def _chatterbot(arg: str, topics: Sequence[str] | None) -> BundledData:
     from xite_fast.data.chatterbot import _language_dir, load_chatterbot
 
-    lang = arg.strip().lower()
-    lang_dir = _language_dir(lang)  # raises on an unknown language, listing the available ones
+    lang_dir = _language_dir(arg)  # raises on an unknown language, listing the available ones
+    lang = lang_dir.name
     records = load_chatterbot(lang, topics=topics)
     files = sorted(lang_dir.glob("*.yml"))
     if topics is not None:
@@ -69,7 +75,38 @@ def _chatterbot(arg: str, topics: Sequence[str] | None) -> BundledData:
     )
 
 
-_LOADERS: dict[str, Callable[[str, Sequence[str] | None], BundledData]] = {"chatterbot": _chatterbot}
+def _sentiment(arg: str, topics: Sequence[str] | None) -> BundledData:
+    from xite_fast.data.sentiment import _check_language, load_sentiment, sentiment_source
+
+    if topics is not None:
+        raise ValueError(
+            f"topics is only for chatterbot/pairs specs, got topics={list(topics)!r} for sentiment:{arg}"
+        )
+    lang = _check_language(arg)
+    files, source = sentiment_source(lang)
+    return BundledData(
+        spec=f"sentiment:{lang}", records=load_sentiment(lang), sha256=sha256_of_files(files), source=source
+    )
+
+
+def _pairs(arg: str, topics: Sequence[str] | None) -> BundledData:
+    inner = _chatterbot(arg, topics)
+    from xite_fast.data.pairs import load_pairs
+
+    lang = inner.spec.split(":", 1)[1]
+    return BundledData(
+        spec=f"pairs:{lang}",
+        records=load_pairs(lang, topics=topics, seed=0),
+        sha256=inner.sha256,
+        source=inner.source + ", response-selection pairs (seed 0)",
+    )
+
+
+_LOADERS: dict[str, Callable[[str, Sequence[str] | None], BundledData]] = {
+    "chatterbot": _chatterbot,
+    "pairs": _pairs,
+    "sentiment": _sentiment,
+}
 
 
 def bundled_prefixes() -> list[str]:
@@ -88,11 +125,12 @@ def load_bundled(spec: str, *, topics: Sequence[str] | None = None) -> BundledDa
     """Load a bundled data set by spec.
 
     Args:
-        spec: ``"<prefix>:<argument>"``, e.g. ``"chatterbot:korean"``.
-        topics: chatterbot only: restrict to these topics (file stems).
+        spec: ``"<prefix>:<argument>"``, e.g. ``"chatterbot:korean"``, ``"sentiment:zh"``, ``"pairs:ja"``.
+        topics: chatterbot and pairs only: restrict to these topics (file stems).
 
     Raises:
         ValueError: not a bundled spec (the message lists the prefixes), or an unknown argument.
+        FileNotFoundError: ``sentiment:fr`` before its set-up fetch (the message gives the command).
     """
     if not is_bundled(spec):
         raise ValueError(

@@ -27,6 +27,7 @@ from pathlib import Path
 
 __all__ = [
     "chatterbot_languages",
+    "language_name",
     "chatterbot_topics",
     "load_chatterbot",
     "split_by_conversation",
@@ -34,6 +35,7 @@ __all__ = [
     "alignment_stats",
     "parse_source_spec",
     "WELL_ALIGNED_TOPICS",
+    "LANGUAGE_CODES",
 ]
 
 # topics whose Korean file keeps the English conversation structure (same conversation count, and every
@@ -49,6 +51,36 @@ WELL_ALIGNED_TOPICS = (
 )
 
 
+# ISO 639-1 codes accepted wherever a chatterbot language name is (``"ko"`` == ``"korean"``)
+LANGUAGE_CODES = {
+    "bn": "bengali",
+    "de": "german",
+    "en": "english",
+    "es": "spanish",
+    "fa": "persian",
+    "fr": "french",
+    "he": "hebrew",
+    "hi": "hindi",
+    "id": "indonesian",
+    "it": "italian",
+    "ja": "japanese",
+    "ko": "korean",
+    "mr": "marathi",
+    "nl": "dutch",
+    "pt": "portuguese",
+    "ru": "russian",
+    "sv": "swedish",
+    "ta": "tamil",
+    "te": "telugu",
+    "th": "thai",
+    "tr": "turkish",
+    "uk": "ukrainian",
+    "ur": "urdu",
+    "yo": "yoruba",
+    "zh": "chinese",
+}
+
+
 def _chatterbot_root() -> Path:
     try:
         import chatterbot_corpus
@@ -58,6 +90,11 @@ def _chatterbot_root() -> Path:
             "(or `pip install xite_fast[assets]`)"
         ) from None
     return Path(chatterbot_corpus.__file__).resolve().parent / "data"
+
+
+def language_name(language: str) -> str:
+    """Normalised chatterbot directory name of a language name or ISO code (``"KO"`` -> ``"korean"``)."""
+    return _language_dir(language).name
 
 
 def chatterbot_languages() -> list[str]:
@@ -71,6 +108,7 @@ def _language_dir(language: str) -> Path:
         raise ValueError(f"language must be a non-empty str, got {language!r}")
     available = chatterbot_languages()
     lang = language.strip().lower()
+    lang = LANGUAGE_CODES.get(lang, lang)
     if lang not in available:
         raise ValueError(f"unknown chatterbot language {language!r}; available: {', '.join(available)}")
     return _chatterbot_root() / lang
@@ -88,7 +126,8 @@ def load_chatterbot(language: str, *, topics: Sequence[str] | None = None) -> li
     """Read the chatterbot-corpus YAML files of one language.
 
     Args:
-        language: a directory of the installed corpus, e.g. ``"english"``, ``"korean"`` (case-insensitive).
+        language: a directory of the installed corpus, e.g. ``"english"``, ``"korean"`` (case-insensitive),
+            or its ISO 639-1 code (``"ko"``, see :data:`LANGUAGE_CODES`).
         topics: keep only these topics (file stems such as ``"greetings"``); ``None`` keeps all. Use
             ``chatterbot_topics("english", "korean")`` for the topics both languages share.
 
@@ -209,6 +248,5 @@ def parse_source_spec(spec: str) -> str | None:
     """``"chatterbot:korean"`` -> ``"korean"``; anything else (a file path) -> ``None``."""
     if isinstance(spec, str) and spec.lower().startswith("chatterbot:"):
         lang = spec.split(":", 1)[1]
-        _language_dir(lang)  # raises on unknown language
-        return lang.strip().lower()
+        return language_name(lang)  # raises on unknown language
     return None
