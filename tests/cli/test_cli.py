@@ -101,9 +101,9 @@ def test_bad_inputs(tmp_path, capsys):
         capsys, ["augment", "--source", str(src), "--target", str(empty), "--out", str(tmp_path / "o3")]
     )
     assert "--target: empty corpus" in err
-    csv = tmp_path / "t.csv"
-    csv.write_text("a,b\n", encoding="utf-8")
-    err = _err(capsys, ["augment", "--source", str(src), "--target", str(csv), "--out", str(tmp_path / "o4")])
+    xml = tmp_path / "t.xml"  # .csv is a corpus format now
+    xml.write_text("a,b\n", encoding="utf-8")
+    err = _err(capsys, ["augment", "--source", str(src), "--target", str(xml), "--out", str(tmp_path / "o4")])
     assert "unsupported corpus file" in err
     err = _err(capsys, ["encode", "--input", str(tmp_path / "missing.txt"), "--out", out])
     assert "--input: file not found" in err

@@ -98,6 +98,8 @@ def _check_label(label: Any, where: str, seen: list) -> Any:
     """The label (type kept), None when absent; ValueError on unhashable or mixed label types."""
     if label is None:
         return None
+    if isinstance(label, np.generic):  # numpy scalars (np.int64, np.str_) -> their Python type
+        label = label.item()
     if isinstance(label, str):
         label = label.strip()
         if not label:

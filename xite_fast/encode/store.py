@@ -73,7 +73,9 @@ def _iter_items(items: Iterable[Any]) -> Iterator[Any]:
         elif isinstance(t, tuple) and len(t) == 2 and all(isinstance(x, str) for x in t):
             yield t  # a sentence pair (text, text_pair)
         else:
-            raise ValueError(f"source item {i} must be a str or a (str, str) pair, got {type(t).__name__}: {t!r:.60}")
+            raise ValueError(
+                f"source item {i} must be a str, got {type(t).__name__}: {t!r:.60} (or a (str, str) sentence pair)"
+            )
 
 
 def _index_of(source: Any, text_field: str, errors: str, pair_field: str | None) -> CorpusIndex | None:
