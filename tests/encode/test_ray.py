@@ -16,8 +16,8 @@ import torch
 
 import xite_fast
 from xite_fast.encode.ray import encode_corpus_ray, init_ray
-from xite_fast.xite.match import plan_shards, sharded_cosine_topk
 from xite_fast.reference import cosine_topk_ref
+from xite_fast.xite.match import plan_shards, sharded_cosine_topk
 
 
 def _data(n=7, m=203, d=19, seed=0, dup=True):
@@ -333,13 +333,16 @@ def test_encode_corpus_ray_resumes_to_identical_bytes(ray_local, tmp_path):
     for name, mtime in kept.items():
         assert (out / name).stat().st_mtime_ns == mtime, f"{name} was re-encoded"
 
-    # a corrupted recorded shard is found by the worker that checks it
+    # a corrupted recorded shard is found by the worker that checks it, and re-encoded
     (out / "shard_000001.npy").write_bytes(b"x" * 10)
     json_m = json.loads((out / "manifest.json").read_text())
     json_m.update(complete=False)
     (out / "manifest.json").write_text(json.dumps(json_m, indent=1, sort_keys=True) + "\n")
-    with pytest.raises(ValueError, match=r"shard_000001.npy is missing or corrupted"):
-        encode_corpus_ray(src, out, num_workers=1, **kw)  # one actor: error paths need no parallelism
+    encode_corpus_ray(src, out, num_workers=1, **kw)  # one actor: error paths need no parallelism
+    assert _dir_bytes(out) == _dir_bytes(tmp_path / "ref") and not list(out.glob(".pending-*"))
+    (out / "shard_000002.npy").write_bytes(b"x" * 10)  # also in a store marked complete
+    encode_corpus_ray(src, out, num_workers=1, **kw)
+    assert _dir_bytes(out) == _dir_bytes(tmp_path / "ref")
 
     # a worker's ValueError comes back as the same ValueError; nothing is recorded for failed shards
     bad = tmp_path / "bad"

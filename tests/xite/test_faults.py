@@ -20,36 +20,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _hash_encoder import HashEncoder  # tests/xite/_hash_encoder.py (also imported by the subprocesses)
 
 from xite_fast._io import DiskFullError
 from xite_fast.xite.pipeline import AugmentConfig, run_augment
 
 ROOT = Path(__file__).resolve().parents[2]
 
-ENCODER = r'''
-import hashlib
-import numpy as np
-
-class HashEncoder:
-    """Deterministic offline stand-in for Encoder: a unit vector from the sha256 of each text."""
-    dim, model_id, prefix = 16, "hash16", None
-
-    def encode(self, texts, batch_size=64, show_progress_bar=False, normalize=True):
-        rows = []
-        for t in texts:
-            t = t if isinstance(t, str) else "\x00".join(t)
-            v = np.frombuffer(hashlib.sha256(t.encode()).digest()[:16], dtype=np.uint8).astype(np.float32) - 127.5
-            rows.append(v / np.linalg.norm(v))
-        return np.asarray(rows, dtype=np.float32).reshape(len(texts), self.dim)
-'''
-exec(ENCODER)  # noqa: S102 - the same class in this process and in the killed subprocesses
-
-SCRIPT = ENCODER + r'''
+HERE = Path(__file__).resolve().parent
+SCRIPT = r"""
 import json, sys
+from _hash_encoder import HashEncoder
 from xite_fast.xite.pipeline import AugmentConfig, run_augment
 run_augment(AugmentConfig(**json.loads(sys.argv[1])), encoder=HashEncoder())
 print("finished")
-'''
+"""
 
 LABELS = ["food", "sports", "music", "weather"]
 
@@ -103,7 +88,7 @@ def ref(tmp_path_factory):
 
 
 def _spawn(opts: dict, **env) -> subprocess.Popen:
-    e = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    e = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]), **env}
     return subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps(opts)], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

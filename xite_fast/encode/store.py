@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import itertools
 import json
 import logging
@@ -31,7 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from xite_fast._io import TMP_MARK, atomic_write_bytes, exclusive_lock, fault_point, sha256_file, tmp_path
+from xite_fast._io import (
+    TMP_MARK,
+    atomic_save_npy,
+    atomic_write_bytes,
+    atomic_write_json,
+    exclusive_lock,
+    fault_point,
+    sha256_file,
+    tmp_path,
+)
 from xite_fast._validation import check_positive_int
 from xite_fast.data.records import CorpusIndex, index_corpus, model_input
 
@@ -49,15 +57,9 @@ _SHARD_RE = re.compile(r"^shard_\d{6}\.npy$")
 # ----------------------------------------------------------------------------- sources
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
-    return buf.getvalue()
-
-
 def _write_manifest(out_dir: Path, manifest: dict) -> None:
     # no timestamps or timings in the manifest: an interrupted + resumed run must equal a clean one
-    atomic_write_bytes(out_dir / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_json(out_dir / MANIFEST, manifest)
 
 
 @contextlib.contextmanager
@@ -453,14 +455,13 @@ def _encode_shard(
     emb = np.asarray(emb, dtype=np.float32)
     if emb.shape != (len(texts), dim):
         raise ValueError(f"encoder returned shape {emb.shape}, expected ({len(texts)}, {dim})")
-    data = _npy_bytes(emb)
     name = _shard_name(k)
-    atomic_write_bytes(out_dir / name, data)
+    sha = atomic_save_npy(out_dir / name, emb)
     entry = {
         "file": name,
         "start": k * shard_size,
         "rows": len(texts),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "sha256": sha,
         "text_sha256": _texts_sha256(texts),
         # float64 column sum, so the store's mean is known without reading the shards again
         "sum": embedding_sum(emb).tolist(),
