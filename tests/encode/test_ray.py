@@ -142,9 +142,9 @@ def test_plan_file_shards_reads_what_the_streaming_reader_reads(tmp_path, shard_
     pq.write_table(pa.table({"text": texts}), tmp_path / "c.parquet", row_group_size=4)
     for name in [*files, "c.parquet"]:
         fp, got = _shard_texts_of(tmp_path / name, shard_size)
-        fp_ref, it = corpus._open_source(tmp_path / name, "text", "strict")
+        fp_ref, it = corpus.open_source(tmp_path / name, "text", "strict")
         want = []
-        while chunk := corpus._take(it, shard_size):
+        while chunk := corpus.take(it, shard_size):
             want.append(chunk)
         assert fp == fp_ref and got == want, name
         assert sum(map(len, got)) == 12  # the 3 blank records are not rows (the one reader's rule)

@@ -187,15 +187,15 @@ class _ShardEncoder:
         k, out_dir = int(spec["k"]), Path(spec["out_dir"])
         texts = _spec_texts(spec)
         if spec.get("done") is not None:  # finished by an earlier run: same texts, intact file?
-            if corpus._verify_done_shard(out_dir, spec["done"], texts):
+            if corpus.verify_shard(out_dir, spec["done"], texts):
                 return spec["done"]
-        entry = corpus._adopt_pending(out_dir, k, self.shard_size, texts)
+        entry = corpus.adopt_pending(out_dir, k, self.shard_size, texts)
         if entry is None:
             if self.encoder is None:
                 from xite_fast.encode.encoder import Encoder
 
                 self.encoder = Encoder(self.model, **self.encoder_kwargs)
-            entry = corpus._encode_shard(
+            entry = corpus.write_shard(
                 self.encoder, texts, out_dir, k, self.shard_size, self.batch_size, pending=True
             )
         return entry
@@ -335,7 +335,7 @@ def encode_corpora_ray(
     language). Arguments as :func:`encode_corpus_ray`; returns one EmbeddingStore per pair."""
     from xite_fast.encode import store as corpus
 
-    shard_size, batch_size = corpus._check_encode_args(shard_size, batch_size, text_field, errors)
+    shard_size, batch_size = corpus.check_encode_args(shard_size, batch_size, text_field, errors)
     cpus_per_worker = check_positive_int("cpus_per_worker", cpus_per_worker)
     if num_workers is not None:
         num_workers = check_positive_int("num_workers", num_workers)
@@ -351,7 +351,7 @@ def encode_corpora_ray(
         specs = _plan_specs(source, text_field, errors, shard_size, pair_field)  # validates before any model work
         if not specs:
             raise ValueError(
-                f"source {corpus._describe(source)} has no texts; expected at least one line/row/item"
+                f"source {corpus.describe(source)} has no texts; expected at least one line/row/item"
             )
         fingerprint = specs[0].pop("fingerprint")
         _spec_texts({**specs[0], "rows": 1})  # a bad first record fails here, before any model work
@@ -366,9 +366,9 @@ def encode_corpora_ray(
         states, items = [], []
         for j, ((fingerprint, specs), out_dir) in enumerate(zip(plans, out_dirs, strict=True)):
             out_dir.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(corpus._dir_lock(out_dir))
-            header = corpus._make_header(info, shard_size, batch_size, fingerprint)
-            manifest = corpus._resume_or_reset(out_dir, header, overwrite)
+            stack.enter_context(corpus.store_lock(out_dir))
+            header = corpus.make_header(info, shard_size, batch_size, fingerprint)
+            manifest = corpus.open_manifest(out_dir, header, overwrite)
             done = manifest["shards"]
             states.append({"manifest": manifest, "verified": len(done), "finished": {}, "errors": {}})
             if (
@@ -411,7 +411,7 @@ def encode_corpora_ray(
                     f"encode_corpus_ray: {len(state['manifest']['shards'])} of {state['n_specs']} shards of "
                     f"{out_dir} came back from Ray"
                 )
-            corpus._finish(out_dir, state["manifest"])
+            corpus.finish_store(out_dir, state["manifest"])
     return [corpus.EmbeddingStore(d) for d in out_dirs]
 
 
@@ -441,7 +441,7 @@ def _run_encode_pipeline(
     )
     bar = None
     if show_progress_bar is None:
-        show_progress_bar = corpus._stderr_isatty()
+        show_progress_bar = corpus.stderr_isatty()
     if show_progress_bar:
         from tqdm.auto import tqdm
 
@@ -462,8 +462,8 @@ def _run_encode_pipeline(
                     done.append(st["finished"].pop(len(done)))
                     if len(done) > st["verified"]:
                         st["manifest"]["num_rows"] = sum(s["rows"] for s in done)
-                        corpus._write_manifest(out_dir, st["manifest"])
-                        pending = corpus._pending_path(out_dir, len(done) - 1)
+                        corpus.write_manifest(out_dir, st["manifest"])
+                        pending = corpus.pending_path(out_dir, len(done) - 1)
                         if pending.exists():
                             pending.unlink()
             if any(st["errors"] and min(st["errors"]) <= len(st["manifest"]["shards"]) for st in states):
@@ -481,7 +481,7 @@ def _plan_specs(source: Any, text_field: str, errors: str, shard_size: int, pair
     only its own shard with the same reader as the single-process path."""
     from xite_fast.encode import store as corpus
 
-    index = corpus._index_of(source, text_field, errors, pair_field)
+    index = corpus.index_of(source, text_field, errors, pair_field)
     if index is not None:
         fingerprint = index.fingerprint()
         fields = {
@@ -505,9 +505,9 @@ def _plan_specs(source: Any, text_field: str, errors: str, shard_size: int, pair
             for k, s in enumerate(range(0, n, shard_size))
         ]
     else:
-        fingerprint, texts = corpus._open_source(source, text_field, errors)
+        fingerprint, texts = corpus.open_source(source, text_field, errors)
         specs = []
-        while chunk := corpus._take(texts, shard_size):
+        while chunk := corpus.take(texts, shard_size):
             specs.append(
                 {"k": len(specs), "start": len(specs) * shard_size, "rows": len(chunk), "texts": chunk}
             )

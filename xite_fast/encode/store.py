@@ -54,16 +54,16 @@ _VERSION = 2
 _SHARD_RE = re.compile(r"^shard_\d{6}\.npy$")
 
 
-# ----------------------------------------------------------------------------- sources
+# ----------------------------------------------------------------------------- sources (store protocol)
 
 
-def _write_manifest(out_dir: Path, manifest: dict) -> None:
+def write_manifest(out_dir: Path, manifest: dict) -> None:
     # no timestamps or timings in the manifest: an interrupted + resumed run must equal a clean one
     atomic_write_json(out_dir / MANIFEST, manifest)
 
 
 @contextlib.contextmanager
-def _dir_lock(out_dir: Path):
+def store_lock(out_dir: Path):
     with exclusive_lock(out_dir / ".lock", f"the embedding store {out_dir}"):
         yield
 
@@ -80,7 +80,7 @@ def _iter_items(items: Iterable[Any]) -> Iterator[Any]:
             )
 
 
-def _index_of(source: Any, text_field: str, errors: str, pair_field: str | None) -> CorpusIndex | None:
+def index_of(source: Any, text_field: str, errors: str, pair_field: str | None) -> CorpusIndex | None:
     """The :class:`CorpusIndex` of a file source (one validating pass, before any model work)."""
     if isinstance(source, CorpusIndex):
         return source
@@ -115,11 +115,11 @@ def _indexed_inputs(index: CorpusIndex, start: int = 0, stop: int | None = None)
         reader.close()
 
 
-def _open_source(
+def open_source(
     source: Any, text_field: str, errors: str, pair_field: str | None = None
 ) -> tuple[dict, Iterator[Any]]:
     """Return (fingerprint, iterator over encoder inputs: str, or (text, pair) tuples)."""
-    index = _index_of(source, text_field, errors, pair_field)
+    index = index_of(source, text_field, errors, pair_field)
     if index is not None:
         return index.fingerprint(), _indexed_inputs(index)
     if isinstance(source, (bytes, bytearray)) or not isinstance(source, Iterable):
@@ -130,7 +130,7 @@ def _open_source(
     return {"kind": "iterable"}, _iter_items(source)
 
 
-def _take(it: Iterator[Any], n: int) -> list:
+def take(it: Iterator[Any], n: int) -> list:
     out = []
     for t in it:
         out.append(t)
@@ -296,11 +296,11 @@ def encode_corpus(
             encoder is built), or ``out_dir`` already holds the output of a different source, model or
             parameters (and ``overwrite`` is False).
     """
-    shard_size, batch_size = _check_encode_args(shard_size, batch_size, text_field, errors)
-    fingerprint, texts = _open_source(source, text_field, errors, pair_field)  # validates first
-    first = _take(texts, 1)  # an empty iterable or a bad first item fails before anything is written
+    shard_size, batch_size = check_encode_args(shard_size, batch_size, text_field, errors)
+    fingerprint, texts = open_source(source, text_field, errors, pair_field)  # validates first
+    first = take(texts, 1)  # an empty iterable or a bad first item fails before anything is written
     if not first:
-        raise ValueError(f"source {_describe(source)} has no texts; expected at least one line/row/item")
+        raise ValueError(f"source {describe(source)} has no texts; expected at least one line/row/item")
     texts = itertools.chain(first, texts)
     if encoder is None:
         from xite_fast.encode.encoder import Encoder
@@ -308,11 +308,11 @@ def encode_corpus(
         encoder = Encoder()
     elif callable(encoder) and not hasattr(encoder, "encode"):
         encoder = encoder()  # a factory: the model is loaded only once the source passed its checks
-    header = _make_header(encoder, shard_size, batch_size, fingerprint)
+    header = make_header(encoder, shard_size, batch_size, fingerprint)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _dir_lock(out_dir):
-        manifest = _resume_or_reset(out_dir, header, overwrite)
+    with store_lock(out_dir):
+        manifest = open_manifest(out_dir, header, overwrite)
         done = manifest["shards"]
         if manifest["complete"] and fingerprint["kind"] != "iterable":
             if not EmbeddingStore(out_dir).verify():
@@ -320,7 +320,7 @@ def encode_corpus(
             manifest["complete"] = False
         bar = None
         if show_progress_bar is None:
-            show_progress_bar = _stderr_isatty()
+            show_progress_bar = stderr_isatty()
         if show_progress_bar:
             from tqdm.auto import tqdm
 
@@ -328,28 +328,28 @@ def encode_corpus(
         try:
             k = 0
             while True:
-                chunk = _take(texts, shard_size)
+                chunk = take(texts, shard_size)
                 if not chunk:
                     break
                 if k < len(done):  # finished in an earlier run: check it is the same data
-                    if _verify_done_shard(out_dir, done[k], chunk):
+                    if verify_shard(out_dir, done[k], chunk):
                         if bar is not None:
                             bar.update(len(chunk))
                         k += 1
                         continue
                     log.warning("%s: %s is missing or corrupt; re-encoding it", out_dir, done[k]["file"])
-                    entry = _encode_shard(encoder, chunk, out_dir, k, shard_size, batch_size)
+                    entry = write_shard(encoder, chunk, out_dir, k, shard_size, batch_size)
                     done[k] = entry
                     with contextlib.suppress(FileNotFoundError):
                         (out_dir / CONSOLIDATED).unlink()  # built from the corrupt shard
                 else:
                     # a shard finished by a killed distributed run but not yet in the manifest is kept
-                    entry = _adopt_pending(out_dir, k, shard_size, chunk)
+                    entry = adopt_pending(out_dir, k, shard_size, chunk)
                     if entry is None:
-                        entry = _encode_shard(encoder, chunk, out_dir, k, shard_size, batch_size)
+                        entry = write_shard(encoder, chunk, out_dir, k, shard_size, batch_size)
                     done.append(entry)
                 manifest["num_rows"] = sum(s["rows"] for s in done)
-                _write_manifest(out_dir, manifest)  # the shard counts as done only from here on
+                write_manifest(out_dir, manifest)  # the shard counts as done only from here on
                 fault_point(f"encode:{out_dir.name}:{k}")
                 if bar is not None:
                     bar.update(len(chunk))
@@ -363,7 +363,7 @@ def encode_corpus(
                 f"{out_dir} holds {len(done)} shards but the source now has only {k} shards of texts; "
                 f"pass overwrite=True to start over"
             )
-        _finish(out_dir, manifest)
+        finish_store(out_dir, manifest)
     return EmbeddingStore(out_dir)
 
 
@@ -387,10 +387,14 @@ def reusable_store(out_dir: str | os.PathLike, fingerprint: dict, shard_size: in
     return None if store.verify() else store
 
 
-# ------------------------------------------------- pieces shared with xite_fast.encode.ray.encode_corpus_ray
+# ------------------------------------------------- the store protocol
+# The write protocol of a store directory, shared by encode_corpus and xite_fast.encode.ray (whose
+# workers run verify_shard / adopt_pending / write_shard): open_manifest under store_lock, then for
+# shard k verify_shard (recorded) or adopt_pending / write_shard (new), write_manifest after each
+# recorded shard, finish_store at the end. Not part of the public API (not in __all__).
 
 
-def _check_encode_args(shard_size: Any, batch_size: Any, text_field: Any, errors: Any) -> tuple[int, int]:
+def check_encode_args(shard_size: Any, batch_size: Any, text_field: Any, errors: Any) -> tuple[int, int]:
     shard_size = check_positive_int("shard_size", shard_size)
     batch_size = check_positive_int("batch_size", batch_size)
     if errors not in ("strict", "replace"):
@@ -400,7 +404,7 @@ def _check_encode_args(shard_size: Any, batch_size: Any, text_field: Any, errors
     return shard_size, batch_size
 
 
-def _make_header(encoder: Any, shard_size: int, batch_size: int, fingerprint: dict) -> dict:
+def make_header(encoder: Any, shard_size: int, batch_size: int, fingerprint: dict) -> dict:
     """Everything that makes two runs' shards interchangeable (compared on resume)."""
     return {
         "format": _FORMAT,
@@ -422,11 +426,11 @@ def _shard_name(k: int) -> str:
     return f"shard_{k:06d}.npy"
 
 
-def _pending_path(out_dir: Path, k: int) -> Path:
+def pending_path(out_dir: Path, k: int) -> Path:
     return out_dir / f".pending-{_shard_name(k)[:-4]}.json"
 
 
-def _encode_shard(
+def write_shard(
     encoder: Any,
     texts: list[str],
     out_dir: Path,
@@ -443,7 +447,7 @@ def _encode_shard(
         encoder: object with ``encode(texts, batch_size=, show_progress_bar=, normalize=)`` and ``dim``.
         texts: the shard's texts (1 <= len <= shard_size).
         pending: also write the entry to a hidden ``.pending-shard_k.json`` next to the shard (for a
-            writer that finishes shards out of order: a rerun adopts them, see :func:`_adopt_pending`).
+            writer that finishes shards out of order: a rerun adopts them, see :func:`adopt_pending`).
 
     Returns:
         ``{"file", "start", "rows", "sha256", "text_sha256"}``.
@@ -467,15 +471,15 @@ def _encode_shard(
         "sum": embedding_sum(emb).tolist(),
     }
     if pending:
-        atomic_write_bytes(_pending_path(out_dir, k), json.dumps(entry, sort_keys=True).encode())
+        atomic_write_bytes(pending_path(out_dir, k), json.dumps(entry, sort_keys=True).encode())
     return entry
 
 
-def _adopt_pending(out_dir: Path, k: int, shard_size: int, texts: list[str]) -> dict | None:
+def adopt_pending(out_dir: Path, k: int, shard_size: int, texts: list[str]) -> dict | None:
     """The entry of shard ``k`` if an interrupted run already wrote it (pending file, same texts, shard
     bytes matching its sha256), else None. Pending files only exist for the current header: a reset
-    (:func:`_resume_or_reset`) deletes them."""
-    path = _pending_path(out_dir, k)
+    (:func:`open_manifest`) deletes them."""
+    path = pending_path(out_dir, k)
     if not path.is_file():
         return None
     try:
@@ -496,7 +500,7 @@ def _adopt_pending(out_dir: Path, k: int, shard_size: int, texts: list[str]) -> 
     return entry
 
 
-def _finish(out_dir: Path, manifest: dict) -> None:
+def finish_store(out_dir: Path, manifest: dict) -> None:
     """Mark the run complete; pending files of shards now in the manifest are no longer needed."""
     manifest["complete"] = True
     manifest["num_rows"] = n = sum(s["rows"] for s in manifest["shards"])
@@ -504,19 +508,19 @@ def _finish(out_dir: Path, manifest: dict) -> None:
     for s in manifest["shards"]:  # in shard order: the same float64 sum however the run was split
         total += np.asarray(s["sum"], dtype=np.float64)
     manifest["mean"] = (total / max(n, 1)).astype(np.float32).tolist()
-    _write_manifest(out_dir, manifest)
+    write_manifest(out_dir, manifest)
     for p in out_dir.glob(".pending-shard_*.json"):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
 
 
-def _describe(source: Any) -> str:
+def describe(source: Any) -> str:
     if isinstance(source, (str, os.PathLike)):
         return repr(str(source))
     return f"<{type(source).__name__}>"
 
 
-def _stderr_isatty() -> bool:
+def stderr_isatty() -> bool:
     import sys
 
     try:
@@ -525,7 +529,7 @@ def _stderr_isatty() -> bool:
         return False
 
 
-def _verify_done_shard(out_dir: Path, shard: dict, chunk: list) -> bool:
+def verify_shard(out_dir: Path, shard: dict, chunk: list) -> bool:
     """True if shard ``shard`` (a manifest entry) holds ``chunk``'s embeddings intact; False if its file
     is missing or corrupt (re-encode it); ValueError if the texts differ (another source)."""
     if len(chunk) != shard["rows"] or _texts_sha256(chunk) != shard["text_sha256"]:
@@ -540,7 +544,7 @@ def sha256_file_or_none(path: Path) -> str | None:
     return sha256_file(path) if path.is_file() else None
 
 
-def _resume_or_reset(out_dir: Path, header: dict, overwrite: bool) -> dict:
+def open_manifest(out_dir: Path, header: dict, overwrite: bool) -> dict:
     mpath = out_dir / MANIFEST
     if mpath.is_file() and not overwrite:
         try:
@@ -575,5 +579,5 @@ def _resume_or_reset(out_dir: Path, header: dict, overwrite: bool) -> dict:
         ):
             p.unlink()
     manifest = {**header, "shards": [], "complete": False, "num_rows": 0}
-    _write_manifest(out_dir, manifest)
+    write_manifest(out_dir, manifest)
     return manifest

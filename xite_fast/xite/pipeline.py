@@ -214,9 +214,9 @@ def _init_ray(address: str) -> None:
 def _bar(progress: bool | None, **kw):
     from tqdm.auto import tqdm
 
-    from xite_fast.encode.store import _stderr_isatty
+    from xite_fast.encode.store import stderr_isatty
 
-    return tqdm(disable=not (_stderr_isatty() if progress is None else progress), **kw)
+    return tqdm(disable=not (stderr_isatty() if progress is None else progress), **kw)
 
 
 # ----------------------------------------------------------------------------------------- the run
