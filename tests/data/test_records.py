@@ -1,4 +1,4 @@
-"""xite_fast.data.records: the user-file readers (txt / jsonl / tsv)."""
+"""xite_fast.data.records: the one record reader (txt / jsonl / tsv / csv / parquet, pairs, label types)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from xite_fast.data import records as data
 
 def test_readers_roundtrip(tmp_path):
     src = tmp_path / "src.jsonl"
-    rows = [{"text": "héllo", "label": "a"}, {"text": "  ", "label": "b"}, {"text": "world", "label": 3}]
+    rows = [{"text": "héllo", "label": "a"}, {"text": "  ", "label": "b"}, {"text": "world", "label": "3"}]
     src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n\n", encoding="utf-8")
     texts, labels = data.read_labelled(src)
     assert texts == ["héllo", "world"] and labels == ["a", "3"]
@@ -24,8 +24,8 @@ def test_readers_roundtrip(tmp_path):
     assert data.read_texts(txt) == ["안녕", "둘", "three"]
     assert data.read_texts(txt, max_rows=2) == ["안녕", "둘"]
     recs = list(data.iter_records(txt))
-    reader = data.RecordReader(txt, np.asarray([o for o, _, _ in recs]))
-    assert [t for t, _ in reader.get([2, 0, 2])] == ["three", "안녕", "three"]
+    reader = data.RecordReader(txt, np.asarray([o for o, _ in recs]))
+    assert [r.text for r in reader.get([2, 0, 2])] == ["three", "안녕", "three"]
     reader.close()
 
 
@@ -58,8 +58,80 @@ def test_reader_errors(tmp_path):
     with pytest.raises(ValueError, match="empty corpus"):
         data.read_texts(empty)
     with pytest.raises(ValueError, match="unsupported corpus file"):
-        data.read_texts(tmp_path / "x.csv") if (tmp_path / "x.csv").write_text("a") else None
+        data.read_texts(tmp_path / "x.xml") if (tmp_path / "x.xml").write_text("a") else None
     latin = tmp_path / "latin.txt"
     latin.write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(ValueError, match="UTF-8"):
         data.read_texts(latin)
+
+
+def test_labels_keep_their_type_mixed_and_unhashable_are_errors(tmp_path):
+    ints = tmp_path / "i.jsonl"
+    ints.write_text('{"text": "a", "label": 2}\n{"text": "b", "label": 1}\n{"text": "c", "label": 2}\n')
+    idx = data.index_corpus(ints, need_label=True)
+    assert idx.label_names == [1, 2] and idx.codes.tolist() == [1, 0, 1]
+    assert [r.label for r in idx.reader().get([0, 1])] == [2, 1]
+    mixed = tmp_path / "m.jsonl"
+    mixed.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": "1"}\n')
+    with pytest.raises(ValueError, match=r"m\.jsonl:2: label '1' is a str but earlier labels are int"):
+        data.index_corpus(mixed, need_label=True)
+    boolint = tmp_path / "b.jsonl"
+    boolint.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": true}\n')
+    with pytest.raises(ValueError, match="is a bool but earlier labels are int"):
+        data.index_corpus(boolint)
+    bad = tmp_path / "u.jsonl"
+    bad.write_text('{"text": "a", "label": ["x"]}\n')
+    with pytest.raises(ValueError, match=r"u\.jsonl:1: label must be a str, int, float or bool, got list"):
+        data.index_corpus(bad)
+    names, codes = data.encode_labels([3, 1, 3])
+    assert names == [1, 3] and codes.tolist() == [1, 0, 1]
+    with pytest.raises(ValueError, match=r"labels\[1\]: label '1' is a str"):
+        data.encode_labels([1, "1"])
+    with pytest.raises(ValueError, match="got dict"):
+        data.encode_labels([{"a": 1}])
+
+
+def _same(*indexes):
+    ref = [r for r in indexes[0].reader().get(range(len(indexes[0])))]
+    for idx in indexes[1:]:
+        assert [r for r in idx.reader().get(range(len(idx)))] == ref
+
+
+def test_all_formats_give_the_same_records_pairs_and_headers(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = [("one", "x", "p1"), ("two, with comma", "y", "p2"), ("th\"ree", "x", "p3")]
+    (tmp_path / "a.jsonl").write_text(
+        "".join(json.dumps({"text": t, "label": lab, "text_pair": p}) + "\n\n" for t, lab, p in rows)
+    )
+    (tmp_path / "a.tsv").write_text("label\ttext\ttext_pair\n" + "".join(f"{lab}\t{t}\t{p}\n" for t, lab, p in rows))
+    (tmp_path / "h.tsv").write_text("".join(f"{t}\t{lab}\t{p}\n\n" for t, lab, p in rows))  # no header
+    import csv as _csv
+
+    with open(tmp_path / "a.csv", "w", newline="") as fh:
+        w = _csv.writer(fh)
+        w.writerow(["text", "label", "text_pair"])
+        w.writerows(rows)
+    pq.write_table(pa.table({"text": [r[0] for r in rows], "label": [r[1] for r in rows], "text_pair": [r[2] for r in rows]}), tmp_path / "a.parquet")
+    idx = {n: data.index_corpus(tmp_path / n, need_label=True, pair_field="text_pair") for n in ("a.jsonl", "a.tsv", "h.tsv", "a.csv", "a.parquet")}
+    _same(*idx.values())
+    assert idx["a.csv"].reader().get([1])[0] == data.Record("two, with comma", "y", "p2")
+    assert data.model_input(idx["a.tsv"].reader().get([0])[0]) == ("one", "p1")
+    assert all(len(i) == 3 and i.label_names == ["x", "y"] for i in idx.values())
+    # sha256 of the whole file, streamed while indexing (also past max_rows)
+    import hashlib
+
+    for name in ("a.jsonl", "a.tsv", "a.csv"):
+        want = hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+        assert data.index_corpus(tmp_path / name, max_rows=1).sha256 == want
+
+
+def test_binary_and_non_utf8_inputs_are_rejected_naming_the_line(tmp_path):
+    (tmp_path / "b.txt").write_bytes(b"fine\n\x00\x01\x02binary\n")
+    with pytest.raises(ValueError, match=r"b\.txt:2: NUL byte"):
+        data.index_corpus(tmp_path / "b.txt")
+    (tmp_path / "c.txt").write_bytes(b"ok\nbad \xff byte\n")
+    with pytest.raises(ValueError, match=r"c\.txt:2: not valid UTF-8"):
+        data.index_corpus(tmp_path / "c.txt")
+    assert data.index_corpus(tmp_path / "c.txt", errors="replace").reader().get([1])[0].text == "bad \ufffd byte"

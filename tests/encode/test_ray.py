@@ -15,8 +15,9 @@ import pytest
 import torch
 
 import xite_fast
-from xite_fast.encode.ray import encode_corpus_ray, init_ray, plan_shards, sharded_cosine_topk
+from xite_fast.encode.ray import encode_corpus_ray, init_ray
 from xite_fast.reference import cosine_topk_ref
+from xite_fast.xite.match import plan_shards, sharded_cosine_topk
 
 
 def _data(n=7, m=203, d=19, seed=0, dup=True):
@@ -115,12 +116,11 @@ def test_local_executor_key_mean_is_exact():
 
 # ------------------------------------------------------------------ corpus shard planning (no Ray)
 def _shard_texts_of(src, shard_size, **kw):
-    from xite_fast.encode import store as corpus
+    from xite_fast.encode.ray import _plan_specs, _spec_texts
 
-    fp, specs = corpus._plan_file_shards(
-        src, kw.get("text_field", "text"), kw.get("errors", "strict"), shard_size
-    )
-    return fp, [corpus._read_shard_texts(s) for s in specs]
+    specs = _plan_specs(src, kw.get("text_field", "text"), kw.get("errors", "strict"), shard_size)
+    fp = specs[0].pop("fingerprint") if specs else None
+    return fp, [_spec_texts(s) for s in specs]
 
 
 @pytest.mark.parametrize("shard_size", [1, 4, 7, 100])
@@ -142,31 +142,32 @@ def test_plan_file_shards_reads_what_the_streaming_reader_reads(tmp_path, shard_
     pq.write_table(pa.table({"text": texts}), tmp_path / "c.parquet", row_group_size=4)
     for name in [*files, "c.parquet"]:
         fp, got = _shard_texts_of(tmp_path / name, shard_size)
-        fp_ref, it = corpus._open_source(tmp_path / name, "text", "strict")
+        fp_ref, it = corpus.open_source(tmp_path / name, "text", "strict")
         want = []
-        while chunk := corpus._take(it, shard_size):
+        while chunk := corpus.take(it, shard_size):
             want.append(chunk)
         assert fp == fp_ref and got == want, name
-        assert sum(map(len, got)) == 15
+        assert sum(map(len, got)) == 12  # the 3 blank records are not rows (the one reader's rule)
 
 
 def test_plan_file_shards_errors(tmp_path):
-    from xite_fast.encode import store as corpus
+    from xite_fast.encode.ray import _spec_texts
 
     bad = tmp_path / "b.jsonl"
     bad.write_text('{"text": "a"}\n{"text": "b"}\n{oops\n', encoding="utf-8")
-    _, specs = corpus._plan_file_shards(bad, "text", "strict", 2)
-    assert corpus._read_shard_texts(specs[0]) == ["a", "b"]
-    with pytest.raises(ValueError, match=r"b.jsonl: line 3 is not valid JSON"):
-        corpus._read_shard_texts(specs[1])
+    with pytest.raises(ValueError, match=r"b.jsonl:3: broken JSON"):  # the index pass validates it all
+        _shard_texts_of(bad, 2)
     (tmp_path / "e.txt").write_bytes(b"")
-    assert corpus._plan_file_shards(tmp_path / "e.txt", "text", "strict", 2)[1] == []
+    with pytest.raises(ValueError, match="has no texts"):
+        _shard_texts_of(tmp_path / "e.txt", 2)
     grown = tmp_path / "g.txt"
     grown.write_text("a\nb\n", encoding="utf-8")
-    _, specs = corpus._plan_file_shards(grown, "text", "strict", 2)
+    from xite_fast.encode.ray import _plan_specs
+
+    specs = _plan_specs(grown, "text", "strict", 2)
     grown.write_text("a\nb\nc\n", encoding="utf-8")
     with pytest.raises(ValueError, match="changed size since the shards were planned"):
-        corpus._read_shard_texts(specs[0])
+        _spec_texts(specs[0])
 
 
 def test_init_ray_address_errors(monkeypatch):
@@ -332,13 +333,16 @@ def test_encode_corpus_ray_resumes_to_identical_bytes(ray_local, tmp_path):
     for name, mtime in kept.items():
         assert (out / name).stat().st_mtime_ns == mtime, f"{name} was re-encoded"
 
-    # a corrupted recorded shard is found by the worker that checks it
+    # a corrupted recorded shard is found by the worker that checks it, and re-encoded
     (out / "shard_000001.npy").write_bytes(b"x" * 10)
     json_m = json.loads((out / "manifest.json").read_text())
     json_m.update(complete=False)
     (out / "manifest.json").write_text(json.dumps(json_m, indent=1, sort_keys=True) + "\n")
-    with pytest.raises(ValueError, match=r"shard_000001.npy is missing or corrupted"):
-        encode_corpus_ray(src, out, num_workers=1, **kw)  # one actor: error paths need no parallelism
+    encode_corpus_ray(src, out, num_workers=1, **kw)  # one actor: error paths need no parallelism
+    assert _dir_bytes(out) == _dir_bytes(tmp_path / "ref") and not list(out.glob(".pending-*"))
+    (out / "shard_000002.npy").write_bytes(b"x" * 10)  # also in a store marked complete
+    encode_corpus_ray(src, out, num_workers=1, **kw)
+    assert _dir_bytes(out) == _dir_bytes(tmp_path / "ref")
 
     # a worker's ValueError comes back as the same ValueError; nothing is recorded for failed shards
     bad = tmp_path / "bad"
@@ -382,7 +386,7 @@ def test_cli_ray_augment_and_encode_identical(ray_local, tmp_path, capsys):
     for sub in ("synthetic", "source_emb", "target_emb"):
         assert _dir_bytes(a / sub) == _dir_bytes(b / sub), sub
     assert len(_dir_bytes(a / "source_emb")) == 5  # 4 shards of the 50 source rows + manifest
-    for name in ("lda.npy", "means.npz", "config.json"):
+    for name in ("lda.npy", "lda.json", "config.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     ra, rb = (json.loads((d / "report.json").read_text()) for d in (a, b))
     ra.pop("timing_s"), rb.pop("timing_s")

@@ -1,17 +1,17 @@
-"""Distributed encoding and matching: corpus shards and key shards processed on Ray, merged exactly.
+"""Distributed encoding on Ray (the Ray matcher is :func:`xite_fast.xite.match.sharded_cosine_topk`).
 
-Two steps of the XITE pipeline scale out:
+Two steps of the XITE pipeline scale out (this module connects to Ray and encodes):
 
 * :func:`encode_corpus_ray` — the same output folder as :func:`xite_fast.encode_corpus` (shard files +
   manifest, byte-identical), with each shard encoded by a Ray Data actor that builds its
   :class:`~xite_fast.encode.encoder.Encoder` once. File sources are planned into shard byte ranges, so a worker
   reads only its own shard; resumable like the single-process path.
-* :func:`sharded_cosine_topk` — exact top-k cosine with the keys split into row shards, each searched
+* :func:`xite_fast.xite.match.sharded_cosine_topk` — exact top-k cosine with the keys split into row shards, each searched
   independently; :func:`xite_fast.ops.cosine_topk.merge_topk` merges the partial top-``min(k, rows)``
   lists with the same (score desc, index asc) order, so the result equals one search over all keys
   (STYLE rule 2: the same tie rule everywhere).
 
-Executors of :func:`sharded_cosine_topk`:
+Executors of ``sharded_cosine_topk``:
     ``"ray"``: Ray Data (``ray.data.from_items(shards).map(...)``) on the running Ray cluster, or one
         started by :func:`init_ray`. Keys given as a ``.npy`` path or an ``EmbeddingStore`` are
         memory-mapped by each worker, so only shard bounds travel; in-memory keys are put once in the
@@ -33,7 +33,6 @@ import pickle
 import socket
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ import numpy as np
 
 from xite_fast._validation import check_positive_int
 
-__all__ = ["sharded_cosine_topk", "plan_shards", "encode_corpus_ray", "encode_corpora_ray", "init_ray"]
+__all__ = ["encode_corpus_ray", "encode_corpora_ray", "init_ray"]
 
 _RAY_HINT = 'Ray is not installed: pip install "xite_fast[ray]" (or "ray[data]")'
 
@@ -159,206 +158,6 @@ def _reraise_worker_error(exc: BaseException) -> None:
     raise exc
 
 
-# ----------------------------------------------------------------------------------------- matching
-def plan_shards(
-    m: int, *, num_shards: int | None = None, shard_rows: int | None = None
-) -> list[tuple[int, int]]:
-    """Split ``m`` key rows into contiguous ``[start, stop)`` ranges (by count or by rows per shard)."""
-    m = check_positive_int("m", m)
-    if num_shards is not None and shard_rows is not None:
-        raise ValueError("give num_shards or shard_rows, not both")
-    if shard_rows is None:
-        num_shards = check_positive_int("num_shards", num_shards if num_shards is not None else 4)
-        shard_rows = -(-m // min(num_shards, m))
-    shard_rows = check_positive_int("shard_rows", shard_rows)
-    return [(s, min(m, s + shard_rows)) for s in range(0, m, shard_rows)]
-
-
-class _ShardFiles:
-    """Key shards that already are files (an EmbeddingStore): {start: (path, rows)}; picklable."""
-
-    def __init__(self, store):
-        self.files = {
-            int(start): (str(p), int(arr.shape[0]))
-            for (start, arr), p in zip(store.iter_shards(), store.shard_paths, strict=True)
-        }
-
-    def open(self, start: int, stop: int) -> np.ndarray:
-        path, rows = self.files[start]
-        if stop - start != rows:
-            raise ValueError(f"{path}: expected {stop - start} rows, the shard has {rows}")
-        return np.load(path, mmap_mode="r")
-
-
-def _keys_source(keys: Any) -> tuple[Any, int, int]:
-    """(source, M, D): source is a .npy path (str), _ShardFiles or an in-memory 2-D array."""
-    if isinstance(keys, (str, os.PathLike)):
-        path = os.fspath(keys)
-        try:
-            arr = np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"keys: cannot memory-map {path!r} as a .npy file: {exc}") from None
-        if arr.ndim != 2:
-            raise ValueError(f"keys must be 2-D (M, D), got shape {arr.shape} in {path!r}")
-        return os.path.abspath(path), int(arr.shape[0]), int(arr.shape[1])
-    if hasattr(keys, "iter_shards") and hasattr(keys, "dim"):  # xite_fast.EmbeddingStore
-        if not keys.complete:
-            raise ValueError(
-                f"keys: the EmbeddingStore {keys.out_dir} is incomplete; finish encoding it first"
-            )
-        return _ShardFiles(keys), len(keys), int(keys.dim)
-    if hasattr(keys, "detach"):  # torch tensor -> numpy (shards are searched on CPU)
-        keys = keys.detach().cpu().numpy()
-    if not isinstance(keys, np.ndarray):
-        raise ValueError(
-            f"keys must be an array, a .npy path or an EmbeddingStore, got {type(keys).__name__}"
-        )
-    if keys.ndim != 2:
-        raise ValueError(f"keys must be 2-D (M, D), got shape {keys.shape}")
-    return keys, int(keys.shape[0]), int(keys.shape[1])
-
-
-def _open_rows(source: Any, start: int, stop: int) -> np.ndarray:
-    if isinstance(source, str):
-        return np.load(source, mmap_mode="r")[start:stop]
-    if isinstance(source, np.ndarray):
-        return source[start:stop]
-    return source.open(start, stop)
-
-
-def _search_shard(
-    queries: np.ndarray,
-    source: Any,
-    start: int,
-    stop: int,
-    k: int,
-    backend: str,
-    assume_normalized: bool,
-    key_mean: np.ndarray | None = None,
-):
-    from xite_fast.ops.cosine_topk import cosine_topk
-
-    rows = _open_rows(source, start, stop)
-    if key_mean is not None:
-        # the same float32 subtraction as the single-process CLI path, so scores are bit-identical
-        rows = np.asarray(rows, dtype=np.float32) - key_mean[None, :]
-    s, i = cosine_topk(
-        queries, rows, min(k, stop - start), backend=backend, assume_normalized=assume_normalized
-    )
-    return np.asarray(s, dtype=np.float32), np.asarray(i, dtype=np.int64) + start
-
-
-def sharded_cosine_topk(
-    queries: Any,
-    keys: Any,
-    k: int,
-    *,
-    num_shards: int | None = None,
-    shard_rows: int | None = None,
-    executor: str = "ray",
-    backend: str = "auto",
-    assume_normalized: bool = False,
-    num_workers: int | None = None,
-    key_mean: np.ndarray | None = None,
-    address: str | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k cosine of ``queries`` against row-sharded ``keys``, merged exactly.
-
-    Args:
-        queries: (N, D) float numpy array or torch tensor (moved to CPU float32).
-        keys: (M, D) float array, path of a ``.npy`` file, or a complete ``EmbeddingStore`` (its shard
-            files are the key shards: ``num_shards``/``shard_rows`` must then be None).
-        k: 1 <= k <= M.
-        num_shards / shard_rows: how to split array / ``.npy`` keys (default 4 shards).
-        executor: ``"ray"`` (Ray Data) or ``"local"`` (threads).
-        backend: backend of the per-shard :func:`xite_fast.cosine_topk`.
-        assume_normalized: inputs are unit-norm.
-        num_workers: local executor threads (default: number of shards, at most os.cpu_count()).
-        key_mean: optional (D,) float32 subtracted from every key row before the search (language
-            centering), done by the worker that reads the shard.
-        address: Ray address for :func:`init_ray` if this process is not connected yet (default: start
-            a local instance).
-
-    Returns:
-        scores (N, k) float32 sorted descending and indices (N, k) int64 (ties: lower index first),
-        identical to ``xite_fast.cosine_topk(queries, keys - key_mean, k)``.
-    """
-    from xite_fast.ops.cosine_topk import merge_topk
-
-    k = check_positive_int("k", k)
-    if executor not in ("ray", "local"):
-        raise ValueError(f"executor must be 'ray' or 'local', got {executor!r}")
-    if hasattr(queries, "detach"):
-        queries = queries.detach().cpu().float().numpy()
-    if not isinstance(queries, np.ndarray) or queries.ndim != 2:
-        raise ValueError(
-            f"queries must be a 2-D (N, D) array, got {type(queries).__name__} {getattr(queries, 'shape', '')}"
-        )
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if not np.isfinite(queries).all():
-        raise ValueError("queries contains NaN or inf")
-    source, m, d = _keys_source(keys)
-    if queries.shape[1] != d:
-        raise ValueError(f"keys must have the same dimension D as queries ({queries.shape[1]}), got D={d}")
-    if m == 0:
-        raise ValueError("keys must be non-empty (M >= 1)")
-    if k > m:
-        raise ValueError(f"k must be <= the number of keys M={m}, got k={k}")
-    if key_mean is not None:
-        key_mean = np.asarray(key_mean, dtype=np.float32)
-        if key_mean.shape != (d,) or not np.isfinite(key_mean).all():
-            raise ValueError(f"key_mean must be a finite (D,) = ({d},) vector, got shape {key_mean.shape}")
-    if isinstance(source, _ShardFiles):
-        if num_shards is not None or shard_rows is not None:
-            raise ValueError(
-                "keys is an EmbeddingStore: its shard files are the key shards, so num_shards and "
-                f"shard_rows must be None, got num_shards={num_shards}, shard_rows={shard_rows}"
-            )
-        shards = [(s, s + r) for s, (_, r) in sorted(source.files.items())]
-    else:
-        shards = plan_shards(m, num_shards=num_shards, shard_rows=shard_rows)
-
-    if executor == "local":
-        workers = num_workers or min(len(shards), os.cpu_count() or 1)
-        with ThreadPoolExecutor(max_workers=check_positive_int("num_workers", workers)) as pool:
-            parts = list(
-                pool.map(
-                    lambda se: _search_shard(
-                        queries, source, se[0], se[1], k, backend, assume_normalized, key_mean
-                    ),
-                    shards,
-                )
-            )
-    else:
-        parts = _run_ray(queries, source, shards, k, backend, assume_normalized, key_mean, address)
-    parts.sort(key=lambda p: int(p[1][0, 0]) if p[1].size else 0)
-    return merge_topk([p[0] for p in parts], [p[1] for p in parts], k)
-
-
-def _run_ray(
-    queries, source, shards: Sequence[tuple[int, int]], k, backend, assume_normalized, key_mean, address
-):
-    ray = _ensure_ray(address)
-    q_ref = ray.put(queries)
-    # in-memory keys go to the object store once (zero-copy reads on the workers); paths travel as is
-    src = ray.put(source) if isinstance(source, np.ndarray) else source
-
-    def search(row: dict) -> dict:
-        qs = ray.get(q_ref)
-        keys_src = ray.get(src) if isinstance(src, ray.ObjectRef) else src
-        s, i = _search_shard(
-            qs, keys_src, int(row["start"]), int(row["stop"]), k, backend, assume_normalized, key_mean
-        )
-        return {"start": int(row["start"]), "scores": s, "indices": i}
-
-    ds = ray.data.from_items([{"start": s, "stop": e} for s, e in shards]).map(search)
-    try:
-        rows = ds.take_all()
-    except Exception as exc:  # noqa: BLE001 - unwrapped to the worker's own error
-        _reraise_worker_error(exc)
-    return [(np.asarray(r["scores"], np.float32), np.asarray(r["indices"], np.int64)) for r in rows]
-
-
 # ----------------------------------------------------------------------------------------- encoding
 class _ShardEncoder:
     """Ray Data actor: builds its Encoder once (on the first shard that needs encoding) and turns one
@@ -388,30 +187,40 @@ class _ShardEncoder:
         k, out_dir = int(spec["k"]), Path(spec["out_dir"])
         texts = _spec_texts(spec)
         if spec.get("done") is not None:  # finished by an earlier run: same texts, intact file?
-            corpus._verify_done_shard(out_dir, spec["done"], texts)
-            return spec["done"]
-        entry = corpus._adopt_pending(out_dir, k, self.shard_size, texts)
+            if corpus.verify_shard(out_dir, spec["done"], texts):
+                return spec["done"]
+        entry = corpus.adopt_pending(out_dir, k, self.shard_size, texts)
         if entry is None:
             if self.encoder is None:
                 from xite_fast.encode.encoder import Encoder
 
                 self.encoder = Encoder(self.model, **self.encoder_kwargs)
-            entry = corpus._encode_shard(
+            entry = corpus.write_shard(
                 self.encoder, texts, out_dir, k, self.shard_size, self.batch_size, pending=True
             )
         return entry
 
 
-def _spec_texts(spec: dict) -> list[str]:
-    from xite_fast.encode import store as corpus
-
+def _spec_texts(spec: dict) -> list:
+    """The encoder inputs of one shard spec: inline items, a user row source, or index rows."""
+    if "texts" in spec:
+        return list(spec["texts"])
+    start, rows = int(spec["start"]), int(spec["rows"])
     if "reader" in spec:
-        start, rows = int(spec["start"]), int(spec["rows"])
         texts = list(spec["reader"].read_rows(start, start + rows))
         if len(texts) != rows or not all(isinstance(t, str) for t in texts):
             raise ValueError(f"source.read_rows({start}, {start + rows}) must return {rows} str")
         return texts
-    return corpus._read_shard_texts(spec)
+    from xite_fast.data.records import RecordReader, model_input
+
+    path = Path(spec["path"])
+    if not path.is_file() or path.stat().st_size != spec["size"]:
+        raise ValueError(f"{path} is missing or changed size since the shards were planned; rerun")
+    reader = RecordReader(path, spec["offsets"], **spec["fields"])
+    try:
+        return [model_input(r) for r in reader.get(range(rows))]
+    finally:
+        reader.close()
 
 
 class _EncoderInfo:
@@ -444,6 +253,7 @@ def encode_corpus_ray(
     shard_size: int = 65536,
     batch_size: int = 64,
     text_field: str = "text",
+    pair_field: str | None = None,
     overwrite: bool = False,
     errors: str = "strict",
     num_workers: int | None = None,
@@ -466,15 +276,15 @@ def encode_corpus_ray(
     other's run.
 
     Args:
-        source: ``.txt`` / ``.jsonl`` / ``.tsv`` / ``.parquet`` path (planned into per-shard byte or row
-            ranges: each worker reads only its shard), an object with ``__len__`` and
+        source: a corpus file or ``CorpusIndex`` (indexed once; each worker reads only its shard), an object with ``__len__`` and
             ``read_rows(start, stop) -> list[str]`` (picklable; read by the workers), or an iterable of
             str (materialized here and shipped shard by shard).
         out_dir: output folder; on a multi-node cluster it must be on a shared filesystem.
         model: model of the workers' :class:`~xite_fast.encode.encoder.Encoder`.
         encoder_kwargs: other ``Encoder`` arguments (``num_layers``, ``backend``, ``quantize``, ...);
             ``num_threads`` defaults to ``cpus_per_worker``.
-        shard_size, batch_size, text_field, overwrite, errors: as in :func:`xite_fast.encode_corpus`.
+        shard_size, batch_size, text_field, pair_field, overwrite, errors: as in
+            :func:`xite_fast.encode_corpus`.
         num_workers: encoder actors (default: cluster CPUs // ``cpus_per_worker``, at most the shards).
         cpus_per_worker: CPUs reserved per actor.
         address: Ray address for :func:`init_ray` if not connected yet (default: a local instance).
@@ -494,6 +304,7 @@ def encode_corpus_ray(
         shard_size=shard_size,
         batch_size=batch_size,
         text_field=text_field,
+        pair_field=pair_field,
         overwrite=overwrite,
         errors=errors,
         num_workers=num_workers,
@@ -511,6 +322,7 @@ def encode_corpora_ray(
     shard_size: int = 65536,
     batch_size: int = 64,
     text_field: str = "text",
+    pair_field: str | None = None,
     overwrite: bool = False,
     errors: str = "strict",
     num_workers: int | None = None,
@@ -523,7 +335,7 @@ def encode_corpora_ray(
     language). Arguments as :func:`encode_corpus_ray`; returns one EmbeddingStore per pair."""
     from xite_fast.encode import store as corpus
 
-    shard_size, batch_size = corpus._check_encode_args(shard_size, batch_size, text_field, errors)
+    shard_size, batch_size = corpus.check_encode_args(shard_size, batch_size, text_field, errors)
     cpus_per_worker = check_positive_int("cpus_per_worker", cpus_per_worker)
     if num_workers is not None:
         num_workers = check_positive_int("num_workers", num_workers)
@@ -536,10 +348,10 @@ def encode_corpora_ray(
     _import_ray()  # a missing Ray fails before any work
     plans = []
     for source, _ in jobs:
-        specs = _plan_specs(source, text_field, errors, shard_size)  # validates before any model work
+        specs = _plan_specs(source, text_field, errors, shard_size, pair_field)  # validates before any model work
         if not specs:
             raise ValueError(
-                f"source {corpus._describe(source)} has no texts; expected at least one line/row/item"
+                f"source {corpus.describe(source)} has no texts; expected at least one line/row/item"
             )
         fingerprint = specs[0].pop("fingerprint")
         _spec_texts({**specs[0], "rows": 1})  # a bad first record fails here, before any model work
@@ -554,12 +366,16 @@ def encode_corpora_ray(
         states, items = [], []
         for j, ((fingerprint, specs), out_dir) in enumerate(zip(plans, out_dirs, strict=True)):
             out_dir.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(corpus._dir_lock(out_dir))
-            header = corpus._make_header(info, shard_size, batch_size, fingerprint)
-            manifest = corpus._resume_or_reset(out_dir, header, overwrite)
+            stack.enter_context(corpus.store_lock(out_dir))
+            header = corpus.make_header(info, shard_size, batch_size, fingerprint)
+            manifest = corpus.open_manifest(out_dir, header, overwrite)
             done = manifest["shards"]
             states.append({"manifest": manifest, "verified": len(done), "finished": {}, "errors": {}})
-            if manifest["complete"] and fingerprint["kind"] != "iterable":
+            if (
+                manifest["complete"]
+                and fingerprint["kind"] != "iterable"
+                and not corpus.EmbeddingStore(out_dir).verify()
+            ):
                 states[-1]["skip"] = True  # same file sha256, model and parameters: nothing to do
                 continue
             if len(specs) < len(done):
@@ -595,7 +411,7 @@ def encode_corpora_ray(
                     f"encode_corpus_ray: {len(state['manifest']['shards'])} of {state['n_specs']} shards of "
                     f"{out_dir} came back from Ray"
                 )
-            corpus._finish(out_dir, state["manifest"])
+            corpus.finish_store(out_dir, state["manifest"])
     return [corpus.EmbeddingStore(d) for d in out_dirs]
 
 
@@ -625,7 +441,7 @@ def _run_encode_pipeline(
     )
     bar = None
     if show_progress_bar is None:
-        show_progress_bar = corpus._stderr_isatty()
+        show_progress_bar = corpus.stderr_isatty()
     if show_progress_bar:
         from tqdm.auto import tqdm
 
@@ -646,8 +462,8 @@ def _run_encode_pipeline(
                     done.append(st["finished"].pop(len(done)))
                     if len(done) > st["verified"]:
                         st["manifest"]["num_rows"] = sum(s["rows"] for s in done)
-                        corpus._write_manifest(out_dir, st["manifest"])
-                        pending = corpus._pending_path(out_dir, len(done) - 1)
+                        corpus.write_manifest(out_dir, st["manifest"])
+                        pending = corpus.pending_path(out_dir, len(done) - 1)
                         if pending.exists():
                             pending.unlink()
             if any(st["errors"] and min(st["errors"]) <= len(st["manifest"]["shards"]) for st in states):
@@ -659,12 +475,28 @@ def _run_encode_pipeline(
             bar.close()
 
 
-def _plan_specs(source: Any, text_field: str, errors: str, shard_size: int) -> list[dict]:
-    """Shard specs; the first carries the source fingerprint under ``"fingerprint"``."""
+def _plan_specs(source: Any, text_field: str, errors: str, shard_size: int, pair_field=None) -> list[dict]:
+    """Shard specs; the first carries the source fingerprint under ``"fingerprint"``. A file (or a
+    ``CorpusIndex``) is indexed once here; each spec carries its rows' byte offsets, so a worker reads
+    only its own shard with the same reader as the single-process path."""
     from xite_fast.encode import store as corpus
 
-    if isinstance(source, (str, os.PathLike)):
-        fingerprint, specs = corpus._plan_file_shards(source, text_field, errors, shard_size)
+    index = corpus.index_of(source, text_field, errors, pair_field)
+    if index is not None:
+        fingerprint = index.fingerprint()
+        fields = {
+            "text_field": index.text_field, "label_field": index.label_field,
+            "pair_field": index.pair_field, "errors": index.errors,
+        }  # fmt: skip
+        path = str(Path(index.path).resolve())  # absolute: a worker's working directory may differ
+        specs = [
+            {
+                "k": k, "start": s, "rows": min(shard_size, len(index) - s), "path": path,
+                "size": index.size, "fields": fields,
+                "offsets": np.asarray(index.offsets[s : s + shard_size], dtype=np.int64),
+            }  # fmt: skip
+            for k, s in enumerate(range(0, len(index), shard_size))
+        ]
     elif hasattr(source, "read_rows") and hasattr(source, "__len__"):
         n = len(source)
         fingerprint = {"kind": "iterable"}  # as encode_corpus fingerprints an iterable of the same texts
@@ -673,9 +505,9 @@ def _plan_specs(source: Any, text_field: str, errors: str, shard_size: int) -> l
             for k, s in enumerate(range(0, n, shard_size))
         ]
     else:
-        fingerprint, texts = corpus._open_source(source, text_field, errors)
+        fingerprint, texts = corpus.open_source(source, text_field, errors)
         specs = []
-        while chunk := corpus._take(texts, shard_size):
+        while chunk := corpus.take(texts, shard_size):
             specs.append(
                 {"k": len(specs), "start": len(specs) * shard_size, "rows": len(chunk), "texts": chunk}
             )

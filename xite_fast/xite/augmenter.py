@@ -67,8 +67,11 @@ from typing import Any
 import numpy as np
 
 from xite_fast._validation import check_finite, check_matrix, check_positive_int
+from xite_fast.data.records import encode_labels
 from xite_fast.ops.lda_project_interp import lda_project_interp
+from xite_fast.xite.labels import VOTES, beta_lambdas, lambdas_for, transfer_labels
 from xite_fast.xite.match import match_arrays
+from xite_fast.xite.report import SimilarityHistogram, build_report
 
 __all__ = [
     "XiteAugmenter",
@@ -82,7 +85,6 @@ __all__ = [
     "MODES",
 ]
 
-VOTES = ("top1", "weighted")
 MODES = ("proj", "comp", "shift", "interp")
 DEFAULT_K = 1
 DEFAULT_VOTE = "top1"
@@ -150,217 +152,6 @@ def validate_options(
             raise ValueError(f"temperature must be None or a positive float, got {temperature!r}")
         if not (math.isfinite(float(temperature)) and float(temperature) > 0):
             raise ValueError(f"temperature must be None or a positive float, got {temperature}")
-
-
-# ----------------------------------------------------------------------------------------- label transfer
-def transfer_labels(
-    scores: np.ndarray,
-    indices: np.ndarray,
-    source_codes: np.ndarray,
-    *,
-    vote: str = "top1",
-    threshold: float | None = None,
-    n_classes: int | None = None,
-    temperature: float | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Transfer labels from the top-k source neighbours of each target row.
-
-    Args:
-        scores: (N, k) float32 cosine similarities, sorted descending per row.
-        indices: (N, k) int64 source row ids (ties ordered by lower id, as ``cosine_topk`` returns).
-        source_codes: (M,) int label code of every source row, in [0, n_classes).
-        vote: ``"top1"``: label of the nearest row (only column 0 is used). ``"weighted"``: per label
-            the sum of ``max(score, 0)`` over the k rows; highest sum wins, a tie goes to the label
-            whose best-ranked neighbour comes first.
-        threshold: drop targets whose best score (column 0) is below it.
-        n_classes: number of label codes (default ``source_codes.max() + 1``).
-        temperature: ``"weighted"`` only: weigh neighbour j by ``exp((score_j - score_0) / temperature)``
-            instead of ``max(score_j, 0)``. Encoders like e5 squeeze cosines into a narrow band
-            (0.7-0.95), so raw-similarity weights behave like a plain majority vote over the k rows
-            and favour large classes; a small temperature keeps the vote close to the nearest rows.
-
-    Returns:
-        labels (N,) int64 transferred code; source_id (N,) int64 the best-ranked neighbour carrying
-        that label (its label always equals the transferred one); similarity (N,) float32 its score;
-        keep (N,) bool (False = dropped by ``threshold``).
-    """
-    scores = np.asarray(scores, dtype=np.float32)
-    indices = np.asarray(indices, dtype=np.int64)
-    codes = np.asarray(source_codes)
-    n = scores.shape[0]
-    if scores.ndim != 2 or indices.shape != scores.shape:
-        raise ValueError(f"scores and indices must both be (N, k), got {scores.shape} and {indices.shape}")
-    if vote not in VOTES:
-        raise ValueError(f"vote must be one of {VOTES}, got {vote!r}")
-    neigh = codes[indices].astype(np.int64)  # (N, k)
-    if vote == "top1" or scores.shape[1] == 1:
-        labels = neigh[:, 0].copy()
-        pos = np.zeros(n, dtype=np.int64)
-    else:
-        s64 = scores.astype(np.float64)  # fp64 sums: ties must be exact, not rounding noise
-        w = np.maximum(s64, 0.0) if temperature is None else np.exp((s64 - s64[:, :1]) / float(temperature))
-        # Vote of the label at each neighbour position: sum over the k positions carrying the same label.
-        # O(N k^2) and independent of the number of classes (no (N, C) table); every position of one
-        # label gets the bit-identical sum (same terms, same order), so argmax picks the first
-        # (best-ranked) position among all tied winners.
-        kk = scores.shape[1]
-        pos = np.empty(n, dtype=np.int64)
-        step = max(1, (1 << 22) // (kk * kk))
-        for r0 in range(0, n, step):
-            nb = neigh[r0 : r0 + step]
-            same = nb[:, :, None] == nb[:, None, :]  # (b, k, k)
-            votes = np.where(same, w[r0 : r0 + step, None, :], 0.0).sum(axis=2)
-            pos[r0 : r0 + step] = votes.argmax(axis=1)
-        labels = neigh[np.arange(n), pos]
-    source_id = indices[np.arange(n), pos]
-    similarity = scores[np.arange(n), pos]
-    keep = np.ones(n, dtype=bool) if threshold is None else scores[:, 0] >= np.float32(threshold)
-    return labels, source_id, similarity.astype(np.float32), keep
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.uint64, copy=True)
-    with np.errstate(over="ignore"):
-        x += np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def beta_lambdas(row_ids: np.ndarray, alpha: float, seed: int = 0) -> np.ndarray:
-    """Per-row λ ~ Beta(alpha, alpha), a pure function of ``(seed, row id)``.
-
-    A counter-based hash (splitmix64) gives a uniform per row id and the Beta inverse CDF maps it, so
-    the λ of target row ``i`` is the same however the rows are batched, sharded or resumed.
-
-    Args:
-        row_ids: (N,) int global row ids.
-        alpha: Beta shape (> 0); small alpha pushes λ toward 0 and 1.
-        seed: int seed.
-
-    Returns:
-        (N,) float32 in [0, 1].
-    """
-    from scipy.special import betaincinv
-
-    ids = np.asarray(row_ids, dtype=np.int64).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        key = _splitmix64(np.asarray([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
-        h = _splitmix64(ids ^ key)
-    # 53 high bits -> uniform in (0, 1) (the +0.5 keeps it away from exactly 0)
-    u = ((h >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
-    lam = betaincinv(float(alpha), float(alpha), u)
-    return np.clip(lam, 0.0, 1.0).astype(np.float32)
-
-
-def lambdas_for(lam: float | str, row_ids: np.ndarray, beta_alpha: float, seed: int) -> np.ndarray:
-    """(N,) float32 λ per row: the constant ``lam`` or Beta draws."""
-    if isinstance(lam, str):
-        return beta_lambdas(row_ids, beta_alpha, seed)
-    return np.full(len(row_ids), float(lam), dtype=np.float32)
-
-
-# ----------------------------------------------------------------------------------------- report
-class SimilarityHistogram:
-    """Streaming histogram of match similarities on fixed bins (mergeable across shards).
-
-    50 bins of width 0.04 on [-1, 1]; also tracks count, sum, min and max.
-    """
-
-    EDGES = np.linspace(-1.0, 1.0, 51)
-
-    def __init__(self):
-        self.counts = np.zeros(len(self.EDGES) - 1, dtype=np.int64)
-        self.n, self.total, self.min, self.max = 0, 0.0, math.inf, -math.inf
-
-    def add(self, sims: np.ndarray) -> None:
-        sims = np.asarray(sims, dtype=np.float64).ravel()
-        if sims.size == 0:
-            return
-        idx = np.clip(np.searchsorted(self.EDGES, sims, side="right") - 1, 0, len(self.counts) - 1)
-        self.counts += np.bincount(idx, minlength=len(self.counts))
-        self.n += sims.size
-        self.total += float(sims.sum())
-        self.min, self.max = min(self.min, float(sims.min())), max(self.max, float(sims.max()))
-
-    def merge(self, other: SimilarityHistogram | dict) -> None:
-        if isinstance(other, dict):
-            other = SimilarityHistogram.from_dict(other)
-        self.counts += other.counts
-        self.n += other.n
-        self.total += other.total
-        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
-
-    def to_dict(self) -> dict:
-        return {
-            "edges": [round(float(e), 6) for e in self.EDGES],
-            "counts": [int(c) for c in self.counts],
-            "n": int(self.n),
-            "mean": self.total / self.n if self.n else None,
-            "min": self.min if self.n else None,
-            "max": self.max if self.n else None,
-            "sum": self.total,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SimilarityHistogram:
-        h = cls()
-        h.counts = np.asarray(d["counts"], dtype=np.int64)
-        h.n, h.total = int(d["n"]), float(d.get("sum", 0.0))
-        h.min = d["min"] if d.get("min") is not None else math.inf
-        h.max = d["max"] if d.get("max") is not None else -math.inf
-        return h
-
-    def format(self, width: int = 40) -> str:
-        """Text rendering of the non-empty bin range."""
-        nz = np.flatnonzero(self.counts)
-        if nz.size == 0:
-            return "  (empty)"
-        lines, peak = [], self.counts.max()
-        for b in range(nz[0], nz[-1] + 1):
-            bar = "#" * int(round(width * self.counts[b] / peak))
-            lines.append(f"  [{self.EDGES[b]:+.2f}, {self.EDGES[b + 1]:+.2f}) {self.counts[b]:>9d} {bar}")
-        return "\n".join(lines)
-
-
-def build_report(
-    *,
-    label_names: Sequence[str],
-    label_counts: np.ndarray,
-    hist: SimilarityHistogram,
-    n_targets: int,
-    n_dropped: int,
-    n_correct: int | None = None,
-    n_gold: int | None = None,
-    n_correct_all: int | None = None,
-    options: dict | None = None,
-) -> dict:
-    """Assemble the report dict (JSON-serializable) from streaming counters.
-
-    Label-transfer accuracy (if gold target labels were given): ``accuracy`` over the kept targets,
-    ``accuracy_all`` with dropped targets counted wrong, ``coverage`` = kept / targets.
-    """
-    n_kept = int(n_targets - n_dropped)
-    report: dict = {
-        "n_targets": int(n_targets),
-        "n_synthetic": n_kept,
-        "n_dropped": int(n_dropped),
-        "coverage": n_kept / n_targets if n_targets else None,
-        "label_distribution": {
-            str(name): int(c) for name, c in zip(label_names, label_counts, strict=True) if c
-        },
-        "similarity": hist.to_dict(),
-    }
-    if n_gold is not None:
-        report["label_transfer"] = {
-            "n_gold": int(n_gold),
-            "accuracy": (n_correct / n_kept) if n_kept else None,
-            "accuracy_all": (n_correct_all / n_gold) if n_gold else None,
-            "n_correct": int(n_correct or 0),
-        }
-    if options is not None:
-        report["options"] = options
-    return report
 
 
 # ----------------------------------------------------------------------------------------- result
@@ -549,7 +340,7 @@ class XiteAugmenter:
 
         Args:
             source_texts: M labelled source texts (or ``source_embeddings``).
-            source_labels: (M,) labels (any hashable; reported as str).
+            source_labels: (M,) labels, one type (str, int, float or bool; kept, so 1 and "1" differ).
             target_texts: N unlabelled target texts (or ``target_embeddings``).
             source_embeddings: (M, D) float32 precomputed source embeddings.
             target_embeddings: (N, D) float32 precomputed target embeddings.
@@ -562,11 +353,15 @@ class XiteAugmenter:
             raise ValueError("source_labels is required (one label per source row)")
         src = self._embed("source", source_texts, source_embeddings)
         tgt = self._embed("target", target_texts, target_embeddings)
-        labels_in = [str(x) for x in source_labels]
+        labels_in = list(source_labels)
         if len(labels_in) != src.shape[0]:
             raise ValueError(
                 f"source_labels must have one label per source row ({src.shape[0]}), got {len(labels_in)}"
             )
+        # labels keep their type (1 and "1" differ); mixed or unhashable types are a ValueError
+        names_list, codes = encode_labels(labels_in, name="source_labels")
+        names = np.empty(len(names_list), dtype=object)
+        names[:] = names_list
         if src.shape[1] != tgt.shape[1]:
             raise ValueError(
                 f"source and target embeddings must have the same dim, got {src.shape[1]} and {tgt.shape[1]}"
@@ -575,7 +370,6 @@ class XiteAugmenter:
             raise ValueError(
                 f"target_gold_labels must have one label per target row ({tgt.shape[0]}), got {len(target_gold_labels)}"
             )
-        names, codes = np.unique(np.asarray(labels_in, dtype=object).astype(str), return_inverse=True)
         labels, source_id, sim, keep = self.match(src, tgt, codes, len(names))
 
         W = None
@@ -601,7 +395,8 @@ class XiteAugmenter:
         counts = np.bincount(labels[tid], minlength=len(names))
         acc_kw: dict = {}
         if target_gold_labels is not None:
-            gold = np.asarray([str(x) for x in target_gold_labels], dtype=object)
+            gold = np.empty(len(target_gold_labels), dtype=object)
+            gold[:] = list(target_gold_labels)
             pred = names[labels].astype(object)
             correct = pred == gold
             acc_kw = {

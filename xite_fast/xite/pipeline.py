@@ -1,0 +1,628 @@
+"""The whole ``augment`` job as one library function over a run directory: :func:`run_augment`.
+
+``xite-fast augment`` is ``run_augment(AugmentConfig(...))`` plus printing; Python callers get the same
+run directory and the same :class:`AugmentRun`. Stages (each reads what the one before wrote, once):
+
+1. **inputs**: a bundled spec (``chatterbot:korean``, see :mod:`xite_fast.data.bundled`) is written to
+   ``OUT/inputs/<name>.jsonl`` (rewritten if its bytes differ); a file is read where it is.
+2. **index**: one pass per input (:func:`xite_fast.data.records.index_corpus`): record offsets, label
+   codes and the sha256 of the bytes. The index is rebuilt on every run (it is cheap next to
+   encoding), so it cannot go stale; ``OUT/config.json`` holds the options and each input's sha256.
+3. **encode**: ``OUT/source_emb`` and ``OUT/target_emb`` (:func:`xite_fast.encode_corpus`, or Ray);
+   a complete store is reused only if its source fingerprint matches and every shard's sha256 checks;
+   a missing or corrupt shard is re-encoded. Each store's mean is in its manifest.
+4. **lda** (modes other than ``interp``): ``OUT/lda.npy`` with its sha256 in ``OUT/lda.json``.
+5. **match + synthesize** per target shard: :class:`xite_fast.xite.match.StoreMatcher`, label transfer,
+   λ, :func:`xite_fast.lda_project_interp`; ``OUT/synthetic/part-XXXXX.{jsonl,npy}``, then
+   ``part-XXXXX.done.json`` (counters + both files' sha256). A part is reused only if both files match.
+6. ``OUT/synthetic/manifest.json`` and ``OUT/report.json`` from the parts' counters.
+
+The directory can be trusted: all writes are atomic (temporary file + rename), paths inside it are
+relative (a moved or copied directory resumes), one process at a time holds ``OUT/.lock``, a killed or
+failed run is resumed by rerunning the same command (byte-identical to an uninterrupted run), a full
+disk is a :class:`xite_fast._io.DiskFullError`, and a rerun with other options or changed inputs is
+refused once work was committed (before that, the new options simply replace the old).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xite_fast._io import (
+    DiskFullError,
+    atomic_save_npy,
+    atomic_write_bytes,
+    atomic_write_json,
+    exclusive_lock,
+    fault_point,
+    file_matches,
+    read_json,
+    remove_stale_temps,
+)
+from xite_fast._validation import check_positive_int
+
+__all__ = ["AugmentConfig", "AugmentRun", "run_augment"]
+
+log = logging.getLogger("xite_fast")
+_CONFIG_VERSION = 2
+# options that do not change any output byte (so not part of config.json)
+_NOT_IDENTITY = ("out", "ray", "match_chunk", "backend", "progress", "encoder_backend")
+
+
+@dataclass
+class AugmentConfig:
+    """Everything an augment run needs (the CLI flags, one to one; defaults as in ``--help``).
+
+    Attributes:
+        source: labelled corpus file (.jsonl / .tsv / .csv / .parquet) or a bundled spec.
+        target: corpus file (labels, if present, are used as gold) or a bundled spec.
+        out: run directory (created; resumable).
+        model, num_layers, encoder_backend: the encoder (``Encoder(model, num_layers=, backend=)``).
+        batch_size, shard_size: encoder batch; rows per embedding shard and per synthetic part.
+        text_field, label_field, pair_field: field / column names (``pair_field``: sentence pairs).
+        k, vote, threshold, temperature: matching and label transfer (:func:`transfer_labels`).
+        lam, beta_alpha, mode, lda_components, lda_max_rows: interpolation.
+        center: subtract each language's mean before matching. seed: λ draws and LDA samples.
+        max_rows: read at most this many records of each input.
+        backend: backend of the ops. match_chunk: target rows per search call.
+        ray: Ray address (encode and match on Ray; same bytes). progress: tqdm bars (None: on a tty).
+    """
+
+    source: str
+    target: str
+    out: str | os.PathLike
+    model: str = "e5-small"
+    num_layers: int | None = None
+    encoder_backend: str | None = None
+    batch_size: int = 64
+    shard_size: int = 65536
+    text_field: str = "text"
+    label_field: str = "label"
+    pair_field: str | None = None
+    backend: str = "auto"
+    k: int = 1
+    vote: str = "top1"
+    threshold: float | None = None
+    temperature: float | None = None
+    lam: float | str = "beta"
+    beta_alpha: float = 1.0
+    mode: str = "interp"
+    lda_components: int | None = None
+    lda_max_rows: int = 50_000
+    center: bool = True
+    seed: int = 0
+    max_rows: int | None = None
+    match_chunk: int = 65536
+    ray: str | None = None
+    progress: bool | None = None
+
+    def validate(self) -> None:
+        """ValueError naming the first bad option."""
+        from xite_fast.xite.augmenter import validate_options
+
+        validate_options(
+            k=self.k, vote=self.vote, threshold=self.threshold, lam=self.lam, beta_alpha=self.beta_alpha,
+            mode=self.mode, lda_components=self.lda_components, temperature=self.temperature,
+        )  # fmt: skip
+        for name in ("batch_size", "shard_size", "lda_max_rows", "match_chunk"):
+            check_positive_int(name, getattr(self, name))
+        for name in ("max_rows", "num_layers"):
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        for name in ("source", "target"):
+            if not isinstance(getattr(self, name), (str, os.PathLike)) or not str(getattr(self, name)):
+                raise ValueError(f"{name} must be a file path or a bundled spec, got {getattr(self, name)!r}")
+
+
+@dataclass
+class AugmentRun:
+    """What :func:`run_augment` returns.
+
+    Attributes:
+        out: the run directory. report: the dict in ``OUT/report.json``. manifest: the dict in
+        ``OUT/synthetic/manifest.json`` (parts, label names, config). parts_reused: synthetic parts
+        kept from an earlier run. remade: files found missing/corrupt and re-made in this run.
+    """
+
+    out: Path
+    report: dict
+    manifest: dict
+    parts_reused: int = 0
+    remade: list[str] = field(default_factory=list)
+
+    def embeddings(self) -> np.ndarray:
+        """All synthetic rows, (rows, D) float32 (loaded into memory)."""
+        syn = self.out / "synthetic"
+        arrs = [np.load(syn / p["embeddings"]) for p in self.manifest["parts"]]
+        return np.concatenate(arrs) if arrs else np.zeros((0, self.manifest["dim"]), np.float32)
+
+    def provenance(self) -> list[dict]:
+        syn = self.out / "synthetic"
+        return [json.loads(x) for p in self.manifest["parts"] for x in (syn / p["provenance"]).open()]
+
+
+# ----------------------------------------------------------------------------------------- entry point
+def run_augment(config: AugmentConfig, *, encoder: Any = None) -> AugmentRun:
+    """Run (or resume) the augment job of ``config`` in ``config.out``.
+
+    Args:
+        config: the options.
+        encoder: an encoder object to use instead of ``Encoder(config.model, ...)`` (tests, custom
+            models); it must have ``encode``, ``dim`` and ``model_id``.
+
+    Raises:
+        ValueError: a bad option or input (the message names it), or ``out`` holds a different run.
+        FileNotFoundError: a missing input. RuntimeError: another process is running in ``out``.
+        DiskFullError: no space left (rerun once space is back: the run resumes).
+    """
+    config.validate()
+    out = _check_out(config.out)
+    if config.ray is not None:
+        _init_ray(config.ray)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(out / ".lock", f"the run directory {out}"):
+            n = remove_stale_temps(out)
+            if n:
+                log.info("removed %d temporary file(s) left by an interrupted run", n)
+            return _Run(config, out, encoder).run()
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(exc, DiskFullError):
+            raise DiskFullError(
+                exc.errno, f"no space left on the device under {out} ({exc}); free some space and rerun: the run resumes"
+            ) from None
+        raise
+
+
+def _check_out(out: Any) -> Path:
+    if out is None or not str(out).strip():
+        raise ValueError(f"out must be a directory path, got {out!r}")
+    p = Path(out).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"out must be a directory, but {str(p)!r} is a file; pass a new directory path")
+    return p
+
+
+def _init_ray(address: str) -> None:
+    from xite_fast.encode.ray import init_ray
+
+    try:
+        ray = init_ray(address)
+    except ValueError as exc:
+        raise ValueError(f"ray: {exc}") from None
+    except RuntimeError as exc:
+        raise RuntimeError(f"ray: {exc}") from None
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def _bar(progress: bool | None, **kw):
+    from tqdm.auto import tqdm
+
+    from xite_fast.encode.store import stderr_isatty
+
+    return tqdm(disable=not (stderr_isatty() if progress is None else progress), **kw)
+
+
+# ----------------------------------------------------------------------------------------- the run
+class _Run:
+    def __init__(self, cfg: AugmentConfig, out: Path, encoder: Any):
+        self.cfg, self.out, self.encoder = cfg, out, encoder
+        self.times: dict[str, float] = {}
+        self.remade: list[str] = []
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        log.info("%s ...", name)
+        t0 = time.perf_counter()
+        yield
+        self.times[name] = round(time.perf_counter() - t0, 3)
+
+    def remake(self, path: Path, why: str) -> None:
+        log.warning("%s %s; re-making it", path, why)
+        self.remade.append(str(path.relative_to(self.out)))
+
+    def run(self) -> AugmentRun:
+        cfg = self.cfg
+        with self.stage("index"):
+            src_path, tgt_path, inputs = self.resolve_inputs()
+            fault_point("inputs")
+            self.src = self.index("source", src_path, need_label=True)
+            self.tgt = self.index("target", tgt_path, need_label=False)
+            if cfg.vote == "weighted" and cfg.k > len(self.src):
+                raise ValueError(f"k must be <= the number of source rows ({len(self.src)}), got {cfg.k}")
+            self.config = self.config_of(inputs)
+            self.check_config()
+            fault_point("config")
+        with self.stage("encode"):
+            stores = self.encode()
+            fault_point("encoded")
+        with self.stage("lda"):
+            W = self.lda(stores)
+        with self.stage("match+synthesize"):
+            reused = self.synthesize(stores, W)
+        fault_point("parts")
+        return self.finish(stores, reused)
+
+    # ------------------------------------------------------------------------------------- inputs
+    def resolve_inputs(self) -> tuple[Path, Path, dict]:
+        from xite_fast.data.bundled import is_bundled, load_bundled
+        from xite_fast.data.records import corpus_format
+
+        cfg = self.cfg
+        topics = None
+        if all(str(s).lower().startswith("chatterbot:") for s in (cfg.source, cfg.target)):
+            # English has topics (coding, tech_support) Korean lacks: matching onto labels the target
+            # never uses only adds errors, so two chatterbot corpora are restricted to shared topics
+            from xite_fast.data.chatterbot import chatterbot_topics
+
+            topics = chatterbot_topics(str(cfg.source).split(":", 1)[1], str(cfg.target).split(":", 1)[1])
+        paths, inputs, self.pair_fields = [], {}, {}
+        for name in ("source", "target"):
+            spec = getattr(cfg, name)
+            if is_bundled(spec):
+                data = load_bundled(spec, topics=topics)
+                p = self.out / "inputs" / f"{name}.jsonl"
+                blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in data.records).encode("utf-8")
+                if not file_matches(p, hashlib.sha256(blob).hexdigest()):
+                    if p.exists():
+                        self.remake(p, "differs from the bundled data")
+                    p.parent.mkdir(exist_ok=True)
+                    atomic_write_bytes(p, blob)
+                inputs[name] = {"spec": data.spec, "bundled_sha256": data.sha256}
+                has_pair = bool(data.records) and "text_pair" in data.records[0]
+                self.pair_fields[name] = "text_pair" if has_pair else None
+            else:
+                p = Path(spec).expanduser()
+                if not p.exists():
+                    raise FileNotFoundError(f"{name}: file not found: {str(spec)!r}")
+                if not p.is_file():
+                    raise ValueError(f"{name} must be a file or a bundled spec (chatterbot:<language>), got {str(spec)!r}")
+                corpus_format(p)
+                inputs[name] = {"spec": None}
+                self.pair_fields[name] = cfg.pair_field
+            paths.append(p)
+        return paths[0], paths[1], inputs
+
+    def index(self, name: str, path: Path, need_label: bool):
+        from xite_fast.data.records import index_corpus
+
+        cfg = self.cfg
+        return index_corpus(
+            path, need_label=need_label, text_field=cfg.text_field, label_field=cfg.label_field,
+            pair_field=self.pair_fields[name], max_rows=cfg.max_rows, name=name,
+        )  # fmt: skip
+
+    def config_of(self, inputs: dict) -> dict:
+        cfg = dataclasses.asdict(self.cfg)
+        conf = {k: v for k, v in cfg.items() if k not in _NOT_IDENTITY and k not in ("source", "target")}
+        conf["version"] = _CONFIG_VERSION
+        if self.encoder is not None:
+            conf["model"] = str(getattr(self.encoder, "model_id", type(self.encoder).__name__))
+        for name, idx in (("source", self.src), ("target", self.tgt)):
+            conf[name] = {**inputs[name], **idx.fingerprint()}
+        return conf
+
+    def committed(self) -> bool:
+        """Work beyond the index exists (embedding shards or synthetic parts)."""
+        for name in ("source_emb", "target_emb"):
+            with contextlib.suppress(OSError, ValueError):
+                if read_json(self.out / name / "manifest.json").get("shards"):
+                    return True
+        return any((self.out / "synthetic").glob("part-*.done.json"))
+
+    def check_config(self) -> None:
+        path = self.out / "config.json"
+        if path.exists():
+            try:
+                old = read_json(path, what="run configuration")
+                if not isinstance(old, dict):
+                    raise ValueError(f"{path}: the run configuration is not a JSON object")
+            except ValueError as exc:
+                raise ValueError(
+                    f"{exc}; {self.out} cannot be trusted: delete it (or use a new out directory) and rerun"
+                ) from None
+            if old != self.config:
+                diff = sorted(k for k in set(old) | set(self.config) if old.get(k) != self.config.get(k))
+                if self.committed():
+                    changed = [d for d in diff if d in ("source", "target")]
+                    what = f" (the {' and '.join(changed)} input changed: its content sha256 differs)" if changed else ""
+                    raise ValueError(
+                        f"out {str(self.out)!r} holds a run with different options ({', '.join(diff)}){what}; "
+                        "use a new out directory or delete the old one"
+                    )
+                log.info("%s: replacing the options of a run that committed no work (%s)", path, ", ".join(diff))
+            else:
+                return
+        atomic_write_json(path, self.config)
+
+    # ------------------------------------------------------------------------------------- encode
+    def make_encoder(self):
+        if self.encoder is None:
+            from xite_fast.encode.encoder import Encoder
+
+            kw: dict = {"num_layers": self.cfg.num_layers}
+            if self.cfg.encoder_backend is not None:
+                kw["backend"] = self.cfg.encoder_backend
+            self.encoder = Encoder(self.cfg.model, **kw)
+        return self.encoder
+
+    def encode(self) -> dict:
+        from xite_fast.encode.store import encode_corpus, reusable_store
+
+        cfg, stores, todo = self.cfg, {}, []
+        for name, idx in (("source", self.src), ("target", self.tgt)):
+            d = self.out / f"{name}_emb"
+            st = reusable_store(d, idx.fingerprint(), cfg.shard_size, cfg.batch_size)
+            if st is None:
+                todo.append((name, idx, d))
+            else:
+                stores[name] = st
+        for name, idx, d in todo:
+            overwrite = False
+            if (d / "manifest.json").exists():
+                try:
+                    read_json(d / "manifest.json")
+                except ValueError:
+                    self.remake(d / "manifest.json", "is not valid JSON")
+                    overwrite = True
+            if cfg.ray is not None and self.encoder is None:
+                from xite_fast.encode.ray import encode_corpus_ray
+
+                kw: dict = {"num_layers": cfg.num_layers}
+                if cfg.encoder_backend is not None:
+                    kw["backend"] = cfg.encoder_backend
+                stores[name] = encode_corpus_ray(
+                    idx, d, cfg.model, encoder_kwargs=kw, shard_size=cfg.shard_size,
+                    batch_size=cfg.batch_size, overwrite=overwrite, show_progress_bar=cfg.progress,
+                )  # fmt: skip
+            else:
+                stores[name] = encode_corpus(
+                    idx, d, self.make_encoder, shard_size=cfg.shard_size, batch_size=cfg.batch_size,
+                    overwrite=overwrite, show_progress_bar=cfg.progress,
+                )  # fmt: skip
+        for name, idx in (("source", self.src), ("target", self.tgt)):
+            if len(stores[name]) != len(idx):
+                raise RuntimeError(
+                    f"{stores[name].out_dir} holds {len(stores[name])} rows but the {name} has {len(idx)}; "
+                    "delete the directory and rerun"
+                )
+        if stores["source"].dim != stores["target"].dim:
+            raise RuntimeError(f"source and target dims differ: {stores['source'].dim} vs {stores['target'].dim}")
+        return stores
+
+    # ------------------------------------------------------------------------------------- lda
+    def lda(self, stores) -> np.ndarray | None:
+        cfg = self.cfg
+        if cfg.mode == "interp":
+            return None
+        from xite_fast.xite.augmenter import fit_language_lda
+
+        w_path, meta_path = self.out / "lda.npy", self.out / "lda.json"
+        with contextlib.suppress(OSError, ValueError):
+            meta = read_json(meta_path)
+            if file_matches(w_path, meta.get("sha256")):
+                return np.load(w_path)
+        if w_path.exists() or meta_path.exists():
+            self.remake(w_path, "is missing, corrupt or unrecorded")
+        dim = stores["source"].dim
+        W = fit_language_lda(
+            _sample_rows(list(stores["source"].iter_shards()), len(self.src), cfg.lda_max_rows, dim, cfg.seed),
+            _sample_rows(list(stores["target"].iter_shards()), len(self.tgt), cfg.lda_max_rows, dim, cfg.seed + 1),
+            cfg.lda_components,
+        )
+        sha = atomic_save_npy(w_path, W)
+        fault_point("lda")
+        atomic_write_json(meta_path, {"sha256": sha, "shape": list(W.shape)})
+        return np.load(w_path)
+
+    # ------------------------------------------------------------------------------------- synthesize
+    def part_ok(self, syn: Path, stem: str) -> bool:
+        done = syn / f"{stem}.done.json"
+        if not done.exists():
+            return False
+        try:
+            d = read_json(done)
+            ok = file_matches(syn / f"{stem}.jsonl", d["sha256"]["provenance"]) and file_matches(
+                syn / f"{stem}.npy", d["sha256"]["embeddings"]
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            self.remake(syn / stem, "(a synthetic part) is missing or corrupt")
+        return ok
+
+    def synthesize(self, stores, W) -> int:
+        from xite_fast.ops.lda_project_interp import lda_project_interp
+        from xite_fast.xite.labels import lambdas_for, transfer_labels
+        from xite_fast.xite.match import StoreMatcher
+        from xite_fast.xite.report import SimilarityHistogram
+
+        cfg, src, tgt = self.cfg, self.src, self.tgt
+        syn = self.out / "synthetic"
+        syn.mkdir(exist_ok=True)
+        names = src.label_names
+        gold_names = tgt.label_names if tgt.has_labels else None
+        k = cfg.k if cfg.vote == "weighted" else 1
+        src_mean = stores["source"].mean if cfg.center else None
+        tgt_mean = stores["target"].mean if cfg.center else None
+        matcher = StoreMatcher(
+            stores["source"], k, key_mean=src_mean, executor="ray" if cfg.ray else "local",
+            backend=cfg.backend, chunk=cfg.match_chunk,
+        )  # fmt: skip
+        src_shards = list(stores["source"].iter_shards())
+        tgt_shards = list(stores["target"].iter_shards())
+        dim = stores["source"].dim
+        src_reader, tgt_reader = src.reader(), tgt.reader()
+        reused = 0
+        kill_after = os.environ.get("XITE_FAST_TEST_KILL_AFTER_SHARDS")  # older name of fault_point("part:N")
+        bar = _bar(cfg.progress, total=len(tgt_shards), desc="match+synthesize", unit="part")
+        try:
+            for part, (t0, tmm) in enumerate(tgt_shards):
+                stem = f"part-{part:05d}"
+                if self.part_ok(syn, stem):
+                    reused += 1
+                    bar.update(1)
+                    continue
+                n = tmm.shape[0]
+                s, i = matcher.match(tmm, tgt_mean)
+                labels, sid, sim, keep = transfer_labels(
+                    s, i, src.codes, vote=cfg.vote, threshold=cfg.threshold, n_classes=len(names),
+                    temperature=cfg.temperature,
+                )  # fmt: skip
+                kept = np.flatnonzero(keep)
+                tid = kept + t0
+                lam = lambdas_for(cfg.lam, tid, cfg.beta_alpha, cfg.seed)
+                if len(kept):
+                    syn_rows = lda_project_interp(
+                        _gather_rows(src_shards, sid[kept], dim), np.asarray(tmm[kept], dtype=np.float32),
+                        W, lam, cfg.mode, backend=cfg.backend,
+                    )  # fmt: skip
+                else:
+                    syn_rows = np.zeros((0, dim), np.float32)
+                tgt_recs, src_recs = tgt_reader.get(tid), src_reader.get(sid[kept])
+                lines, n_correct = [], 0
+                for j in range(len(kept)):
+                    lab = names[labels[kept[j]]]
+                    gold = gold_names[tgt.codes[tid[j]]] if gold_names is not None else None
+                    n_correct += gold == lab
+                    rec = {
+                        "target_id": int(tid[j]),
+                        "source_id": int(sid[kept[j]]),
+                        "target_text": tgt_recs[j].text,
+                        "source_text": src_recs[j].text,
+                        "label": lab,
+                        "similarity": round(float(sim[kept[j]]), 6),
+                        "lam": round(float(lam[j]), 6),
+                        "mode": cfg.mode,
+                    }
+                    if gold is not None:
+                        rec["gold_label"] = gold
+                    if tgt_recs[j].pair is not None:
+                        rec["target_pair"] = tgt_recs[j].pair
+                    if src_recs[j].pair is not None:
+                        rec["source_pair"] = src_recs[j].pair
+                    lines.append(json.dumps(rec, ensure_ascii=False))
+                hist = SimilarityHistogram()
+                hist.add(sim[kept])
+                sha_p = atomic_write_bytes(syn / f"{stem}.jsonl", ("\n".join(lines) + ("\n" if lines else "")).encode())
+                fault_point(f"part:{part}:jsonl")
+                sha_e = atomic_save_npy(syn / f"{stem}.npy", np.ascontiguousarray(syn_rows, dtype=np.float32))
+                fault_point(f"part:{part}:npy")
+                atomic_write_json(
+                    syn / f"{stem}.done.json",
+                    {
+                        "part": part,
+                        "target_start": int(t0),
+                        "n_targets": int(n),
+                        "rows": int(len(kept)),
+                        "n_dropped": int(n - len(kept)),
+                        "label_counts": np.bincount(labels[kept], minlength=len(names)).tolist(),
+                        "n_correct": int(n_correct) if gold_names is not None else None,
+                        "similarity": hist.to_dict(),
+                        "sha256": {"provenance": sha_p, "embeddings": sha_e},
+                    },
+                )
+                log.debug("%s: %d/%d rows", stem, len(kept), n)
+                bar.update(1)
+                fault_point(f"part:{part}")
+                if kill_after and part + 1 >= int(kill_after):
+                    os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            bar.close()
+            src_reader.close()
+            tgt_reader.close()
+        return reused
+
+    # ------------------------------------------------------------------------------------- manifest, report
+    def finish(self, stores, reused: int) -> AugmentRun:
+        from xite_fast.xite.report import SimilarityHistogram, build_report
+
+        cfg, syn = self.cfg, self.out / "synthetic"
+        names = self.src.label_names
+        parts, hist = [], SimilarityHistogram()
+        counts = np.zeros(len(names), np.int64)
+        n_targets = n_dropped = n_correct = 0
+        n_parts = len(stores["target"].shard_paths)
+        for part in range(n_parts):
+            d = read_json(syn / f"part-{part:05d}.done.json", what="synthetic part record")
+            parts.append(
+                {
+                    "embeddings": f"part-{part:05d}.npy",
+                    "provenance": f"part-{part:05d}.jsonl",
+                    "rows": d["rows"],
+                    "target_start": d["target_start"],
+                    "n_targets": d["n_targets"],
+                    "sha256": d["sha256"],
+                }
+            )
+            hist.merge(d["similarity"])
+            counts += np.asarray(d["label_counts"], np.int64)
+            n_targets += d["n_targets"]
+            n_dropped += d["n_dropped"]
+            n_correct += d["n_correct"] or 0
+        manifest = {
+            "rows": int(counts.sum()),
+            "dim": int(stores["source"].dim),
+            "dtype": "float32",
+            "mode": cfg.mode,
+            "label_names": names,
+            "parts": parts,
+            "config": self.config,
+        }
+        atomic_write_json(syn / "manifest.json", manifest)
+        fault_point("manifest")
+        gold_kw = {}
+        if self.tgt.has_labels:
+            gold_kw = {"n_correct": n_correct, "n_gold": n_targets, "n_correct_all": n_correct}
+        options = {k: v for k, v in self.config.items() if k not in ("source", "target")}
+        report = build_report(
+            label_names=names, label_counts=counts, hist=hist, n_targets=n_targets, n_dropped=n_dropped,
+            options=options, **gold_kw,
+        )  # fmt: skip
+        if self.tgt.has_labels:
+            report["label_transfer"]["majority_baseline"] = float(
+                np.bincount(self.tgt.codes).max() / len(self.tgt.codes)
+            )
+        report["n_source"] = len(self.src)
+        report["timing_s"] = self.times
+        report["shards_skipped_on_resume"] = reused
+        report["remade"] = self.remade
+        atomic_write_json(self.out / "report.json", report)
+        return AugmentRun(self.out, report, manifest, reused, self.remade)
+
+
+# ----------------------------------------------------------------------------------------- rows of stores
+def _gather_rows(shards: list[tuple[int, np.ndarray]], ids: np.ndarray, dim: int) -> np.ndarray:
+    """Rows ``ids`` (global) of a sharded store, (len(ids), D) float32; reads only those rows."""
+    out = np.empty((len(ids), dim), dtype=np.float32)
+    if len(ids) == 0:
+        return out
+    starts = np.asarray([s for s, _ in shards], dtype=np.int64)
+    which = np.searchsorted(starts, ids, side="right") - 1
+    for si in np.unique(which):
+        sel = np.flatnonzero(which == si)
+        start, mm = shards[si]
+        out[sel] = mm[ids[sel] - start]
+    return out
+
+
+def _sample_rows(shards, n_total: int, n_sample: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    ids = np.arange(n_total) if n_total <= n_sample else np.sort(rng.choice(n_total, n_sample, replace=False))
+    return _gather_rows(shards, ids.astype(np.int64), dim)
