@@ -1312,7 +1312,7 @@ def _ear_step(
     cfg: TrainConfig,
 ):
     """EAR losses from the states entering layer ``start`` of the originals (h) and perturbed copies (hp)."""
-    from xite_fast.objectives.losses import EARLosses, attention_pull, embedding_push
+    from xite_fast.objectives.ear import EARLosses, attention_pull, embedding_push
 
     N = model.num_layers
 
@@ -1517,7 +1517,7 @@ def align(
     Returns:
         :class:`AlignResult`.
     """
-    from xite_fast.objectives.losses import drift_penalty, ot_alignment_loss
+    from xite_fast.objectives.ot import drift_penalty, ot_alignment_loss
 
     cfg = config or AlignConfig()
     if not isinstance(model, EncoderClassifier):
