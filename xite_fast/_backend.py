@@ -36,7 +36,7 @@ class Backend(str, Enum):
 _EXT_ERROR: str | None = None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_extension():
     """Return the compiled module ``xite_fast._C`` or ``None`` (import must never fail)."""
     global _EXT_ERROR

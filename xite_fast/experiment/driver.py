@@ -329,8 +329,13 @@ def _metrics(xm, tok, texts, labels, ev) -> dict[str, float]:
     return {"accuracy": float((pred == y).mean()), "macro_f1": float(f1_score(y, pred, average="macro")), "n": len(y)}
 
 
-def _losses(trainer) -> list[float]:
-    return [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
+def _losses(trainer) -> dict[str, Any]:
+    """Logged step losses (every ``logging_steps``) and the mean training loss."""
+    hist = trainer.state.log_history
+    return {
+        "steps": [float(h["loss"]) for h in hist if "loss" in h],
+        "train_loss": float(next((h["train_loss"] for h in hist if "train_loss" in h), float("nan"))),
+    }
 
 
 def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
@@ -410,7 +415,8 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                 align_info = {
                     "pairs": ares.pairs, "steps": len(ares.ot), "seconds": ares.seconds,
                     "ot_first": float(np.mean(ares.ot[:k])), "ot_last": float(np.mean(ares.ot[-k:])),
-                    "drift_last": float(np.mean(ares.drift[-k:])), "config": dict(vars(acfg)),
+                    "drift_last": float(np.mean(ares.drift[-k:])),
+                    "config": {**vars(acfg), "freeze_layers": args.freeze_layers, "epochs": args.align_epochs, "lr": args.align_lr},
                 }
                 print(f"[seed {seed}] OT alignment: {json.dumps(align_info)}", flush=True)
             cfg1 = XiteConfig(placement="none", cache_frozen=can_cache, head_lr=args.head_lr, **common)
@@ -421,7 +427,7 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                     ear_push_weight=args.ear_push_weight, **common,
                 )
             xm.xite = cfg1.validate(xm.num_layers)
-            history: list[float] = []
+            history: dict[str, Any] = {}
             ear_info = None
             if stage1_file.exists():
                 _restore(xm, torch.load(stage1_file, map_location="cpu", weights_only=True))

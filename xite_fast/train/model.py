@@ -121,15 +121,19 @@ class XiteModel(nn.Module):
             )
         self.model = model
         self.xite = (config or XiteConfig())
-        self._layers: nn.ModuleList | None = None
+        # references into the user's model, kept out of _modules (no second name for the same weights)
+        layers: nn.ModuleList | None = None
         try:
-            self._layers = find_layers(model)
+            layers = find_layers(model)
         except ValueError:
             if self.xite.placement == "hidden" or self.xite.freeze_layers or self.xite.cache_frozen:
                 raise
+        object.__setattr__(self, "_layers", layers)
         self.xite.validate(len(self._layers) if self._layers is not None else None)
-        self.head_name, self.head = find_head(model, self.xite.head_module)
+        self.head_name, head = find_head(model, self.xite.head_module)
+        object.__setattr__(self, "head", head)
         self.cache: dict[tuple, torch.Tensor] = {}
+        self.ear_terms: list[dict[str, float]] = []  # unweighted EAR terms per training forward
         self._returns_tuple: bool | None = None
         self.register_buffer("lda_W", None)
         if W is not None:
@@ -424,6 +428,19 @@ class XiteModel(nn.Module):
         loss = self.loss(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
+    def last_hidden(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T, D) last hidden state of the backbone (``model.base_model``), through the cache if on."""
+        kw: dict[str, Any] = {"attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kw["token_type_ids"] = token_type_ids
+        base = self.model.base_model
+        if self._use_cache():
+            with self._prefix_swapped(self._cached_states(input_ids, attention_mask, token_type_ids)):
+                return base(input_ids=input_ids, **kw).last_hidden_state
+        return base(input_ids=input_ids, **kw).last_hidden_state
+
     # ------------------------------------------------------------------ representations
     @torch.no_grad()
     def representations(
@@ -456,14 +473,7 @@ class XiteModel(nn.Module):
             x = got["x"]
             return (x[:, 0] if x.ndim == 3 else x).float()
         if level == "mean":
-            kw: dict[str, Any] = {"attention_mask": attention_mask}
-            if token_type_ids is not None:
-                kw["token_type_ids"] = token_type_ids
-            base = self.model.base_model
-            if self._use_cache():
-                with self._prefix_swapped(self._cached_states(input_ids, attention_mask, token_type_ids)):
-                    return mean(base(input_ids=input_ids, **kw).last_hidden_state)
-            return mean(base(input_ids=input_ids, **kw).last_hidden_state)
+            return mean(self.last_hidden(input_ids, attention_mask, token_type_ids))
         if level != "hidden":
             raise ValueError(f"level must be 'mean', 'sentence', 'input' or 'hidden', got {level!r}")
         L, N = self.xite.hidden_layer, self.num_layers

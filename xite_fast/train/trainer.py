@@ -123,7 +123,11 @@ class XiteTrainer(Trainer):
 
 # ------------------------------------------------------------------------------------------- helpers
 def _wrap(model: Any) -> XiteModel:
-    return model if isinstance(model, XiteModel) else XiteModel(model, XiteConfig(placement="none"))
+    if isinstance(model, XiteModel):
+        return model
+    xm = XiteModel(model, XiteConfig(placement="none"))
+    xm.training = model.training  # a new wrapper must not flip the user's model into train mode
+    return xm
 
 
 def _device(model: torch.nn.Module) -> torch.device:
