@@ -16,13 +16,14 @@ Protocol (per seed):
   labels (no source/target mixing), separating label quality from interpolation;
   ``xite-<placement>[-lda]``: every pool sentence is matched to its cosine top-1 English train sentence
   (pooled embeddings of the stage-1 encoder, :func:`xite_fast.cosine_topk`), takes that label, and the
-  model trains on the source/target mix at the given placement (see :mod:`xite_fast.train`).
+  model trains on the source/target mix at the given placement (:class:`xite_fast.train.model.XiteModel`
+  inside :class:`xite_fast.train.trainer.XiteTrainer`, a Hugging Face ``Trainer``).
 * Stage-1 variants (``--stage1-variants plain ot ear``; each trains its own stage 1 from the pretrained
   encoder and then runs ``--aligned-variants`` on top, rows named ``<variant>+ot`` / ``<variant>+ear``):
-  ``ot-align``: OT pre-alignment (:func:`xite_fast.train.align`) on parallel English/target pairs of the
+  ``ot-align``: OT pre-alignment (:func:`xite_fast.train.align.ot_align`) on parallel English/target pairs of the
   *training* conversations only (:func:`alignment_pairs`; by default only the topics whose translation
   keeps the English conversation structure, per language), one model for all ``--langs``, then the same
-  English fine-tuning; ``ear``: English fine-tuning with EAR (``TrainConfig.ear``). Both are evaluated
+  English fine-tuning; ``ear``: English fine-tuning with EAR (``XiteConfig.ear``). Both are evaluated
   zero-shot like the ``zero-shot`` row.
 * Reported: target accuracy and macro-F1 on the target test set, English test accuracy after stage 2
   (retention; the zero-shot row shows English after stage 1), mean +- std over seeds.
@@ -47,7 +48,7 @@ import numpy as np
 
 __all__ = ["main", "VARIANTS", "STAGE1_ROWS", "run_experiment", "summarize", "alignment_pairs", "row_names"]
 
-# name -> TrainConfig overrides for stage 2 (fields not listed come from the stage-2 base config)
+# name -> XiteConfig overrides for stage 2 (fields not listed come from the stage-2 base config)
 VARIANTS: dict[str, dict[str, Any]] = {
     "self-train": {"placement": "none"},
     "matched-only": {"placement": "none", "labels": "matched"},
@@ -133,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ear-rate", type=float, default=0.15)
     p.add_argument("--ear-k", type=int, default=10)
     p.add_argument(
-        "--ear-layer", type=int, default=None, help="1-based attention-pull layer (default: see TrainConfig)"
+        "--ear-layer", type=int, default=None, help="1-based attention-pull layer (default: see XiteConfig.ear_attention_layer)"
     )
     p.add_argument("--ear-pull-weight", type=float, default=1.0)
     p.add_argument("--ear-push-weight", type=float, default=0.1)
@@ -613,7 +614,9 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
             else f"**truncated to its first {args.num_layers} layers**"
         )
         + f", **embeddings and the bottom {args.freeze_layers} layers frozen**, "
-        f"mean-pool -> linear head, max_length {args.max_length}, batch {args.batch_size}, AdamW + linear "
+        "the model's own AutoModelForSequenceClassification head (BERT: [CLS] -> pooler -> linear; e5 ships no "
+        "pooler, so pooler and classifier start random), XiteTrainer (HF Trainer), "
+        f"max_length {args.max_length}, batch {args.batch_size}, AdamW + linear "
         f"warmup (10%) / decay, grad-clip 1.0, torch threads {args.threads}. Stage 1: {args.stage1_epochs} "
         f"epochs on English train (lr {args.lr}, head lr {args.head_lr}). Stage 2: {args.stage2_epochs} "
         f"epoch(s) on the target pool from the stage-1 weights (lr {args.stage2_lr}, head lr "
