@@ -434,3 +434,30 @@ def test_bad_inputs_named_errors(tmp_path):
         XiteDataset(TOK, "one text")
     with pytest.raises(ValueError, match="must be a transformers PreTrainedModel"):
         XiteModel(torch.nn.Linear(2, 2))
+
+
+def test_trainer_evaluation_early_stopping_and_best_model(tmp_path):
+    """Trainer's own evaluation loop, compute_metrics, early stopping and load_best_model_at_end work on the
+    wrapper (nothing of that is re-implemented)."""
+    from transformers import EarlyStoppingCallback
+
+    from xite_fast.train.trainer import classification_metrics
+
+    args = _args(tmp_path, num_train_epochs=6, eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
+                 metric_for_best_model="accuracy", save_total_limit=2, gradient_accumulation_steps=2)
+    tr = XiteTrainer(_model(), args, xite_config=XiteConfig(placement="sentence", head_lr=1e-2),
+                     train_dataset=XiteDataset(TOK, TGT, YS, source_texts=SRC), eval_dataset=XiteDataset(TOK, TGT, YT),
+                     processing_class=TOK, compute_metrics=classification_metrics,
+                     callbacks=[EarlyStoppingCallback(early_stopping_patience=1, early_stopping_threshold=1.0)])
+    tr.train()
+    evals = [h for h in tr.state.log_history if "eval_accuracy" in h]
+    assert 1 <= len(evals) < 6  # stopped early (no eval improves by 1.0)
+    assert tr.state.best_metric == max(h["eval_accuracy"] for h in evals)
+    m = tr.evaluate()
+    assert {"eval_loss", "eval_accuracy", "eval_macro_f1"} <= set(m)
+    assert m["eval_accuracy"] == pytest.approx(tr.state.best_metric)
+
+
+def test_string_labels_need_a_label_map():
+    with pytest.raises(ValueError, match="label_map_for"):
+        XiteDataset(TOK, TGT, ["a"] * 48)
