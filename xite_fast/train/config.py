@@ -1,0 +1,261 @@
+"""Options of the XITE mixing wrapper (:class:`XiteConfig`) and the label mapping (:class:`LabelMap`).
+
+Everything a Hugging Face ``TrainingArguments`` already covers (device, fp16/bf16, learning rate and
+schedule, gradient accumulation, logging, checkpoints/resume, early stopping, seed) stays there; this
+config only holds what XITE adds: where the source/target mix happens, how λ is drawn, the LDA variant,
+freezing and the frozen-prefix cache.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["XiteConfig", "LabelMap", "PLACEMENTS", "LDA_MODES", "TASKS"]
+
+PLACEMENTS = ("none", "sentence", "input", "hidden")
+LDA_MODES = ("proj", "shift", "interp", "comp")
+TASKS = ("single_label_classification", "multi_label_classification", "regression")
+
+
+@dataclass
+class XiteConfig:
+    """What the XITE wrapper (:class:`xite_fast.train.model.XiteModel`) does on top of the user's model.
+
+    Attributes:
+        placement: where a source/target pair is mixed. ``"sentence"``: the pooled representation the
+            model's own classification head consumes (the input of ``head_module``); ``"input"``: the word
+            embeddings (``inputs_embeds``), token by token, both sequences padded to one length, attention
+            masks united; ``"hidden"``: the hidden states entering layer ``hidden_layer`` (0 = the embedding
+            output, ``num_layers`` = the last layer's output), zeroed past each sentence's length, masks
+            united from that layer on; ``"none"``: plain supervised training (stage 1, self-training).
+        hidden_layer: L for ``placement="hidden"``, 0 <= L <= num_layers.
+        lam: fixed source weight λ in [0, 1] (used when ``alpha`` is None).
+        alpha: λ ~ Beta(alpha, alpha) per example (drawn in the forward pass from torch's RNG, which
+            ``TrainingArguments.seed`` seeds and checkpoints restore).
+        lda: mix through the LDA language subspace (``lda_project_interp`` mode ``lda_mode``) instead of
+            ``λ·s + (1-λ)·t``; the basis W is fitted at the mixing level on the training pairs when the
+            trainer starts unless given.
+        lda_mode: ``"proj"``, ``"shift"``, ``"interp"`` or ``"comp"``.
+        lda_components: LanguageLDA n_components (None: n_languages - 1).
+        head_module: dotted name of the module whose input is "the pooled representation" (None: found
+            from the architecture: ``pre_classifier`` if present (DistilBERT), else ``classifier``, ``score``).
+        freeze_embeddings: freeze the embedding module (kept in eval mode: no dropout).
+        freeze_layers: freeze the bottom N transformer layers (kept in eval mode).
+        cache_frozen: compute the frozen prefix (embeddings + ``freeze_layers`` layers) once per distinct
+            sentence and run only the trainable layers afterwards (needs ``freeze_embeddings`` and
+            ``freeze_layers >= 1``; not with ``placement="input"`` or ``hidden_layer < freeze_layers``).
+        backend: backend of the fast ops (``lda_project_interp``, matching): "auto", "cpu", "torch", ...
+        max_length: tokens per text (or text pair) after truncation.
+        prefix: text prefix added to every text (e5 expects ``"query: "``).
+        head_lr: learning rate of the classification head (None: ``TrainingArguments.learning_rate``).
+        ear: EAR objective (stage 1; records need a ``perturbed`` copy or the trainer makes one).
+        ear_rate, ear_k: perturbation: substitution probability and neighbour count.
+        ear_ce_weight, ear_ce_perturbed_weight, ear_push_weight, ear_pull_weight: EAR term weights.
+        ear_attention_layer: 1-based layer whose attention is pulled (None: 6 if it trains, else the first
+            trainable layer).
+    """
+
+    placement: str = "sentence"
+    hidden_layer: int = 2
+    lam: float = 0.5
+    alpha: float | None = 1.0
+    lda: bool = False
+    lda_mode: str = "shift"
+    lda_components: int | None = None
+    head_module: str | None = None
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0
+    cache_frozen: bool = False
+    backend: str = "auto"
+    max_length: int = 128
+    prefix: str = ""
+    head_lr: float | None = None
+    ear: bool = False
+    ear_rate: float = 0.15
+    ear_k: int = 10
+    ear_ce_weight: float = 1.0
+    ear_ce_perturbed_weight: float = 1.0
+    ear_push_weight: float = 0.1
+    ear_pull_weight: float = 1.0
+    ear_attention_layer: int | None = None
+
+    def validate(self, num_layers: int | None = None) -> XiteConfig:
+        """Raise ValueError naming the bad field, the expected and the actual value; returns self."""
+
+        def int_ge(name: str, lo: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"XiteConfig.{name} must be an int >= {lo}, got {v!r}")
+
+        def float_ge(name: str, lo: float, strict: bool = False) -> None:
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if not ok or (v <= lo if strict else v < lo):
+                raise ValueError(f"XiteConfig.{name} must be a finite float {'>' if strict else '>='} {lo}, got {v!r}")
+
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"XiteConfig.placement must be one of {PLACEMENTS}, got {self.placement!r}")
+        if self.lda_mode not in LDA_MODES:
+            raise ValueError(f"XiteConfig.lda_mode must be one of {LDA_MODES}, got {self.lda_mode!r}")
+        float_ge("lam", 0.0)
+        if self.lam > 1:
+            raise ValueError(f"XiteConfig.lam must be a float in [0, 1], got {self.lam!r}")
+        if self.alpha is not None:
+            float_ge("alpha", 0.0, strict=True)
+        if self.lda_components is not None:
+            int_ge("lda_components", 1)
+        int_ge("hidden_layer", 0)
+        int_ge("freeze_layers", 0)
+        int_ge("max_length", 1)
+        if self.head_lr is not None:
+            float_ge("head_lr", 0.0, strict=True)
+        for name in ("freeze_embeddings", "cache_frozen", "lda", "ear"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"XiteConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        if num_layers is not None:
+            if self.freeze_layers > num_layers:
+                raise ValueError(
+                    f"XiteConfig.freeze_layers must be in [0, {num_layers}] (model has {num_layers} layers), "
+                    f"got {self.freeze_layers}"
+                )
+            if self.placement == "hidden" and self.hidden_layer > num_layers:
+                raise ValueError(
+                    f"XiteConfig.hidden_layer must be in [0, {num_layers}] (model has {num_layers} layers), "
+                    f"got {self.hidden_layer}"
+                )
+        if self.cache_frozen:
+            if not self.freeze_embeddings or self.freeze_layers < 1:
+                raise ValueError(
+                    "XiteConfig.cache_frozen needs freeze_embeddings=True and freeze_layers >= 1, got "
+                    f"freeze_embeddings={self.freeze_embeddings}, freeze_layers={self.freeze_layers}"
+                )
+            if self.placement == "input":
+                raise ValueError("XiteConfig.cache_frozen cannot be used with placement='input' (it mixes below the frozen prefix)")
+            if self.placement == "hidden" and self.hidden_layer < self.freeze_layers:
+                raise ValueError(
+                    f"XiteConfig.cache_frozen needs hidden_layer >= freeze_layers for placement='hidden', got "
+                    f"hidden_layer={self.hidden_layer} < freeze_layers={self.freeze_layers}"
+                )
+        float_ge("ear_rate", 0.0, strict=True)
+        if self.ear_rate > 1:
+            raise ValueError(f"XiteConfig.ear_rate must be in (0, 1], got {self.ear_rate!r}")
+        int_ge("ear_k", 1)
+        for name in ("ear_ce_weight", "ear_ce_perturbed_weight", "ear_push_weight", "ear_pull_weight"):
+            float_ge(name, 0.0)
+        if self.ear_attention_layer is not None:
+            int_ge("ear_attention_layer", 1)
+            if num_layers is not None and self.ear_attention_layer > num_layers:
+                raise ValueError(
+                    f"XiteConfig.ear_attention_layer must be in [1, {num_layers}] (1-based), got {self.ear_attention_layer}"
+                )
+        from xite_fast._backend import Backend
+
+        Backend.parse(self.backend, name="XiteConfig.backend")
+        return self
+
+    def ear_layer(self, num_layers: int) -> int:
+        """The 1-based layer whose attention EAR pulls (see ``ear_attention_layer``)."""
+        if self.ear_attention_layer is not None:
+            return int(self.ear_attention_layer)
+        return 6 if self.freeze_layers < 6 <= num_layers else min(self.freeze_layers + 1, num_layers)
+
+
+def _int_like(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, np.integer)):
+        return True
+    if isinstance(v, (float, np.floating)):
+        return math.isfinite(v) and float(v).is_integer()
+    if isinstance(v, str):
+        s = v.strip()
+        return s.lstrip("+-").isdigit()
+    return False
+
+
+class LabelMap:
+    """User label values <-> class ids, written into the model config as ``id2label``/``label2id``.
+
+    Ids follow ``names`` if given, else the sorted distinct values: numerically when every value is an
+    int or an int-like string (so ``"10"`` comes after ``"2"``, and ints ``0..K-1`` keep their ids), else
+    as strings. ``id2label`` values are the labels as strings (HF configs store strings); :meth:`decode`
+    returns the user's original values.
+    """
+
+    def __init__(self, values: Sequence[Any] | None = None, names: Sequence[Any] | None = None):
+        if names is not None:
+            order = list(dict.fromkeys(names))
+            if len(order) != len(names):
+                raise ValueError(f"label names must be distinct, got {list(names)!r}")
+        else:
+            if values is None or len(values) == 0:
+                raise ValueError("labels must not be empty")
+            distinct = list(dict.fromkeys(_hashable(v) for v in values))
+            for v in distinct:
+                if isinstance(v, (float, np.floating)) and not _int_like(v):
+                    raise ValueError(
+                        f"labels hold a non-integer float ({v!r}): for regression set "
+                        "model.config.problem_type='regression' and num_labels=1 (it is not turned into a class)"
+                    )
+            if all(_int_like(v) for v in distinct):
+                order = sorted(distinct, key=lambda v: int(float(v)) if not isinstance(v, str) else int(v))
+            else:
+                order = sorted(distinct, key=str)
+        self.values = order
+        self._index = {self._key(v): i for i, v in enumerate(order)}
+
+    @staticmethod
+    def _key(v: Any) -> str:
+        if _int_like(v):
+            return str(int(v)) if not isinstance(v, str) else str(int(v.strip()))
+        return str(v)
+
+    @classmethod
+    def from_config(cls, config: Any) -> LabelMap | None:
+        """The map stored in an HF config, or None when it holds only the default ``LABEL_i`` names."""
+        id2label = getattr(config, "id2label", None) or {}
+        names = [id2label[i] for i in sorted(int(k) for k in id2label)] if id2label else []
+        if not names or all(str(n) == f"LABEL_{i}" for i, n in enumerate(names)):
+            return None
+        return cls(names=names)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return {i: str(v) for i, v in enumerate(self.values)}
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {str(v): i for i, v in enumerate(self.values)}
+
+    def encode(self, labels: Sequence[Any]) -> np.ndarray:
+        """(N,) int64 class ids; ValueError naming the first unknown label."""
+        out = np.empty(len(labels), dtype=np.int64)
+        for i, v in enumerate(labels):
+            k = self._key(_hashable(v))
+            if k not in self._index:
+                raise ValueError(f"labels[{i}] = {v!r} is not a known label (known: {self.values})")
+            out[i] = self._index[k]
+        return out
+
+    def decode(self, ids: Sequence[int]) -> list[Any]:
+        return [self.values[int(i)] for i in ids]
+
+    def apply(self, config: Any) -> None:
+        """Write num_labels / id2label / label2id into an HF config."""
+        config.num_labels = len(self.values)
+        config.id2label = self.id2label
+        config.label2id = self.label2id
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
