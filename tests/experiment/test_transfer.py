@@ -89,7 +89,7 @@ def test_rows_match_direct_computation():
     assert by["λ=0 [similarity ≥ median]"]["kept"] == pytest.approx(
         (sim >= np.quantile(sim, 0.5)).mean(), abs=0.01
     )
-    assert any(r["row"].startswith("xite shift (LDA en+xx+yy, r=2)") for r in rows)
+    assert any(r["row"].startswith("xite shift (LDA all 3 languages, r=2)") for r in rows)
     assert all(0.0 <= r["acc"] <= 1.0 for r in rows)
 
 

@@ -409,7 +409,7 @@ def run_rows(td: TaskData, *, fixed_lams: tuple[float, ...] = (0.25, 0.5, 0.75))
     r1, rm = W1.shape[1] // (2 if pair else 1), Wm.shape[1] // (2 if pair else 1)
     all_modes = [("interp", None, "interp")] + [
         (m, W, f"{m} (LDA {name}, r={r})")
-        for W, name, r in ((W1, "en+target", r1), (Wm, "+".join(td.lang_X), rm))
+        for W, name, r in ((W1, "en+target", r1), (Wm, f"all {len(td.lang_X)} languages", rm))
         for m in ("proj", "comp", "shift")
     ]
     xite_rows("", all_rows, matched, src, modes=all_modes)
