@@ -13,11 +13,12 @@ EXPECTED = {
     "Backend", "backends_available", "__version__",
     "cosine_topk", "lda_project_interp", "sinkhorn_divergence",
     "LanguageLDA", "Encoder", "encode_corpus", "EmbeddingStore", "XiteAugmenter",
+    "AugmentConfig", "run_augment",
     "XiteConfig", "XiteModel", "XiteDataset", "XiteCollator", "XiteTrainer", "train_xite", "predict",
     "OTAlignConfig", "ot_align",
 }  # fmt: skip
 CLASSES = {
-    "Backend", "LanguageLDA", "Encoder", "EmbeddingStore", "XiteAugmenter", "XiteConfig", "XiteModel",
+    "Backend", "LanguageLDA", "Encoder", "EmbeddingStore", "XiteAugmenter", "AugmentConfig", "XiteConfig", "XiteModel",
     "XiteDataset", "XiteCollator", "XiteTrainer", "OTAlignConfig",
 }  # fmt: skip
 
@@ -46,3 +47,4 @@ def test_each_name_is_its_callable_or_class_even_after_submodule_imports():
 
     assert issubclass(xite_fast.XiteTrainer, Trainer)
     assert xite_fast.train_xite.__module__ == "xite_fast.train.trainer"
+    assert xite_fast.run_augment.__module__ == "xite_fast.xite.pipeline"

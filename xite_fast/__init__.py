@@ -21,6 +21,9 @@ _LAZY = {
     "encode_corpus": "xite_fast.encode.store",
     "EmbeddingStore": "xite_fast.encode.store",
     "XiteAugmenter": "xite_fast.xite.augmenter",
+    # the whole `xite-fast augment` job over a run directory (the CLI calls the same function)
+    "AugmentConfig": "xite_fast.xite.pipeline",
+    "run_augment": "xite_fast.xite.pipeline",
     # fine-tuning inside Hugging Face Trainer (names chosen so no submodule shadows them)
     "XiteConfig": "xite_fast.train.config",
     "XiteModel": "xite_fast.train.model",

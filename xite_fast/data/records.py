@@ -40,6 +40,7 @@ __all__ = [
     "CorpusIndex",
     "corpus_format",
     "iter_records",
+    "iter_table_records",
     "index_corpus",
     "RecordReader",
     "read_labelled",
@@ -403,6 +404,55 @@ def iter_records(
             fh.seek(hasher.n_bytes)
             for chunk in iter(lambda: fh.read(_CHUNK), b""):
                 hasher.update(chunk)
+
+
+def iter_table_records(
+    table: Any,
+    *,
+    need_label: bool = False,
+    text_field: str = "text",
+    label_field: str = "label",
+    pair_field: str | None = None,
+    name: str = "table",
+) -> Iterator[tuple[int, Record]]:
+    """Stream ``(row, Record)`` of an in-memory table with the file reader's rules.
+
+    The adapter for a ``pandas.DataFrame``, a Hugging Face ``datasets.Dataset`` or a dict of equal-length
+    columns: the same column names, stripping, blank-row skipping and label-type checks as a ``.parquet``
+    file (it shares :func:`_parquet_record`), so ``df.to_parquet(p)`` + :func:`iter_records` gives the same
+    records. ``row`` is the table's positional row number.
+    """
+    if hasattr(table, "to_dict") and hasattr(table, "columns") and hasattr(table, "iloc"):  # pandas
+        columns = [str(c) for c in table.columns]
+        n = len(table)
+        # pandas spells a missing cell NaN / pd.NA; the reader's rule is "missing = None"
+        col = {str(c): table[c].astype(object).where(table[c].notna(), None).tolist() for c in table.columns}
+    elif hasattr(table, "column_names") and hasattr(table, "num_rows"):  # datasets.Dataset
+        columns, n = list(table.column_names), table.num_rows
+        col = {c: table[c] for c in columns}
+    elif isinstance(table, dict):
+        columns = [str(c) for c in table]
+        lens = {len(v) for v in table.values()}
+        if len(lens) > 1:
+            raise ValueError(f"{name}: columns must have equal lengths, got {sorted(lens)}")
+        n, col = (lens.pop() if lens else 0), {str(k): list(v) for k, v in table.items()}
+    else:
+        raise ValueError(
+            f"{name} must be a pandas.DataFrame, a datasets.Dataset or a dict of columns, got {type(table).__name__}"
+        )
+    layout = _Layout("parquet", text_field, label_field, pair_field)
+    if text_field not in columns:
+        raise ValueError(f"{name}: no column text_field={text_field!r} (columns: {columns})")
+    if need_label and label_field not in columns:
+        raise ValueError(f"{name}: labels missing: no column {label_field!r} (columns: {columns})")
+    if pair_field is not None and pair_field not in columns:
+        raise ValueError(f"{name}: no column pair_field={pair_field!r} (columns: {columns})")
+    keep = [c for c in (text_field, label_field, pair_field) if c is not None and c in columns]
+    seen: list = []
+    for i in range(n):
+        r = _parquet_record({c: col[c][i] for c in keep}, layout, f"{name}: row {i}", need_label, seen)
+        if r is not None:
+            yield i, r
 
 
 class _CountingHasher:
