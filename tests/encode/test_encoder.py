@@ -53,6 +53,12 @@ def enc_int8(e5_tiny_dir):
 
 
 @pytest.fixture(scope="module")
+def enc_ct2(e5_tiny_dir):
+    pytest.importorskip("ctranslate2")
+    return Encoder(backend="ctranslate2", num_layers=2)
+
+
+@pytest.fixture(scope="module")
 def enc_ov(e5_tiny_dir):
     pytest.importorskip("openvino")
     return Encoder(backend="openvino", num_layers=2)
@@ -80,7 +86,7 @@ def test_torch_backend_matches_plain_transformers(enc_torch):
     np.testing.assert_allclose(got, want, atol=2e-5)
 
 
-@pytest.mark.parametrize("name", ["enc_onnx", "enc_ov"])
+@pytest.mark.parametrize("name", ["enc_onnx", "enc_ov", "enc_ct2"])
 def test_runtime_matches_torch(name, enc_torch, request):
     enc = request.getfixturevalue(name)
     a = enc_torch.encode(MULTI, batch_size=4)
@@ -286,6 +292,14 @@ def test_runtime_is_visible_in_model_id(enc_onnx, enc_torch, e5_tiny_dir):
     assert fp["weights_sha256"] == enc_onnx.weights_sha256 and fp["pooling"] == "mean" and fp["prefix"] == "query: "
     auto = Encoder(num_layers=2)  # picks a runtime; the choice is recorded
     assert auto.backend in ("openvino", "onnx", "torch") and auto.backend in auto.runtime.replace("onnxruntime", "onnx")
+
+
+def test_ct2_int8_is_close_to_fp32(enc_torch):
+    pytest.importorskip("ctranslate2")
+    enc = Encoder(backend="ctranslate2", precision="int8", num_layers=2)
+    assert "int8" in enc.runtime
+    cos = (enc_torch.encode(MULTI) * enc.encode(MULTI)).sum(1)
+    assert 0.999 <= cos.min() < 1.0 - 1e-6, cos  # close, and really quantized
 
 
 @pytest.mark.parametrize("backend", ["torch", "openvino"])

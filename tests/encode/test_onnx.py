@@ -85,10 +85,10 @@ def test_pooling_is_part_of_the_key(tmp_path, make_bert):
     np.testing.assert_allclose(cls.encode(TEXTS), ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx", "openvino"])
+@pytest.mark.parametrize("backend", ["torch", "onnx", "openvino", "ctranslate2"])
 def test_text_pairs(tmp_path_factory, bert_dir, backend):
-    if backend == "openvino":
-        pytest.importorskip("openvino")
+    if backend in ("openvino", "ctranslate2"):
+        pytest.importorskip(backend)
     firsts, seconds = TEXTS, TEXTS[::-1]
     enc = Encoder(bert_dir, backend=backend, cache_dir=tmp_path_factory.mktemp("pairs"))
     assert enc.token_types  # BERT with 2 segment types: the graph takes token_type_ids

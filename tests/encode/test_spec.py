@@ -27,14 +27,10 @@ TEXTS = [
 
 
 def _backends():
-    out = ["torch", "onnx"]
-    try:
-        import openvino  # noqa: F401
+    import importlib.util
 
-        out.append("openvino")
-    except ImportError:
-        pass
-    return out
+    extra = [b for b, mod in (("openvino", "openvino"), ("ctranslate2", "ctranslate2")) if importlib.util.find_spec(mod)]
+    return ["torch", "onnx", *extra]
 
 
 @pytest.fixture(scope="module")

