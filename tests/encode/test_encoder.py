@@ -311,3 +311,18 @@ def test_bf16_is_close_to_fp32(enc_torch, backend):
     a, b = enc_torch.encode(MULTI), enc.encode(MULTI)
     cos = (a * b).sum(1)
     assert cos.min() >= 0.999, cos  # bf16 matmul inputs, fp32 accumulation
+
+
+def test_length_buckets_cover_and_bound_padding():
+    from xite_fast.encode.encoder import _batches
+
+    rng = np.random.default_rng(0)
+    lengths = np.sort(np.concatenate([rng.integers(3, 30, 900), rng.integers(100, 257, 40)]))[::-1]
+    b = _batches(lengths, 64)
+    assert b[0][0] == 0 and b[-1][1] == len(lengths)
+    assert all(j0 == i1 for (_, j0), (i1, _) in zip(b, b[1:], strict=False))
+    assert all(0 < j - i <= 64 for i, j in b)
+    fixed = sum(int(lengths[i]) * len(lengths[i : i + 64]) for i in range(0, len(lengths), 64))
+    ours = sum(int(lengths[i]) * (j - i) for i, j in b)
+    assert ours < 0.8 * fixed  # the long tail no longer pads whole batches
+    assert _batches(np.array([5]), 64) == [(0, 1)]
