@@ -224,7 +224,7 @@ def test_bad_texts(enc_onnx):
 def test_bad_constructor_args(e5_tiny_dir):
     with pytest.raises(ValueError, match="backend must be one of"):
         Encoder(backend="tf", num_layers=2)
-    with pytest.raises(ValueError, match=r"precision='int8' needs backend in \['onnx'\], got backend='torch'"):
+    with pytest.raises(ValueError, match=r"precision='int8' needs backend in \['onnx', 'ctranslate2'\], got backend='torch'"):
         Encoder(backend="torch", quantize=True, num_layers=2)
     with pytest.raises(ValueError, match="precision must be one of"):
         Encoder(precision="fp16", num_layers=2)

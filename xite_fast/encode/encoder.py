@@ -6,17 +6,18 @@ honoured, a plain Hugging Face folder is mean-pooled, and e5 models (only they) 
 
 Runtimes (``backend=``; all take the same padded batches and return the same pooled vectors):
 
-* ``"openvino"``: the exported ONNX graph (pooling inside) compiled by OpenVINO's CPU plugin --
-  the fastest fp32 runtime measured on the benchmark CPUs (bench/README.md); ``precision="bf16"``
-  runs it with bf16 matmuls (fp32 accumulation) on CPUs with native bf16.
+* ``"openvino"``: the exported ONNX graph (pooling inside) compiled by OpenVINO's CPU plugin;
+  ``precision="bf16"`` runs it with bf16 matmuls (fp32 accumulation) on CPUs with native bf16 -- the
+  fast path of bench/README.md.
 * ``"onnx"``: onnxruntime over the BERT-fused graph (EmbedLayerNormalization, Attention,
   SkipLayerNormalization, BiasGelu); the only runtime with ``precision="int8"`` (SmoothQuant + dynamic
   int8, :mod:`xite_fast.encode.quant`), and the one that uses a CUDA GPU when onnxruntime-gpu has one.
 * ``"ctranslate2"``: CTranslate2's encoder over a converted copy of the weights (fp32, or int8 weights
   and activations), pooling in numpy.
 * ``"torch"``: plain transformers under ``torch.inference_mode`` -- the reference.
-* ``"auto"`` (default): ``onnx`` for int8 or when onnxruntime sees a CUDA GPU, else ``openvino`` when
-  installed, else ``onnx``, else ``torch``. The choice is :attr:`Encoder.runtime` and part of
+* ``"auto"`` (default): ``onnx`` for int8 or when onnxruntime sees a CUDA GPU; for bf16 ``openvino``;
+  for fp32 ``ctranslate2`` when installed (falling back with a warning if it cannot convert the
+  model), else ``openvino``, else ``onnx``, else ``torch``. The choice is :attr:`Encoder.runtime` and part of
   :attr:`Encoder.model_id`, so a store manifest records it.
 
 Graphs are cached by the weights' content (:mod:`xite_fast.encode.onnx`). Every runtime tokenizes
@@ -94,6 +95,10 @@ def _auto_backend(precision: str) -> str:
             return "openvino"
         except ImportError:
             return "torch"
+    import importlib.util
+
+    if importlib.util.find_spec("ctranslate2") is not None:
+        return "ctranslate2"  # the fastest fp32 runtime in bench_encode.py once padding is bounded
     try:
         import_openvino()
         return "openvino"
@@ -176,7 +181,8 @@ class Encoder:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
         if num_threads is not None:
             num_threads = check_positive_int("num_threads", num_threads)
-        self.backend = _auto_backend(self.precision) if backend == "auto" else backend
+        self._auto = backend == "auto"
+        self.backend = _auto_backend(self.precision) if self._auto else backend
         if self.backend == "onnx":
             import_ort()  # fail fast with the install hint, before any conversion work
         elif self.backend == "openvino":
@@ -334,7 +340,21 @@ class Encoder:
 
     def _make_runtime(self):
         if self.backend == "ctranslate2":
-            return CTranslate2Runtime(self._ct2_model(), self.inputs, self.num_threads, self.precision, self.pooling)
+            try:
+                return CTranslate2Runtime(
+                    self._ct2_model(), self.inputs, self.num_threads, self.precision, self.pooling
+                )
+            except Exception as exc:  # auto: a model CTranslate2 cannot convert falls back, visibly
+                if not self._auto:
+                    raise
+                import warnings
+
+                warnings.warn(f"ctranslate2 runtime unavailable for {self.model_path} ({exc!r}); using OpenVINO / onnxruntime", stacklevel=3)
+                try:
+                    import_openvino()
+                    self.backend = "openvino"
+                except ImportError:
+                    self.backend = "onnx"
         if self.backend == "torch":
             return TorchRuntime(self.model_path, self.inputs, self.num_threads, self.precision, self.pooling)
         if self.backend == "openvino":
