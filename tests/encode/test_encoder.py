@@ -291,7 +291,7 @@ def test_runtime_is_visible_in_model_id(enc_onnx, enc_torch, e5_tiny_dir):
     fp = enc_onnx.fingerprint
     assert fp["weights_sha256"] == enc_onnx.weights_sha256 and fp["pooling"] == "mean" and fp["prefix"] == "query: "
     auto = Encoder(num_layers=2)  # picks a runtime; the choice is recorded
-    assert auto.backend in ("openvino", "onnx", "torch") and auto.backend in auto.runtime.replace("onnxruntime", "onnx")
+    assert auto.backend in ("ctranslate2", "openvino", "onnx", "torch") and auto.backend in auto.runtime.replace("onnxruntime", "onnx")
 
 
 def test_ct2_int8_is_close_to_fp32(enc_torch):
