@@ -341,3 +341,10 @@ def test_json_summary_and_quiet(tmp_path, capsys):
     summary = json.loads(cap.out)
     assert summary["n_synthetic"] == 10 and summary["out"] == str(tmp_path / "o")
     assert "[xite-fast]" not in cap.err  # --quiet: warnings only
+
+
+def test_encoder_backend_choices_are_the_encoders():
+    from xite_fast.cli.main import ENCODER_BACKENDS
+    from xite_fast.encode.encoder import BACKENDS
+
+    assert ENCODER_BACKENDS == BACKENDS

