@@ -20,7 +20,9 @@ provider, then repeat 2, ...) so host drift on a shared machine lands in every p
 Reported per provider: median seconds over ``--repeats`` runs, queries/s, effective GFLOP/s
 (2 N M D / t), % of the fp32 FMA peak measured in the same run (``_C.cosine_topk_fma_peak``: register
 FMA chains on all threads, best of 5, before and after the cases), extra peak RSS during the call
-(sampled from /proc every 5 ms) and the ratio of q/s vs faiss. numpy and torch_ref run once on the
+(sampled from /proc every 5 ms) and the ratio of q/s vs faiss. On a shared host, wall time moves with the
+other jobs; "CPU-s GFLOP/s" is FLOP per CPU-second of the process x threads (the rate while it runs,
+spin-waits included), the figure to hold against the peak when the load average is above ~0.5. numpy and torch_ref run once on the
 first ``--slow-queries`` queries against all M keys (q/s is per query at fixed M, so it is comparable).
 
 Usage::
@@ -288,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     peak0 = fma_peak_gflops()
     print(
         f"machine: {machine_s}; OpenMP threads {threads}; torch threads {torch.get_num_threads()}; "
-        f"load {load_average()}; FMA peak {peak0}"
+        f"load {load_average()}"
     )
     cases = []
     for d in dims:
@@ -304,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
 
         fns = {p: _provider(p, q, x, args.k, slow_n, args.repeats, normed) for p in providers}
         times = {p: [] for p in providers}
+        cpu = {p: [] for p in providers}
         extra = dict.fromkeys(providers, 0)
         outs = {}
         loads = []
@@ -313,20 +316,26 @@ def main(argv: list[str] | None = None) -> int:
                 if rep >= reps:
                     continue
                 with PeakRSS() as mem:
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     out = fn()
                     times[prov].append(time.perf_counter() - t0)
+                    cpu[prov].append(time.process_time() - c0)
                 extra[prov] = max(extra[prov], mem.extra)
                 outs[prov] = np.asarray(out[1])[: min(64, nq)]
                 print(f"  d={d} {prov:11s} repeat {rep + 1}: {times[prov][-1]:8.3f} s", flush=True)
             loads.append(load_average())
         del fns, cache
-        cases.append((d, times, extra, outs, loads))
+        cases.append((d, times, cpu, extra, outs, loads))
     peak1 = fma_peak_gflops()
     peak = max(peak0.get("peak", 0.0), peak1.get("peak", 0.0)) or float("nan")
-    print(f"\nFMA peak (best of 5, {threads} threads) before {peak0}, after {peak1} -> {peak:.1f} GFLOP/s")
+    cpu_peak = max(peak0.get("cpu_peak", 0.0), peak1.get("cpu_peak", 0.0)) or float("nan")
+    fmt = lambda p: ", ".join(f"{k} {v:.1f}" for k, v in p.items())  # noqa: E731
+    print(
+        f"\nFMA peak (best of 5, {threads} threads), GFLOP/s: before {fmt(peak0)}; after {fmt(peak1)} -> "
+        f"wall {peak:.1f}, per CPU-second {cpu_peak:.1f}"
+    )
     rows = []
-    for d, times, extra, outs, loads in cases:
+    for d, times, cpu, extra, outs, loads in cases:
         flop_per_query = 2.0 * m * d
         ref_idx = next(iter(outs.values()))
         results = {}
@@ -336,19 +345,25 @@ def main(argv: list[str] | None = None) -> int:
             idx = outs[prov]
             agree = float((np.sort(idx, 1)[: len(ref_idx)] == np.sort(ref_idx, 1)[: len(idx)]).mean())
             qps = nq / med
-            results[prov] = dict(seconds=med, qps=qps, gflops=qps * flop_per_query / 1e9, n=nq, agree=agree)
+            # per CPU-second of this process (all threads; spin-waits count): the rate a core gives while
+            # the process runs on it, so other jobs on the host do not move it (they move wall time)
+            cpu_rate = nq * flop_per_query / statistics.median(cpu[prov]) / 1e9 * threads
+            results[prov] = dict(
+                seconds=med, qps=qps, gflops=qps * flop_per_query / 1e9, n=nq, agree=agree, cpu_gflops=cpu_rate
+            )
         base = results.get("faiss", {}).get("qps")
         print(f"\nN={n} M={m} d={d} k={args.k}; load during the case {loads[0]} .. {loads[-1]}")
         print(
             f"{'provider':11s} {'N run':>6s} {'runs':>4s} {'median s':>9s} {'q/s':>9s} {'GFLOP/s':>8s} "
-            f"{'% peak':>6s} {'+MiB':>7s} {'vs faiss':>8s}  setting"
+            f"{'% peak':>6s} {'CPU-s GFLOP/s':>13s} {'+MiB':>7s} {'vs faiss':>8s}  setting"
         )
         for prov, r in results.items():
             ratio = r["qps"] / base if base else float("nan")
             pct = 100 * r["gflops"] / peak
             print(
                 f"{prov:11s} {r['n']:6d} {len(times[prov]):4d} {r['seconds']:9.3f} {r['qps']:9.1f} {r['gflops']:8.1f} "
-                f"{pct:5.1f}% {extra[prov] / 2**20:7.1f} {ratio:7.2f}x  {settings.get(prov, '')}"
+                f"{pct:5.1f}% {r['cpu_gflops']:8.1f} ({100 * r['cpu_gflops'] / cpu_peak:3.0f}%) {extra[prov] / 2**20:7.1f} "
+                f"{ratio:7.2f}x  {settings.get(prov, '')}"
                 + (f" (agree {r['agree']:.3f})" if r["agree"] < 1 else "")
             )
             rows.append(
@@ -370,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
                     setting=settings.get(prov, ""),
                     fma_peak_gflops=f"{peak:.1f}",
                     pct_of_peak=f"{pct:.1f}",
+                    cpu_gflops=f"{r['cpu_gflops']:.1f}",
+                    cpu_fma_peak_gflops=f"{cpu_peak:.1f}",
+                    cpu_pct_of_peak=f"{100 * r['cpu_gflops'] / cpu_peak:.1f}",
                     load_avg=f"{loads[0]} .. {loads[-1]}",
                 )
             )
