@@ -109,9 +109,10 @@ def torch_mm_topk(qn, xn, k: int, qchunk: int = 4096, kchunk: int = 16384):
     """torch.mm on pre-normalised (N, d) / (M, d) float32 tensors + topk per (query, key) chunk."""
     import torch
 
-    out_s = torch.empty((qn.shape[0], k), dtype=torch.float32)
-    out_i = torch.empty((qn.shape[0], k), dtype=torch.int64)
-    buf = torch.empty((min(qchunk, qn.shape[0]), min(kchunk, xn.shape[0])), dtype=torch.float32)
+    dev = qn.device  # CPU here; scripts/gpu_check.sh runs the same function on CUDA tensors
+    out_s = torch.empty((qn.shape[0], k), dtype=torch.float32, device=dev)
+    out_i = torch.empty((qn.shape[0], k), dtype=torch.int64, device=dev)
+    buf = torch.empty((min(qchunk, qn.shape[0]), min(kchunk, xn.shape[0])), dtype=torch.float32, device=dev)
     for i0 in range(0, qn.shape[0], qchunk):
         qc = qn[i0 : i0 + qchunk]
         ps, pi = [], []
