@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -20,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -108,9 +108,9 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 def _alive_nodes(address: str, env: dict[str, str]) -> int:
     code = (
-        "import ray; ray.init(address=%r, log_to_driver=False, configure_logging=False); "
+        f"import ray; ray.init(address={address!r}, log_to_driver=False, configure_logging=False); "
         "print('NODES', sum(1 for n in ray.nodes() if n['Alive'] and n['Resources'].get('CPU'))); ray.shutdown()"
-    ) % address
+    )
     try:
         r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
     except subprocess.TimeoutExpired:
@@ -166,8 +166,9 @@ def ray_two_nodes():
 
 def _cli() -> list[str]:
     """argv prefix running the ``xite-fast`` console script named in pyproject.toml."""
-    target = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["xite-fast"]
-    module, func = target.split(":")
+    m = re.search(r'^xite-fast\s*=\s*"([\w.]+):(\w+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert m, "pyproject.toml declares no xite-fast console script"
+    module, func = m.groups()
     return [sys.executable, "-c", f"import sys; from {module} import {func} as m; sys.exit(m(sys.argv[1:]))"]
 
 
