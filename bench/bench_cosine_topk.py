@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         cases.append((d, times, cpu, extra, outs, loads))
     peak1 = fma_peak_gflops()
     peak = max(peak0.get("peak", 0.0), peak1.get("peak", 0.0)) or float("nan")
-    cpu_peak = max(peak0.get("cpu_peak", 0.0), peak1.get("cpu_peak", 0.0)) or float("nan")
+    cpu_peak = max(peak0.get("cpu_peak", 0.0), peak1.get("cpu_peak", 0.0)) or float("nan")  # conservative
     fmt = lambda p: ", ".join(f"{k} {v:.1f}" for k, v in p.items())  # noqa: E731
     print(
         f"\nFMA peak (best of 5, {threads} threads), GFLOP/s: before {fmt(peak0)}; after {fmt(peak1)} -> "
