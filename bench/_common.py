@@ -39,14 +39,71 @@ def bench_lock(enabled: bool = True) -> IO | None:
     return lock
 
 
+def load_average() -> str:
+    """1/5/15-minute load averages as ``"0.42/0.61/0.70"`` (recorded with every figure)."""
+    return "/".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def fma_peak_gflops(repeats: int = 5, iters: int = 20_000_000, cpu_iters: int = 200_000_000) -> dict[str, float]:
+    """Measured fp32 FMA peak of this CPU, all OpenMP threads.
+
+    Runs ``xite_fast._C.cosine_topk_fma_peak`` (12 register FMA chains per thread, no memory
+    operands). ``peak``: wall-clock GFLOP/s, best of ``repeats`` short runs per ISA (other jobs on a
+    shared host only ever lower it). ``cpu_peak``: FLOP per CPU-second of the process x threads
+    (the rate while the threads run, insensitive to other jobs), the median of 3 long runs
+    (``cpu_iters``, ~0.7 s each): CPU time is accounted in ticks, so the best of short runs is
+    biased upwards (it read 140 GFLOP/s per 117-GFLOP/s core under load). Returns
+    ``{"avx2": ..., "avx512": ... (when present), "peak": ..., "cpu_peak": ...}``; empty without
+    the extension.
+    """
+    import statistics
+    import time
+
+    import xite_fast
+
+    ext = xite_fast._backend.load_extension()
+    if ext is None or not hasattr(ext, "cosine_topk_fma_peak"):
+        return {}
+    threads = ext.max_threads()
+    isas = ["avx2"] + (["avx512"] if ext.cpu_supports_avx512() else [])
+    out: dict[str, float] = {isa: max(ext.cosine_topk_fma_peak(isa, 0, iters) for _ in range(repeats)) for isa in isas}
+    out["peak"] = max(out.values())
+    cpu_rates = []
+    for _ in range(3):
+        t0, c0 = time.perf_counter(), time.process_time()
+        g = ext.cosine_topk_fma_peak(isas[-1], 0, cpu_iters)
+        cpu_rates.append(g * (time.perf_counter() - t0) / (time.process_time() - c0) * threads)
+    out["cpu_peak"] = statistics.median(cpu_rates)
+    return out
+
+
 def append_csv(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Append ``rows`` to ``path``, writing the header when the file is new."""
+    """Append ``rows`` to ``path``, writing the header when the file is new.
+
+    When the rows bring columns the file lacks, the file is rewritten once with the union of the
+    columns (old rows keep empty cells), so a CSV never holds rows shifted under the wrong header.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
+    fields = list(rows[0])
+    for r in rows[1:]:
+        fields += [f for f in r if f not in fields]
+    if path.exists():
+        with path.open(newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            old = [dict(zip(header, r, strict=False)) for r in reader]
+        if set(fields) - set(header):
+            fields = header + [f for f in fields if f not in header]
+            with path.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields, restval="")
+                w.writeheader()
+                w.writerows(old)
+        else:
+            fields = header
+    else:
+        with path.open("w", newline="") as f:
+            csv.DictWriter(f, fieldnames=fields).writeheader()
     with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+        csv.DictWriter(f, fieldnames=fields, restval="").writerows(rows)
     print(f"wrote {len(rows)} rows to {path}")

@@ -22,6 +22,7 @@ def cosine_topk(
     kernel: str = "auto",
     d_block: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]: ...
+def cosine_topk_fma_peak(isa: str = "avx2", num_threads: int = 0, iters: int = 20000000) -> float: ...
 def lda_project_interp(
     src: np.ndarray,
     tgt: np.ndarray,

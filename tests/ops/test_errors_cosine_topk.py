@@ -209,3 +209,22 @@ def test_float32_overflow_is_an_error_not_garbage(sign, n):
     # normalising makes the same data well defined
     s, _ = cosine_topk(q, x, 3, backend="cpu")
     np.testing.assert_allclose(s, np.full((n, 3), sign, np.float32), atol=1e-6)
+
+
+@pytest.mark.skipif(not HAS_CPU, reason="C++ kernel not built")
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (("sse", 0, 1000), "cosine_topk_fma_peak: isa must be 'avx2' or 'avx512', got 'sse'"),
+        (("avx2", 0, 0), "cosine_topk_fma_peak: iters must be > 0, got 0"),
+    ],
+)
+def test_fma_peak_checks(args, match):
+    """The FMA peak micro-benchmark behind the bench's "% of peak" validates its arguments."""
+    ext = _backend.load_extension()
+    with pytest.raises(ValueError, match=re.escape(match)):
+        ext.cosine_topk_fma_peak(*args)
+    if not ext.cpu_supports_avx512():
+        with pytest.raises(ValueError, match=re.escape("isa='avx512' needs a CPU with AVX-512F")):
+            ext.cosine_topk_fma_peak("avx512", 1, 1000)
+    assert ext.cosine_topk_fma_peak("avx2", 1, 1000) > 0
