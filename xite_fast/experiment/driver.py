@@ -2,6 +2,14 @@
 
 ``xite-fast experiment --langs korean japanese --seeds 0 1 2 --out bench/results/experiment_e5s``
 
+Tasks (``--task``): ``chatterbot`` (the default, described below), ``sentiment`` (English source =
+a fixed-seed stratified ``--en-size`` sample of ``sentiment:en``, each ``--targets`` language split by
+:func:`xite_fast.data.sentiment.split_pool_test` into an unlabelled pool and ``--test-size`` gold test
+rows) and ``pairs`` (response selection, ``pairs:english`` -> ``pairs:<lang>``, split by conversation;
+records carry ``text_pair``, which is tokenized as the second segment and matched on the pair's
+embedding). The ``oracle`` row fine-tunes stage 2 on the pool's gold labels: an upper reference, not a
+method; the tables report the share of the zero-shot -> oracle gap each row closes.
+
 Protocol (per seed):
 
 * Data: the topics shared by English and every target language (19). English and each target language
