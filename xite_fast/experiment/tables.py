@@ -123,7 +123,9 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
         + (f"; **--limit {args.limit} (quick check, not the full data)**" if args.limit else "")
         + ".",
         "",
-        "Target acc / macro-F1 on the held-out target conversations; English = English test accuracy after "
+        "Target acc / macro-F1 on the "
+        + ("gold target test rows" if task == "sentiment" else "held-out target conversations")
+        + "; English = English test accuracy after "
         "the row's last stage (retention). match/pseudo = accuracy of the XITE-matched labels / stage-1 "
         "pseudo-labels on the (unlabelled) target pool (label-transfer accuracy of the matched pool). gap closed = "
         "(row acc - zero-shot acc) / (oracle acc - zero-shot acc), the share of the zero-shot -> oracle gap the row "
