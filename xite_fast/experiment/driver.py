@@ -2,6 +2,14 @@
 
 ``xite-fast experiment --langs korean japanese --seeds 0 1 2 --out bench/results/experiment_e5s``
 
+Tasks (``--task``): ``chatterbot`` (the default, described below), ``sentiment`` (English source =
+a fixed-seed stratified ``--en-size`` sample of ``sentiment:en``, each ``--targets`` language split by
+:func:`xite_fast.data.sentiment.split_pool_test` into an unlabelled pool and ``--test-size`` gold test
+rows) and ``pairs`` (response selection, ``pairs:english`` -> ``pairs:<lang>``, split by conversation;
+records carry ``text_pair``, which is tokenized as the second segment and matched on the pair's
+embedding). The ``oracle`` row fine-tunes stage 2 on the pool's gold labels: an upper reference, not a
+method; the tables report the share of the zero-shot -> oracle gap each row closes.
+
 Protocol (per seed):
 
 * Data: the topics shared by English and every target language (19). English and each target language
@@ -45,12 +53,13 @@ import numpy as np
 
 from xite_fast.experiment.tables import summarize, write_tables
 
-__all__ = ["main", "VARIANTS", "STAGE1_ROWS", "run_experiment", "summarize", "alignment_pairs", "row_names"]
+__all__ = ["main", "VARIANTS", "TASKS", "TASK_VARIANTS", "STAGE1_ROWS", "run_experiment", "summarize", "alignment_pairs", "row_names"]
 
 # name -> XiteConfig overrides for stage 2 (fields not listed come from the stage-2 base config)
 VARIANTS: dict[str, dict[str, Any]] = {
     "self-train": {"placement": "none"},
     "matched-only": {"placement": "none", "labels": "matched"},
+    "oracle": {"placement": "none", "labels": "gold"},
     "xite-sentence": {"placement": "sentence", "lda": False},
     "xite-sentence-lda": {"placement": "sentence", "lda": True},
     "xite-input": {"placement": "input", "lda": False},
@@ -62,6 +71,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # stage-2 rows trained on top of it ("plain" keeps the original names)
 STAGE1_ROWS = {"plain": "zero-shot", "ot": "ot-align", "ear": "ear"}
 STAGE1_SUFFIX = {"plain": "", "ot": "+ot", "ear": "+ear"}
+# default stage-2 rows of the sentiment and pairs tasks (chatterbot keeps DEFAULT_VARIANTS)
+TASK_VARIANTS = ["self-train", "matched-only", "xite-sentence", "oracle"]
+TASKS = ("chatterbot", "sentiment", "pairs")
+DEFAULT_LANGS = {"chatterbot": ["korean", "japanese"], "sentiment": ["zh", "fr"], "pairs": ["korean", "japanese"]}
 DEFAULT_VARIANTS = [
     "self-train",
     "xite-hidden",
@@ -74,13 +87,22 @@ DEFAULT_VARIANTS = [
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xite-fast experiment", description=__doc__.split("\n")[0])
-    p.add_argument("--langs", nargs="+", default=["korean", "japanese"], help="chatterbot target languages")
+    p.add_argument(
+        "--task", default="chatterbot", choices=TASKS,
+        help="chatterbot: 19-topic classification; sentiment: sentiment:en -> sentiment:<target>; pairs: "
+        "response selection (pairs:english -> pairs:<lang>, text + text_pair)",
+    )
+    p.add_argument(
+        "--langs", "--targets", dest="langs", nargs="+", default=None,
+        help="target languages (default: chatterbot/pairs korean japanese, sentiment zh fr)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument(
         "--out", default="bench/results/experiment", help="path prefix of <out>.md/.csv/_runs.jsonl"
     )
     p.add_argument(
-        "--variants", nargs="+", default=DEFAULT_VARIANTS, help=f"stage-2 rows, from {list(VARIANTS)}"
+        "--variants", nargs="+", default=None,
+        help=f"stage-2 rows, from {list(VARIANTS)} (default: chatterbot {DEFAULT_VARIANTS}, else {TASK_VARIANTS})",
     )
     p.add_argument("--model", default="e5-small", help="e5-small or a local HF folder")
     p.add_argument("--num-layers", type=int, default=6, help="truncate the encoder to its first N layers")
@@ -101,6 +123,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lda-mode", default="shift", choices=["proj", "shift", "interp", "comp"])
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument(
+        "--en-size", type=int, default=5000, help="sentiment: English training rows (fixed-seed stratified sample)"
+    )
+    p.add_argument("--en-test-size", type=int, default=1000, help="sentiment: English test rows (forgetting)")
+    p.add_argument("--pool-size", type=int, default=0, help="sentiment: target pool rows (0 = all but the test)")
+    p.add_argument("--test-size", type=int, default=1000, help="sentiment: target gold test rows (>= 500)")
     p.add_argument(
         "--limit", type=int, default=0, help="cap every train/pool/test set (quick checks); 0 = all"
     )
@@ -158,35 +186,95 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------------------------- data
-def load_splits(langs: list[str], test_fraction: float, split_seed: int, limit: int = 0) -> dict[str, Any]:
-    """English train/test and per-language pool/test, split by conversation, over the shared topics."""
+def load_splits(
+    langs: list[str],
+    test_fraction: float,
+    split_seed: int,
+    limit: int = 0,
+    *,
+    task: str = "chatterbot",
+    en_size: int = 5000,
+    en_test_size: int = 1000,
+    pool_size: int = 0,
+    test_size: int = 1000,
+) -> dict[str, Any]:
+    """English train/test and per-language pool/test of one task.
+
+    Every split is ``(texts, labels)``; ``"<split>_pair"`` holds the second texts of sentence pairs
+    (``None`` outside the pairs task). chatterbot and pairs split by conversation (``"<split>_conv"``:
+    the conversation ids, so tests can check that no test conversation leaks); sentiment splits each
+    language with :func:`xite_fast.data.sentiment.split_pool_test` (fixed seed, stratified): English into
+    an ``en_size`` training sample and ``en_test_size`` test rows, each target into a ``pool_size``
+    unlabelled pool (0: all the rest) and ``test_size`` gold test rows.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if task == "sentiment":
+        return _sentiment_splits(langs, split_seed, limit, en_size, en_test_size, pool_size, test_size)
     from xite_fast.data.chatterbot import chatterbot_topics, load_chatterbot, split_by_conversation
 
     topics = chatterbot_topics("english", *langs)
-    label_of = {t: i for i, t in enumerate(topics)}
+    if task == "pairs":
+        from xite_fast.data.pairs import load_pairs
 
-    convs: dict[int, list[str]] = {}
+        names = ["random", "next"]  # label 0: a random same-topic utterance, 1: the true next one
+        load = lambda lang: load_pairs(lang, topics=topics, seed=0)  # noqa: E731
+        label_of: dict[Any, int] = {0: 0, 1: 1}
+    else:
+        names = topics
+        load = lambda lang: load_chatterbot(lang, topics=topics)  # noqa: E731
+        label_of = {t: i for i, t in enumerate(topics)}
 
-    def prep(records: list[dict]) -> tuple[list[str], np.ndarray]:
-        if limit:
-            # deterministic thinning for quick checks that keeps every topic
-            step = max(1, len(records) // limit)
-            records = records[::step][:limit]
-        texts = [r["text"] for r in records]
-        convs[id(texts)] = [r["conv_id"] for r in records]
-        return texts, np.array([label_of[r["label"]] for r in records], dtype=np.int64)
+    def side(**parts: list[dict]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, records in parts.items():
+            if limit:
+                # deterministic thinning for quick checks that keeps every topic (pairs: whole
+                # (positive, negative) couples, so both labels stay)
+                g = 2 if task == "pairs" else 1
+                groups = [records[i : i + g] for i in range(0, len(records), g)]
+                step = max(1, len(groups) // max(1, limit // g))
+                records = [r for grp in groups[::step][: max(1, limit // g)] for r in grp]
+            out[k] = ([r["text"] for r in records], np.array([label_of[r["label"]] for r in records], dtype=np.int64))
+            out[f"{k}_pair"] = [r["text_pair"] for r in records] if task == "pairs" else None
+            out[f"{k}_conv"] = [r["conv_id"] for r in records]
+        return out
 
-    def side(**parts: tuple[list[str], np.ndarray]) -> dict[str, Any]:
-        # conv ids per split (key "<split>_conv") document and let tests check the no-leak property
-        return {**parts, **{f"{k}_conv": convs[id(v[0])] for k, v in parts.items()}}
-
-    en_train, en_test = split_by_conversation(
-        load_chatterbot("english", topics=topics), test_fraction, split_seed
-    )
-    out: dict[str, Any] = {"topics": topics, "english": side(train=prep(en_train), test=prep(en_test))}
+    en_train, en_test = split_by_conversation(load("english"), test_fraction, split_seed)
+    out: dict[str, Any] = {"topics": names, "english": side(train=en_train, test=en_test)}
     for lang in langs:
-        tr, te = split_by_conversation(load_chatterbot(lang, topics=topics), test_fraction, split_seed)
-        out[lang] = side(pool=prep(tr), test=prep(te))
+        tr, te = split_by_conversation(load(lang), test_fraction, split_seed)
+        out[lang] = side(pool=tr, test=te)
+    return out
+
+
+def _sentiment_splits(
+    langs: list[str], split_seed: int, limit: int, en_size: int, en_test_size: int, pool_size: int, test_size: int
+) -> dict[str, Any]:
+    from xite_fast.data.bundled import load_bundled
+    from xite_fast.data.sentiment import LABELS, split_pool_test
+
+    label_of = {name: i for i, name in enumerate(LABELS)}
+
+    def arrays(records: list[dict]) -> tuple[list[str], np.ndarray]:
+        if limit:
+            records = records[:: max(1, len(records) // limit)][:limit]
+        return [r["text"] for r in records], np.array([label_of[r["label"]] for r in records], dtype=np.int64)
+
+    def split(spec: str, test: int, pool: int) -> tuple[tuple, tuple, str]:
+        data = load_bundled(spec)
+        rest = len(data.records) - test
+        a, b = split_pool_test(data.records, test, split_seed, pool_size=(pool or None) if pool < rest else None)
+        return arrays(a), arrays(b), data.sha256
+
+    en_tr, en_te, en_sha = split("sentiment:en", en_test_size, en_size)
+    out: dict[str, Any] = {
+        "topics": list(LABELS),
+        "english": {"train": en_tr, "test": en_te, "train_pair": None, "test_pair": None, "sha256": en_sha},
+    }
+    for lang in langs:
+        pool, test, sha = split(f"sentiment:{lang}", test_size, pool_size)
+        out[lang] = {"pool": pool, "test": test, "pool_pair": None, "test_pair": None, "sha256": sha}
     return out
 
 
@@ -319,12 +407,12 @@ def _training_args(out_dir: Path, args: argparse.Namespace, seed: int, epochs: i
     )
 
 
-def _metrics(xm, tok, texts, labels, ev) -> dict[str, float]:
+def _metrics(xm, tok, texts, labels, ev, pairs=None) -> dict[str, float]:
     from sklearn.metrics import f1_score
 
     from xite_fast.train.trainer import predict
 
-    pred = predict(xm, tok, texts, **ev).label_ids
+    pred = predict(xm, tok, texts, pairs, **ev).label_ids
     y = np.asarray(labels)
     return {"accuracy": float((pred == y).mean()), "macro_f1": float(f1_score(y, pred, average="macro")), "n": len(y)}
 
@@ -357,10 +445,18 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
     runs_path, all_runs = _runs_files(out, args.runs_file)
     work = Path(args.work_dir) if args.work_dir else cache_root() / "experiment" / out.name
     done = _read_runs(all_runs)
-    data = load_splits(args.langs, args.test_fraction, args.split_seed, args.limit)
+    data = load_splits(
+        args.langs, args.test_fraction, args.split_seed, args.limit, task=args.task, en_size=args.en_size,
+        en_test_size=args.en_test_size, pool_size=args.pool_size, test_size=args.test_size,
+    )
     topics = data["topics"]
     n_labels = len(topics)
     en_tr, en_te = data["english"]["train"], data["english"]["test"]
+    en_tr_p, en_te_p = data["english"]["train_pair"], data["english"]["test_pair"]
+
+    def test_metrics(xm, tok, lang: str) -> dict[str, float]:
+        return _metrics(xm, tok, *data[lang]["test"], ev, data[lang]["test_pair"])
+
     print(
         f"[experiment] topics={n_labels} english train={len(en_tr[0])} test={len(en_te[0])} "
         + " ".join(
@@ -432,7 +528,7 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
             if stage1_file.exists():
                 _restore(xm, torch.load(stage1_file, map_location="cpu", weights_only=True))
             else:
-                ds1 = XiteDataset(tok, en_tr[0], en_tr[1], **tok_kw)
+                ds1 = XiteDataset(tok, en_tr[0], en_tr[1], text_pairs=en_tr_p, **tok_kw)
                 if cfg1.ear:
                     from xite_fast.objectives.ear import add_perturbed_copies
 
@@ -449,9 +545,9 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                 torch.save(_trainable_state(xm), stage1_file)
             xm.eval()
             stage1 = _trainable_state(xm)
-            last = {"english": _metrics(xm, tok, *en_te, ev)}
+            last = {"english": _metrics(xm, tok, *en_te, ev, en_te_p)}
             for lang in args.langs:
-                last[lang] = _metrics(xm, tok, *data[lang]["test"], ev)
+                last[lang] = test_metrics(xm, tok, lang)
             if zkey not in done:
                 rec = {
                     "key": zkey, "seed": seed, "variant": row, "engine": "trainer",
@@ -471,17 +567,20 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
 
             for lang in args.langs:
                 pool_texts, pool_gold = data[lang]["pool"]
+                pool_pairs = data[lang]["pool_pair"]
                 lang_keys = [f"s{seed}/{lang}/{v}{suffix}" for v in variants]
                 if all(k in done for k in lang_keys):
                     continue
                 _restore(xm, stage1)
                 xm.xite = XiteConfig(placement="none", cache_frozen=can_cache, **common)
                 idx, scores = match_sources(
-                    xm, tok, en_tr[0], pool_texts, center=args.match_center, backend=args.backend, **ev
-                )
+                    xm, tok, en_tr[0], pool_texts, source_text_pairs=en_tr_p, target_text_pairs=pool_pairs,
+                    center=args.match_center, backend=args.backend, **ev,
+                )  # pairs: matched on the pair's embedding
                 src_texts = [en_tr[0][i] for i in idx]
+                src_pairs = [en_tr_p[i] for i in idx] if en_tr_p is not None else None
                 xite_labels = en_tr[1][idx]
-                pseudo = predict(xm, tok, pool_texts, **ev).label_ids
+                pseudo = predict(xm, tok, pool_texts, pool_pairs, **ev).label_ids
                 diag = {
                     "match_label_acc": float((xite_labels == pool_gold).mean()),
                     "pseudo_label_acc": float((pseudo == pool_gold).mean()),
@@ -508,19 +607,26 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                     xm.lda_W = None
                     t0 = time.perf_counter()
                     if placement == "none":
-                        y2 = xite_labels if label_source == "matched" else pseudo
-                        ds2 = XiteDataset(tok, pool_texts, y2, **tok_kw)
+                        # oracle: the pool's gold labels (an upper reference, not a method)
+                        y2 = {"matched": xite_labels, "gold": pool_gold, "pseudo": pseudo}[label_source]
+                        ds2 = XiteDataset(tok, pool_texts, y2, text_pairs=pool_pairs, **tok_kw)
                     else:
-                        ds2 = XiteDataset(tok, pool_texts, xite_labels, source_texts=src_texts, **tok_kw)
+                        ds2 = XiteDataset(
+                            tok, pool_texts, xite_labels, text_pairs=pool_pairs, source_texts=src_texts,
+                            source_text_pairs=src_pairs, **tok_kw,
+                        )
                         if cfg2.lda:
-                            xm.set_lda(fit_lda(xm, tok, src_texts, pool_texts, **ev))
+                            xm.set_lda(fit_lda(
+                                xm, tok, src_texts, pool_texts, source_text_pairs=src_pairs,
+                                target_text_pairs=pool_pairs, **ev,
+                            ))
                     tr2 = XiteTrainer(
                         xm, _training_args(work / f"s{seed}" / lang / variant, args, seed, args.stage2_epochs, args.stage2_lr),
                         train_dataset=ds2, processing_class=tok,
                     )
                     tr2.train()
                     xm.eval()
-                    fin = {lang: _metrics(xm, tok, *data[lang]["test"], ev), "english": _metrics(xm, tok, *en_te, ev)}
+                    fin = {lang: test_metrics(xm, tok, lang), "english": _metrics(xm, tok, *en_te, ev, en_te_p)}
                     steps = max(1, int(tr2.state.global_step))
                     rec = {
                         "key": key, "seed": seed, "lang": lang, "variant": f"{variant}{suffix}", "stage1": row,
@@ -540,7 +646,7 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                     )
             _restore(xm, stage1)
             xm.xite = XiteConfig(placement="none", **{**common, "freeze_layers": args.freeze_layers})
-            en_check = _metrics(xm, tok, *en_te, ev)["accuracy"]  # full recompute (no cache): checks the cache
+            en_check = _metrics(xm, tok, *en_te, ev, en_te_p)["accuracy"]  # full recompute (no cache): checks the cache
             print(
                 f"[seed {seed}] {row} done in {time.perf_counter() - t_seed:.0f}s (stage-1 English re-check {en_check:.3f})",
                 flush=True,
@@ -556,6 +662,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args._argv = argv
+    if args.langs is None:
+        args.langs = list(DEFAULT_LANGS[args.task])
+    if args.variants is None:
+        args.variants = list(DEFAULT_VARIANTS if args.task == "chatterbot" else TASK_VARIANTS)
+    if args.task == "sentiment":
+        for name in ("en_size", "en_test_size", "pool_size"):
+            if getattr(args, name) < (0 if name == "pool_size" else 1):
+                raise SystemExit(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+        if args.test_size < 500 and not args.limit:
+            raise SystemExit(f"--test-size must be >= 500 (gold test rows), got {args.test_size}")
+    if args.task != "chatterbot" and "ot" in args.stage1_variants:
+        raise SystemExit("--stage1-variants ot needs parallel pairs: only with --task chatterbot")
     for name in ("num_layers", "max_length", "batch_size", "stage1_epochs", "stage2_epochs", "threads"):
         if getattr(args, name) <= 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")

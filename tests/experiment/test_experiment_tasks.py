@@ -1,0 +1,147 @@
+"""The sentiment and pairs tasks of the experiment driver: splits, table rows/columns, label sources."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from xite_fast.experiment.driver import TASK_VARIANTS, load_splits, main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _spy_trainer(monkeypatch, marker: str) -> dict:
+    """Record, per stage-2 run, the labels / source columns / placement its XiteTrainer trains on."""
+    import xite_fast.train.trainer as tr
+
+    seen: dict = {}
+    real = tr.XiteTrainer
+
+    class Spy(real):
+        def __init__(self, model, args=None, **kw):
+            if marker in args.output_dir:
+                ds = kw["train_dataset"]
+                seen[args.output_dir.rsplit("/", 1)[-1]] = {
+                    "labels": [int(x) for x in ds.columns["labels"]],
+                    "src": "src_input_ids" in ds.columns,
+                    "placement": model.xite.placement,
+                    "input_ids": [list(map(int, x)) for x in ds.columns["input_ids"]],
+                }
+            super().__init__(model, args, **kw)
+
+    monkeypatch.setattr(tr, "XiteTrainer", Spy)  # the driver imports it at call time
+    return seen
+
+
+def test_sentiment_splits_are_disjoint_stratified_and_sized():
+    d = load_splits(["zh"], 0.25, 0, task="sentiment", en_size=300, en_test_size=200, pool_size=250, test_size=500)
+    from xite_fast.data.bundled import load_bundled
+    from xite_fast.data.sentiment import LABELS, split_pool_test
+
+    assert d["topics"] == list(LABELS)
+    assert len(d["english"]["train"][0]) == 300 and len(d["english"]["test"][0]) == 200
+    assert len(d["zh"]["pool"][0]) == 250 and len(d["zh"]["test"][0]) == 500
+    assert not set(d["zh"]["pool"][0]) & set(d["zh"]["test"][0])
+    assert not set(d["english"]["train"][0]) & set(d["english"]["test"][0])
+    # exactly split_pool_test's split, labels mapped through LABELS
+    pool, test = split_pool_test(load_bundled("sentiment:zh").records, 500, 0, pool_size=250)
+    assert d["zh"]["test"][0] == [r["text"] for r in test]
+    assert d["zh"]["pool"][1].tolist() == [LABELS.index(r["label"]) for r in pool]
+    assert d["zh"]["pool_pair"] is None and d["english"]["train_pair"] is None
+
+
+def test_sentiment_task_rows_oracle_gold_and_matched_labels(tmp_path, tiny_model_dir, monkeypatch):
+    seen = _spy_trainer(monkeypatch, "/zh/")
+    out = tmp_path / "sent"
+    argv = [
+        "--task", "sentiment", "--targets", "zh", "--model", str(tiny_model_dir), "--num-layers", "2",
+        "--freeze-layers", "1", "--hidden-layer", "1", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1",
+        "--en-size", "200", "--en-test-size", "100", "--pool-size", "200", "--test-size", "100",
+        "--out", str(out), "--work-dir", str(tmp_path / "work"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    assert set(seen) == set(TASK_VARIANTS)
+    d = load_splits(["zh"], 0.25, 0, 40, task="sentiment", en_size=200, en_test_size=100, pool_size=200, test_size=100)
+    gold = d["zh"]["pool"][1].tolist()
+    assert seen["oracle"]["labels"] == gold and seen["oracle"]["placement"] == "none"
+    assert not seen["oracle"]["src"] and not seen["matched-only"]["src"]
+    assert seen["matched-only"]["labels"] == seen["xite-sentence"]["labels"]  # the transferred labels
+    assert seen["xite-sentence"]["src"] and seen["xite-sentence"]["placement"] == "sentence"
+    runs = {r["variant"]: r for r in map(json.loads, (tmp_path / "sent_runs.jsonl").read_text().splitlines())}
+    assert runs["oracle"]["labels"] == "gold" and runs["matched-only"]["labels"] == "matched"
+    # the recorded label-transfer accuracy is that of the labels matched-only trained on
+    acc = float(np.mean(np.array(seen["matched-only"]["labels"]) == np.array(gold)))
+    assert runs["matched-only"]["diag"]["match_label_acc"] == pytest.approx(acc)
+
+    rows = list(csv.DictReader(open(f"{out}.csv")))
+    assert [r["variant"] for r in rows] == ["zero-shot", *TASK_VARIANTS]
+    assert {"acc_mean", "f1_mean", "en_acc_mean", "en_before", "gap_closed", "match_label_acc"} <= set(rows[0])
+    by = {r["variant"]: r for r in rows}
+    zs, orc = float(by["zero-shot"]["acc_mean"]), float(by["oracle"]["acc_mean"])
+    assert float(by["zero-shot"]["en_acc_mean"]) == pytest.approx(runs["zero-shot"]["english"]["accuracy"])
+    assert all(float(r["en_before"]) == pytest.approx(float(by["zero-shot"]["en_acc_mean"])) for r in rows)
+    for r in rows:
+        if orc != zs:
+            want = (float(r["acc_mean"]) - zs) / (orc - zs)
+            assert float(r["gap_closed"]) == pytest.approx(want)
+    md = (tmp_path / "sent.md").read_text()
+    assert "binary sentiment" in md and "| zh | oracle |" in md and "gap closed" in md and "ΔEnglish" in md
+
+
+def test_pairs_task_carries_text_pair_and_matches_on_pairs(tmp_path, tiny_model_dir, monkeypatch):
+    import xite_fast.train.trainer as tr
+
+    seen = _spy_trainer(monkeypatch, "/korean/")
+    calls = []
+    real_match = tr.match_sources
+
+    def spy_match(model, tok, src, tgt, **kw):
+        calls.append((kw.get("source_text_pairs"), kw.get("target_text_pairs")))
+        return real_match(model, tok, src, tgt, **kw)
+
+    monkeypatch.setattr(tr, "match_sources", spy_match)
+    out = tmp_path / "pairs"
+    argv = [
+        "--task", "pairs", "--langs", "korean", "--model", str(tiny_model_dir), "--num-layers", "2",
+        "--freeze-layers", "1", "--hidden-layer", "1", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1",
+        "--variants", "matched-only", "xite-sentence", "oracle",
+        "--out", str(out), "--work-dir", str(tmp_path / "work"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    d = load_splits(["korean"], 0.25, 0, 40, task="pairs")
+    assert d["topics"] == ["random", "next"] and set(d["korean"]["pool"][1].tolist()) == {0, 1}
+    # matching ran on the pairs (both sides), and the training rows are the tokenized (text, text_pair)
+    assert calls == [(d["english"]["train_pair"], d["korean"]["pool_pair"])]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text, pair = d["korean"]["pool"][0][0], d["korean"]["pool_pair"][0]
+    want = tok("query: " + text, pair, truncation=True, max_length=32)["input_ids"]
+    got = seen["oracle"]["input_ids"][0]
+    assert [t for t in got if t != tok.pad_token_id] == want
+    assert seen["oracle"]["labels"] == d["korean"]["pool"][1].tolist()
+    assert seen["xite-sentence"]["src"]
+    rows = list(csv.DictReader(open(f"{out}.csv")))
+    assert [r["variant"] for r in rows] == ["zero-shot", "matched-only", "xite-sentence", "oracle"]
+    assert "response selection" in (tmp_path / "pairs.md").read_text()
+
+
+def test_task_argument_errors(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--task", "nli", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="--test-size must be >= 500"):
+        main(["--task", "sentiment", "--test-size", "100", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="only with --task chatterbot"):
+        main(["--task", "pairs", "--stage1-variants", "ot", "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="task must be one of"):
+        load_splits(["zh"], 0.25, 0, task="nli")
