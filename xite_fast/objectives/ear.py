@@ -35,10 +35,10 @@ class EARLosses(NamedTuple):
 
 
 def _masked_mean_pool(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is None:
-        return h.mean(1)
-    m = (mask != 0).to(h.dtype).unsqueeze(-1)
-    return (h * m).sum(1) / m.sum(1).clamp_min(1)
+    # the one masked mean-pool (the encoder's), so EAR pools exactly as the embeddings do
+    from xite_fast.encode.onnx import pool
+
+    return h.mean(1) if mask is None else pool(h, (mask != 0).long(), "mean")
 
 
 def embedding_push(

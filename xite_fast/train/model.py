@@ -449,10 +449,10 @@ class XiteModel(nn.Module):
         """(B, D) float32 per row: ``"mean"`` the masked mean of the last hidden state; ``"sentence"`` the
         head's input (first token if it is a sequence); ``"input"``/``"hidden"`` the masked mean of the word
         embeddings / of the states entering ``hidden_layer`` (the levels LDA is fitted at)."""
-        m = attention_mask.unsqueeze(-1).float()
+        from xite_fast.encode.onnx import pool  # the one masked mean-pool (the encoder's)
 
         def mean(h: torch.Tensor) -> torch.Tensor:
-            return (h.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
+            return pool(h.float(), attention_mask, "mean")
 
         if level == "input":
             return mean(self.model.get_input_embeddings()(input_ids))
