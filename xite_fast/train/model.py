@@ -456,21 +456,26 @@ class XiteModel(nn.Module):
 
         if level == "input":
             return mean(self.model.get_input_embeddings()(input_ids))
-        if level == "sentence":
-            got: dict[str, torch.Tensor] = {}
+        got: dict[str, torch.Tensor] = {}
 
-            def grab(_mod: nn.Module, args: tuple) -> None:
-                got["x"] = args[0]
-                raise _Stop
-
-            h = self.head.register_forward_pre_hook(grab)
+        def run_until(register) -> torch.Tensor:
+            # run the model only until the hook has seen its tensor (_Stop ends the forward there)
+            h = register()
             try:
                 self._base(input_ids, attention_mask, token_type_ids)
             except _Stop:
                 pass
             finally:
                 h.remove()
-            x = got["x"]
+            return got["x"]
+
+        if level == "sentence":
+
+            def grab(_mod: nn.Module, args: tuple) -> None:
+                got["x"] = args[0]
+                raise _Stop
+
+            x = run_until(lambda: self.head.register_forward_pre_hook(grab))
             return (x[:, 0] if x.ndim == 3 else x).float()
         if level == "mean":
             return mean(self.last_hidden(input_ids, attention_mask, token_type_ids))
@@ -486,16 +491,10 @@ class XiteModel(nn.Module):
             got["x"] = out[0] if isinstance(out, tuple) else out
             raise _Stop
 
-        got = {}
-        h = (
-            self._layers[L].register_forward_pre_hook(grab_in, with_kwargs=True)
-            if L < N
-            else self._layers[N - 1].register_forward_hook(grab_out)
+        return mean(
+            run_until(
+                lambda: self._layers[L].register_forward_pre_hook(grab_in, with_kwargs=True)
+                if L < N
+                else self._layers[N - 1].register_forward_hook(grab_out)
+            )
         )
-        try:
-            self._base(input_ids, attention_mask, token_type_ids)
-        except _Stop:
-            pass
-        finally:
-            h.remove()
-        return mean(got["x"])
