@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 # TRITON_INTERPRET=1 (no CUDA device) is set by tests/conftest.py before this module is imported.
-import os
-
 import pytest
 import torch
 
@@ -241,15 +239,9 @@ for dt, prec in (("fp32", "tf32"), ("bf16", "ieee")):
 
 
 def test_kernel_compiles_for_sm80():
-    # the interpreter accepts code the GPU compiler rejects: compile ahead of time for sm_80 (PTX and
-    # cubin via triton's bundled ptxas; no GPU needed) in a subprocess without TRITON_INTERPRET
-    import subprocess
-    import sys
+    # the interpreter accepts code the GPU compiler rejects: compile ahead of time for sm_80
+    from triton_aot import run_aot
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", _AOT], capture_output=True, text=True, timeout=300, env=env)
+    out = run_aot(_AOT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["fp32", "ok", "bf16", "ok"]
