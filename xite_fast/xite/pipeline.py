@@ -70,7 +70,9 @@ class AugmentConfig:
         source: labelled corpus file (.jsonl / .tsv / .csv / .parquet) or a bundled spec.
         target: corpus file (labels, if present, are used as gold) or a bundled spec.
         out: run directory (created; resumable).
-        model, num_layers, encoder_backend: the encoder (``Encoder(model, num_layers=, backend=)``).
+        model, num_layers, encoder_backend, precision: the encoder (``Encoder(model, num_layers=,
+            backend=, precision=)``); ``precision`` changes the embeddings, so it is part of the run's
+            identity (``config.json``) and a resume with another one is refused.
         batch_size, shard_size: encoder batch; rows per embedding shard and per synthetic part.
         text_field, label_field, pair_field: field / column names (``pair_field``: sentence pairs).
         k, vote, threshold, temperature: matching and label transfer (:func:`transfer_labels`).
@@ -87,6 +89,7 @@ class AugmentConfig:
     model: str = "e5-small"
     num_layers: int | None = None
     encoder_backend: str | None = None
+    precision: str = "fp32"
     batch_size: int = 64
     shard_size: int = 65536
     text_field: str = "text"
@@ -122,6 +125,10 @@ class AugmentConfig:
         for name in ("max_rows", "num_layers"):
             if getattr(self, name) is not None:
                 check_positive_int(name, getattr(self, name))
+        from xite_fast.encode.encoder import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         for name in ("source", "target"):
@@ -314,6 +321,7 @@ class _Run:
         conf["version"] = _CONFIG_VERSION
         if self.encoder is not None:
             conf["model"] = str(getattr(self.encoder, "model_id", type(self.encoder).__name__))
+            conf["precision"] = str(getattr(self.encoder, "precision", self.cfg.precision))
         for name, idx in (("source", self.src), ("target", self.tgt)):
             conf[name] = {**inputs[name], **idx.fingerprint()}
         return conf
@@ -337,6 +345,8 @@ class _Run:
                 raise ValueError(
                     f"{exc}; {self.out} cannot be trusted: delete it (or use a new out directory) and rerun"
                 ) from None
+            if "precision" not in old and old.get("version") == _CONFIG_VERSION:
+                old["precision"] = "fp32"  # written before the option existed: every run was fp32
             if old != self.config:
                 diff = sorted(k for k in set(old) | set(self.config) if old.get(k) != self.config.get(k))
                 if self.committed():
@@ -356,7 +366,7 @@ class _Run:
         if self.encoder is None:
             from xite_fast.encode.encoder import Encoder
 
-            kw: dict = {"num_layers": self.cfg.num_layers}
+            kw: dict = {"num_layers": self.cfg.num_layers, "precision": self.cfg.precision}
             if self.cfg.encoder_backend is not None:
                 kw["backend"] = self.cfg.encoder_backend
             self.encoder = Encoder(self.cfg.model, **kw)
@@ -384,7 +394,7 @@ class _Run:
             if cfg.ray is not None and self.encoder is None:
                 from xite_fast.encode.ray import encode_corpus_ray
 
-                kw: dict = {"num_layers": cfg.num_layers}
+                kw: dict = {"num_layers": cfg.num_layers, "precision": cfg.precision}
                 if cfg.encoder_backend is not None:
                     kw["backend"] = cfg.encoder_backend
                 stores[name] = encode_corpus_ray(
