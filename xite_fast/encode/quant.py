@@ -1,6 +1,8 @@
-"""SmoothQuant + dynamic int8 quantization of the fused BERT ONNX graph (``Encoder(quantize=True)``).
+"""int8 encoders: SmoothQuant + dynamic int8 of the fused BERT ONNX graph for onnxruntime
+(``Encoder(backend="onnx", precision="int8")``), and NNCF static int8 of the raw graph for OpenVINO
+(:func:`quantize_openvino_int8`, ``backend="openvino"``). Both calibrate on :func:`calibration_texts`.
 
-Recipe (``_INT8_VERSION`` 3 in :mod:`xite_fast.encode.encoder`):
+onnxruntime recipe (``_INT8_VERSION`` 3 in :mod:`xite_fast.encode.encoder`):
 
 1. Calibrate: run the fp32 graph on real sentences and record, per input channel j of every quantized
    matmul, ``amax_j = max |X_j|`` over all non-padding tokens.
@@ -37,9 +39,12 @@ import numpy as np
 
 __all__ = [
     "CALIBRATION_LANGUAGES",
+    "calibration_batches",
     "calibration_texts",
     "cpu_has_vnni",
+    "import_nncf",
     "quantize_int8_smooth",
+    "quantize_openvino_int8",
     "smooth_graph",
     "smooth_scales",
 ]
