@@ -87,7 +87,7 @@ def _auto_backend(precision: str) -> str:
     import importlib.util
 
     if precision == "int8":
-        # OpenVINO + NNCF static int8 was 1.5x onnxruntime's dynamic int8 and within the label-transfer
+        # OpenVINO + NNCF static int8 was 1.73x onnxruntime's dynamic int8 and within the label-transfer
         # criterion where onnxruntime's was not (bench/README.md, bench_encode.py run 3)
         try:
             import_openvino()
