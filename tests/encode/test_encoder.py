@@ -351,3 +351,16 @@ def test_length_buckets_cover_and_bound_padding():
     ours = sum(int(lengths[i]) * (j - i) for i, j in b)
     assert ours < 0.8 * fixed  # the long tail no longer pads whole batches
     assert _batches(np.array([5]), 64) == [(0, 1)]
+
+
+@pytest.mark.parametrize("backend", ["openvino", "ctranslate2", "onnx"])
+def test_cpu_output_does_not_depend_on_thread_count(backend, e5_tiny_dir):
+    """Ray shards and resumes rely on it: the same texts give the same bytes with 1, 2 and 3 threads."""
+    pytest.importorskip({"openvino": "openvino", "ctranslate2": "ctranslate2", "onnx": "onnxruntime"}[backend])
+    from xite_fast.data.chatterbot import load_chatterbot
+
+    texts = [r["text"] for r in load_chatterbot("korean")][:40]
+    outs = [Encoder(backend=backend, num_layers=2, num_threads=t).encode(texts, batch_size=16) for t in (1, 2, 3)]
+    assert outs[0].shape == (40, 384)
+    for o in outs[1:]:
+        assert o.tobytes() == outs[0].tobytes()

@@ -18,8 +18,8 @@ Runtimes (``backend=``; all take the same padded batches and return the same poo
 * ``"torch"``: plain transformers under ``torch.inference_mode`` -- the reference.
 * ``"auto"`` (default): for int8 ``openvino`` when OpenVINO and NNCF are installed, else ``onnx``;
   ``onnx`` when onnxruntime sees a CUDA GPU; for bf16 ``openvino``;
-  for fp32 ``ctranslate2`` when installed (falling back with a warning if it cannot convert the
-  model), else ``openvino``, else ``onnx``, else ``torch``. The choice is :attr:`Encoder.runtime` and part of
+  for fp32 ``openvino``, else ``ctranslate2`` (falling back with a warning if it cannot convert the
+  model), else ``onnx``, else ``torch``. The choice is :attr:`Encoder.runtime` and part of
   :attr:`Encoder.model_id`, so a store manifest records it.
 
 Graphs are cached by the weights' content (:mod:`xite_fast.encode.onnx`). Every runtime tokenizes
@@ -108,13 +108,14 @@ def _auto_backend(precision: str) -> str:
             return "openvino"
         except ImportError:
             return "torch"
-    if importlib.util.find_spec("ctranslate2") is not None:
-        return "ctranslate2"  # the fastest fp32 runtime in bench_encode.py once padding is bounded
     try:
         import_openvino()
-        return "openvino"
+        return "openvino"  # the fastest fp32 runtime on a quiet host (bench_encode.py run 4)
     except ImportError:
-        return "onnx" if ort is not None else "torch"
+        pass
+    if importlib.util.find_spec("ctranslate2") is not None:
+        return "ctranslate2"
+    return "onnx" if ort is not None else "torch"
 
 
 _BUCKET_RATIO = 0.8  # a batch closes when the next text is < 80% of its width ...
