@@ -50,7 +50,9 @@ def _ref64(q, x, k, assume_normalized=False):
 def _same(a, b, msg=""):
     """Bit-identical (scores compared as their int32 bit patterns: -0.0 != 0.0)."""
     np.testing.assert_array_equal(a[1], b[1], err_msg=msg)
-    np.testing.assert_array_equal(np.asarray(a[0]).view(np.int32), np.asarray(b[0]).view(np.int32), err_msg=msg)
+    np.testing.assert_array_equal(
+        np.asarray(a[0]).view(np.int32), np.asarray(b[0]).view(np.int32), err_msg=msg
+    )
 
 
 def _bf16(a: np.ndarray) -> np.ndarray:
@@ -67,8 +69,14 @@ def _check(q, x, k, assume_normalized=False, atol=None, **kw):
     stats = EXT.cosine_topk_bf16_stats()
     _same(got, exp, str(kw))
     atol = atol or (ATOL if not assume_normalized else 2e-4)
-    assert_topk_equal(*got, *_ref64(q, x, k, assume_normalized), atol=atol, queries=q, keys=x,
-                      assume_normalized=assume_normalized)
+    assert_topk_equal(
+        *got,
+        *_ref64(q, x, k, assume_normalized),
+        atol=atol,
+        queries=q,
+        keys=x,
+        assume_normalized=assume_normalized,
+    )
     return got, stats
 
 
@@ -143,15 +151,21 @@ def test_bf16_duplicates_fall_back_to_fp32_exactly():
     a = rng.standard_normal(d).astype(np.float32)
     rand = rng.standard_normal((3000, d)).astype(np.float32)
     x = np.concatenate([rand, np.tile(a, (4500, 1))])  # 4,500 identical keys after 3,000 random ones
-    q = np.concatenate([a + 1e-3 * rng.standard_normal((20, d)).astype(np.float32),
-                        rng.standard_normal((30, d)).astype(np.float32)])
+    q = np.concatenate(
+        [
+            a + 1e-3 * rng.standard_normal((20, d)).astype(np.float32),
+            rng.standard_normal((30, d)).astype(np.float32),
+        ]
+    )
     for threads, split in [(1, "auto"), (2, "queries"), (2, "keys")]:
         (s, i), stats = _check(q, x, 16, num_threads=threads, split=split)
         if split == "keys":  # the cap is per key part (~940 keys here): no part overflows, all rescored
             assert stats["fallback"] == 0 and stats["candidates"] >= 20 * 4500, stats
         else:
             assert stats["fallback"] == 20, stats
-        np.testing.assert_array_equal(i[:20], np.tile(np.arange(3000, 3016), (20, 1)))  # lower index wins ties
+        np.testing.assert_array_equal(
+            i[:20], np.tile(np.arange(3000, 3016), (20, 1))
+        )  # lower index wins ties
     # all keys equal: every query falls back
     xe = np.tile(a, (5000, 1))
     (_, i), stats = _check(q[:7], xe, 5, num_threads=2)
@@ -262,10 +276,14 @@ def test_bf16_unavailable_raises_and_auto_falls_back(tmp_path):
     env = dict(os.environ, XITE_FAST_NO_AVX512_BF16="1")
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     path = tmp_path / "out.npy"
-    out = subprocess.run([sys.executable, "-c", script, str(path)], env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
-    assert "ERR cosine_topk: kernel='bf16' needs a CPU with AVX512_BF16 (this one lacks it; use 'auto')" in out.stdout
+    assert (
+        "ERR cosine_topk: kernel='bf16' needs a CPU with AVX512_BF16 (this one lacks it; use 'auto')"
+        in out.stdout
+    )
     i = np.load(path)
     rng = np.random.default_rng(0)
     q = rng.standard_normal((20, 96)).astype(np.float32)
