@@ -286,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     kernel = os.environ.get("XITE_FAST_CPU_KERNEL", "auto")
     has_bf16 = ext is not None and hasattr(ext, "cpu_supports_avx512_bf16") and ext.cpu_supports_avx512_bf16()
     fp32_auto = "avx512" if ext is not None and ext.cpu_supports_avx512() else "packed"
-    # what the C++ 'auto' dispatch picks at every d of this run (bf16 from D = 64, k <= 256)
-    auto = "bf16" if has_bf16 and min(dims) >= 64 and args.k <= 256 else fp32_auto
+    # what the C++ 'auto' dispatch picks at every d of this run (bf16 from D = 16, k <= 256)
+    auto = "bf16" if has_bf16 and min(dims) >= 16 and args.k <= 256 else fp32_auto
     for p in providers:
         if p.startswith("xite_"):
             settings[p] = f"kernel={p[5:] if p != 'xite_fast' else kernel + (f' ({auto})' if kernel == 'auto' else '')}"

@@ -213,7 +213,7 @@ def test_bf16_blocking_threads_and_streaming(n, m, d, tmp_path):
 
 @needs_bf16
 def test_bf16_python_api_and_auto_dispatch(tmp_path, monkeypatch):
-    """XITE_FAST_CPU_KERNEL=bf16 through cosine_topk (arrays and a .npy path); 'auto' picks bf16 from D=64."""
+    """XITE_FAST_CPU_KERNEL=bf16 through cosine_topk (arrays and a .npy path); 'auto' picks bf16 from D=16."""
     q, x = _data(40, 3000, 96, seed=5)
     np.save(tmp_path / "k.npy", x)
     exp = EXT.cosine_topk(q, x, 7, kernel=FP32)
@@ -225,8 +225,8 @@ def test_bf16_python_api_and_auto_dispatch(tmp_path, monkeypatch):
     assert EXT.cosine_topk_bf16_stats()["queries"] == 3
     _same(cosine_topk(q, x, 7, backend="cpu"), exp)  # auto at D=96: bf16
     assert EXT.cosine_topk_bf16_stats()["queries"] == 40
-    q2, x2 = _data(5, 300, 32, seed=6)
-    cosine_topk(q2, x2, 7, backend="cpu")  # auto at D=32: fp32, stats untouched
+    q2, x2 = _data(5, 300, 8, seed=6)
+    cosine_topk(q2, x2, 7, backend="cpu")  # auto at D=8: fp32, stats untouched
     assert EXT.cosine_topk_bf16_stats()["queries"] == 40
 
 

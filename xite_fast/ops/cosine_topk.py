@@ -16,7 +16,7 @@ sorted descending, ties broken by the lower key index. Two backends:
   with FMAs, so the output is bit-identical for every thread count, tiling and for both
   micro-kernels.
 
-  On CPUs with AVX512_BF16 (``vdpbf16ps``: twice the fp32 FMA rate) and D >= 64 the default is
+  On CPUs with AVX512_BF16 (``vdpbf16ps``: twice the fp32 FMA rate) and D >= 16 the default is
   the certified bf16 kernel: the same 12 x 32 tiles screen every key with bf16-rounded unit
   vectors, keep every key whose screened score is within twice a proven error bound of the
   running k-th best (the bound covers the bf16 rounding of both operands, the fp32 accumulation,
