@@ -54,7 +54,9 @@ def fma_peak_gflops(repeats: int = 5, iters: int = 20_000_000, cpu_iters: int = 
     (``cpu_iters``, ~0.7 s each): CPU time is accounted in ticks, so the best of short runs is
     biased upwards (it read 140 GFLOP/s per 117-GFLOP/s core under load). Returns
     ``{"avx2": ..., "avx512": ... (when present), "peak": ..., "cpu_peak": ...}``; empty without
-    the extension.
+    the extension. On AVX512_BF16 CPUs also ``"bf16_peak"`` / ``"bf16_cpu_peak"``: the same for
+    ``vdpbf16ps`` chains (64 FLOP per instruction), the denominator of the bf16 kernel's "% of bf16
+    peak" (``peak`` stays the fp32 figure).
     """
     import statistics
     import time
@@ -74,6 +76,14 @@ def fma_peak_gflops(repeats: int = 5, iters: int = 20_000_000, cpu_iters: int = 
         g = ext.cosine_topk_fma_peak(isas[-1], 0, cpu_iters)
         cpu_rates.append(g * (time.perf_counter() - t0) / (time.process_time() - c0) * threads)
     out["cpu_peak"] = statistics.median(cpu_rates)
+    if hasattr(ext, "cpu_supports_avx512_bf16") and ext.cpu_supports_avx512_bf16():
+        out["bf16_peak"] = max(ext.cosine_topk_fma_peak("avx512_bf16", 0, iters) for _ in range(repeats))
+        cpu_rates = []
+        for _ in range(3):
+            t0, c0 = time.perf_counter(), time.process_time()
+            g = ext.cosine_topk_fma_peak("avx512_bf16", 0, cpu_iters // 2)
+            cpu_rates.append(g * (time.perf_counter() - t0) / (time.process_time() - c0) * threads)
+        out["bf16_cpu_peak"] = statistics.median(cpu_rates)
     return out
 
 

@@ -5,7 +5,9 @@ provider, then repeat 2, ...) so host drift on a shared machine lands in every p
 
 * ``xite_fast``   - ``xite_fast.cosine_topk(..., backend="cpu")`` on raw (unnormalised) float32 data
   (its time includes normalising the queries and the key-norm pass).
-* ``xite_avx512`` / ``xite_packed`` / ``xite_dot`` - the same call forced to one micro-kernel.
+* ``xite_bf16`` / ``xite_avx512`` / ``xite_packed`` / ``xite_dot`` - the same call forced to one
+  micro-kernel (``bf16``: certified bf16 screening + exact fp32 rescoring, what ``auto`` picks on
+  AVX512_BF16 CPUs; its average candidates rescored per query and fp32 fallbacks are recorded).
 * ``faiss``       - ``faiss.IndexFlatIP.search`` on pre-normalised data (normalisation and ``add``
   excluded from the time: favourable to faiss). faiss-cpu's bundled OpenBLAS may mis-detect the core
   (on an Intel Xeon it picked "Prescott", SSE3): before loading faiss the script times it in one
@@ -19,7 +21,8 @@ provider, then repeat 2, ...) so host drift on a shared machine lands in every p
 
 Reported per provider: median seconds over ``--repeats`` runs, queries/s, effective GFLOP/s
 (2 N M D / t), % of the fp32 FMA peak measured in the same run (``_C.cosine_topk_fma_peak``: register
-FMA chains on all threads, best of 5, before and after the cases), extra peak RSS during the call
+FMA chains on all threads, best of 5, before and after the cases; for the bf16 kernel also % of the
+``vdpbf16ps`` peak measured the same way), extra peak RSS during the call
 (sampled from /proc every 5 ms) and the ratio of q/s vs faiss. On a shared host, wall time moves with the
 other jobs; "CPU-s GFLOP/s" is FLOP per CPU-second of the process x threads (the rate while it runs,
 spin-waits included), the figure to hold against the peak when the load average is above ~0.5. numpy and torch_ref run once on the
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--slow-queries", type=int, default=None, help="queries used by numpy/torch_ref")
-    ap.add_argument("--providers", default="xite_fast,faiss,torch_mm")
+    ap.add_argument("--providers", default="xite_fast,xite_avx512,faiss,torch_mm")
     ap.add_argument(
         "--faiss-coretypes",
         default="default,Zen,Haswell,SkylakeX",
@@ -281,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     ext = xite_fast._backend.load_extension()
     threads = ext.max_threads() if ext is not None else os.cpu_count()
     kernel = os.environ.get("XITE_FAST_CPU_KERNEL", "auto")
-    auto = "avx512" if ext is not None and ext.cpu_supports_avx512() else "packed"
+    has_bf16 = ext is not None and hasattr(ext, "cpu_supports_avx512_bf16") and ext.cpu_supports_avx512_bf16()
+    fp32_auto = "avx512" if ext is not None and ext.cpu_supports_avx512() else "packed"
+    # what the C++ 'auto' dispatch picks at every d of this run (bf16 from D = 16, k <= 256)
+    auto = "bf16" if has_bf16 and min(dims) >= 16 and args.k <= 256 else fp32_auto
     for p in providers:
         if p.startswith("xite_"):
             settings[p] = f"kernel={p[5:] if p != 'xite_fast' else kernel + (f' ({auto})' if kernel == 'auto' else '')}"
@@ -309,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         times = {p: [] for p in providers}
         cpu = {p: [] for p in providers}
         extra = dict.fromkeys(providers, 0)
+        cands = {p: [] for p in providers}  # bf16 kernel: candidates rescored per query, fp32 fallbacks
         outs = {}
         loads = []
         for rep in range(args.repeats):
@@ -322,21 +329,28 @@ def main(argv: list[str] | None = None) -> int:
                     times[prov].append(time.perf_counter() - t0)
                     cpu[prov].append(time.process_time() - c0)
                 extra[prov] = max(extra[prov], mem.extra)
+                if prov.startswith("xite_") and has_bf16:
+                    st = ext.cosine_topk_bf16_stats()
+                    if st["queries"] == nq and (prov == "xite_bf16" or (prov == "xite_fast" and auto == "bf16")):
+                        cands[prov].append((st["candidates"] / st["queries"], st["fallback"]))
                 outs[prov] = np.asarray(out[1])[: min(64, nq)]
                 print(f"  d={d} {prov:11s} repeat {rep + 1}: {times[prov][-1]:8.3f} s", flush=True)
             loads.append(load_average())
         del fns, cache
-        cases.append((d, times, cpu, extra, outs, loads))
+        cases.append((d, times, cpu, extra, cands, outs, loads))
     peak1 = fma_peak_gflops()
     peak = max(peak0.get("peak", 0.0), peak1.get("peak", 0.0)) or float("nan")
     cpu_peak = max(peak0.get("cpu_peak", 0.0), peak1.get("cpu_peak", 0.0)) or float("nan")  # conservative
+    bf16_peak = max(peak0.get("bf16_peak", 0.0), peak1.get("bf16_peak", 0.0)) or float("nan")
+    bf16_cpu_peak = max(peak0.get("bf16_cpu_peak", 0.0), peak1.get("bf16_cpu_peak", 0.0)) or float("nan")
     fmt = lambda p: ", ".join(f"{k} {v:.1f}" for k, v in p.items())  # noqa: E731
     print(
         f"\nFMA peak (best of 5, {threads} threads), GFLOP/s: before {fmt(peak0)}; after {fmt(peak1)} -> "
         f"wall {peak:.1f}, per CPU-second {cpu_peak:.1f}"
+        + (f"; bf16 (vdpbf16ps) wall {bf16_peak:.1f}, per CPU-second {bf16_cpu_peak:.1f}" if has_bf16 else "")
     )
     rows = []
-    for d, times, cpu, extra, outs, loads in cases:
+    for d, times, cpu, extra, cands, outs, loads in cases:
         flop_per_query = 2.0 * m * d
         ref_idx = next(iter(outs.values()))
         results = {}
@@ -367,6 +381,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{ratio:7.2f}x  {settings.get(prov, '')}"
                 + (f" (agree {r['agree']:.3f})" if r["agree"] < 1 else "")
             )
+            if cands[prov]:
+                cpq = statistics.mean(c for c, _ in cands[prov])
+                fb = max(f for _, f in cands[prov])
+                print(
+                    f"{'':11s} bf16: {100 * r['gflops'] / bf16_peak:.1f}% of the bf16 peak wall, "
+                    f"{100 * r['cpu_gflops'] / bf16_cpu_peak:.1f}% per CPU-second; {cpq:.1f} candidates "
+                    f"rescored per query, {fb} fp32 fallback queries; per repeat vs faiss: "
+                    + " / ".join(f"{tf / t:.2f}x" for t, tf in zip(times[prov], times.get("faiss", []), strict=False))
+                )
             rows.append(
                 dict(
                     date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -390,6 +413,14 @@ def main(argv: list[str] | None = None) -> int:
                     cpu_fma_peak_gflops=f"{cpu_peak:.1f}",
                     cpu_pct_of_peak=f"{100 * r['cpu_gflops'] / cpu_peak:.1f}",
                     load_avg=f"{loads[0]} .. {loads[-1]}",
+                    ratio_vs_faiss_per_repeat=" / ".join(
+                        f"{tf / t:.3f}" for t, tf in zip(times[prov], times.get("faiss", []), strict=False)
+                    ),
+                    bf16_peak_gflops=f"{bf16_peak:.1f}" if cands[prov] else "",
+                    pct_of_bf16_peak=f"{100 * r['gflops'] / bf16_peak:.1f}" if cands[prov] else "",
+                    cpu_pct_of_bf16_peak=f"{100 * r['cpu_gflops'] / bf16_cpu_peak:.1f}" if cands[prov] else "",
+                    candidates_per_query=f"{statistics.mean(c for c, _ in cands[prov]):.2f}" if cands[prov] else "",
+                    fallback_queries=str(max(f for _, f in cands[prov])) if cands[prov] else "",
                 )
             )
     print(flush=True)

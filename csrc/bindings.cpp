@@ -14,6 +14,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_supports_avx2", &xite::cpu_has_avx2_fma, "True when this CPU runs the AVX2/FMA kernels.");
   m.def("cpu_supports_avx512", &xite::cpu_has_avx512,
         "True when this CPU has AVX-512F (cosine_topk then picks its 12x32 AVX-512 micro-kernel).");
+  m.def("cpu_supports_avx512_bf16", &xite::cpu_has_avx512_bf16,
+        "True when this CPU has AVX512_BF16 (cosine_topk's certified bf16 screening kernel).");
   m.def("max_threads", []() { return omp_get_max_threads(); }, "OpenMP thread count in use.");
   m.def("with_cuda", []() {
 #ifdef XITE_WITH_CUDA

@@ -3,6 +3,7 @@
 
 #include <pybind11/pybind11.h>
 
+#include <cstdlib>
 #include <functional>
 #include <sstream>
 #include <stdexcept>
@@ -41,6 +42,23 @@ inline bool cpu_has_avx512() {
   static const bool has = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
+// AVX512_BF16 (vdpbf16ps): the bf16 screening kernel of cosine_topk. XITE_FAST_NO_AVX512_BF16=1
+// (read once per process) hides it, so the AVX-512-only dispatch and errors are testable here.
+inline bool cpu_has_avx512_bf16() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool has = [] {
+    const char* off = std::getenv("XITE_FAST_NO_AVX512_BF16");
+    if (off && *off && std::string(off) != "0") return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512bf16");
   }();
   return has;
 #else

@@ -25,8 +25,10 @@ BACKENDS = [
 ]
 needs_cpu = pytest.mark.skipif(not HAS_CPU, reason="C++ kernel not built")
 HAS_AVX512 = HAS_CPU and bool(_backend.load_extension().cpu_supports_avx512())
-# packed micro-kernels this CPU runs: AVX2 6x16 always, AVX-512 12x32 when present
-PACKED = ["packed"] + (["avx512"] if HAS_AVX512 else [])
+HAS_BF16 = HAS_CPU and bool(_backend.load_extension().cpu_supports_avx512_bf16())
+# packed micro-kernels this CPU runs: AVX2 6x16 always, AVX-512 12x32 and the certified bf16 kernel
+# (tests/ops/test_cosine_topk_bf16.py) when present
+PACKED = ["packed"] + (["avx512"] if HAS_AVX512 else []) + (["bf16"] if HAS_BF16 else [])
 ATOL = 2e-6
 
 
@@ -401,7 +403,7 @@ def test_cpp_kernels_zero_vectors_and_errors(kernel):
     big_q, big_x = np.full((7, 8), 1e20, np.float32), np.full((50, 8), 1e20, np.float32)
     with pytest.raises(ValueError, match="scores overflowed float32"):
         ext.cosine_topk(big_q, big_x, 3, True, 1, kernel=kernel)
-    with pytest.raises(ValueError, match="kernel must be 'auto', 'avx512', 'packed' or 'dot', got 'gemm'"):
+    with pytest.raises(ValueError, match="kernel must be 'auto', 'bf16', 'avx512', 'packed' or 'dot', got 'gemm'"):
         ext.cosine_topk(q, x, 3, kernel="gemm")
     with pytest.raises(ValueError, match="d_block must be >= 0"):
         ext.cosine_topk(q, x, 3, kernel=kernel, d_block=-1)

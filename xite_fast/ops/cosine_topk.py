@@ -14,8 +14,20 @@ sorted descending, ties broken by the lower key index. Two backends:
   keys, GIL released. It never materialises the N x M score matrix and never makes a normalised
   copy of the keys (key norms are an O(M) vector). Each score is summed in d order in one lane
   with FMAs, so the output is bit-identical for every thread count, tiling and for both
-  micro-kernels. ``XITE_FAST_CPU_KERNEL=avx512|packed|dot`` forces one (``dot`` is the older
-  unpacked 3 x 4 dot-product kernel); the default ``auto`` picks AVX-512 when present.
+  micro-kernels.
+
+  On CPUs with AVX512_BF16 (``vdpbf16ps``: twice the fp32 FMA rate) and D >= 16 the default is
+  the certified bf16 kernel: the same 12 x 32 tiles screen every key with bf16-rounded unit
+  vectors, keep every key whose screened score is within twice a proven error bound of the
+  running k-th best (the bound covers the bf16 rounding of both operands, the fp32 accumulation,
+  subnormal flushing and the exact path's own rounding, with a safety factor; derivation in
+  ``csrc/cpu/cosine_topk.cpp``), then rescore those candidates with exactly the fp32 kernels'
+  arithmetic. The result (indices, fp32 scores, tie order) is therefore bit-identical to the fp32
+  kernels; queries whose candidates outgrow a cap or the memory budget (degenerate data: many
+  duplicate or equal keys) are recomputed by the fp32 kernel, so exactness never depends on the
+  data. ``XITE_FAST_CPU_KERNEL=bf16|avx512|packed|dot`` forces one (``dot`` is the older unpacked
+  3 x 4 dot-product kernel, which rounds differently); ``auto`` picks bf16, else AVX-512, else AVX2
+  from the CPU's features at run time, and ``bf16`` on a CPU without AVX512_BF16 raises ValueError.
 * ``"torch"``: the chunked reference :func:`xite_fast.reference.cosine_topk_ref`.
 * ``"triton"`` / ``"cuda"``: the GPU kernels (``xite_fast.ops.triton.cosine_topk``,
   ``xite_fast._C.cosine_topk_cuda``) for torch CUDA tensors; ``"auto"`` picks them for CUDA inputs.
@@ -169,7 +181,7 @@ def _key_chunks(keys: Any):
         yield j0, keys[j0 : j0 + rows]
 
 
-_CPU_KERNELS = ("auto", "avx512", "packed", "dot")
+_CPU_KERNELS = ("auto", "bf16", "avx512", "packed", "dot")
 
 
 def _cpu_kernel() -> str:
