@@ -588,6 +588,9 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                     "match_center": bool(args.match_center),
                 }
                 print(f"[seed {seed}] {row} {lang}: {diag}", flush=True)
+                # per pool row, for the similarity histogram / label-transfer accuracy per bin (tables.write_plots)
+                diag["sim"] = [round(float(x), 4) for x in scores]
+                diag["sim_ok"] = (xite_labels == pool_gold).astype(int).tolist()
                 for variant in variants:
                     key = f"s{seed}/{lang}/{variant}{suffix}"
                     if key in done:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["summarize", "write_tables"]
+__all__ = ["summarize", "write_tables", "write_plots"]
 
 
 # --------------------------------------------------------------------------------------------- tables
@@ -169,11 +169,67 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
     return "\n".join(lines) + "\n", csv_rows
 
 
+def _kept_sections(path: Path) -> str:
+    """The hand-written part of an existing table file: everything from its first ``## `` heading on
+    (e.g. "How this run was reduced"), so regenerating the tables (``--tables-only``) keeps it."""
+    if not path.exists():
+        return ""
+    text = path.read_text(encoding="utf-8")
+    at = text.find("\n## ")
+    return text[at:] if at >= 0 else ""
+
+
+def write_plots(done: dict[str, dict], args: argparse.Namespace, rows: list[dict]) -> list[Path]:
+    """``<out>.png``: target accuracy per row with seed error bars (mean ± std), one panel per language;
+    ``<out>_sim.png`` (when the runs carry per-row match similarities, ``diag["sim"]``): the match-similarity
+    histogram of the pool with the label-transfer accuracy per similarity bin, in the stage-1 model's space.
+    Returns the paths written."""
+    from xite_fast.experiment.transfer import plot_accuracy, plot_similarity
+
+    out = Path(args.out)
+    task = getattr(args, "task", "chatterbot")
+    written: list[Path] = []
+    if not rows:
+        return written
+    summary = [{"target": r["lang"], "row": r["variant"], "acc": r["acc_mean"], "acc_std": r["acc_std"]} for r in rows]
+    acc_png = out.with_name(out.name + ".png")
+    plot_accuracy(summary, acc_png, f"{task} (fine-tuned, {len({s for r in rows for s in r['seeds'].split()})} seed(s))")
+    written.append(acc_png)
+    analyses: dict[str, list[dict]] = {}
+    for lang in args.langs:
+        per_seed: dict[int, dict] = {}
+        for r in done.values():
+            d = r.get("diag") or {}
+            if r.get("lang") == lang and r["seed"] in args.seeds and "sim" in d and r["seed"] not in per_seed:
+                if r.get("stage1", "zero-shot") == "zero-shot":
+                    per_seed[r["seed"]] = {"sim": d["sim"], "sim_ok": d["sim_ok"], "pseudo_acc": d["pseudo_label_acc"]}
+        if per_seed:
+            analyses[lang] = [per_seed[k] for k in sorted(per_seed)]
+    if analyses:
+        centered = all(
+            (r.get("diag") or {}).get("match_center", True) for r in done.values() if "sim" in (r.get("diag") or {})
+        )
+        sim_png = out.with_name(out.name + "_sim.png")
+        plot_similarity(
+            analyses, sim_png, f"{task} (stage-1 model's space)",
+            xlabel=f"top-1 {'centered ' if centered else ''}cosine similarity, stage-1 model (pool row → English)",
+        )
+        written.append(sim_png)
+    return written
+
+
 def write_tables(done: dict[str, dict], args: argparse.Namespace) -> None:
+    """``<out>.md`` (keeping its hand-written ``## `` sections), ``<out>.csv`` and the plots of
+    :func:`write_plots`."""
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     md, rows = summarize(done, args)
-    Path(f"{out}.md").write_text(md, encoding="utf-8")
+    pngs = write_plots(done, args, rows)
+    if pngs:
+        md += "\nPlots: " + ", ".join(f"`{p.name}`" for p in pngs) + "\n"
+    md_path = Path(f"{out}.md")
+    kept = _kept_sections(md_path)
+    md_path.write_text(md + kept, encoding="utf-8")
     if rows:
         with open(f"{out}.csv", "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
