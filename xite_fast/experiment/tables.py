@@ -33,7 +33,7 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
             recs = [
                 r
                 for r in done.values()
-                if r["variant"] == v and ("targets" in r or r.get("lang") == lang) and r["seed"] in args.seeds
+                if r["variant"] == v and (lang in r.get("targets", {}) or r.get("lang") == lang) and r["seed"] in args.seeds
             ]
             if not recs:
                 continue
@@ -41,7 +41,7 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
             tgt = [r["targets"][lang] if stage1_row else r["target"] for r in recs]
             acc = [t["accuracy"] for t in tgt]
             f1 = [t["macro_f1"] for t in tgt]
-            en = [r["english"]["accuracy"] for r in recs]
+            en = [r["english"]["accuracy"] for r in recs if r.get("english")]  # None: --no-stage2-english
             rows.append(
                 {
                     "lang": lang,
@@ -52,7 +52,7 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
                     "acc_std": float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0,
                     "f1_mean": float(np.mean(f1)),
                     "f1_std": float(np.std(f1, ddof=1)) if len(f1) > 1 else 0.0,
-                    "en_acc_mean": float(np.mean(en)),
+                    "en_acc_mean": float(np.mean(en)) if en else "",
                     "en_acc_std": float(np.std(en, ddof=1)) if len(en) > 1 else 0.0,
                     "match_label_acc": float(np.mean([r["diag"]["match_label_acc"] for r in recs]))
                     if not stage1_row
@@ -81,7 +81,11 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
             f"into an unlabelled pool ({args.pool_size or 'all remaining'} rows) and {args.test_size} gold test rows"
         )
     else:
-        data_line = f" Split by conversation (test fraction {args.test_fraction}, split seed {args.split_seed})"
+        data_line = f" Split by conversation (test fraction {args.test_fraction}, split seed {args.split_seed})" + (
+            f"; each target pool capped at {args.pool_size} rows (whole couples, evenly spread)"
+            if task == "pairs" and getattr(args, "pool_size", 0)
+            else ""
+        ) + ("; no English evaluation after stage 2 (--no-stage2-english)" if not getattr(args, "stage2_english", True) else "")
     lines = [
         f"# XITE vs zero-shot on {title} (English -> " + ", ".join(args.langs) + ")",
         "",
@@ -143,7 +147,11 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
         if zs is not None and orc is not None and abs(orc["acc_mean"] - zs["acc_mean"]) > 1e-12:
             r["gap_closed"] = (r["acc_mean"] - zs["acc_mean"]) / (orc["acc_mean"] - zs["acc_mean"])
         delta = "" if zs is None or r["variant"] == "zero-shot" else f"{r['acc_mean'] - zs['acc_mean']:+.3f}"
-        den = "" if zs is None or r["variant"] == "zero-shot" else f"{r['en_acc_mean'] - zs['en_acc_mean']:+.3f}"
+        den = (
+            ""
+            if zs is None or r["variant"] == "zero-shot" or "" in (r["en_acc_mean"], zs["en_acc_mean"])
+            else f"{r['en_acc_mean'] - zs['en_acc_mean']:+.3f}"
+        )
         gap = f"{r['gap_closed']:.0%}" if isinstance(r["gap_closed"], float) else "-"
         fmt = lambda x: f"{x:.3f}" if isinstance(x, float) else "-"  # noqa: E731
         lines.append(
