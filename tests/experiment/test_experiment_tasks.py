@@ -145,3 +145,44 @@ def test_task_argument_errors(tmp_path):
         main(["--task", "pairs", "--stage1-variants", "ot", "--out", str(tmp_path / "x")])
     with pytest.raises(ValueError, match="task must be one of"):
         load_splits(["zh"], 0.25, 0, task="nli")
+
+
+def test_pairs_pool_size_keeps_whole_balanced_couples():
+    full = load_splits(["korean"], 0.4, 0, task="pairs")
+    d = load_splits(["korean"], 0.4, 0, task="pairs", pool_size=100)
+    texts, y = d["korean"]["pool"]
+    pairs = d["korean"]["pool_pair"]
+    assert len(texts) == 100 and np.bincount(y).tolist() == [50, 50]
+    assert all(texts[i] == texts[i + 1] and y[i] == 1 and y[i + 1] == 0 for i in range(0, 100, 2))
+    rows = set(zip(full["korean"]["pool"][0], full["korean"]["pool_pair"], full["korean"]["pool"][1].tolist(), strict=True))
+    assert set(zip(texts, pairs, y.tolist(), strict=True)) <= rows  # a subset of the pool, pairs kept with labels
+    assert d["korean"]["test"][0] == full["korean"]["test"][0]  # the gold test set is not capped
+    assert d["english"]["train"][0] == full["english"]["train"][0]
+
+
+def test_no_stage2_english_and_a_per_language_rerun_reuse_stage1(tmp_path, tiny_model_dir):
+    out = tmp_path / "pp"
+    base = [
+        "--task", "pairs", "--model", str(tiny_model_dir), "--num-layers", "2", "--freeze-layers", "1",
+        "--hidden-layer", "1", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1", "--pool-size", "20",
+        "--no-stage2-english", "--out", str(out), "--work-dir", str(tmp_path / "work"),
+    ]  # fmt: skip
+    assert main([*base, "--langs", "korean", "japanese", "--variants", "matched-only"]) == 0
+    runs = [json.loads(x) for x in (tmp_path / "pp_runs.jsonl").read_text().splitlines()]
+    zs = next(r for r in runs if r["variant"] == "zero-shot")
+    assert set(zs["targets"]) == {"korean", "japanese"} and zs["english"]["accuracy"] >= 0
+    stage2 = [r for r in runs if r["variant"] == "matched-only"]
+    assert len(stage2) == 2 and all(r["english"] is None for r in stage2)
+    # a second invocation for one language (own runs file) reuses the stage-1 checkpoint and record
+    assert main([*base, "--langs", "japanese", "--variants", "oracle", "--runs-file", str(tmp_path / "pp_runs_ja.jsonl")]) == 0
+    new = [json.loads(x) for x in (tmp_path / "pp_runs_ja.jsonl").read_text().splitlines()]
+    assert [r["variant"] for r in new] == ["oracle"]
+    assert main([*base, "--langs", "korean", "japanese", "--variants", "matched-only", "oracle", "--tables-only"]) == 0
+    rows = {(r["lang"], r["variant"]): r for r in csv.DictReader(open(f"{out}.csv"))}
+    assert set(rows) == {(lang, v) for lang in ("korean", "japanese") for v in ("zero-shot", "matched-only")} | {
+        ("japanese", "oracle")
+    }
+    assert rows[("korean", "matched-only")]["en_acc_mean"] == ""
+    md = out.with_suffix(".md").read_text()
+    assert "| korean | matched-only | 0 |" in md and "no English evaluation after stage 2" in md
+    assert "capped at 20 rows" in md

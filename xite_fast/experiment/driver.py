@@ -127,7 +127,11 @@ def _parser() -> argparse.ArgumentParser:
         "--en-size", type=int, default=5000, help="sentiment: English training rows (fixed-seed stratified sample)"
     )
     p.add_argument("--en-test-size", type=int, default=1000, help="sentiment: English test rows (forgetting)")
-    p.add_argument("--pool-size", type=int, default=0, help="sentiment: target pool rows (0 = all but the test)")
+    p.add_argument(
+        "--pool-size", type=int, default=0,
+        help="sentiment: target pool rows (0 = all but the test); pairs: cap each target pool at this many rows "
+        "(whole positive/negative couples, evenly spread over the pool; 0 = all)",
+    )
     p.add_argument("--test-size", type=int, default=1000, help="sentiment: target gold test rows (>= 500)")
     p.add_argument(
         "--limit", type=int, default=0, help="cap every train/pool/test set (quick checks); 0 = all"
@@ -165,6 +169,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ear-pull-weight", type=float, default=1.0)
     p.add_argument("--ear-push-weight", type=float, default=0.1)
+    p.add_argument(
+        "--stage2-english",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="evaluate English test accuracy after every stage-2 run (forgetting) and re-check stage 1 without "
+        "the frozen-prefix cache at the end of each seed; --no-stage2-english saves that time (column shows -)",
+    )
     p.add_argument("--tables-only", action="store_true", help="only merge the finished runs into the tables")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
     p.add_argument("--backend", default="auto")
@@ -225,16 +236,21 @@ def load_splits(
         load = lambda lang: load_chatterbot(lang, topics=topics)  # noqa: E731
         label_of = {t: i for i, t in enumerate(topics)}
 
+    def thin(records: list[dict], cap: int) -> list[dict]:
+        # deterministic thinning that keeps every topic (pairs: whole (positive, negative) couples, so
+        # both labels stay balanced)
+        g = 2 if task == "pairs" else 1
+        groups = [records[i : i + g] for i in range(0, len(records), g)]
+        step = max(1, len(groups) // max(1, cap // g))
+        return [r for grp in groups[::step][: max(1, cap // g)] for r in grp]
+
     def side(**parts: list[dict]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for k, records in parts.items():
             if limit:
-                # deterministic thinning for quick checks that keeps every topic (pairs: whole
-                # (positive, negative) couples, so both labels stay)
-                g = 2 if task == "pairs" else 1
-                groups = [records[i : i + g] for i in range(0, len(records), g)]
-                step = max(1, len(groups) // max(1, limit // g))
-                records = [r for grp in groups[::step][: max(1, limit // g)] for r in grp]
+                records = thin(records, limit)
+            if k == "pool" and task == "pairs" and pool_size and pool_size < len(records):
+                records = thin(records, pool_size)
             out[k] = ([r["text"] for r in records], np.array([label_of[r["label"]] for r in records], dtype=np.int64))
             out[f"{k}_pair"] = [r["text_pair"] for r in records] if task == "pairs" else None
             out[f"{k}_conv"] = [r["conv_id"] for r in records]
@@ -545,9 +561,12 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                 torch.save(_trainable_state(xm), stage1_file)
             xm.eval()
             stage1 = _trainable_state(xm)
-            last = {"english": _metrics(xm, tok, *en_te, ev, en_te_p)}
-            for lang in args.langs:
-                last[lang] = test_metrics(xm, tok, lang)
+            if zkey in done:  # stage 1 evaluated by an earlier (or a parallel per-language) invocation
+                last = {"english": done[zkey]["english"], **done[zkey]["targets"]}
+            else:
+                last = {"english": _metrics(xm, tok, *en_te, ev, en_te_p)}
+                for lang in args.langs:
+                    last[lang] = test_metrics(xm, tok, lang)
             if zkey not in done:
                 rec = {
                     "key": zkey, "seed": seed, "variant": row, "engine": "trainer",
@@ -561,7 +580,8 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                 _append_run(runs_path, rec)
                 done[zkey] = rec
             print(
-                f"[seed {seed}] stage 1 ({row}) done: " + json.dumps({k: round(v["accuracy"], 3) for k, v in last.items()}),
+                f"[seed {seed}] stage 1 ({row}) done: "
+                + json.dumps({k: round(v["accuracy"], 3) for k, v in last.items() if isinstance(v, dict)}),
                 flush=True,
             )
 
@@ -588,6 +608,9 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                     "match_center": bool(args.match_center),
                 }
                 print(f"[seed {seed}] {row} {lang}: {diag}", flush=True)
+                # per pool row, for the similarity histogram / label-transfer accuracy per bin (tables.write_plots)
+                diag["sim"] = [round(float(x), 4) for x in scores]
+                diag["sim_ok"] = (xite_labels == pool_gold).astype(int).tolist()
                 for variant in variants:
                     key = f"s{seed}/{lang}/{variant}{suffix}"
                     if key in done:
@@ -626,7 +649,10 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                     )
                     tr2.train()
                     xm.eval()
-                    fin = {lang: test_metrics(xm, tok, lang), "english": _metrics(xm, tok, *en_te, ev, en_te_p)}
+                    fin = {
+                        lang: test_metrics(xm, tok, lang),
+                        "english": _metrics(xm, tok, *en_te, ev, en_te_p) if args.stage2_english else None,
+                    }
                     steps = max(1, int(tr2.state.global_step))
                     rec = {
                         "key": key, "seed": seed, "lang": lang, "variant": f"{variant}{suffix}", "stage1": row,
@@ -641,16 +667,18 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                     done[key] = rec
                     print(
                         f"[seed {seed}] {lang} {variant}{suffix}: acc={fin[lang]['accuracy']:.3f} "
-                        f"f1={fin[lang]['macro_f1']:.3f} en={fin['english']['accuracy']:.3f} ({rec['seconds']:.0f}s)",
+                        f"f1={fin[lang]['macro_f1']:.3f} "
+                        + (f"en={fin['english']['accuracy']:.3f} " if fin["english"] else "")
+                        + f"({rec['seconds']:.0f}s)",
                         flush=True,
                     )
-            _restore(xm, stage1)
-            xm.xite = XiteConfig(placement="none", **{**common, "freeze_layers": args.freeze_layers})
-            en_check = _metrics(xm, tok, *en_te, ev, en_te_p)["accuracy"]  # full recompute (no cache): checks the cache
-            print(
-                f"[seed {seed}] {row} done in {time.perf_counter() - t_seed:.0f}s (stage-1 English re-check {en_check:.3f})",
-                flush=True,
-            )
+            check = ""
+            if args.stage2_english:
+                _restore(xm, stage1)
+                xm.xite = XiteConfig(placement="none", **{**common, "freeze_layers": args.freeze_layers})
+                en_check = _metrics(xm, tok, *en_te, ev, en_te_p)["accuracy"]  # full recompute (no cache): checks the cache
+                check = f" (stage-1 English re-check {en_check:.3f})"
+            print(f"[seed {seed}] {row} done in {time.perf_counter() - t_seed:.0f}s{check}", flush=True)
             del xm, model, cache
     return done
 

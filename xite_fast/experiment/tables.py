@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["summarize", "write_tables"]
+__all__ = ["summarize", "write_tables", "write_plots"]
 
 
 # --------------------------------------------------------------------------------------------- tables
@@ -33,7 +33,7 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
             recs = [
                 r
                 for r in done.values()
-                if r["variant"] == v and ("targets" in r or r.get("lang") == lang) and r["seed"] in args.seeds
+                if r["variant"] == v and (lang in r.get("targets", {}) or r.get("lang") == lang) and r["seed"] in args.seeds
             ]
             if not recs:
                 continue
@@ -41,7 +41,7 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
             tgt = [r["targets"][lang] if stage1_row else r["target"] for r in recs]
             acc = [t["accuracy"] for t in tgt]
             f1 = [t["macro_f1"] for t in tgt]
-            en = [r["english"]["accuracy"] for r in recs]
+            en = [r["english"]["accuracy"] for r in recs if r.get("english")]  # None: --no-stage2-english
             rows.append(
                 {
                     "lang": lang,
@@ -52,7 +52,7 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
                     "acc_std": float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0,
                     "f1_mean": float(np.mean(f1)),
                     "f1_std": float(np.std(f1, ddof=1)) if len(f1) > 1 else 0.0,
-                    "en_acc_mean": float(np.mean(en)),
+                    "en_acc_mean": float(np.mean(en)) if en else "",
                     "en_acc_std": float(np.std(en, ddof=1)) if len(en) > 1 else 0.0,
                     "match_label_acc": float(np.mean([r["diag"]["match_label_acc"] for r in recs]))
                     if not stage1_row
@@ -81,7 +81,11 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
             f"into an unlabelled pool ({args.pool_size or 'all remaining'} rows) and {args.test_size} gold test rows"
         )
     else:
-        data_line = f" Split by conversation (test fraction {args.test_fraction}, split seed {args.split_seed})"
+        data_line = f" Split by conversation (test fraction {args.test_fraction}, split seed {args.split_seed})" + (
+            f"; each target pool capped at {args.pool_size} rows (whole couples, evenly spread)"
+            if task == "pairs" and getattr(args, "pool_size", 0)
+            else ""
+        ) + ("; no English evaluation after stage 2 (--no-stage2-english)" if not getattr(args, "stage2_english", True) else "")
     lines = [
         f"# XITE vs zero-shot on {title} (English -> " + ", ".join(args.langs) + ")",
         "",
@@ -143,7 +147,11 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
         if zs is not None and orc is not None and abs(orc["acc_mean"] - zs["acc_mean"]) > 1e-12:
             r["gap_closed"] = (r["acc_mean"] - zs["acc_mean"]) / (orc["acc_mean"] - zs["acc_mean"])
         delta = "" if zs is None or r["variant"] == "zero-shot" else f"{r['acc_mean'] - zs['acc_mean']:+.3f}"
-        den = "" if zs is None or r["variant"] == "zero-shot" else f"{r['en_acc_mean'] - zs['en_acc_mean']:+.3f}"
+        den = (
+            ""
+            if zs is None or r["variant"] == "zero-shot" or "" in (r["en_acc_mean"], zs["en_acc_mean"])
+            else f"{r['en_acc_mean'] - zs['en_acc_mean']:+.3f}"
+        )
         gap = f"{r['gap_closed']:.0%}" if isinstance(r["gap_closed"], float) else "-"
         fmt = lambda x: f"{x:.3f}" if isinstance(x, float) else "-"  # noqa: E731
         lines.append(
@@ -169,11 +177,67 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
     return "\n".join(lines) + "\n", csv_rows
 
 
+def _kept_sections(path: Path) -> str:
+    """The hand-written part of an existing table file: everything from its first ``## `` heading on
+    (e.g. "How this run was reduced"), so regenerating the tables (``--tables-only``) keeps it."""
+    if not path.exists():
+        return ""
+    text = path.read_text(encoding="utf-8")
+    at = text.find("\n## ")
+    return text[at:] if at >= 0 else ""
+
+
+def write_plots(done: dict[str, dict], args: argparse.Namespace, rows: list[dict]) -> list[Path]:
+    """``<out>.png``: target accuracy per row with seed error bars (mean ± std), one panel per language;
+    ``<out>_sim.png`` (when the runs carry per-row match similarities, ``diag["sim"]``): the match-similarity
+    histogram of the pool with the label-transfer accuracy per similarity bin, in the stage-1 model's space.
+    Returns the paths written."""
+    from xite_fast.experiment.transfer import plot_accuracy, plot_similarity
+
+    out = Path(args.out)
+    task = getattr(args, "task", "chatterbot")
+    written: list[Path] = []
+    if not rows:
+        return written
+    summary = [{"target": r["lang"], "row": r["variant"], "acc": r["acc_mean"], "acc_std": r["acc_std"]} for r in rows]
+    acc_png = out.with_name(out.name + ".png")
+    plot_accuracy(summary, acc_png, f"{task} (fine-tuned, {len({s for r in rows for s in r['seeds'].split()})} seed(s))")
+    written.append(acc_png)
+    analyses: dict[str, list[dict]] = {}
+    for lang in args.langs:
+        per_seed: dict[int, dict] = {}
+        for r in done.values():
+            d = r.get("diag") or {}
+            if r.get("lang") == lang and r["seed"] in args.seeds and "sim" in d and r["seed"] not in per_seed:
+                if r.get("stage1", "zero-shot") == "zero-shot":
+                    per_seed[r["seed"]] = {"sim": d["sim"], "sim_ok": d["sim_ok"], "pseudo_acc": d["pseudo_label_acc"]}
+        if per_seed:
+            analyses[lang] = [per_seed[k] for k in sorted(per_seed)]
+    if analyses:
+        centered = all(
+            (r.get("diag") or {}).get("match_center", True) for r in done.values() if "sim" in (r.get("diag") or {})
+        )
+        sim_png = out.with_name(out.name + "_sim.png")
+        plot_similarity(
+            analyses, sim_png, f"{task} (stage-1 model's space)",
+            xlabel=f"top-1 {'centered ' if centered else ''}cosine similarity, stage-1 model (pool row → English)",
+        )
+        written.append(sim_png)
+    return written
+
+
 def write_tables(done: dict[str, dict], args: argparse.Namespace) -> None:
+    """``<out>.md`` (keeping its hand-written ``## `` sections), ``<out>.csv`` and the plots of
+    :func:`write_plots`."""
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     md, rows = summarize(done, args)
-    Path(f"{out}.md").write_text(md, encoding="utf-8")
+    pngs = write_plots(done, args, rows)
+    if pngs:
+        md += "\nPlots: " + ", ".join(f"`{p.name}`" for p in pngs) + "\n"
+    md_path = Path(f"{out}.md")
+    kept = _kept_sections(md_path)
+    md_path.write_text(md + kept, encoding="utf-8")
     if rows:
         with open(f"{out}.csv", "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -54,6 +54,8 @@ __all__ = [
     "analyse",
     "twin_transfer",
     "summarize",
+    "plot_accuracy",
+    "plot_similarity",
     "run",
     "main",
 ]
@@ -607,7 +609,13 @@ def _f(x: float | None, nd: int = 3) -> str:
     return "–" if x is None or not np.isfinite(x) else f"{x:.{nd}f}"
 
 
-def _plot_acc(summary: list[dict], path: Path, title: str) -> None:
+def plot_accuracy(summary: list[dict], path: str | os.PathLike, title: str) -> None:
+    """PNG: target accuracy per row (mean ± std over seeds as error bars), one panel per target.
+
+    ``summary``: dicts with ``target``, ``row``, ``acc`` and ``acc_std``; a ``zero-shot`` row, if present,
+    is drawn as a dashed line. Also used by the fine-tuning driver's tables
+    (:func:`xite_fast.experiment.tables.write_tables`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -626,7 +634,8 @@ def _plot_acc(summary: list[dict], path: Path, title: str) -> None:
         colors = ["tab:gray" if n.startswith(("zero-shot", "oracle")) else
                   "tab:orange" if n.startswith(("self-train", "nn-")) else "tab:blue" for n in names]  # fmt: skip
         ax.barh(y, acc, xerr=sd, color=colors, capsize=2)
-        ax.axvline(st["zero-shot"]["acc"], color="k", ls="--", lw=0.8)
+        if "zero-shot" in st:
+            ax.axvline(st["zero-shot"]["acc"], color="k", ls="--", lw=0.8)
         ax.set_yticks(y, names, fontsize=7)
         ax.invert_yaxis()
         lo = np.nanmin(acc) - 0.05
@@ -638,7 +647,18 @@ def _plot_acc(summary: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _plot_sim(analyses: dict[str, list[dict]], path: Path, title: str) -> None:
+def plot_similarity(
+    analyses: dict[str, list[dict]],
+    path: str | os.PathLike,
+    title: str,
+    xlabel: str = "top-1 centered cosine similarity (pool row → English)",
+) -> None:
+    """PNG: histogram of the pool's top-1 match similarity with the label-transfer accuracy per bin
+    (bins of ≥ 20 rows), one panel per target.
+
+    ``analyses``: ``{target: [per seed: {"sim": (N,) similarities, "sim_ok": (N,) 0/1 matched label ==
+    gold, "pseudo_acc": float}]}``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -650,7 +670,7 @@ def _plot_sim(analyses: dict[str, list[dict]], path: Path, title: str) -> None:
         ok = np.concatenate([np.asarray(a["sim_ok"]) for a in ans])
         edges = np.linspace(sim.min(), sim.max(), 16)
         ax.hist(sim, bins=edges, color="tab:blue", alpha=0.6)
-        ax.set_xlabel("top-1 centered cosine similarity (pool row → English)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("pool rows (all seeds)")
         ax2 = ax.twinx()
         centers, accs = [], []
@@ -798,8 +818,8 @@ def run(task: str, targets: list[str], seeds: list[int], out: str | os.PathLike,
         w.writeheader()
         w.writerows(rows)
     plots = [out.with_name(out.name + s) for s in ("_acc.png", "_sim.png", "_lda.png")]
-    _plot_acc(summary, plots[0], task)
-    _plot_sim(analyses, plots[1], task)
+    plot_accuracy(summary, plots[0], task)
+    plot_similarity(analyses, plots[1], task)
     _plot_lda(lang_X, plots[2], task)
     info = {"machine": _machine(), "seconds": time.time() - t0, "seeds": seeds, "data": "; ".join(data),
             "plots": [p.name for p in plots], "findings": findings}  # fmt: skip
