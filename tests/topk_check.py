@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["assert_topk_equal", "exact_topk", "cosine_scores64"]
+__all__ = ["assert_topk_equal", "exact_topk", "cosine_scores64", "random_data", "ref_topk64"]
 
 
 def _np(x: Any) -> np.ndarray:
@@ -139,3 +139,24 @@ def assert_topk_equal(
         )
     if problems:
         raise AssertionError("top-k mismatch:\n" + "\n".join(problems))
+
+
+def random_data(n: int, m: int, d: int, seed: int = 0, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Standard-normal queries (n, d) and keys (m, d) from ``numpy.random.default_rng(seed)``."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)).astype(dtype), rng.standard_normal((m, d)).astype(dtype)
+
+
+def ref_topk64(q: Any, x: Any, k: int, assume_normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, indices) of the float64 torch reference ``xite_fast.reference.cosine_topk_ref``."""
+    import torch
+
+    from xite_fast.reference import cosine_topk_ref
+
+    s, i = cosine_topk_ref(
+        torch.from_numpy(np.asarray(q, np.float64)),
+        torch.from_numpy(np.asarray(x, np.float64)),
+        k,
+        assume_normalized=assume_normalized,
+    )
+    return s.numpy(), i.numpy()

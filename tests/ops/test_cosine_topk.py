@@ -13,10 +13,11 @@ import torch
 
 import xite_fast
 from tests.topk_check import assert_topk_equal, cosine_scores64, exact_topk
+from tests.topk_check import random_data as _data
+from tests.topk_check import ref_topk64 as _ref64
 from xite_fast import _backend
 from xite_fast.ops import cosine_topk as ct_mod
 from xite_fast.ops.cosine_topk import cosine_topk, merge_topk
-from xite_fast.reference import cosine_topk_ref
 
 HAS_CPU = _backend.backends_available()["cpu"] and hasattr(_backend.load_extension(), "cosine_topk")
 BACKENDS = [
@@ -30,21 +31,6 @@ HAS_BF16 = HAS_CPU and bool(_backend.load_extension().cpu_supports_avx512_bf16()
 # (tests/ops/test_cosine_topk_bf16.py) when present
 PACKED = ["packed"] + (["avx512"] if HAS_AVX512 else []) + (["bf16"] if HAS_BF16 else [])
 ATOL = 2e-6
-
-
-def _data(n, m, d, seed=0, dtype=np.float32):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((n, d)).astype(dtype), rng.standard_normal((m, d)).astype(dtype)
-
-
-def _ref64(q, x, k, assume_normalized=False):
-    s, i = cosine_topk_ref(
-        torch.from_numpy(np.asarray(q, np.float64)),
-        torch.from_numpy(np.asarray(x, np.float64)),
-        k,
-        assume_normalized=assume_normalized,
-    )
-    return s.numpy(), i.numpy()
 
 
 def _assert_scores_equal(s, expect, backend):

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from tests.topk_check import assert_topk_equal
+from tests.topk_check import random_data as _data
+from tests.topk_check import ref_topk64 as _ref64
 from xite_fast import _backend
 from xite_fast.ops import cosine_topk as ct_mod
 from xite_fast.ops.cosine_topk import cosine_topk
-from xite_fast.reference import cosine_topk_ref
 
 EXT = _backend.load_extension()
 HAS_CPU = _backend.backends_available()["cpu"] and hasattr(EXT, "cosine_topk")
@@ -30,21 +31,6 @@ needs_bf16 = pytest.mark.skipif(
 # the fp32 kernel bf16 must reproduce bit for bit (the AVX2 and AVX-512 packed kernels agree)
 FP32 = "avx512" if HAS_CPU and EXT.cpu_supports_avx512() else "packed"
 ATOL = 2e-6
-
-
-def _data(n, m, d, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((n, d)).astype(np.float32), rng.standard_normal((m, d)).astype(np.float32)
-
-
-def _ref64(q, x, k, assume_normalized=False):
-    s, i = cosine_topk_ref(
-        torch.from_numpy(np.asarray(q, np.float64)),
-        torch.from_numpy(np.asarray(x, np.float64)),
-        k,
-        assume_normalized=assume_normalized,
-    )
-    return s.numpy(), i.numpy()
 
 
 def _same(a, b, msg=""):
