@@ -182,6 +182,16 @@ def padding_stats(lengths: np.ndarray, batch_size: int) -> tuple[int, int, int]:
     return int(lengths.sum()), ours, fixed
 
 
+def _encode_through(enc: Encoder, run, texts: list[str], batch_size: int) -> None:
+    """One ``enc.encode`` pass with its runtime call replaced by ``run`` (a profiling session), then restored."""
+    saved = enc._runtime
+    enc._runtime = run
+    try:
+        enc.encode(texts, batch_size=batch_size, show_progress_bar=False)
+    finally:
+        enc._runtime = saved
+
+
 def profile_ops(enc: Encoder, texts: list[str], batch_size: int) -> dict[str, float]:
     """Seconds per op type over one pass of ``texts`` (ORT enable_profiling / OpenVINO PERF_COUNT)."""
     from xite_fast.encode import runtime as rt
@@ -200,12 +210,7 @@ def profile_ops(enc: Encoder, texts: list[str], batch_size: int) -> dict[str, fl
         def run(feeds):
             return sess.run(["embeddings"], {k: feeds[k] for k in enc.inputs})[0]
 
-        saved = enc._runtime
-        enc._runtime = run
-        try:
-            enc.encode(texts, batch_size=batch_size, show_progress_bar=False)
-        finally:
-            enc._runtime = saved
+        _encode_through(enc, run, texts, batch_size)
         path = sess.end_profiling()
         for ev in json.loads(Path(path).read_text()):
             if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
@@ -224,12 +229,7 @@ def profile_ops(enc: Encoder, texts: list[str], batch_size: int) -> dict[str, fl
                 totals[p.node_type] += p.real_time.total_seconds()
             return np.array(r[cm.output(0)])
 
-        saved = enc._runtime
-        enc._runtime = run
-        try:
-            enc.encode(texts, batch_size=batch_size, show_progress_bar=False)
-        finally:
-            enc._runtime = saved
+        _encode_through(enc, run, texts, batch_size)
     return dict(totals)
 
 
