@@ -136,6 +136,39 @@ def test_pairs_task_carries_text_pair_and_matches_on_pairs(tmp_path, tiny_model_
     assert "response selection" in (tmp_path / "pairs.md").read_text()
 
 
+def test_sentiment_multi_language_and_means_lda_rows(tmp_path, tiny_model_dir, monkeypatch):
+    import xite_fast.train.trainer as tr
+
+    calls: list = []
+    real = tr.fit_lda
+
+    def spy(xm, tok, src, tgt, **kw):
+        W = real(xm, tok, src, tgt, **kw)
+        calls.append({"basis": xm.xite.lda_basis, "extra": kw.get("extra_languages"), "tgt": list(tgt), "W": W})
+        return W
+
+    monkeypatch.setattr(tr, "fit_lda", spy)
+    base = [
+        "--task", "sentiment", "--targets", "zh", "--model", str(tiny_model_dir), "--num-layers", "2",
+        "--freeze-layers", "1", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1", "--en-size", "200",
+        "--en-test-size", "100", "--pool-size", "200", "--test-size", "100", "--work-dir", str(tmp_path / "work"),
+        "--no-stage2-english", "--out", str(tmp_path / "m"),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"need --lda-langs with a language other than each target \['zh'\]"):
+        main([*base, "--variants", "xite-sentence-mlda", "--lda-langs", "zh"])
+    assert main([*base, "--variants", "xite-sentence-mlda", "xite-sentence-lda-means", "--lda-langs", "fr"]) == 0
+    d = load_splits(["zh", "fr"], 0.25, 0, 40, task="sentiment", en_size=200, en_test_size=100, pool_size=200, test_size=100)
+    multi, means = calls
+    assert multi["basis"] == "fisher" and multi["W"].shape[1] == 2  # source, zh, fr: r = 2
+    assert list(multi["extra"]) == ["fr"] and multi["extra"]["fr"][0] == list(d["fr"]["pool"][0])
+    assert multi["tgt"] == list(d["zh"]["pool"][0])
+    assert means["basis"] == "means" and means["extra"] is None and means["W"].shape[1] == 1
+    runs = {r["variant"]: r for r in map(json.loads, (tmp_path / "m_runs.jsonl").read_text().splitlines())}
+    assert runs["xite-sentence-mlda"]["lda_languages"] == ["source", "zh", "fr"]
+    assert runs["xite-sentence-mlda"]["lda_components"] == 2
+    assert runs["xite-sentence-lda-means"]["config"]["lda_basis"] == "means"
+
+
 def test_task_argument_errors(tmp_path):
     with pytest.raises(SystemExit):
         main(["--task", "nli", "--out", str(tmp_path / "x")])

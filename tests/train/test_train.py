@@ -408,6 +408,7 @@ def test_cuda_training_follows_training_arguments_device(tmp_path, placement):
         ({"lam": 1.5}, "lam must be a float in"),
         ({"alpha": 0}, "alpha must be a finite float > 0"),
         ({"lda_mode": "x"}, "lda_mode must be one of"),
+        ({"lda_basis": "offset"}, r"lda_basis must be one of \('fisher', 'means'\), got 'offset'"),
         ({"freeze_layers": 9}, "freeze_layers must be in"),
         ({"placement": "hidden", "hidden_layer": 3}, "hidden_layer must be in"),
         ({"cache_frozen": True}, "cache_frozen needs freeze_embeddings"),
@@ -421,6 +422,47 @@ def test_cuda_training_follows_training_arguments_device(tmp_path, placement):
 def test_bad_config_named_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         XiteModel(_model(), XiteConfig(**kw))
+
+
+def _projector(W: np.ndarray) -> np.ndarray:
+    Q = np.linalg.qr(np.asarray(W, dtype=np.float64))[0]
+    return Q @ Q.T
+
+
+def test_fit_lda_offset_basis_and_extra_languages_against_references():
+    from xite_fast import LanguageLDA
+    from xite_fast.train.trainer import fit_lda
+
+    xm = XiteModel(_model(dropout=0.0), XiteConfig(placement="sentence", lda=True, lda_basis="means")).eval()
+    third, _ = _sentences(40, 2, lo=1, hi=3)  # a third "language": shorter sentences of other draws
+    # fit_lda counts each distinct text once
+    emb = lambda texts: embed_texts(xm, TOK, list(dict.fromkeys(texts)), level="sentence").astype(np.float64)  # noqa: E731
+    es, et, e3 = emb(SRC), emb(TGT), emb(third)
+    # "means", two languages: the basis is the language-mean offset direction
+    W = fit_lda(xm, TOK, SRC, TGT)
+    off = et.mean(0) - es.mean(0)
+    assert W.shape == (32, 1)
+    assert abs(float(W[:, 0] @ off) / np.linalg.norm(off)) == pytest.approx(1.0, abs=1e-5)
+    # "means", three languages: the span of the two mean differences
+    Wm3 = fit_lda(xm, TOK, SRC, TGT, extra_languages={"third": third})
+    assert Wm3.shape == (32, 2)
+    M = np.stack([et.mean(0) - es.mean(0), e3.mean(0) - es.mean(0)], 1)
+    assert np.linalg.norm(_projector(Wm3) - _projector(M), 2) < 1e-4
+    # the Fisher subspace (the default) is not that direction on these data
+    xm.xite.lda_basis = "fisher"
+    W_auto = fit_lda(xm, TOK, SRC, TGT)
+    assert abs(float(W_auto[:, 0] @ off) / np.linalg.norm(off)) < 0.99
+    # a third language: r = 2, the subspace of LanguageLDA fitted on the three embedding sets
+    W3 = fit_lda(xm, TOK, SRC, TGT, extra_languages={"third": third})
+    ref = LanguageLDA(shrinkage="auto").fit(
+        np.concatenate([es, et, e3]), np.array(["src"] * len(es) + ["tgt"] * len(et) + ["third"] * len(e3))
+    )
+    assert W3.shape == (32, 2)
+    assert np.linalg.norm(_projector(W3) - _projector(ref.components_), 2) < 1e-4
+    with pytest.raises(ValueError, match=r"extra_languages\['x'\] must hold at least one text, got 0"):
+        fit_lda(xm, TOK, SRC, TGT, extra_languages={"x": []})
+    with pytest.raises(ValueError, match="must not be 'src' or 'tgt'"):
+        fit_lda(xm, TOK, SRC, TGT, extra_languages={"tgt": third})
 
 
 def test_bad_inputs_named_errors(tmp_path):

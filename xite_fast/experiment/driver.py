@@ -62,6 +62,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "oracle": {"placement": "none", "labels": "gold"},
     "xite-sentence": {"placement": "sentence", "lda": False},
     "xite-sentence-lda": {"placement": "sentence", "lda": True},
+    # basis = the language-mean offset direction (XiteConfig.lda_basis "means")
+    "xite-sentence-lda-means": {"placement": "sentence", "lda": True, "lda_basis": "means"},
+    # LanguageLDA fitted on the source, the target and every --lda-langs pool (C languages, r = C - 1)
+    "xite-sentence-mlda": {"placement": "sentence", "lda": True, "lda_fit": "multi"},
     "xite-input": {"placement": "input", "lda": False},
     "xite-input-lda": {"placement": "input", "lda": True},
     "xite-hidden": {"placement": "hidden", "lda": False},
@@ -121,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lam", type=float, default=0.5, help="fixed lambda (ignored when --alpha is given)")
     p.add_argument("--alpha", type=float, default=1.0, help="lambda ~ Beta(alpha, alpha); <= 0 uses --lam")
     p.add_argument("--lda-mode", default="shift", choices=["proj", "shift", "interp", "comp"])
+    p.add_argument(
+        "--lda-langs", nargs="+", default=[],
+        help="xite-sentence-mlda: further languages of the same task whose unlabelled pools (evenly subsampled to "
+        "the largest target pool) join the LanguageLDA fit as further classes (the current target is skipped), "
+        "e.g. sentiment --targets zh --lda-langs fr",
+    )
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument(
@@ -456,6 +466,12 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
     unknown = [v for v in [*args.variants, *args.aligned_variants] if v not in VARIANTS]
     if unknown:
         raise ValueError(f"--variants / --aligned-variants must be from {list(VARIANTS)}, got unknown {unknown}")
+    multi = [v for v in [*args.variants, *args.aligned_variants] if VARIANTS[v].get("lda_fit") == "multi"]
+    if multi and not all(any(x != lang for x in args.lda_langs) for lang in args.langs):
+        raise ValueError(
+            f"{multi} need --lda-langs with a language other than each target {args.langs} (further LanguageLDA "
+            f"classes), got {args.lda_langs}"
+        )
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     runs_path, all_runs = _runs_files(out, args.runs_file)
@@ -467,6 +483,19 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
     )
     topics = data["topics"]
     n_labels = len(topics)
+    extra_pools: dict[str, tuple[list[str], list[str] | None]] = {}
+    if multi:  # unlabelled pools of the further LDA languages (same task, same split rule)
+        extra = [lang for lang in args.lda_langs if lang not in args.langs]
+        xdata = load_splits(
+            extra, args.test_fraction, args.split_seed, args.limit, task=args.task, en_size=args.en_size,
+            en_test_size=args.en_test_size, pool_size=args.pool_size, test_size=args.test_size,
+        ) if extra else {}
+        cap = max(len(data[lang]["pool"][0]) for lang in args.langs)  # no extra class outweighs the targets
+        for lang in args.lda_langs:
+            d = data[lang] if lang in args.langs else xdata[lang]
+            texts, pairs = list(d["pool"][0]), d["pool_pair"]
+            keep = np.unique(np.linspace(0, len(texts) - 1, min(cap, len(texts))).round().astype(int))
+            extra_pools[lang] = ([texts[i] for i in keep], [pairs[i] for i in keep] if pairs is not None else None)
     en_tr, en_te = data["english"]["train"], data["english"]["test"]
     en_tr_p, en_te_p = data["english"]["train_pair"], data["english"]["test_pair"]
 
@@ -619,6 +648,7 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                     over = dict(VARIANTS[variant])
                     label_source = over.pop("labels", "pseudo")
                     placement = over.pop("placement")
+                    lda_fit = over.pop("lda_fit", "pair")
                     use_cache = can_cache and placement != "input" and not (
                         placement == "hidden" and args.hidden_layer < args.freeze_layers
                     )
@@ -642,6 +672,8 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                             xm.set_lda(fit_lda(
                                 xm, tok, src_texts, pool_texts, source_text_pairs=src_pairs,
                                 target_text_pairs=pool_pairs, **ev,
+                                extra_languages={k: v for k, v in extra_pools.items() if k != lang}
+                                if lda_fit == "multi" else None,
                             ))
                     tr2 = XiteTrainer(
                         xm, _training_args(work / f"s{seed}" / lang / variant, args, seed, args.stage2_epochs, args.stage2_lr),
@@ -663,6 +695,9 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                         "english": fin["english"], "target": fin[lang], "diag": diag,
                         "config": {k: v for k, v in vars(cfg2).items()}, "loss_history": _losses(tr2),
                     }
+                    if cfg2.lda and lda_fit == "multi":
+                        rec["lda_languages"] = ["source", lang, *[k for k in extra_pools if k != lang]]
+                        rec["lda_components"] = int(xm.lda_W.shape[1])
                     _append_run(runs_path, rec)
                     done[key] = rec
                     print(

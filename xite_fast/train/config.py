@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["XiteConfig", "LabelMap", "PLACEMENTS", "LDA_MODES", "TASKS"]
+__all__ = ["XiteConfig", "LabelMap", "PLACEMENTS", "LDA_MODES", "LDA_BASES", "TASKS"]
 
 PLACEMENTS = ("none", "sentence", "input", "hidden")
 LDA_MODES = ("proj", "shift", "interp", "comp")
+LDA_BASES = ("fisher", "means")
 TASKS = ("single_label_classification", "multi_label_classification", "regression")
 
 
@@ -42,6 +43,11 @@ class XiteConfig:
             trainer starts unless given.
         lda_mode: ``"proj"``, ``"shift"``, ``"interp"`` or ``"comp"``.
         lda_components: LanguageLDA n_components (None: n_languages - 1).
+        lda_basis: ``"fisher"``: the LanguageLDA discriminant subspace (Ledoit–Wolf within-language
+            covariance, as sklearn); ``"means"``: the span of the language means (between-language scatter
+            only, i.e. LDA with an identity within-language covariance): with two languages the direction
+            of the language-mean offset, which carries all of that offset, while the Fisher direction can
+            carry little of it (bench/results/lda_shift_check.md).
         head_module: dotted name of the module whose input is "the pooled representation" (None: found
             from the architecture: ``pre_classifier`` if present (DistilBERT), else ``classifier``, ``score``).
         freeze_embeddings: freeze the embedding module (kept in eval mode: no dropout).
@@ -67,6 +73,7 @@ class XiteConfig:
     lda: bool = False
     lda_mode: str = "shift"
     lda_components: int | None = None
+    lda_basis: str = "fisher"
     head_module: str | None = None
     freeze_embeddings: bool = False
     freeze_layers: int = 0
@@ -109,6 +116,8 @@ class XiteConfig:
             float_ge("alpha", 0.0, strict=True)
         if self.lda_components is not None:
             int_ge("lda_components", 1)
+        if self.lda_basis not in LDA_BASES:
+            raise ValueError(f"XiteConfig.lda_basis must be one of {LDA_BASES}, got {self.lda_basis!r}")
         int_ge("hidden_layer", 0)
         int_ge("freeze_layers", 0)
         int_ge("max_length", 1)

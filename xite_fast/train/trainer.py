@@ -16,7 +16,7 @@ checkpoints/resume and early stopping; nothing of that is re-implemented here. W
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,10 +213,18 @@ def fit_lda(
     *,
     source_text_pairs: Sequence[str] | None = None,
     target_text_pairs: Sequence[str] | None = None,
+    extra_languages: Mapping[str, Sequence[str]] | None = None,
     **embed_kw: Any,
 ) -> np.ndarray:
     """LanguageLDA basis W (D, r) float32 fitted on the (distinct) source and target representations at
-    the mixing level of ``model.xite.placement`` (head input / word embeddings / states entering L)."""
+    the mixing level of ``model.xite.placement`` (head input / word embeddings / states entering L).
+
+    ``extra_languages`` (``{name: texts}``, or ``{name: (texts, text_pairs)}`` for sentence pairs) adds
+    unlabelled text of further languages as further LDA classes, so r can reach C − 1 > 1 (the paper's
+    LDA has the languages as classes). ``model.xite.lda_components`` sets r; ``model.xite.lda_basis``
+    ``"means"`` returns the top-r span of the prior-weighted language means around the overall mean (the
+    between-language scatter's eigenvectors) instead of the Fisher subspace.
+    """
     from xite_fast import LanguageLDA
 
     level = {"sentence": "sentence", "input": "input", "hidden": "hidden"}.get(model.xite.placement, "mean")
@@ -225,12 +233,30 @@ def fit_lda(
         keep = list(dict.fromkeys(zip(texts, pairs if pairs is not None else [None] * len(texts), strict=True)))
         return [k[0] for k in keep], ([k[1] for k in keep] if pairs is not None else None)
 
-    s, sp = distinct(source_texts, source_text_pairs)
-    t, tp = distinct(target_texts, target_text_pairs)
-    X = np.concatenate(
-        [embed_texts(model, tokenizer, s, sp, level=level, **embed_kw), embed_texts(model, tokenizer, t, tp, level=level, **embed_kw)]
-    )
-    langs = np.array(["src"] * len(s) + ["tgt"] * len(t))
+    groups = [("src", source_texts, source_text_pairs), ("tgt", target_texts, target_text_pairs)]
+    for name, value in (extra_languages or {}).items():
+        texts, pairs = value if isinstance(value, tuple) else (value, None)
+        if name in ("src", "tgt"):
+            raise ValueError(f"extra_languages keys must not be 'src' or 'tgt' (used for source/target), got {name!r}")
+        if len(texts) == 0:
+            raise ValueError(f"extra_languages[{name!r}] must hold at least one text, got 0")
+        groups.append((str(name), texts, pairs))
+    X, langs = [], []
+    for name, texts, pairs in groups:
+        t, tp = distinct(texts, pairs)
+        X.append(embed_texts(model, tokenizer, t, tp, level=level, **embed_kw))
+        langs += [name] * len(t)
+    X, langs = np.concatenate(X), np.array(langs)
+    if model.xite.lda_basis == "means":
+        names, inv = np.unique(langs, return_inverse=True)
+        X64 = X.astype(np.float64)
+        counts = np.bincount(inv).astype(np.float64)
+        means = np.stack([X64[inv == c].mean(0) for c in range(len(names))])
+        priors = counts / counts.sum()
+        B = np.sqrt(priors)[:, None] * (means - priors @ means)  # (C, D): B.T @ B = between-language scatter
+        r = min(model.xite.lda_components or len(names) - 1, len(names) - 1)
+        U = np.linalg.svd(B, full_matrices=False)[2][:r].T  # (D, r) orthonormal
+        return np.ascontiguousarray(U, dtype=np.float32)
     lda = LanguageLDA(n_components=model.xite.lda_components).fit(X, langs)
     return np.ascontiguousarray(np.asarray(lda.components_, dtype=np.float32))
 
