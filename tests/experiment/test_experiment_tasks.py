@@ -169,13 +169,47 @@ def test_sentiment_multi_language_and_means_lda_rows(tmp_path, tiny_model_dir, m
     assert runs["xite-sentence-lda-means"]["config"]["lda_basis"] == "means"
 
 
+def test_sentiment_ot_stage1_aligns_on_chatterbot_translations(tmp_path, tiny_model_dir, monkeypatch):
+    import xite_fast.train.align as al
+
+    from xite_fast.data.chatterbot import load_chatterbot
+
+    seen: dict = {}
+    real = al.ot_align
+
+    def spy(xm, tok, pairs, targs, cfg):
+        seen["pairs"] = pairs
+        return real(xm, tok, pairs, targs, cfg)
+
+    monkeypatch.setattr(al, "ot_align", spy)
+    argv = [
+        "--task", "sentiment", "--targets", "zh", "--model", str(tiny_model_dir), "--num-layers", "2",
+        "--freeze-layers", "1", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1", "--en-size", "200",
+        "--en-test-size", "100", "--pool-size", "200", "--test-size", "100", "--stage1-variants", "ot",
+        "--aligned-variants", "matched-only", "--align-epochs", "1", "--no-stage2-english",
+        "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "o"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    zh = {r["text"] for r in load_chatterbot("chinese")}
+    en = {r["text"] for r in load_chatterbot("english")}
+    assert list(seen["pairs"]) == ["zh"] and len(seen["pairs"]["zh"]) > 100
+    assert all(e in en and t in zh for e, t in seen["pairs"]["zh"])  # English / Chinese chatterbot text
+    runs = {r["variant"]: r for r in map(json.loads, (tmp_path / "o_runs.jsonl").read_text().splitlines())}
+    assert runs["ot-align"]["align"]["pairs"] == {"zh": len(seen["pairs"]["zh"])}
+    assert "matched-only+ot" in runs
+    with pytest.raises(ValueError, match="no parallel training pairs for 'french'"):
+        main([*argv[:3], "fr", *argv[4:-3], str(tmp_path / "work_fr"), "--out", str(tmp_path / "o_fr")])
+
+
 def test_task_argument_errors(tmp_path):
     with pytest.raises(SystemExit):
         main(["--task", "nli", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="--test-size must be >= 500"):
         main(["--task", "sentiment", "--test-size", "100", "--out", str(tmp_path / "x")])
-    with pytest.raises(SystemExit, match="only with --task chatterbot"):
+    with pytest.raises(SystemExit, match="only with --task chatterbot or sentiment"):
         main(["--task", "pairs", "--stage1-variants", "ot", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match=r"expected targets in \['fr', 'zh'\], got \['de'\]"):
+        main(["--task", "sentiment", "--targets", "de", "--stage1-variants", "ot", "--out", str(tmp_path / "x")])
     with pytest.raises(ValueError, match="task must be one of"):
         load_splits(["zh"], 0.25, 0, task="nli")
 

@@ -31,7 +31,8 @@ Protocol (per seed):
   ``ot-align``: OT pre-alignment (:func:`xite_fast.train.align.ot_align`) on parallel English/target pairs of the
   *training* conversations only (:func:`alignment_pairs`; by default only the topics whose translation
   keeps the English conversation structure, per language), one model for all ``--langs``, then the same
-  English fine-tuning; ``ear``: English fine-tuning with EAR (``XiteConfig.ear``). Both are evaluated
+  English fine-tuning (sentiment: the chatterbot English/Chinese translations of every conversation,
+  out of domain, ``SENTIMENT_PARALLEL``); ``ear``: English fine-tuning with EAR (``XiteConfig.ear``). Both are evaluated
   zero-shot like the ``zero-shot`` row.
 * Reported: target accuracy and macro-F1 on the target test set, English test accuracy after stage 2
   (retention; the zero-shot row shows English after stage 1), mean +- std over seeds.
@@ -78,6 +79,10 @@ STAGE1_SUFFIX = {"plain": "", "ot": "+ot", "ear": "+ear"}
 # default stage-2 rows of the sentiment and pairs tasks (chatterbot keeps DEFAULT_VARIANTS)
 TASK_VARIANTS = ["self-train", "matched-only", "xite-sentence", "oracle"]
 TASKS = ("chatterbot", "sentiment", "pairs")
+# sentiment targets -> the chatterbot language whose English translations give OT's parallel pairs (every
+# conversation: the sentiment data share none of them). French has no topic whose translation keeps the
+# English conversation structure, so with --align-topics matched only Chinese has pairs.
+SENTIMENT_PARALLEL = {"zh": "chinese", "fr": "french"}
 DEFAULT_LANGS = {"chatterbot": ["korean", "japanese"], "sentiment": ["zh", "fr"], "pairs": ["korean", "japanese"]}
 DEFAULT_VARIANTS = [
     "self-train",
@@ -314,7 +319,8 @@ def alignment_pairs(
     so no held-out test conversation contributes. ``topics_mode="matched"`` keeps, per language, only
     the topics whose translation keeps the English conversation structure (same conversation count and
     every target sentence has a twin; for Korean this is exactly ``WELL_ALIGNED_TOPICS``): elsewhere the
-    positional twin is mostly not the translation (see :mod:`xite_fast.data`).
+    positional twin is mostly not the translation (see :mod:`xite_fast.data`). ``test_fraction=0`` takes
+    every conversation (the sentiment task's OT stage: its data share no conversation with chatterbot).
     """
     from xite_fast.data.chatterbot import (
         alignment_stats,
@@ -323,8 +329,11 @@ def alignment_pairs(
         split_by_conversation,
     )
 
+    def train_part(rows: list[dict]) -> list[dict]:  # test_fraction 0: every conversation (sentiment's OT)
+        return rows if test_fraction == 0 else split_by_conversation(rows, test_fraction, split_seed)[0]
+
     topics = chatterbot_topics("english", *langs)
-    en_train, _ = split_by_conversation(load_chatterbot("english", topics=topics), test_fraction, split_seed)
+    en_train = train_part(load_chatterbot("english", topics=topics))
     out: dict[str, list[tuple[str, str]]] = {}
     for lang in langs:
         use = set(topics)
@@ -338,7 +347,7 @@ def alignment_pairs(
                 and st[t]["b_with_twin"] == st[t]["sentences_b"]
             }
         en = {(r["conv_id"], r["turn"]): r["text"] for r in en_train if r["label"] in use}
-        tr, _ = split_by_conversation(load_chatterbot(lang, topics=sorted(use)), test_fraction, split_seed)
+        tr = train_part(load_chatterbot(lang, topics=sorted(use)))
         out[lang] = [
             (en[(r["conv_id"], r["turn"])], r["text"]) for r in tr if (r["conv_id"], r["turn"]) in en
         ]
@@ -544,7 +553,12 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
             if s1 == "ot" and not stage1_file.exists():
                 from xite_fast.train.align import OTAlignConfig, ot_align
 
-                if pairs is None:
+                if pairs is None and args.task == "sentiment":  # out-of-domain parallel text: chatterbot
+                    cb = alignment_pairs(
+                        [SENTIMENT_PARALLEL[lang] for lang in args.langs], 0.0, args.split_seed, args.align_topics
+                    )
+                    pairs = {lang: cb[SENTIMENT_PARALLEL[lang]] for lang in args.langs}
+                elif pairs is None:
                     pairs = alignment_pairs(args.langs, args.test_fraction, args.split_seed, args.align_topics)
                 acfg = OTAlignConfig(
                     batch_size=args.align_batch_size, eps=args.align_eps, n_iters=args.align_iters,
@@ -735,8 +749,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
         if args.test_size < 500 and not args.limit:
             raise SystemExit(f"--test-size must be >= 500 (gold test rows), got {args.test_size}")
-    if args.task != "chatterbot" and "ot" in args.stage1_variants:
-        raise SystemExit("--stage1-variants ot needs parallel pairs: only with --task chatterbot")
+    if args.task == "pairs" and "ot" in args.stage1_variants:
+        raise SystemExit("--stage1-variants ot needs parallel pairs: only with --task chatterbot or sentiment")
+    if args.task == "sentiment" and "ot" in args.stage1_variants:
+        missing = [lang for lang in args.langs if lang not in SENTIMENT_PARALLEL]
+        if missing:
+            raise SystemExit(
+                f"--stage1-variants ot with --task sentiment needs chatterbot parallel pairs for every target; "
+                f"expected targets in {sorted(SENTIMENT_PARALLEL)}, got {missing}"
+            )
     for name in ("num_layers", "max_length", "batch_size", "stage1_epochs", "stage2_epochs", "threads"):
         if getattr(args, name) <= 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
