@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.chatterbot_sample import write_chatterbot_sample
 from xite_fast.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,26 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _write_small(tmp_path: Path, n_src: int = 60, n_tgt: int = 45):
     """English labelled source and a Korean target with gold labels (from chatterbot, 3 topics)."""
-    from xite_fast.data.chatterbot import load_chatterbot
-
-    topics = ["emotion", "food", "sports"]
-    en = load_chatterbot("english", topics=topics)
-    ko = load_chatterbot("korean", topics=topics)
-    rng = np.random.default_rng(0)
-    en = [en[i] for i in sorted(rng.choice(len(en), n_src, replace=False))]
-    ko = [ko[i] for i in sorted(rng.choice(len(ko), n_tgt, replace=False))]
-    src = tmp_path / "en.jsonl"
-    src.write_text(
-        "".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in en), encoding="utf-8"
-    )
-    tgt = tmp_path / "ko.jsonl"
-    tgt.write_text(
-        "".join(json.dumps({"text": r["text"], "label": r["label"]}, ensure_ascii=False) + "\n" for r in ko),
-        encoding="utf-8",
-    )
-    txt = tmp_path / "ko.txt"
-    txt.write_text("".join(r["text"] + "\n" for r in ko), encoding="utf-8")
-    return src, tgt, txt
+    return write_chatterbot_sample(tmp_path, n_src, n_tgt, seed=0)
 
 
 def _err(capsys, argv) -> str:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import xite_fast
+from tests.chatterbot_sample import write_chatterbot_sample
 from xite_fast.encode.ray import encode_corpus_ray, init_ray
 from xite_fast.reference import cosine_topk_ref
 from xite_fast.xite.match import plan_shards, sharded_cosine_topk
@@ -354,18 +355,7 @@ def test_encode_corpus_ray_resumes_to_identical_bytes(ray_local, tmp_path):
 
 
 def _write_small(tmp_path: Path, n_src: int = 50, n_tgt: int = 40):
-    from xite_fast.data.chatterbot import load_chatterbot
-
-    topics = ["emotion", "food", "sports"]
-    en = load_chatterbot("english", topics=topics)
-    ko = load_chatterbot("korean", topics=topics)
-    rng = np.random.default_rng(1)
-    en = [en[i] for i in sorted(rng.choice(len(en), n_src, replace=False))]
-    ko = [ko[i] for i in sorted(rng.choice(len(ko), n_tgt, replace=False))]
-    src, tgt = tmp_path / "en.jsonl", tmp_path / "ko.jsonl"
-    for path, recs in ((src, en), (tgt, ko)):
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
-    return src, tgt
+    return write_chatterbot_sample(tmp_path, n_src, n_tgt, seed=1)[:2]
 
 
 def test_cli_ray_augment_and_encode_identical(ray_local, tmp_path, capsys):

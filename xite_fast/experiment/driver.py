@@ -25,7 +25,10 @@ Protocol (per seed):
   ``xite-<placement>[-lda]``: every pool sentence is matched to its cosine top-1 English train sentence
   (pooled embeddings of the stage-1 encoder, :func:`xite_fast.cosine_topk`), takes that label, and the
   model trains on the source/target mix at the given placement (:class:`xite_fast.train.model.XiteModel`
-  inside :class:`xite_fast.train.trainer.XiteTrainer`, a Hugging Face ``Trainer``).
+  inside :class:`xite_fast.train.trainer.XiteTrainer`, a Hugging Face ``Trainer``). ``-lda`` rows mix
+  through a 2-language LanguageLDA basis (source vs target, r = 1); ``xite-sentence-mlda`` fits it on the
+  source, the target and the ``--lda-langs`` pools (r = C - 1); ``xite-sentence-lda-means`` uses the span
+  of the language means instead of the Fisher subspace (``XiteConfig.lda_basis``).
 * Stage-1 variants (``--stage1-variants plain ot ear``; each trains its own stage 1 from the pretrained
   encoder and then runs ``--aligned-variants`` on top, rows named ``<variant>+ot`` / ``<variant>+ear``):
   ``ot-align``: OT pre-alignment (:func:`xite_fast.train.align.ot_align`) on parallel English/target pairs of the
