@@ -171,7 +171,6 @@ def test_sentiment_multi_language_and_means_lda_rows(tmp_path, tiny_model_dir, m
 
 def test_sentiment_ot_stage1_aligns_on_chatterbot_translations(tmp_path, tiny_model_dir, monkeypatch):
     import xite_fast.train.align as al
-
     from xite_fast.data.chatterbot import load_chatterbot
 
     seen: dict = {}
