@@ -236,3 +236,25 @@ def test_inference_errors():
         lda.project(X, part="both")
     with pytest.raises(ValueError, match="floating dtype"):
         lda.transform(np.zeros((2, 8), np.int32))
+
+
+def test_mean_basis_is_the_language_mean_span_and_survives_save_load(tmp_path):
+    rng = np.random.default_rng(3)
+    X = np.concatenate([rng.standard_normal((50, 12)) + o for o in (0.0, 1.5, -2.0)]).astype(np.float32)
+    X[:, 0] *= 10.0  # anisotropic: the Fisher subspace is not the mean span here
+    y = np.repeat(["a", "b", "c"], 50)
+    lda = LanguageLDA().fit(X, y)
+    W = lda.mean_basis()
+    assert W.shape == (12, 2) and W.dtype == np.float32
+    np.testing.assert_allclose(W.T @ W, np.eye(2), atol=1e-5)
+    m = np.stack([X[y == c].astype(np.float64).mean(0) for c in "abc"])
+    M = np.stack([m[1] - m[0], m[2] - m[0]], 1)
+    Q = np.linalg.qr(M)[0]
+    assert np.linalg.norm(W @ W.T - Q @ Q.T, 2) < 1e-4
+    two = LanguageLDA().fit(X[:100], y[:100]).mean_basis()[:, 0]
+    off = m[1] - m[0]
+    assert abs(float(two @ off)) / np.linalg.norm(off) == pytest.approx(1.0, abs=1e-5)
+    lda.save(tmp_path / "l.npz")
+    np.testing.assert_array_equal(LanguageLDA.load(tmp_path / "l.npz").mean_basis(), W)
+    with pytest.raises(ValueError, match="not fitted yet"):
+        LanguageLDA().mean_basis()

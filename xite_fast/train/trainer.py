@@ -222,8 +222,8 @@ def fit_lda(
     ``extra_languages`` (``{name: texts}``, or ``{name: (texts, text_pairs)}`` for sentence pairs) adds
     unlabelled text of further languages as further LDA classes, so r can reach C − 1 > 1 (the paper's
     LDA has the languages as classes). ``model.xite.lda_components`` sets r; ``model.xite.lda_basis``
-    ``"means"`` returns the top-r span of the prior-weighted language means around the overall mean (the
-    between-language scatter's eigenvectors) instead of the Fisher subspace.
+    ``"means"`` returns :meth:`xite_fast.LanguageLDA.mean_basis` (the span of the language means) instead of
+    the Fisher subspace.
     """
     from xite_fast import LanguageLDA
 
@@ -246,18 +246,9 @@ def fit_lda(
         t, tp = distinct(texts, pairs)
         X.append(embed_texts(model, tokenizer, t, tp, level=level, **embed_kw))
         langs += [name] * len(t)
-    X, langs = np.concatenate(X), np.array(langs)
+    lda = LanguageLDA(n_components=model.xite.lda_components).fit(np.concatenate(X), np.array(langs))
     if model.xite.lda_basis == "means":
-        names, inv = np.unique(langs, return_inverse=True)
-        X64 = X.astype(np.float64)
-        counts = np.bincount(inv).astype(np.float64)
-        means = np.stack([X64[inv == c].mean(0) for c in range(len(names))])
-        priors = counts / counts.sum()
-        B = np.sqrt(priors)[:, None] * (means - priors @ means)  # (C, D): B.T @ B = between-language scatter
-        r = min(model.xite.lda_components or len(names) - 1, len(names) - 1)
-        U = np.linalg.svd(B, full_matrices=False)[2][:r].T  # (D, r) orthonormal
-        return np.ascontiguousarray(U, dtype=np.float32)
-    lda = LanguageLDA(n_components=model.xite.lda_components).fit(X, langs)
+        return lda.mean_basis()
     return np.ascontiguousarray(np.asarray(lda.components_, dtype=np.float32))
 
 

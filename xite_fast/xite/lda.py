@@ -222,6 +222,17 @@ class LanguageLDA:
         self.n_features_in_ = d
         return self
 
+    def mean_basis(self) -> np.ndarray:
+        """(D, r) float32 orthonormal basis of the span of the language means (top r directions of the
+        between-language scatter, prior-weighted, around the overall mean; r = that of ``components_``):
+        LDA with an identity within-language covariance. With two languages it is the direction of the
+        mean offset, which the Fisher direction ``components_`` may carry little of."""
+        self._check_fitted()
+        means = self.means_.astype(np.float64)
+        B = np.sqrt(self.priors_)[:, None] * (means - self.priors_ @ means)  # B.T @ B = between scatter
+        r = self.components_.shape[1]
+        return np.ascontiguousarray(np.linalg.svd(B, full_matrices=False)[2][:r].T, dtype=np.float32)
+
     # ------------------------------------------------------------- inference
     def _check_fitted(self) -> None:
         if not hasattr(self, "components_"):
