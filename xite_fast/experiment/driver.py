@@ -665,7 +665,10 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                     over = dict(VARIANTS[variant])
                     label_source = over.pop("labels", "pseudo")
                     placement = over.pop("placement")
-                    lda_fit = over.pop("lda_fit", "pair")
+                    # further LanguageLDA classes of a multi-language row (the other --lda-langs pools)
+                    lda_extra = (
+                        {k: v for k, v in extra_pools.items() if k != lang} if over.pop("lda_fit", None) == "multi" else None
+                    )
                     use_cache = can_cache and placement != "input" and not (
                         placement == "hidden" and args.hidden_layer < args.freeze_layers
                     )
@@ -689,8 +692,7 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                             xm.set_lda(fit_lda(
                                 xm, tok, src_texts, pool_texts, source_text_pairs=src_pairs,
                                 target_text_pairs=pool_pairs, **ev,
-                                extra_languages={k: v for k, v in extra_pools.items() if k != lang}
-                                if lda_fit == "multi" else None,
+                                extra_languages=lda_extra,
                             ))
                     tr2 = XiteTrainer(
                         xm, _training_args(work / f"s{seed}" / lang / variant, args, seed, args.stage2_epochs, args.stage2_lr),
@@ -712,8 +714,8 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                         "english": fin["english"], "target": fin[lang], "diag": diag,
                         "config": {k: v for k, v in vars(cfg2).items()}, "loss_history": _losses(tr2),
                     }
-                    if cfg2.lda and lda_fit == "multi":
-                        rec["lda_languages"] = ["source", lang, *[k for k in extra_pools if k != lang]]
+                    if cfg2.lda and lda_extra is not None:
+                        rec["lda_languages"] = ["source", lang, *lda_extra]
                         rec["lda_components"] = int(xm.lda_W.shape[1])
                     _append_run(runs_path, rec)
                     done[key] = rec
