@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# XITE vs zero-shot on chatterbot-corpus, English -> Korean / Japanese (xite_fast.experiment).
+# XITE vs zero-shot on chatterbot-corpus, English -> Korean / Japanese (experiments/driver.py).
 #   CONFIG=e5s12 (default): full 12-layer e5-small, embeddings + bottom 10 layers frozen, top 2 trained;
 #                           also the OT pre-alignment (ot-align, xite-sentence+ot) and EAR (ear,
 #                           xite-sentence+ear) stage-1 variants
@@ -26,11 +26,11 @@ COMMON=(--langs korean japanese --out "$OUT" --max-length 32 --threads 1 "${ARGS
 if [[ "${PARALLEL:-1}" == "1" ]]; then
   # one single-threaded process per seed, then merge all runs into one table
   for s in 0 1 2; do
-    "$PY" -m xite_fast experiment "${COMMON[@]}" --seeds "$s" --runs-file "${OUT}_runs_s$s.jsonl" \
+    "$PY" -m experiments.driver "${COMMON[@]}" --seeds "$s" --runs-file "${OUT}_runs_s$s.jsonl" \
       > "${OUT}_s$s.log" 2>&1 &
   done
   wait
 fi
 # sequential form (PARALLEL=0 runs everything here); after the parallel runs this only merges the tables
 # (TABLES_ONLY=1: merge whatever finished, never train)
-"$PY" -m xite_fast experiment "${COMMON[@]}" --seeds 0 1 2 ${TABLES_ONLY:+--tables-only}
+"$PY" -m experiments.driver "${COMMON[@]}" --seeds 0 1 2 ${TABLES_ONLY:+--tables-only}

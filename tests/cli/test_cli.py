@@ -112,14 +112,14 @@ def test_experiment_is_delegated(capsys, monkeypatch):
     import types
 
     seen = []
-    fake = types.ModuleType("xite_fast.experiment.driver")
+    fake = types.ModuleType("experiments.driver")
     fake.main = lambda argv: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "xite_fast.experiment.driver", fake)
+    monkeypatch.setitem(sys.modules, "experiments.driver", fake)
     assert main(["experiment", "--foo", "1"]) == 0
     assert seen == [["--foo", "1"]]
-    monkeypatch.setitem(sys.modules, "xite_fast.experiment.driver", None)  # import now raises ImportError
+    monkeypatch.setitem(sys.modules, "experiments.driver", None)  # import now raises ImportError
     err = _err(capsys, ["experiment", "--help"])
-    assert "xite_fast.experiment is not available" in err
+    assert "experiments/driver.py of a source checkout" in err
 
 
 def _augment_argv(src, tgt, out, *extra):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xite_fast.experiment.driver import load_splits
+from experiments.driver import load_splits
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from xite_fast.experiment.driver import STAGE1_ROWS, VARIANTS, alignment_pairs, load_splits, main, row_names
+from experiments.driver import STAGE1_ROWS, VARIANTS, alignment_pairs, load_splits, main, row_names
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -153,9 +153,9 @@ def test_alignment_pairs_are_train_only_and_structure_matched():
 
 
 def test_row_keys_for_ot_and_ear():
-    import argparse
+    from experiments.driver import ExperimentConfig
 
-    args = argparse.Namespace(
+    args = ExperimentConfig(
         variants=["self-train", "xite-sentence"],
         stage1_variants=["plain", "ot", "ear"],
         aligned_variants=["xite-sentence"],

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from xite_fast.experiment.driver import TASK_VARIANTS, load_splits, main
+from experiments.driver import TASK_VARIANTS, load_splits, main
 
 
 @pytest.fixture(autouse=True, scope="module")

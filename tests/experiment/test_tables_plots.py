@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from xite_fast.experiment.driver import main
+from experiments.driver import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -67,7 +67,7 @@ def test_tables_only_writes_valid_pngs_and_keeps_hand_written_sections(tmp_path)
 
 
 def test_plots_draw_seed_mean_std_and_the_stage1_match_similarities(tmp_path, monkeypatch):
-    import xite_fast.experiment.transfer as transfer
+    import experiments.transfer as transfer
 
     got: dict = {}
     monkeypatch.setattr(transfer, "plot_accuracy", lambda summary, path, title: got.setdefault("acc", summary))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from xite_fast.experiment import transfer as T
+from experiments import transfer as T
 from xite_fast.xite.augmenter import beta_lambdas
 
 

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     augment.add_parser(sub, fmt)
     encode.add_parser(sub, fmt)
-    sub.add_parser("experiment", help="run the experiment driver (xite_fast.experiment)", add_help=False)
+    sub.add_parser("experiment", help="run the research driver experiments/driver.py (source checkout only)", add_help=False)
     return parser
 
 
@@ -98,10 +98,21 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "experiment":
+        # the research drivers live in the checkout's experiments/ (not installed): found there or not at all
+        from pathlib import Path
+
+        checkout = Path(__file__).resolve().parents[2]
+        if (checkout / "experiments" / "driver.py").is_file() and str(checkout) not in sys.path:
+            sys.path.insert(0, str(checkout))
         try:
-            from xite_fast.experiment.driver import main as experiment_main
+            from experiments.driver import main as experiment_main
         except ImportError as exc:
-            print(f"xite-fast: error: the experiment driver xite_fast.experiment is not available ({exc})", file=sys.stderr)
+            print(
+                "xite-fast: error: `xite-fast experiment` runs the research driver experiments/driver.py of a "
+                f"source checkout, which this installation does not have ({exc}); from a checkout run "
+                "`python -m experiments.driver ...`",
+                file=sys.stderr,
+            )
             return 2
         return int(experiment_main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)

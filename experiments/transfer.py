@@ -1,6 +1,6 @@
 """Frozen-encoder analysis of cross-lingual transfer: when (and why) does XITE's matching help?
 
-``python -m xite_fast.experiment.transfer --task sentiment --targets zh fr`` (also ``--task chatterbot``
+``python -m experiments.transfer --task sentiment --targets zh fr`` (also ``--task chatterbot``
 and ``--task pairs`` with ``--targets ko ja``) embeds every text once with the frozen encoder
 (:class:`xite_fast.Encoder`, ONNX fp32 e5-small; cached by :func:`xite_fast.encode_corpus` under
 ``<cache>/transfer``, so reruns skip encoding) and trains scikit-learn logistic regressions on the
@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from experiments.tasks import FROZEN_SENTIMENT_TARGETS, FROZEN_SPLIT, TASKS, sentiment_split
+
 __all__ = [
     "TASKS",
     "TaskData",
@@ -60,10 +62,9 @@ __all__ = [
     "main",
 ]
 
-TASKS = ("sentiment", "chatterbot", "pairs")
-_SENTIMENT_SPLIT = {"zh": (2000, 2000), "fr": (600, None)}  # target -> (test rows, pool rows or all left)
-_EN_TRAIN, _EN_TEST = 5000, 2000
-_CHAT_TEST_FRACTION = 0.3
+_SENTIMENT_SPLIT = FROZEN_SENTIMENT_TARGETS  # target -> (test rows, pool rows or None = all left)
+_EN_TRAIN, _EN_TEST = FROZEN_SPLIT["en_size"], FROZEN_SPLIT["en_test_size"]
+_CHAT_TEST_FRACTION = FROZEN_SPLIT["test_fraction"]
 _C = 10.0  # logistic-regression inverse regularisation (chosen on English held-out accuracy only)
 
 
@@ -150,7 +151,7 @@ def _codes(labels: list, classes: list) -> np.ndarray:
 
 
 def _sentiment(target: str, seed: int, embed) -> TaskData:
-    from xite_fast.data.sentiment import LABELS, split_pool_test
+    from xite_fast.data.sentiment import LABELS
 
     if target not in _SENTIMENT_SPLIT:
         raise ValueError(f"sentiment targets are {sorted(_SENTIMENT_SPLIT)}, got {target!r}")
@@ -160,9 +161,9 @@ def _sentiment(target: str, seed: int, embed) -> TaskData:
         r["_i"] = i
     for r, i in zip(tg, range(len(tg)), strict=True):
         r["_i"] = i
-    en_train, en_test = split_pool_test(en, _EN_TEST, seed, pool_size=_EN_TRAIN)
+    en_train, en_test = sentiment_split(en, _EN_TEST, seed, _EN_TRAIN)
     n_test, n_pool = _SENTIMENT_SPLIT[target]
-    pool, test = split_pool_test(tg, n_test, seed, pool_size=n_pool)
+    pool, test = sentiment_split(tg, n_test, seed, n_pool)
     classes = list(LABELS)
     lang_X = {"en": en_X[[r["_i"] for r in en_train]], target: tg_X[[r["_i"] for r in pool]]}
     for other in _SENTIMENT_SPLIT:
@@ -614,7 +615,7 @@ def plot_accuracy(summary: list[dict], path: str | os.PathLike, title: str) -> N
 
     ``summary``: dicts with ``target``, ``row``, ``acc`` and ``acc_std``; a ``zero-shot`` row, if present,
     is drawn as a dashed line. Also used by the fine-tuning driver's tables
-    (:func:`xite_fast.experiment.tables.write_tables`).
+    (:func:`experiments.tables.write_tables`).
     """
     import matplotlib
 
@@ -836,7 +837,7 @@ def run(task: str, targets: list[str], seeds: list[int], out: str | os.PathLike,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m xite_fast.experiment.transfer", description=__doc__.split("\n")[0]
+        prog="python -m experiments.transfer", description=__doc__.split("\n")[0]
     )
     p.add_argument("--task", choices=TASKS, required=True)
     p.add_argument("--targets", nargs="+", required=True)
@@ -847,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
 
     threadpool_limits(1)  # many small BLAS calls: threads only add contention on a shared CPU
     out = args.out or f"bench/results/transfer_{args.task}"
-    cmd = "python -m xite_fast.experiment.transfer " + " ".join(
+    cmd = "python -m experiments.transfer " + " ".join(
         argv if argv is not None else __import__("sys").argv[1:]
     )
     run(args.task, args.targets, args.seeds, out, command=cmd)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import platform
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from experiments.driver import ExperimentConfig
 
 __all__ = ["summarize", "write_tables", "write_plots"]
 
@@ -22,18 +25,18 @@ def _ms(values: list[float]) -> str:
     return f"{a.mean():.3f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.3f}"
 
 
-def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, list[dict]]:
+def summarize(done: dict[str, dict], cfg: ExperimentConfig) -> tuple[str, list[dict]]:
     """Markdown table + CSV rows (mean ± std over the seeds that finished)."""
-    from xite_fast.experiment.driver import STAGE1_ROWS, row_names
+    from experiments.driver import STAGE1_ROWS, row_names
 
     rows: list[dict] = []
-    variants = row_names(args)
-    for lang in args.langs:
+    variants = row_names(cfg)
+    for lang in cfg.langs:
         for v in variants:
             recs = [
                 r
                 for r in done.values()
-                if r["variant"] == v and (lang in r.get("targets", {}) or r.get("lang") == lang) and r["seed"] in args.seeds
+                if r["variant"] == v and (lang in r.get("targets", {}) or r.get("lang") == lang) and r["seed"] in cfg.seeds
             ]
             if not recs:
                 continue
@@ -68,7 +71,7 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
             )
     import torch
 
-    task = getattr(args, "task", "chatterbot")
+    task = getattr(cfg, "task", "chatterbot")
     title = {
         "chatterbot": "chatterbot-corpus topic classification",
         "sentiment": "binary sentiment (sentiment:en -> sentiment:<target>)",
@@ -76,55 +79,55 @@ def summarize(done: dict[str, dict], args: argparse.Namespace) -> tuple[str, lis
     }[task]
     if task == "sentiment":
         data_line = (
-            f" Data: English = a fixed-seed stratified sample of {args.en_size} sentiment:en rows (+ "
-            f"{args.en_test_size} English test rows), each target split by split_pool_test (seed {args.split_seed}) "
-            f"into an unlabelled pool ({args.pool_size or 'all remaining'} rows) and {args.test_size} gold test rows"
+            f" Data: English = a fixed-seed stratified sample of {cfg.en_size} sentiment:en rows (+ "
+            f"{cfg.en_test_size} English test rows), each target split by split_pool_test (seed {cfg.split_seed}) "
+            f"into an unlabelled pool ({cfg.pool_size or 'all remaining'} rows) and {cfg.test_size} gold test rows"
         )
     else:
-        data_line = f" Split by conversation (test fraction {args.test_fraction}, split seed {args.split_seed})" + (
-            f"; each target pool capped at {args.pool_size} rows (whole couples, evenly spread)"
-            if task == "pairs" and getattr(args, "pool_size", 0)
+        data_line = f" Split by conversation (test fraction {cfg.test_fraction}, split seed {cfg.split_seed})" + (
+            f"; each target pool capped at {cfg.pool_size} rows (whole couples, evenly spread)"
+            if task == "pairs" and getattr(cfg, "pool_size", 0)
             else ""
-        ) + ("; no English evaluation after stage 2 (--no-stage2-english)" if not getattr(args, "stage2_english", True) else "")
+        ) + ("; no English evaluation after stage 2 (--no-stage2-english)" if not getattr(cfg, "stage2_english", True) else "")
     lines = [
-        f"# XITE vs zero-shot on {title} (English -> " + ", ".join(args.langs) + ")",
+        f"# XITE vs zero-shot on {title} (English -> " + ", ".join(cfg.langs) + ")",
         "",
-        f"Command: `xite-fast experiment {' '.join(a for a in getattr(args, '_argv', []) if a != '--tables-only')}`",
+        f"Command: `xite-fast experiment {' '.join(a for a in cfg.argv if a != '--tables-only')}`",
         "",
-        f"Setup (chosen to finish on a shared 2-core CPU): encoder `{args.model}` "
+        f"Setup (chosen to finish on a shared 2-core CPU): encoder `{cfg.model}` "
         + (
             "with all 12 layers (no truncation)"
-            if args.model == "e5-small" and args.num_layers >= 12
-            else f"**truncated to its first {args.num_layers} layers**"
+            if cfg.model == "e5-small" and cfg.num_layers >= 12
+            else f"**truncated to its first {cfg.num_layers} layers**"
         )
-        + f", **embeddings and the bottom {args.freeze_layers} layers frozen**, "
+        + f", **embeddings and the bottom {cfg.freeze_layers} layers frozen**, "
         "the model's own AutoModelForSequenceClassification head (BERT: [CLS] -> pooler -> linear; e5 ships no "
         "pooler, so pooler and classifier start random), XiteTrainer (HF Trainer), "
-        f"max_length {args.max_length}, batch {args.batch_size}, AdamW + linear "
-        f"warmup (10%) / decay, grad-clip 1.0, torch threads {args.threads}. Stage 1: {args.stage1_epochs} "
-        f"epochs on English train (lr {args.lr}, head lr {args.head_lr}). Stage 2: {args.stage2_epochs} "
-        f"epoch(s) on the target pool from the stage-1 weights (lr {args.stage2_lr}, head lr "
-        f"{args.stage2_head_lr}); lambda ~ "
-        + (f"Beta({args.alpha}, {args.alpha})" if args.alpha and args.alpha > 0 else f"{args.lam} (fixed)")
-        + f"; hidden placement mixes the input of layer {args.hidden_layer}; LDA rows use lda_project_interp "
-        f"mode `{args.lda_mode}` with a 2-language LanguageLDA (r = 1) fitted at the mixing level."
+        f"max_length {cfg.max_length}, batch {cfg.batch_size}, AdamW + linear "
+        f"warmup (10%) / decay, grad-clip 1.0, torch threads {cfg.threads}. Stage 1: {cfg.stage1_epochs} "
+        f"epochs on English train (lr {cfg.lr}, head lr {cfg.head_lr}). Stage 2: {cfg.stage2_epochs} "
+        f"epoch(s) on the target pool from the stage-1 weights (lr {cfg.stage2_lr}, head lr "
+        f"{cfg.stage2_head_lr}); lambda ~ "
+        + (f"Beta({cfg.alpha}, {cfg.alpha})" if cfg.alpha and cfg.alpha > 0 else f"{cfg.lam} (fixed)")
+        + f"; hidden placement mixes the input of layer {cfg.hidden_layer}; LDA rows use lda_project_interp "
+        f"mode `{cfg.lda_mode}` with a 2-language LanguageLDA (r = 1) fitted at the mixing level."
         + (
-            f" OT pre-alignment (ot rows): {args.align_epochs} epochs over the training-conversation parallel "
-            f"pairs ({args.align_topics} topics), batch {args.align_batch_size}, lr {args.align_lr}, Sinkhorn "
-            f"eps {args.align_eps} (annealed, {args.align_iters} iters) on unnormalised last-layer last-subword "
-            f"word embeddings, drift weight {args.align_drift}, same frozen layers."
-            if "ot" in getattr(args, "stage1_variants", [])
+            f" OT pre-alignment (ot rows): {cfg.align_epochs} epochs over the training-conversation parallel "
+            f"pairs ({cfg.align_topics} topics), batch {cfg.align_batch_size}, lr {cfg.align_lr}, Sinkhorn "
+            f"eps {cfg.align_eps} (annealed, {cfg.align_iters} iters) on unnormalised last-layer last-subword "
+            f"word embeddings, drift weight {cfg.align_drift}, same frozen layers."
+            if "ot" in getattr(cfg, "stage1_variants", [])
             else ""
         )
         + (
-            f" EAR (ear rows): rate {args.ear_rate}, k {args.ear_k}, push weight {args.ear_push_weight} "
-            f"(inert: frozen embeddings), pull weight {args.ear_pull_weight} at layer "
-            f"{args.ear_layer or 'auto (first trainable)'}."
-            if "ear" in getattr(args, "stage1_variants", [])
+            f" EAR (ear rows): rate {cfg.ear_rate}, k {cfg.ear_k}, push weight {cfg.ear_push_weight} "
+            f"(inert: frozen embeddings), pull weight {cfg.ear_pull_weight} at layer "
+            f"{cfg.ear_layer or 'auto (first trainable)'}."
+            if "ear" in getattr(cfg, "stage1_variants", [])
             else ""
         )
         + data_line
-        + (f"; **--limit {args.limit} (quick check, not the full data)**" if args.limit else "")
+        + (f"; **--limit {cfg.limit} (quick check, not the full data)**" if cfg.limit else "")
         + ".",
         "",
         "Target acc / macro-F1 on the "
@@ -187,15 +190,15 @@ def _kept_sections(path: Path) -> str:
     return text[at:] if at >= 0 else ""
 
 
-def write_plots(done: dict[str, dict], args: argparse.Namespace, rows: list[dict]) -> list[Path]:
+def write_plots(done: dict[str, dict], cfg: ExperimentConfig, rows: list[dict]) -> list[Path]:
     """``<out>.png``: target accuracy per row with seed error bars (mean ± std), one panel per language;
     ``<out>_sim.png`` (when the runs carry per-row match similarities, ``diag["sim"]``): the match-similarity
     histogram of the pool with the label-transfer accuracy per similarity bin, in the stage-1 model's space.
     Returns the paths written."""
-    from xite_fast.experiment.transfer import plot_accuracy, plot_similarity
+    from experiments.transfer import plot_accuracy, plot_similarity
 
-    out = Path(args.out)
-    task = getattr(args, "task", "chatterbot")
+    out = Path(cfg.out)
+    task = getattr(cfg, "task", "chatterbot")
     written: list[Path] = []
     if not rows:
         return written
@@ -204,11 +207,11 @@ def write_plots(done: dict[str, dict], args: argparse.Namespace, rows: list[dict
     plot_accuracy(summary, acc_png, f"{task} (fine-tuned, {len({s for r in rows for s in r['seeds'].split()})} seed(s))")
     written.append(acc_png)
     analyses: dict[str, list[dict]] = {}
-    for lang in args.langs:
+    for lang in cfg.langs:
         per_seed: dict[int, dict] = {}
         for r in done.values():
             d = r.get("diag") or {}
-            if r.get("lang") == lang and r["seed"] in args.seeds and "sim" in d and r["seed"] not in per_seed:
+            if r.get("lang") == lang and r["seed"] in cfg.seeds and "sim" in d and r["seed"] not in per_seed:
                 if r.get("stage1", "zero-shot") == "zero-shot":
                     per_seed[r["seed"]] = {"sim": d["sim"], "sim_ok": d["sim_ok"], "pseudo_acc": d["pseudo_label_acc"]}
         if per_seed:
@@ -226,13 +229,13 @@ def write_plots(done: dict[str, dict], args: argparse.Namespace, rows: list[dict
     return written
 
 
-def write_tables(done: dict[str, dict], args: argparse.Namespace) -> None:
+def write_tables(done: dict[str, dict], cfg: ExperimentConfig) -> None:
     """``<out>.md`` (keeping its hand-written ``## `` sections), ``<out>.csv`` and the plots of
     :func:`write_plots`."""
-    out = Path(args.out)
+    out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    md, rows = summarize(done, args)
-    pngs = write_plots(done, args, rows)
+    md, rows = summarize(done, cfg)
+    pngs = write_plots(done, cfg, rows)
     if pngs:
         md += "\nPlots: " + ", ".join(f"`{p.name}`" for p in pngs) + "\n"
     md_path = Path(f"{out}.md")

@@ -1,10 +1,12 @@
 """Does XITE beat zero-shot? English -> {Korean, Japanese} topic classification on chatterbot-corpus.
 
-``xite-fast experiment --langs korean japanese --seeds 0 1 2 --out bench/results/experiment_e5s``
+``python -m experiments.driver --langs korean japanese --seeds 0 1 2 --out bench/results/experiment_e5s``
+from the checkout (``xite-fast experiment ...`` calls the same :func:`main` there). Python:
+``run_experiment(ExperimentConfig(task="sentiment", langs=["zh"], ...))``, then :func:`write_tables`.
 
 Tasks (``--task``): ``chatterbot`` (the default, described below), ``sentiment`` (English source =
 a fixed-seed stratified ``--en-size`` sample of ``sentiment:en``, each ``--targets`` language split by
-:func:`xite_fast.data.sentiment.split_pool_test` into an unlabelled pool and ``--test-size`` gold test
+:func:`experiments.tasks.sentiment_split` into an unlabelled pool and ``--test-size`` gold test
 rows) and ``pairs`` (response selection, ``pairs:english`` -> ``pairs:<lang>``, split by conversation;
 records carry ``text_pair``, which is tokenized as the second segment and matched on the pair's
 embedding). The ``oracle`` row fine-tunes stage 2 on the pool's gold labels: an upper reference, not a
@@ -41,23 +43,28 @@ Protocol (per seed):
   (retention; the zero-shot row shows English after stage 1), mean +- std over seeds.
 
 Every finished run is appended to ``<out>_runs.jsonl`` and skipped on a rerun, and stage 1 is
-checkpointed, so an interrupted experiment continues where it stopped. Tables: ``<out>.md``, ``<out>.csv``.
+checkpointed, so an interrupted experiment continues where it stopped. Tables: ``<out>.md`` (the table
+block regenerated from ``<out>.csv``, the long-format results, by :mod:`experiments.tables`), ``<out>.png``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xite_fast.experiment.tables import summarize, write_tables
+from experiments.tables import write_tables
+from experiments.tasks import DEFAULT_LANGS, FINETUNE_SPLIT, SENTIMENT_PARALLEL, TASKS, sentiment_split
 
-__all__ = ["main", "VARIANTS", "TASKS", "TASK_VARIANTS", "STAGE1_ROWS", "run_experiment", "summarize", "alignment_pairs", "row_names"]
+__all__ = [
+    "main", "ExperimentConfig", "VARIANTS", "TASKS", "TASK_VARIANTS", "STAGE1_ROWS", "run_experiment",
+    "write_tables", "read_runs", "load_splits", "alignment_pairs", "row_names",
+]  # fmt: skip
 
 # name -> XiteConfig overrides for stage 2 (fields not listed come from the stage-2 base config)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -81,12 +88,6 @@ STAGE1_ROWS = {"plain": "zero-shot", "ot": "ot-align", "ear": "ear"}
 STAGE1_SUFFIX = {"plain": "", "ot": "+ot", "ear": "+ear"}
 # default stage-2 rows of the sentiment and pairs tasks (chatterbot keeps DEFAULT_VARIANTS)
 TASK_VARIANTS = ["self-train", "matched-only", "xite-sentence", "oracle"]
-TASKS = ("chatterbot", "sentiment", "pairs")
-# sentiment targets -> the chatterbot language whose English translations give OT's parallel pairs (every
-# conversation: the sentiment data share none of them). French has no topic whose translation keeps the
-# English conversation structure, so with --align-topics matched only Chinese has pairs.
-SENTIMENT_PARALLEL = {"zh": "chinese", "fr": "french"}
-DEFAULT_LANGS = {"chatterbot": ["korean", "japanese"], "sentiment": ["zh", "fr"], "pairs": ["korean", "japanese"]}
 DEFAULT_VARIANTS = [
     "self-train",
     "xite-hidden",
@@ -97,10 +98,103 @@ DEFAULT_VARIANTS = [
 ]
 
 
+@dataclass
+class ExperimentConfig:
+    """Every setting of one experiment: the command line's flags, with the same names and defaults
+    (the parser reads its defaults from here). ``langs`` / ``variants`` None: the task's defaults."""
+
+    task: str = "chatterbot"
+    langs: list[str] | None = None
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    out: str = "bench/results/experiment"
+    variants: list[str] | None = None
+    model: str = "e5-small"
+    num_layers: int = 6
+    freeze_layers: int = 4
+    max_length: int = 32
+    batch_size: int = 32
+    stage1_epochs: int = 3
+    stage2_epochs: int = 1
+    lr: float = 5e-5
+    head_lr: float = 2e-3
+    stage2_lr: float = 3e-5
+    stage2_head_lr: float = 5e-4
+    hidden_layer: int = 4
+    lam: float = 0.5
+    alpha: float = 1.0
+    lda_mode: str = "shift"
+    lda_langs: list[str] = field(default_factory=list)
+    test_fraction: float = FINETUNE_SPLIT["test_fraction"]
+    split_seed: int = 0
+    en_size: int = FINETUNE_SPLIT["en_size"]
+    en_test_size: int = FINETUNE_SPLIT["en_test_size"]
+    pool_size: int = FINETUNE_SPLIT["pool_size"]
+    test_size: int = FINETUNE_SPLIT["test_size"]
+    limit: int = 0
+    stage1_variants: list[str] = field(default_factory=lambda: ["plain"])
+    aligned_variants: list[str] = field(default_factory=lambda: ["xite-sentence"])
+    align_epochs: int = 2
+    align_lr: float = 5e-5
+    align_batch_size: int = 16
+    align_eps: float = 0.1
+    align_iters: int = 50
+    align_drift: float = 1.0
+    align_topics: str = "matched"
+    ear_rate: float = 0.15
+    ear_k: int = 10
+    ear_layer: int | None = None
+    ear_pull_weight: float = 1.0
+    ear_push_weight: float = 0.1
+    stage2_english: bool = True
+    tables_only: bool = False
+    threads: int = 1
+    backend: str = "auto"
+    device: str = "auto"
+    match_center: bool = True
+    work_dir: str | None = None
+    runs_file: str | None = None
+    argv: list[str] = field(default_factory=list)  # the command line, quoted in the table header
+
+    def __post_init__(self) -> None:
+        if self.langs is None and self.task in DEFAULT_LANGS:
+            self.langs = list(DEFAULT_LANGS[self.task])
+        if self.variants is None:
+            self.variants = list(DEFAULT_VARIANTS if self.task == "chatterbot" else TASK_VARIANTS)
+
+    def validate(self) -> ExperimentConfig:
+        """Raise ValueError (naming the command-line flag) on an impossible setting; returns self."""
+        if self.task not in TASKS:
+            raise ValueError(f"--task must be one of {TASKS}, got {self.task!r}")
+        if self.task == "sentiment":
+            for name in ("en_size", "en_test_size", "pool_size"):
+                if getattr(self, name) < (0 if name == "pool_size" else 1):
+                    raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+            if self.test_size < 500 and not self.limit:
+                raise ValueError(f"--test-size must be >= 500 (gold test rows), got {self.test_size}")
+        if self.task == "pairs" and "ot" in self.stage1_variants:
+            raise ValueError("--stage1-variants ot needs parallel pairs: only with --task chatterbot or sentiment")
+        if self.task == "sentiment" and "ot" in self.stage1_variants:
+            missing = [lang for lang in self.langs if lang not in SENTIMENT_PARALLEL]
+            if missing:
+                raise ValueError(
+                    f"--stage1-variants ot with --task sentiment needs chatterbot parallel pairs for every target; "
+                    f"expected targets in {sorted(SENTIMENT_PARALLEL)}, got {missing}"
+                )
+        for name in ("num_layers", "max_length", "batch_size", "stage1_epochs", "stage2_epochs", "threads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.freeze_layers < 0 or self.freeze_layers > self.num_layers:
+            raise ValueError(f"--freeze-layers must be in [0, {self.num_layers}], got {self.freeze_layers}")
+        if not self.seeds:
+            raise ValueError("--seeds must list at least one seed")
+        return self
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xite-fast experiment", description=__doc__.split("\n")[0])
+    d = ExperimentConfig(langs=[], variants=[])  # the defaults (langs / variants: None = the task's)
+    p = argparse.ArgumentParser(prog="python -m experiments.driver", description=__doc__.split("\n")[0])
     p.add_argument(
-        "--task", default="chatterbot", choices=TASKS,
+        "--task", default=d.task, choices=TASKS,
         help="chatterbot: 19-topic classification; sentiment: sentiment:en -> sentiment:<target>; pairs: "
         "response selection (pairs:english -> pairs:<lang>, text + text_pair)",
     )
@@ -108,56 +202,56 @@ def _parser() -> argparse.ArgumentParser:
         "--langs", "--targets", dest="langs", nargs="+", default=None,
         help="target languages (default: chatterbot/pairs korean japanese, sentiment zh fr)",
     )
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=d.seeds)
     p.add_argument(
-        "--out", default="bench/results/experiment", help="path prefix of <out>.md/.csv/_runs.jsonl"
+        "--out", default=d.out, help="path prefix of <out>.md/.csv/_runs.jsonl"
     )
     p.add_argument(
         "--variants", nargs="+", default=None,
         help=f"stage-2 rows, from {list(VARIANTS)} (default: chatterbot {DEFAULT_VARIANTS}, else {TASK_VARIANTS})",
     )
-    p.add_argument("--model", default="e5-small", help="e5-small or a local HF folder")
-    p.add_argument("--num-layers", type=int, default=6, help="truncate the encoder to its first N layers")
+    p.add_argument("--model", default=d.model, help="e5-small or a local HF folder")
+    p.add_argument("--num-layers", type=int, default=d.num_layers, help="truncate the encoder to its first N layers")
     p.add_argument(
-        "--freeze-layers", type=int, default=4, help="freeze the bottom N layers (and the embeddings)"
+        "--freeze-layers", type=int, default=d.freeze_layers, help="freeze the bottom N layers (and the embeddings)"
     )
-    p.add_argument("--max-length", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--stage1-epochs", type=int, default=3)
-    p.add_argument("--stage2-epochs", type=int, default=1)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--head-lr", type=float, default=2e-3)
-    p.add_argument("--stage2-lr", type=float, default=3e-5)
-    p.add_argument("--stage2-head-lr", type=float, default=5e-4)
-    p.add_argument("--hidden-layer", type=int, default=4)
-    p.add_argument("--lam", type=float, default=0.5, help="fixed lambda (ignored when --alpha is given)")
-    p.add_argument("--alpha", type=float, default=1.0, help="lambda ~ Beta(alpha, alpha); <= 0 uses --lam")
-    p.add_argument("--lda-mode", default="shift", choices=["proj", "shift", "interp", "comp"])
+    p.add_argument("--max-length", type=int, default=d.max_length)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--stage1-epochs", type=int, default=d.stage1_epochs)
+    p.add_argument("--stage2-epochs", type=int, default=d.stage2_epochs)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--head-lr", type=float, default=d.head_lr)
+    p.add_argument("--stage2-lr", type=float, default=d.stage2_lr)
+    p.add_argument("--stage2-head-lr", type=float, default=d.stage2_head_lr)
+    p.add_argument("--hidden-layer", type=int, default=d.hidden_layer)
+    p.add_argument("--lam", type=float, default=d.lam, help="fixed lambda (ignored when --alpha is given)")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="lambda ~ Beta(alpha, alpha); <= 0 uses --lam")
+    p.add_argument("--lda-mode", default=d.lda_mode, choices=["proj", "shift", "interp", "comp"])
     p.add_argument(
-        "--lda-langs", nargs="+", default=[],
+        "--lda-langs", nargs="+", default=d.lda_langs,
         help="xite-sentence-mlda: further languages of the same task whose unlabelled pools (evenly subsampled to "
         "the largest target pool) join the LanguageLDA fit as further classes (the current target is skipped), "
         "e.g. sentiment --targets zh --lda-langs fr",
     )
-    p.add_argument("--test-fraction", type=float, default=0.25)
-    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    p.add_argument("--split-seed", type=int, default=d.split_seed)
     p.add_argument(
-        "--en-size", type=int, default=5000, help="sentiment: English training rows (fixed-seed stratified sample)"
+        "--en-size", type=int, default=d.en_size, help="sentiment: English training rows (fixed-seed stratified sample)"
     )
-    p.add_argument("--en-test-size", type=int, default=1000, help="sentiment: English test rows (forgetting)")
+    p.add_argument("--en-test-size", type=int, default=d.en_test_size, help="sentiment: English test rows (forgetting)")
     p.add_argument(
-        "--pool-size", type=int, default=0,
+        "--pool-size", type=int, default=d.pool_size,
         help="sentiment: target pool rows (0 = all but the test); pairs: cap each target pool at this many rows "
         "(whole positive/negative couples, evenly spread over the pool; 0 = all)",
     )
-    p.add_argument("--test-size", type=int, default=1000, help="sentiment: target gold test rows (>= 500)")
+    p.add_argument("--test-size", type=int, default=d.test_size, help="sentiment: target gold test rows (>= 500)")
     p.add_argument(
-        "--limit", type=int, default=0, help="cap every train/pool/test set (quick checks); 0 = all"
+        "--limit", type=int, default=d.limit, help="cap every train/pool/test set (quick checks); 0 = all"
     )
     p.add_argument(
         "--stage1-variants",
         nargs="+",
-        default=["plain"],
+        default=d.stage1_variants,
         choices=list(STAGE1_ROWS),
         help="stage 1: plain English fine-tuning (row zero-shot), ot = OT pre-alignment on train-conversation "
         "parallel pairs then English fine-tuning (row ot-align), ear = English fine-tuning with EAR (row ear)",
@@ -165,49 +259,49 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--aligned-variants",
         nargs="+",
-        default=["xite-sentence"],
+        default=d.aligned_variants,
         help="stage-2 rows run on top of the ot/ear stage 1 (named <variant>+ot / <variant>+ear)",
     )
-    p.add_argument("--align-epochs", type=int, default=2)
-    p.add_argument("--align-lr", type=float, default=5e-5)
-    p.add_argument("--align-batch-size", type=int, default=16)
-    p.add_argument("--align-eps", type=float, default=0.1)
-    p.add_argument("--align-iters", type=int, default=50)
-    p.add_argument("--align-drift", type=float, default=1.0, help="drift penalty weight lambda")
+    p.add_argument("--align-epochs", type=int, default=d.align_epochs)
+    p.add_argument("--align-lr", type=float, default=d.align_lr)
+    p.add_argument("--align-batch-size", type=int, default=d.align_batch_size)
+    p.add_argument("--align-eps", type=float, default=d.align_eps)
+    p.add_argument("--align-iters", type=int, default=d.align_iters)
+    p.add_argument("--align-drift", type=float, default=d.align_drift, help="drift penalty weight lambda")
     p.add_argument(
         "--align-topics",
-        default="matched",
+        default=d.align_topics,
         choices=["matched", "all"],
         help="matched: only topics whose translation keeps the English conversation structure (per language)",
     )
-    p.add_argument("--ear-rate", type=float, default=0.15)
-    p.add_argument("--ear-k", type=int, default=10)
+    p.add_argument("--ear-rate", type=float, default=d.ear_rate)
+    p.add_argument("--ear-k", type=int, default=d.ear_k)
     p.add_argument(
-        "--ear-layer", type=int, default=None, help="1-based attention-pull layer (default: see XiteConfig.ear_attention_layer)"
+        "--ear-layer", type=int, default=d.ear_layer, help="1-based attention-pull layer (default: see XiteConfig.ear_attention_layer)"
     )
-    p.add_argument("--ear-pull-weight", type=float, default=1.0)
-    p.add_argument("--ear-push-weight", type=float, default=0.1)
+    p.add_argument("--ear-pull-weight", type=float, default=d.ear_pull_weight)
+    p.add_argument("--ear-push-weight", type=float, default=d.ear_push_weight)
     p.add_argument(
         "--stage2-english",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=d.stage2_english,
         help="evaluate English test accuracy after every stage-2 run (forgetting) and re-check stage 1 without "
         "the frozen-prefix cache at the end of each seed; --no-stage2-english saves that time (column shows -)",
     )
     p.add_argument("--tables-only", action="store_true", help="only merge the finished runs into the tables")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu"], help="auto: TrainingArguments' device (CUDA if present)")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (1 is fastest on a busy 2-core box)")
+    p.add_argument("--backend", default=d.backend)
+    p.add_argument("--device", default=d.device, choices=["auto", "cpu"], help="auto: TrainingArguments' device (CUDA if present)")
     p.add_argument(
         "--match-center",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=d.match_center,
         help="per-language centering before matching (match_arrays' default; the first e5s12 table had none)",
     )
-    p.add_argument("--work-dir", default=None, help="checkpoints (default: <cache>/experiment/<out name>)")
+    p.add_argument("--work-dir", default=d.work_dir, help="checkpoints (default: <cache>/experiment/<out name>)")
     p.add_argument(
         "--runs-file",
-        default=None,
+        default=d.runs_file,
         help="append finished runs here (default <out>_runs.jsonl); tables merge every <out>_runs*.jsonl, so "
         "seeds can run in parallel processes with --runs-file <out>_runs_s<seed>.jsonl",
     )
@@ -222,17 +316,17 @@ def load_splits(
     limit: int = 0,
     *,
     task: str = "chatterbot",
-    en_size: int = 5000,
-    en_test_size: int = 1000,
-    pool_size: int = 0,
-    test_size: int = 1000,
+    en_size: int = FINETUNE_SPLIT["en_size"],
+    en_test_size: int = FINETUNE_SPLIT["en_test_size"],
+    pool_size: int = FINETUNE_SPLIT["pool_size"],
+    test_size: int = FINETUNE_SPLIT["test_size"],
 ) -> dict[str, Any]:
     """English train/test and per-language pool/test of one task.
 
     Every split is ``(texts, labels)``; ``"<split>_pair"`` holds the second texts of sentence pairs
     (``None`` outside the pairs task). chatterbot and pairs split by conversation (``"<split>_conv"``:
     the conversation ids, so tests can check that no test conversation leaks); sentiment splits each
-    language with :func:`xite_fast.data.sentiment.split_pool_test` (fixed seed, stratified): English into
+    language with :func:`experiments.tasks.sentiment_split` (fixed seed, stratified): English into
     an ``en_size`` training sample and ``en_test_size`` test rows, each target into a ``pool_size``
     unlabelled pool (0: all the rest) and ``test_size`` gold test rows.
     """
@@ -286,7 +380,7 @@ def _sentiment_splits(
     langs: list[str], split_seed: int, limit: int, en_size: int, en_test_size: int, pool_size: int, test_size: int
 ) -> dict[str, Any]:
     from xite_fast.data.bundled import load_bundled
-    from xite_fast.data.sentiment import LABELS, split_pool_test
+    from xite_fast.data.sentiment import LABELS
 
     label_of = {name: i for i, name in enumerate(LABELS)}
 
@@ -297,8 +391,7 @@ def _sentiment_splits(
 
     def split(spec: str, test: int, pool: int) -> tuple[tuple, tuple, str]:
         data = load_bundled(spec)
-        rest = len(data.records) - test
-        a, b = split_pool_test(data.records, test, split_seed, pool_size=(pool or None) if pool < rest else None)
+        a, b = sentiment_split(data.records, test, split_seed, pool)
         return arrays(a), arrays(b), data.sha256
 
     en_tr, en_te, en_sha = split("sentiment:en", en_test_size, en_size)
@@ -359,12 +452,12 @@ def alignment_pairs(
     return out
 
 
-def row_names(args: argparse.Namespace) -> list[str]:
+def row_names(cfg: ExperimentConfig) -> list[str]:
     """Table rows in order: zero-shot, the plain stage-2 variants, then per ot/ear stage 1 its rows."""
-    rows = ["zero-shot", *args.variants]
-    for s1 in getattr(args, "stage1_variants", ["plain"]):
+    rows = ["zero-shot", *cfg.variants]
+    for s1 in getattr(cfg, "stage1_variants", ["plain"]):
         if s1 != "plain":
-            rows += [STAGE1_ROWS[s1], *[v + STAGE1_SUFFIX[s1] for v in args.aligned_variants]]
+            rows += [STAGE1_ROWS[s1], *[v + STAGE1_SUFFIX[s1] for v in cfg.aligned_variants]]
     return rows
 
 
@@ -423,13 +516,13 @@ def load_classifier(name: str, num_labels: int, num_layers: int | None, topics: 
     return model, tok
 
 
-def _training_args(out_dir: Path, args: argparse.Namespace, seed: int, epochs: int, lr: float):
+def _training_args(out_dir: Path, cfg: ExperimentConfig, seed: int, epochs: int, lr: float):
     from transformers import TrainingArguments
 
     return TrainingArguments(
         output_dir=str(out_dir),
         num_train_epochs=epochs,
-        per_device_train_batch_size=args.batch_size,
+        per_device_train_batch_size=cfg.batch_size,
         learning_rate=lr,
         weight_decay=0.01,
         warmup_steps=0.1,
@@ -441,7 +534,7 @@ def _training_args(out_dir: Path, args: argparse.Namespace, seed: int, epochs: i
         disable_tqdm=True,
         logging_steps=10,
         dataloader_num_workers=0,
-        use_cpu=args.device == "cpu",
+        use_cpu=cfg.device == "cpu",
     )
 
 
@@ -464,8 +557,9 @@ def _losses(trainer) -> dict[str, Any]:
     }
 
 
-def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
-    """Run (or continue) all runs on the Trainer engine (:mod:`xite_fast.train`); returns ``{key: record}``."""
+def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
+    """Run (or continue) all runs on the Trainer engine (:mod:`xite_fast.train`), appending each finished
+    run to the runs file; returns ``{key: record}`` of every run of ``cfg.out`` (earlier ones included)."""
     import torch
     from transformers import set_seed
 
@@ -475,36 +569,36 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
     from xite_fast.train.model import XiteModel
     from xite_fast.train.trainer import XiteTrainer, fit_lda, match_sources, predict
 
-    unknown = [v for v in [*args.variants, *args.aligned_variants] if v not in VARIANTS]
+    unknown = [v for v in [*cfg.variants, *cfg.aligned_variants] if v not in VARIANTS]
     if unknown:
         raise ValueError(f"--variants / --aligned-variants must be from {list(VARIANTS)}, got unknown {unknown}")
-    multi = [v for v in [*args.variants, *args.aligned_variants] if VARIANTS[v].get("lda_fit") == "multi"]
-    if multi and not all(any(x != lang for x in args.lda_langs) for lang in args.langs):
+    multi = [v for v in [*cfg.variants, *cfg.aligned_variants] if VARIANTS[v].get("lda_fit") == "multi"]
+    if multi and not all(any(x != lang for x in cfg.lda_langs) for lang in cfg.langs):
         raise ValueError(
-            f"{multi} need --lda-langs with a language other than each target {args.langs} (further LanguageLDA "
-            f"classes), got {args.lda_langs}"
+            f"{multi} need --lda-langs with a language other than each target {cfg.langs} (further LanguageLDA "
+            f"classes), got {cfg.lda_langs}"
         )
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    runs_path, all_runs = _runs_files(out, args.runs_file)
-    work = Path(args.work_dir) if args.work_dir else cache_root() / "experiment" / out.name
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    runs_path, all_runs = _runs_files(out, cfg.runs_file)
+    work = Path(cfg.work_dir) if cfg.work_dir else cache_root() / "experiment" / out.name
     done = _read_runs(all_runs)
     data = load_splits(
-        args.langs, args.test_fraction, args.split_seed, args.limit, task=args.task, en_size=args.en_size,
-        en_test_size=args.en_test_size, pool_size=args.pool_size, test_size=args.test_size,
+        cfg.langs, cfg.test_fraction, cfg.split_seed, cfg.limit, task=cfg.task, en_size=cfg.en_size,
+        en_test_size=cfg.en_test_size, pool_size=cfg.pool_size, test_size=cfg.test_size,
     )
     topics = data["topics"]
     n_labels = len(topics)
     extra_pools: dict[str, tuple[list[str], list[str] | None]] = {}
     if multi:  # unlabelled pools of the further LDA languages (same task, same split rule)
-        extra = [lang for lang in args.lda_langs if lang not in args.langs]
+        extra = [lang for lang in cfg.lda_langs if lang not in cfg.langs]
         xdata = load_splits(
-            extra, args.test_fraction, args.split_seed, args.limit, task=args.task, en_size=args.en_size,
-            en_test_size=args.en_test_size, pool_size=args.pool_size, test_size=args.test_size,
+            extra, cfg.test_fraction, cfg.split_seed, cfg.limit, task=cfg.task, en_size=cfg.en_size,
+            en_test_size=cfg.en_test_size, pool_size=cfg.pool_size, test_size=cfg.test_size,
         ) if extra else {}
-        cap = max(len(data[lang]["pool"][0]) for lang in args.langs)  # no extra class outweighs the targets
-        for lang in args.lda_langs:
-            d = data[lang] if lang in args.langs else xdata[lang]
+        cap = max(len(data[lang]["pool"][0]) for lang in cfg.langs)  # no extra class outweighs the targets
+        for lang in cfg.lda_langs:
+            d = data[lang] if lang in cfg.langs else xdata[lang]
             texts, pairs = list(d["pool"][0]), d["pool_pair"]
             keep = np.unique(np.linspace(0, len(texts) - 1, min(cap, len(texts))).round().astype(int))
             extra_pools[lang] = ([texts[i] for i in keep], [pairs[i] for i in keep] if pairs is not None else None)
@@ -517,38 +611,38 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
     print(
         f"[experiment] topics={n_labels} english train={len(en_tr[0])} test={len(en_te[0])} "
         + " ".join(
-            f"{lang}: pool={len(data[lang]['pool'][0])} test={len(data[lang]['test'][0])}" for lang in args.langs
+            f"{lang}: pool={len(data[lang]['pool'][0])} test={len(data[lang]['test'][0])}" for lang in cfg.langs
         ),
         flush=True,
     )
-    alpha = args.alpha if args.alpha and args.alpha > 0 else None
+    alpha = cfg.alpha if cfg.alpha and cfg.alpha > 0 else None
     common = dict(
-        max_length=args.max_length,
+        max_length=cfg.max_length,
         prefix="query: ",
         freeze_embeddings=True,
-        freeze_layers=args.freeze_layers,
-        hidden_layer=args.hidden_layer,
-        lam=args.lam,
+        freeze_layers=cfg.freeze_layers,
+        hidden_layer=cfg.hidden_layer,
+        lam=cfg.lam,
         alpha=alpha,
-        lda_mode=args.lda_mode,
-        backend=args.backend,
+        lda_mode=cfg.lda_mode,
+        backend=cfg.backend,
     )
-    tok_kw = dict(max_length=args.max_length, prefix="query: ", drop_token_type_ids=True)
+    tok_kw = dict(max_length=cfg.max_length, prefix="query: ", drop_token_type_ids=True)
     ev = {**tok_kw, "batch_size": 128}
     pairs = None
-    for seed in args.seeds:
-        for s1 in args.stage1_variants:
+    for seed in cfg.seeds:
+        for s1 in cfg.stage1_variants:
             row, suffix = STAGE1_ROWS[s1], STAGE1_SUFFIX[s1]
-            variants = args.variants if s1 == "plain" else args.aligned_variants
+            variants = cfg.variants if s1 == "plain" else cfg.aligned_variants
             zkey = f"s{seed}/{row}"
-            keys = [zkey] + [f"s{seed}/{lang}/{v}{suffix}" for lang in args.langs for v in variants]
+            keys = [zkey] + [f"s{seed}/{lang}/{v}{suffix}" for lang in cfg.langs for v in variants]
             if all(k in done for k in keys):
                 continue
             t_seed = time.perf_counter()
             set_seed(seed)
-            model, tok = load_classifier(args.model, n_labels, args.num_layers, topics)
-            can_cache = args.freeze_layers >= 1
-            xm = XiteModel(model, XiteConfig(placement="none", cache_frozen=can_cache, head_lr=args.head_lr, **common))
+            model, tok = load_classifier(cfg.model, n_labels, cfg.num_layers, topics)
+            can_cache = cfg.freeze_layers >= 1
+            xm = XiteModel(model, XiteConfig(placement="none", cache_frozen=can_cache, head_lr=cfg.head_lr, **common))
             cache = xm.cache  # frozen prefix = the pretrained one: shared by every run of this seed
             t0 = time.perf_counter()
             align_info = None
@@ -556,33 +650,33 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
             if s1 == "ot" and not stage1_file.exists():
                 from xite_fast.train.align import OTAlignConfig, ot_align
 
-                if pairs is None and args.task == "sentiment":  # out-of-domain parallel text: chatterbot
+                if pairs is None and cfg.task == "sentiment":  # out-of-domain parallel text: chatterbot
                     cb = alignment_pairs(
-                        [SENTIMENT_PARALLEL[lang] for lang in args.langs], 0.0, args.split_seed, args.align_topics
+                        [SENTIMENT_PARALLEL[lang] for lang in cfg.langs], 0.0, cfg.split_seed, cfg.align_topics
                     )
-                    pairs = {lang: cb[SENTIMENT_PARALLEL[lang]] for lang in args.langs}
+                    pairs = {lang: cb[SENTIMENT_PARALLEL[lang]] for lang in cfg.langs}
                 elif pairs is None:
-                    pairs = alignment_pairs(args.langs, args.test_fraction, args.split_seed, args.align_topics)
+                    pairs = alignment_pairs(cfg.langs, cfg.test_fraction, cfg.split_seed, cfg.align_topics)
                 acfg = OTAlignConfig(
-                    batch_size=args.align_batch_size, eps=args.align_eps, n_iters=args.align_iters,
-                    drift_weight=args.align_drift, backend=args.backend,
+                    batch_size=cfg.align_batch_size, eps=cfg.align_eps, n_iters=cfg.align_iters,
+                    drift_weight=cfg.align_drift, backend=cfg.backend,
                 )
-                targs = _training_args(work / f"s{seed}" / "align", args, seed, args.align_epochs, args.align_lr)
+                targs = _training_args(work / f"s{seed}" / "align", cfg, seed, cfg.align_epochs, cfg.align_lr)
                 ares = ot_align(xm, tok, pairs, targs, acfg)
                 k = max(1, len(ares.ot) // 10)
                 align_info = {
                     "pairs": ares.pairs, "steps": len(ares.ot), "seconds": ares.seconds,
                     "ot_first": float(np.mean(ares.ot[:k])), "ot_last": float(np.mean(ares.ot[-k:])),
                     "drift_last": float(np.mean(ares.drift[-k:])),
-                    "config": {**vars(acfg), "freeze_layers": args.freeze_layers, "epochs": args.align_epochs, "lr": args.align_lr},
+                    "config": {**vars(acfg), "freeze_layers": cfg.freeze_layers, "epochs": cfg.align_epochs, "lr": cfg.align_lr},
                 }
                 print(f"[seed {seed}] OT alignment: {json.dumps(align_info)}", flush=True)
-            cfg1 = XiteConfig(placement="none", cache_frozen=can_cache, head_lr=args.head_lr, **common)
+            cfg1 = XiteConfig(placement="none", cache_frozen=can_cache, head_lr=cfg.head_lr, **common)
             if s1 == "ear":
                 cfg1 = XiteConfig(
-                    placement="none", cache_frozen=can_cache, head_lr=args.head_lr, ear=True, ear_rate=args.ear_rate,
-                    ear_k=args.ear_k, ear_attention_layer=args.ear_layer, ear_pull_weight=args.ear_pull_weight,
-                    ear_push_weight=args.ear_push_weight, **common,
+                    placement="none", cache_frozen=can_cache, head_lr=cfg.head_lr, ear=True, ear_rate=cfg.ear_rate,
+                    ear_k=cfg.ear_k, ear_attention_layer=cfg.ear_layer, ear_pull_weight=cfg.ear_pull_weight,
+                    ear_push_weight=cfg.ear_push_weight, **common,
                 )
             xm.xite = cfg1.validate(xm.num_layers)
             history: dict[str, Any] = {}
@@ -596,7 +690,7 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
 
                     add_perturbed_copies(ds1, xm, tok, en_tr[0], seed=seed)
                 tr1 = XiteTrainer(
-                    xm, _training_args(work / f"s{seed}" / "stage1", args, seed, args.stage1_epochs, args.lr),
+                    xm, _training_args(work / f"s{seed}" / "stage1", cfg, seed, cfg.stage1_epochs, cfg.lr),
                     train_dataset=ds1, processing_class=tok,
                 )
                 tr1.train()
@@ -611,13 +705,13 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                 last = {"english": done[zkey]["english"], **done[zkey]["targets"]}
             else:
                 last = {"english": _metrics(xm, tok, *en_te, ev, en_te_p)}
-                for lang in args.langs:
+                for lang in cfg.langs:
                     last[lang] = test_metrics(xm, tok, lang)
             if zkey not in done:
                 rec = {
                     "key": zkey, "seed": seed, "variant": row, "engine": "trainer",
                     "seconds": time.perf_counter() - t0, "english": last["english"],
-                    "targets": {lang: last[lang] for lang in args.langs}, "loss_history": history,
+                    "targets": {lang: last[lang] for lang in cfg.langs}, "loss_history": history,
                 }
                 if align_info is not None:
                     rec["align"] = align_info
@@ -631,7 +725,7 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                 flush=True,
             )
 
-            for lang in args.langs:
+            for lang in cfg.langs:
                 pool_texts, pool_gold = data[lang]["pool"]
                 pool_pairs = data[lang]["pool_pair"]
                 lang_keys = [f"s{seed}/{lang}/{v}{suffix}" for v in variants]
@@ -641,7 +735,7 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                 xm.xite = XiteConfig(placement="none", cache_frozen=can_cache, **common)
                 idx, scores = match_sources(
                     xm, tok, en_tr[0], pool_texts, source_text_pairs=en_tr_p, target_text_pairs=pool_pairs,
-                    center=args.match_center, backend=args.backend, **ev,
+                    center=cfg.match_center, backend=cfg.backend, **ev,
                 )  # pairs: matched on the pair's embedding
                 src_texts = [en_tr[0][i] for i in idx]
                 src_pairs = [en_tr_p[i] for i in idx] if en_tr_p is not None else None
@@ -651,7 +745,7 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                     "match_label_acc": float((xite_labels == pool_gold).mean()),
                     "pseudo_label_acc": float((pseudo == pool_gold).mean()),
                     "match_score_mean": float(scores.mean()),
-                    "match_center": bool(args.match_center),
+                    "match_center": bool(cfg.match_center),
                 }
                 print(f"[seed {seed}] {row} {lang}: {diag}", flush=True)
                 # per pool row, for the similarity histogram / label-transfer accuracy per bin (tables.write_plots)
@@ -670,10 +764,10 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                         {k: v for k, v in extra_pools.items() if k != lang} if over.pop("lda_fit", None) == "multi" else None
                     )
                     use_cache = can_cache and placement != "input" and not (
-                        placement == "hidden" and args.hidden_layer < args.freeze_layers
+                        placement == "hidden" and cfg.hidden_layer < cfg.freeze_layers
                     )
                     cfg2 = XiteConfig(
-                        placement=placement, cache_frozen=use_cache, head_lr=args.stage2_head_lr,
+                        placement=placement, cache_frozen=use_cache, head_lr=cfg.stage2_head_lr,
                         **{**common, **over},
                     )
                     xm.xite = cfg2.validate(xm.num_layers)
@@ -695,14 +789,14 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                                 extra_languages=lda_extra,
                             ))
                     tr2 = XiteTrainer(
-                        xm, _training_args(work / f"s{seed}" / lang / variant, args, seed, args.stage2_epochs, args.stage2_lr),
+                        xm, _training_args(work / f"s{seed}" / lang / variant, cfg, seed, cfg.stage2_epochs, cfg.stage2_lr),
                         train_dataset=ds2, processing_class=tok,
                     )
                     tr2.train()
                     xm.eval()
                     fin = {
                         lang: test_metrics(xm, tok, lang),
-                        "english": _metrics(xm, tok, *en_te, ev, en_te_p) if args.stage2_english else None,
+                        "english": _metrics(xm, tok, *en_te, ev, en_te_p) if cfg.stage2_english else None,
                     }
                     steps = max(1, int(tr2.state.global_step))
                     rec = {
@@ -727,9 +821,9 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
                         flush=True,
                     )
             check = ""
-            if args.stage2_english:
+            if cfg.stage2_english:
                 _restore(xm, stage1)
-                xm.xite = XiteConfig(placement="none", **{**common, "freeze_layers": args.freeze_layers})
+                xm.xite = XiteConfig(placement="none", **{**common, "freeze_layers": cfg.freeze_layers})
                 en_check = _metrics(xm, tok, *en_te, ev, en_te_p)["accuracy"]  # full recompute (no cache): checks the cache
                 check = f" (stage-1 English re-check {en_check:.3f})"
             print(f"[seed {seed}] {row} done in {time.perf_counter() - t_seed:.0f}s{check}", flush=True)
@@ -738,44 +832,25 @@ def run_experiment(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: ``xite-fast experiment ...`` (returns the exit code)."""
+    """Command line: ``python -m experiments.driver ...`` / ``xite-fast experiment ...`` (returns the exit code)."""
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
-    args._argv = argv
-    if args.langs is None:
-        args.langs = list(DEFAULT_LANGS[args.task])
-    if args.variants is None:
-        args.variants = list(DEFAULT_VARIANTS if args.task == "chatterbot" else TASK_VARIANTS)
-    if args.task == "sentiment":
-        for name in ("en_size", "en_test_size", "pool_size"):
-            if getattr(args, name) < (0 if name == "pool_size" else 1):
-                raise SystemExit(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-        if args.test_size < 500 and not args.limit:
-            raise SystemExit(f"--test-size must be >= 500 (gold test rows), got {args.test_size}")
-    if args.task == "pairs" and "ot" in args.stage1_variants:
-        raise SystemExit("--stage1-variants ot needs parallel pairs: only with --task chatterbot or sentiment")
-    if args.task == "sentiment" and "ot" in args.stage1_variants:
-        missing = [lang for lang in args.langs if lang not in SENTIMENT_PARALLEL]
-        if missing:
-            raise SystemExit(
-                f"--stage1-variants ot with --task sentiment needs chatterbot parallel pairs for every target; "
-                f"expected targets in {sorted(SENTIMENT_PARALLEL)}, got {missing}"
-            )
-    for name in ("num_layers", "max_length", "batch_size", "stage1_epochs", "stage2_epochs", "threads"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    if args.freeze_layers < 0 or args.freeze_layers > args.num_layers:
-        raise SystemExit(f"--freeze-layers must be in [0, {args.num_layers}], got {args.freeze_layers}")
-    if not args.seeds:
-        raise SystemExit("--seeds must list at least one seed")
-    args = copy.copy(args)
-    if not args.tables_only:
-        run_experiment(args)
+    cfg = ExperimentConfig(**vars(_parser().parse_args(argv)), argv=argv)
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    if not cfg.tables_only:
+        run_experiment(cfg)
     # tables from every runs file of this --out (other seeds may have run in parallel processes)
-    write_tables(_read_runs(_runs_files(Path(args.out), args.runs_file)[1]), args)
+    write_tables(read_runs(cfg), cfg)
     return 0
+
+
+def read_runs(cfg: ExperimentConfig) -> dict[str, dict]:
+    """``{key: record}`` of every finished run of ``cfg.out`` (all its ``<out>_runs*.jsonl`` files)."""
+    return _read_runs(_runs_files(Path(cfg.out), cfg.runs_file)[1])
 
 
 if __name__ == "__main__":  # pragma: no cover

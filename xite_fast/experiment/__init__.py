@@ -1,1 +1,0 @@
-"""The reproducible experiment driver behind ``xite-fast experiment``."""
