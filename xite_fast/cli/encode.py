@@ -28,9 +28,9 @@ def run(args) -> dict:
     if not str(args.out).strip():
         raise ValueError(f"out must be a directory path, got {args.out!r}")
     if args.ray is not None:
-        from xite_fast.xite.pipeline import _init_ray
+        from xite_fast._ray import init_ray_for_run
 
-        _init_ray(args.ray)
+        init_ray_for_run(args.ray)
     if is_bundled(args.input):
         recs = load_bundled(args.input).records
         source = [model_input(Record(r["text"], None, r.get("text_pair"))) for r in recs]

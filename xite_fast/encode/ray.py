@@ -1,27 +1,15 @@
-"""Distributed encoding on Ray (the Ray matcher is :func:`xite_fast.xite.match.sharded_cosine_topk`).
+"""Distributed encoding on Ray Data: :func:`encode_corpus_ray` / :func:`encode_corpora_ray`.
 
-Two steps of the XITE pipeline scale out (this module connects to Ray and encodes):
-
-* :func:`encode_corpus_ray` — the same output folder as :func:`xite_fast.encode_corpus` (shard files +
-  manifest, byte-identical), with each shard encoded by a Ray Data actor that builds its
-  :class:`~xite_fast.encode.encoder.Encoder` once. File sources are planned into shard byte ranges, so a worker
-  reads only its own shard; resumable like the single-process path.
-* :func:`xite_fast.xite.match.sharded_cosine_topk` — exact top-k cosine with the keys split into row shards, each searched
-  independently; :func:`xite_fast.ops.cosine_topk.merge_topk` merges the partial top-``min(k, rows)``
-  lists with the same (score desc, index asc) order, so the result equals one search over all keys
-  (STYLE rule 2: the same tie rule everywhere).
-
-Executors of ``sharded_cosine_topk``:
-    ``"ray"``: Ray Data (``ray.data.from_items(shards).map(...)``) on the running Ray cluster, or one
-        started by :func:`init_ray`. Keys given as a ``.npy`` path or an ``EmbeddingStore`` are
-        memory-mapped by each worker, so only shard bounds travel; in-memory keys are put once in the
-        object store.
-    ``"local"``: the same shard tasks on a thread pool in this process (the C++ kernel releases the
-        GIL); no extra dependency, and the reference behaviour of the Ray path.
+The output folder is the one :func:`xite_fast.encode_corpus` writes (shard files + manifest,
+byte-identical), with each shard encoded by a Ray Data actor that builds its
+:class:`~xite_fast.encode.encoder.Encoder` once. File sources are planned into shard byte ranges, so a
+worker reads only its own shard; resumable like the single-process path. The connection (and the
+unwrapping of worker errors) is :mod:`xite_fast._ray`'s, shared with the Ray matcher
+:func:`xite_fast.xite.match.sharded_cosine_topk`.
 
 Ray is optional (``pip install "xite_fast[ray]"`` or ``"ray[data]"``) and imported lazily. On a
-multi-node cluster, source files, ``out_dir`` and key files must be on a filesystem every node sees
-(the workers read and write them directly), and ``xite_fast`` must be installed on every node.
+multi-node cluster, source files and ``out_dir`` must be on a filesystem every node sees (the workers
+read and write them directly), and ``xite_fast`` must be installed on every node.
 """
 
 from __future__ import annotations
@@ -30,132 +18,16 @@ import contextlib
 import json
 import os
 import pickle
-import socket
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xite_fast._ray import ensure_ray, import_ray, init_ray, reraise_worker_error
 from xite_fast._validation import check_positive_int
 
-__all__ = ["encode_corpus_ray", "encode_corpora_ray", "init_ray"]
-
-_RAY_HINT = 'Ray is not installed: pip install "xite_fast[ray]" (or "ray[data]")'
-
-
-# ----------------------------------------------------------------------------------------- ray setup
-def _import_ray():
-    try:
-        import ray
-        import ray.data  # noqa: F401  (Ray core without the data extra is not enough)
-    except ImportError as exc:
-        raise ImportError(f"{_RAY_HINT} ({exc})") from None
-    return ray
-
-
-def _host_port(address: str) -> tuple[str, int]:
-    """``host:port`` or ``ray://host:port`` -> (host, port); ValueError naming the address otherwise."""
-    rest = address[len("ray://") :] if address.startswith("ray://") else address
-    host, sep, port = rest.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(
-            f"ray address must be 'local', 'auto', 'HOST:PORT' or 'ray://HOST:PORT', got {address!r}"
-        )
-    return host.strip("[]"), int(port)
-
-
-def init_ray(address: str | None = "local", *, timeout_s: float = 30.0, num_cpus: int | None = None):
-    """Connect to a Ray cluster (or start a local one) unless this process is already connected.
-
-    Args:
-        address: ``"local"`` / ``None`` (start a new local instance, ``num_cpus`` CPUs; the workers get
-            this checkout on their ``PYTHONPATH``), ``"auto"`` (the cluster already running on this
-            machine), ``"HOST:PORT"`` (GCS address of a cluster head) or ``"ray://HOST:PORT"`` (Ray
-            client).
-        timeout_s: how long to wait for the head's port to accept a TCP connection, and then for
-            ``ray.init`` to connect, before giving up (``ray.init`` alone retries for minutes).
-        num_cpus: CPUs of a local instance (default: all).
-
-    Returns:
-        The ``ray`` module, initialized.
-
-    Raises:
-        ImportError: Ray (with Ray Data) is not installed.
-        ValueError: malformed ``address``.
-        RuntimeError: the cluster cannot be reached.
-    """
-    if address is not None and not isinstance(address, str):
-        raise ValueError(f"address must be a str or None, got {type(address).__name__}")
-    if not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
-        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-    if address not in (None, "local", "auto"):
-        host, port = _host_port(address)  # validate before importing anything
-    ray = _import_ray()
-    if ray.is_initialized():
-        return ray  # reuse the connection (e.g. a test fixture's local instance or an earlier call)
-    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    if address in (None, "local"):
-        # workers must import xite_fast: put this checkout first on their path (an installed package
-        # is found either way)
-        root = str(Path(__file__).resolve().parents[1])
-        pp = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        ray.init(address="local", num_cpus=num_cpus, runtime_env={"env_vars": {"PYTHONPATH": pp}}, **kw)
-        return ray
-    if address != "auto":
-        try:
-            socket.create_connection((host, port), timeout=timeout_s).close()
-        except OSError as exc:
-            raise RuntimeError(
-                f"cannot reach the Ray cluster at {address!r} within {timeout_s:g} s ({exc}); "
-                "start it with `ray start --head` or check the address"
-            ) from None
-    # ray.init retries for minutes when something listens on the port but no GCS answers: connect in a
-    # daemon thread and give up after timeout_s (the thread cannot be cancelled; it dies with the process)
-    outcome: dict[str, BaseException | bool] = {}
-
-    def connect() -> None:
-        try:
-            ray.init(address=address, **kw)
-            outcome["ok"] = True
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=connect, name="xite-fast-ray-init", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise RuntimeError(
-            f"the Ray cluster at {address!r} did not answer within {timeout_s:g} s "
-            "(is it a Ray head's GCS port, default 6379?)"
-        )
-    if "error" in outcome:
-        exc = outcome["error"]
-        raise RuntimeError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from None
-    return ray
-
-
-def _ensure_ray(address: str | None):
-    ray = _import_ray()
-    if not ray.is_initialized():
-        init_ray(address if address is not None else "local")
-    return ray
-
-
-def _reraise_worker_error(exc: BaseException) -> None:
-    """Ray wraps a worker's exception (RayTaskError / UserCodeException); re-raise the user-facing
-    ValueError / FileNotFoundError / ImportError with its own message, not a remote traceback."""
-    seen = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        cause = getattr(e, "cause", None)
-        for c in (cause, e):
-            if c is not None and type(c) in (ValueError, FileNotFoundError, ImportError):
-                raise type(c)(*c.args) from None
-        e = cause if isinstance(cause, BaseException) else e.__cause__
-    raise exc
+__all__ = ["encode_corpus_ray", "encode_corpora_ray", "init_ray"]  # init_ray: re-exported from _ray
 
 
 # ----------------------------------------------------------------------------------------- encoding
@@ -345,7 +217,7 @@ def encode_corpora_ray(
     jobs = list(jobs)
     if not jobs or not all(isinstance(j, (tuple, list)) and len(j) == 2 for j in jobs):
         raise ValueError("jobs must be a non-empty sequence of (source, out_dir) pairs")
-    _import_ray()  # a missing Ray fails before any work
+    import_ray()  # a missing Ray fails before any work
     plans = []
     for source, _ in jobs:
         specs = _plan_specs(source, text_field, errors, shard_size, pair_field)  # validates before any model work
@@ -356,7 +228,7 @@ def encode_corpora_ray(
         fingerprint = specs[0].pop("fingerprint")
         _spec_texts({**specs[0], "rows": 1})  # a bad first record fails here, before any model work
         plans.append((fingerprint, specs))
-    ray = _ensure_ray(address)  # so does an unreachable cluster
+    ray = ensure_ray(address)  # so does an unreachable cluster
     info = _encoder_info(model, encoder_kwargs)
     encoder_kwargs.setdefault("num_threads", cpus_per_worker)
     out_dirs = [Path(out).resolve() for _, out in jobs]
@@ -469,7 +341,7 @@ def _run_encode_pipeline(
             if any(st["errors"] and min(st["errors"]) <= len(st["manifest"]["shards"]) for st in states):
                 break  # every shard before a job's first bad one is recorded: stop the pipeline
     except Exception as exc:  # noqa: BLE001 - unwrapped to the worker's own error
-        _reraise_worker_error(exc)
+        reraise_worker_error(exc)
     finally:
         if bar is not None:
             bar.close()

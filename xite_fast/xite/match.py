@@ -247,13 +247,16 @@ def sharded_cosine_topk(
             files are the key shards: ``num_shards``/``shard_rows`` must then be None).
         k: 1 <= k <= M.
         num_shards / shard_rows: how to split array / ``.npy`` keys (default 4 shards).
-        executor: ``"ray"`` (Ray Data) or ``"local"`` (threads).
+        executor: ``"ray"`` (Ray Data tasks on the running cluster, or one started by
+            :func:`xite_fast._ray.init_ray`; ``.npy`` / store keys are memory-mapped by each worker, so
+            only shard bounds travel, in-memory keys are put once in the object store) or ``"local"``
+            (the same shard tasks on a thread pool; the C++ kernel releases the GIL).
         backend: backend of the per-shard :func:`xite_fast.cosine_topk`.
         assume_normalized: inputs are unit-norm.
         num_workers: local executor threads (default: number of shards, at most os.cpu_count()).
         key_mean: optional (D,) float32 subtracted from every key row before the search (language
             centering), done by the worker that reads the shard.
-        address: Ray address for :func:`init_ray` if this process is not connected yet (default: start
+        address: Ray address for :func:`~xite_fast._ray.init_ray` if this process is not connected yet (default: start
             a local instance).
 
     Returns:
@@ -318,9 +321,9 @@ def sharded_cosine_topk(
 def _run_ray(
     queries, source, shards: Sequence[tuple[int, int]], k, backend, assume_normalized, key_mean, address
 ):
-    from xite_fast.encode.ray import _ensure_ray, _reraise_worker_error
+    from xite_fast._ray import ensure_ray, reraise_worker_error
 
-    ray = _ensure_ray(address)
+    ray = ensure_ray(address)
     q_ref = ray.put(queries)
     # in-memory keys go to the object store once (zero-copy reads on the workers); paths travel as is
     src = ray.put(source) if isinstance(source, np.ndarray) else source
@@ -337,7 +340,7 @@ def _run_ray(
     try:
         rows = ds.take_all()
     except Exception as exc:  # noqa: BLE001 - unwrapped to the worker's own error
-        _reraise_worker_error(exc)
+        reraise_worker_error(exc)
     return [(np.asarray(r["scores"], np.float32), np.asarray(r["indices"], np.int64)) for r in rows]
 
 

@@ -180,7 +180,9 @@ def run_augment(config: AugmentConfig, *, encoder: Any = None) -> AugmentRun:
     config.validate()
     out = _check_out(config.out)
     if config.ray is not None:
-        _init_ray(config.ray)
+        from xite_fast._ray import init_ray_for_run
+
+        init_ray_for_run(config.ray)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(out / ".lock", f"the run directory {out}"):
@@ -203,19 +205,6 @@ def _check_out(out: Any) -> Path:
     if p.exists() and not p.is_dir():
         raise ValueError(f"out must be a directory, but {str(p)!r} is a file; pass a new directory path")
     return p
-
-
-def _init_ray(address: str) -> None:
-    from xite_fast.encode.ray import init_ray
-
-    try:
-        ray = init_ray(address)
-    except ValueError as exc:
-        raise ValueError(f"ray: {exc}") from None
-    except RuntimeError as exc:
-        raise RuntimeError(f"ray: {exc}") from None
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def _bar(progress: bool | None, **kw):
