@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xite_fast.xite.match import center_rows, embedding_mean, match_arrays
+from xite_fast.encode.store import embedding_mean
+from xite_fast.xite.match import center_rows, match_arrays
 
 
 def _ref(q, k, top, center):

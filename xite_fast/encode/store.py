@@ -3,6 +3,7 @@
 Layout of ``out_dir``::
 
     manifest.json          model id, dim, encode parameters, source fingerprint, one entry per shard
+                           (its sha256 and float64 column sum), the (D,) float32 mean once complete
     shard_000000.npy       rows [0, shard_size) as (rows, D) float32
     shard_000001.npy       rows [shard_size, 2 * shard_size) ...
     embeddings.npy         only after EmbeddingStore.to_memmap(): all rows, (N, D) float32
@@ -43,7 +44,7 @@ from xite_fast._io import (
 from xite_fast._validation import check_positive_int
 from xite_fast.data.records import CorpusIndex, index_corpus, model_input
 
-__all__ = ["EmbeddingStore", "encode_corpus", "reusable_store"]
+__all__ = ["EmbeddingStore", "embedding_mean", "embedding_sum", "encode_corpus", "reusable_store"]
 
 log = logging.getLogger("xite_fast")
 
@@ -52,6 +53,38 @@ CONSOLIDATED = "embeddings.npy"
 _FORMAT = "xite_fast.embeddings"
 _VERSION = 2
 _SHARD_RE = re.compile(r"^shard_\d{6}\.npy$")
+_SUM_BLOCK = 65536  # rows per float64 block: bounded memory for memory-mapped shards
+
+
+# ----------------------------------------------------------------------------- statistics
+# A store's mean is computed where the rows pass anyway: each shard's float64 column sum goes into the
+# manifest when the shard is written, and the mean is the sum of those sums (in shard order) over N.
+
+
+def embedding_sum(x: Any) -> np.ndarray:
+    """Column sum of ``x``: (N, D) float (array or memmap) -> (D,) float64, over blocks of 65536 rows."""
+    total = np.zeros(x.shape[1], dtype=np.float64)
+    for i0 in range(0, x.shape[0], _SUM_BLOCK):
+        total += np.asarray(x[i0 : i0 + _SUM_BLOCK], dtype=np.float64).sum(0)
+    return total
+
+
+def mean_of_sums(sums: Iterable[Any], dim: int, n: int) -> np.ndarray:
+    """(D,) float32 mean of ``n`` rows from the (D,) float64 column sums of their blocks, added in order."""
+    total = np.zeros(dim, dtype=np.float64)
+    for s in sums:
+        total += np.asarray(s, dtype=np.float64)
+    return (total / max(n, 1)).astype(np.float32)
+
+
+def embedding_mean(x: Any) -> np.ndarray:
+    """Column mean of ``x``: (N, D) float32 (array or memmap) -> (D,) float32, accumulated in float64.
+
+    A store's mean (:attr:`EmbeddingStore.mean`) is the same rule over its shards."""
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("cannot take the mean of 0 rows")
+    return mean_of_sums([embedding_sum(x)], x.shape[1], n)
 
 
 # ----------------------------------------------------------------------------- sources (store protocol)
@@ -199,12 +232,7 @@ class EmbeddingStore:
         every shard, added in shard order); computed from the shards for an older manifest."""
         if self.manifest.get("mean") is not None:
             return np.asarray(self.manifest["mean"], dtype=np.float32)
-        from xite_fast.xite.match import embedding_sum
-
-        total = np.zeros(self.dim, dtype=np.float64)
-        for _, arr in self.iter_shards():
-            total += embedding_sum(arr)
-        return (total / max(len(self), 1)).astype(np.float32)
+        return mean_of_sums((embedding_sum(arr) for _, arr in self.iter_shards()), self.dim, len(self))
 
     def verify(self) -> list[str]:
         """Names of the shard files that are missing or whose sha256 differs from the manifest."""
@@ -452,8 +480,6 @@ def write_shard(
     Returns:
         ``{"file", "start", "rows", "sha256", "text_sha256"}``.
     """
-    from xite_fast.xite.match import embedding_sum
-
     dim = int(encoder.dim)
     emb = encoder.encode(texts, batch_size=batch_size, show_progress_bar=False, normalize=True)
     emb = np.asarray(emb, dtype=np.float32)
@@ -504,10 +530,8 @@ def finish_store(out_dir: Path, manifest: dict) -> None:
     """Mark the run complete; pending files of shards now in the manifest are no longer needed."""
     manifest["complete"] = True
     manifest["num_rows"] = n = sum(s["rows"] for s in manifest["shards"])
-    total = np.zeros(int(manifest["dim"]), dtype=np.float64)
-    for s in manifest["shards"]:  # in shard order: the same float64 sum however the run was split
-        total += np.asarray(s["sum"], dtype=np.float64)
-    manifest["mean"] = (total / max(n, 1)).astype(np.float32).tolist()
+    # in shard order: the same float64 sum however the run was split
+    manifest["mean"] = mean_of_sums((s["sum"] for s in manifest["shards"]), int(manifest["dim"]), n).tolist()
     write_manifest(out_dir, manifest)
     for p in out_dir.glob(".pending-shard_*.json"):
         with contextlib.suppress(FileNotFoundError):

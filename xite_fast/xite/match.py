@@ -6,8 +6,9 @@ training and the Ray path all call it, so they share one centering rule:
 * **centering** (``center=True``, the default; measured best for label transfer, see the README):
   each side has its own mean subtracted before the cosine, ``q - mean(Q)`` and ``k - mean(K)``.
   Multilingual encoders put every language in its own offset cone; removing the per-language mean
-  leaves the language-free direction. Means are accumulated in float64 over row blocks (so the result
-  does not depend on how the rows are sharded) and cast to float32; the subtraction is float32.
+  leaves the language-free direction. Means are :func:`~xite_fast.encode.store.embedding_mean`'s
+  (float64 over row blocks, so the result does not depend on how the rows are sharded, cast to
+  float32); the subtraction is float32.
 * **ties** go to the lower source index (the ``cosine_topk`` rule), and results over shards are merged
   exactly with ``merge_topk``.
 
@@ -28,39 +29,16 @@ from typing import Any
 import numpy as np
 
 from xite_fast._validation import check_finite, check_matrix, check_positive_int
+from xite_fast.encode.store import embedding_mean
 from xite_fast.ops.cosine_topk import cosine_topk
 
 __all__ = [
-    "embedding_mean",
-    "embedding_sum",
     "center_rows",
     "match_arrays",
     "plan_shards",
     "sharded_cosine_topk",
     "StoreMatcher",
 ]
-
-_MEAN_BLOCK = 65536  # rows per float64 block: bounded memory for memory-mapped stores
-
-
-def embedding_sum(x: Any) -> np.ndarray:
-    """Column sum of ``x``: (N, D) float (array or memmap) -> (D,) float64, over blocks of 65536 rows."""
-    total = np.zeros(x.shape[1], dtype=np.float64)
-    for i0 in range(0, x.shape[0], _MEAN_BLOCK):
-        total += np.asarray(x[i0 : i0 + _MEAN_BLOCK], dtype=np.float64).sum(0)
-    return total
-
-
-def embedding_mean(x: Any) -> np.ndarray:
-    """Column mean of ``x``: (N, D) float32 (array or memmap) -> (D,) float32, accumulated in float64.
-
-    A store's mean (``EmbeddingStore.mean``) is the same rule over its shards: the float64 sums of
-    the shards added in order, divided by N, cast to float32."""
-    n = x.shape[0]
-    if n == 0:
-        raise ValueError("cannot take the mean of 0 rows")
-    return (embedding_sum(x) / n).astype(np.float32)
-
 
 def center_rows(x: Any, mean: np.ndarray | None) -> np.ndarray:
     """``x - mean`` in float32 (a copy); ``mean=None`` returns ``x`` as float32 unchanged."""
