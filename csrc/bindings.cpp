@@ -1,10 +1,11 @@
-// The single extension module xite_fast._C. Ops register themselves (see common.h).
+// The single extension module xite_fast._C. Ops register themselves (see bindings.h).
 #include <omp.h>
 
 #include <algorithm>
 
 #include <pybind11/stl.h>
 
+#include "bindings.h"
 #include "common.h"
 
 namespace py = pybind11;

@@ -1,27 +1,13 @@
-// Shared helpers for the xite_fast C++ core: argument checks and op registration.
+// Shared helpers of the xite_fast CPU kernels: the argument check and the run-time CPU features.
+// Plain C++: the pybind11 side lives in bindings.h / bindings*.cpp.
 #pragma once
 
-#include <pybind11/pybind11.h>
-
 #include <cstdlib>
-#include <functional>
-#include <sstream>
-#include <stdexcept>
 #include <string>
-#include <vector>
+
+#include "check.h"
 
 namespace xite {
-
-// Critical checks repeated on the C++ side (the Python boundary validates first). Raises
-// std::invalid_argument, which pybind11 turns into a Python ValueError.
-#define XITE_CHECK(cond, msg)                                                  \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      std::ostringstream xite_oss_;                                            \
-      xite_oss_ << msg;                                                        \
-      throw std::invalid_argument(xite_oss_.str());                            \
-    }                                                                          \
-  } while (0)
 
 // CPU features checked at run time (the AVX-512 kernels are compiled with target attributes, so
 // the module loads on any x86-64 CPU and dispatches on these). Cached after the first call.
@@ -65,24 +51,5 @@ inline bool cpu_has_avx512_bf16() {
   return false;
 #endif
 }
-
-// Each csrc/cpu/<op>.cpp registers its bindings with XITE_REGISTER_OP, so adding an op never
-// edits a shared file. Registration runs during static initialisation of the one shared
-// library, before PYBIND11_MODULE executes.
-using RegisterFn = std::function<void(pybind11::module_&)>;
-
-inline std::vector<std::pair<std::string, RegisterFn>>& op_registry() {
-  static std::vector<std::pair<std::string, RegisterFn>> registry;
-  return registry;
-}
-
-struct OpRegistrar {
-  OpRegistrar(const char* name, RegisterFn fn) { op_registry().emplace_back(name, std::move(fn)); }
-};
-
-#define XITE_CONCAT_INNER(a, b) a##b
-#define XITE_CONCAT(a, b) XITE_CONCAT_INNER(a, b)
-#define XITE_REGISTER_OP(name, fn) \
-  static ::xite::OpRegistrar XITE_CONCAT(xite_registrar_, __LINE__)(name, fn)
 
 }  // namespace xite

@@ -16,8 +16,6 @@
 #include <immintrin.h>
 #include <omp.h>
 
-#include <pybind11/numpy.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -28,8 +26,7 @@
 #include <string>
 
 #include "common.h"
-
-namespace py = pybind11;
+#include "cpu/xite_cpu.h"
 
 namespace {
 
@@ -282,14 +279,12 @@ int64_t run(const Params& p, int num_threads) {
   return first_bad == std::numeric_limits<int64_t>::max() ? -1 : first_bad;
 }
 
-void check_f32_matrix(const py::array& a, const char* name) {
-  XITE_CHECK(a.ndim() == 2, "lda_project_interp: " << name << " must be 2-D, got ndim " << a.ndim());
-  XITE_CHECK(a.dtype().is(py::dtype::of<float>()),
-             "lda_project_interp: " << name << " must be float32, got " << std::string(py::str(a.dtype())));
-  XITE_CHECK(a.flags() & py::array::c_style, "lda_project_interp: " << name << " must be C-contiguous");
-}
+}  // namespace
 
-int mode_from_string(const std::string& m) {
+namespace xite {
+namespace cpu {
+
+int lda_mode(const std::string& m) {
   if (m == "interp") return kInterp;
   if (m == "proj") return kProj;
   if (m == "comp") return kComp;
@@ -298,53 +293,20 @@ int mode_from_string(const std::string& m) {
   return -1;
 }
 
-// Returns the first row whose output is not finite, or -1.
-int64_t lda_project_interp_py(const py::array& src, const py::array& tgt, const py::array& W, const py::array& lam,
-                              int64_t lam_div, const std::string& mode_name, py::array& out, int num_threads,
-                              int nt_mode) {
-  const int mode = mode_from_string(mode_name);
-  check_f32_matrix(src, "src");
-  check_f32_matrix(tgt, "tgt");
-  check_f32_matrix(out, "out");
-  XITE_CHECK(out.writeable(), "lda_project_interp: out must be writeable");
-  const int64_t M = src.shape(0), D = src.shape(1);
-  XITE_CHECK(tgt.shape(0) == M && tgt.shape(1) == D, "lda_project_interp: tgt shape (" << tgt.shape(0) << ", "
-                                                       << tgt.shape(1) << ") != src shape (" << M << ", " << D << ")");
-  XITE_CHECK(out.shape(0) == M && out.shape(1) == D, "lda_project_interp: out shape (" << out.shape(0) << ", "
-                                                       << out.shape(1) << ") != src shape (" << M << ", " << D << ")");
-  XITE_CHECK(D >= 1, "lda_project_interp: D must be >= 1, got " << D);
-  int r = 0;
-  if (mode != kInterp) {
-    check_f32_matrix(W, "W");
-    XITE_CHECK(W.shape(0) == D, "lda_project_interp: W must have " << D << " rows (D), got " << W.shape(0));
-    XITE_CHECK(W.shape(1) >= 1 && W.shape(1) <= D,
-               "lda_project_interp: W must have 1 <= r <= D columns, got " << W.shape(1));
-    r = static_cast<int>(W.shape(1));
-  }
-  XITE_CHECK(lam.ndim() == 1 && lam.dtype().is(py::dtype::of<float>()) && (lam.flags() & py::array::c_style),
-             "lda_project_interp: lam must be a 1-D contiguous float32 array");
-  const int64_t L = lam.shape(0);
-  XITE_CHECK(L >= 1, "lda_project_interp: lam must have at least one value");
-  XITE_CHECK(lam_div >= 1, "lda_project_interp: lam_div must be >= 1, got " << lam_div);
-  XITE_CHECK(L == 1 || L * lam_div == M,
-             "lda_project_interp: lam has " << L << " values x lam_div " << lam_div << ", expected " << M << " rows");
-  XITE_CHECK(num_threads >= 0, "lda_project_interp: num_threads must be >= 0, got " << num_threads);
-  const float* lp = static_cast<const float*>(lam.data());
-  for (int64_t i = 0; i < L; ++i)
-    XITE_CHECK(lp[i] >= 0.0f && lp[i] <= 1.0f, "lda_project_interp: lam must be in [0, 1], got " << lp[i]);
-  if (M == 0) return -1;
-
+int64_t lda_project_interp(const float* src, const float* tgt, const float* W, int r, const float* lam,
+                           int64_t lam_len, int64_t lam_div, int mode, float* out, int64_t M, int64_t D,
+                           int num_threads, int nt_mode) {
   Params p{};
-  p.s = static_cast<const float*>(src.data());
-  p.t = static_cast<const float*>(tgt.data());
-  p.out = static_cast<float*>(out.mutable_data());
+  p.s = src;
+  p.t = tgt;
+  p.out = out;
   p.M = M;
   p.D = D;
   p.Dp = (D + 7) & ~int64_t(7);
   p.r = r;
   p.rp = (r + kCompBlock - 1) / kCompBlock * kCompBlock;
-  p.lam = lp;
-  p.lam_len = L;
+  p.lam = lam;
+  p.lam_len = lam_len;
   p.lam_div = lam_div;
   p.mode = static_cast<Mode>(mode);
   const bool aligned = (reinterpret_cast<uintptr_t>(p.out) % 32 == 0) && (D % 8 == 0);
@@ -355,35 +317,18 @@ int64_t lda_project_interp_py(const py::array& src, const py::array& tgt, const 
   // W^T once per call: (rp, Dp), zero-padded so phase 1 needs no masks on W and odd r is free
   AlignedBuf wt = aligned_floats(size_t(std::max(p.rp, 1)) * p.Dp);
   if (r > 0) {
-    const float* w = static_cast<const float*>(W.data());
     for (int64_t d = 0; d < D; ++d)
-      for (int k = 0; k < r; ++k) wt[size_t(k) * p.Dp + d] = w[d * r + k];
+      for (int k = 0; k < r; ++k) wt[size_t(k) * p.Dp + d] = W[d * r + k];
   }
   p.wt = wt.get();
-
-  int64_t bad;
-  {
-    py::gil_scoped_release release;
-    bad = run(p, num_threads);
-  }
-  return bad;
+  return run(p, num_threads);
 }
 
 // STREAM-triad-like a = b + s*c (same traffic pattern as the op: 2 reads + 1 streamed write),
 // used by the benchmark to measure the attainable memory bandwidth in the same run.
-void triad_py(py::array& a, const py::array& b, const py::array& c, float scalar, int num_threads) {
-  for (const py::array* x : {static_cast<const py::array*>(&a), &b, &c}) {
-    XITE_CHECK(x->dtype().is(py::dtype::of<float>()) && (x->flags() & py::array::c_style),
-               "lda_project_interp_triad: arrays must be contiguous float32");
-    XITE_CHECK(x->size() == a.size(), "lda_project_interp_triad: arrays must have the same size");
-  }
-  float* pa = static_cast<float*>(a.mutable_data());
-  const float* pb = static_cast<const float*>(b.data());
-  const float* pc = static_cast<const float*>(c.data());
-  const int64_t n = a.size();
+void lda_project_interp_triad(float* pa, const float* pb, const float* pc, int64_t n, float scalar, int num_threads) {
   const bool nt = reinterpret_cast<uintptr_t>(pa) % 32 == 0;
   const int nth = num_threads > 0 ? num_threads : omp_get_max_threads();
-  py::gil_scoped_release release;
 #pragma omp parallel num_threads(nth)
   {
     const __m256 sv = _mm256_set1_ps(scalar);
@@ -405,14 +350,5 @@ void triad_py(py::array& a, const py::array& b, const py::array& c, float scalar
   }
 }
 
-}  // namespace
-
-XITE_REGISTER_OP("lda_project_interp", [](py::module_& m) {
-  m.def("lda_project_interp", &lda_project_interp_py, py::arg("src"), py::arg("tgt"), py::arg("W"), py::arg("lam"),
-        py::arg("lam_div"), py::arg("mode"), py::arg("out"), py::arg("num_threads") = 0, py::arg("nt_mode") = -1,
-        "Fused LDA projection + interpolation over (M, D) float32 rows, written into `out`.\n"
-        "lam: (L,) float32 with L == 1 or L * lam_div == M (row i uses lam[i // lam_div]).\n"
-        "Returns the first row whose output is not finite, or -1. Use xite_fast.lda_project_interp.");
-  m.def("lda_project_interp_triad", &triad_py, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("scalar"),
-        py::arg("num_threads") = 0, "Bandwidth probe a = b + scalar * c (float32, streaming stores).");
-});
+}  // namespace cpu
+}  // namespace xite

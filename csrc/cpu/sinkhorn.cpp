@@ -12,9 +12,6 @@
 // Threads: OpenMP over the batch when B >= threads, otherwise over the rows of each item.
 #include <immintrin.h>
 #include <omp.h>
-#include <pybind11/numpy.h>
-#include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <cmath>
@@ -23,8 +20,7 @@
 #include <vector>
 
 #include "common.h"
-
-namespace py = pybind11;
+#include "cpu/xite_cpu.h"
 
 namespace {
 
@@ -310,24 +306,14 @@ int iterate_item(Scratch<T>& s, int nb, int mb, const double* eps_list, int n_ep
 }
 
 template <typename T>
-py::tuple sinkhorn_impl(py::array x_arr, py::array y_arr, py::array a_arr, py::array b_arr, std::vector<double> eps_list,
-                        double tol, bool symmetric) {
-  const int64_t B = x_arr.shape(0), n = x_arr.shape(1), d = x_arr.shape(2), m = y_arr.shape(1);
-  Problem<T> p{static_cast<const T*>(x_arr.data()), static_cast<const T*>(y_arr.data()),
-               static_cast<const T*>(a_arr.data()), static_cast<const T*>(b_arr.data()), n, m, d};
-  py::array_t<T> f_out({B, n}), g_out({B, m});
-  py::array_t<double> value_out(B);
-  py::array_t<int32_t> iters_out(B);
-  T* fo = f_out.mutable_data();
-  T* go = g_out.mutable_data();
-  double* vo = value_out.mutable_data();
-  int32_t* io = iters_out.mutable_data();
-  const int n_eps = (int)eps_list.size();
+void sinkhorn_impl(const T* x, const T* y, const T* a, const T* b, int64_t B, int64_t n, int64_t m, int64_t d,
+                   const double* eps_list, int n_eps, double tol, bool symmetric, T* fo, T* go, double* vo,
+                   int32_t* io) {
+  Problem<T> p{x, y, a, b, n, m, d};
   {
-    py::gil_scoped_release release;
     auto solve = [&](int64_t bi, Scratch<T>& s, bool par) {
       auto [nb, mb] = prepare_item<T>(p, bi, s, par);
-      int done = iterate_item<T>(s, nb, mb, eps_list.data(), n_eps, tol, symmetric, par);
+      int done = iterate_item<T>(s, nb, mb, eps_list, n_eps, tol, symmetric, par);
       T* fb = fo + bi * n;
       T* gb = go + bi * m;
       std::fill(fb, fb + n, T(0));
@@ -358,7 +344,6 @@ py::tuple sinkhorn_impl(py::array x_arr, py::array y_arr, py::array a_arr, py::a
       for (int64_t bi = 0; bi < B; ++bi) solve(bi, s, true);
     }
   }
-  return py::make_tuple(f_out, g_out, value_out, iters_out);
 }
 
 // gx_i = w_b (r_i x_i − Σ_j π_ij y_j), gy_j = w_b (c_j y_j − Σ_i π_ij x_i) with r, c the row /
@@ -442,20 +427,11 @@ void plan_apply<float>(const float* P, int rows, int cols, const float* src, con
 #endif
 
 template <typename T>
-py::tuple sinkhorn_backward_impl(py::array x_arr, py::array y_arr, py::array a_arr, py::array b_arr, py::array f_arr,
-                                 py::array g_arr, double eps, py::array w_arr, bool symmetric) {
-  const int64_t B = x_arr.shape(0), n = x_arr.shape(1), d = x_arr.shape(2), m = y_arr.shape(1);
-  Problem<T> p{static_cast<const T*>(x_arr.data()), static_cast<const T*>(y_arr.data()),
-               static_cast<const T*>(a_arr.data()), static_cast<const T*>(b_arr.data()), n, m, d};
-  const T* fp = static_cast<const T*>(f_arr.data());
-  const T* gp = static_cast<const T*>(g_arr.data());
-  const T* wp = static_cast<const T*>(w_arr.data());
-  // symmetric (x is y, π = πᵀ): gx + gy = 2 gx, so only gx is computed and gy is returned empty
-  py::array_t<T> gx_out({B, n, d}), gy_out({symmetric ? int64_t(0) : B, m, d});
-  T* gx = gx_out.mutable_data();
-  T* gy = gy_out.mutable_data();
+void sinkhorn_backward_impl(const T* x, const T* y, const T* a, const T* b, const T* fp, const T* gp, int64_t B,
+                            int64_t n, int64_t m, int64_t d, double eps, const T* wp, bool symmetric, T* gx, T* gy) {
+  Problem<T> p{x, y, a, b, n, m, d};
+  // symmetric (x is y, π = πᵀ): gx + gy = 2 gx, so only gx is computed and gy is unused
   {
-    py::gil_scoped_release release;
     const T inv_eps = T(1) / (T)eps;
     auto run = [&](int64_t bi, Scratch<T>& s, bool par) {
       auto [nb, mb] = prepare_item<T>(p, bi, s, par);
@@ -495,81 +471,46 @@ py::tuple sinkhorn_backward_impl(py::array x_arr, py::array y_arr, py::array a_a
       for (int64_t bi = 0; bi < B; ++bi) run(bi, s, true);
     }
   }
-  return py::make_tuple(gx_out, gy_out);
 }
 
-enum class DType { F32, F64 };
+}  // namespace
 
-DType check_inputs(const char* op, const py::array& x, const py::array& y, const py::array& a, const py::array& b) {
-  XITE_CHECK(x.ndim() == 3, op << ": x must be 3-D (B, n, D), got ndim " << x.ndim());
-  XITE_CHECK(y.ndim() == 3, op << ": y must be 3-D (B, m, D), got ndim " << y.ndim());
-  XITE_CHECK(y.shape(0) == x.shape(0) && y.shape(2) == x.shape(2),
-             op << ": y must be (B, m, D) matching x (" << x.shape(0) << ", n, " << x.shape(2) << ")");
-  XITE_CHECK(x.shape(0) > 0 && x.shape(1) > 0 && y.shape(1) > 0 && x.shape(2) > 0, op << ": empty input");
-  XITE_CHECK(a.ndim() == 2 && a.shape(0) == x.shape(0) && a.shape(1) == x.shape(1), op << ": a must be (B, n)");
-  XITE_CHECK(b.ndim() == 2 && b.shape(0) == x.shape(0) && b.shape(1) == y.shape(1), op << ": b must be (B, m)");
-  const int flags = py::array::c_style;
-  XITE_CHECK((x.flags() & flags) && (y.flags() & flags) && (a.flags() & flags) && (b.flags() & flags),
-             op << ": inputs must be C-contiguous");
-  const bool f32 = x.dtype().is(py::dtype::of<float>());
-  const bool f64 = x.dtype().is(py::dtype::of<double>());
-  XITE_CHECK(f32 || f64, op << ": x must be float32 or float64");
-  for (const py::array* arr : {&y, &a, &b}) XITE_CHECK(arr->dtype().is(x.dtype()), op << ": all inputs must share x's dtype");
-  return f32 ? DType::F32 : DType::F64;
-}
+namespace xite {
+namespace cpu {
 
-bool all_items_nonempty(const py::array& w) {
+template <typename T>
+bool sinkhorn_items_nonempty(const T* w, int64_t B, int64_t n) {
   // every batch item needs at least one real point (positive weight)
-  const int64_t B = w.shape(0), n = w.shape(1);
-  const bool f32 = w.dtype().is(py::dtype::of<float>());
   for (int64_t bi = 0; bi < B; ++bi) {
     bool any = false;
-    for (int64_t i = 0; i < n && !any; ++i)
-      any = f32 ? static_cast<const float*>(w.data())[bi * n + i] > 0
-                : static_cast<const double*>(w.data())[bi * n + i] > 0;
+    for (int64_t i = 0; i < n && !any; ++i) any = w[bi * n + i] > 0;
     if (!any) return false;
   }
   return true;
 }
 
-py::tuple sinkhorn(py::array x, py::array y, py::array a, py::array b, std::vector<double> eps_list, double tol,
-                   bool symmetric) {
-  DType dt = check_inputs("sinkhorn", x, y, a, b);
-  XITE_CHECK(!eps_list.empty(), "sinkhorn: eps_list must hold at least one iteration");
-  for (double e : eps_list) XITE_CHECK(e > 0 && std::isfinite(e), "sinkhorn: every eps must be finite and > 0, got " << e);
-  XITE_CHECK(all_items_nonempty(a) && all_items_nonempty(b), "sinkhorn: every batch item needs a positive weight");
-  if (symmetric) XITE_CHECK(x.shape(1) == y.shape(1), "sinkhorn: symmetric=True needs y == x");
-  return dt == DType::F32 ? sinkhorn_impl<float>(x, y, a, b, eps_list, tol, symmetric)
-                          : sinkhorn_impl<double>(x, y, a, b, eps_list, tol, symmetric);
+template <typename T>
+void sinkhorn(const T* x, const T* y, const T* a, const T* b, int64_t B, int64_t n, int64_t m, int64_t d,
+              const double* eps_list, int n_eps, double tol, bool symmetric, T* f, T* g, double* value,
+              int32_t* iters) {
+  sinkhorn_impl<T>(x, y, a, b, B, n, m, d, eps_list, n_eps, tol, symmetric, f, g, value, iters);
 }
 
-py::tuple sinkhorn_backward(py::array x, py::array y, py::array a, py::array b, py::array f, py::array g, double eps,
-                            py::array w, bool symmetric) {
-  DType dt = check_inputs("sinkhorn_backward", x, y, a, b);
-  XITE_CHECK(eps > 0 && std::isfinite(eps), "sinkhorn_backward: eps must be finite and > 0, got " << eps);
-  XITE_CHECK(f.ndim() == 2 && f.shape(0) == x.shape(0) && f.shape(1) == x.shape(1), "sinkhorn_backward: f must be (B, n)");
-  XITE_CHECK(g.ndim() == 2 && g.shape(0) == x.shape(0) && g.shape(1) == y.shape(1), "sinkhorn_backward: g must be (B, m)");
-  XITE_CHECK(w.ndim() == 1 && w.shape(0) == x.shape(0), "sinkhorn_backward: grad_output must be (B,)");
-  for (const py::array* arr : {&f, &g, &w}) {
-    XITE_CHECK(arr->dtype().is(x.dtype()), "sinkhorn_backward: all inputs must share x's dtype");
-    XITE_CHECK(arr->flags() & py::array::c_style, "sinkhorn_backward: inputs must be C-contiguous");
-  }
-  if (symmetric) XITE_CHECK(x.shape(1) == y.shape(1), "sinkhorn_backward: symmetric=True needs y == x");
-  return dt == DType::F32 ? sinkhorn_backward_impl<float>(x, y, a, b, f, g, eps, w, symmetric)
-                          : sinkhorn_backward_impl<double>(x, y, a, b, f, g, eps, w, symmetric);
+template <typename T>
+void sinkhorn_backward(const T* x, const T* y, const T* a, const T* b, const T* f, const T* g, int64_t B, int64_t n,
+                       int64_t m, int64_t d, double eps, const T* w, bool symmetric, T* gx, T* gy) {
+  sinkhorn_backward_impl<T>(x, y, a, b, f, g, B, n, m, d, eps, w, symmetric, gx, gy);
 }
 
-}  // namespace
+#define XITE_SINKHORN_INSTANTIATE(T)                                                                                \
+  template bool sinkhorn_items_nonempty<T>(const T*, int64_t, int64_t);                                          \
+  template void sinkhorn<T>(const T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t,         \
+                            const double*, int, double, bool, T*, T*, double*, int32_t*);                       \
+  template void sinkhorn_backward<T>(const T*, const T*, const T*, const T*, const T*, const T*, int64_t,       \
+                                     int64_t, int64_t, int64_t, double, const T*, bool, T*, T*);
+XITE_SINKHORN_INSTANTIATE(float)
+XITE_SINKHORN_INSTANTIATE(double)
+#undef XITE_SINKHORN_INSTANTIATE
 
-XITE_REGISTER_OP("sinkhorn", [](py::module_& m) {
-  m.def("sinkhorn", &sinkhorn, py::arg("x"), py::arg("y"), py::arg("a"), py::arg("b"), py::arg("eps_list"),
-        py::arg("tol") = 0.0, py::arg("symmetric") = false,
-        "Batched log-domain Sinkhorn, cost ½|x−y|². x (B,n,D), y (B,m,D), a (B,n), b (B,m) float32/float64 "
-        "C-contiguous (zero weight = padding); eps_list: ε per iteration; tol > 0 stops an item once max|Δf| < tol "
-        "at the final ε. Returns (f (B,n), g (B,m), value (B,) float64 = <a,f>+<b,g>, iterations (B,) int32).");
-  m.def("sinkhorn_backward", &sinkhorn_backward, py::arg("x"), py::arg("y"), py::arg("a"), py::arg("b"), py::arg("f"),
-        py::arg("g"), py::arg("eps"), py::arg("grad_output"), py::arg("symmetric") = false,
-        "Envelope-theorem gradient of the Sinkhorn value: gx_i = w Σ_j π_ij (x_i − y_j), gy_j = w Σ_i π_ij (y_j − x_i), "
-        "π from the potentials f, g at the final ε; grad_output w (B,). Returns (gx (B,n,D), gy (B,m,D)); with "
-        "symmetric=True (x is y) returns (2 gx, empty) — the whole gradient of OT(α, α).");
-});
+}  // namespace cpu
+}  // namespace xite

@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <string>
 
-#include "common.h"
+#include "bindings.h"
 #include "cuda/xite_cuda.cuh"
 
 namespace py = pybind11;

@@ -322,13 +322,12 @@ void run(cudaStream_t stream, const void* qv, const void* xv, int64_t n, int64_t
 }  // namespace
 
 CosineTopkPlan cosine_topk_plan(int device, int64_t n, int64_t m, int64_t d, int k) {
-  XITE_CUDA_CHECK_ARG(n > 0 && m > 0 && d > 0, "cosine_topk_cuda: empty input (n=" << n << ", m=" << m
-                                                                                  << ", d=" << d << ")");
-  XITE_CUDA_CHECK_ARG(k > 0 && k <= m, "cosine_topk_cuda: k must be in [1, M=" << m << "], got " << k);
-  XITE_CUDA_CHECK_ARG(k <= kCosineTopkMaxK, "cosine_topk_cuda: k must be <= " << kCosineTopkMaxK << ", got "
-                                                                              << k
-                                                                              << " (use the triton or torch backend)");
-  XITE_CUDA_CHECK_ARG(m < INT_MAX, "cosine_topk_cuda: at most 2^31-2 keys per call, got " << m);
+  XITE_CHECK(n > 0 && m > 0 && d > 0,
+             "cosine_topk_cuda: empty input (n=" << n << ", m=" << m << ", d=" << d << ")");
+  XITE_CHECK(k > 0 && k <= m, "cosine_topk_cuda: k must be in [1, M=" << m << "], got " << k);
+  XITE_CHECK(k <= kCosineTopkMaxK, "cosine_topk_cuda: k must be <= " << kCosineTopkMaxK << ", got " << k
+                                                                     << " (use the triton or torch backend)");
+  XITE_CHECK(m < INT_MAX, "cosine_topk_cuda: at most 2^31-2 keys per call, got " << m);
   int sms = 80;
   {
     DeviceGuard guard(device);
@@ -354,10 +353,10 @@ CosineTopkPlan cosine_topk_plan(int device, int64_t n, int64_t m, int64_t d, int
 void cosine_topk(int device, std::uintptr_t stream, const void* q, const void* x, DType dtype, int64_t n,
                  int64_t m, int64_t d, int k, bool assume_normalized, const CosineTopkPlan& plan,
                  void* workspace, float* out_scores, int64_t* out_idx) {
-  XITE_CUDA_CHECK_ARG(k > 0 && k <= m && k <= kCosineTopkMaxK, "cosine_topk_cuda: bad k=" << k);
-  XITE_CUDA_CHECK_ARG(plan.splits >= 1 && plan.splits <= MAX_SPLITS && plan.keys_per_split % BN == 0 &&
-                          plan.keys_per_split * plan.splits >= m,
-                      "cosine_topk_cuda: bad plan");
+  XITE_CHECK(k > 0 && k <= m && k <= kCosineTopkMaxK, "cosine_topk_cuda: bad k=" << k);
+  XITE_CHECK(plan.splits >= 1 && plan.splits <= MAX_SPLITS && plan.keys_per_split % BN == 0 &&
+                 plan.keys_per_split * plan.splits >= m,
+             "cosine_topk_cuda: bad plan");
   DeviceGuard guard(device);
   auto s = reinterpret_cast<cudaStream_t>(stream);
   switch (dtype) {

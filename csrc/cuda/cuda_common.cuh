@@ -8,6 +8,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "check.h"
 #include "xite_cuda.cuh"
 
 namespace xite {
@@ -21,15 +22,6 @@ namespace cuda {
       xite_oss_ << "CUDA error in " << #expr << ": " << cudaGetErrorString(xite_err_);         \
       throw std::runtime_error(xite_oss_.str());                                               \
     }                                                                                          \
-  } while (0)
-
-#define XITE_CUDA_CHECK_ARG(cond, msg)            \
-  do {                                            \
-    if (!(cond)) {                                \
-      std::ostringstream xite_oss_;               \
-      xite_oss_ << msg;                           \
-      throw std::invalid_argument(xite_oss_.str()); \
-    }                                             \
   } while (0)
 
 __device__ __forceinline__ float to_float(float v) { return v; }

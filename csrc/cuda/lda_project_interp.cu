@@ -89,13 +89,12 @@ void launch(cudaStream_t stream, const void* s, const void* t, const float* W, c
 void lda_project_interp(int device, std::uintptr_t stream, const void* s, const void* t, DType dtype,
                         const float* W, const float* lam_rows, float lam, int mode, int64_t rows, int64_t d,
                         int64_t r, void* out) {
-  XITE_CUDA_CHECK_ARG(rows > 0 && d > 0, "lda_project_interp_cuda: empty input (rows=" << rows << ", D=" << d
-                                                                                       << ")");
-  XITE_CUDA_CHECK_ARG(r >= 1 && r <= d, "lda_project_interp_cuda: W must be (D=" << d << ", r) with 1 <= r <= D, got r="
-                                                                                << r);
-  XITE_CUDA_CHECK_ARG(mode >= 0 && mode <= 3, "lda_project_interp_cuda: mode must be 0..3, got " << mode);
-  XITE_CUDA_CHECK_ARG(d + r <= kLdaMaxSharedFloats, "lda_project_interp_cuda: D + r must be <= "
-                                                        << kLdaMaxSharedFloats << ", got " << d + r);
+  XITE_CHECK(rows > 0 && d > 0, "lda_project_interp_cuda: empty input (rows=" << rows << ", D=" << d << ")");
+  XITE_CHECK(r >= 1 && r <= d,
+             "lda_project_interp_cuda: W must be (D=" << d << ", r) with 1 <= r <= D, got r=" << r);
+  XITE_CHECK(mode >= 0 && mode <= 3, "lda_project_interp_cuda: mode must be 0..3, got " << mode);
+  XITE_CHECK(d + r <= kLdaMaxSharedFloats,
+             "lda_project_interp_cuda: D + r must be <= " << kLdaMaxSharedFloats << ", got " << d + r);
   int prev = -1;
   XITE_CUDA_OK(cudaGetDevice(&prev));
   if (prev != device) XITE_CUDA_OK(cudaSetDevice(device));
