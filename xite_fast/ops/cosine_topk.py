@@ -21,7 +21,7 @@ sorted descending, ties broken by the lower key index. Two backends:
   vectors, keep every key whose screened score is within twice a proven error bound of the
   running k-th best (the bound covers the bf16 rounding of both operands, the fp32 accumulation,
   subnormal flushing and the exact path's own rounding, with a safety factor; derivation in
-  ``csrc/cpu/cosine_topk.cpp``), then rescore those candidates with exactly the fp32 kernels'
+  ``csrc/cpu/cosine_topk_bf16.cpp``), then rescore those candidates with exactly the fp32 kernels'
   arithmetic. The result (indices, fp32 scores, tie order) is therefore bit-identical to the fp32
   kernels; queries whose candidates outgrow a cap or the memory budget (degenerate data: many
   duplicate or equal keys) are recomputed by the fp32 kernel, so exactness never depends on the

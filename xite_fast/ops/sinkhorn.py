@@ -11,11 +11,10 @@ The backward pass uses the envelope theorem: at the optimum, ∂OT/∂x_i = Σ_j
 is stored (memory O(B·n·m) once, not O(n_iters·B·n·m) as autograd through the loop would need).
 Double backward is not supported.
 
-Backends: ``cpu`` (C++ AVX2/OpenMP kernel ``xite_fast._C.sinkhorn``), ``torch`` (plain-torch
-reference loop, any device). Hook for a GPU kernel: a module ``xite_fast.ops.triton.sinkhorn``
-exposing ``sinkhorn(x, y, a, b, eps_list, tol, symmetric) -> (f, g, value, iters)`` and
-``sinkhorn_backward(x, y, a, b, f, g, eps, grad_output) -> (gx, gy)`` on torch tensors (same
-contract as the C++ functions) is picked up by ``backend="triton"`` / AUTO on CUDA inputs.
+Backends: ``cpu`` (C++ AVX2/OpenMP kernel ``xite_fast._C.sinkhorn``), ``triton`` (GPU kernels
+``xite_fast.ops.triton.sinkhorn``: ``sinkhorn`` and ``sinkhorn_backward`` on torch tensors, the
+contract of the C++ functions; ``"auto"`` picks them for CUDA inputs), ``torch`` (plain-torch
+reference loop, any device).
 """
 
 from __future__ import annotations
@@ -291,7 +290,7 @@ def sinkhorn_divergence(
         tol: stop early once max |Δf| over one iteration at the final ε is below ``tol``.
         eps_schedule: None (constant ε) or ``"anneal"`` (ε-scaling from the cloud diameter).
         debias: subtract the self-transport terms (False gives OT_ε(α, β)).
-        backend: ``"auto"``, ``"cpu"`` (C++), ``"torch"`` (reference) or ``"triton"`` (GPU hook).
+        backend: ``"auto"``, ``"cpu"`` (C++), ``"triton"`` (GPU) or ``"torch"`` (reference).
         reduction: ``"mean"`` over the batch, ``"sum"``, or ``"none"`` for (B,).
 
     Returns:

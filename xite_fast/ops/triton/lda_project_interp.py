@@ -11,9 +11,9 @@ With ``P(x) = x W W^T`` (W: (D, r) orthonormal) every mode is ``out = a*s + b*t 
 A program owns ``BLOCK_R`` rows: it loads the s and t row tiles once (whole rows when D <= 1024,
 else it streams D in ``BLOCK_D`` chunks twice), computes ``c_j = u . W[:, j]`` with fp32 tree
 reductions and accumulates ``a*s + b*t + g * sum_j c_j W[:, j]^T`` before one store. No ``tl.dot``:
-r is small (languages - 1), the op is memory-bound, and a ``tl.dot`` variant compiled for sm_80
-spilled heavily (cuobjdump: up to 8.7 KB stack per thread) while tf32 would add ~1e-3 error. fp16/
-bf16 inputs are upcast on load and the output is written in the input dtype.
+r is small (languages - 1), the op is memory-bound, a ``tl.dot`` variant compiled for sm_80 spilled
+registers, and tf32 would round the inputs to 10 mantissa bits. fp16/bf16 inputs are upcast on load
+and the output is written in the input dtype.
 """
 
 from __future__ import annotations
