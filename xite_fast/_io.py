@@ -1,13 +1,19 @@
-"""File plumbing shared by every writer of a run directory: atomic writes, streamed sha256, locks.
+"""Plumbing shared by the whole package: atomic writes, streamed sha256, locks, atomic folder builds, the
+cache root and quiet third-party loggers.
 
 * Every file is written to a hidden temporary name in its final directory (``.NAME.tmp-PID``), flushed,
   fsynced and renamed, so a reader sees either the old or the whole new file, never a prefix. A failed
   write (disk full, ...) removes its temporary file; temporaries of a killed process are removed by
   :func:`remove_stale_temps` at the start of the next run.
-* :func:`sha256_file` streams; :func:`atomic_write` hashes the bytes while writing them, so no file is
-  read back just to fingerprint it.
-* :func:`exclusive_lock` is a non-blocking ``filelock`` lock: a second writer gets a clear error at
-  once, and the OS drops the lock of a killed process.
+* :func:`sha256_file` streams (``cached=True`` memoises by path, size, mtime and inode, for model weights
+  hashed on every load); :func:`atomic_write` hashes the bytes while writing them, so no file is read back
+  just to fingerprint it.
+* :func:`exclusive_lock` is a ``filelock`` lock, the OS drops the lock of a killed process: non-blocking
+  for a run directory (a second writer gets a clear error at once), blocking for a cache entry (a second
+  builder waits, then finds it built).
+* :func:`atomic_build` makes a cache folder once: built under a temporary name, file hashes recorded in
+  its ``xite_fast.json``, renamed into place, verified before every reuse.
+* :func:`cache_root`: ``$XITE_FAST_CACHE``, else ``$XDG_CACHE_HOME/xite_fast``, else ``~/.cache/xite_fast``.
 * :func:`fault_point`: test hook (env ``XITE_FAST_TEST_KILL_AT``) that SIGKILLs the process at a named
   point, used by the fault-injection tests.
 """
@@ -16,12 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -30,6 +39,9 @@ import numpy as np
 
 __all__ = [
     "DiskFullError",
+    "atomic_build",
+    "is_built",
+    "BUILD_RECORD",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -43,6 +55,9 @@ __all__ = [
     "tmp_path",
     "file_matches",
     "read_json",
+    "cache_root",
+    "quiet_logger",
+    "quiet_transformers",
 ]
 
 TMP_MARK = ".tmp-"
@@ -128,12 +143,22 @@ def atomic_save_npy(path: str | os.PathLike, arr: np.ndarray) -> str:
     return fh.h.hexdigest()
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike, *, cached: bool = False) -> str:
+    """sha256 hex of a file's content, streamed. ``cached``: memoised per process by resolved path, size,
+    mtime and inode (for model files hashed on every load; run files are always read again)."""
+    if cached:
+        st = os.stat(path)
+        return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int, ino: int) -> str:
+    return sha256_file(path)
 
 
 def file_matches(path: str | os.PathLike, sha256: str | None) -> bool:
@@ -152,12 +177,19 @@ def read_json(path: str | os.PathLike, *, what: str = "file") -> Any:
 
 
 @contextlib.contextmanager
-def exclusive_lock(lock_path: str | os.PathLike, what: str) -> Iterator[None]:
-    """Hold an exclusive, non-blocking lock on ``lock_path`` (RuntimeError at once if another process
-    holds it); the OS releases it when the holder dies, even by SIGKILL."""
+def exclusive_lock(lock_path: str | os.PathLike, what: str = "", *, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (its folder is created); the OS releases it when the holder
+    dies, even by SIGKILL.
+
+    Args:
+        lock_path: the lock file.
+        what: what the lock guards, for the error message.
+        wait: block until the lock is free; default: RuntimeError at once if another process holds it.
+    """
     from filelock import FileLock, Timeout
 
-    lock = FileLock(str(lock_path), timeout=0, is_singleton=False)
+    Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path), timeout=-1 if wait else 0, is_singleton=False)
     try:
         lock.acquire()
     except Timeout:
@@ -194,3 +226,124 @@ def fault_point(name: str, on_kill: Callable[[], None] | None = None) -> None:
             time.sleep(0.05)
     if os.environ.get("XITE_FAST_TEST_KILL_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- cache folders
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Return the cache folder (not created): argument > $XITE_FAST_CACHE > $XDG_CACHE_HOME > ~/.cache."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("XITE_FAST_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "xite_fast"
+
+
+BUILD_RECORD = "xite_fast.json"  # a built folder's record: the build's facts and its files' sha256
+
+
+def _folder_hashes(folder: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p, cached=True) for p in sorted(folder.iterdir()) if p.is_file() and p.name != BUILD_RECORD}
+
+
+def _verify_built(folder: Path) -> str | None:
+    """None when every file of a built folder matches the sha256 recorded when it was built, else why not."""
+    try:
+        recorded = json.loads((folder / BUILD_RECORD).read_text()).get("files")
+    except (OSError, ValueError):
+        return f"its {BUILD_RECORD} is unreadable"
+    if not isinstance(recorded, dict) or not recorded:
+        return "no file hashes were recorded when it was built (older cache)"
+    for name, digest in recorded.items():
+        p = folder / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if sha256_file(p, cached=True) != digest:
+            return f"{name} differs from the sha256 recorded when it was built"
+    return None
+
+
+def is_built(folder: str | os.PathLike, *, verify: bool = True) -> bool:
+    """True when ``folder`` was completed by :func:`atomic_build` (and, with ``verify``, its files match
+    their record)."""
+    folder = Path(folder)
+    return (folder / BUILD_RECORD).is_file() and (not verify or _verify_built(folder) is None)
+
+
+def atomic_build(
+    final: str | os.PathLike, build: Callable[[Path], None], meta: dict, *, what: str = "cache folder"
+) -> Path:
+    """Make the folder ``final`` once: ``build(tmp)`` writes it under a temporary name, the sha256 of its
+    files go into ``tmp/xite_fast.json`` with ``meta`` and the build time, and ``tmp`` is renamed to
+    ``final``. Runs under a blocking lock beside ``final``; a no-op when ``final`` is complete and its
+    files match their record; re-made with a warning when they do not.
+    """
+    final = Path(final)
+    if is_built(final):
+        return final
+    with exclusive_lock(final.parent / f".{final.name}.lock", what, wait=True):
+        if is_built(final, verify=False):  # another process may have finished while we waited
+            why = _verify_built(final)
+            if why is None:
+                return final
+            warnings.warn(f"{what} {final} failed verification ({why}); building it again", stacklevel=3)
+        _remove_stale_tmp_dirs(final)
+        tmp = tmp_path(final)
+        try:
+            t0 = time.perf_counter()
+            build(tmp)
+            meta = {**meta, "conversion_seconds": round(time.perf_counter() - t0, 2), "files": _folder_hashes(tmp)}
+            (tmp / BUILD_RECORD).write_text(json.dumps(meta, indent=1))
+            if final.exists():  # leftover without the completion marker (older layout): replace it
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _remove_stale_tmp_dirs(final: Path) -> None:
+    """Delete the temporary folders of ``final`` a killed build left (call holding its lock): this
+    module's ``.NAME.tmp-PID`` and the ``.tmp-NAME-PID-*`` of older versions."""
+    for pattern in (f".{final.name}{TMP_MARK}*", f".tmp-{final.name}-*"):
+        for tmp in final.parent.glob(pattern):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- quiet third-party logs
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    """Temporarily raise logger ``name`` (``"root"`` = the root logger) to ERROR."""
+    import logging
+
+    logger = logging.getLogger(None if name == "root" else name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Temporarily silence transformers' load reports and progress bars (restored on exit)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()

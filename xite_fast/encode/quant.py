@@ -222,9 +222,9 @@ def quantize_int8_smooth(
     try:
         onnx.save(model, str(tmp_fp32))
         del model
-        from xite_fast.encode.onnx import silence_logger
+        from xite_fast._io import quiet_logger
 
-        with warnings.catch_warnings(), silence_logger("root"):
+        with warnings.catch_warnings(), quiet_logger("root"):
             warnings.simplefilter("ignore")
             quantize_dynamic(
                 str(tmp_fp32),

