@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
-from xite_fast.objectives.ear import attention_pull, ear_losses, ear_losses_from_outputs, embedding_push
+from xite_fast.objectives.ear import attention_pull, ear_losses_from_outputs, embedding_push
 from xite_fast.objectives.ot import (
     DriftPenalty,
     drift_penalty,
@@ -15,6 +15,7 @@ from xite_fast.objectives.ot import (
     word_ids_tensor,
 )
 from xite_fast.reference import sinkhorn_divergence_ref
+from xite_fast.train.ear import ear_losses
 
 VOCAB = 40
 

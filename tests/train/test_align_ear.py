@@ -9,11 +9,11 @@ import pytest
 import torch
 from test_train import SRC, TGT, TOK, YS, _args, _losses, _model
 
-from xite_fast.objectives.ear import add_perturbed_copies, attention_probs
 from xite_fast.objectives.ot import ot_alignment_loss
 from xite_fast.train.align import OTAlignConfig, ot_align, word_ids
 from xite_fast.train.collator import XiteDataset
 from xite_fast.train.config import XiteConfig
+from xite_fast.train.ear import add_perturbed_copies, attention_probs
 from xite_fast.train.model import XiteModel
 from xite_fast.train.trainer import XiteTrainer
 

@@ -415,7 +415,7 @@ class XiteModel(nn.Module):
         from transformers.modeling_outputs import SequenceClassifierOutput
 
         if pert_input_ids is not None and self.training:
-            from xite_fast.objectives.ear import ear_forward
+            from xite_fast.train.ear import ear_forward
 
             return ear_forward(self, input_ids, attention_mask, token_type_ids, labels, pert_input_ids, pert_attention_mask)
         if src_input_ids is not None and self.xite.placement != "none" and self.training:
@@ -449,7 +449,7 @@ class XiteModel(nn.Module):
         """(B, D) float32 per row: ``"mean"`` the masked mean of the last hidden state; ``"sentence"`` the
         head's input (first token if it is a sequence); ``"input"``/``"hidden"`` the masked mean of the word
         embeddings / of the states entering ``hidden_layer`` (the levels LDA is fitted at)."""
-        from xite_fast.encode.onnx import pool  # the one masked mean-pool (the encoder's)
+        from xite_fast.encode.pooling import pool  # the one masked mean-pool (the encoder's)
 
         def mean(h: torch.Tensor) -> torch.Tensor:
             return pool(h.float(), attention_mask, "mean")
