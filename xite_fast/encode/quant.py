@@ -1,28 +1,23 @@
 """int8 encoders: SmoothQuant + dynamic int8 of the fused BERT ONNX graph for onnxruntime
-(``Encoder(backend="onnx", precision="int8")``), and NNCF static int8 of the raw graph for OpenVINO
-(:func:`quantize_openvino_int8`, ``backend="openvino"``). Both calibrate on :func:`calibration_texts`.
+(``Encoder(runtime="onnx", precision="int8")``), and NNCF static int8 of the raw graph for OpenVINO
+(:func:`quantize_openvino_int8`, ``runtime="openvino"``). Both calibrate on :func:`calibration_texts`.
 
-onnxruntime recipe (``_INT8_VERSION`` 3 in :mod:`xite_fast.encode.encoder`):
+onnxruntime recipe (``_INT8_VERSION`` in :mod:`xite_fast.encode.encoder`):
 
 1. Calibrate: run the fp32 graph on real sentences and record, per input channel j of every quantized
    matmul, ``amax_j = max |X_j|`` over all non-padding tokens.
 2. Smooth (Xiao et al. 2022, SmoothQuant): ``s_j = amax_j**alpha / max_n |W_jn|**(1 - alpha)``; insert
    ``X * (1/s)`` before the matmul and scale weight row j by ``s_j``. ``(X / s) @ (s W) == X @ W``, so
-   this is exact in fp32. e5/XLM-R LayerNorm outputs have one or two channels 20-40x the median, which
-   made the per-tensor dynamic activation scale coarse; smoothing moves that range into the weights.
-   The scales cannot be folded into the LayerNorm gamma here: in post-LN BERT the LayerNorm output is
-   also the residual stream, so an explicit ``Mul`` is inserted (one elementwise pass, ~1% of the time).
+   this is exact in fp32. e5/XLM-R LayerNorm outputs have one or two channels far above the median,
+   which makes the per-tensor dynamic activation scale coarse; smoothing moves that range into the
+   weights. The scales cannot be folded into the LayerNorm gamma here: in post-LN BERT the LayerNorm
+   output is also the residual stream, so an explicit ``Mul`` is inserted (one elementwise pass).
 3. ``onnxruntime.quantization.quantize_dynamic``: per-channel int8 weights, per-tensor dynamic uint8
    activations, for the fused Attention (QKV), attention-output and FFN-input matmuls. The FFN-output
-   matmuls (fed by GELU) stay fp32: quantizing them alone costs 20 points of top-1 agreement even
-   after smoothing.
+   matmuls (fed by GELU) stay fp32: quantizing them costs more neighbour agreement than all the others
+   together, even after smoothing.
 
-Measured on the full e5-small (bench/bench_encode.py, 600 Korean queries vs 600 English keys, top-1
-English neighbour agreement with ONNX fp32): previous plain dynamic int8 87.2% -> this recipe 93.3%
-(95.2% with another 320-sentence calibration draw), cosine to fp32 mean 0.99975, at 1.55x the fp32
-ONNX speed. Rounding the weights alone to per-channel int8 (fp32 compute) already gives only 95.8%,
-and exact 4-bit weights with block-32 int8 activations (``MatMulNBits``) 98.2% at 1.1x fp32, so
->= 99% is out of reach for int8 compute of this graph on that near-tie-heavy metric.
+Its accuracy and speed against fp32 are in bench/README.md.
 """
 
 from __future__ import annotations
@@ -203,7 +198,7 @@ def quantize_int8_smooth(
         dest: output path (written via a temporary file in the same folder, then renamed).
         calib_ids: token ids of the calibration texts (with special tokens), at least one.
         pad_id: padding token id.
-        alpha: SmoothQuant migration strength (0.5 measured best of 0.5/0.7/0.85 on e5-small).
+        alpha: SmoothQuant migration strength (the default was the best of those tried on e5-small).
         reduce_range: 7-bit weights (needed where u8*s8 pair sums saturate int16: AVX2 without VNNI).
         token_types: the graph also takes ``token_type_ids`` (fed zeros during calibration).
 
@@ -303,7 +298,7 @@ def import_nncf():
         import nncf
     except ImportError as exc:
         raise ImportError(
-            "precision='int8' on backend='openvino' needs NNCF: `pip install nncf`; or use backend='onnx'"
+            "precision='int8' on runtime='openvino' needs NNCF: `pip install nncf`; or use runtime='onnx'"
         ) from exc
     return nncf
 

@@ -23,10 +23,10 @@ from xite_fast.encode.pooling import POOLING_MODES, pool, pool_numpy
 __all__ = ["OpenVinoRuntime", "OrtRuntime", "TorchRuntime", "cpu_flags", "import_openvino", "import_ort"]
 
 _ORT_HINT = (
-    "backend='onnx' needs onnxruntime: `pip install onnxruntime` (CPU) or `pip install onnxruntime-gpu`; "
-    "or use backend='torch'"
+    "runtime='onnx' needs onnxruntime: `pip install onnxruntime` (CPU) or `pip install onnxruntime-gpu`; "
+    "or use runtime='torch'"
 )
-_OV_HINT = "backend='openvino' needs OpenVINO: `pip install openvino`; or use backend='onnx' / 'torch'"
+_OV_HINT = "runtime='openvino' needs OpenVINO: `pip install openvino`; or use runtime='onnx' / 'torch'"
 
 
 def import_ort():
@@ -159,7 +159,7 @@ class CTranslate2Runtime:
             import ctranslate2
         except ImportError as exc:
             raise ImportError(
-                "backend='ctranslate2' needs CTranslate2: `pip install ctranslate2`; or use backend='onnx'"
+                "runtime='ctranslate2' needs CTranslate2: `pip install ctranslate2`; or use runtime='onnx'"
             ) from exc
         if pooling not in POOLING_MODES:
             raise ValueError(f"pooling {pooling!r} is not supported by the ctranslate2 runtime")
