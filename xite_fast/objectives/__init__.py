@@ -1,1 +1,2 @@
-"""Training objectives: OT alignment + drift penalty, EAR losses, English perturbations."""
+"""Training objectives, tensors in and tensors out: OT alignment + drift penalty (ot.py), the EAR losses
+(ear.py; the model-driving half is :mod:`xite_fast.train.ear`), English perturbations (perturb.py)."""
