@@ -202,7 +202,7 @@ def _encode():
         status["unavailable"] += 1
         rows.append(("encode", "onnxruntime CUDA", shape, "", "", "", "UNAVAILABLE: onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)"))
         return
-    enc = Encoder("e5-small", backend="onnx")
+    enc = Encoder("e5-small", runtime="onnx")
     used = enc._session.get_providers()[0]
     enc.encode(texts[:64], batch_size=64)
     t0 = time.perf_counter()

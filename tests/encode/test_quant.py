@@ -20,7 +20,7 @@ from xite_fast.encode.encoder import Encoder  # noqa: E402
 
 @pytest.fixture(scope="module")
 def enc_fp32(e5_tiny_dir):
-    return Encoder(backend="onnx", num_layers=2)
+    return Encoder(runtime="onnx", num_layers=2)
 
 
 @pytest.fixture(scope="module")

