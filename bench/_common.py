@@ -1,4 +1,5 @@
-"""Helpers shared by the bench scripts: machine description, the benchmark lock, CSV output."""
+"""Helpers shared by the bench scripts: machine description, the benchmark lock, and THE writer of benchmark
+results (:func:`append_results`, one CSV schema for every op: :data:`BENCH_FIELDS`)."""
 
 from __future__ import annotations
 
@@ -87,33 +88,122 @@ def fma_peak_gflops(repeats: int = 5, iters: int = 20_000_000, cpu_iters: int = 
     return out
 
 
-def append_csv(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Append ``rows`` to ``path``, writing the header when the file is new.
+# THE benchmark-results schema (every op, every provider; like Liger-Kernel's all_benchmark_data.csv): one row
+# per measured value. op: what is measured (cosine_topk, encode, augment_scale, lda_project_interp, sinkhorn);
+# provider: ours or a peer; shape: the problem size; setting: how the provider / the run was configured
+# (non-numeric facts, "k=v; k=v"); metric: what the value is, its unit in the name (median_s, gflops,
+# throughput_sent_s, pct_of_peak, ...); repeats / threads; cpu, load (load averages), versions, commit, date.
+BENCH_FIELDS = [
+    "op", "provider", "shape", "setting", "metric", "value", "repeats", "threads", "cpu", "load", "versions",
+    "commit", "date",
+]  # fmt: skip
+# the columns of a measurement that name it rather than being one of its values (old names map to the schema's)
+_IDENTITY = {
+    "op": "op", "provider": "provider", "shape": "shape", "setting": "setting", "repeats": "repeats",
+    "threads": "threads", "machine": "cpu", "cpu": "cpu", "load": "load", "load_avg": "load", "loadavg": "load",
+    "version": "versions", "versions": "versions", "commit": "commit", "date": "date", "timestamp": "date",
+}  # fmt: skip
+RESULTS = Path(__file__).resolve().parent / "results"
 
-    When the rows bring columns the file lacks, the file is rewritten once with the union of the
-    columns (old rows keep empty cells), so a CSV never holds rows shifted under the wrong header.
+
+def _number(v) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int | float):
+        return True
+    try:
+        float(v)
+        return str(v).strip().lower() not in ("nan", "inf", "-inf", "")
+    except (TypeError, ValueError):
+        return False
+
+
+def commit() -> str:
+    """Short HEAD of the checkout, ``+dirty`` with uncommitted changes to tracked files ("" outside git)."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", *a], cwd=RESULTS.parent.parent, capture_output=True, text=True, check=False)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD")
+    return head + ("+dirty" if head and git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def long_rows(op: str, row: dict, shape_keys: tuple[str, ...] = ()) -> list[dict]:
+    """One measurement (a flat dict as the scripts build it) as :data:`BENCH_FIELDS` rows.
+
+    Identity columns (:data:`_IDENTITY`) are copied to every row; ``shape_keys`` columns join the shape
+    (``shape,k=v``); every other numeric column is one metric row (its text kept as written); a JSON object of
+    numbers (``{"encode": 432.3, ...}``) or a ``a/b/c`` list of numbers gives one metric per entry
+    (``timing_s.encode``, ``ratio_vs_faiss_per_repeat.1``); other text joins ``setting``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(rows[0])
-    for r in rows[1:]:
-        fields += [f for f in r if f not in fields]
+    import json
+
+    base = {f: "" for f in BENCH_FIELDS}
+    base["op"] = op
+    setting, metrics, shape = [], [], []
+    for k, v in row.items():
+        if v is None or v == "":
+            continue
+        if k in shape_keys:
+            shape.append(f"{k}={v}")
+        elif k in _IDENTITY:
+            base[_IDENTITY[k]] = str(v)
+            continue
+        if k in shape_keys:
+            continue
+        if _number(v):
+            metrics.append((k, v))
+            continue
+        text = str(v)
+        parsed = None
+        if text.startswith("{"):
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+        if isinstance(parsed, dict) and parsed and all(_number(x) for x in parsed.values()):
+            metrics += [(f"{k}.{n}", x) for n, x in parsed.items()]
+        elif "/" in text and all(_number(x) for x in text.split("/")):
+            metrics += [(f"{k}.{i}", x.strip()) for i, x in enumerate(text.split("/"), 1)]
+        else:
+            setting.append(f"{k}={text}")
+    if setting:
+        base["setting"] = "; ".join(x for x in (base["setting"], *setting) if x)
+    base["shape"] = ",".join(x for x in (base["shape"], *shape) if x)
+    return [{**base, "metric": k, "value": v} for k, v in metrics]
+
+
+def append_results(
+    op: str, rows: list[dict], path: str | os.PathLike | None = None, *, shape_keys: tuple[str, ...] = (),
+    dry_run: bool = False,
+) -> list[dict]:  # fmt: skip
+    """THE writer of benchmark results: ``rows`` (one flat dict per measurement) appended to
+    ``bench/results/<op>.csv`` (or ``path``) in the :data:`BENCH_FIELDS` schema, through :func:`long_rows`.
+
+    ``commit`` and ``date`` are filled when a row has none. ``dry_run``: return the rows, write nothing.
+    Raises ValueError when ``path`` exists with another header (the file was not converted).
+    """
+    import time
+
+    path = Path(path) if path is not None else RESULTS / f"{op}.csv"
+    fill = {"commit": commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = [
+        {**r, **{k: v for k, v in fill.items() if not r[k]}} for row in rows for r in long_rows(op, row, shape_keys)
+    ]
+    if dry_run:
+        return out
     if path.exists():
         with path.open(newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, [])
-            old = [dict(zip(header, r, strict=False)) for r in reader]
-        if set(fields) - set(header):
-            fields = header + [f for f in fields if f not in header]
-            with path.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=fields, restval="")
-                w.writeheader()
-                w.writerows(old)
-        else:
-            fields = header
+            header = next(csv.reader(f), [])
+        if header != BENCH_FIELDS:
+            raise ValueError(f"{path} has the columns {header}, not the benchmark schema {BENCH_FIELDS}")
     else:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as f:
-            csv.DictWriter(f, fieldnames=fields).writeheader()
+            csv.DictWriter(f, fieldnames=BENCH_FIELDS, lineterminator="\n").writeheader()
     with path.open("a", newline="") as f:
-        csv.DictWriter(f, fieldnames=fields, restval="").writerows(rows)
-    print(f"wrote {len(rows)} rows to {path}")
+        csv.DictWriter(f, fieldnames=BENCH_FIELDS, lineterminator="\n").writerows(out)
+    print(f"wrote {len(out)} rows ({len(rows)} measurements) to {path}")
+    return out

@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import append_csv, bench_lock, load_average, machine
+from _common import append_results, bench_lock, load_average, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -264,10 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_csv:
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True).stdout.strip()  # fmt: skip
-        append_csv(
-            args.csv,
+        append_results(
+            "augment_scale",
             [
                 dict(
+                    provider="xite_fast",
                     date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                     n_source=n_src,
                     n_target=n_tgt,
@@ -288,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                     commit=commit,
                 )
             ],
+            args.csv,
+            shape_keys=("n_source", "n_target", "target_langs", "distinct_rows", "chars_per_row", "extrapolated_rows"),
         )
     if not args.keep:
         shutil.rmtree(work)

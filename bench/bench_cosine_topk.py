@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import append_csv, bench_lock, fma_peak_gflops, load_average, machine
+from _common import append_results, bench_lock, fma_peak_gflops, load_average, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     print(flush=True)
     if not args.no_csv:
-        append_csv(args.csv, rows)
+        append_results("cosine_topk", rows, args.csv, shape_keys=("n_measured",))
     if lock is not None:
         lock.close()
     return 0

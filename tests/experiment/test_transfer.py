@@ -169,7 +169,7 @@ def test_run_writes_tables_and_plots(tmp_path, monkeypatch):
     out = tmp_path / "toy"
     res = T.run("sentiment", ["xx"], [0, 1], out, command="toy", embed=lambda s: None)
     assert {p.name for p in tmp_path.iterdir()} >= {
-        "toy.md", "toy.csv", "toy_acc.png", "toy_sim.png", "toy_lda.png", "toy_analysis.json"
+        "toy.md", "toy.csv", "toy_acc.png", "toy_sim.png", "toy_lda.png"
     }  # fmt: skip
     z = next(s for s in res["summary"] if s["row"] == "zero-shot")
     accs = [r["acc"] for r in res["rows"] if r["row"] == "zero-shot"]
@@ -178,6 +178,13 @@ def test_run_writes_tables_and_plots(tmp_path, monkeypatch):
     assert o["gap_closed"] == pytest.approx(1.0) and z["gap_closed"] == 0.0
     md = out.with_suffix(".md").read_text()
     assert "Command: `toy`" in md and "| zero-shot |" in md
+    # the long CSV holds every number of the md tables: they regenerate from it alone
+    from experiments.tables import CSV_FIELDS, read_csv, regenerate
+
+    assert out.with_suffix(".csv").read_text().splitlines()[0] == ",".join(CSV_FIELDS)
+    rows = read_csv(out.with_suffix(".csv"))
+    assert T.wide_rows(rows) == [{k: r[k] for k in ("target", "seed", "row", *T._METRIC)} for r in res["rows"]]
+    assert regenerate(out.with_suffix(".csv"), check=True)
 
 
 def test_errors():

@@ -12,7 +12,7 @@ as the driver, then measures at the mixing level (the head input, placement ``se
 * what the LDA direction is: its cosine with the language-mean difference and with the classifier's
   class direction, its coordinate concentration, and how well it separates the languages.
 
-``python bench/check_lda_shift.py --out-name experiment_sentiment_zh_s0`` (the settings of that run are the
+``python -m experiments.lda_shift --out-name experiment_sentiment_zh_s0`` (the settings of that run are the
 defaults); writes ``bench/results/lda_shift_check.md``.
 """
 
@@ -90,7 +90,7 @@ def main() -> None:
     lines = [
         "# LDA `shift` check: what the mix does at the head input (sentence placement)",
         "",
-        f"Command: `python bench/check_lda_shift.py --out-name {a.out_name} --target {a.target} --seed {a.seed}` "
+        f"Command: `python -m experiments.lda_shift --out-name {a.out_name} --target {a.target} --seed {a.seed}` "
         f"(stage-1 checkpoint `{ckpt.relative_to(cache_root())}`; English train {len(en_tr[0])}, pool {len(pool_texts)}, "
         f"max_length {a.max_length}; W = fit_lda at level `sentence`, LanguageLDA r = 1; λ ~ Beta(1, 1), g = 1 − λ). "
         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - t_start:.0f} s.",
