@@ -88,3 +88,13 @@ def test_plots_draw_seed_mean_std_and_the_stage1_match_similarities(tmp_path, mo
         want = [next(r["diag"] for r in recs if r.get("lang") == lang and r["seed"] == s) for s in (0, 1)]
         assert [a["sim"] for a in got["sim"][lang]] == [w["sim"] for w in want]  # one entry per seed
         assert [a["sim_ok"] for a in got["sim"][lang]] == [w["sim_ok"] for w in want]
+
+
+def test_tables_only_without_runs_leaves_a_committed_study_alone(tmp_path, capsys):
+    # a committed study keeps its CSV, not the runs files: --tables-only must not empty its table
+    (tmp_path / "toy.md").write_text("# table\n\n| a |\n")
+    (tmp_path / "toy.csv").write_text("task,language\n")
+    assert main(_argv(tmp_path / "toy")) == 0
+    assert (tmp_path / "toy.md").read_text() == "# table\n\n| a |\n"
+    assert (tmp_path / "toy.csv").read_text() == "task,language\n"
+    assert "tables left as they are" in capsys.readouterr().out
