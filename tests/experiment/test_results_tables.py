@@ -56,7 +56,8 @@ def test_results_layout():
 
 def test_every_linked_results_file_exists():
     text = (ROOT / "README.md").read_text(encoding="utf-8") + (ROOT / "bench" / "README.md").read_text(encoding="utf-8")
-    linked = set(re.findall(r"(?:bench/)?results/([\w.\-]+\.(?:md|csv|png|log|txt))", text))
-    linked |= set(re.findall(r"`((?:experiment|transfer)_[\w.\-]+\.md)`", text))
-    missing = [f for f in sorted(linked) if not (RESULTS / f).exists() and not (RESULTS / "logs" / f).exists()]
+    linked = set(re.findall(r"(?:bench/)?results/((?:logs/)?[\w.\-]+\.(?:md|csv|png|log|txt))", text))
+    missing = [f for f in sorted(linked) if not (RESULTS / f).exists()]
     assert not missing, missing
+    named = set(re.findall(r"`((?:experiment|transfer)_[\w.\-]+\.(?:md|csv|png))`", text))
+    assert not [f for f in sorted(named) if not (RESULTS / f).exists()]
