@@ -96,13 +96,13 @@ def fma_peak_gflops(repeats: int = 5, iters: int = 20_000_000, cpu_iters: int = 
 BENCH_FIELDS = [
     "op", "provider", "shape", "setting", "metric", "value", "repeats", "threads", "cpu", "load", "versions",
     "commit", "date",
-]  # fmt: skip
+]
 # the columns of a measurement that name it rather than being one of its values (old names map to the schema's)
 _IDENTITY = {
     "op": "op", "provider": "provider", "shape": "shape", "setting": "setting", "repeats": "repeats",
     "threads": "threads", "machine": "cpu", "cpu": "cpu", "load": "load", "load_avg": "load", "loadavg": "load",
     "version": "versions", "versions": "versions", "commit": "commit", "date": "date", "timestamp": "date",
-}  # fmt: skip
+}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -178,7 +178,7 @@ def long_rows(op: str, row: dict, shape_keys: tuple[str, ...] = ()) -> list[dict
 def append_results(
     op: str, rows: list[dict], path: str | os.PathLike | None = None, *, shape_keys: tuple[str, ...] = (),
     dry_run: bool = False,
-) -> list[dict]:  # fmt: skip
+) -> list[dict]:
     """THE writer of benchmark results: ``rows`` (one flat dict per measurement) appended to
     ``bench/results/<op>.csv`` (or ``path``) in the :data:`BENCH_FIELDS` schema, through :func:`long_rows`.
 

@@ -161,7 +161,7 @@ def kernel_rate(out: Path, k: int, min_flop: float = 2e11) -> tuple[float, int, 
 
 
 def extrapolate(timing: dict[str, float], n_src: int, n_tgt: int, target: int, gflops: float, d: int,
-                lda_max_rows: int) -> dict[str, float]:  # fmt: skip
+                lda_max_rows: int) -> dict[str, float]:
     """Seconds per stage at ``target`` x ``target`` rows from this run's stage times.
 
     The match stage is split into the kernel's share (2 N M d FLOP at the measured ``gflops``), which
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = bench_lock(not args.no_lock)
     load0 = load_average()
     cmd = [*_cli(), "augment", "--source", str(src), "--target", str(tgt), "--out", str(out),
-           "--k", str(args.k), "--lda-max-rows", str(args.lda_max_rows), *extra]  # fmt: skip
+           "--k", str(args.k), "--lda-max-rows", str(args.lda_max_rows), *extra]
     if args.ray:
         cmd += ["--ray", args.ray]
     env = dict(os.environ)
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report {key}: {report[key]}")
     if not args.no_csv:
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()  # fmt: skip
+                                text=True).stdout.strip()
         append_results(
             "augment_scale",
             [

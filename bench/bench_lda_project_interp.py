@@ -144,7 +144,7 @@ def spot(repeats: int = 5) -> list[dict]:
     print(f"triad C++ {bw_cpp:.1f} GB/s")
     rows = []
     common = {"shape": f"{N}x{D}", "lam": "scalar", "threads": os.cpu_count() or 1, "machine": machine(),
-              "version": xite_fast.__version__, "setting": "spot check on a quiet machine (--spot)"}  # fmt: skip
+              "version": xite_fast.__version__, "setting": "spot check on a quiet machine (--spot)"}
     for r in (4, 16):
         W = np.linalg.qr(rng.standard_normal((D, r)))[0].astype(np.float32)
         for mode in ("interp", "proj", "shift"):
@@ -155,14 +155,14 @@ def spot(repeats: int = 5) -> list[dict]:
             tsec = median_time(lambda: torch_addmm(st, tt, Wt, 0.4, 0.6, mode, out=o), repeats)  # noqa: B023
             gbs = 3 * N * D * 4 / sec / 1e9
             print(f"r={r} {mode:6s} ours {sec * 1e3:7.1f} ms {gbs:5.1f} GB/s {100 * gbs / bw_cpp:4.0f}% of triad; "
-                  f"torch addmm out= {tsec * 1e3:7.1f} ms -> {tsec / sec:4.2f}x", flush=True)  # fmt: skip
+                  f"torch addmm out= {tsec * 1e3:7.1f} ms -> {tsec / sec:4.2f}x", flush=True)
             at = {"r": r, "mode": mode, "loadavg": round(os.getloadavg()[0], 2),
-                  "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+                  "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
             rows.append({**common, **at, "provider": "ours (cpu, out=)", "median_ms": round(sec * 1e3, 1),
                          "throughput_gbps": round(gbs, 1), "pct_triad_bw": round(100 * gbs / bw_cpp),
-                         "speedup_vs_best_torch": round(tsec / sec, 2), "triad_gbps": round(bw_cpp, 1)})  # fmt: skip
+                         "speedup_vs_best_torch": round(tsec / sec, 2), "triad_gbps": round(bw_cpp, 1)})
             rows.append({**common, **at, "provider": "torch addmm (out=)", "median_ms": round(tsec * 1e3, 1),
-                         "triad_gbps": round(bw_cpp, 1)})  # fmt: skip
+                         "triad_gbps": round(bw_cpp, 1)})
     return rows
 
 

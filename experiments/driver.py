@@ -64,7 +64,7 @@ from experiments.tasks import DEFAULT_LANGS, FINETUNE_SPLIT, SENTIMENT_PARALLEL,
 __all__ = [
     "main", "ExperimentConfig", "VARIANTS", "TASKS", "TASK_VARIANTS", "STAGE1_ROWS", "run_experiment",
     "write_tables", "read_runs", "load_splits", "alignment_pairs", "row_names",
-]  # fmt: skip
+]
 
 # name -> XiteConfig overrides for stage 2 (fields not listed come from the stage-2 base config)
 VARIANTS: dict[str, dict[str, Any]] = {

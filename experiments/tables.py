@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CSV_FIELDS", "METRICS", "long_rows", "read_csv", "write_csv", "summarize", "table_lines", "write_tables",
     "write_plots", "replace_tables", "regenerate", "main",
-]  # fmt: skip
+]
 
 CSV_FIELDS = ["task", "language", "row", "seed", "metric", "value", "commit", "cpu", "date"]
 # per run: target test accuracy / macro-F1, English test accuracy after the row's last stage (absent with
@@ -84,11 +84,11 @@ def long_rows(done: dict[str, dict], cfg: ExperimentConfig, provenance: dict[str
             recs = [
                 r for r in done.values()
                 if r["variant"] == v and (lang in r.get("targets", {}) or r.get("lang") == lang) and r["seed"] in cfg.seeds
-            ]  # fmt: skip
+            ]
             for rec in sorted(recs, key=lambda r: r["seed"]):
                 for metric, value in _run_metrics(rec, lang, stage1_row).items():
                     out.append({"task": cfg.task, "language": lang, "row": v, "seed": rec["seed"], "metric": metric,
-                                "value": float(value), **{k: rec.get(k, prov.get(k, "")) for k in ("commit", "cpu", "date")}})  # fmt: skip
+                                "value": float(value), **{k: rec.get(k, prov.get(k, "")) for k in ("commit", "cpu", "date")}})
     return out
 
 
@@ -140,7 +140,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             "match_label_acc": float(np.mean(vals("match_label_accuracy"))) if "match_label_accuracy" in m else "",
             "pseudo_label_acc": float(np.mean(vals("pseudo_label_accuracy"))) if "pseudo_label_accuracy" in m else "",
             "minutes_per_run": float(np.mean(vals("seconds")) / 60), "_acc": acc, "_f1": f1, "_en": en,
-        })  # fmt: skip
+        })
     for r in out:
         zs = next((z for z in out if z["lang"] == r["lang"] and z["variant"] == "zero-shot"), None)
         orc = next((z for z in out if z["lang"] == r["lang"] and z["variant"] == "oracle"), None)

@@ -31,7 +31,7 @@ SENTIMENT_PARALLEL = {"zh": "chinese", "fr": "french"}
 # conversation (test_fraction), sentiment by sentiment_split (rows; pool_size 0 = all left after the test)
 FINETUNE_SPLIT: dict[str, Any] = {
     "test_fraction": 0.25, "en_size": 5000, "en_test_size": 1000, "pool_size": 0, "test_size": 1000,
-}  # fmt: skip
+}
 # frozen-encoder analysis: the seed draws every split; sentiment targets take (test rows, pool rows or
 # None = all left) from FROZEN_SENTIMENT_TARGETS
 FROZEN_SPLIT: dict[str, Any] = {"test_fraction": 0.3, "en_size": 5000, "en_test_size": 2000}

@@ -175,7 +175,7 @@ def _sentiment(target: str, seed: int, embed) -> TaskData:
     return TaskData(
         "sentiment", target, seed, classes, *take(en_train, en_X), *take(en_test, en_X),
         *take(pool, tg_X), *take(test, tg_X), lang_X=lang_X,
-    )  # fmt: skip
+    )
 
 
 def _chatterbot_split(target: str, seed: int, embed, pairs: bool) -> TaskData:
@@ -222,7 +222,7 @@ def _chatterbot_split(target: str, seed: int, embed, pairs: bool) -> TaskData:
     td = TaskData(
         "pairs" if pairs else "chatterbot", target, seed, classes, *take(en_tr, en_all),
         *take(en_te, en_all), *take(tg_tr, tg_all), *take(tg_te, tg_all), lang_X=lang_X, pair=pairs,
-    )  # fmt: skip
+    )
     td.info["topics"] = len(topics)
 
     # (conv_id, turn[, label]) of each row: the pool's English twins sit in the English training
@@ -369,7 +369,7 @@ def run_rows(td: TaskData, *, fixed_lams: tuple[float, ...] = (0.25, 0.5, 0.75))
         acc, f1 = _scores(td.test_y, _proba(clf, td.test_X, pair).argmax(1))
         en_acc = float((_proba(clf, td.en_test_X, pair).argmax(1) == td.en_test_y).mean())
         rows.append({"row": name, "acc": acc, "f1": f1, "en_acc": en_acc, "label_acc": labels_used,
-                     "kept": kept, "note": note})  # fmt: skip
+                     "kept": kept, "note": note})
         return clf
 
     def with_pool(rows_idx, labels, X_pool=None):
@@ -385,7 +385,7 @@ def run_rows(td: TaskData, *, fixed_lams: tuple[float, ...] = (0.25, 0.5, 0.75))
         _, ids = _match(td, td.test_X, center=center)
         acc, f1 = _scores(td.test_y, td.src_y[ids[:, 0]])
         rows.append({"row": f"nn-transfer ({'centered' if center else 'raw'})", "acc": acc, "f1": f1,
-                     "en_acc": None, "label_acc": None, "kept": None, "note": "no training"})  # fmt: skip
+                     "en_acc": None, "label_acc": None, "kept": None, "note": "no training"})
 
     p_pool = _proba(zs, td.pool_X, pair)
     pseudo, conf = p_pool.argmax(1), p_pool.max(1)
@@ -394,7 +394,7 @@ def run_rows(td: TaskData, *, fixed_lams: tuple[float, ...] = (0.25, 0.5, 0.75))
         return float((labels == td.pool_y[idx]).mean()) if len(idx) else float("nan")
 
     evaluate("self-train (pseudo-labels)", *with_pool(all_rows, pseudo), labels_used=lab_acc(pseudo, all_rows),
-             kept=1.0)  # fmt: skip
+             kept=1.0)
     sim, ids = _match(td, td.pool_X)
     sim, src = sim[:, 0], ids[:, 0]
     matched = td.src_y[src]
@@ -418,7 +418,7 @@ def run_rows(td: TaskData, *, fixed_lams: tuple[float, ...] = (0.25, 0.5, 0.75))
     for lam in fixed_lams:  # λ sweep (weight of the English row) for the default mode
         Xm = _mix(td, src, all_rows, lam, "interp", None)
         evaluate(f"xite interp λ={lam}", *with_pool(all_rows, matched, Xm), labels_used=lab_acc(matched, all_rows),
-                 kept=1.0)  # fmt: skip
+                 kept=1.0)
     # raw (uncentered) matching
     rsim, rids = _match(td, td.pool_X, center=False)
     xite_rows(" [raw matching]", all_rows, td.src_y[rids[:, 0]], rids[:, 0])
@@ -453,7 +453,7 @@ def run_rows(td: TaskData, *, fixed_lams: tuple[float, ...] = (0.25, 0.5, 0.75))
     xite_rows(" [similarity ≥ median]", top_sim, matched, src)
     top_conf = np.flatnonzero(conf >= np.quantile(conf, 0.5))
     evaluate("self-train [confidence ≥ median]", *with_pool(top_conf, pseudo[top_conf]),
-             labels_used=lab_acc(pseudo[top_conf], top_conf), kept=len(top_conf) / len(all_rows))  # fmt: skip
+             labels_used=lab_acc(pseudo[top_conf], top_conf), kept=len(top_conf) / len(all_rows))
 
     an = analyse(td, sim, matched, pseudo, conf, rsim[:, 0], td.src_y[rids[:, 0]])
     an["lambda_beta"] = _lambda_stats(td)
@@ -567,7 +567,7 @@ def twin_transfer(embed=None, targets=("ko", "ja")) -> list[dict]:
             "target": name, "n": len(tg), "with_twin": float(np.mean(ok_with)),
             "twin_excluded": float(np.mean(ok_without)), "twin_is_top1": twin_top1 / len(tg),
             "has_twin": has_twin / len(tg),
-        })  # fmt: skip
+        })
     return out
 
 
@@ -601,7 +601,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "label_acc": _mean_std([r["label_acc"] for r in rn])[0],
                 "kept": _mean_std([r["kept"] for r in rn])[0],
                 "gap_closed": (acc - base["zero-shot"]) / gap if gap > 0 else float("nan"),
-            })  # fmt: skip
+            })
     return out
 
 
@@ -632,7 +632,7 @@ def plot_accuracy(summary: list[dict], path: str | os.PathLike, title: str) -> N
         acc = [st[n]["acc"] if n in st else np.nan for n in names]
         sd = [st[n]["acc_std"] if n in st else 0 for n in names]
         colors = ["tab:gray" if n.startswith(("zero-shot", "oracle")) else
-                  "tab:orange" if n.startswith(("self-train", "nn-")) else "tab:blue" for n in names]  # fmt: skip
+                  "tab:orange" if n.startswith(("self-train", "nn-")) else "tab:blue" for n in names]
         ax.barh(y, acc, xerr=sd, color=colors, capsize=2)
         if "zero-shot" in st:
             ax.axvline(st["zero-shot"]["acc"], color="k", ls="--", lw=0.8)
@@ -681,7 +681,7 @@ def plot_similarity(
                 accs.append(ok[m].mean())
         ax2.plot(centers, accs, "o-", color="tab:red")
         ax2.axhline(np.mean([a["pseudo_acc"] for a in ans]), color="tab:orange", ls="--", lw=1,
-                    label="zero-shot pseudo-label acc")  # fmt: skip
+                    label="zero-shot pseudo-label acc")
         ax2.set_ylim(0, 1)
         ax2.set_ylabel("label-transfer accuracy per bin (≥ 20 rows)", color="tab:red")
         ax2.legend(loc="lower right", fontsize=7)
@@ -738,10 +738,10 @@ def _md_text(task: str, command: str, summary, analyses, twins, info: dict) -> s
          f"Machine: {info['machine']}; wall time {info['seconds']:.0f} s (embeddings cached under "
          f"`~/.cache/xite_fast/transfer`). Encoder: e5-small, ONNX fp32, frozen; classifier: scikit-learn "
          f"LogisticRegression(C={_C:g}). Seeds {info['seeds']} (pool/test split and English sample).", "",
-         f"Data: {info['data']}", ""]  # fmt: skip
+         f"Data: {info['data']}", ""]
     L += ["Columns: target test accuracy and macro-F1 (mean ± std over seeds); gap = share of the "
           "zero-shot → oracle gap closed; English = accuracy on held-out English (forgetting); "
-          "labels = accuracy of the pool labels the row trained on; kept = share of the pool used.", ""]  # fmt: skip
+          "labels = accuracy of the pool labels the row trained on; kept = share of the pool used.", ""]
     for t in dict.fromkeys(s["target"] for s in summary):
         L += [
             f"## en → {t}",
@@ -751,7 +751,7 @@ def _md_text(task: str, command: str, summary, analyses, twins, info: dict) -> s
         ]
         for s in (s for s in summary if s["target"] == t):
             L.append(f"| {s['row']} | {_f(s['acc'])} ± {_f(s['acc_std'])} | {_f(s['f1'])} | {_f(s['gap_closed'], 2)} | "
-                     f"{_f(s['en_acc'])} | {_f(s['label_acc'])} | {_f(s['kept'], 2)} |")  # fmt: skip
+                     f"{_f(s['en_acc'])} | {_f(s['label_acc'])} | {_f(s['kept'], 2)} |")
         ans = analyses[t]
 
         def m(key, ans=ans):
@@ -763,25 +763,25 @@ def _md_text(task: str, command: str, summary, analyses, twins, info: dict) -> s
               "acc. where they agree | matched acc. where they disagree | pseudo acc. where they disagree |",
               "|---|---|---|---|---|---|---|---|",
               f"| {m('matched_acc')} | {m('matched_acc_twin_excluded')} | {m('raw_matched_acc')} | {m('pseudo_acc')} | {m('agree_rate')} | "
-              f"{m('acc_when_agree')} | {m('matched_acc_when_disagree')} | {m('pseudo_acc_when_disagree')} |", ""]  # fmt: skip
+              f"{m('acc_when_agree')} | {m('matched_acc_when_disagree')} | {m('pseudo_acc_when_disagree')} |", ""]
         L += ["Label-transfer accuracy per similarity bin (equal-count bins, seed 0):", "",
-              "| similarity | rows | matched-label accuracy |", "|---|---|---|"]  # fmt: skip
+              "| similarity | rows | matched-label accuracy |", "|---|---|---|"]
         L += [f"| {b['lo']:.3f}–{b['hi']:.3f} | {b['n']} | {b['acc']:.3f} |" for b in ans[0]["sim_bins"]]
         L += ["", "Thresholds (keep the top share of the pool by score; label accuracy of what is kept):", "",
-              "| kept | by similarity (matched labels) | by confidence (pseudo-labels) |", "|---|---|---|"]  # fmt: skip
+              "| kept | by similarity (matched labels) | by confidence (pseudo-labels) |", "|---|---|---|"]
         for k in ("0.25", "0.5", "0.75", "1.0"):
             L.append(f"| {k} | {_f(float(np.mean([a['sim_thresholds'][k] for a in ans])))} | "
-                     f"{_f(float(np.mean([a['conf_thresholds'][k] for a in ans])))} |")  # fmt: skip
+                     f"{_f(float(np.mean([a['conf_thresholds'][k] for a in ans])))} |")
         lb = ans[0]["lambda_beta"]
         L += ["", f"λ ~ Beta(1, 1) (weight of the English row): mean {lb['mean']:.3f}, 10–90% "
-              f"{lb['q10']:.3f}–{lb['q90']:.3f}.", ""]  # fmt: skip
+              f"{lb['q10']:.3f}–{lb['q90']:.3f}.", ""]
     if twins:
         L += ["## Chatterbot label transfer: with vs without the twin", "",
               "Every target sentence matched (top-1, centered) against all English sentences of the shared topics.", "",
               "| target | sentences | with the twin (demo) | twin excluded | twin is top-1 | has a positional twin |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+              "|---|---|---|---|---|---|"]
         L += [f"| {w['target']} | {w['n']} | {w['with_twin']:.3f} | {w['twin_excluded']:.3f} | {w['twin_is_top1']:.3f} | "
-              f"{w['has_twin']:.3f} |" for w in twins]  # fmt: skip
+              f"{w['has_twin']:.3f} |" for w in twins]
         L.append("")
     L += ["Plots: " + ", ".join(f"`{p}`" for p in info["plots"]), ""]
     return "\n".join(L) + ("\n" + info["findings"] + "\n" if info.get("findings") else "")
@@ -789,7 +789,7 @@ def _md_text(task: str, command: str, summary, analyses, twins, info: dict) -> s
 
 # ----------------------------------------------------------------------------------------- the CSV
 _METRIC = {"acc": "target_accuracy", "f1": "target_macro_f1", "en_acc": "english_accuracy",
-           "label_acc": "label_accuracy", "kept": "kept"}  # fmt: skip
+           "label_acc": "label_accuracy", "kept": "kept"}
 _ANALYSIS_ROW, _TWIN_ROW = "pool labels", "twin transfer"
 _INT_METRICS = ("n_pool", "n")
 
@@ -829,7 +829,7 @@ def _nested_analysis(flat: dict[str, float]) -> dict:
 
 
 def long_rows(task: str, rows: list[dict], analyses: dict[str, list[dict]], twins: list[dict],
-              provenance: dict[str, str]) -> list[dict]:  # fmt: skip
+              provenance: dict[str, str]) -> list[dict]:
     """The study's long-format CSV rows (:data:`experiments.tables.CSV_FIELDS`): every table row per target
     and seed, the pool-label analysis per target and seed (row ``pool labels``) and the chatterbot twin
     check (row ``twin transfer``, no seed)."""
@@ -857,7 +857,7 @@ def wide_rows(rows: list[dict]) -> list[dict]:
             continue
         d = out.setdefault((r["language"], r["seed"], r["row"]), {
             "target": r["language"], "seed": r["seed"], "row": r["row"], **dict.fromkeys(_METRIC),
-        })  # fmt: skip
+        })
         d[names[r["metric"]]] = r["value"]
     return list(out.values())
 
@@ -883,7 +883,7 @@ def table_blocks(rows: list[dict]) -> list[list[str]]:
 
 
 def run(task: str, targets: list[str], seeds: list[int], out: str | os.PathLike, command: str = "",
-        embed=None, findings: str | None = None) -> dict:  # fmt: skip
+        embed=None, findings: str | None = None) -> dict:
     """Run every row for every target and seed; write ``<out>.md``, ``<out>.csv`` (long format: every row,
     seed and analysis figure, :func:`long_rows`) and ``<out>_*.png``."""
     t0 = time.time()
@@ -901,7 +901,7 @@ def run(task: str, targets: list[str], seeds: list[int], out: str | os.PathLike,
             if seed == seeds[0]:
                 lang_X = lang_X or td.lang_X
                 data.append(f"{t}: English train {len(td.src_y)}, English test {len(td.en_test_y)}, "
-                            f"pool {len(td.pool_y)}, test {len(td.test_y)}")  # fmt: skip
+                            f"pool {len(td.pool_y)}, test {len(td.test_y)}")
             print(f"[transfer] {task} {t} seed {seed}: zero-shot {r[0]['acc']:.3f}", flush=True)
     twins = twin_transfer(embed, targets) if task == "chatterbot" else []
     summary = summarize(rows)
@@ -910,7 +910,7 @@ def run(task: str, targets: list[str], seeds: list[int], out: str | os.PathLike,
     plot_similarity(analyses, plots[1], task)
     _plot_lda(lang_X, plots[2], task)
     info = {"machine": _machine(), "seconds": time.time() - t0, "seeds": seeds, "data": "; ".join(data),
-            "plots": [p.name for p in plots], "findings": findings}  # fmt: skip
+            "plots": [p.name for p in plots], "findings": findings}
     out.with_suffix(".md").write_text(_md_text(task, command, summary, analyses, twins, info), encoding="utf-8")
     slim = {
         t: [{k: v for k, v in a.items() if k not in ("sim", "sim_ok")} for a in ans]

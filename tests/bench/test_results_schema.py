@@ -21,7 +21,7 @@ def _fake_row() -> dict:
         "repeats": 3, "median_s": 0.125, "gflops": "12.5", "ratio_vs_faiss_per_repeat": "1.20/1.30/1.40",
         "timing_s": '{"encode": 4.5, "match": 0.25}', "runtime": "fake-1.0-fp32", "machine": "Fake CPU x2",
         "loadavg": "0.10/0.20/0.30", "version": "0.1.0", "empty": "",
-    }  # fmt: skip
+    }
 
 
 def test_one_measurement_becomes_one_row_per_value():
@@ -31,7 +31,7 @@ def test_one_measurement_becomes_one_row_per_value():
     assert by == {
         "median_s": 0.125, "gflops": "12.5", "ratio_vs_faiss_per_repeat.1": "1.20", "ratio_vs_faiss_per_repeat.2": "1.30",
         "ratio_vs_faiss_per_repeat.3": "1.40", "timing_s.encode": 4.5, "timing_s.match": 0.25,
-    }  # fmt: skip
+    }
     r = rows[0]
     assert r["op"] == "fake_op" and r["provider"] == "fake" and r["repeats"] == "3"
     assert r["shape"] == "N=10,M=20,d=8,k=2,n_measured=10" and r["setting"] == "runtime=fake-1.0-fp32"

@@ -51,7 +51,7 @@ def test_end_to_end_tiny_run_and_resume(tmp_path, tiny_model_dir):
         "--langs", "korean", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1",
         "--variants", "self-train", "xite-hidden-lda", "xite-input",
         "--out", str(out), "--work-dir", str(tmp_path / "work"),
-    ]  # fmt: skip
+    ]
     assert main(argv) == 0
     runs = [json.loads(x) for x in (tmp_path / "exp_runs.jsonl").read_text().splitlines()]
     assert [r["key"] for r in runs] == [
@@ -102,7 +102,7 @@ def test_matched_only_ablation_trains_on_matched_labels(tmp_path, tiny_model_dir
         "--langs", "korean", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1",
         "--variants", "self-train", "matched-only", "xite-sentence",
         "--out", str(tmp_path / "exp"), "--work-dir", str(tmp_path / "work"),
-    ]  # fmt: skip
+    ]
     assert main(argv) == 0
     assert set(seen) == {"self-train", "matched-only", "xite-sentence"}
     matched, src, placement = seen["matched-only"]
@@ -179,7 +179,7 @@ def test_end_to_end_ot_and_ear_rows(tmp_path, tiny_model_dir):
         "--langs", "korean", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1", "--variants", "self-train",
         "--stage1-variants", "ot", "ear", "--aligned-variants", "xite-sentence", "--align-epochs", "1",
         "--out", str(out), "--work-dir", str(tmp_path / "work"),
-    ]  # fmt: skip
+    ]
     assert main(argv) == 0
     runs = {
         json.loads(x)["key"]: json.loads(x) for x in (tmp_path / "exp_runs.jsonl").read_text().splitlines()

@@ -68,7 +68,7 @@ def test_sentiment_task_rows_oracle_gold_and_matched_labels(tmp_path, tiny_model
         "--freeze-layers", "1", "--hidden-layer", "1", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1",
         "--en-size", "200", "--en-test-size", "100", "--pool-size", "200", "--test-size", "100",
         "--out", str(out), "--work-dir", str(tmp_path / "work"),
-    ]  # fmt: skip
+    ]
     assert main(argv) == 0
     assert set(seen) == set(TASK_VARIANTS)
     d = load_splits(["zh"], 0.25, 0, 40, task="sentiment", en_size=200, en_test_size=100, pool_size=200, test_size=100)
@@ -115,7 +115,7 @@ def test_pairs_task_carries_text_pair_and_matches_on_pairs(tmp_path, tiny_model_
         "--freeze-layers", "1", "--hidden-layer", "1", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1",
         "--variants", "matched-only", "xite-sentence", "oracle",
         "--out", str(out), "--work-dir", str(tmp_path / "work"),
-    ]  # fmt: skip
+    ]
     assert main(argv) == 0
     d = load_splits(["korean"], 0.25, 0, 40, task="pairs")
     assert d["topics"] == ["random", "next"] and set(d["korean"]["pool"][1].tolist()) == {0, 1}
@@ -152,7 +152,7 @@ def test_sentiment_multi_language_and_means_lda_rows(tmp_path, tiny_model_dir, m
         "--freeze-layers", "1", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1", "--en-size", "200",
         "--en-test-size", "100", "--pool-size", "200", "--test-size", "100", "--work-dir", str(tmp_path / "work"),
         "--no-stage2-english", "--out", str(tmp_path / "m"),
-    ]  # fmt: skip
+    ]
     with pytest.raises(ValueError, match=r"need --lda-langs with a language other than each target \['zh'\]"):
         main([*base, "--variants", "xite-sentence-mlda", "--lda-langs", "zh"])
     assert main([*base, "--variants", "xite-sentence-mlda", "xite-sentence-lda-means", "--lda-langs", "fr"]) == 0
@@ -186,7 +186,7 @@ def test_sentiment_ot_stage1_aligns_on_chatterbot_translations(tmp_path, tiny_mo
         "--en-test-size", "100", "--pool-size", "200", "--test-size", "100", "--stage1-variants", "ot",
         "--aligned-variants", "matched-only", "--align-epochs", "1", "--no-stage2-english",
         "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "o"),
-    ]  # fmt: skip
+    ]
     assert main(argv) == 0
     zh = {r["text"] for r in load_chatterbot("chinese")}
     en = {r["text"] for r in load_chatterbot("english")}
@@ -231,7 +231,7 @@ def test_no_stage2_english_and_a_per_language_rerun_reuse_stage1(tmp_path, tiny_
         "--task", "pairs", "--model", str(tiny_model_dir), "--num-layers", "2", "--freeze-layers", "1",
         "--hidden-layer", "1", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1", "--pool-size", "20",
         "--no-stage2-english", "--out", str(out), "--work-dir", str(tmp_path / "work"),
-    ]  # fmt: skip
+    ]
     assert main([*base, "--langs", "korean", "japanese", "--variants", "matched-only"]) == 0
     runs = [json.loads(x) for x in (tmp_path / "pp_runs.jsonl").read_text().splitlines()]
     zs = next(r for r in runs if r["variant"] == "zero-shot")

@@ -22,19 +22,19 @@ def _runs(path, langs=("korean", "japanese"), seeds=(0, 1, 2), variants=("matche
             "key": f"s{s}/zero-shot", "seed": s, "variant": "zero-shot", "seconds": 10.0,
             "english": {"accuracy": 0.8, "macro_f1": 0.8},
             "targets": {lang: {"accuracy": float(rng.uniform(0.5, 0.6)), "macro_f1": 0.5} for lang in langs},
-        })  # fmt: skip
+        })
         for lang in langs:
             sim = rng.uniform(0.1, 0.9, 200)
             diag = {
                 "match_label_acc": 0.7, "pseudo_label_acc": 0.6, "match_score_mean": float(sim.mean()),
                 "match_center": True, "sim": sim.round(4).tolist(), "sim_ok": (rng.random(200) < sim).astype(int).tolist(),
-            }  # fmt: skip
+            }
             for v in variants:
                 recs.append({
                     "key": f"s{s}/{lang}/{v}", "seed": s, "lang": lang, "variant": v, "stage1": "zero-shot",
                     "seconds": 5.0, "english": {"accuracy": 0.79, "macro_f1": 0.79},
                     "target": {"accuracy": float(rng.uniform(0.6, 0.7)), "macro_f1": 0.6}, "diag": diag,
-                })  # fmt: skip
+                })
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     return recs
 
@@ -43,7 +43,7 @@ def _argv(out, *extra) -> list[str]:
     return [
         "--task", "pairs", "--targets", "korean", "japanese", "--seeds", "0", "1", "2",
         "--variants", "matched-only", "oracle", "--tables-only", "--out", str(out), *extra,
-    ]  # fmt: skip
+    ]
 
 
 def test_tables_only_writes_valid_pngs_and_keeps_hand_written_sections(tmp_path):

@@ -124,7 +124,7 @@ def test_twin_transfer_against_brute_force():
             if (r["conv_id"], r["turn"]) in twin_of
             else rng.normal(size=8)
             for r in ko
-        ]  # fmt: skip
+        ]
     ).astype(np.float32) + 0.05 * rng.normal(size=(len(ko), 8)).astype(np.float32)
 
     def embed(spec):
@@ -170,7 +170,7 @@ def test_run_writes_tables_and_plots(tmp_path, monkeypatch):
     res = T.run("sentiment", ["xx"], [0, 1], out, command="toy", embed=lambda s: None)
     assert {p.name for p in tmp_path.iterdir()} >= {
         "toy.md", "toy.csv", "toy_acc.png", "toy_sim.png", "toy_lda.png"
-    }  # fmt: skip
+    }
     z = next(s for s in res["summary"] if s["row"] == "zero-shot")
     accs = [r["acc"] for r in res["rows"] if r["row"] == "zero-shot"]
     assert z["acc"] == pytest.approx(np.mean(accs)) and z["acc_std"] == pytest.approx(np.std(accs, ddof=1))
