@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -325,11 +326,32 @@ def test_json_summary_and_quiet(tmp_path, capsys):
     assert "[xite-fast]" not in cap.err  # --quiet: warnings only
 
 
-def test_encoder_backend_choices_are_the_encoders():
-    from xite_fast.cli.main import ENCODER_BACKENDS
-    from xite_fast.encode.encoder import BACKENDS
+def test_flags_take_the_library_defaults_and_choices():
+    """The CLI restates no default and no enumeration: each flag's default is its config field's, and
+    the runtime / precision / mode / vote / backend choices are the library's tuples."""
+    import dataclasses
 
-    assert ENCODER_BACKENDS == BACKENDS
+    from xite_fast._backend import Backend
+    from xite_fast.cli.main import build_parser
+    from xite_fast.encode.encoder import PRECISIONS, RUNTIMES
+    from xite_fast.ops.lda_project_interp import MODES
+    from xite_fast.xite.labels import VOTES
+    from xite_fast.xite.pipeline import AugmentConfig, EncodeConfig
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, cls in (("augment", AugmentConfig), ("encode", EncodeConfig)):
+        actions = {a.dest: a for a in sub[name]._actions}
+        for f in dataclasses.fields(cls):
+            if f.name == "progress":  # --quiet turns it off; None (a tty decides) otherwise
+                continue
+            assert f.name in actions, (name, f.name)
+            if f.default is not dataclasses.MISSING:
+                assert actions[f.name].default == f.default, (name, f.name)
+        assert tuple(actions["encoder_runtime"].choices) == RUNTIMES
+        assert tuple(actions["precision"].choices) == PRECISIONS
+    actions = {a.dest: a for a in sub["augment"]._actions}
+    assert tuple(actions["mode"].choices) == MODES and tuple(actions["vote"].choices) == VOTES
+    assert list(actions["backend"].choices) == [b.value for b in Backend]
 
 
 def test_precision_flag_is_recorded_and_checked_on_resume(tmp_path, capsys):
@@ -377,12 +399,9 @@ def test_precision_flag_is_recorded_and_checked_on_resume(tmp_path, capsys):
     assert "already holds embeddings of a different run (model_id" in err
     err = _err(capsys, [*argv, "--precision", "fp16"])
     assert "invalid choice: 'fp16'" in err
+    err = _err(capsys, [*argv, "--precision", "int8", "--encoder-runtime", "torch"])
+    assert "precision='int8' needs runtime in" in err
+    # --encoder-backend: the deprecated name, still accepted, with one warning
     err = _err(capsys, [*argv, "--precision", "int8", "--encoder-backend", "torch"])
-    assert "precision='int8' needs backend in" in err
-
-
-def test_encoder_precision_choices_are_the_encoders():
-    from xite_fast.cli.main import ENCODER_PRECISIONS
-    from xite_fast.encode.encoder import PRECISIONS
-
-    assert ENCODER_PRECISIONS == PRECISIONS
+    assert "--encoder-backend is deprecated; use --encoder-runtime" in err
+    assert "precision='int8' needs runtime in" in err

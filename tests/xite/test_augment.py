@@ -198,6 +198,40 @@ def test_histogram_merge():
     assert a.n == 1000 and a.min == h.min and a.max == h.max
 
 
+def test_one_home_for_the_defaults():
+    """XiteAugmenter, AugmentConfig (and so the CLI) take their option defaults from AugmentOptions."""
+    import dataclasses
+    import inspect
+
+    from xite_fast.encode.encoder import EncoderConfig
+    from xite_fast.xite.augmenter import AugmentOptions
+    from xite_fast.xite.pipeline import AugmentConfig
+
+    params = inspect.signature(XiteAugmenter).parameters
+    cfg = AugmentConfig(source="s", target="t", out="o")
+    for f in dataclasses.fields(AugmentOptions):
+        assert params[f.name].default == f.default == getattr(cfg, f.name), f.name
+    assert params["batch_size"].default == EncoderConfig.batch_size == cfg.batch_size
+
+
+def test_transfer_counts_merge_like_one_count():
+    from xite_fast.xite.report import TransferCounts, build_report, correct_labels
+
+    rng = np.random.default_rng(0)
+    labels, keep, sim = rng.integers(0, 3, 50), rng.random(50) > 0.2, rng.uniform(-1, 1, 50).astype(np.float32)
+    names, gold = ["a", "b", "c"], list(rng.choice(["a", "b", "c"], 50))
+    correct = correct_labels(names, labels, gold)
+    np.testing.assert_array_equal(correct, np.asarray(names)[labels] == np.asarray(gold))
+    whole = TransferCounts.count(labels, keep, sim, 3, correct)
+    parts = TransferCounts(np.zeros(3, np.int64))
+    for s in (slice(0, 20), slice(20, 50)):
+        parts.merge(TransferCounts.from_dict(TransferCounts.count(labels[s], keep[s], sim[s], 3, correct[s]).to_dict()))
+    assert build_report(label_names=names, counts=parts) == build_report(label_names=names, counts=whole)
+    rep = build_report(label_names=names, counts=whole, majority=0.5)["label_transfer"]
+    assert rep["n_correct"] == int(correct[keep].sum()) and rep["n_gold"] == 50 and rep["majority_baseline"] == 0.5
+    assert "label_transfer" not in build_report(label_names=names, counts=TransferCounts.count(labels, keep, sim, 3))
+
+
 class _FakeEncoder:
     """Deterministic stand-in for unit tests: a fixed random vector per text."""
 

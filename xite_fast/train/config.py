@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from xite_fast.ops.lda_project_interp import MODES
+from xite_fast.xite.lda import LDA_BASES
+
 __all__ = ["XiteConfig", "LabelMap", "PLACEMENTS", "LDA_MODES", "LDA_BASES", "TASKS"]
 
 PLACEMENTS = ("none", "sentence", "input", "hidden")
-LDA_MODES = ("proj", "shift", "interp", "comp")
-LDA_BASES = ("fisher", "means")
+LDA_MODES = MODES  # the lda_project_interp modes, in the op's order
 TASKS = ("single_label_classification", "multi_label_classification", "regression")
 
 
@@ -169,9 +171,10 @@ class XiteConfig:
 
     def ear_layer(self, num_layers: int) -> int:
         """The 1-based layer whose attention EAR pulls (see ``ear_attention_layer``)."""
-        if self.ear_attention_layer is not None:
-            return int(self.ear_attention_layer)
-        return 6 if self.freeze_layers < 6 <= num_layers else min(self.freeze_layers + 1, num_layers)
+        from xite_fast.objectives.ear import attention_layer_index
+
+        layer = None if self.ear_attention_layer is None else int(self.ear_attention_layer)
+        return attention_layer_index(num_layers, layer, frozen=int(self.freeze_layers)) + 1
 
 
 def _int_like(v: Any) -> bool:

@@ -225,7 +225,7 @@ def fit_lda(
     ``"means"`` returns :meth:`xite_fast.LanguageLDA.mean_basis` (the span of the language means) instead of
     the Fisher subspace.
     """
-    from xite_fast import LanguageLDA
+    from xite_fast.xite.lda import fit_language_basis
 
     level = {"sentence": "sentence", "input": "input", "hidden": "hidden"}.get(model.xite.placement, "mean")
 
@@ -241,15 +241,10 @@ def fit_lda(
         if len(texts) == 0:
             raise ValueError(f"extra_languages[{name!r}] must hold at least one text, got 0")
         groups.append((str(name), texts, pairs))
-    X, langs = [], []
-    for name, texts, pairs in groups:
-        t, tp = distinct(texts, pairs)
-        X.append(embed_texts(model, tokenizer, t, tp, level=level, **embed_kw))
-        langs += [name] * len(t)
-    lda = LanguageLDA(n_components=model.xite.lda_components).fit(np.concatenate(X), np.array(langs))
-    if model.xite.lda_basis == "means":
-        return lda.mean_basis()
-    return np.ascontiguousarray(np.asarray(lda.components_, dtype=np.float32))
+    X = [embed_texts(model, tokenizer, *distinct(texts, pairs), level=level, **embed_kw) for _, texts, pairs in groups]
+    return fit_language_basis(
+        X, [name for name, _, _ in groups], n_components=model.xite.lda_components, basis=model.xite.lda_basis
+    )
 
 
 def label_map_for(model: Any, labels: Sequence[Any] | None = None, names: Sequence[Any] | None = None) -> LabelMap | None:

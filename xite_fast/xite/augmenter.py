@@ -1,65 +1,40 @@
-"""XITE augmentation: label transfer by cross-lingual nearest neighbours + LDA-guided interpolation.
+"""XITE augmentation in memory: label transfer by cross-lingual nearest neighbours + interpolation.
 
-Pipeline (in-memory; the CLI ``xite-fast augment`` runs the same steps streamed over files of any size):
+Steps (the CLI ``xite-fast augment`` and :func:`xite_fast.xite.pipeline.run_augment` run the same steps
+streamed over files of any size, with the same options, :class:`AugmentOptions`):
 
-1. embed the labelled source corpus (English) and the unlabelled target corpus with a multilingual
-   encoder (or take precomputed embeddings);
+1. embed the labelled source corpus and the unlabelled target corpus with a multilingual encoder (or
+   take precomputed embeddings);
 2. optionally center each language (subtract its mean embedding) before matching;
 3. for every target row find the top-``k`` source rows by cosine similarity (:func:`xite_fast.cosine_topk`)
    and transfer a label (``vote``), dropping targets whose best similarity is below ``threshold``;
-4. fit :class:`xite_fast.LanguageLDA` on source + target embeddings (classes = language) and build
-   synthetic rows ``lda_project_interp(src_matched, tgt, W, lam, mode)``;
-5. return the synthetic embeddings, their labels, provenance and a report.
+4. for modes other than ``interp`` fit the language basis (:func:`xite_fast.xite.lda.fit_language_basis`,
+   classes = language) and build synthetic rows ``lda_project_interp(src_matched, tgt, W, lam, mode)``;
+5. return the synthetic embeddings, their labels, provenance and a report (:mod:`xite_fast.xite.report`).
 
-Options and the defaults we chose. Label-transfer accuracy on chatterbot English -> Korean (19 shared
-topics), real e5-small encoder (ONNX, full 12 layers unless noted), ``mode`` irrelevant for labels:
+Options (defaults in :class:`AugmentOptions`; measured effects in README.md and bench/README.md):
 
-==========================================  ===============  ================  ==========
-setting                                      all en -> all ko  held-out (5 seeds) 2 layers,
-                                             (1864 -> 1150)    en train -> ko     held-out
-                                                               test, mean
-==========================================  ===============  ================  ==========
-majority class                               0.221             0.219             0.219
-top1                                         0.730             0.553             0.253
-top1, center (default)                       0.752             0.561             0.325
-weighted k=5                                 0.619             0.513             0.245
-weighted k=5, center                         0.669             0.550             0.304
-weighted k=10, temperature=0.01              0.746             0.571             0.275
-weighted k=10, temperature=0.01, center      0.764             0.563             0.325
-top1, center, threshold=q25 of similarity    0.868 (75% kept)
-top1, center, threshold=q50                  0.932 (50% kept)
-==========================================  ===============  ================  ==========
-
-("held-out": ``split_by_conversation(..., 0.3, seed)``; source = English training conversations,
-targets = Korean test conversations, so no target's English twin is a candidate.)
-
-* ``vote="top1"``, ``k=1`` (default): label of the nearest source row. ``"weighted"`` sums per label
+* ``vote="top1"``, ``k=1``: label of the nearest source row. ``"weighted"`` sums per label
   ``max(similarity, 0)`` of the k nearest rows (or ``exp((s - s_top) / temperature)``); ties go to
   the label whose best neighbour ranks first (deterministic: ``cosine_topk`` orders equal scores
-  by lower index). Plain weighted voting is *worse* than top1 (0.619 vs 0.730): e5 similarities
-  sit in a narrow band, so it degenerates into a majority vote over k rows that favours large
-  topics (trivia, emotion). A small temperature fixes that but gains only ~0-2 points, within the
-  split-to-split spread, so top1 stays the default.
-* ``center=True`` (default): subtract each language's mean embedding before matching (matching
-  only; synthetic rows use the raw embeddings). +1-2 points on the full model, +7 on a 2-layer one.
-* ``threshold=None`` (default): keep every target. A threshold on the best similarity trades
-  coverage for accuracy (table); dropped targets are counted in the report.
-* ``lam="beta"`` (default) weight of the *source* row: per-row Beta(``beta_alpha``, ``beta_alpha``)
-  with ``beta_alpha=1.0`` (uniform), or a fixed float in [0, 1]. The draw is a pure function of
-  ``(seed, target row)``, so it does not depend on batching, sharding or resuming.
-* ``mode="interp"`` (default: plain sentence-level interpolation, no LDA fitted), ``"proj"`` (source
-  row + the target's language component), ``"comp"`` or ``"shift"``; see
-  :func:`xite_fast.lda_project_interp`. The LDA (classes = language) is fitted on up to
-  ``lda_max_rows`` rows sampled from each language.
-* Why these defaults: in the fine-tuning experiment (bench/results/experiment_e5s12.md, 3 seeds,
-  chatterbot English -> Korean / Japanese) sentence-level interpolation with lam ~ Beta(1, 1) and no
-  LDA was the best variant (+7.2 / +3.7 accuracy points over zero-shot); the LDA ``shift`` variants
-  scored 2-3 points lower.
+  by lower index). Encoders like e5 put similarities in a narrow band, so an untempered weighted vote
+  behaves like a majority vote over the k rows.
+* ``center=True``: subtract each language's mean embedding before matching (matching only; synthetic
+  rows use the raw embeddings).
+* ``threshold=None``: keep every target. A threshold on the best similarity trades coverage for
+  accuracy; dropped targets are counted in the report.
+* ``lam="beta"``: weight of the *source* row, per row Beta(``beta_alpha``, ``beta_alpha``) (``1.0``:
+  uniform), or a fixed float in [0, 1]. The draw is a pure function of ``(seed, target row)``, so it
+  does not depend on batching, sharding or resuming.
+* ``mode="interp"``: plain sentence-level interpolation, no LDA fitted; ``"proj"`` (source row + the
+  target's language component), ``"comp"`` or ``"shift"``: see :func:`xite_fast.lda_project_interp`.
+  The LDA (classes = language) is fitted on up to ``lda_max_rows`` rows sampled from each language.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,13 +43,23 @@ import numpy as np
 
 from xite_fast._validation import check_finite, check_matrix, check_positive_int
 from xite_fast.data.records import encode_labels
-from xite_fast.ops.lda_project_interp import lda_project_interp
+from xite_fast.encode.encoder import EncoderConfig
+from xite_fast.ops.lda_project_interp import MODES, lda_project_interp
 from xite_fast.xite.labels import VOTES, beta_lambdas, lambdas_for, transfer_labels
+from xite_fast.xite.lda import fit_language_basis, sample_ids
 from xite_fast.xite.match import match_arrays
-from xite_fast.xite.report import SimilarityHistogram, build_report
+from xite_fast.xite.report import (
+    SimilarityHistogram,
+    TransferCounts,
+    build_report,
+    correct_labels,
+    majority_baseline,
+    provenance,
+)
 
 __all__ = [
     "XiteAugmenter",
+    "AugmentOptions",
     "AugmentResult",
     "transfer_labels",
     "beta_lambdas",
@@ -85,73 +70,83 @@ __all__ = [
     "MODES",
 ]
 
-MODES = ("proj", "comp", "shift", "interp")
-DEFAULT_K = 1
-DEFAULT_VOTE = "top1"
-DEFAULT_CENTER = True
 
+# ----------------------------------------------------------------------------------------- options
+@dataclass(kw_only=True)
+class AugmentOptions:
+    """The options of XITE augmentation and their defaults: the one place :class:`XiteAugmenter`,
+    :class:`~xite_fast.xite.pipeline.AugmentConfig` and the CLI's flags read them from.
 
-# ----------------------------------------------------------------------------------------- ops
-def fit_language_lda(
-    src_sample: np.ndarray, tgt_sample: np.ndarray, n_components: int | None = None
-) -> np.ndarray:
-    """Fit :class:`xite_fast.LanguageLDA` with classes = language; return ``W`` (D, r) float32 orthonormal.
-
-    Args:
-        src_sample: (Ns, D) float32 source-language rows.
-        tgt_sample: (Nt, D) float32 target-language rows.
-        n_components: ``LanguageLDA(n_components=...)`` (``None``: its default; 2 languages give r = 1).
+    Attributes:
+        k: neighbours per target row (>= 1; only used by ``vote="weighted"``).
+        vote: ``"top1"`` or ``"weighted"`` (one of :data:`VOTES`, see :func:`transfer_labels`).
+        threshold: drop targets whose best cosine similarity is below this (in [-1, 1]); None keeps all.
+        temperature: softmax temperature of the ``"weighted"`` vote (None: raw similarities).
+        lam: weight of the source row, float in [0, 1], or ``"beta"`` (per row Beta(beta_alpha, beta_alpha)).
+        beta_alpha: Beta shape for ``lam="beta"`` (> 0).
+        mode: one of :data:`MODES` (:func:`xite_fast.lda_project_interp`; ``"interp"`` fits no LDA).
+        lda_components: ``n_components`` of :class:`xite_fast.LanguageLDA` (None: its default).
+        lda_max_rows: rows sampled per language to fit the LDA.
+        center: subtract each language's mean embedding before matching.
+        seed: seed of the LDA samples and the λ draws.
     """
-    from xite_fast.xite.lda import LanguageLDA
 
-    X = np.concatenate([src_sample, tgt_sample]).astype(np.float32, copy=False)
-    y = np.concatenate([np.zeros(len(src_sample), np.int64), np.ones(len(tgt_sample), np.int64)])
-    return np.asarray(LanguageLDA(n_components=n_components).fit(X, y).components_, dtype=np.float32)
+    k: int = 1
+    vote: str = "top1"
+    threshold: float | None = None
+    temperature: float | None = None
+    lam: float | str = "beta"
+    beta_alpha: float = 1.0
+    mode: str = "interp"
+    lda_components: int | None = None
+    lda_max_rows: int = 50_000
+    center: bool = True
+    seed: int = 0
 
-
-# ----------------------------------------------------------------------------------------- validation
-def validate_options(
-    *,
-    k: Any,
-    vote: Any,
-    threshold: Any,
-    lam: Any,
-    beta_alpha: Any,
-    mode: Any,
-    lda_components: Any = None,
-    temperature: Any = None,
-) -> None:
-    """Raise ValueError naming the first bad option (shared by :class:`XiteAugmenter` and the CLI)."""
-    check_positive_int("k", k)
-    if vote not in VOTES:
-        raise ValueError(f"vote must be one of {VOTES}, got {vote!r}")
-    if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)):
-            raise ValueError(f"threshold must be None or a float in [-1, 1], got {threshold!r}")
-        if not (-1.0 <= float(threshold) <= 1.0):
-            raise ValueError(f"threshold must be in [-1, 1] (a cosine similarity), got {threshold}")
-    if isinstance(lam, str):
-        if lam != "beta":
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad option."""
+        check_positive_int("k", self.k)
+        if self.vote not in VOTES:
+            raise ValueError(f"vote must be one of {VOTES}, got {self.vote!r}")
+        threshold = self.threshold
+        if threshold is not None:
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)):
+                raise ValueError(f"threshold must be None or a float in [-1, 1], got {threshold!r}")
+            if not (-1.0 <= float(threshold) <= 1.0):
+                raise ValueError(f"threshold must be in [-1, 1] (a cosine similarity), got {threshold}")
+        lam = self.lam
+        if isinstance(lam, str):
+            if lam != "beta":
+                raise ValueError(f"lam must be a float in [0, 1] or 'beta', got {lam!r}")
+        elif (
+            isinstance(lam, bool)
+            or not isinstance(lam, (int, float, np.floating))
+            or not (0.0 <= float(lam) <= 1.0)
+        ):
             raise ValueError(f"lam must be a float in [0, 1] or 'beta', got {lam!r}")
-    elif (
-        isinstance(lam, bool)
-        or not isinstance(lam, (int, float, np.floating))
-        or not (0.0 <= float(lam) <= 1.0)
-    ):
-        raise ValueError(f"lam must be a float in [0, 1] or 'beta', got {lam!r}")
-    if isinstance(beta_alpha, bool) or not isinstance(beta_alpha, (int, float, np.floating)):
-        raise ValueError(f"beta_alpha must be a positive float, got {beta_alpha!r}")
-    if not (math.isfinite(float(beta_alpha)) and float(beta_alpha) > 0):
-        raise ValueError(f"beta_alpha must be a positive float, got {beta_alpha}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if lda_components is not None:
-        check_positive_int("lda_components", lda_components)
-    if temperature is not None:
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)):
-            raise ValueError(f"temperature must be None or a positive float, got {temperature!r}")
-        if not (math.isfinite(float(temperature)) and float(temperature) > 0):
-            raise ValueError(f"temperature must be None or a positive float, got {temperature}")
+        beta_alpha = self.beta_alpha
+        if isinstance(beta_alpha, bool) or not isinstance(beta_alpha, (int, float, np.floating)):
+            raise ValueError(f"beta_alpha must be a positive float, got {beta_alpha!r}")
+        if not (math.isfinite(float(beta_alpha)) and float(beta_alpha) > 0):
+            raise ValueError(f"beta_alpha must be a positive float, got {beta_alpha}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.lda_components is not None:
+            check_positive_int("lda_components", self.lda_components)
+        check_positive_int("lda_max_rows", self.lda_max_rows)
+        temperature = self.temperature
+        if temperature is not None:
+            if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)):
+                raise ValueError(f"temperature must be None or a positive float, got {temperature!r}")
+            if not (math.isfinite(float(temperature)) and float(temperature) > 0):
+                raise ValueError(f"temperature must be None or a positive float, got {temperature}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+
+
+def validate_options(**options: Any) -> None:
+    """Raise ValueError naming the first bad option (``AugmentOptions(**options).validate()``)."""
+    AugmentOptions(**options).validate()
 
 
 # ----------------------------------------------------------------------------------------- result
@@ -186,20 +181,9 @@ class AugmentResult:
         return len(self.labels)
 
     def provenance(self) -> list[dict]:
-        """One record per synthetic row: target_id, source_id, similarity, label, lam, mode."""
-        return [
-            {
-                "target_id": int(t),
-                "source_id": int(s),
-                "similarity": float(sim),
-                "label": str(lab),
-                "lam": float(la),
-                "mode": self.mode,
-            }
-            for t, s, sim, lab, la in zip(
-                self.target_id, self.source_id, self.similarity, self.labels, self.lam, strict=True
-            )
-        ]
+        """One record per synthetic row: target_id, source_id, label, similarity, lam, mode
+        (:func:`xite_fast.xite.report.provenance`; labels keep their type)."""
+        return provenance(self.target_id, self.source_id, self.labels, self.similarity, self.lam, self.mode)
 
 
 def _check_embeddings(name: str, x: Any) -> np.ndarray:
@@ -213,6 +197,8 @@ def _check_embeddings(name: str, x: Any) -> np.ndarray:
     return x
 
 
+_DEFAULTS = AugmentOptions()
+
 
 class XiteAugmenter:
     """Build XITE synthetic training data from a labelled source and an unlabelled target corpus.
@@ -220,17 +206,8 @@ class XiteAugmenter:
     Args:
         encoder: an object with ``.encode(texts) -> (N, D) float32`` (e.g. :class:`xite_fast.Encoder`);
             optional when embeddings are passed to :meth:`augment`.
-        k: neighbours per target row (>= 1; only used by ``vote="weighted"``).
-        vote: ``"top1"`` or ``"weighted"`` (see :func:`transfer_labels`).
-        temperature: softmax temperature of the ``"weighted"`` vote (``None``: raw similarities).
-        threshold: drop targets whose best cosine similarity is below this (in [-1, 1]); ``None`` keeps all.
-        lam: weight of the source row, float in [0, 1], or ``"beta"`` (per row Beta(beta_alpha, beta_alpha)).
-        beta_alpha: Beta shape for ``lam="beta"`` (> 0).
-        mode: ``"proj"`` | ``"comp"`` | ``"shift"`` | ``"interp"`` (``"interp"`` fits no LDA).
-        lda_components: ``n_components`` of :class:`xite_fast.LanguageLDA` (``None``: its default).
-        lda_max_rows: rows sampled per language to fit the LDA.
-        center: subtract each language's mean embedding before matching.
-        seed: seed for LDA sampling and Beta λ.
+        k, vote, threshold, temperature, lam, beta_alpha, mode, lda_components, lda_max_rows, center,
+            seed: the options, documented (with their defaults) in :class:`AugmentOptions`.
         backend: backend of ``cosine_topk`` / ``lda_project_interp``.
         batch_size: encoder batch size.
     """
@@ -239,31 +216,24 @@ class XiteAugmenter:
         self,
         encoder: Any = None,
         *,
-        k: int = DEFAULT_K,
-        vote: str = DEFAULT_VOTE,
-        threshold: float | None = None,
-        temperature: float | None = None,
-        lam: float | str = "beta",
-        beta_alpha: float = 1.0,
-        mode: str = "interp",
-        lda_components: int | None = None,
-        lda_max_rows: int = 50_000,
-        center: bool = True,
-        seed: int = 0,
+        k: int = _DEFAULTS.k,
+        vote: str = _DEFAULTS.vote,
+        threshold: float | None = _DEFAULTS.threshold,
+        temperature: float | None = _DEFAULTS.temperature,
+        lam: float | str = _DEFAULTS.lam,
+        beta_alpha: float = _DEFAULTS.beta_alpha,
+        mode: str = _DEFAULTS.mode,
+        lda_components: int | None = _DEFAULTS.lda_components,
+        lda_max_rows: int = _DEFAULTS.lda_max_rows,
+        center: bool = _DEFAULTS.center,
+        seed: int = _DEFAULTS.seed,
         backend: str = "auto",
-        batch_size: int = 64,
+        batch_size: int = EncoderConfig.batch_size,
     ):
-        validate_options(
-            k=k,
-            vote=vote,
-            threshold=threshold,
-            lam=lam,
-            beta_alpha=beta_alpha,
-            mode=mode,
-            lda_components=lda_components,
-            temperature=temperature,
-        )
-        check_positive_int("lda_max_rows", lda_max_rows)
+        AugmentOptions(
+            k=k, vote=vote, threshold=threshold, temperature=temperature, lam=lam, beta_alpha=beta_alpha,
+            mode=mode, lda_components=lda_components, lda_max_rows=lda_max_rows, center=center, seed=seed,
+        ).validate()  # fmt: skip
         check_positive_int("batch_size", batch_size)
         self.encoder = encoder
         self.k, self.vote, self.threshold, self.temperature = int(k), vote, threshold, temperature
@@ -375,13 +345,8 @@ class XiteAugmenter:
         W = None
         if self.mode != "interp":
             rng = np.random.default_rng(self.seed)
-
-            def sample(x):
-                if x.shape[0] <= self.lda_max_rows:
-                    return x
-                return x[np.sort(rng.choice(x.shape[0], self.lda_max_rows, replace=False))]
-
-            W = fit_language_lda(sample(src), sample(tgt), self.lda_components)
+            samples = [x[sample_ids(x.shape[0], self.lda_max_rows, rng)] for x in (src, tgt)]
+            W = fit_language_basis(samples, n_components=self.lda_components)
         tid = np.flatnonzero(keep).astype(np.int64)
         lam = lambdas_for(self.lam, tid, self.beta_alpha, self.seed)
         out = (
@@ -390,29 +355,13 @@ class XiteAugmenter:
             else np.zeros((0, src.shape[1]), np.float32)
         )
 
-        hist = SimilarityHistogram()
-        hist.add(sim[tid])
-        counts = np.bincount(labels[tid], minlength=len(names))
-        acc_kw: dict = {}
+        correct = majority = None
         if target_gold_labels is not None:
-            gold = np.empty(len(target_gold_labels), dtype=object)
-            gold[:] = list(target_gold_labels)
-            pred = names[labels].astype(object)
-            correct = pred == gold
-            acc_kw = {
-                "n_correct": int(correct[tid].sum()),
-                "n_gold": len(gold),
-                "n_correct_all": int(correct[tid].sum()),
-            }
-        report = build_report(
-            label_names=list(names),
-            label_counts=counts,
-            hist=hist,
-            n_targets=tgt.shape[0],
-            n_dropped=int((~keep).sum()),
-            options=self.options(),
-            **acc_kw,
-        )
+            gold = list(target_gold_labels)
+            correct = correct_labels(names, labels, gold)
+            majority = majority_baseline(list(Counter(gold).values()))
+        counts = TransferCounts.count(labels, keep, sim, len(names), correct)
+        report = build_report(label_names=list(names), counts=counts, options=self.options(), majority=majority)
         return AugmentResult(
             embeddings=np.ascontiguousarray(out, dtype=np.float32),
             labels=names[labels[tid]].astype(object),

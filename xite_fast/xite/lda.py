@@ -21,7 +21,9 @@ import numpy as np
 
 from xite_fast._validation import check_finite, is_torch
 
-__all__ = ["LanguageLDA"]
+__all__ = ["LanguageLDA", "LDA_BASES", "fit_language_basis", "sample_ids"]
+
+LDA_BASES = ("fisher", "means")
 
 _FORMAT = "xite_fast.LanguageLDA/1"
 _CHUNK = 16384  # rows per float64 chunk: bounded memory for large N
@@ -351,3 +353,44 @@ class LanguageLDA:
 
     def __repr__(self) -> str:
         return f"LanguageLDA(n_components={self.n_components}, shrinkage={self.shrinkage!r})"
+
+
+def sample_ids(n_total: int, max_rows: int, rng: np.random.Generator) -> np.ndarray:
+    """(min(n_total, max_rows),) int64 sorted row ids: all rows, or ``max_rows`` drawn without replacement
+    from ``rng`` (the rows an LDA is fitted on when a language has more than ``max_rows``)."""
+    if n_total <= max_rows:
+        return np.arange(n_total, dtype=np.int64)
+    return np.sort(rng.choice(n_total, max_rows, replace=False)).astype(np.int64)
+
+
+def fit_language_basis(
+    samples: Any,
+    languages: Any = None,
+    *,
+    n_components: int | None = None,
+    basis: str = "fisher",
+) -> np.ndarray:
+    """The language basis ``W`` (D, r) float32, orthonormal, that :func:`xite_fast.lda_project_interp`
+    mixes through: a :class:`LanguageLDA` fitted with one class per array of ``samples``.
+
+    The one fitter of the augmenter, the ``augment`` pipeline and the trainer.
+
+    Args:
+        samples: a sequence of (N_i, D) float arrays, one per language (source, target, further ones).
+        languages: one name per array (``classes_`` are sorted by it); default ``0, 1, ...``.
+        n_components: ``LanguageLDA(n_components=)`` (None: C - 1 for C languages).
+        basis: ``"fisher"``: ``components_`` (the discriminant subspace); ``"means"``:
+            :meth:`LanguageLDA.mean_basis` (the span of the language means).
+    """
+    if basis not in LDA_BASES:
+        raise ValueError(f"basis must be one of {LDA_BASES}, got {basis!r}")
+    samples = list(samples)
+    names = np.arange(len(samples), dtype=np.int64) if languages is None else np.asarray(list(languages))
+    if len(names) != len(samples):
+        raise ValueError(f"languages must name each of the {len(samples)} samples, got {len(names)} names")
+    X = np.concatenate(samples)
+    y = np.repeat(names, [len(x) for x in samples])
+    lda = LanguageLDA(n_components=n_components).fit(X, y)
+    if basis == "means":
+        return lda.mean_basis()
+    return np.ascontiguousarray(np.asarray(lda.components_, dtype=np.float32))

@@ -35,7 +35,8 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,87 +54,104 @@ from xite_fast._io import (
     remove_stale_temps,
 )
 from xite_fast._validation import check_positive_int
+from xite_fast.encode.encoder import EncoderConfig
+from xite_fast.xite.augmenter import AugmentOptions
 
-__all__ = ["AugmentConfig", "AugmentRun", "run_augment"]
+__all__ = ["AugmentConfig", "AugmentRun", "CorpusConfig", "EncodeConfig", "run_augment", "run_encode"]
 
 log = logging.getLogger("xite_fast")
 _CONFIG_VERSION = 2
 # options that do not change any output byte (so not part of config.json)
-_NOT_IDENTITY = ("out", "ray", "match_chunk", "backend", "progress", "encoder_backend")
+_NOT_IDENTITY = ("out", "ray", "match_chunk", "backend", "progress", "encoder_runtime")
 
 
-@dataclass
-class AugmentConfig:
-    """Everything an augment run needs (the CLI flags, one to one; defaults as in ``--help``).
+@dataclass(kw_only=True)
+class CorpusConfig(EncoderConfig):
+    """How corpora are read and encoded into stores: the options ``xite-fast augment`` and ``xite-fast
+    encode`` share (defaults as in ``--help``), on top of the encoder's (:class:`EncoderConfig`).
 
     Attributes:
-        source: labelled corpus file (.jsonl / .tsv / .csv / .parquet) or a bundled spec.
-        target: corpus file (labels, if present, are used as gold) or a bundled spec.
-        out: run directory (created; resumable).
-        model, num_layers, encoder_backend, precision: the encoder (``Encoder(model, num_layers=,
-            backend=, precision=)``); ``precision`` changes the embeddings, so it is part of the run's
-            identity (``config.json``) and a resume with another one is refused.
-        batch_size, shard_size: encoder batch; rows per embedding shard and per synthetic part.
+        shard_size: rows per embedding shard (and per synthetic part).
         text_field, label_field, pair_field: field / column names (``pair_field``: sentence pairs).
-        k, vote, threshold, temperature: matching and label transfer (:func:`transfer_labels`).
-        lam, beta_alpha, mode, lda_components, lda_max_rows: interpolation.
-        center: subtract each language's mean before matching. seed: λ draws and LDA samples.
-        max_rows: read at most this many records of each input.
-        backend: backend of the ops. match_chunk: target rows per search call.
-        ray: Ray address (encode and match on Ray; same bytes). progress: tqdm bars (None: on a tty).
+        ray: Ray address (encode, and match, on Ray; same bytes). progress: tqdm bars (None: on a tty).
     """
 
-    source: str
-    target: str
-    out: str | os.PathLike
-    model: str = "e5-small"
-    num_layers: int | None = None
-    encoder_backend: str | None = None
-    precision: str = "fp32"
-    batch_size: int = 64
     shard_size: int = 65536
     text_field: str = "text"
     label_field: str = "label"
     pair_field: str | None = None
-    backend: str = "auto"
-    k: int = 1
-    vote: str = "top1"
-    threshold: float | None = None
-    temperature: float | None = None
-    lam: float | str = "beta"
-    beta_alpha: float = 1.0
-    mode: str = "interp"
-    lda_components: int | None = None
-    lda_max_rows: int = 50_000
-    center: bool = True
-    seed: int = 0
-    max_rows: int | None = None
-    match_chunk: int = 65536
     ray: str | None = None
     progress: bool | None = None
 
     def validate(self) -> None:
         """ValueError naming the first bad option."""
-        from xite_fast.xite.augmenter import validate_options
+        super().validate()
+        check_positive_int("shard_size", self.shard_size)
 
-        validate_options(
-            k=self.k, vote=self.vote, threshold=self.threshold, lam=self.lam, beta_alpha=self.beta_alpha,
-            mode=self.mode, lda_components=self.lda_components, temperature=self.temperature,
-        )  # fmt: skip
-        for name in ("batch_size", "shard_size", "lda_max_rows", "match_chunk"):
-            check_positive_int(name, getattr(self, name))
-        for name in ("max_rows", "num_layers"):
-            if getattr(self, name) is not None:
-                check_positive_int(name, getattr(self, name))
-        from xite_fast.encode.encoder import PRECISIONS
 
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+@dataclass
+class AugmentConfig(AugmentOptions, CorpusConfig):
+    """Everything an augment run needs (the CLI flags, one to one; defaults as in ``--help``).
+
+    The options are those of :class:`AugmentOptions` (matching, label transfer, interpolation),
+    :class:`CorpusConfig` (fields, shards, Ray) and :class:`EncoderConfig` (``model``, ``num_layers``,
+    ``encoder_runtime``, ``precision``, ``batch_size``; ``precision`` changes the embeddings, so it is
+    part of the run's identity (``config.json``) and a resume with another one is refused), plus:
+
+    Attributes:
+        source: labelled corpus file (.jsonl / .tsv / .csv / .parquet) or a bundled spec.
+        target: corpus file (labels, if present, are used as gold) or a bundled spec.
+        out: run directory (created; resumable).
+        backend: backend of the ops. match_chunk: target rows per search call.
+        max_rows: read at most this many records of each input.
+        encoder_backend: deprecated name of ``encoder_runtime`` (warns once).
+    """
+
+    source: str
+    target: str
+    out: str | os.PathLike
+    backend: str = "auto"
+    max_rows: int | None = None
+    match_chunk: int = 65536
+    encoder_backend: InitVar[str | None] = None
+
+    def __post_init__(self, encoder_backend: str | None) -> None:
+        if encoder_backend is not None:
+            warnings.warn(
+                "AugmentConfig(encoder_backend=...) is deprecated; use encoder_runtime=", FutureWarning, stacklevel=3
+            )
+            self.encoder_runtime = encoder_backend
+
+    def validate(self) -> None:
+        """ValueError naming the first bad option."""
+        AugmentOptions.validate(self)
+        CorpusConfig.validate(self)
+        check_positive_int("match_chunk", self.match_chunk)
+        if self.max_rows is not None:
+            check_positive_int("max_rows", self.max_rows)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         for name in ("source", "target"):
             if not isinstance(getattr(self, name), (str, os.PathLike)) or not str(getattr(self, name)):
                 raise ValueError(f"{name} must be a file path or a bundled spec, got {getattr(self, name)!r}")
+
+
+@dataclass
+class EncodeConfig(CorpusConfig):
+    """Everything ``xite-fast encode`` needs: one corpus into one :class:`~xite_fast.EmbeddingStore`.
+
+    Attributes:
+        input: corpus file (.txt / .jsonl / .tsv / .csv / .parquet) or a bundled spec.
+        out: store directory (resumable).
+    """
+
+    input: str
+    out: str | os.PathLike
+
+    def validate(self) -> None:
+        super().validate()
+        if not str(self.out).strip():
+            raise ValueError(f"out must be a directory path, got {self.out!r}")
 
 
 @dataclass
@@ -196,6 +214,54 @@ def run_augment(config: AugmentConfig, *, encoder: Any = None) -> AugmentRun:
                 exc.errno, f"no space left on the device under {out} ({exc}); free some space and rerun: the run resumes"
             ) from None
         raise
+
+
+def run_encode(config: EncodeConfig, *, encoder: Any = None):
+    """Embed ``config.input`` into the store ``config.out`` (resumable; on Ray with ``config.ray``).
+
+    Args:
+        config: the options.
+        encoder: an encoder object to use instead of ``Encoder(config.model, ...)``.
+
+    Returns:
+        the :class:`~xite_fast.EmbeddingStore`.
+    """
+    from xite_fast.data.bundled import is_bundled, load_bundled
+    from xite_fast.data.records import Record, index_corpus, model_input
+
+    config.validate()
+    if config.ray is not None:
+        from xite_fast._ray import init_ray_for_run
+
+        init_ray_for_run(config.ray)
+    if is_bundled(config.input):
+        recs = load_bundled(config.input).records
+        source: Any = [model_input(Record(r["text"], None, r.get("text_pair"))) for r in recs]
+    else:
+        # one validating pass (empty, binary, non-UTF-8, bad JSON) before the model is loaded
+        source = index_corpus(
+            config.input, text_field=config.text_field, label_field=config.label_field,
+            pair_field=config.pair_field, name="input",
+        )  # fmt: skip
+    return _encode_store(config, source, Path(config.out), encoder, encoder or config.make_encoder)
+
+
+def _encode_store(cfg: CorpusConfig, source: Any, out_dir: Path, encoder: Any, make_encoder: Any, *, overwrite=False):
+    """One corpus into a store: on Ray when ``cfg.ray`` is set and no encoder object was given (each
+    worker builds ``Encoder(cfg.model, **cfg.encoder_kwargs())``), else here with ``make_encoder()``."""
+    if cfg.ray is not None and encoder is None:
+        from xite_fast.encode.ray import encode_corpus_ray
+
+        return encode_corpus_ray(
+            source, out_dir, cfg.model, encoder_kwargs=cfg.encoder_kwargs(), shard_size=cfg.shard_size,
+            batch_size=cfg.batch_size, overwrite=overwrite, show_progress_bar=cfg.progress,
+        )  # fmt: skip
+    from xite_fast.encode.store import encode_corpus
+
+    return encode_corpus(
+        source, out_dir, make_encoder, shard_size=cfg.shard_size, batch_size=cfg.batch_size,
+        overwrite=overwrite, show_progress_bar=cfg.progress,
+    )  # fmt: skip
 
 
 def _check_out(out: Any) -> Path:
@@ -353,16 +419,11 @@ class _Run:
     # ------------------------------------------------------------------------------------- encode
     def make_encoder(self):
         if self.encoder is None:
-            from xite_fast.encode.encoder import Encoder
-
-            kw: dict = {"num_layers": self.cfg.num_layers, "precision": self.cfg.precision}
-            if self.cfg.encoder_backend is not None:
-                kw["backend"] = self.cfg.encoder_backend
-            self.encoder = Encoder(self.cfg.model, **kw)
+            self.encoder = self.cfg.make_encoder()
         return self.encoder
 
     def encode(self) -> dict:
-        from xite_fast.encode.store import encode_corpus, reusable_store
+        from xite_fast.encode.store import reusable_store
 
         cfg, stores, todo = self.cfg, {}, []
         for name, idx in (("source", self.src), ("target", self.tgt)):
@@ -380,21 +441,7 @@ class _Run:
                 except ValueError:
                     self.remake(d / "manifest.json", "is not valid JSON")
                     overwrite = True
-            if cfg.ray is not None and self.encoder is None:
-                from xite_fast.encode.ray import encode_corpus_ray
-
-                kw: dict = {"num_layers": cfg.num_layers, "precision": cfg.precision}
-                if cfg.encoder_backend is not None:
-                    kw["backend"] = cfg.encoder_backend
-                stores[name] = encode_corpus_ray(
-                    idx, d, cfg.model, encoder_kwargs=kw, shard_size=cfg.shard_size,
-                    batch_size=cfg.batch_size, overwrite=overwrite, show_progress_bar=cfg.progress,
-                )  # fmt: skip
-            else:
-                stores[name] = encode_corpus(
-                    idx, d, self.make_encoder, shard_size=cfg.shard_size, batch_size=cfg.batch_size,
-                    overwrite=overwrite, show_progress_bar=cfg.progress,
-                )  # fmt: skip
+            stores[name] = _encode_store(cfg, idx, d, self.encoder, self.make_encoder, overwrite=overwrite)
         for name, idx in (("source", self.src), ("target", self.tgt)):
             if len(stores[name]) != len(idx):
                 raise RuntimeError(
@@ -410,7 +457,7 @@ class _Run:
         cfg = self.cfg
         if cfg.mode == "interp":
             return None
-        from xite_fast.xite.augmenter import fit_language_lda
+        from xite_fast.xite.lda import fit_language_basis
 
         w_path, meta_path = self.out / "lda.npy", self.out / "lda.json"
         with contextlib.suppress(OSError, ValueError):
@@ -420,10 +467,12 @@ class _Run:
         if w_path.exists() or meta_path.exists():
             self.remake(w_path, "is missing, corrupt or unrecorded")
         dim = stores["source"].dim
-        W = fit_language_lda(
-            _sample_rows(list(stores["source"].iter_shards()), len(self.src), cfg.lda_max_rows, dim, cfg.seed),
-            _sample_rows(list(stores["target"].iter_shards()), len(self.tgt), cfg.lda_max_rows, dim, cfg.seed + 1),
-            cfg.lda_components,
+        W = fit_language_basis(
+            [
+                _sample_rows(list(stores["source"].iter_shards()), len(self.src), cfg.lda_max_rows, dim, cfg.seed),
+                _sample_rows(list(stores["target"].iter_shards()), len(self.tgt), cfg.lda_max_rows, dim, cfg.seed + 1),
+            ],
+            n_components=cfg.lda_components,
         )
         sha = atomic_save_npy(w_path, W)
         fault_point("lda")
@@ -450,7 +499,7 @@ class _Run:
         from xite_fast.ops.lda_project_interp import lda_project_interp
         from xite_fast.xite.labels import lambdas_for, transfer_labels
         from xite_fast.xite.match import StoreMatcher
-        from xite_fast.xite.report import SimilarityHistogram
+        from xite_fast.xite.report import TransferCounts, correct_labels, provenance
 
         cfg, src, tgt = self.cfg, self.src, self.tgt
         syn = self.out / "synthetic"
@@ -494,31 +543,17 @@ class _Run:
                     )  # fmt: skip
                 else:
                     syn_rows = np.zeros((0, dim), np.float32)
-                tgt_recs, src_recs = tgt_reader.get(tid), src_reader.get(sid[kept])
-                lines, n_correct = [], 0
-                for j in range(len(kept)):
-                    lab = names[labels[kept[j]]]
-                    gold = gold_names[tgt.codes[tid[j]]] if gold_names is not None else None
-                    n_correct += gold == lab
-                    rec = {
-                        "target_id": int(tid[j]),
-                        "source_id": int(sid[kept[j]]),
-                        "target_text": tgt_recs[j].text,
-                        "source_text": src_recs[j].text,
-                        "label": lab,
-                        "similarity": round(float(sim[kept[j]]), 6),
-                        "lam": round(float(lam[j]), 6),
-                        "mode": cfg.mode,
-                    }
-                    if gold is not None:
-                        rec["gold_label"] = gold
-                    if tgt_recs[j].pair is not None:
-                        rec["target_pair"] = tgt_recs[j].pair
-                    if src_recs[j].pair is not None:
-                        rec["source_pair"] = src_recs[j].pair
-                    lines.append(json.dumps(rec, ensure_ascii=False))
-                hist = SimilarityHistogram()
-                hist.add(sim[kept])
+                gold = correct = None
+                if gold_names is not None:
+                    gold = [gold_names[c] for c in tgt.codes[t0 : t0 + n]]
+                    correct = correct_labels(names, labels, gold)
+                counts = TransferCounts.count(labels, keep, sim, len(names), correct)
+                records = provenance(
+                    tid, sid[kept], [names[c] for c in labels[kept]], sim[kept], lam, cfg.mode,
+                    gold=None if gold is None else [gold[j] for j in kept],
+                    target_records=tgt_reader.get(tid), source_records=src_reader.get(sid[kept]), digits=6,
+                )  # fmt: skip
+                lines = [json.dumps(rec, ensure_ascii=False) for rec in records]
                 sha_p = atomic_write_bytes(syn / f"{stem}.jsonl", ("\n".join(lines) + ("\n" if lines else "")).encode())
                 fault_point(f"part:{part}:jsonl")
                 sha_e = atomic_save_npy(syn / f"{stem}.npy", np.ascontiguousarray(syn_rows, dtype=np.float32))
@@ -528,12 +563,7 @@ class _Run:
                     {
                         "part": part,
                         "target_start": int(t0),
-                        "n_targets": int(n),
-                        "rows": int(len(kept)),
-                        "n_dropped": int(n - len(kept)),
-                        "label_counts": np.bincount(labels[kept], minlength=len(names)).tolist(),
-                        "n_correct": int(n_correct) if gold_names is not None else None,
-                        "similarity": hist.to_dict(),
+                        **counts.to_dict(),
                         "sha256": {"provenance": sha_p, "embeddings": sha_e},
                     },
                 )
@@ -550,13 +580,11 @@ class _Run:
 
     # ------------------------------------------------------------------------------------- manifest, report
     def finish(self, stores, reused: int) -> AugmentRun:
-        from xite_fast.xite.report import SimilarityHistogram, build_report
+        from xite_fast.xite.report import TransferCounts, build_report, majority_baseline
 
         cfg, syn = self.cfg, self.out / "synthetic"
         names = self.src.label_names
-        parts, hist = [], SimilarityHistogram()
-        counts = np.zeros(len(names), np.int64)
-        n_targets = n_dropped = n_correct = 0
+        parts, counts = [], TransferCounts(np.zeros(len(names), np.int64))
         n_parts = len(stores["target"].shard_paths)
         for part in range(n_parts):
             d = read_json(syn / f"part-{part:05d}.done.json", what="synthetic part record")
@@ -570,13 +598,9 @@ class _Run:
                     "sha256": d["sha256"],
                 }
             )
-            hist.merge(d["similarity"])
-            counts += np.asarray(d["label_counts"], np.int64)
-            n_targets += d["n_targets"]
-            n_dropped += d["n_dropped"]
-            n_correct += d["n_correct"] or 0
+            counts.merge(TransferCounts.from_dict(d))
         manifest = {
-            "rows": int(counts.sum()),
+            "rows": int(counts.label_counts.sum()),
             "dim": int(stores["source"].dim),
             "dtype": "float32",
             "mode": cfg.mode,
@@ -586,18 +610,9 @@ class _Run:
         }
         atomic_write_json(syn / "manifest.json", manifest)
         fault_point("manifest")
-        gold_kw = {}
-        if self.tgt.has_labels:
-            gold_kw = {"n_correct": n_correct, "n_gold": n_targets, "n_correct_all": n_correct}
         options = {k: v for k, v in self.config.items() if k not in ("source", "target")}
-        report = build_report(
-            label_names=names, label_counts=counts, hist=hist, n_targets=n_targets, n_dropped=n_dropped,
-            options=options, **gold_kw,
-        )  # fmt: skip
-        if self.tgt.has_labels:
-            report["label_transfer"]["majority_baseline"] = float(
-                np.bincount(self.tgt.codes).max() / len(self.tgt.codes)
-            )
+        majority = majority_baseline(np.bincount(self.tgt.codes)) if self.tgt.has_labels else None
+        report = build_report(label_names=names, counts=counts, options=options, majority=majority)
         report["n_source"] = len(self.src)
         report["timing_s"] = self.times
         report["shards_skipped_on_resume"] = reused

@@ -1,13 +1,24 @@
-"""The augment report: a mergeable similarity histogram and the report dict built from shard counters."""
+"""The one report builder of :class:`~xite_fast.xite.augmenter.XiteAugmenter` and the ``augment`` pipeline:
+mergeable counters (:class:`TransferCounts`, with a :class:`SimilarityHistogram`), gold accuracy, the
+report dict, the provenance records of synthetic rows, and the CLI's text summary."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SimilarityHistogram", "build_report", "format_summary"]
+__all__ = [
+    "SimilarityHistogram",
+    "TransferCounts",
+    "build_report",
+    "correct_labels",
+    "format_summary",
+    "majority_baseline",
+    "provenance",
+]
 
 
 class SimilarityHistogram:
@@ -72,44 +83,161 @@ class SimilarityHistogram:
         return "\n".join(lines)
 
 
+@dataclass
+class TransferCounts:
+    """Mergeable counters of label transfer over some targets (one synthetic part, or all of them).
+
+    Attributes:
+        label_counts: (C,) int64 kept targets per label code.
+        hist: similarity histogram of the kept targets' matches.
+        n_targets: targets seen (kept + dropped). n_dropped: targets below the threshold.
+        n_correct: kept targets whose transferred label equals their gold label (None: no gold labels).
+    """
+
+    label_counts: np.ndarray
+    hist: SimilarityHistogram = field(default_factory=SimilarityHistogram)
+    n_targets: int = 0
+    n_dropped: int = 0
+    n_correct: int | None = None
+
+    @classmethod
+    def count(
+        cls, labels: np.ndarray, keep: np.ndarray, similarity: np.ndarray, n_classes: int, correct: np.ndarray | None = None
+    ) -> TransferCounts:
+        """Counters of one batch: ``labels`` (N,) int codes, ``keep`` (N,) bool, ``similarity`` (N,) float
+        of every target; ``correct`` (N,) bool (transferred label == gold) or None."""
+        kept = np.flatnonzero(keep)
+        hist = SimilarityHistogram()
+        hist.add(similarity[kept])
+        return cls(
+            label_counts=np.bincount(labels[kept], minlength=n_classes).astype(np.int64),
+            hist=hist,
+            n_targets=len(keep),
+            n_dropped=int(len(keep) - len(kept)),
+            n_correct=None if correct is None else int(np.count_nonzero(correct[kept])),
+        )
+
+    def merge(self, other: TransferCounts) -> None:
+        self.label_counts = self.label_counts + other.label_counts
+        self.hist.merge(other.hist)
+        self.n_targets += other.n_targets
+        self.n_dropped += other.n_dropped
+        if other.n_correct is not None:
+            self.n_correct = (self.n_correct or 0) + other.n_correct
+
+    def to_dict(self) -> dict:
+        """The counters as a synthetic part's ``done.json`` records them."""
+        return {
+            "n_targets": int(self.n_targets),
+            "rows": int(self.n_targets - self.n_dropped),
+            "n_dropped": int(self.n_dropped),
+            "label_counts": self.label_counts.tolist(),
+            "n_correct": self.n_correct,
+            "similarity": self.hist.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TransferCounts:
+        return cls(
+            label_counts=np.asarray(d["label_counts"], np.int64),
+            hist=SimilarityHistogram.from_dict(d["similarity"]),
+            n_targets=int(d["n_targets"]),
+            n_dropped=int(d["n_dropped"]),
+            n_correct=d["n_correct"],
+        )
+
+
+def correct_labels(label_names: Sequence, labels: np.ndarray, gold: Sequence) -> np.ndarray:
+    """(N,) bool: transferred label ``label_names[labels[i]]`` equals ``gold[i]`` (values compared as
+    Python objects, so 1 and "1" differ)."""
+    names = np.empty(len(label_names), dtype=object)
+    names[:] = list(label_names)
+    g = np.empty(len(gold), dtype=object)
+    g[:] = list(gold)
+    return np.asarray(names[labels] == g, dtype=bool)
+
+
+def majority_baseline(gold_counts: Sequence[int]) -> float:
+    """Accuracy of always answering the most frequent gold label, from the count of each gold label."""
+    counts = np.asarray(gold_counts, dtype=np.int64)
+    return float(counts.max() / counts.sum())
+
+
 def build_report(
     *,
-    label_names: Sequence[str],
-    label_counts: np.ndarray,
-    hist: SimilarityHistogram,
-    n_targets: int,
-    n_dropped: int,
-    n_correct: int | None = None,
-    n_gold: int | None = None,
-    n_correct_all: int | None = None,
+    label_names: Sequence,
+    counts: TransferCounts,
     options: dict | None = None,
+    majority: float | None = None,
 ) -> dict:
-    """Assemble the report dict (JSON-serializable) from streaming counters.
+    """The report dict (JSON-serializable) of :class:`XiteAugmenter` and of ``report.json``.
 
-    Label-transfer accuracy (if gold target labels were given): ``accuracy`` over the kept targets,
-    ``accuracy_all`` with dropped targets counted wrong, ``coverage`` = kept / targets.
+    Label-transfer accuracy (when ``counts.n_correct`` is known, i.e. the targets have gold labels):
+    ``accuracy`` over the kept targets, ``accuracy_all`` with dropped targets counted wrong,
+    ``majority_baseline`` (``majority``) for comparison; ``coverage`` = kept / targets.
     """
-    n_kept = int(n_targets - n_dropped)
+    n_targets, n_kept = int(counts.n_targets), int(counts.n_targets - counts.n_dropped)
     report: dict = {
-        "n_targets": int(n_targets),
+        "n_targets": n_targets,
         "n_synthetic": n_kept,
-        "n_dropped": int(n_dropped),
+        "n_dropped": int(counts.n_dropped),
         "coverage": n_kept / n_targets if n_targets else None,
         "label_distribution": {
-            str(name): int(c) for name, c in zip(label_names, label_counts, strict=True) if c
+            str(name): int(c) for name, c in zip(label_names, counts.label_counts, strict=True) if c
         },
-        "similarity": hist.to_dict(),
+        "similarity": counts.hist.to_dict(),
     }
-    if n_gold is not None:
+    if counts.n_correct is not None:
+        n_correct = int(counts.n_correct)
         report["label_transfer"] = {
-            "n_gold": int(n_gold),
+            "n_gold": n_targets,
             "accuracy": (n_correct / n_kept) if n_kept else None,
-            "accuracy_all": (n_correct_all / n_gold) if n_gold else None,
-            "n_correct": int(n_correct or 0),
+            "accuracy_all": (n_correct / n_targets) if n_targets else None,
+            "n_correct": n_correct,
         }
+        if majority is not None:
+            report["label_transfer"]["majority_baseline"] = majority
     if options is not None:
         report["options"] = options
     return report
+
+
+def provenance(
+    target_id: np.ndarray,
+    source_id: np.ndarray,
+    labels: Sequence,
+    similarity: np.ndarray,
+    lam: np.ndarray,
+    mode: str,
+    *,
+    gold: Sequence | None = None,
+    target_records: Sequence | None = None,
+    source_records: Sequence | None = None,
+    digits: int | None = None,
+) -> list[dict]:
+    """One record per synthetic row: which target and source row it was made from, their texts (with
+    ``*_records``: objects with ``.text`` and ``.pair``), the label, the match similarity, λ, the mode
+    and the gold label (with ``gold``). ``digits`` rounds similarity and λ (the run directory's
+    ``part-*.jsonl``: 6); None keeps them exact."""
+
+    def num(x) -> float:
+        return float(x) if digits is None else round(float(x), digits)
+
+    out = []
+    for j in range(len(target_id)):
+        rec: dict = {"target_id": int(target_id[j]), "source_id": int(source_id[j])}
+        if target_records is not None and source_records is not None:
+            rec["target_text"] = target_records[j].text
+            rec["source_text"] = source_records[j].text
+        rec.update(label=labels[j], similarity=num(similarity[j]), lam=num(lam[j]), mode=mode)
+        if gold is not None:
+            rec["gold_label"] = gold[j]
+        if target_records is not None and target_records[j].pair is not None:
+            rec["target_pair"] = target_records[j].pair
+        if source_records is not None and source_records[j].pair is not None:
+            rec["source_pair"] = source_records[j].pair
+        out.append(rec)
+    return out
 
 
 def format_summary(report: dict, out) -> str:
