@@ -48,6 +48,8 @@ def test_reader_errors(tmp_path):
     tsv = tmp_path / "nolab.tsv"
     tsv.write_text("only text\n", encoding="utf-8")
     with pytest.raises(ValueError, match="labels missing"):
+        data.read_labelled(tsv, header=False)
+    with pytest.raises(ValueError, match=r"nolab\.tsv:1: no column text_field='text' in the header \['only text'\].*header=False"):
         data.read_labelled(tsv)
     txt = tmp_path / "t.txt"
     txt.write_text("a\n", encoding="utf-8")
@@ -114,7 +116,10 @@ def test_all_formats_give_the_same_records_pairs_and_headers(tmp_path):
         w.writerow(["text", "label", "text_pair"])
         w.writerows(rows)
     pq.write_table(pa.table({"text": [r[0] for r in rows], "label": [r[1] for r in rows], "text_pair": [r[2] for r in rows]}), tmp_path / "a.parquet")
-    idx = {n: data.index_corpus(tmp_path / n, need_label=True, pair_field="text_pair") for n in ("a.jsonl", "a.tsv", "h.tsv", "a.csv", "a.parquet")}
+    idx = {
+        n: data.index_corpus(tmp_path / n, need_label=True, pair_field="text_pair", header=n != "h.tsv")
+        for n in ("a.jsonl", "a.tsv", "h.tsv", "a.csv", "a.parquet")
+    }
     _same(*idx.values())
     assert idx["a.csv"].reader().get([1])[0] == data.Record("two, with comma", "y", "p2")
     assert data.model_input(idx["a.tsv"].reader().get([0])[0]) == ("one", "p1")

@@ -100,9 +100,11 @@ def test_all_source_kinds_give_identical_bytes(enc, tmp_path):
     outs["iter"] = np.concatenate([a for _, a in store.iter_shards()])
     for name, arr in outs.items():
         np.testing.assert_array_equal(arr, outs["a.txt"], err_msg=name)
-    # tsv without a header naming the column: first column
+    # tsv without a header (said, not guessed: header=False): the first column is the text
+    from xite_fast.data.records import index_corpus
+
     (tmp_path / "b.tsv").write_text("".join(f"{t}\t{i}\n" for i, t in enumerate(texts)))
-    store = encode_corpus(tmp_path / "b.tsv", tmp_path / "out_b", enc, shard_size=7, text_field="nope")
+    store = encode_corpus(index_corpus(tmp_path / "b.tsv", header=False), tmp_path / "out_b", enc, shard_size=7)
     np.testing.assert_array_equal(np.concatenate([a for _, a in store.iter_shards()]), outs["a.txt"])
 
 

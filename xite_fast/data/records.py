@@ -1,31 +1,41 @@
 """THE record reader: one streaming parser of corpus files for ``encode``, ``augment`` and Python alike.
 
 Formats (by suffix): ``.txt`` (one text per line), ``.jsonl`` / ``.ndjson`` (one JSON object per line,
-fields ``text_field`` / ``label_field`` / ``pair_field``), ``.tsv`` / ``.csv`` (columns; the first line
-is a header when one of its cells is ``text_field``, else the columns are text, label, text pair),
-``.parquet`` (columns by name; needs pyarrow).
+fields ``text_field`` / ``label_field`` / ``pair_field``), ``.tsv`` / ``.csv`` (columns), ``.parquet``
+(columns by name; needs pyarrow).
+
+TSV / CSV are read as ``csv`` and pandas read them (RFC 4180, the reference the tests compare against):
+a ``"`` opens a quoted field only at the start of a field (elsewhere it is a literal character), a
+quoted field may hold the delimiter, line breaks and doubled quotes ``""``; TSV is the same with a tab.
+Whether the file has a header is said, never guessed from the data: ``header=True`` (the default, as in
+pandas and ``datasets``): the first non-blank record names the columns and ``text_field`` /
+``label_field`` / ``pair_field`` pick them (case-insensitive); ``header=False``: the columns are text,
+label, text pair by position. A record with more fields than the header (or, without a header, than
+the first record) is an error: an unquoted delimiter would shift the columns.
 
 One rule for every caller, so row ``i`` is the same record everywhere (the encode store's row ``i``,
 the augment index's row ``i``, the synthetic provenance's ``target_id``):
 
-* a record is a line (a CSV record may span quoted newlines; a parquet row is a record);
-* texts are stripped; blank lines and records with a blank text are skipped; a header line is skipped;
+* a record is a line (a CSV/TSV record may span quoted line breaks; a parquet row is a record); lines
+  end at ``\n``, ``\r\n`` or a lone ``\r`` (as ``open()`` reads text), ``.jsonl`` lines at ``\n`` only
+  (JSON Lines); a UTF-8 byte order mark before the first line is not part of it;
+* texts are stripped; blank lines and records with a blank text are skipped; a header is not a record;
 * labels keep their type (JSON ``1`` and ``"1"`` are different labels): a corpus whose labels mix
   types, or has a list/dict label, is a ValueError naming the line; a TSV/CSV label is a str;
 * every error names the file and line.
 
 :func:`index_corpus` makes the single pass over a file: byte offsets of the records (8 bytes per row),
 label codes and the sha256 of the file's bytes, streamed together; :class:`RecordReader` reads any rows
-back through the offsets. Nothing but the current record is held in memory.
+back through the offsets with the same parser. Nothing but the current record is held in memory.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import os
+import re
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -60,6 +70,11 @@ _SUFFIXES = {
 FORMATS = ("txt", "jsonl", "tsv", "csv", "parquet")
 _LABEL_TYPES = (str, int, float, bool)
 _CHUNK = 1 << 22
+_READ_CHUNK = 1 << 13  # RecordReader: one record per seek
+_BOM = b"\xef\xbb\xbf"
+_EOL = re.compile(rb"\r\n?|\n")  # universal newlines, as open(newline="") splits text
+_EOL_LF = re.compile(rb"\n")  # JSON Lines: lines end at \n (a \r before it is JSON whitespace)
+_DELIMITER = {"tsv": "\t", "csv": ","}
 
 
 class Record(NamedTuple):
@@ -93,6 +108,14 @@ def _check_file(path: str | os.PathLike, name: str) -> Path:
     if not p.is_file():
         raise ValueError(f"{name} must be a file, got a directory or special file: {str(p)!r}")
     return p
+
+
+def _check_header(header: Any) -> None:
+    if not isinstance(header, bool):
+        raise ValueError(
+            f"header must be True (the first line of a TSV/CSV file names the columns) or False (columns "
+            f"text, label, text pair by position), got {header!r}"
+        )
 
 
 def _check_label(label: Any, where: str, seen: list) -> Any:
@@ -132,34 +155,54 @@ def _decode(raw: bytes, where: str, errors: str) -> str:
 
 @dataclass
 class _Layout:
-    """Where the fields of a record are (filled from a TSV/CSV header or the JSON field names)."""
+    """Where the fields of a record are (TSV/CSV: from the header, or by position without one)."""
 
     fmt: str
     text_field: str
     label_field: str
     pair_field: str | None
+    header: bool = True
     text_col: int = 0
     label_col: int | None = 1
-    pair_col: int | None = 2
-    header: bool = False
+    pair_col: int | None = None
+    width: int | None = None  # TSV/CSV: fields per record (the header's, or the first record's); None: not read yet
 
 
-def _read_header(layout: _Layout, cells: list[str]) -> bool:
-    names = [c.strip().lower() for c in cells]  # header names are matched case-insensitively
-    if layout.text_field.lower() not in names:
-        if layout.pair_field is None:
-            layout.pair_col = None
-        return False
-    layout.header = True
-    layout.text_col = names.index(layout.text_field.lower())
-    lf = layout.label_field.lower()
-    layout.label_col = names.index(lf) if lf in names else None
+def _column(names: list[str], field_name: str, what: str, where: str) -> int | None:
+    """Index of ``field_name`` in the header (exact, else case-insensitive), None when absent."""
+    for key in (lambda c: c.strip(), lambda c: c.strip().lower()):
+        want = key(field_name)
+        hits = [i for i, c in enumerate(names) if key(c) == want]
+        if len(hits) > 1:
+            raise ValueError(
+                f"{where}: {what}={field_name!r} names {len(hits)} columns of the header {names} "
+                f"(columns {hits}); rename them so that one column has the name"
+            )
+        if hits:
+            return hits[0]
+    return None
+
+
+def _set_columns(layout: _Layout, cells: list[str] | None, where: str, need_label: bool) -> None:
+    """Fill ``layout`` from the header ``cells`` (header=True) or the first record ``cells`` (header=False)."""
+    layout.width = len(cells)
+    if not layout.header:
+        layout.text_col, layout.label_col = 0, 1
+        layout.pair_col = 2 if layout.pair_field is not None else None
+        return
+    hint = "; if the file has no header line, pass header=False (CLI: --no-header): columns text, label, text pair"
+    text_col = _column(cells, layout.text_field, "text_field", where)
+    if text_col is None:
+        raise ValueError(f"{where}: no column text_field={layout.text_field!r} in the header {cells}{hint}")
+    layout.text_col = text_col
+    layout.label_col = _column(cells, layout.label_field, "label_field", where)
+    if need_label and layout.label_col is None:
+        raise ValueError(f"{where}: labels missing: no column label_field={layout.label_field!r} in the header {cells}")
     layout.pair_col = None
     if layout.pair_field is not None:
-        if layout.pair_field.lower() not in names:
-            raise ValueError(f"no column pair_field={layout.pair_field!r} in the header {names}")
-        layout.pair_col = names.index(layout.pair_field.lower())
-    return True
+        layout.pair_col = _column(cells, layout.pair_field, "pair_field", where)
+        if layout.pair_col is None:
+            raise ValueError(f"{where}: no column pair_field={layout.pair_field!r} in the header {cells}")
 
 
 def _parse(line_or_cells: Any, layout: _Layout, where: str, need_label: bool, seen: list) -> Record | None:
@@ -195,18 +238,24 @@ def _parse(line_or_cells: Any, layout: _Layout, where: str, need_label: bool, se
                     f"{where}: field pair_field={layout.pair_field!r} must be a string, got {type(pair).__name__}"
                 )
             pair = pair.strip()
-    else:  # tsv / csv cells
+    else:  # tsv / csv cells; a record shorter than the header has empty trailing fields (as pandas reads it)
         cells = line_or_cells
-        if not any(c.strip() for c in cells):
+        if _blank(cells):
             return None
+        if len(cells) > layout.width:
+            raise ValueError(
+                f"{where}: {len(cells)} fields, expected at most {layout.width} (as many as the "
+                f"{'header' if layout.header else 'first record'}); a field holding "
+                f"{_DELIMITER[fmt]!r} must be quoted whole: \"...\""
+            )
         if layout.text_col >= len(cells):
-            raise ValueError(f"{where}: {len(cells)} columns, the text column {layout.text_col} is missing")
+            raise ValueError(f"{where}: {len(cells)} fields, the text column {layout.text_col} is missing")
         text = cells[layout.text_col].strip()
         lc = layout.label_col
         label = _check_label(cells[lc] if lc is not None and lc < len(cells) else None, where, seen)
         if layout.pair_col is not None:
             if layout.pair_col >= len(cells):
-                raise ValueError(f"{where}: {len(cells)} columns, the pair column {layout.pair_col} is missing")
+                raise ValueError(f"{where}: {len(cells)} fields, the pair column {layout.pair_col} is missing")
             pair = cells[layout.pair_col].strip()
     if not text:
         return None
@@ -215,82 +264,139 @@ def _parse(line_or_cells: Any, layout: _Layout, where: str, need_label: bool, se
     return Record(text, label, pair)
 
 
-class _LineSource:
-    """Binary lines of a file with their byte offsets; optionally hashes every byte it reads."""
+def _blank(cells: list[str]) -> bool:
+    return not any(c.strip() for c in cells)
 
-    def __init__(self, fh, offset: int, hasher=None):
-        self.fh, self.pos, self.hasher = fh, offset, hasher
+
+class _Lines:
+    """Binary lines of a file from ``offset``, with the byte offset after each (``pos``).
+
+    Lines end at ``eol`` (the terminator stays on the line); a UTF-8 byte order mark at offset 0 is
+    skipped; ``hasher`` (optional) sees every byte read, in order.
+    """
+
+    def __init__(self, fh, offset: int, eol: re.Pattern, *, hasher=None, chunk: int = _CHUNK):
+        self.fh, self.pos, self.eol, self.hasher, self.chunk = fh, offset, eol, hasher, chunk
+        self.buf, self.i, self.eof = b"", 0, False
+        if offset == 0:
+            self._fill()
+            while len(self.buf) < len(_BOM) and not self.eof:
+                self._fill()
+            if self.buf.startswith(_BOM):
+                self.i = self.pos = len(_BOM)
+
+    def _fill(self) -> None:
+        data = self.fh.read(max(self.chunk, len(self.buf) - self.i))  # doubles for a line longer than a chunk
+        if self.hasher is not None and data:
+            self.hasher.update(data)
+        self.eof = not data
+        self.buf = self.buf[self.i :] + data
+        self.i = 0
 
     def next_line(self) -> bytes:
-        raw = self.fh.readline()
-        if self.hasher is not None and raw:
-            self.hasher.update(raw)
-        self.pos += len(raw)
-        return raw
+        """The next line with its terminator; ``b""`` at end of file."""
+        while True:
+            m = self.eol.search(self.buf, self.i)
+            # a \r at the end of the buffer may be the first half of \r\n: decide with the next byte
+            if m is not None and (m.end() < len(self.buf) or self.eof or self.buf[m.end() - 1] != 13):
+                end = m.end()
+                break
+            if self.eof:
+                end = len(self.buf)
+                break
+            self._fill()
+        line = self.buf[self.i : end]
+        self.i = end
+        self.pos += len(line)
+        return line
 
 
-def _cells(fmt: str, line: str, more_lines) -> list[str]:
-    """TSV: split on tabs (no quoting). CSV: the csv module; a quoted field may continue on the next
-    lines, pulled from ``more_lines`` (None at end of file)."""
-    if fmt == "tsv":
-        return line.rstrip("\r\n").split("\t")
-    text = line
-    while text.count('"') % 2 == 1:  # an open quote: the record continues on the next line
-        extra = more_lines()
-        if extra is None:
-            raise ValueError("unterminated quoted CSV field at end of file")
-        text += extra
-    try:
-        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
-    except csv.Error as exc:
-        raise ValueError(f"malformed CSV record ({exc})") from None
-    return rows[0] if rows else []
+def _where(p: Path, lineno: int | None, start: int) -> str:
+    return f"{p}:{lineno}" if lineno is not None else f"{p} (record at byte {start})"
+
+
+def _table_rows(lines: _Lines, p: Path, fmt: str, errors: str, lineno: int | None) -> Iterator[tuple[int, str, list[str]]]:
+    """``(byte offset, location, cells)`` of each TSV/CSV record from ``lines``, parsed by ``csv``.
+
+    ``csv`` pulls a line at a time and asks for the next one only inside a quoted field, so the first
+    line pulled after a record is the start of the next. ``lineno``: the number of the line before the
+    first (None: unknown, locations name the byte offset).
+    """
+    rec: list = [None, None]  # byte offset, location of the record being read
+    eof = False
+
+    def source() -> Iterator[str]:
+        nonlocal lineno, eof
+        while True:
+            start = lines.pos
+            raw = lines.next_line()
+            if not raw:
+                eof = True
+                return
+            if lineno is not None:
+                lineno += 1
+            if rec[0] is None:
+                rec[0], rec[1] = start, _where(p, lineno, start)
+            yield _decode(raw, _where(p, lineno, start), errors)
+
+    reader = csv.reader(source(), delimiter=_DELIMITER[fmt], quotechar='"', doublequote=True, strict=False)
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise ValueError(
+                f"{rec[1]}: malformed {fmt.upper()} record ({exc}; an unclosed quote?): a field that starts "
+                f"with '\"' ends at the next lone '\"', a '\"' inside it is written '\"\"'"
+            ) from None
+        if eof:  # the reader reached the end of the file inside a quoted field
+            raise ValueError(
+                f"{rec[1]}: a quoted field opened in this record is never closed (end of file reached): a field "
+                f"that starts with '\"' ends at the next lone '\"', a '\"' inside it is written '\"\"'"
+            )
+        yield rec[0], rec[1], cells
+        rec[0] = rec[1] = None
 
 
 def _iter_line_records(
     p: Path, fmt: str, layout: _Layout, *, need_label: bool, errors: str, hasher, seen: list,
-    offset: int = 0, first_lineno: int = 1,
 ) -> Iterator[tuple[int, Record]]:  # fmt: skip
     with open(p, "rb") as fh:
-        fh.seek(offset)
-        src = _LineSource(fh, offset, hasher)
-        lineno = first_lineno - 1
-        header_checked = offset != 0 or fmt in ("txt", "jsonl")
+        lines = _Lines(fh, 0, _EOL_LF if fmt == "jsonl" else _EOL, hasher=hasher)
+        if fmt in ("tsv", "csv"):
+            for start, where, cells in _table_rows(lines, p, fmt, errors, 0):
+                if layout.width is None:
+                    if _blank(cells):
+                        continue
+                    _set_columns(layout, cells, where, need_label)
+                    if layout.header:
+                        continue
+                rec = _parse(cells, layout, where, need_label, seen)
+                if rec is not None:
+                    yield start, rec
+            return
+        lineno = 0
         while True:
-            start = src.pos
-            raw = src.next_line()
+            start = lines.pos
+            raw = lines.next_line()
             if not raw:
                 return
             lineno += 1
             where = f"{p}:{lineno}"
-            line = _decode(raw, where, errors)
-            if fmt in ("tsv", "csv"):
-                n0 = lineno
-
-                def more() -> str | None:
-                    nonlocal lineno
-                    nxt = src.next_line()
-                    if not nxt:
-                        return None
-                    lineno += 1
-                    return _decode(nxt, f"{p}:{lineno}", errors)
-
-                try:
-                    cells = _cells(fmt, line, more)
-                except ValueError as exc:
-                    raise ValueError(f"{p}:{n0}: {exc}") from None
-                if not header_checked:
-                    header_checked = True
-                    try:
-                        if _read_header(layout, cells):
-                            continue
-                    except ValueError as exc:
-                        raise ValueError(f"{p}:1: {exc}") from None
-                rec = _parse(cells, layout, f"{p}:{n0}", need_label, seen)
-            else:
-                rec = _parse(line.rstrip("\r\n"), layout, where, need_label, seen)
+            rec = _parse(_decode(raw, where, errors).rstrip("\r\n"), layout, where, need_label, seen)
             if rec is not None:
                 yield start, rec
+
+
+def _read_columns(p: Path, layout: _Layout, errors: str) -> None:
+    """Fill a TSV/CSV ``layout`` as :func:`_iter_line_records` does, from the first non-blank record."""
+    with open(p, "rb") as fh:
+        for _, where, cells in _table_rows(_Lines(fh, 0, _EOL, chunk=_READ_CHUNK), p, layout.fmt, errors, 0):
+            if not _blank(cells):
+                _set_columns(layout, cells, where, False)
+                return
+    raise ValueError(f"{p}: no records (empty or blank file); it changed since it was indexed?")
 
 
 def _parquet(p: Path):
@@ -357,6 +463,7 @@ def iter_records(
     max_rows: int | None = None,
     name: str = "corpus",
     errors: str = "strict",
+    header: bool = True,
     hasher=None,
 ) -> Iterator[tuple[int, Record]]:
     """Stream ``(locator, Record)`` of a corpus file (locator: byte offset, or row for parquet).
@@ -368,6 +475,8 @@ def iter_records(
         max_rows: stop after this many records (a ``hasher`` still sees the whole file).
         name: argument name used in error messages.
         errors: ``"strict"`` (a non-UTF-8 line is a ValueError naming file and line) or ``"replace"``.
+        header: TSV/CSV only: ``True`` (default): the first non-blank record names the columns;
+            ``False``: there is no header, the columns are text, label, text pair by position.
         hasher: internal (:func:`index_corpus`): updated with every byte of the file (not parquet).
     """
     if errors not in ("strict", "replace"):
@@ -377,26 +486,26 @@ def iter_records(
             raise ValueError(f"{arg} must be a non-empty str, got {v!r}")
     if pair_field is not None and (not isinstance(pair_field, str) or not pair_field):
         raise ValueError(f"pair_field must be None or a non-empty str, got {pair_field!r}")
+    _check_header(header)
     p = _check_file(path, name)
     fmt = corpus_format(p)
     if need_label and fmt == "txt":
         raise ValueError(
             f"{name}: labels missing: a labelled corpus must be .jsonl/.tsv/.csv/.parquet, got {str(p)!r}"
         )
-    layout = _Layout(fmt, text_field, label_field, pair_field)
-    if fmt in ("tsv", "csv") and pair_field is None:
-        layout.pair_col = None
+    layout = _Layout(fmt, text_field, label_field, pair_field, header)
     seen: list = []
     if fmt == "parquet":
         it = _iter_parquet(p, layout, need_label, seen)
     else:
         it = _iter_line_records(p, fmt, layout, need_label=need_label, errors=errors, hasher=hasher, seen=seen)
     n = 0
-    for loc, rec in it:
-        if max_rows is not None and n >= max_rows:
-            break
-        yield loc, rec
-        n += 1
+    if max_rows is None or max_rows > 0:
+        for loc, rec in it:  # stops at max_rows without parsing the record after it
+            yield loc, rec
+            n += 1
+            if max_rows is not None and n >= max_rows:
+                break
     if hasher is not None and fmt != "parquet" and max_rows is not None and n >= max_rows:
         # the fingerprint covers the whole file, also the rows past max_rows
         it.close()
@@ -495,8 +604,8 @@ class CorpusIndex:
         path: the file. ``fmt``: its format. ``offsets``: (N,) int64 locator of every record (byte
         offset; row for parquet). ``sha256``: of the file's bytes. ``size``: bytes. ``label_names``:
         sorted distinct labels (types kept) or ``[]``. ``codes``: (N,) int32 label code per row, -1
-        where the record has no label. ``text_field`` / ``label_field`` / ``pair_field`` / ``errors``:
-        as read.
+        where the record has no label. ``text_field`` / ``label_field`` / ``pair_field`` / ``errors`` /
+        ``header``: as read.
     """
 
     path: Path
@@ -510,6 +619,7 @@ class CorpusIndex:
     label_field: str = "label"
     pair_field: str | None = None
     errors: str = "strict"
+    header: bool = True
 
     def __len__(self) -> int:
         return int(len(self.offsets))
@@ -523,13 +633,19 @@ class CorpusIndex:
         """What identifies the rows by content (the encode store's and the run's input identity)."""
         fp = {"kind": self.fmt, "sha256": self.sha256, "size": self.size, "rows": len(self)}
         fp.update(text_field=self.text_field, pair_field=self.pair_field, errors=self.errors)
+        if self.fmt in ("tsv", "csv"):
+            fp["header"] = self.header  # decides the rows; only TSV/CSV have one
         return fp
 
+    def read_options(self) -> dict:
+        """The keyword arguments of :class:`RecordReader` that read the rows as they were indexed."""
+        return {
+            "text_field": self.text_field, "label_field": self.label_field, "pair_field": self.pair_field,
+            "errors": self.errors, "header": self.header,
+        }  # fmt: skip
+
     def reader(self) -> RecordReader:
-        return RecordReader(
-            self.path, self.offsets, text_field=self.text_field, label_field=self.label_field,
-            pair_field=self.pair_field, errors=self.errors,
-        )  # fmt: skip
+        return RecordReader(self.path, self.offsets, **self.read_options())
 
 
 def index_corpus(
@@ -542,8 +658,11 @@ def index_corpus(
     max_rows: int | None = None,
     name: str = "corpus",
     errors: str = "strict",
+    header: bool = True,
 ) -> CorpusIndex:
     """One streaming pass over a corpus file: offsets, label codes and sha256 (see :class:`CorpusIndex`).
+
+    Arguments as in :func:`iter_records`.
 
     Raises:
         ValueError: empty corpus (no non-blank record), or anything :func:`iter_records` rejects.
@@ -556,7 +675,7 @@ def index_corpus(
     vocab: dict = {}
     for loc, rec in iter_records(
         p, need_label=need_label, text_field=text_field, label_field=label_field,
-        pair_field=pair_field, max_rows=max_rows, name=name, errors=errors, hasher=hasher,
+        pair_field=pair_field, max_rows=max_rows, name=name, errors=errors, header=header, hasher=hasher,
     ):  # fmt: skip
         offsets.append(loc)
         codes.append(-1 if rec.label is None else vocab.setdefault(rec.label, len(vocab)))
@@ -576,7 +695,7 @@ def index_corpus(
     return CorpusIndex(
         path=p, fmt=fmt, offsets=np.frombuffer(offsets, dtype=np.int64).copy(), sha256=sha,
         size=p.stat().st_size, label_names=names, codes=code_arr, text_field=text_field,
-        label_field=label_field, pair_field=pair_field, errors=errors,
+        label_field=label_field, pair_field=pair_field, errors=errors, header=header,
     )  # fmt: skip
 
 
@@ -585,31 +704,22 @@ class RecordReader:
 
     Args:
         path: the indexed file. offsets: (N,) int64 locators, as :func:`iter_records` yields them.
+        text_field, label_field, pair_field, errors, header: as the file was indexed
+            (:meth:`CorpusIndex.read_options`).
     """
 
     def __init__(
         self, path: str | os.PathLike, offsets, *, text_field: str = "text", label_field: str = "label",
-        pair_field: str | None = None, errors: str = "strict",
+        pair_field: str | None = None, errors: str = "strict", header: bool = True,
     ):  # fmt: skip
+        _check_header(header)
         self.path = Path(path)
         self.fmt = corpus_format(self.path)
         self.offsets = offsets
-        self.layout = _Layout(self.fmt, text_field, label_field, pair_field)
+        self.layout = _Layout(self.fmt, text_field, label_field, pair_field, header)
         self.errors = errors
         self._fh = None
         self._pq = None
-        if self.fmt in ("tsv", "csv"):
-            # the header (if any) decides the columns: parse it the way iter_records did
-            with open(self.path, "rb") as fh:
-                first = fh.readline()
-            if first:
-                line = _decode(first, f"{self.path}:1", errors)
-                try:
-                    _read_header(self.layout, _cells(self.fmt, line, lambda: None))
-                except ValueError:
-                    pass  # a multi-line first CSV record is not a header
-            if pair_field is None:
-                self.layout.pair_col = None
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -621,20 +731,18 @@ class RecordReader:
                 cols = _parquet_columns(pf, self.path, self.layout, False)
                 self._pq = pf.read(columns=cols).to_pylist()  # random access: the needed columns
             return _parquet_record(self._pq[off], self.layout, f"{self.path}: row {off}", False, [])
+        if self.fmt in ("tsv", "csv") and self.layout.width is None:
+            _read_columns(self.path, self.layout, self.errors)  # the header (or first record) decides the columns
         if self._fh is None:
             self._fh = open(self.path, "rb")  # noqa: SIM115 - closed in close()/__del__
         self._fh.seek(off)
-        src = _LineSource(self._fh, off)
-        where = f"{self.path} (row {r})"
-        line = _decode(src.next_line(), where, self.errors)
+        lines = _Lines(self._fh, off, _EOL_LF if self.fmt == "jsonl" else _EOL, chunk=_READ_CHUNK)
         if self.fmt in ("tsv", "csv"):
-
-            def more() -> str | None:
-                nxt = src.next_line()
-                return _decode(nxt, where, self.errors) if nxt else None
-
-            return _parse(_cells(self.fmt, line, more), self.layout, where, False, [])
-        return _parse(line.rstrip("\r\n"), self.layout, where, False, [])
+            for _, where, cells in _table_rows(lines, self.path, self.fmt, self.errors, None):
+                return _parse(cells, self.layout, f"{where} (row {r})", False, [])
+            return None
+        where = f"{self.path} (row {r}, byte {off})"
+        return _parse(_decode(lines.next_line(), where, self.errors).rstrip("\r\n"), self.layout, where, False, [])
 
     def get(self, rows) -> list[Record]:
         """The :class:`Record` of each row index in ``rows`` (any order, repeats allowed)."""
@@ -667,12 +775,15 @@ def read_labelled(
     text_field: str = "text",
     label_field: str = "label",
     max_rows: int | None = None,
+    header: bool = True,
 ) -> tuple[list[str], list]:
-    """Load a labelled corpus into memory: (texts, labels). For files of any size use :func:`index_corpus`."""
+    """Load a labelled corpus into memory: (texts, labels). For files of any size use :func:`index_corpus`.
+    Arguments as in :func:`iter_records`."""
     texts, labels = [], []
     for _, rec in iter_records(
-        path, need_label=True, text_field=text_field, label_field=label_field, max_rows=max_rows, name="source"
-    ):
+        path, need_label=True, text_field=text_field, label_field=label_field, max_rows=max_rows, name="source",
+        header=header,
+    ):  # fmt: skip
         texts.append(rec.text)
         labels.append(rec.label)
     if not texts:
@@ -680,9 +791,12 @@ def read_labelled(
     return texts, labels
 
 
-def read_texts(path: str | os.PathLike, *, text_field: str = "text", max_rows: int | None = None) -> list[str]:
-    """Load the texts of a corpus file (labels ignored)."""
-    texts = [r.text for _, r in iter_records(path, text_field=text_field, max_rows=max_rows, name="target")]
+def read_texts(
+    path: str | os.PathLike, *, text_field: str = "text", max_rows: int | None = None, header: bool = True
+) -> list[str]:
+    """Load the texts of a corpus file (labels ignored). Arguments as in :func:`iter_records`."""
+    recs = iter_records(path, text_field=text_field, max_rows=max_rows, name="target", header=header)
+    texts = [r.text for _, r in recs]
     if not texts:
         raise ValueError(f"target: empty corpus (no non-blank records) in {str(path)!r}")
     return texts
