@@ -376,10 +376,18 @@ def replace_tables(md: str, tables: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _frozen_encoder(rows: list[dict]) -> bool:
+    """A frozen-encoder analysis (:mod:`experiments.transfer`) rather than a fine-tuning study: its CSV has
+    the per-seed pool-label analysis rows."""
+    from experiments.transfer import _ANALYSIS_ROW
+
+    return any(r["row"] == _ANALYSIS_ROW for r in rows)
+
+
 def study_tables(csv_path: Path, md: str) -> list[list[str]]:
     """The generated table blocks of one study's md file, from its CSV alone."""
     rows = read_csv(csv_path)
-    if csv_path.name.startswith("transfer_"):
+    if _frozen_encoder(rows):
         from experiments.transfer import table_blocks
 
         return table_blocks(rows)
@@ -397,17 +405,17 @@ def regenerate(csv_path: str | os.PathLike, plots: bool = True, check: bool = Fa
     if check:
         return new == md
     md_path.write_text(new, encoding="utf-8")
-    transfer = csv_path.name.startswith("transfer_")
+    rows = read_csv(csv_path)
+    transfer = _frozen_encoder(rows)
     png = csv_path.with_name(csv_path.stem + "_acc.png") if transfer else csv_path.with_suffix(".png")
     if plots and png.exists():  # the studies whose md shows the accuracy plot
         from experiments.transfer import plot_accuracy
 
-        rows = read_csv(csv_path)
         if transfer:
             from experiments.transfer import summarize as t_summarize
             from experiments.transfer import wide_rows
 
-            plot_accuracy(t_summarize(wide_rows(rows)), png, csv_path.stem.removeprefix("transfer_"))
+            plot_accuracy(t_summarize(wide_rows(rows)), png, rows[0]["task"])
         else:
             summary = summarize(rows)
             plot_accuracy(_plot_summary(summary), png, plot_title(rows[0]["task"], summary))
