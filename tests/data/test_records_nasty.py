@@ -304,3 +304,38 @@ def test_bom_and_line_ends_in_txt_and_jsonl(tmp_path):
     pd = pytest.importorskip("pandas")
     df = pd.read_json(io.BytesIO(j.read_bytes()[3:]), lines=True)
     assert df["text"].tolist() == ["a", "b\rc"]
+
+
+# ------------------------------------------------------------------------------------------ CLI / pipeline
+def _hash_encoder():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("_hash_encoder", Path(__file__).parents[1] / "xite" / "_hash_encoder.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.HashEncoder()
+
+
+def test_header_flag_reaches_the_reader_and_the_store_fingerprint(tmp_path, capsys):
+    """``--no-header`` -> ``EncodeConfig.header`` -> ``index_corpus``; the store's source fingerprint
+    records it; without the flag a headerless file is an error naming the file, line and the flag."""
+    import numpy as np
+
+    from xite_fast.cli.main import build_parser, config_from_args, main
+    from xite_fast.xite.pipeline import EncodeConfig, run_encode
+
+    p = tmp_path / "h.csv"
+    p.write_text('good "one",pos\n"two, quoted",neg\n')
+    argv = ["encode", "--input", str(p), "--out", str(tmp_path / "e")]
+    assert build_parser().parse_args(argv).header is True
+    cfg = config_from_args(EncodeConfig, build_parser().parse_args([*argv, "--no-header"]))
+    assert cfg.header is False
+    enc = _hash_encoder()
+    store = run_encode(cfg, encoder=enc)
+    np.testing.assert_array_equal(store.to_memmap()[:], enc.encode(['good "one"', "two, quoted"]))
+    assert store.manifest["source"]["header"] is False
+    rc = main([*argv[:-1], str(tmp_path / "e2"), "--num-layers", "2"])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "h.csv:1: no column text_field='text' in the header ['good \"one\"', 'pos']" in err and "--no-header" in err

@@ -57,6 +57,10 @@ def add_common_args(p: argparse.ArgumentParser, config_cls: type) -> None:
         "--pair-field", default=d["pair_field"], help="field / column of the second text of a sentence pair"
     )
     g.add_argument(
+        "--header", action=argparse.BooleanOptionalAction, default=d["header"],
+        help="TSV/CSV: the first line names the columns (--no-header: the columns are text, label, text pair)",
+    )  # fmt: skip
+    g.add_argument(
         "--ray", metavar="ADDRESS", default=d["ray"],
         help="run encoding (and matching) on Ray: 'local', 'auto', HOST:PORT or ray://HOST:PORT; same output",
     )  # fmt: skip

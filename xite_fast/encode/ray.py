@@ -356,10 +356,7 @@ def _plan_specs(source: Any, text_field: str, errors: str, shard_size: int, pair
     index = corpus.index_of(source, text_field, errors, pair_field)
     if index is not None:
         fingerprint = index.fingerprint()
-        fields = {
-            "text_field": index.text_field, "label_field": index.label_field,
-            "pair_field": index.pair_field, "errors": index.errors,
-        }  # fmt: skip
+        fields = index.read_options()  # the worker's RecordReader reads the rows as they were indexed
         path = str(Path(index.path).resolve())  # absolute: a worker's working directory may differ
         specs = [
             {

@@ -1,7 +1,12 @@
-"""The whole ``augment`` job as one library function over a run directory: :func:`run_augment`.
+"""The corpus jobs as library functions: :func:`run_augment` (the whole ``augment`` job over a run
+directory) and :func:`run_encode` (one corpus into an embedding store).
 
-``xite-fast augment`` is ``run_augment(AugmentConfig(...))`` plus printing; Python callers get the same
-run directory and the same :class:`AugmentRun`. Stages (each reads what the one before wrote, once):
+``xite-fast augment`` is ``run_augment(AugmentConfig(...))`` plus printing (``xite-fast encode``:
+``run_encode(EncodeConfig(...))``); Python callers get the same run directory and the same
+:class:`AugmentRun`. The configs compose the option groups that have one home each:
+:class:`~xite_fast.xite.augmenter.AugmentOptions`, :class:`CorpusConfig` and
+:class:`~xite_fast.encode.encoder.EncoderConfig`. Stages of ``augment`` (each reads what the one
+before wrote, once):
 
 1. **inputs**: a bundled spec (``chatterbot:korean``, see :mod:`xite_fast.data.bundled`) is written to
    ``OUT/inputs/<name>.jsonl`` (rewritten if its bytes differ); a file is read where it is.
@@ -61,8 +66,9 @@ __all__ = ["AugmentConfig", "AugmentRun", "CorpusConfig", "EncodeConfig", "run_a
 
 log = logging.getLogger("xite_fast")
 _CONFIG_VERSION = 2
-# options that do not change any output byte (so not part of config.json)
-_NOT_IDENTITY = ("out", "ray", "match_chunk", "backend", "progress", "encoder_runtime")
+# options that do not change any output byte (so not part of config.json); ``header`` changes the rows of a
+# TSV/CSV input only, and is in that input's fingerprint (config.json's source/target) instead
+_NOT_IDENTITY = ("out", "ray", "match_chunk", "backend", "progress", "encoder_runtime", "header")
 
 
 @dataclass(kw_only=True)
@@ -73,6 +79,8 @@ class CorpusConfig(EncoderConfig):
     Attributes:
         shard_size: rows per embedding shard (and per synthetic part).
         text_field, label_field, pair_field: field / column names (``pair_field``: sentence pairs).
+        header: TSV/CSV: the first line names the columns (False: columns text, label, text pair by
+            position; :func:`~xite_fast.data.records.iter_records`).
         ray: Ray address (encode, and match, on Ray; same bytes). progress: tqdm bars (None: on a tty).
     """
 
@@ -80,6 +88,7 @@ class CorpusConfig(EncoderConfig):
     text_field: str = "text"
     label_field: str = "label"
     pair_field: str | None = None
+    header: bool = True
     ray: str | None = None
     progress: bool | None = None
 
@@ -241,7 +250,7 @@ def run_encode(config: EncodeConfig, *, encoder: Any = None):
         # one validating pass (empty, binary, non-UTF-8, bad JSON) before the model is loaded
         source = index_corpus(
             config.input, text_field=config.text_field, label_field=config.label_field,
-            pair_field=config.pair_field, name="input",
+            pair_field=config.pair_field, name="input", header=config.header,
         )  # fmt: skip
     return _encode_store(config, source, Path(config.out), encoder, encoder or config.make_encoder)
 
@@ -367,7 +376,7 @@ class _Run:
         cfg = self.cfg
         return index_corpus(
             path, need_label=need_label, text_field=cfg.text_field, label_field=cfg.label_field,
-            pair_field=self.pair_fields[name], max_rows=cfg.max_rows, name=name,
+            pair_field=self.pair_fields[name], max_rows=cfg.max_rows, name=name, header=cfg.header,
         )  # fmt: skip
 
     def config_of(self, inputs: dict) -> dict:
