@@ -307,6 +307,13 @@ def test_auto_without_the_optional_runtimes_falls_back_to_torch(bert_dir, monkey
         Encoder(bert_dir, precision="int8")
 
 
+def test_openvino_int8_without_nncf_names_the_extra(bert_dir, monkeypatch):
+    pytest.importorskip("openvino")
+    _without(monkeypatch, "nncf")
+    with pytest.raises(ValueError, match=r"needs NNCF: `pip install xite_fast\[int8\]`"):
+        Encoder(bert_dir, runtime="openvino", precision="int8")
+
+
 @pytest.mark.parametrize(
     ("missing", "precision", "want"),
     [

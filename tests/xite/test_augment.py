@@ -212,6 +212,8 @@ def test_one_home_for_the_defaults():
     for f in dataclasses.fields(AugmentOptions):
         assert params[f.name].default == f.default == getattr(cfg, f.name), f.name
     assert params["batch_size"].default == EncoderConfig.batch_size == cfg.batch_size
+    with pytest.warns(FutureWarning, match=r"encoder_backend=...\) is deprecated; use encoder_runtime="):
+        assert AugmentConfig("s", "t", "o", encoder_backend="torch").encoder_runtime == "torch"
 
 
 def test_transfer_counts_merge_like_one_count():
