@@ -13,12 +13,13 @@ EXPECTED = {
     "Backend", "backends_available", "__version__",
     "cosine_topk", "lda_project_interp", "sinkhorn_divergence",
     "LanguageLDA", "Encoder", "encode_corpus", "EmbeddingStore", "XiteAugmenter",
-    "AugmentConfig", "run_augment",
+    "AugmentConfig", "run_augment", "EncodeConfig", "run_encode",
     "XiteConfig", "XiteModel", "XiteDataset", "XiteCollator", "XiteTrainer", "train_xite", "predict",
     "OTAlignConfig", "ot_align",
 }  # fmt: skip
 CLASSES = {
-    "Backend", "LanguageLDA", "Encoder", "EmbeddingStore", "XiteAugmenter", "AugmentConfig", "XiteConfig", "XiteModel",
+    "Backend", "LanguageLDA", "Encoder", "EmbeddingStore", "XiteAugmenter", "AugmentConfig", "EncodeConfig",
+    "XiteConfig", "XiteModel",
     "XiteDataset", "XiteCollator", "XiteTrainer", "OTAlignConfig",
 }  # fmt: skip
 

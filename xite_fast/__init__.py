@@ -24,6 +24,9 @@ _LAZY = {
     # the whole `xite-fast augment` job over a run directory (the CLI calls the same function)
     "AugmentConfig": "xite_fast.xite.pipeline",
     "run_augment": "xite_fast.xite.pipeline",
+    # `xite-fast encode`: one corpus into an EmbeddingStore
+    "EncodeConfig": "xite_fast.xite.pipeline",
+    "run_encode": "xite_fast.xite.pipeline",
     # fine-tuning inside Hugging Face Trainer (names chosen so no submodule shadows them)
     "XiteConfig": "xite_fast.train.config",
     "XiteModel": "xite_fast.train.model",
