@@ -180,7 +180,7 @@ def test_line_splitter_at_every_chunk_boundary(tmp_path, name):
     for chunk in (1, 2, 3, 5, 64, 1 << 20):
         h = data._CountingHasher()
         with open(p, "rb") as fh:
-            lines = data._Lines(fh, 0, data._EOL, hasher=h, chunk=chunk)
+            lines = data._Lines(fh, 0, True, hasher=h, chunk=chunk)
             got, ends = [], []
             while line := lines.next_line():
                 got.append(line)
@@ -279,6 +279,19 @@ def test_huge_unclosed_quote_is_an_error_not_a_record(tmp_path):
     p.write_text('text,label\na,x\n"open\n' + "more text\n" * 20000)
     with pytest.raises(ValueError, match=r"u\.csv:3: (malformed CSV record .*field larger than field limit|a quoted field opened)"):
         data.index_corpus(p)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+def test_a_long_document_reads_as_pandas_reads_it(tmp_path, fmt):
+    """csv's default field limit (131072 characters) is not a limit of the reader (pandas has none)."""
+    pd = pytest.importorskip("pandas")
+    sep = "\t" if fmt == "tsv" else ","
+    doc = ("word " * 60000).strip()
+    p = tmp_path / f"l.{fmt}"
+    p.write_text(f"text{sep}label\n{doc}{sep}a\n\"{doc}\n{doc}\"{sep}b\n")
+    want = [data.Record(t.strip(), lab) for t, lab in pd.read_csv(p, sep=sep, dtype=str).values.tolist()]
+    assert _ours(p, True, None) == want and len(want[1].text) > 500000
+    assert data.index_corpus(p).reader().get([1, 0]) == want[::-1]
 
 
 def test_records_after_max_rows_are_not_parsed(tmp_path):

@@ -35,7 +35,6 @@ import csv
 import hashlib
 import json
 import os
-import re
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -72,9 +71,11 @@ _LABEL_TYPES = (str, int, float, bool)
 _CHUNK = 1 << 22
 _READ_CHUNK = 1 << 13  # RecordReader: one record per seek
 _BOM = b"\xef\xbb\xbf"
-_EOL = re.compile(rb"\r\n?|\n")  # universal newlines, as open(newline="") splits text
-_EOL_LF = re.compile(rb"\n")  # JSON Lines: lines end at \n (a \r before it is JSON whitespace)
 _DELIMITER = {"tsv": "\t", "csv": ","}
+# csv refuses fields over 131072 characters by default, pandas has no limit: raised (never lowered, the
+# setting is process-wide) so that a long document reads as pandas reads it, and still bounded, so that
+# an unclosed quote does not pull a whole large file into one field
+_FIELD_LIMIT = 1 << 24
 
 
 class Record(NamedTuple):
@@ -269,17 +270,17 @@ def _blank(cells: list[str]) -> bool:
 
 
 class _Lines:
-    """Binary lines of a file from ``offset``, with the byte offset after each (``pos``).
+    """Binary lines of a file from ``offset``, with the byte offset after the last one (``pos``).
 
-    Lines end at ``eol`` (the terminator stays on the line); a UTF-8 byte order mark at offset 0 is
-    skipped; ``hasher`` (optional) sees every byte read, in order.
+    Lines end at ``\n``, ``\r\n`` or (``cr=True``) a lone ``\r``, as ``open(newline="")`` splits text;
+    the terminator stays on the line. A UTF-8 byte order mark at offset 0 is skipped; ``hasher``
+    (optional) sees every byte read, in order.
     """
 
-    def __init__(self, fh, offset: int, eol: re.Pattern, *, hasher=None, chunk: int = _CHUNK):
-        self.fh, self.pos, self.eol, self.hasher, self.chunk = fh, offset, eol, hasher, chunk
+    def __init__(self, fh, offset: int, cr: bool, *, hasher=None, chunk: int = _CHUNK):
+        self.fh, self.pos, self.cr, self.hasher, self.chunk = fh, offset, cr, hasher, chunk
         self.buf, self.i, self.eof = b"", 0, False
         if offset == 0:
-            self._fill()
             while len(self.buf) < len(_BOM) and not self.eof:
                 self._fill()
             if self.buf.startswith(_BOM):
@@ -293,18 +294,27 @@ class _Lines:
         self.buf = self.buf[self.i :] + data
         self.i = 0
 
+    def _end(self) -> int:
+        """End of the line starting at ``i`` in the buffer, or -1 when the buffer cannot tell yet."""
+        buf, i = self.buf, self.i
+        j = buf.find(b"\n", i)
+        if not self.cr:
+            return j + 1 if j >= 0 else -1
+        r = buf.find(b"\r", i, j if j >= 0 else len(buf))
+        if r < 0 or r == j - 1:  # no \r before the \n, or \r\n
+            return j + 1 if j >= 0 else -1
+        # a lone \r, unless it is the buffer's last byte: then the next byte may be the \n of a \r\n
+        return r + 1 if r + 1 < len(buf) else -1
+
     def next_line(self) -> bytes:
         """The next line with its terminator; ``b""`` at end of file."""
-        while True:
-            m = self.eol.search(self.buf, self.i)
-            # a \r at the end of the buffer may be the first half of \r\n: decide with the next byte
-            if m is not None and (m.end() < len(self.buf) or self.eof or self.buf[m.end() - 1] != 13):
-                end = m.end()
-                break
+        end = self._end()
+        while end < 0:
             if self.eof:
                 end = len(self.buf)
                 break
             self._fill()
+            end = self._end()
         line = self.buf[self.i : end]
         self.i = end
         self.pos += len(line)
@@ -339,6 +349,8 @@ def _table_rows(lines: _Lines, p: Path, fmt: str, errors: str, lineno: int | Non
                 rec[0], rec[1] = start, _where(p, lineno, start)
             yield _decode(raw, _where(p, lineno, start), errors)
 
+    if csv.field_size_limit() < _FIELD_LIMIT:
+        csv.field_size_limit(_FIELD_LIMIT)
     reader = csv.reader(source(), delimiter=_DELIMITER[fmt], quotechar='"', doublequote=True, strict=False)
     while True:
         try:
@@ -363,7 +375,7 @@ def _iter_line_records(
     p: Path, fmt: str, layout: _Layout, *, need_label: bool, errors: str, hasher, seen: list,
 ) -> Iterator[tuple[int, Record]]:  # fmt: skip
     with open(p, "rb") as fh:
-        lines = _Lines(fh, 0, _EOL_LF if fmt == "jsonl" else _EOL, hasher=hasher)
+        lines = _Lines(fh, 0, fmt != "jsonl", hasher=hasher)  # JSON Lines end at \n (\r is JSON whitespace)
         if fmt in ("tsv", "csv"):
             for start, where, cells in _table_rows(lines, p, fmt, errors, 0):
                 if layout.width is None:
@@ -392,7 +404,7 @@ def _iter_line_records(
 def _read_columns(p: Path, layout: _Layout, errors: str) -> None:
     """Fill a TSV/CSV ``layout`` as :func:`_iter_line_records` does, from the first non-blank record."""
     with open(p, "rb") as fh:
-        for _, where, cells in _table_rows(_Lines(fh, 0, _EOL, chunk=_READ_CHUNK), p, layout.fmt, errors, 0):
+        for _, where, cells in _table_rows(_Lines(fh, 0, True, chunk=_READ_CHUNK), p, layout.fmt, errors, 0):
             if not _blank(cells):
                 _set_columns(layout, cells, where, False)
                 return
@@ -720,6 +732,7 @@ class RecordReader:
         self.errors = errors
         self._fh = None
         self._pq = None
+        self._lines = self._rows = None  # kept: the next row is read on without a seek when it follows
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -735,14 +748,18 @@ class RecordReader:
             _read_columns(self.path, self.layout, self.errors)  # the header (or first record) decides the columns
         if self._fh is None:
             self._fh = open(self.path, "rb")  # noqa: SIM115 - closed in close()/__del__
-        self._fh.seek(off)
-        lines = _Lines(self._fh, off, _EOL_LF if self.fmt == "jsonl" else _EOL, chunk=_READ_CHUNK)
+        if self._lines is None or self._lines.pos != off:
+            self._fh.seek(off)
+            self._lines = _Lines(self._fh, off, self.fmt != "jsonl", chunk=_READ_CHUNK)
+            self._rows = None
         if self.fmt in ("tsv", "csv"):
-            for _, where, cells in _table_rows(lines, self.path, self.fmt, self.errors, None):
-                return _parse(cells, self.layout, f"{where} (row {r})", False, [])
-            return None
+            if self._rows is None:
+                self._rows = _table_rows(self._lines, self.path, self.fmt, self.errors, None)
+            _, where, cells = next(self._rows, (None, None, None))
+            return None if cells is None else _parse(cells, self.layout, f"{where} (row {r})", False, [])
         where = f"{self.path} (row {r}, byte {off})"
-        return _parse(_decode(lines.next_line(), where, self.errors).rstrip("\r\n"), self.layout, where, False, [])
+        line = _decode(self._lines.next_line(), where, self.errors)
+        return _parse(line.rstrip("\r\n"), self.layout, where, False, [])
 
     def get(self, rows) -> list[Record]:
         """The :class:`Record` of each row index in ``rows`` (any order, repeats allowed)."""
@@ -750,7 +767,11 @@ class RecordReader:
         offs = np.asarray(self.offsets)[rows] if len(rows) else []
         out = []
         for r, off in zip(rows.tolist(), offs, strict=True):
-            rec = self._one(r, int(off))
+            try:
+                rec = self._one(r, int(off))
+            except BaseException:
+                self._lines = self._rows = None  # read the next row afresh
+                raise
             if rec is None:
                 raise ValueError(f"{self.path}: row {r} is blank; the file changed since it was indexed")
             out.append(rec)
@@ -759,7 +780,7 @@ class RecordReader:
     def close(self) -> None:
         if self._fh is not None and not self._fh.closed:
             self._fh.close()
-        self._pq = None
+        self._fh = self._lines = self._rows = self._pq = None
 
     def __del__(self):
         try:
