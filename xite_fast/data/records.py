@@ -184,7 +184,7 @@ def _column(names: list[str], field_name: str, what: str, where: str) -> int | N
     return None
 
 
-def _set_columns(layout: _Layout, cells: list[str] | None, where: str, need_label: bool) -> None:
+def _set_columns(layout: _Layout, cells: list[str], where: str, need_label: bool) -> None:
     """Fill ``layout`` from the header ``cells`` (header=True) or the first record ``cells`` (header=False)."""
     layout.width = len(cells)
     if not layout.header:
