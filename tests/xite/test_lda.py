@@ -67,11 +67,11 @@ def test_subspace_matches_sklearn(C, D, shrinkage):
         assert min(np.abs(a - b).max(), np.abs(a + b).max()) < 1e-6 * max(1.0, np.abs(b).max())
 
 
-@pytest.mark.parametrize("n_components", [1, 2, 10])
+@pytest.mark.parametrize("n_components", [1, 2, 3])
 def test_n_components_truncates_like_sklearn(n_components):
     X, y = make_languages(4, 40, 80, seed=7)
     ours = LanguageLDA(n_components=n_components).fit(X, y)
-    r = min(n_components, 3)
+    r = n_components
     sk = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto", n_components=r).fit(
         X.astype(np.float64), y
     )
@@ -283,3 +283,49 @@ def test_fit_language_basis_is_the_one_fitter():
     ids = sample_ids(100, 10, np.random.default_rng(1))
     assert len(ids) == 10 and np.all(np.diff(ids) > 0)
     np.testing.assert_array_equal(ids, np.sort(np.random.default_rng(1).choice(100, 10, replace=False)))
+
+
+def test_n_components_above_the_maximum_is_an_error_like_sklearn():
+    X, y = make_languages(4, 40, 80, seed=7)
+    with pytest.raises(ValueError, match=r"n_components must be <= min\(languages - 1, D\) = min\(3, 40\) = 3, got 10"):
+        LanguageLDA(n_components=10).fit(X, y)
+    assert LanguageLDA().fit(X, y).components_.shape == (40, 3)  # None: the maximum
+
+
+@pytest.mark.parametrize(
+    "langs,match",
+    [
+        ([None] * 10 + ["a"] * 10, r"languages\[0\] must be a str or int language label, got None"),
+        (["a"] * 10 + [float("nan")] * 10, r"languages\[10\] must be a str or int language label, got nan"),
+        ([np.nan] * 10 + [1.0] * 10, r"languages\[0\] must be a str or int language label, got nan"),
+        (np.array([np.nan] * 10 + [1.0] * 10), "languages must hold str or int labels, got dtype float64"),
+        (["a"] * 10 + [1] * 10, "all str or all int labels, got a mix"),
+        ([True] * 10 + [False] * 10, r"languages\[0\] must be a str or int language label, got True"),
+        (np.array([True] * 10 + [False] * 10), "languages must hold str or int labels, got dtype bool"),
+        ([{"x": 1}] * 10 + ["a"] * 10, r"languages\[0\] must be a str or int"),
+    ],
+)
+def test_labels_that_are_not_languages_are_refused(langs, match):
+    X = np.random.default_rng(0).standard_normal((20, 6))
+    with pytest.raises(ValueError, match=match):
+        LanguageLDA().fit(X, langs)
+
+
+def test_object_labels_str_or_int_still_fit():
+    X = np.random.default_rng(0).standard_normal((20, 6))
+    assert LanguageLDA().fit(X, np.array(["en"] * 10 + ["ko"] * 10, dtype=object)).classes_.tolist() == ["en", "ko"]
+    assert LanguageLDA().fit(X, [0] * 10 + [1] * 10).classes_.tolist() == [0, 1]
+
+
+def test_save_writes_exactly_the_path_given(tmp_path):
+    X, y = make_languages(2, 8, 20)
+    lda = LanguageLDA().fit(X, y)
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ValueError, match=r"path must be a file name ending with '.npz', got .*d' \(a directory\)"):
+        lda.save(tmp_path / "d")
+    with pytest.raises(ValueError, match=r"got .*model' \(no .npz suffix\)"):
+        lda.save(tmp_path / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # nothing written (no d.npz, no model.npz)
+    lda.save(tmp_path / "m.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "m.npz"]
+    np.testing.assert_array_equal(LanguageLDA.load(tmp_path / "m.npz").components_, lda.components_)

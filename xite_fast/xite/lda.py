@@ -88,7 +88,8 @@ def _labels(languages: Any, n: int) -> np.ndarray:
             f"languages must be a sequence of N={n} labels (str or int), got a single {type(languages).__name__}"
         )
     try:
-        lab = np.asarray(languages)
+        # a list is checked item by item (as objects): np.asarray(["a", nan]) would make nan the str 'nan'
+        lab = np.asarray(languages, dtype=None if isinstance(languages, np.ndarray) else object)
     except Exception as exc:  # ragged or exotic input
         raise ValueError(
             f"languages must be a sequence of N={n} labels (str or int), got {type(languages).__name__}"
@@ -98,7 +99,21 @@ def _labels(languages: Any, n: int) -> np.ndarray:
     if lab.dtype.kind not in "UiuSO":
         raise ValueError(f"languages must hold str or int labels, got dtype {lab.dtype}")
     if lab.dtype.kind == "O":
-        lab = lab.astype(str)
+        # each label is a str or an int (not None, NaN, bool, float, ...): str() would make None a
+        # language 'None', and 1 and '1' one language
+        kinds = set()
+        for i, v in enumerate(lab):
+            if isinstance(v, (str, np.str_)):
+                kinds.add(str)
+            elif isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+                kinds.add(int)
+            else:
+                raise ValueError(f"languages[{i}] must be a str or int language label, got {v!r}")
+        if len(kinds) > 1:
+            raise ValueError("languages must be all str or all int labels, got a mix of str and int")
+        lab = lab.astype(str if str in kinds else np.int64)
+    elif lab.dtype.kind == "b":
+        raise ValueError(f"languages must hold str or int labels, got dtype {lab.dtype}")
     return lab
 
 
@@ -209,7 +224,12 @@ class LanguageLDA:
                 "use shrinkage='auto' or a float in (0, 1], or more samples"
             ) from exc
         max_r = min(C - 1, d)
-        r = max_r if self.n_components is None else min(self.n_components, max_r)
+        if self.n_components is not None and self.n_components > max_r:
+            raise ValueError(
+                f"n_components must be <= min(languages - 1, D) = min({C - 1}, {d}) = {max_r}, got "
+                f"{self.n_components}; pass n_components=None for the maximum"
+            )
+        r = max_r if self.n_components is None else self.n_components
         sort = np.argsort(evals)[::-1]
         self.explained_variance_ratio_ = np.sort(evals / np.sum(evals))[::-1][:r]
         self.scalings_ = np.ascontiguousarray(evecs[:, sort[:r]])
@@ -292,10 +312,28 @@ class LanguageLDA:
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
-        """Write the fitted model to an ``.npz`` file (no pickle)."""
+        """Write the fitted model to the ``.npz`` file ``path`` (no pickle; atomic: temporary + rename).
+
+        Raises:
+            ValueError: ``path`` does not end with ``.npz`` or is a directory (the file is written at
+                exactly ``path``, so :meth:`load` reads it back from the same name).
+        """
+        import io
+
+        from xite_fast._io import atomic_write_bytes
+
         self._check_fitted()
+        p = os.fspath(path)
+        if os.path.isdir(p) or not str(p).endswith(".npz"):
+            why = "a directory" if os.path.isdir(p) else "no .npz suffix"
+            raise ValueError(f"path must be a file name ending with '.npz', got {str(p)!r} ({why})")
+        buf = io.BytesIO()
+        self._savez(buf)
+        atomic_write_bytes(p, buf.getvalue())
+
+    def _savez(self, fh: Any) -> None:
         np.savez(
-            path,
+            fh,
             format=np.array(_FORMAT),
             components=self.components_,
             scalings=self.scalings_,
