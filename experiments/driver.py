@@ -623,7 +623,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
         freeze_embeddings=True,
         freeze_layers=cfg.freeze_layers,
         hidden_layer=cfg.hidden_layer,
-        lam=cfg.lam,
+        lam=cfg.lam if alpha is None else None,  # a given lam is a fixed λ: only without Beta
         alpha=alpha,
         lda_mode=cfg.lda_mode,
         backend=cfg.backend,
