@@ -15,6 +15,7 @@ EXPECTED = {
     "LanguageLDA", "Encoder", "encode_corpus", "EmbeddingStore", "XiteAugmenter",
     "AugmentConfig", "run_augment", "EncodeConfig", "run_encode",
     "XiteConfig", "XiteModel", "XiteDataset", "XiteCollator", "XiteTrainer", "train_xite", "predict",
+    "classification_metrics", "label_map_for",
     "OTAlignConfig", "ot_align",
 }  # fmt: skip
 CLASSES = {
@@ -48,4 +49,5 @@ def test_each_name_is_its_callable_or_class_even_after_submodule_imports():
 
     assert issubclass(xite_fast.XiteTrainer, Trainer)
     assert xite_fast.train_xite.__module__ == "xite_fast.train.trainer"
+    assert xite_fast.label_map_for.__module__ == xite_fast.classification_metrics.__module__ == "xite_fast.train.trainer"
     assert xite_fast.run_augment.__module__ == "xite_fast.xite.pipeline"

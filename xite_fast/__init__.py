@@ -35,6 +35,8 @@ _LAZY = {
     "XiteTrainer": "xite_fast.train.trainer",
     "train_xite": "xite_fast.train.trainer",
     "predict": "xite_fast.train.trainer",
+    "classification_metrics": "xite_fast.train.trainer",  # compute_metrics for Trainer: accuracy, macro-F1
+    "label_map_for": "xite_fast.train.trainer",  # the label order train_xite writes into model.config
     "OTAlignConfig": "xite_fast.train.align",
     "ot_align": "xite_fast.train.align",
     "sinkhorn_divergence": "xite_fast.ops.sinkhorn",
