@@ -10,7 +10,7 @@ import importlib
 
 from xite_fast._backend import Backend, backends_available
 
-__version__ = "0.1.0"
+from xite_fast._version import __version__
 
 # public name -> submodule that defines it (loaded lazily, so `import xite_fast` stays cheap)
 _LAZY = {
