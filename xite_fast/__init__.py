@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 
 from xite_fast._backend import Backend, backends_available
-
 from xite_fast._version import __version__
 
 # public name -> submodule that defines it (loaded lazily, so `import xite_fast` stays cheap)
