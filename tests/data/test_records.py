@@ -164,5 +164,85 @@ def test_table_adapters_match_the_parquet_reader(tmp_path):
         list(iter_table_records(mixed))
     with pytest.raises(ValueError, match="no column text_field='sentence'"):
         list(iter_table_records(df, text_field="sentence"))
-    with pytest.raises(ValueError, match="must be a pandas.DataFrame"):
+    with pytest.raises(ValueError, match=r"table\[0\] must be a str or a \(text, text_pair\) 2-tuple of str, got tuple"):
         list(iter_table_records([("a", 1)]))
+    with pytest.raises(ValueError, match="must be a file path, a pandas DataFrame/Series"):
+        list(iter_table_records(3))
+
+
+def test_one_adapter_for_files_and_tables_rows_as_pandas_and_datasets_read_them(tmp_path):
+    """iter_table_records reads a file, a DataFrame, a Dataset / IterableDataset, a dict and one column
+    (Series, Column, list) with the same rules; the rows equal what pandas and datasets read."""
+    pd = pytest.importorskip("pandas")
+    datasets = pytest.importorskip("datasets")
+    from xite_fast.data.records import iter_table_records
+
+    df = pd.DataFrame(
+        {
+            "sentence": [" first ", "second, with comma", "", "fourth \"quoted\"", "fifth", "  "],
+            "y": ["a", "b", "a", "b", "a", "b"],
+            "hyp": ["h1", "h2", "h3", "h4", "h5", "h6"],
+        }
+    )
+    df.to_csv(tmp_path / "t.csv", index=False)
+    df.to_json(tmp_path / "t.jsonl", orient="records", lines=True, force_ascii=False)
+    df.to_parquet(tmp_path / "t.parquet")
+    kw = {"text_field": "sentence", "label_field": "y", "pair_field": "hyp", "need_label": True}
+    ref = pd.read_csv(tmp_path / "t.csv", keep_default_na=False)  # what pandas reads back
+    want = [
+        data.Record(t.strip(), y, p.strip()) for t, y, p in zip(ref.sentence, ref.y, ref.hyp, strict=True) if t.strip()
+    ]
+    ds = datasets.Dataset.from_pandas(df)
+    assert [r["sentence"] for r in datasets.load_dataset("csv", data_files=str(tmp_path / "t.csv"), split="train")] == [
+        s if s else None for s in df.sentence
+    ]  # datasets reads the same cells (an empty cell as None: skipped like a blank one)
+    sources = {
+        "csv": tmp_path / "t.csv", "jsonl": str(tmp_path / "t.jsonl"), "parquet": tmp_path / "t.parquet",
+        "DataFrame": df, "Dataset": ds, "IterableDataset": ds.to_iterable_dataset(), "dict": df.to_dict("list"),
+    }  # fmt: skip
+    for what, src in sources.items():
+        assert [r for _, r in iter_table_records(src, **kw)] == want, what
+    rows = [i for i, _ in iter_table_records(df, **kw)]
+    assert rows == [0, 1, 3, 4]  # positional rows of the table
+    assert [r for _, r in iter_table_records(df, max_rows=2, **kw)] == want[:2]
+    # one column: texts only, the same rules
+    texts = [r.text for r in want]
+    for col in (df["sentence"], ds["sentence"], list(df["sentence"])):
+        assert [r.text for _, r in iter_table_records(col)] == texts
+    pairs = list(zip(df.sentence, df.hyp, strict=True))
+    assert [(r.text, r.pair) for _, r in iter_table_records(pairs)] == [(r.text, r.pair) for r in want]
+    # errors name the argument
+    with pytest.raises(ValueError, match=r"source: no column text_field='text'; columns: \['sentence', 'y', 'hyp'\]"):
+        list(iter_table_records(df, name="source"))
+    with pytest.raises(ValueError, match="source: labels missing: a Series of texts has no labels"):
+        list(iter_table_records(df["sentence"], name="source", need_label=True))
+    with pytest.raises(ValueError, match=r"source is a DatasetDict with splits \['train'\]: pass one split"):
+        list(iter_table_records(datasets.DatasetDict({"train": ds}), name="source"))
+    with pytest.raises(ValueError, match=r"source: row 1: label 1 is a int but earlier labels are str"):
+        list(iter_table_records(pd.DataFrame({"text": ["a", "b"], "label": ["x", 1]}, dtype=object), name="source"))
+
+
+def test_as_texts_one_text_per_row_verbatim():
+    pd = pytest.importorskip("pandas")
+    datasets = pytest.importorskip("datasets")
+    from xite_fast.data.records import as_texts
+
+    texts = [" a ", "", "b"]
+    df = pd.DataFrame({"text": texts, "other": ["x", "y", "z"]})
+    ds = datasets.Dataset.from_pandas(df)
+    for obj in (texts, tuple(texts), np.asarray(texts), (t for t in texts), df, df["text"], ds, ds["text"], {"text": texts}):
+        assert as_texts(obj, "texts") == (texts, None)
+    assert as_texts(df, "texts", text_field="other", pair_field="text") == (["x", "y", "z"], texts)
+    assert as_texts([("a", "b"), ("c", "d")], "texts") == (["a", "c"], ["b", "d"])
+    with pytest.raises(ValueError, match=r"texts\[1\] must be a str .*got NoneType"):
+        as_texts(pd.Series(["a", None]), "texts")
+    with pytest.raises(ValueError, match=r"texts: row 1, column 'text' is missing \(None / NaN\)"):
+        as_texts(pd.DataFrame({"text": ["a", None]}), "texts")
+    with pytest.raises(ValueError, match=r"texts: no column text_field='text' in the DataFrame .*pass texts=<table>\[<column>\]"):
+        as_texts(df.rename(columns={"text": "t"}), "texts")
+    with pytest.raises(ValueError, match="texts must be a sequence of texts .* got a single str"):
+        as_texts("abc", "texts")
+    with pytest.raises(ValueError, match=r"texts\[1\]: mix of single texts and \(text, text_pair\) tuples"):
+        as_texts(["a", ("b", "c")], "texts")
+    with pytest.raises(ValueError, match="texts must hold single texts"):
+        as_texts([("b", "c")], "texts", allow_pairs=False)

@@ -210,9 +210,9 @@ def test_onnx_graph_is_cached_and_fused(enc_onnx):
 
 
 def test_bad_texts(enc_onnx):
-    with pytest.raises(ValueError, match=r"texts\[2\] must be a str or a \(text, text_pair\) 2-tuple of str, got NoneType"):
+    with pytest.raises(ValueError, match=r"sentences\[2\] must be a str or a \(text, text_pair\) 2-tuple of str, got NoneType"):
         enc_onnx.encode(["a", "b", None])
-    with pytest.raises(ValueError, match=r"texts\[0\] must be a str or a \(text, text_pair\) 2-tuple of str, got int"):
+    with pytest.raises(ValueError, match=r"sentences\[0\] must be a str or a \(text, text_pair\) 2-tuple of str, got int"):
         enc_onnx.encode([3])
     with pytest.raises(ValueError, match="got int"):
         enc_onnx.encode(3)

@@ -2,9 +2,11 @@
 
 Each subcommand is a module of this package that parses its arguments, calls one library function
 (:func:`xite_fast.xite.pipeline.run_augment`, :func:`xite_fast.encode_corpus`) and prints. Messages go
-through ``logging.getLogger("xite_fast")`` to stderr (``--quiet``: warnings only, ``--verbose``: debug);
-the result summary goes to stdout (``--json``: one JSON object). Exit status: 0 done, 2 a bad input or
-option (``xite-fast: error: ...``), 1 an environment problem (disk full, unreachable cluster, locked).
+through :mod:`xite_fast.logging` to stderr (``--quiet``: warnings only, ``--verbose``: debug);
+the result summary goes to stdout (``--json``: one JSON object). Exit status (:data:`EXIT_STATUS`): 0 done,
+2 a usage error: a bad option, input file or out directory (``xite-fast: error: ...``), 1 a runtime error
+(disk full, unwritable directory, unreachable cluster, locked, an input edited during the run, an encoder
+failure). No traceback reaches the user (``--verbose`` logs it for an unexpected error).
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ import dataclasses
 import logging
 import sys
 
-__all__ = ["main", "build_parser", "add_common_args", "config_from_args"]
+__all__ = ["main", "build_parser", "add_common_args", "config_from_args", "EXIT_STATUS"]
+
+EXIT_STATUS = (
+    "exit status: 0 done; 2 usage error (a bad option, input file or --out directory: nothing was "
+    "changed); 1 runtime error (disk full, unwritable or locked directory, an input edited during the run, "
+    "an encoder or cluster failure: fix the cause and rerun the same command, a run resumes)"
+)
 
 
 class CLIError(ValueError):
@@ -91,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     from xite_fast._version import __version__
     from xite_fast.cli import augment, encode
 
-    parser = argparse.ArgumentParser(prog="xite-fast", description="Fast XITE cross-lingual augmentation.")
+    parser = argparse.ArgumentParser(
+        prog="xite-fast", description="Fast XITE cross-lingual augmentation.", epilog=EXIT_STATUS
+    )
     parser.add_argument("--version", action="version", version=f"xite-fast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -102,15 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(args) -> None:
-    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
-    log = logging.getLogger("xite_fast")
-    log.handlers[:] = [h for h in log.handlers if not getattr(h, "_xite_cli", False)]
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[xite-fast] %(message)s"))
-    handler._xite_cli = True  # type: ignore[attr-defined]
-    log.addHandler(handler)
-    log.setLevel(level)
-    log.propagate = False
+    """``--quiet`` / ``--verbose`` through :mod:`xite_fast.logging`: each message once, on stderr."""
+    from xite_fast import logging as xf_logging
+
+    xf_logging.set_verbosity(
+        xf_logging.WARNING if args.quiet else xf_logging.DEBUG if args.verbose else xf_logging.INFO
+    )
+    xf_logging.enable_default_handler(always=True)
 
 
 def _flag_message(exc: BaseException, fields) -> str:
@@ -162,5 +170,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RuntimeError as exc:  # an unavailable backend, an unreachable cluster, a locked directory
         print(f"xite-fast: error: {_flag_message(exc, fields)}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # unwritable / read-only directory, I/O error: the message names the path
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in str(exc.strerror) else ""
+        print(f"xite-fast: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a defect or a dependency's failure: one line, the traceback only with --verbose
+        logging.getLogger("xite_fast").debug("traceback of the unexpected error", exc_info=True)
+        print(
+            f"xite-fast: error: unexpected {type(exc).__name__}: {exc} (rerun with --verbose for the traceback "
+            "and report it)",
+            file=sys.stderr,
+        )
         return 1
     return 0

