@@ -52,6 +52,7 @@ __all__ = [
     "iter_table_records",
     "as_texts",
     "table_kind",
+    "table_jsonl",
     "index_corpus",
     "RecordReader",
     "read_labelled",
@@ -1031,3 +1032,23 @@ def read_texts(
     if not texts:
         raise ValueError(f"target: empty corpus (no non-blank records) in {str(path)!r}")
     return texts
+
+
+def table_jsonl(
+    table: Any, *, need_label: bool = False, text_field: str = "text", label_field: str = "label",
+    pair_field: str | None = None, name: str = "table",
+) -> Iterator[bytes]:
+    """The records of an in-memory table (:func:`iter_table_records`) as JSON Lines, one ``bytes`` line per
+    record with the fields ``text_field`` / ``label_field`` (when labelled) / ``pair_field``: what a run
+    directory stores for a DataFrame / Dataset input, so it is read, fingerprinted and resumed as a file.
+    Reading the lines back with the same field names gives the same records."""
+    for _, rec in iter_table_records(
+        table, need_label=need_label, text_field=text_field, label_field=label_field, pair_field=pair_field,
+        name=name,
+    ):  # fmt: skip
+        obj: dict = {text_field: rec.text}
+        if rec.label is not None:
+            obj[label_field] = rec.label
+        if pair_field is not None:
+            obj[pair_field] = rec.pair
+        yield (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")

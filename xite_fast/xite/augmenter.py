@@ -188,6 +188,44 @@ class AugmentResult:
         (:func:`xite_fast.xite.report.provenance`; labels keep their type)."""
         return provenance(self.target_id, self.source_id, self.labels, self.similarity, self.lam, self.mode)
 
+    def _table_records(self, source_texts: Any, target_texts: Any) -> list[dict]:
+        from xite_fast.data.records import Record, as_texts
+
+        source_texts = getattr(self, "source_texts", None) if source_texts is None else source_texts
+        target_texts = getattr(self, "target_texts", None) if target_texts is None else target_texts
+        if (source_texts is None) != (target_texts is None):
+            raise ValueError("pass both source_texts and target_texts (the texts given to augment), or neither")
+        recs: dict = {}
+        for name, texts, ids in (("source", source_texts, self.source_id), ("target", target_texts, self.target_id)):
+            if texts is None:
+                continue
+            t, p = as_texts(texts, f"{name}_texts")
+            if len(ids) and int(ids.max()) >= len(t):
+                raise ValueError(f"{name}_texts has {len(t)} rows but the result refers to row {int(ids.max())}")
+            recs[name] = [Record(t[i], None, None if p is None else p[i]) for i in ids.tolist()]
+        return provenance(
+            self.target_id, self.source_id, self.labels, self.similarity, self.lam, self.mode,
+            target_records=recs.get("target"), source_records=recs.get("source"),
+        )  # fmt: skip
+
+    def to_dataset(self, source_texts: Any = None, target_texts: Any = None, *, embeddings: bool = False,
+                   cache_dir: Any = None):  # fmt: skip
+        """The synthetic rows as a ``datasets.Dataset`` (:func:`xite_fast.xite.report.synthetic_row`:
+        ``text`` / ``text_pair`` = the target text, ``label``, ``source_text``, ``similarity``, ``lam``,
+        ``target_id``, ``source_id``, ``mode``; ``embedding`` with ``embeddings=True``). The text columns
+        need the texts given to :meth:`XiteAugmenter.augment` (lists, Series, Columns; pairs as tuples)."""
+        from xite_fast.xite.report import _memory_rows, rows_dataset
+
+        kw = {"records": self._table_records(source_texts, target_texts), "vectors": self.embeddings}
+        return rows_dataset(_memory_rows, {**kw, "embeddings": embeddings}, cache_dir=cache_dir)
+
+    def to_pandas(self, source_texts: Any = None, target_texts: Any = None, *, embeddings: bool = False):
+        """The synthetic rows as a ``pandas.DataFrame`` (columns as :meth:`to_dataset`)."""
+        from xite_fast.xite.report import rows_frame, synthetic_rows
+
+        recs = self._table_records(source_texts, target_texts)
+        return rows_frame(synthetic_rows([(recs, self.embeddings)], embeddings=embeddings))
+
 
 def _check_embeddings(name: str, x: Any) -> np.ndarray:
     check_matrix(name, x, what="(N, D)")

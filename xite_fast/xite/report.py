@@ -1,12 +1,14 @@
 """The one report builder of :class:`~xite_fast.xite.augmenter.XiteAugmenter` and the ``augment`` pipeline:
 mergeable counters (:class:`TransferCounts`, with a :class:`SimilarityHistogram`), gold accuracy, the
-report dict, the provenance records of synthetic rows, and the CLI's text summary."""
+report dict, the provenance records of synthetic rows, the synthetic rows as a table (``to_dataset`` /
+``to_pandas`` of both results) and the CLI's text summary."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +20,11 @@ __all__ = [
     "format_summary",
     "majority_baseline",
     "provenance",
+    "SYNTHETIC_COLUMNS",
+    "synthetic_row",
+    "synthetic_rows",
+    "rows_dataset",
+    "rows_frame",
 ]
 
 
@@ -263,3 +270,83 @@ def format_summary(report: dict, out) -> str:
     lines.append("  time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["timing_s"].items()))
     lines.append(f"  wrote {out}/synthetic (manifest.json) and {out}/report.json")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- tables out
+# The synthetic rows as a table, for the run directory (AugmentRun) and the in-memory result
+# (AugmentResult) alike: one row per synthetic row, built from its provenance record.
+SYNTHETIC_COLUMNS = (
+    "text", "text_pair", "label", "source_text", "source_pair", "similarity", "lam", "target_id", "source_id",
+    "gold_label", "mode",
+)  # fmt: skip
+_FROM_PROVENANCE = {"text": "target_text", "text_pair": "target_pair", "source_pair": "source_pair"}
+
+
+def synthetic_row(rec: dict) -> dict:
+    """The table row of one provenance record (:func:`provenance`): ``text`` / ``text_pair`` (the target
+    text, which the synthetic row stands for), ``label`` (transferred), ``source_text`` / ``source_pair``
+    (the matched source row), ``similarity``, ``lam`` (λ, the source row's weight), ``target_id``,
+    ``source_id``, ``gold_label`` (when the target had gold labels) and ``mode``; absent fields are None."""
+    return {c: rec.get(_FROM_PROVENANCE.get(c, c)) for c in SYNTHETIC_COLUMNS}
+
+
+def synthetic_rows(parts, *, embeddings: bool = False):
+    """Rows (dicts) of the synthetic table from ``parts``: an iterable of ``(records, vectors)`` with
+    ``records`` an iterable of provenance dicts and ``vectors`` a (rows, D) array (or None); with
+    ``embeddings`` each row gets its float32 ``embedding``. Columns that are None in the first row (no
+    pairs, no gold labels, no texts) are left out. Streams: one part's records at a time."""
+    columns = None
+    for records, vectors in parts:
+        for j, rec in enumerate(records):
+            row = synthetic_row(rec)
+            if columns is None:
+                columns = [c for c in SYNTHETIC_COLUMNS if row[c] is not None]
+            out = {c: row[c] for c in columns}
+            if embeddings:
+                out["embedding"] = np.asarray(vectors[j], dtype=np.float32)
+            yield out
+
+
+def _part_rows(parts: list, embeddings: bool):
+    """``datasets`` generator over run-directory parts ``[(provenance.jsonl, part.npy, sha256s), ...]``
+    (module level, so the cache key is the parts' sha256s)."""
+    import json
+
+    def load(jsonl: str, npy: str):
+        with open(jsonl, encoding="utf-8") as fh:
+            recs = [json.loads(line) for line in fh]
+        return recs, (np.load(npy, mmap_mode="r") if embeddings else None)
+
+    yield from synthetic_rows((load(j, n) for j, n, _ in parts), embeddings=embeddings)
+
+
+def _memory_rows(records: list, vectors: Any, embeddings: bool):
+    yield from synthetic_rows([(records, vectors)], embeddings=embeddings)
+
+
+def rows_dataset(gen: Any, gen_kwargs: dict, *, cache_dir: Any = None):
+    """``datasets.Dataset.from_generator(gen, gen_kwargs=...)``: written to Arrow batch by batch (a
+    million rows never sit in memory as Python objects), memory-mapped back."""
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ImportError("to_dataset() needs the `datasets` package: `pip install datasets`") from exc
+    from xite_fast.logging import progress_enabled
+
+    kw = {} if cache_dir is None else {"cache_dir": str(cache_dir)}
+    quiet = not progress_enabled(None) and not datasets.utils.are_progress_bars_disabled()
+    if quiet:  # datasets draws its own bars: only where ours would be drawn
+        datasets.utils.disable_progress_bars()
+    try:
+        return datasets.Dataset.from_generator(gen, gen_kwargs=gen_kwargs, **kw)
+    finally:
+        if quiet:
+            datasets.utils.enable_progress_bars()
+
+
+def rows_frame(rows: Any):
+    """A ``pandas.DataFrame`` of synthetic rows (see :func:`synthetic_rows`)."""
+    import pandas as pd
+
+    rows = list(rows)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["label", "similarity", "lam", "target_id", "source_id", "mode"])
