@@ -6,7 +6,7 @@ label-transfer accuracy), then runs the CLI in a subprocess exactly as a user wo
 
     xite-fast augment --source src.jsonl --target tgt.jsonl --out DIR [--ray ADDR] [extra options]
 
-Reads the per-stage wall times from ``DIR/report.json`` (``timing_s``), samples the RSS of the CLI
+Reads the per-stage wall times from ``DIR/timings.json`` (``timing_s``), samples the RSS of the CLI
 process tree (driver + children, e.g. Ray workers) every 0.2 s for the peak, and measures the matching
 kernel's rate (``cosine_topk`` of the run's own stored target embeddings against its source
 embeddings, tiled when the run is too small to be compute-bound) to split the match stage into its
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if rc != 0:
         raise SystemExit(f"xite-fast augment exited with {rc}")
     report = json.loads((out / "report.json").read_text())
-    timing = {k: float(v) for k, v in report["timing_s"].items()}
+    timing = {k: float(v) for k, v in json.loads((out / "timings.json").read_text())["timing_s"].items()}
     gflops, dim, timed = kernel_rate(out, args.k)
     if lock is not None:
         lock.close()

@@ -61,6 +61,11 @@ __all__ = [
     "cache_root",
     "quiet_logger",
     "quiet_transformers",
+    "prepare_dir",
+    "check_owned_dir",
+    "digest_of",
+    "with_digest",
+    "bare_name",
 ]
 
 TMP_MARK = ".tmp-"
@@ -454,3 +459,85 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+# ----------------------------------------------------------------------------- owned directories, digests
+
+
+def prepare_dir(path: str | os.PathLike, what: str = "out") -> Path:
+    """Check that ``path`` can be a directory we write in, then create it (with its parents).
+
+    ValueError naming ``what`` and the path when it is a file, lies under a file, or is a symlink to
+    nothing; the ``OSError`` of a read-only or forbidden location is re-raised with a message naming
+    the path and how to recover (``errno`` kept).
+    """
+    p = Path(path).expanduser()
+    if p.is_symlink() and not p.exists():
+        raise ValueError(
+            f"{what} {str(p)!r} is a symbolic link to {os.readlink(p)!r}, which does not exist; "
+            "remove the link or pass another directory"
+        )
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{what} must be a directory, but {str(p)!r} is a file; pass a new directory path")
+    for parent in p.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise ValueError(
+                    f"{what} {str(p)!r} cannot be created: {str(parent)!r} is a file, not a directory; "
+                    "pass a path under a directory"
+                )
+            break
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _raise_disk_full(exc, p)
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise type(exc)(
+            exc.errno, f"cannot create {what} directory {str(p)!r}: {reason}; pass a writable location"
+        ) from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise PermissionError(
+            errno.EACCES, f"cannot write in {what} directory {str(p)!r} (read-only or no permission); "
+            "pass a writable location"
+        )
+    return p
+
+
+def check_owned_dir(path: Path, what: str, is_ours: Callable[[Path], bool], ignore: Callable[[str], bool]) -> bool:
+    """Refuse to write in someone else's non-empty directory. Returns True when ``path`` is ours
+    (``is_ours(path)``), False when it is missing or holds only names ``ignore(name)`` accepts (our
+    lock and temporary files); ValueError naming the directory and a few of its entries otherwise."""
+    if not path.is_dir():
+        return False
+    if is_ours(path):
+        return True
+    foreign = sorted(e.name for e in path.iterdir() if not ignore(e.name))
+    if not foreign:
+        return False
+    shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+    raise ValueError(
+        f"{what} {str(path)!r} is not empty and was not made by xite_fast (it holds {shown}); nothing was "
+        "written there: pass a new or empty directory"
+    )
+
+
+def digest_of(record: dict, key: str = "digest") -> str:
+    """sha256 of a JSON record without its own ``key``: covers every field that drives results (a store's
+    mean, a part's label counts), so an edit is detected."""
+    return hashlib.sha256(json_bytes({k: v for k, v in record.items() if k != key})).hexdigest()
+
+
+def with_digest(record: dict, key: str = "digest") -> dict:
+    """``record`` plus its :func:`digest_of` under ``key``."""
+    return {**{k: v for k, v in record.items() if k != key}, key: digest_of(record, key)}
+
+
+def bare_name(name: Any, pattern: str, what: str, example: str) -> str:
+    """``name`` if it is a plain file name fully matching the regular expression ``pattern`` (no folder,
+    no ``..``, not absolute): every path a manifest names stays inside its directory. ValueError else."""
+    if not isinstance(name, str) or not re.fullmatch(pattern, name) or Path(name).name != name:
+        raise ValueError(
+            f"{what} names the file {name!r}; expected a plain file name inside the directory "
+            f"(like {example!r}): refusing a path that leaves it"
+        )
+    return name

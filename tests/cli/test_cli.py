@@ -131,8 +131,10 @@ def _augment_argv(src, tgt, out, *extra):
 
 
 def _files(out: Path) -> dict[str, bytes]:
+    """The synthetic parts and report.json (deterministic: a resume writes the same bytes)."""
     syn = out / "synthetic"
-    return {p.name: p.read_bytes() for p in sorted(syn.iterdir()) if not p.name.startswith(".")}
+    files = {p.name: p.read_bytes() for p in sorted(syn.iterdir()) if not p.name.startswith(".")}
+    return {**files, "report.json": (out / "report.json").read_bytes()}
 
 
 def test_augment_end_to_end_and_resume_after_kill(tmp_path, capsys):
@@ -186,11 +188,11 @@ def test_augment_end_to_end_and_resume_after_kill(tmp_path, capsys):
     assert (out_b / "synthetic" / "part-00000.done.json").exists()
     assert not (out_b / "synthetic" / "part-00001.npy").exists() and not (out_b / "report.json").exists()
     assert main(_augment_argv(src, tgt, out_b, "--lam", "beta", "--mode", "proj", "--center")) == 0
-    assert json.loads((out_b / "report.json").read_text())["shards_skipped_on_resume"] == 1
+    assert json.loads((out_b / "timings.json").read_text())["shards_skipped_on_resume"] == 1
     assert _files(out_b) == _files(out_a)
     # a rerun of a finished run skips everything and changes nothing
     assert main(_augment_argv(src, tgt, out_b, "--lam", "beta", "--mode", "proj", "--center")) == 0
-    assert json.loads((out_b / "report.json").read_text())["shards_skipped_on_resume"] == 3
+    assert json.loads((out_b / "timings.json").read_text())["shards_skipped_on_resume"] == 3
     assert _files(out_b) == _files(out_a)
     # different options into the same --out are refused
     err = _err(capsys, _augment_argv(src, tgt, out_b, "--lam", "0.3", "--mode", "proj", "--center"))
@@ -376,7 +378,7 @@ def test_precision_flag_is_recorded_and_checked_on_resume(tmp_path, capsys):
     err = _err(capsys, _augment_argv(src, tgt, out))  # default fp32 into the bf16 run
     assert "holds a run with different options (precision)" in err
     assert main(_augment_argv(src, tgt, out, "--precision", "bf16", "--quiet")) == 0  # same precision resumes
-    assert json.loads((out / "report.json").read_text())["shards_skipped_on_resume"] == 1
+    assert json.loads((out / "timings.json").read_text())["shards_skipped_on_resume"] == 1
 
     # a run directory written before --precision existed (no key) was fp32 and resumes as fp32
     fp = tmp_path / "fp"
@@ -386,7 +388,7 @@ def test_precision_flag_is_recorded_and_checked_on_resume(tmp_path, capsys):
     del conf["precision"]
     (fp / "config.json").write_text(json.dumps(conf))
     assert main(_augment_argv(src, tgt, fp, "--quiet")) == 0
-    assert json.loads((fp / "report.json").read_text())["shards_skipped_on_resume"] == 1
+    assert json.loads((fp / "timings.json").read_text())["shards_skipped_on_resume"] == 1
     err = _err(capsys, _augment_argv(src, tgt, fp, "--precision", "int8"))
     assert "holds a run with different options (precision)" in err
 
@@ -405,3 +407,72 @@ def test_precision_flag_is_recorded_and_checked_on_resume(tmp_path, capsys):
     err = _err(capsys, [*argv, "--precision", "int8", "--encoder-backend", "torch"])
     assert "--encoder-backend is deprecated; use --encoder-runtime" in err
     assert "precision='int8' needs runtime in" in err
+
+
+def test_bad_input_classes_exit_2_and_leave_files_alone(tmp_path, capsys, monkeypatch):
+    """Usage errors (exit 2, ``xite-fast: error: ...`` naming the file or directory, checked before the
+    model is loaded): a foreign --out, --out under a file, a dangling symlink, encode --out a file, a
+    garbage .parquet."""
+    import xite_fast.encode.encoder as encoder_mod
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not be loaded for a bad input")
+
+    monkeypatch.setattr(encoder_mod.Encoder, "__init__", no_model)
+    src, tgt, txt = _write_small(tmp_path, n_src=20, n_tgt=10)
+    aug = ["augment", "--num-layers", "2", "--source", str(src), "--target", str(tgt), "--max-rows", "50"]
+    m = tmp_path / "m"
+    m.mkdir()
+    (m / "config.json").write_text('{"model_type":"bert"}')
+    err = _err(capsys, [*aug, "--out", str(m)])
+    assert f"--out '{m}' is not empty and was not made by xite_fast (it holds config.json)" in err
+    assert (m / "config.json").read_text() == '{"model_type":"bert"}' and [p.name for p in m.iterdir()] == ["config.json"]
+    e = tmp_path / "e"
+    e.mkdir()
+    (e / "manifest.json").write_text('{"model_type":"bert"}')
+    err = _err(capsys, ["encode", "--input", str(txt), "--out", str(e)])
+    assert f"'{e}' is not empty and was not made by xite_fast (it holds manifest.json)" in err
+    assert (e / "manifest.json").read_text() == '{"model_type":"bert"}' and len(list(e.iterdir())) == 1
+    err = _err(capsys, [*aug, "--out", str(txt / "sub")])
+    assert f"--out '{txt / 'sub'}' cannot be created: '{txt}' is a file" in err
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    err = _err(capsys, [*aug, "--out", str(tmp_path / "dangling")])
+    assert "is a symbolic link to" in err and "which does not exist" in err
+    err = _err(capsys, ["encode", "--input", str(src), "--out", str(txt)])
+    assert f"must be a directory, but '{txt}' is a file" in err
+    garbage = tmp_path / "g.parquet"
+    garbage.write_bytes(b"not parquet at all")
+    err = _err(capsys, [*aug[:3], "--source", str(garbage), "--target", str(tgt), "--out", str(tmp_path / "o")])
+    assert f"{garbage}: not a readable Parquet file" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "exc,match",
+    [
+        (RuntimeError("the target input 't.jsonl' was modified during the run"), "was modified during the run"),
+        (PermissionError(30, "cannot create out directory '/ro/o': Read-only file system; pass a writable location"),
+         "cannot create out directory '/ro/o'"),
+        (OSError(5, "Input/output error", "/data/x.npy"), r"Input/output error \(/data/x.npy\)"),
+        (KeyError("boom"), r"unexpected KeyError: 'boom' \(rerun with --verbose for the traceback"),
+    ],
+)  # fmt: skip
+def test_runtime_errors_exit_1_without_a_traceback(tmp_path, capsys, monkeypatch, exc, match):
+    import xite_fast.xite.pipeline as pipeline
+
+    def fail(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(pipeline, "run_augment", fail)
+    rc = main(["augment", "--source", "s.jsonl", "--target", "t.jsonl", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 1 and __import__("re").search(match, err), err
+    assert err.startswith("xite-fast: error: ") and "Traceback" not in err
+
+
+def test_help_documents_the_exit_status(capsys):
+    for argv in (["--help"], ["augment", "--help"], ["encode", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = " ".join(capsys.readouterr().out.split())
+        assert "exit status: 0 done; 2 usage error" in out and "1 runtime error" in out, argv

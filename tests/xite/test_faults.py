@@ -59,19 +59,13 @@ def _run(src, tgt, out, **kw):
 
 
 def _files(out: Path) -> dict[str, str]:
-    """sha256 of every file of a run directory (relative paths), report.json without its run facts."""
+    """sha256 of every file of a run directory (relative paths; report.json too: it is deterministic),
+    except the lock and timings.json (the facts of one process: stage times, parts reused, files re-made)."""
     got = {}
     for p in sorted(out.rglob("*")):
-        if not p.is_file() or p.name == ".lock":
+        if not p.is_file() or p.name == ".lock" or str(p.relative_to(out)) == "timings.json":
             continue
-        rel = str(p.relative_to(out))
-        if rel == "report.json":
-            rep = json.loads(p.read_text())
-            for key in ("timing_s", "shards_skipped_on_resume", "remade"):
-                rep.pop(key)
-            got[rel] = json.dumps(rep, sort_keys=True)
-        else:
-            got[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+        got[str(p.relative_to(out))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return got
 
 

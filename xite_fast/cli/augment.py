@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from xite_fast.cli.main import add_common_args, config_from_args, field_defaults
+from xite_fast.cli.main import EXIT_STATUS, add_common_args, config_from_args, field_defaults
 
 
 def _float_or_beta(value: str):
@@ -27,10 +27,14 @@ def add_parser(sub, fmt) -> None:
     a = sub.add_parser(
         "augment", help="label-transfer + interpolation of a target corpus", formatter_class=fmt,
         description="Run (or resume) the XITE augment job in --out; see xite_fast.xite.pipeline.",
+        epilog=EXIT_STATUS,
     )  # fmt: skip
     a.add_argument("--source", required=True, help="labelled source: .jsonl/.tsv/.csv/.parquet or chatterbot:<lang>")
     a.add_argument("--target", required=True, help="target: .txt/.jsonl/.tsv/.csv/.parquet or chatterbot:<lang>")
-    a.add_argument("--out", required=True, help="run directory (resumable, movable)")
+    a.add_argument(
+        "--out", required=True,
+        help="run directory (resumable, movable): new, empty or an earlier run's; never another program's files",
+    )  # fmt: skip
     add_common_args(a, AugmentConfig)
     a.add_argument("--backend", default=d["backend"], choices=[b.value for b in Backend], help="backend of the ops")
     a.add_argument("--k", type=int, default=d["k"], help="neighbours for --vote weighted")
@@ -57,8 +61,9 @@ def run(args) -> dict:
     from xite_fast.xite.report import format_summary
 
     result = run_augment(config_from_args(AugmentConfig, args))
+    summary = {**result.report, **result.timings}  # report.json + timings.json
     if args.json:
-        print(json.dumps({"out": str(result.out), **result.report}, ensure_ascii=False, sort_keys=True))
+        print(json.dumps({"out": str(result.out), **summary}, ensure_ascii=False, sort_keys=True))
     else:
-        print(format_summary(result.report, result.out))
-    return result.report
+        print(format_summary(summary, result.out))
+    return summary

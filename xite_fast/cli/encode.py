@@ -6,15 +6,20 @@ from __future__ import annotations
 import json
 import time
 
-from xite_fast.cli.main import add_common_args, config_from_args
+from xite_fast.cli.main import EXIT_STATUS, add_common_args, config_from_args
 
 
 def add_parser(sub, fmt) -> None:
     from xite_fast.xite.pipeline import EncodeConfig
 
-    e = sub.add_parser("encode", help="embed a corpus into a sharded EmbeddingStore", formatter_class=fmt)
+    e = sub.add_parser(
+        "encode", help="embed a corpus into a sharded EmbeddingStore", formatter_class=fmt, epilog=EXIT_STATUS
+    )
     e.add_argument("--input", required=True, help=".txt/.jsonl/.tsv/.csv/.parquet or a bundled spec")
-    e.add_argument("--out", required=True, help="store directory (resumable)")
+    e.add_argument(
+        "--out", required=True,
+        help="store directory (resumable): new, empty or an earlier store's; to start over, delete it",
+    )  # fmt: skip
     add_common_args(e, EncodeConfig)
     e.set_defaults(run=run)
 

@@ -237,7 +237,7 @@ def encode_corpora_ray(
     with contextlib.ExitStack() as stack:
         states, items = [], []
         for j, ((fingerprint, specs), out_dir) in enumerate(zip(plans, out_dirs, strict=True)):
-            out_dir.mkdir(parents=True, exist_ok=True)
+            corpus.claim_store_dir(out_dir)
             stack.enter_context(corpus.store_lock(out_dir))
             header = corpus.make_header(info, shard_size, batch_size, fingerprint)
             manifest = corpus.open_manifest(out_dir, header, overwrite)

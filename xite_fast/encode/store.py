@@ -36,15 +36,20 @@ from xite_fast._io import (
     atomic_save_npy,
     atomic_write_bytes,
     atomic_write_json,
+    bare_name,
+    check_owned_dir,
+    digest_of,
     exclusive_lock,
     fault_point,
+    prepare_dir,
     sha256_file,
     tmp_path,
+    with_digest,
 )
 from xite_fast._validation import check_positive_int
 from xite_fast.data.records import CorpusIndex, index_corpus, model_input
 
-__all__ = ["EmbeddingStore", "embedding_mean", "embedding_sum", "encode_corpus", "reusable_store"]
+__all__ = ["EmbeddingStore", "embedding_mean", "embedding_sum", "encode_corpus", "reusable_store", "store_problem"]
 
 log = logging.getLogger("xite_fast")
 
@@ -91,8 +96,66 @@ def embedding_mean(x: Any) -> np.ndarray:
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> None:
-    # no timestamps or timings in the manifest: an interrupted + resumed run must equal a clean one
-    atomic_write_json(out_dir / MANIFEST, manifest)
+    # no timestamps or timings in the manifest: an interrupted + resumed run must equal a clean one;
+    # its digest covers the fields that drive results (mean, shard sums, shard list)
+    manifest.pop("digest", None)
+    atomic_write_json(out_dir / MANIFEST, with_digest(manifest))
+
+
+def check_manifest(mpath: Path, manifest: Any) -> dict:
+    """``manifest`` (parsed from ``mpath``) if it is a store manifest of ours, unedited (its ``digest``;
+    a manifest of an older version has none), whose shard files are plain names inside the folder;
+    ValueError naming the file and the recovery otherwise."""
+    recover = f"delete {mpath.parent} and rerun (Python: encode_corpus(..., overwrite=True))"
+    if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
+        fmt = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"{mpath}: not an xite_fast embedding manifest (format={fmt!r})")
+    if "digest" in manifest and manifest["digest"] != digest_of(manifest):
+        raise ValueError(f"{mpath} was edited after it was written (its digest does not match); {recover}")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(e, dict) for e in shards):
+        raise ValueError(f"{mpath}: 'shards' must be a list of objects; {recover}")
+    for k, e in enumerate(shards):
+        bare_name(e.get("file"), _SHARD_RE.pattern[1:-1], str(mpath), _shard_name(0))
+        if e["file"] != _shard_name(k):
+            raise ValueError(f"{mpath}: shard {k} is {e['file']!r}, expected {_shard_name(k)!r}; {recover}")
+    return manifest
+
+
+def store_problem(out_dir: str | os.PathLike) -> str | None:
+    """Why the store folder ``out_dir`` cannot be resumed as it is (its manifest is missing while shard
+    files are there, unreadable, edited, or names paths outside it), or None (fine, or no store)."""
+    out_dir = Path(out_dir)
+    mpath = out_dir / MANIFEST
+    if not mpath.is_file():
+        shards = out_dir.is_dir() and any(_SHARD_RE.match(p.name) for p in out_dir.iterdir())
+        return "is missing (shard files are present)" if shards else None
+    try:
+        check_manifest(mpath, json.loads(mpath.read_text()))
+    except (OSError, ValueError) as exc:
+        return f"cannot be used ({exc})"
+    return None
+
+
+def _is_store(out_dir: Path) -> bool:
+    with contextlib.suppress(OSError, ValueError):
+        m = json.loads((out_dir / MANIFEST).read_text())
+        return isinstance(m, dict) and m.get("format") == _FORMAT
+    return False
+
+
+def _store_file(name: str) -> bool:
+    return bool(_SHARD_RE.match(name)) or name in (CONSOLIDATED, ".lock") or name.startswith(".pending-") or (
+        TMP_MARK in name
+    )
+
+
+def claim_store_dir(out_dir: str | os.PathLike) -> Path:
+    """Create the store folder ``out_dir``; ValueError naming it when it is a non-empty folder that is not
+    a store (a foreign ``manifest.json`` is never replaced), a file, or under one."""
+    out_dir = Path(out_dir).expanduser()
+    check_owned_dir(out_dir, "out_dir", _is_store, _store_file)
+    return prepare_dir(out_dir, "out_dir")
 
 
 @contextlib.contextmanager
@@ -206,10 +269,7 @@ class EmbeddingStore:
             self.manifest = json.loads(mpath.read_text())
         except (OSError, ValueError) as exc:
             raise ValueError(f"{mpath}: unreadable manifest ({exc})") from None
-        if self.manifest.get("format") != _FORMAT:
-            raise ValueError(
-                f"{mpath}: not an xite_fast embedding manifest (format={self.manifest.get('format')!r})"
-            )
+        check_manifest(mpath, self.manifest)
         self.dim = int(self.manifest["dim"])
         self.model_id = self.manifest["model_id"]
         self.complete = bool(self.manifest.get("complete"))
@@ -330,6 +390,7 @@ def encode_corpus(
     if not first:
         raise ValueError(f"source {describe(source)} has no texts; expected at least one line/row/item")
     texts = itertools.chain(first, texts)
+    out_dir = claim_store_dir(out_dir)  # never someone else's folder; before the model is loaded
     if encoder is None:
         from xite_fast.encode.encoder import Encoder
 
@@ -337,8 +398,6 @@ def encode_corpus(
     elif callable(encoder) and not hasattr(encoder, "encode"):
         encoder = encoder()  # a factory: the model is loaded only once the source passed its checks
     header = make_header(encoder, shard_size, batch_size, fingerprint)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     with store_lock(out_dir):
         manifest = open_manifest(out_dir, header, overwrite)
         done = manifest["shards"]
@@ -389,7 +448,7 @@ def encode_corpus(
         if k < len(done):
             raise ValueError(
                 f"{out_dir} holds {len(done)} shards but the source now has only {k} shards of texts; "
-                f"pass overwrite=True to start over"
+                f"delete {out_dir} and rerun (Python: encode_corpus(..., overwrite=True))"
             )
         finish_store(out_dir, manifest)
     return EmbeddingStore(out_dir)
@@ -485,6 +544,16 @@ def write_shard(
     emb = np.asarray(emb, dtype=np.float32)
     if emb.shape != (len(texts), dim):
         raise ValueError(f"encoder returned shape {emb.shape}, expected ({len(texts)}, {dim})")
+    bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
+    if len(bad):
+        rows = ", ".join(str(k * shard_size + int(i)) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        name = getattr(encoder, "model_id", type(encoder).__name__)
+        runtime = getattr(encoder, "runtime_name", None) or getattr(encoder, "runtime", None)
+        raise RuntimeError(
+            f"the encoder {name!r}{f' (runtime {runtime})' if runtime else ''} returned NaN or inf embeddings "
+            f"for {len(bad)} of {len(texts)} input rows (rows {rows}; first: {texts[int(bad[0])]!r:.80}); "
+            "nothing was written for this shard: try precision='fp32' or another runtime"
+        )
     name = _shard_name(k)
     sha = atomic_save_npy(out_dir / name, emb)
     entry = {
@@ -559,7 +628,8 @@ def verify_shard(out_dir: Path, shard: dict, chunk: list) -> bool:
     if len(chunk) != shard["rows"] or _texts_sha256(chunk) != shard["text_sha256"]:
         raise ValueError(
             f"{out_dir}: the texts of {shard['file']} (rows {shard['start']}..) differ from the source; "
-            f"out_dir holds the output of another source: use a new out_dir or overwrite=True"
+            f"out_dir holds the output of another source: use a new out directory, or delete {out_dir} "
+            "(Python: encode_corpus(..., overwrite=True))"
         )
     return sha256_file_or_none(out_dir / shard["file"]) == shard["sha256"]
 
@@ -574,7 +644,10 @@ def open_manifest(out_dir: Path, header: dict, overwrite: bool) -> dict:
         try:
             old = json.loads(mpath.read_text())
         except ValueError:
-            raise ValueError(f"{mpath}: unreadable manifest; pass overwrite=True to start over") from None
+            raise ValueError(
+                f"{mpath}: unreadable manifest; delete {out_dir} and rerun (Python: encode_corpus(..., overwrite=True))"
+            ) from None
+        check_manifest(mpath, old)
         diffs = [k for k in header if old.get(k) != header[k]]
         if diffs and not old.get("shards") and not old.get("complete"):
             diffs = []  # an earlier run failed before its first shard: nothing to protect
@@ -582,8 +655,8 @@ def open_manifest(out_dir: Path, header: dict, overwrite: bool) -> dict:
         if diffs:
             detail = "; ".join(f"{k}: existing {old.get(k)!r} vs now {header[k]!r}" for k in diffs)
             raise ValueError(
-                f"{out_dir} already holds embeddings of a different run ({detail}); use a new out_dir or "
-                f"pass overwrite=True"
+                f"{out_dir} already holds embeddings of a different run ({detail}); use a new out directory, "
+                f"or delete {out_dir} (Python: encode_corpus(..., overwrite=True))"
             )
         if old is not None:
             return old
@@ -591,7 +664,8 @@ def open_manifest(out_dir: Path, header: dict, overwrite: bool) -> dict:
         stray = [p.name for p in out_dir.iterdir() if _SHARD_RE.match(p.name) or p.name == CONSOLIDATED]
         if stray:
             raise ValueError(
-                f"{out_dir} holds shard files but no {MANIFEST} ({stray[:3]}...); pass overwrite=True or use a new out_dir"
+                f"{out_dir} holds shard files but no {MANIFEST} ({stray[:3]}...); delete {out_dir} and rerun "
+                "(Python: encode_corpus(..., overwrite=True)) or use a new out directory"
             )
     # start over: remove only files this module writes
     for p in out_dir.iterdir():

@@ -48,15 +48,22 @@ from typing import Any
 import numpy as np
 
 from xite_fast._io import (
+    TMP_MARK,
     DiskFullError,
     atomic_save_npy,
     atomic_write_bytes,
     atomic_write_json,
+    bare_name,
+    check_owned_dir,
+    digest_of,
     exclusive_lock,
     fault_point,
     file_matches,
+    prepare_dir,
     read_json,
     remove_stale_temps,
+    sha256_file,
+    with_digest,
 )
 from xite_fast._validation import check_positive_int
 from xite_fast.encode.encoder import EncoderConfig
@@ -66,6 +73,11 @@ __all__ = ["AugmentConfig", "AugmentRun", "CorpusConfig", "EncodeConfig", "run_a
 
 log = logging.getLogger("xite_fast")
 _CONFIG_VERSION = 2
+# written first into a new run directory: what makes it recognisably ours (a directory of an older version
+# is recognised by its config.json instead, see _is_run_dir)
+RUN_MARKER = ".xite_fast_run"
+_MARKER = {"format": "xite_fast.run", "version": 1}
+_PART_RE = r"part-\d{5}\.(npy|jsonl)"
 # options that do not change any output byte (so not part of config.json); ``header`` changes the rows of a
 # TSV/CSV input only, and is in that input's fingerprint (config.json's source/target) instead
 _NOT_IDENTITY = ("out", "ray", "match_chunk", "backend", "progress", "encoder_runtime", "header")
@@ -168,9 +180,11 @@ class AugmentRun:
     """What :func:`run_augment` returns.
 
     Attributes:
-        out: the run directory. report: the dict in ``OUT/report.json``. manifest: the dict in
-        ``OUT/synthetic/manifest.json`` (parts, label names, config). parts_reused: synthetic parts
-        kept from an earlier run. remade: files found missing/corrupt and re-made in this run.
+        out: the run directory. report: the dict in ``OUT/report.json`` (the same bytes for a resumed
+        and an uninterrupted run). manifest: the dict in ``OUT/synthetic/manifest.json`` (parts, label
+        names, config). parts_reused: synthetic parts kept from an earlier run. remade: files found
+        missing/corrupt and re-made in this run. timings: the dict in ``OUT/timings.json`` (facts of this
+        process: ``timing_s`` per stage, ``shards_skipped_on_resume``, ``remade``).
     """
 
     out: Path
@@ -178,16 +192,42 @@ class AugmentRun:
     manifest: dict
     parts_reused: int = 0
     remade: list[str] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+    def _part_path(self, p: dict, key: str) -> Path:
+        return self.out / "synthetic" / bare_name(p.get(key), _PART_RE, "synthetic/manifest.json", "part-00000.npy")
 
     def embeddings(self) -> np.ndarray:
         """All synthetic rows, (rows, D) float32 (loaded into memory)."""
-        syn = self.out / "synthetic"
-        arrs = [np.load(syn / p["embeddings"]) for p in self.manifest["parts"]]
+        arrs = [np.load(self._part_path(p, "embeddings")) for p in self.manifest["parts"]]
         return np.concatenate(arrs) if arrs else np.zeros((0, self.manifest["dim"]), np.float32)
 
     def provenance(self) -> list[dict]:
-        syn = self.out / "synthetic"
-        return [json.loads(x) for p in self.manifest["parts"] for x in (syn / p["provenance"]).open()]
+        return [json.loads(x) for p in self.manifest["parts"] for x in self._part_path(p, "provenance").open()]
+
+    def _parts(self) -> list:
+        return [
+            (str(self._part_path(p, "provenance")), str(self._part_path(p, "embeddings")), p["sha256"])
+            for p in self.manifest["parts"]
+        ]
+
+    def to_dataset(self, *, embeddings: bool = False, cache_dir: str | os.PathLike | None = None):
+        """The synthetic rows as a ``datasets.Dataset``, streamed part by part through
+        ``Dataset.from_generator`` (a million rows never sit in memory; cached by the parts' sha256).
+
+        Columns (:func:`xite_fast.xite.report.synthetic_row`): ``text`` (+ ``text_pair``) = the target
+        text the synthetic row stands for, ``label`` (transferred), ``source_text`` (+ ``source_pair``),
+        ``similarity``, ``lam`` (λ), ``target_id``, ``source_id``, ``gold_label`` (a target with gold
+        labels), ``mode``; ``embedding`` ((D,) float32) with ``embeddings=True``."""
+        from xite_fast.xite.report import _part_rows, rows_dataset
+
+        return rows_dataset(_part_rows, {"parts": self._parts(), "embeddings": embeddings}, cache_dir=cache_dir)
+
+    def to_pandas(self, *, embeddings: bool = False):
+        """The synthetic rows as a ``pandas.DataFrame`` (columns as :meth:`to_dataset`)."""
+        from xite_fast.xite.report import _part_rows, rows_frame
+
+        return rows_frame(_part_rows(self._parts(), embeddings))
 
 
 # ----------------------------------------------------------------------------------------- entry point
@@ -200,19 +240,25 @@ def run_augment(config: AugmentConfig, *, encoder: Any = None) -> AugmentRun:
             models); it must have ``encode``, ``dim`` and ``model_id``.
 
     Raises:
-        ValueError: a bad option or input (the message names it), or ``out`` holds a different run.
-        FileNotFoundError: a missing input. RuntimeError: another process is running in ``out``.
+        ValueError: a bad option or input (the message names it), ``out`` holds a different run, or
+            ``out`` is a non-empty directory that is not a run directory (nothing is written there).
+        FileNotFoundError: a missing input. RuntimeError: another process is running in ``out``, or an
+            input was modified during the run. PermissionError / OSError: ``out`` cannot be written.
         DiskFullError: no space left (rerun once space is back: the run resumes).
     """
     config.validate()
     out = _check_out(config.out)
+    check_owned_dir(out, "out", _is_run_dir, _ours_anyway)  # before anything is written in it
     if config.ray is not None:
         from xite_fast._ray import init_ray_for_run
 
         init_ray_for_run(config.ray)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_dir(out, "out")
         with exclusive_lock(out / ".lock", f"the run directory {out}"):
+            check_owned_dir(out, "out", _is_run_dir, _ours_anyway)  # again, now that no one else writes
+            if not (out / RUN_MARKER).is_file():
+                atomic_write_json(out / RUN_MARKER, _MARKER)
             n = remove_stale_temps(out)
             if n:
                 log.info("removed %d temporary file(s) left by an interrupted run", n)
@@ -282,6 +328,32 @@ def _check_out(out: Any) -> Path:
     return p
 
 
+def _is_our_config(conf: Any) -> bool:
+    """``conf`` (a parsed config.json) has the structure this package writes: an int ``version`` and
+    ``source`` / ``target`` objects holding the inputs' sha256."""
+    return (
+        isinstance(conf, dict)
+        and isinstance(conf.get("version"), int)
+        and all(isinstance(conf.get(k), dict) and "sha256" in conf[k] for k in ("source", "target"))
+    )
+
+
+def _is_run_dir(out: Path) -> bool:
+    """``out`` holds our marker, or (a run directory of an older version, made before the marker) a
+    config.json of our structure."""
+    with contextlib.suppress(OSError, ValueError):
+        if read_json(out / RUN_MARKER) == _MARKER:
+            return True
+    with contextlib.suppress(OSError, ValueError):
+        return _is_our_config(read_json(out / "config.json"))
+    return False
+
+
+def _ours_anyway(name: str) -> bool:
+    """Names an empty-but-started run directory may hold (our lock, temporaries of a killed write)."""
+    return name == ".lock" or TMP_MARK in name
+
+
 def _bar(progress: bool | None, **kw):
     from tqdm.auto import tqdm
 
@@ -313,8 +385,10 @@ class _Run:
         with self.stage("index"):
             src_path, tgt_path, inputs = self.resolve_inputs()
             fault_point("inputs")
+            stats = {"source": _stat_or_none(src_path), "target": _stat_or_none(tgt_path)}
             self.src = self.index("source", src_path, need_label=True)
             self.tgt = self.index("target", tgt_path, need_label=False)
+            self.input_stats = stats
             if cfg.vote == "weighted" and cfg.k > len(self.src):
                 raise ValueError(f"k must be <= the number of source rows ({len(self.src)}), got {cfg.k}")
             self.config = self.config_of(inputs)
@@ -328,7 +402,24 @@ class _Run:
         with self.stage("match+synthesize"):
             reused = self.synthesize(stores, W)
         fault_point("parts")
+        self.check_inputs_unchanged(full=True)
         return self.finish(stores, reused)
+
+    def check_inputs_unchanged(self, full: bool) -> None:
+        """RuntimeError naming an input file rewritten since it was indexed (its text would be paired with
+        the labels and embeddings of the old one). ``full``: compare the sha256 (before the run's
+        manifest); else size and mtime only (cheap, before each synthetic part is committed)."""
+        for name, idx in (("source", self.src), ("target", self.tgt)):
+            st = _stat_or_none(idx.path)
+            changed = st != self.input_stats[name]
+            if not changed and full:
+                changed = sha256_file(idx.path) != idx.sha256
+            if changed:
+                raise RuntimeError(
+                    f"the {name} input {str(idx.path)!r} was modified during the run (it no longer matches "
+                    "the content read at the start); nothing built from the new content was committed. "
+                    "Restore the file and rerun, or delete the out directory to start over with the new file"
+                )
 
     # ------------------------------------------------------------------------------------- inputs
     def resolve_inputs(self) -> tuple[Path, Path, dict]:
@@ -409,6 +500,12 @@ class _Run:
                 raise ValueError(
                     f"{exc}; {self.out} cannot be trusted: delete it (or use a new out directory) and rerun"
                 ) from None
+            if not _is_our_config(old) or old["version"] != _CONFIG_VERSION:
+                raise ValueError(
+                    f"{path} is not a run configuration of this xite_fast version (expected an object with "
+                    f"version {_CONFIG_VERSION}, source and target; got {json.dumps(old)[:80]}); "
+                    f"{self.out} cannot be trusted: delete it (or use a new out directory) and rerun"
+                )
             if "precision" not in old and old.get("version") == _CONFIG_VERSION:
                 old["precision"] = "fp32"  # written before the option existed: every run was fp32
             if old != self.config:
@@ -432,7 +529,7 @@ class _Run:
         return self.encoder
 
     def encode(self) -> dict:
-        from xite_fast.encode.store import reusable_store
+        from xite_fast.encode.store import reusable_store, store_problem
 
         cfg, stores, todo = self.cfg, {}, []
         for name, idx in (("source", self.src), ("target", self.tgt)):
@@ -444,12 +541,12 @@ class _Run:
                 stores[name] = st
         for name, idx, d in todo:
             overwrite = False
-            if (d / "manifest.json").exists():
-                try:
-                    read_json(d / "manifest.json")
-                except ValueError:
-                    self.remake(d / "manifest.json", "is not valid JSON")
-                    overwrite = True
+            why = store_problem(d)  # inside our run directory a store is ours: an untrustworthy one is re-made
+            if why:
+                self.remake(d / "manifest.json", why)
+                with contextlib.suppress(FileNotFoundError):
+                    (d / "manifest.json").unlink()  # not a store manifest to keep: the folder is re-made
+                overwrite = True
             stores[name] = _encode_store(cfg, idx, d, self.encoder, self.make_encoder, overwrite=overwrite)
         for name, idx in (("source", self.src), ("target", self.tgt)):
             if len(stores[name]) != len(idx):
@@ -495,13 +592,15 @@ class _Run:
             return False
         try:
             d = read_json(done)
-            ok = file_matches(syn / f"{stem}.jsonl", d["sha256"]["provenance"]) and file_matches(
-                syn / f"{stem}.npy", d["sha256"]["embeddings"]
+            ok = (
+                d.get("digest") == digest_of(d)  # the counters (label_counts, ...) as written
+                and file_matches(syn / f"{stem}.jsonl", d["sha256"]["provenance"])
+                and file_matches(syn / f"{stem}.npy", d["sha256"]["embeddings"])
             )
         except (OSError, ValueError, KeyError, TypeError):
             ok = False
         if not ok:
-            self.remake(syn / stem, "(a synthetic part) is missing or corrupt")
+            self.remake(syn / stem, "(a synthetic part) is missing, corrupt or edited")
         return ok
 
     def synthesize(self, stores, W) -> int:
@@ -567,14 +666,17 @@ class _Run:
                 fault_point(f"part:{part}:jsonl")
                 sha_e = atomic_save_npy(syn / f"{stem}.npy", np.ascontiguousarray(syn_rows, dtype=np.float32))
                 fault_point(f"part:{part}:npy")
+                self.check_inputs_unchanged(full=False)
                 atomic_write_json(
                     syn / f"{stem}.done.json",
-                    {
-                        "part": part,
-                        "target_start": int(t0),
-                        **counts.to_dict(),
-                        "sha256": {"provenance": sha_p, "embeddings": sha_e},
-                    },
+                    with_digest(
+                        {
+                            "part": part,
+                            "target_start": int(t0),
+                            **counts.to_dict(),
+                            "sha256": {"provenance": sha_p, "embeddings": sha_e},
+                        }
+                    ),
                 )
                 log.debug("%s: %d/%d rows", stem, len(kept), n)
                 bar.update(1)
@@ -623,11 +725,19 @@ class _Run:
         majority = majority_baseline(np.bincount(self.tgt.codes)) if self.tgt.has_labels else None
         report = build_report(label_names=names, counts=counts, options=options, majority=majority)
         report["n_source"] = len(self.src)
-        report["timing_s"] = self.times
-        report["shards_skipped_on_resume"] = reused
-        report["remade"] = self.remade
-        atomic_write_json(self.out / "report.json", report)
-        return AugmentRun(self.out, report, manifest, reused, self.remade)
+        atomic_write_json(self.out / "report.json", report)  # deterministic: a resume writes the same bytes
+        # the facts of this process (differ between a resumed and an uninterrupted run) live beside it
+        timings = {"timing_s": self.times, "shards_skipped_on_resume": reused, "remade": self.remade}
+        atomic_write_json(self.out / "timings.json", timings)
+        return AugmentRun(self.out, report, manifest, reused, self.remade, timings)
+
+
+def _stat_or_none(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 # ----------------------------------------------------------------------------------------- rows of stores
