@@ -47,6 +47,7 @@ def _err(capsys, argv) -> str:
         (["--beta-alpha", "0"], "--beta-alpha must be a positive float"),
         (["--shard-size", "0"], "--shard-size must be a positive int"),
         (["--max-rows", "-3"], "--max-rows must be a positive int"),
+        (["--lda-components", "2"], "--lda-components must be 1 or None: the LDA separates two languages"),
     ],
 )
 def test_bad_options(tmp_path, capsys, extra, match):

@@ -253,7 +253,7 @@ def encode_corpora_ray(
             if len(specs) < len(done):
                 raise ValueError(
                     f"{out_dir} holds {len(done)} shards but the source now has only {len(specs)} shards "
-                    f"of texts; pass overwrite=True to start over"
+                    f"of texts; delete {out_dir} and rerun (Python: overwrite=True)"
                 )
             for spec in specs:
                 spec["done"] = done[spec["k"]] if spec["k"] < len(done) else None

@@ -148,6 +148,11 @@ class AugmentConfig(AugmentOptions, CorpusConfig):
         AugmentOptions.validate(self)
         CorpusConfig.validate(self)
         check_positive_int("match_chunk", self.match_chunk)
+        if self.lda_components is not None and self.lda_components > 1:  # positive: AugmentOptions checked it
+            raise ValueError(
+                "lda_components must be 1 or None: the LDA separates two languages (source and target), so it "
+                f"has at most 1 component; got {self.lda_components}"
+            )
         if self.max_rows is not None:
             check_positive_int("max_rows", self.max_rows)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
