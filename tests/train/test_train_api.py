@@ -84,6 +84,14 @@ def test_augment_run_trains_streamed_with_the_source_label_set(tmp_path):
     # the error advises the right num_labels: the SOURCE's 4 classes
     with pytest.raises(ValueError, match="num_labels=4"):
         train_xite(_model(num_labels=3), TOK, _args(tmp_path), augment=run, train=False)
+    # the run directory's path is a run; LDA is fitted on a sample of its pairs
+    tr = train_xite(_model(num_labels=4), TOK, _args(tmp_path), augment=str(run.out), train=False,
+                    xite_config=XiteConfig(placement="sentence", lda=True))  # fmt: skip
+    assert len(tr.train_dataset) == len(tgt) and tr.model.lda_W is not None
+    with pytest.raises(ValueError, match="is not an augment run directory"):
+        train_xite(_model(num_labels=4), TOK, _args(tmp_path), augment=str(tmp_path), train=False)
+    with pytest.raises(ValueError, match="augment must be what xf.run_augment returns .* got list"):
+        train_xite(_model(num_labels=4), TOK, _args(tmp_path), augment=[1, 2], train=False)
 
 
 def test_augment_run_part_changed_is_refused(tmp_path):
@@ -164,6 +172,9 @@ def test_every_checkpoint_is_a_model_folder_and_resume_still_works(tmp_path):
         assert clf(TGT[0])[0]["label"] in NAMES
         if step == 8:
             np.testing.assert_allclose(predict(m, TOK, TGT).logits, predict(tr.model, TOK, TGT).logits, atol=1e-5)
+            back = XiteModel.from_pretrained(ck)  # the wrapper back: its config and LDA basis
+            assert back.xite == tr.model.xite
+            torch.testing.assert_close(back.lda_W, tr.model.lda_W)
     # resume from checkpoint-4 == uninterrupted (weights restored through the model's own key names)
     ds = XiteDataset(TOK, TGT, YS, source_texts=SRC)
 

@@ -21,16 +21,25 @@ The frozen-prefix cache keeps, per distinct tokenized sentence, the states leavi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
+import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from xite_fast.train.config import XiteConfig
 
-__all__ = ["XiteModel", "find_layers", "find_head"]
+__all__ = ["XiteModel", "find_layers", "find_head", "WRAPPER_CONFIG", "WRAPPER_LDA"]
+
+# beside the user's model files in a saved folder (a checkpoint): the wrapper's own state
+WRAPPER_CONFIG = "xite_config.json"
+WRAPPER_LDA = "xite_lda_W.npy"
 
 
 class _Stop(Exception):
@@ -158,8 +167,35 @@ class XiteModel(nn.Module):
         dev = next(self.model.parameters()).device
         self.lda_W = W.contiguous().to(dev)
 
-    def save_pretrained(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model.save_pretrained(*args, **kwargs)
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """The user's model's ``save_pretrained`` (``config.json`` + weights under its own key names:
+        ``AutoModelForSequenceClassification.from_pretrained`` and ``pipeline`` load the folder), and the
+        wrapper's own state beside it: ``xite_config.json`` (the :class:`XiteConfig`) and, with an LDA basis,
+        ``xite_lda_W.npy``; :meth:`from_pretrained` reads both back."""
+        out = self.model.save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            folder = Path(save_directory)
+            with open(folder / WRAPPER_CONFIG, "w", encoding="utf-8") as fh:
+                json.dump({"xite_config": dataclasses.asdict(self.xite)}, fh, indent=1)
+            if self.lda_W is not None:
+                np.save(folder / WRAPPER_LDA, self.lda_W.detach().cpu().numpy())
+        return out
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, **kwargs: Any) -> XiteModel:
+        """A folder written by :meth:`save_pretrained` (every :class:`~xite_fast.train.trainer.XiteTrainer`
+        checkpoint is one) back as the wrapper: ``AutoModelForSequenceClassification.from_pretrained(folder,
+        **kwargs)`` with the saved :class:`XiteConfig` and LDA basis (a plain model folder: the defaults)."""
+        from transformers import AutoModelForSequenceClassification
+
+        folder = Path(folder)
+        model = AutoModelForSequenceClassification.from_pretrained(folder, **kwargs)
+        cfg = None
+        if (folder / WRAPPER_CONFIG).is_file():
+            with open(folder / WRAPPER_CONFIG, encoding="utf-8") as fh:
+                cfg = XiteConfig(**json.load(fh)["xite_config"])
+        W = np.load(folder / WRAPPER_LDA) if (folder / WRAPPER_LDA).is_file() else None
+        return cls(model, cfg, W=W)
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """Also takes the user's model's own state dict (a checkpoint folder written with

@@ -16,7 +16,6 @@ checkpoints/resume and early stopping; nothing of that is re-implemented here. W
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -37,13 +36,10 @@ from xite_fast.train.data import (
     augment_label_values,
     pairs_of_result,
 )
-from xite_fast.train.model import XiteModel
+from xite_fast.train.model import WRAPPER_LDA, XiteModel
 
 # rows of an augment run sampled to fit the LDA basis (each is embedded once, in memory)
 _LDA_ROWS = 20_000
-# beside a checkpoint's config.json + weights (the user's model, loadable with from_pretrained): the wrapper
-WRAPPER_CONFIG = "xite_config.json"
-WRAPPER_LDA = "xite_lda_W.npy"
 
 __all__ = [
     "XiteTrainer",
@@ -151,11 +147,7 @@ class XiteTrainer(Trainer):
         inner = None
         if state_dict is not None:
             inner = {k[len("model.") :]: v for k, v in state_dict.items() if k.startswith("model.")}
-        self.model.model.save_pretrained(output_dir, state_dict=inner)
-        with open(os.path.join(output_dir, WRAPPER_CONFIG), "w", encoding="utf-8") as fh:
-            json.dump({"xite_config": dataclasses.asdict(self.model.xite)}, fh, indent=1)
-        if self.model.lda_W is not None:
-            np.save(os.path.join(output_dir, WRAPPER_LDA), self.model.lda_W.detach().cpu().numpy())
+        self.model.save_pretrained(output_dir, state_dict=inner)  # + the wrapper's state beside
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         return None
@@ -337,6 +329,26 @@ def _is_run(augment: Any) -> bool:
     return hasattr(augment, "manifest") and hasattr(augment, "out")
 
 
+def _augment_arg(augment: Any) -> Any:
+    """``augment=`` as given: an AugmentRun, an AugmentResult, or a run directory's path (read as a run)."""
+    if isinstance(augment, (str, os.PathLike)):
+        from pathlib import Path
+
+        path = Path(augment).expanduser() / "synthetic" / "manifest.json"
+        if not path.is_file():
+            raise ValueError(f"augment={str(augment)!r} is not an augment run directory (no {path}): run xf.run_augment first")
+        from types import SimpleNamespace
+
+        with open(path, encoding="utf-8") as fh:
+            return SimpleNamespace(out=Path(augment).expanduser(), manifest=json.load(fh))
+    if _is_run(augment) or all(hasattr(augment, a) for a in ("target_id", "source_id", "labels")):
+        return augment
+    raise ValueError(
+        "augment must be what xf.run_augment returns (an AugmentRun, or its run directory's path) or what "
+        f"XiteAugmenter.augment returns (an AugmentResult), got {type(augment).__name__}"
+    )
+
+
 def train_xite(
     model: Any,
     tokenizer: Any,
@@ -409,6 +421,7 @@ def train_xite(
     lm: LabelMap | None = None
     lda_texts = None
     if augment is not None:
+        augment = _augment_arg(augment)
         if not classes:
             raise ValueError("augment= transfers class labels: the model must be a single-label classifier "
                              f"(got problem_type={xm.config.problem_type!r}, num_labels={xm.config.num_labels})")  # fmt: skip
