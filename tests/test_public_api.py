@@ -17,6 +17,7 @@ EXPECTED = {
     "XiteConfig", "XiteModel", "XiteDataset", "XiteCollator", "XiteTrainer", "train_xite", "predict",
     "classification_metrics", "label_map_for",
     "OTAlignConfig", "ot_align",
+    "iter_table_records", "as_texts",
 }  # fmt: skip
 CLASSES = {
     "Backend", "LanguageLDA", "Encoder", "EmbeddingStore", "XiteAugmenter", "AugmentConfig", "EncodeConfig",
@@ -29,6 +30,14 @@ def test_all_is_pinned():
     assert set(xite_fast.__all__) == EXPECTED
     assert len(xite_fast.__all__) == len(EXPECTED)
     assert isinstance(xite_fast.__version__, str)
+
+
+def test_logging_module_is_public_and_set_up_on_import():
+    import logging
+
+    assert inspect.ismodule(xite_fast.logging) and xite_fast.logging.__name__ == "xite_fast.logging"
+    assert callable(xite_fast.logging.set_verbosity_info) and callable(xite_fast.logging.get_logger)
+    assert logging.getLogger("xite_fast").handlers  # the default handler, from `import xite_fast` on
 
 
 def test_no_public_name_is_a_submodule():

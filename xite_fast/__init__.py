@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+# the default log handler and the verbosity setters: xite_fast.logging.set_verbosity_info()
+from xite_fast import logging
 from xite_fast._backend import Backend, backends_available
 from xite_fast._version import __version__
 
@@ -19,6 +21,9 @@ _LAZY = {
     "Encoder": "xite_fast.encode.encoder",
     "encode_corpus": "xite_fast.encode.store",
     "EmbeddingStore": "xite_fast.encode.store",
+    # the one table adapter: files, DataFrames, Datasets, lists -> records (or one text per row)
+    "iter_table_records": "xite_fast.data.records",
+    "as_texts": "xite_fast.data.records",
     "XiteAugmenter": "xite_fast.xite.augmenter",
     # the whole `xite-fast augment` job over a run directory (the CLI calls the same function)
     "AugmentConfig": "xite_fast.xite.pipeline",
@@ -41,7 +46,7 @@ _LAZY = {
     "sinkhorn_divergence": "xite_fast.ops.sinkhorn",
 }
 
-__all__ = ["Backend", "backends_available", "__version__", *_LAZY]
+__all__ = ["Backend", "backends_available", "__version__", *_LAZY]  # and the module xite_fast.logging
 
 
 def __getattr__(name: str):
