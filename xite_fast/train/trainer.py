@@ -10,8 +10,11 @@ checkpoints/resume and early stopping; nothing of that is re-implemented here. W
 * :func:`match_sources` embeds source and target texts with the model and matches every target to its
   cosine top-1 source with :func:`xite_fast.xite.match.match_arrays` (the one matcher).
 * :func:`fit_lda` fits the LDA language basis at the mixing level.
-* :func:`train_xite` is stage 2 in one call: labels mapped, match (or take an ``augment`` result), LDA,
-  train. :func:`predict` returns logits, probabilities and decoded labels.
+* :func:`train_xite` is stage 1 or stage 2 in one call: labels mapped, match (or take an ``augment``
+  result: :mod:`xite_fast.train.data`), LDA, evaluation data, train. :func:`predict` returns logits,
+  probabilities and decoded labels, with the tokenization saved in the model's config.
+* Every save (``save_model`` and each checkpoint) is a model folder: ``from_pretrained`` and ``pipeline``
+  load it; the wrapper's state lies beside it (:meth:`XiteModel.save_pretrained`).
 """
 
 from __future__ import annotations
@@ -533,6 +536,8 @@ def predict(
     drop_token_type_ids = saved["drop_token_type_ids"] if drop_token_type_ids is None else drop_token_type_ids
     texts = as_texts("texts", texts)
     text_pairs = as_texts("text_pairs", text_pairs, len(texts)) if text_pairs is not None else None
+    if saved["text_pair"] and text_pairs is None:
+        raise ValueError("the model was trained on sentence pairs (config.xite_fast.text_pair): pass text_pairs=")
     was = xm.training
     xm.eval()
     logits: np.ndarray | None = None
