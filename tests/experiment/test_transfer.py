@@ -10,6 +10,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from experiments import transfer as T
+from tests.utils import orthonormal
 from xite_fast.xite.augmenter import beta_lambdas
 
 
@@ -101,7 +102,7 @@ def test_pair_rows_and_block_lda():
     td.test_X = np.concatenate([td.test_X, td.test_X], axis=1)
     rows, _ = T.run_rows(td, fixed_lams=())
     assert not any("clf-space" in r["row"] for r in rows)  # the pair classifier is not linear in [u; v]
-    W = T._pair_W(np.linalg.qr(np.random.default_rng(0).normal(size=(6, 2)))[0].astype(np.float32), True)
+    W = T._pair_W(orthonormal(6, 2, 0), True)
     np.testing.assert_allclose(W.T @ W, np.eye(4), atol=1e-6)
     f = T._features(np.arange(8, dtype=np.float32)[None], True)
     np.testing.assert_array_equal(f, [[0, 1, 2, 3, 4, 5, 6, 7, 0, 5, 12, 21, 4, 4, 4, 4]])

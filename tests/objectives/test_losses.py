@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertModel
+from transformers import BertForSequenceClassification, BertModel
 
+from tests.utils import tiny_config
 from xite_fast.objectives.ear import attention_pull, ear_losses_from_outputs, embedding_push
 from xite_fast.objectives.ot import (
     DriftPenalty,
@@ -21,18 +22,7 @@ VOCAB = 40
 
 
 def _cfg(**kw):
-    base = dict(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    base.update(kw)
-    return BertConfig(**base)
+    return tiny_config(vocab_size=VOCAB, hidden=16, intermediate=32, max_positions=32, dropout=0.0, **kw)
 
 
 def _manual_pool(hidden, wid, how):
@@ -220,7 +210,7 @@ def test_embedding_push_and_attention_pull_manual():
 def _tiny_classifier(**kw):
     torch.manual_seed(0)
     return BertForSequenceClassification(
-        _cfg(num_labels=3, num_hidden_layers=6, attn_implementation="eager", **kw)
+        _cfg(num_labels=3, layers=6, attn_implementation="eager", **kw)
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.utils import tiny_config
 from xite_fast.objectives.perturb import EmbeddingNeighbourPerturber, token_ids_in_texts
 
 SP = "\u2581"
@@ -117,17 +118,13 @@ def test_perturb_batch_and_wordpiece_vocab():
 
 def test_accepts_model_and_hf_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import BertModel, PreTrainedTokenizerFast
 
     vocab = {"[PAD]": 0, "[UNK]": 1, "good": 2, "fine": 3, "bad": 4}
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
-    model = BertModel(
-        BertConfig(
-            vocab_size=5, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8
-        )
-    )
+    model = BertModel(tiny_config(vocab_size=5, hidden=8, layers=1, intermediate=8))
     p = EmbeddingNeighbourPerturber(model, fast, rate=1.0, k=1)
     assert p.special_ids == {0, 1}
     enc = fast(["good bad"], return_tensors="pt")

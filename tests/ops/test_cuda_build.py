@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.utils import orthonormal_torch
 from xite_fast._backend import load_extension
 from xite_fast.reference import cosine_topk_ref, lda_project_interp_ref
 
@@ -68,7 +69,7 @@ def test_lda_project_interp_cuda_matches_reference(mode, dims):
     ext = _ext()
     g = torch.Generator().manual_seed(sum(dims))
     s, t = torch.randn(*dims, generator=g), torch.randn(*dims, generator=g)
-    W = torch.linalg.qr(torch.randn(dims[-1], 3, generator=g, dtype=torch.float64))[0].float()
+    W = orthonormal_torch(dims[-1], 3, g)
     for lam in (0.3, torch.rand(dims[0], generator=g)):
         lam_dev = lam.cuda() if isinstance(lam, torch.Tensor) else lam
         out = ext.lda_project_interp_cuda(s.cuda(), t.cuda(), W.cuda(), lam_dev, mode)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import xite_fast
+from tests.utils import orthonormal
 from xite_fast import lda_project_interp
 from xite_fast._backend import load_extension
 from xite_fast.ops.lda_project_interp import aligned_empty
@@ -26,7 +27,7 @@ def make(shape, r, seed=0, scale=1.0):
     s = (rng.standard_normal(shape) * scale).astype(np.float32)
     t = (rng.standard_normal(shape) * scale + 0.5 * scale).astype(np.float32)
     d = shape[-1]
-    W = np.linalg.qr(rng.standard_normal((d, r)))[0].astype(np.float32)
+    W = orthonormal(d, r, rng)
     lam_rows = rng.uniform(0.0, 1.0, size=shape[0])
     return s, t, W, lam_rows
 

@@ -8,6 +8,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from tests.utils import run_aot  # noqa: E402
 from xite_fast._backend import Backend, resolve_backend  # noqa: E402
 from xite_fast.ops.triton.cosine_topk import cosine_topk, cosine_topk_with_stats  # noqa: E402
 from xite_fast.reference import cosine_topk_ref  # noqa: E402
@@ -240,8 +241,6 @@ for dt, prec in (("fp32", "tf32"), ("bf16", "ieee")):
 
 def test_kernel_compiles_for_sm80():
     # the interpreter accepts code the GPU compiler rejects: compile ahead of time for sm_80
-    from triton_aot import run_aot
-
     out = run_aot(_AOT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["fp32", "ok", "bf16", "ok"]

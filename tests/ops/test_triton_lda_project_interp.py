@@ -9,6 +9,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from tests.utils import orthonormal, orthonormal_torch, run_aot  # noqa: E402
 from xite_fast._backend import Backend, resolve_backend  # noqa: E402
 from xite_fast.ops.triton import lda_project_interp as tmod  # noqa: E402
 from xite_fast.ops.triton.lda_project_interp import lda_project_interp  # noqa: E402
@@ -18,10 +19,6 @@ pytestmark = pytest.mark.triton
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODES = ["interp", "proj", "comp", "shift"]
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-
-
-def _basis(d: int, r: int, g: torch.Generator) -> torch.Tensor:
-    return torch.linalg.qr(torch.randn(d, r, generator=g, dtype=torch.float64))[0].float()
 
 
 def _check(out, want, dtype):
@@ -54,7 +51,7 @@ def test_matches_reference(shape, mode, per_row, dtype):
     g = torch.Generator().manual_seed(sum(dims) * 7 + r)
     s = torch.randn(*dims, generator=g).to(dtype)
     t = torch.randn(*dims, generator=g).to(dtype)
-    W = _basis(dims[-1], r, g)
+    W = orthonormal_torch(dims[-1], r, g)
     lam = torch.rand(dims[0], generator=g) * 1.5 - 0.25 if per_row else 0.3
     out = lda_project_interp(s.to(DEVICE), t.to(DEVICE), W.to(DEVICE), lam, mode)
     want = lda_project_interp_ref(s, t, W, lam, mode, out_dtype=torch.float64)
@@ -67,7 +64,7 @@ def test_two_pass_kernel_for_wide_rows():
     d = 1100
     s = torch.randn(3, d, generator=g)
     t = torch.randn(3, d, generator=g)
-    W = _basis(d, 5, g)
+    W = orthonormal_torch(d, 5, g)
     lam = torch.tensor([0.0, 0.5, 1.0])
     for mode in ("proj", "shift"):
         out = lda_project_interp(s, t, W, lam, mode)
@@ -77,7 +74,7 @@ def test_two_pass_kernel_for_wide_rows():
 def test_identities():
     g = torch.Generator().manual_seed(12)
     s, t = torch.randn(6, 30, generator=g), torch.randn(6, 30, generator=g)
-    W = _basis(30, 4, g)
+    W = orthonormal_torch(30, 4, g)
     # lam = 1 returns src in every mode; shift keeps src's complement: shift - s lies in span(W)
     for mode in MODES:
         torch.testing.assert_close(lda_project_interp(s, t, W, 1.0, mode), s, atol=1e-6, rtol=0)
@@ -91,7 +88,7 @@ def test_identities():
 def test_numpy_basis_and_lam_and_interp_without_basis():
     s, t = torch.randn(4, 9), torch.randn(4, 9)
     lam = np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32)
-    W = np.linalg.qr(np.random.default_rng(0).standard_normal((9, 2)))[0].astype(np.float32)
+    W = orthonormal(9, 2, 0)
     torch.testing.assert_close(
         lda_project_interp(s, t, W, lam, "proj"),
         lda_project_interp_ref(s, t, torch.from_numpy(W), torch.from_numpy(lam), "proj"),
@@ -154,8 +151,6 @@ for single, mode, dt, block_d, block_r in ((True, 1, "fp16", 512, 8), (False, 3,
 
 def test_kernels_compile_for_sm80():
     # the interpreter accepts code the GPU compiler rejects: compile ahead of time for sm_80
-    from triton_aot import run_aot
-
     out = run_aot(_AOT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["single", "ok", "chunked", "ok"]

@@ -7,8 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_train import SRC, TGT, TOK, YS, _args, _losses, _model
 
+from tests.utils import logged_losses as _losses
+from tests.utils import toy_classifier as _model
+from tests.utils import toy_sentences, toy_tokenizer
+from tests.utils import training_args as _args
 from xite_fast.objectives.ot import ot_alignment_loss
 from xite_fast.train.align import OTAlignConfig, ot_align, word_ids
 from xite_fast.train.collator import XiteDataset
@@ -17,15 +20,11 @@ from xite_fast.train.ear import add_perturbed_copies, attention_probs
 from xite_fast.train.model import XiteModel
 from xite_fast.train.trainer import XiteTrainer
 
+TOK = toy_tokenizer()
+SRC, YS = toy_sentences(48, 0)
+TGT, _ = toy_sentences(48, 1, lang="tgt")
 PAIRS = list(zip(SRC[:24], TGT[:24], strict=True))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_align_step0_loss_matches_hf_forward_reference(tmp_path):

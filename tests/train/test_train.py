@@ -5,13 +5,16 @@ sentence pairs, regression / multi-label, resume, predict, GPU."""
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, TrainingArguments
+from transformers import AutoModelForSequenceClassification
 
+from tests.utils import logged_losses as _losses
+from tests.utils import orthonormal, toy_tokenizer
+from tests.utils import toy_classifier as _model
+from tests.utils import toy_sentences as _sentences
+from tests.utils import training_args as _args
 from xite_fast.ops.lda_project_interp import mix_states
 from xite_fast.reference import lda_project_interp_ref
 from xite_fast.train.collator import XiteCollator, XiteDataset
@@ -19,96 +22,13 @@ from xite_fast.train.config import LabelMap, XiteConfig
 from xite_fast.train.model import XiteModel
 from xite_fast.train.trainer import XiteTrainer, embed_texts, match_sources, predict, train_xite
 
-WORDS = {
-    0: "apple banana cherry grape melon peach plum lemon".split(),
-    1: "dog cat horse mouse tiger lion bear wolf".split(),
-    2: "red blue green black white pink gray gold".split(),
-}
-
-
-def _sentences(n: int, seed: int, lang: str = "en", lo: int = 2, hi: int = 7) -> tuple[list[str], np.ndarray]:
-    rng = random.Random(seed)
-    texts, labels = [], []
-    for i in range(n):
-        c = i % len(WORDS)
-        words = [rng.choice(WORDS[c]) for _ in range(rng.randint(lo, hi))]
-        if lang != "en":  # a "target language": same content words with a suffix (other tokens)
-            words = [w + "_x" for w in words]
-        texts.append(" ".join(words))
-        labels.append(c)
-    return texts, np.array(labels, dtype=np.int64)
-
-
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
-    for ws in WORDS.values():
-        for w in ws:
-            for v in (w, w + "_x"):
-                vocab.setdefault(v, len(vocab))
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>",
-        pair="<s> $A </s> $B:1 </s>:1",
-        special_tokens=[("<s>", 1), ("</s>", 2)],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-
-
-TOK = _tokenizer()
+TOK = toy_tokenizer()
 SRC, YS = _sentences(48, 0)
 TGT, YT = _sentences(48, 1, lang="tgt")
 ARCHS = ("bert", "xlm-roberta", "distilbert")
 
 
-def _model(arch: str = "bert", seed: int = 0, layers: int = 2, num_labels: int = 3, dropout: float = 0.1, **cfg_kw):
-    from transformers import BertConfig, DistilBertConfig, XLMRobertaConfig
-
-    torch.manual_seed(seed)
-    common = dict(vocab_size=len(TOK), max_position_embeddings=64, pad_token_id=0, num_labels=num_labels, **cfg_kw)
-    if arch == "bert":
-        cfg = BertConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=48,
-                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, **common)
-    elif arch == "xlm-roberta":
-        cfg = XLMRobertaConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=48,
-                               hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, **common)
-    else:
-        cfg = DistilBertConfig(dim=32, n_layers=layers, n_heads=2, hidden_dim=48, dropout=dropout,
-                               attention_dropout=dropout, seq_classif_dropout=dropout, **common)
-    return AutoModelForSequenceClassification.from_config(cfg)
-
-
-def _args(tmp_path, **kw) -> TrainingArguments:
-    base = dict(
-        output_dir=str(tmp_path / "out"), num_train_epochs=3, per_device_train_batch_size=8, learning_rate=3e-3,
-        report_to=[], save_strategy="no", disable_tqdm=True, logging_steps=1, use_cpu=True, seed=0,
-        warmup_steps=0.1,
-    )
-    base.update(kw)
-    return TrainingArguments(**base)
-
-
-def _losses(trainer) -> np.ndarray:
-    return np.array([h["loss"] for h in trainer.state.log_history if "loss" in h], dtype=np.float64)
-
-
-def _W(d: int = 32, r: int = 2, seed: int = 0) -> np.ndarray:
-    g = np.random.default_rng(seed)
-    return np.linalg.qr(g.standard_normal((d, r)))[0].astype(np.float32)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the 2 cores are shared: oversubscribed intra-op threads make tiny models 50x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(xm_tok, src, tgt, pairs=None):
@@ -155,7 +75,7 @@ def test_lam_endpoints_reproduce_the_plain_transformers_forward(arch, placement,
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 def test_sentence_lda_mix_matches_reference_on_the_head_input(mode, backend):
     m = _model("bert").eval()
-    W = _W()
+    W = orthonormal(32, 2)
     xm = XiteModel(m, XiteConfig(placement="sentence", lda=True, lda_mode=mode, backend=backend), W=W).train()
     xm.model.eval()
     b = _batch(TOK, SRC[:5], TGT[:5])
@@ -176,7 +96,7 @@ def test_mix_states_forward_and_backward_match_fp64_reference(mode, shape, backe
     g = torch.Generator().manual_seed(0)
     s = torch.randn(shape, generator=g, requires_grad=True)
     t = torch.randn(shape, generator=g, requires_grad=True)
-    W = torch.from_numpy(_W(d=7, r=3))
+    W = torch.from_numpy(orthonormal(7, 3))
     lam = torch.rand(shape[0], generator=g)
     w_out = torch.randn(shape, generator=g)
     flat = (lambda x: x.reshape(-1, 7)) if len(shape) == 3 else (lambda x: x)
@@ -217,7 +137,7 @@ def test_convergence_torch_vs_fast_ops(tmp_path, placement):
     out = {}
     for backend in ("torch", "auto"):
         cfg = XiteConfig(placement=placement, hidden_layer=1, lda=True, lda_mode="shift", backend=backend, head_lr=1e-2)
-        xm = XiteModel(_model("bert"), cfg, W=_W())
+        xm = XiteModel(_model("bert"), cfg, W=orthonormal(32, 2))
         tr = train_xite(xm, TOK, _args(tmp_path, num_train_epochs=2), source_texts=SRC, source_labels=list(YS),
                         target_texts=TGT)
         out[backend] = _losses(tr)
@@ -392,7 +312,7 @@ def test_e5_small_backbone_trains_sentence_placement(tmp_path, e5_tiny_dir):
 @pytest.mark.parametrize("placement", ["sentence", "hidden"])
 def test_cuda_training_follows_training_arguments_device(tmp_path, placement):
     cfg = XiteConfig(placement=placement, hidden_layer=1, lda=True, backend="auto")
-    xm = XiteModel(_model(), cfg, W=_W())
+    xm = XiteModel(_model(), cfg, W=orthonormal(32, 2))
     tr = train_xite(xm, TOK, _args(tmp_path, use_cpu=False, fp16=True, num_train_epochs=1), source_texts=SRC,
                     source_labels=list(YS), target_texts=TGT)
     assert next(tr.model.parameters()).device.type == "cuda"

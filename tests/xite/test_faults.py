@@ -20,17 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _hash_encoder import HashEncoder  # tests/xite/_hash_encoder.py (also imported by the subprocesses)
 
+from tests.utils import HashEncoder  # also imported by the subprocesses
 from xite_fast._io import DiskFullError
 from xite_fast.xite.pipeline import AugmentConfig, run_augment
 
 ROOT = Path(__file__).resolve().parents[2]
 
-HERE = Path(__file__).resolve().parent
 SCRIPT = r"""
 import json, sys
-from _hash_encoder import HashEncoder
+from tests.utils import HashEncoder
 from xite_fast.xite.pipeline import AugmentConfig, run_augment
 run_augment(AugmentConfig(**json.loads(sys.argv[1])), encoder=HashEncoder())
 print("finished")
@@ -82,7 +81,7 @@ def ref(tmp_path_factory):
 
 
 def _spawn(opts: dict, **env) -> subprocess.Popen:
-    e = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]), **env}
+    e = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     return subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps(opts)], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
