@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.chatterbot_sample import write_chatterbot_sample
+from tests.utils import dir_bytes, write_chatterbot_sample
 from xite_fast.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,8 +133,7 @@ def _augment_argv(src, tgt, out, *extra):
 
 def _files(out: Path) -> dict[str, bytes]:
     """The synthetic parts and report.json (deterministic: a resume writes the same bytes)."""
-    syn = out / "synthetic"
-    files = {p.name: p.read_bytes() for p in sorted(syn.iterdir()) if not p.name.startswith(".")}
+    files = dir_bytes(out / "synthetic")
     return {**files, "report.json": (out / "report.json").read_bytes()}
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.topk_check import assert_topk_equal
-from tests.topk_check import random_data as _data
-from tests.topk_check import ref_topk64 as _ref64
+from tests.utils import assert_topk_equal
+from tests.utils import random_data as _data
+from tests.utils import ref_topk64 as _ref64
 from xite_fast import _backend
 from xite_fast.ops import cosine_topk as ct_mod
 from xite_fast.ops.cosine_topk import cosine_topk
