@@ -12,6 +12,7 @@ subprocess or an ops test that imports this module pays only for numpy.
 - a toy 3-class task for the trainer tests: :func:`toy_sentences`, :func:`toy_tokenizer`,
   :func:`toy_classifier`, :func:`training_args`, :func:`logged_losses`
 - a deterministic fake encoder: :class:`HashEncoder`
+- a small augment run: :func:`write_run_inputs`, :func:`run_opts`, :func:`run_small`, :func:`run_digests`
 - files: :func:`write_chatterbot_sample`, :func:`dir_bytes`
 - Triton: :func:`run_aot`
 """
@@ -409,6 +410,61 @@ class HashEncoder:
             v = v - 127.5
             rows.append(v / np.linalg.norm(v))
         return np.asarray(rows, dtype=np.float32).reshape(len(texts), self.dim)
+
+
+# ---------------------------------------------------------------------- a small augment run (xite tests)
+RUN_LABELS = ["food", "sports", "music", "weather"]
+
+
+def write_run_inputs(d: Path, target: str = "목표 문장 {i}") -> tuple[Path, Path]:
+    """``src.jsonl`` (37 rows ``source sentence {i}``, label ``RUN_LABELS[i % 4]``) and ``tgt.jsonl`` (29
+    rows ``target.format(i=i)``, gold label ``RUN_LABELS[3 * i % 4]``) under ``d``, created if missing."""
+    d.mkdir(parents=True, exist_ok=True)
+    src, tgt = d / "src.jsonl", d / "tgt.jsonl"
+    src.write_text(
+        "".join(json.dumps({"text": f"source sentence {i}", "label": RUN_LABELS[i % 4]}) + "\n" for i in range(37))
+    )
+    tgt.write_text(
+        "".join(
+            json.dumps({"text": target.format(i=i), "label": RUN_LABELS[(i * 3) % 4]}, ensure_ascii=False) + "\n"
+            for i in range(29)
+        )
+    )
+    return src, tgt
+
+
+def run_opts(src: Any, tgt: Any, out: Any, **kw: Any) -> dict:
+    """``AugmentConfig`` fields of the small run (shards of 8, batches of 3, proj, weighted 3-NN vote, no
+    progress bars); ``kw`` add or override."""
+    return {
+        "source": str(src),
+        "target": str(tgt),
+        "out": str(out),
+        "shard_size": 8,
+        "batch_size": 3,
+        "mode": "proj",
+        "vote": "weighted",
+        "k": 3,
+        "progress": False,
+        **kw,
+    }
+
+
+def run_small(src: Any, tgt: Any, out: Any, **kw: Any) -> Any:
+    """``run_augment`` of :func:`run_opts` with the :class:`HashEncoder` (well under a second)."""
+    from xite_fast.xite.pipeline import AugmentConfig, run_augment
+
+    return run_augment(AugmentConfig(**run_opts(src, tgt, out, **kw)), encoder=HashEncoder())
+
+
+def run_digests(out: Path) -> dict[str, str]:
+    """sha256 of every file of a run directory by relative path, except the ``.lock`` and ``timings.json``
+    (one process's facts: stage times, parts reused, files re-made); ``report.json`` is deterministic."""
+    return {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != ".lock" and p.name != "timings.json"
+    }
 
 
 # ------------------------------------------------------------------------------------------------ files

@@ -8,7 +8,6 @@ finish byte-identical to the uninterrupted run, or fail with a clear message nam
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.utils import HashEncoder  # also imported by the subprocesses
+from tests.utils import RUN_LABELS, HashEncoder, run_digests, run_opts, run_small, write_run_inputs
 from xite_fast._io import DiskFullError
 from xite_fast.xite.pipeline import AugmentConfig, run_augment
 
@@ -35,45 +34,12 @@ run_augment(AugmentConfig(**json.loads(sys.argv[1])), encoder=HashEncoder())
 print("finished")
 """
 
-LABELS = ["food", "sports", "music", "weather"]
-
-
-def _inputs(d: Path) -> tuple[Path, Path]:
-    d.mkdir(parents=True, exist_ok=True)
-    src, tgt = d / "src.jsonl", d / "tgt.jsonl"
-    src.write_text("".join(json.dumps({"text": f"source sentence {i}", "label": LABELS[i % 4]}) + "\n" for i in range(37)))
-    tgt.write_text(
-        "".join(json.dumps({"text": f"목표 문장 {i}", "label": LABELS[(i * 3) % 4]}, ensure_ascii=False) + "\n" for i in range(29))
-    )
-    return src, tgt
-
-
-def _opts(src, tgt, out, **kw) -> dict:
-    return {"source": str(src), "target": str(tgt), "out": str(out), "shard_size": 8, "batch_size": 3,
-            "mode": "proj", "vote": "weighted", "k": 3, "progress": False, **kw}  # fmt: skip
-
-
-def _run(src, tgt, out, **kw):
-    return run_augment(AugmentConfig(**_opts(src, tgt, out, **kw)), encoder=HashEncoder())
-
-
-def _files(out: Path) -> dict[str, str]:
-    """sha256 of every file of a run directory (relative paths; report.json too: it is deterministic),
-    except the lock and timings.json (the facts of one process: stage times, parts reused, files re-made)."""
-    got = {}
-    for p in sorted(out.rglob("*")):
-        if not p.is_file() or p.name == ".lock" or str(p.relative_to(out)) == "timings.json":
-            continue
-        got[str(p.relative_to(out))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return got
-
-
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory):
     d = tmp_path_factory.mktemp("ref")
-    src, tgt = _inputs(d / "in")
-    res = _run(src, tgt, d / "out")
-    files = _files(d / "out")
+    src, tgt = write_run_inputs(d / "in")
+    res = run_small(src, tgt, d / "out")
+    files = run_digests(d / "out")
     assert res.report["n_synthetic"] == 29 and len(res.manifest["parts"]) == 4
     assert sum(1 for f in files if f.startswith("source_emb/shard_")) == 5
     assert not [f for f in files if ".tmp-" in f]
@@ -97,11 +63,11 @@ def test_kill9_at_every_stage_then_rerun_is_byte_identical(ref, tmp_path):
     assert len(KILL_POINTS) >= 8
     for point in KILL_POINTS:
         out = tmp_path / point.replace(":", "_")
-        proc = _spawn(_opts(src, tgt, out), XITE_FAST_TEST_KILL_AT=point)
+        proc = _spawn(run_opts(src, tgt, out), XITE_FAST_TEST_KILL_AT=point)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == -signal.SIGKILL, (point, err.decode()[-2000:])
-        res = _run(src, tgt, out)
-        assert _files(out) == want, point
+        res = run_small(src, tgt, out)
+        assert run_digests(out) == want, point
         assert not [p for p in out.rglob("*") if ".tmp-" in p.name], point
         if point.startswith("part:2"):
             assert res.parts_reused == 3
@@ -109,10 +75,10 @@ def test_kill9_at_every_stage_then_rerun_is_byte_identical(ref, tmp_path):
 
 def test_legacy_kill_after_shards_hook(ref, tmp_path):
     src, tgt, want = ref
-    proc = _spawn(_opts(src, tgt, tmp_path / "o"), XITE_FAST_TEST_KILL_AFTER_SHARDS="2")
+    proc = _spawn(run_opts(src, tgt, tmp_path / "o"), XITE_FAST_TEST_KILL_AFTER_SHARDS="2")
     proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGKILL
-    assert _run(src, tgt, tmp_path / "o").parts_reused == 2 and _files(tmp_path / "o") == want
+    assert run_small(src, tgt, tmp_path / "o").parts_reused == 2 and run_digests(tmp_path / "o") == want
 
 
 def _corrupt(path: Path, how: str) -> None:
@@ -146,11 +112,11 @@ CORRUPTIONS = [
 def test_each_corruption_is_detected_and_re_made(ref, tmp_path):
     src, tgt, want = ref
     out = tmp_path / "o"
-    _run(src, tgt, out)
+    run_small(src, tgt, out)
     for rel, how in CORRUPTIONS:
         _corrupt(out / rel, how)
-        res = _run(src, tgt, out)
-        assert _files(out) == want, (rel, how)
+        res = run_small(src, tgt, out)
+        assert run_digests(out) == want, (rel, how)
         if rel.startswith("synthetic/part"):
             assert any(rel.split(".")[0] in r for r in res.remade), res.remade
 
@@ -158,10 +124,10 @@ def test_each_corruption_is_detected_and_re_made(ref, tmp_path):
 def test_garbage_config_is_a_clear_error(ref, tmp_path):
     src, tgt, _ = ref
     out = tmp_path / "o"
-    _run(src, tgt, out)
+    run_small(src, tgt, out)
     (out / "config.json").write_text("garbage")
     with pytest.raises(ValueError, match=r"config\.json: the run configuration is not valid JSON.*delete it"):
-        _run(src, tgt, out)
+        run_small(src, tgt, out)
 
 
 def test_same_size_input_edit_is_refused(ref, tmp_path):
@@ -169,64 +135,64 @@ def test_same_size_input_edit_is_refused(ref, tmp_path):
     src, tgt = tmp_path / "s.jsonl", tmp_path / "t.jsonl"
     shutil.copy(src0, src)
     shutil.copy(tgt0, tgt)
-    _run(src, tgt, tmp_path / "o")
+    run_small(src, tgt, tmp_path / "o")
     text = src.read_text()
     src.write_text(text.replace('"food"', '"fool"', 1))  # same size, other content
     assert len(src.read_text()) == len(text)
     with pytest.raises(ValueError, match=r"different options \(source\).*source input changed"):
-        _run(src, tgt, tmp_path / "o")
+        run_small(src, tgt, tmp_path / "o")
 
 
 def test_out_is_empty_or_a_file_and_failed_run_recovers(ref, tmp_path, monkeypatch):
     src, tgt, want = ref
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="out must be a directory path, got ''"):
-        _run(src, tgt, "")
+        run_small(src, tgt, "")
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "f").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
-        _run(src, tgt, tmp_path / "f")
+        run_small(src, tgt, tmp_path / "f")
     # a run that fails after indexing (k too large) commits nothing: other options then just work
     with pytest.raises(ValueError, match=r"k must be <= the number of source rows \(37\)"):
-        _run(src, tgt, tmp_path / "o", k=99)
-    proc = _spawn(_opts(src, tgt, tmp_path / "o", k=5), XITE_FAST_TEST_KILL_AT="config")
+        run_small(src, tgt, tmp_path / "o", k=99)
+    proc = _spawn(run_opts(src, tgt, tmp_path / "o", k=5), XITE_FAST_TEST_KILL_AT="config")
     proc.communicate(timeout=120)
-    _run(src, tgt, tmp_path / "o")  # options differ from the killed run's, which committed nothing
-    assert _files(tmp_path / "o") == want
+    run_small(src, tgt, tmp_path / "o")  # options differ from the killed run's, which committed nothing
+    assert run_digests(tmp_path / "o") == want
 
 
 def test_two_concurrent_runs(ref, tmp_path):
     src, tgt, want = ref
     out, flag = tmp_path / "o", tmp_path / "go"
-    proc = _spawn(_opts(src, tgt, out), XITE_FAST_TEST_PAUSE_AT=f"part:0={flag}")
+    proc = _spawn(run_opts(src, tgt, out), XITE_FAST_TEST_PAUSE_AT=f"part:0={flag}")
     try:
         deadline = time.monotonic() + 60
         while not flag.with_suffix(".reached").exists():
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
             time.sleep(0.05)
         with pytest.raises(RuntimeError, match="is in use by another running process"):
-            _run(src, tgt, out)
+            run_small(src, tgt, out)
         flag.touch()
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-    _run(src, tgt, out)
-    assert _files(out) == want
+    run_small(src, tgt, out)
+    assert run_digests(out) == want
 
 
 def test_moved_run_directory_resumes(tmp_path):
     """Bundled inputs live inside the run directory under relative paths: a killed run, moved, resumes."""
-    opts = _opts("chatterbot:english", "chatterbot:korean", tmp_path / "ref", shard_size=512)
+    opts = run_opts("chatterbot:english", "chatterbot:korean", tmp_path / "ref", shard_size=512)
     run_augment(AugmentConfig(**opts), encoder=HashEncoder())
-    want = _files(tmp_path / "ref")
+    want = run_digests(tmp_path / "ref")
     proc = _spawn({**opts, "out": str(tmp_path / "a")}, XITE_FAST_TEST_KILL_AT="part:0")
     proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGKILL
     shutil.move(tmp_path / "a", tmp_path / "b")
     _corrupt(tmp_path / "b" / "inputs" / "target.jsonl", "flip")  # a materialized input is re-made too
     res = run_augment(AugmentConfig(**{**opts, "out": str(tmp_path / "b")}), encoder=HashEncoder())
-    assert res.parts_reused == 1 and _files(tmp_path / "b") == want
+    assert res.parts_reused == 1 and run_digests(tmp_path / "b") == want
 
 
 def test_disk_full_is_a_clean_error_and_the_rerun_completes(ref, tmp_path):
@@ -239,11 +205,11 @@ def test_disk_full_is_a_clean_error_and_the_rerun_completes(ref, tmp_path):
     try:
         out = mnt / "o"
         with pytest.raises(DiskFullError, match="no space left on the device"):
-            _run(src, tgt, out)
+            run_small(src, tgt, out)
         assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
         subprocess.run(["mount", "-o", "remount,size=4m", str(mnt)], check=True)
-        _run(src, tgt, out)
-        assert _files(out) == want
+        run_small(src, tgt, out)
+        assert run_digests(out) == want
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
 
@@ -253,9 +219,9 @@ def test_encode_and_augment_number_rows_identically(tmp_path):
     from xite_fast.encode.store import EmbeddingStore, encode_corpus
 
     tgt = tmp_path / "t.tsv"
-    tgt.write_text("label\ttext\n\n" + "".join(f"{LABELS[i % 4]}\t text {i} \n" + ("\n" if i % 3 else "") for i in range(20)))
-    src, _ = _inputs(tmp_path / "in")
-    res = _run(src, tgt, tmp_path / "o")
+    tgt.write_text("label\ttext\n\n" + "".join(f"{RUN_LABELS[i % 4]}\t text {i} \n" + ("\n" if i % 3 else "") for i in range(20)))
+    src, _ = write_run_inputs(tmp_path / "in")
+    res = run_small(src, tgt, tmp_path / "o")
     encode_corpus(tgt, tmp_path / "e", HashEncoder(), shard_size=8, batch_size=3)
     a, b = EmbeddingStore(tmp_path / "o" / "target_emb"), EmbeddingStore(tmp_path / "e")
     assert len(a) == len(b) == 20
@@ -274,7 +240,7 @@ def test_int_and_str_labels_are_different_types(tmp_path):
     tgt = tmp_path / "t.txt"
     tgt.write_text("x\n")
     with pytest.raises(ValueError, match="label '1' is a str but earlier labels are int"):
-        _run(src, tgt, tmp_path / "o")
+        run_small(src, tgt, tmp_path / "o")
     src.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 2}\n')
-    res = _run(src, tgt, tmp_path / "o2", vote="top1", k=1, mode="interp")
+    res = run_small(src, tgt, tmp_path / "o2", vote="top1", k=1, mode="interp")
     assert res.manifest["label_names"] == [1, 2] and isinstance(res.provenance()[0]["label"], int)

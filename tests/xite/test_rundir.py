@@ -7,7 +7,6 @@ Each class here is a row of the README's bad-input table (see the test names the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -16,35 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.utils import HashEncoder
+from tests.utils import HashEncoder, run_digests, run_small, write_run_inputs
 from xite_fast._io import digest_of, json_bytes
 from xite_fast.encode.store import EmbeddingStore, encode_corpus
 from xite_fast.xite import pipeline
 from xite_fast.xite.pipeline import RUN_MARKER, AugmentConfig, run_augment
-
-LABELS = ["food", "sports", "music", "weather"]
-
-
-def _inputs(d: Path) -> tuple[Path, Path]:
-    d.mkdir(parents=True, exist_ok=True)
-    src, tgt = d / "src.jsonl", d / "tgt.jsonl"
-    src.write_text("".join(json.dumps({"text": f"source sentence {i}", "label": LABELS[i % 4]}) + "\n" for i in range(37)))
-    tgt.write_text("".join(json.dumps({"text": f"target {i}", "label": LABELS[(i * 3) % 4]}) + "\n" for i in range(29)))
-    return src, tgt
-
-
-def _run(src, tgt, out, **kw):
-    opts = {"source": str(src), "target": str(tgt), "out": str(out), "shard_size": 8, "batch_size": 3,
-            "mode": "proj", "vote": "weighted", "k": 3, "progress": False, **kw}  # fmt: skip
-    return run_augment(AugmentConfig(**opts), encoder=HashEncoder())
-
-
-def _files(out: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(out.rglob("*"))
-        if p.is_file() and p.name != ".lock" and p.name != "timings.json"
-    }
 
 
 def _snapshot(d: Path) -> dict[str, bytes]:
@@ -54,10 +29,10 @@ def _snapshot(d: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory):
     d = tmp_path_factory.mktemp("ref")
-    src, tgt = _inputs(d / "in")
-    res = _run(src, tgt, d / "out")
+    src, tgt = write_run_inputs(d / "in", target="target {i}")
+    res = run_small(src, tgt, d / "out")
     assert res.report["n_synthetic"] == 29 and len(res.manifest["parts"]) == 4
-    return src, tgt, _files(d / "out")
+    return src, tgt, run_digests(d / "out")
 
 
 def _edit_json(path: Path, edit, *, redigest: bool = False) -> None:
@@ -86,7 +61,7 @@ def test_augment_refuses_a_foreign_directory_and_writes_nothing(ref, tmp_path, f
         (m / rel).write_text(text)
     before = _snapshot(m)
     with pytest.raises(ValueError, match=rf"out '{m}' is not empty and was not made by xite_fast \(it holds "):
-        _run(src, tgt, m)
+        run_small(src, tgt, m)
     assert _snapshot(m) == before and sorted(p.name for p in m.iterdir()) == sorted(
         {rel.split("/")[0] for rel in files}
     )
@@ -104,32 +79,32 @@ def test_marker_is_written_first_and_empty_or_lock_only_dirs_are_fine(ref, tmp_p
 
     monkeypatch.setattr(pipeline, "fault_point", spy)
     (tmp_path / "e").mkdir()
-    _run(src, tgt, tmp_path / "e")
+    run_small(src, tgt, tmp_path / "e")
     assert seen == [[".lock", RUN_MARKER]]
-    assert _files(tmp_path / "e") == want
+    assert run_digests(tmp_path / "e") == want
     (tmp_path / "l").mkdir()
     (tmp_path / "l" / ".lock").touch()  # a run killed before it wrote anything (older version)
-    _run(src, tgt, tmp_path / "l")
-    assert _files(tmp_path / "l") == want
+    run_small(src, tgt, tmp_path / "l")
+    assert run_digests(tmp_path / "l") == want
 
 
 def test_run_directory_of_the_previous_version_resumes(ref, tmp_path):
     """No marker: recognised by its config.json (our structure), resumed, then marked."""
     src, tgt, want = ref
     out = tmp_path / "o"
-    _run(src, tgt, out)
+    run_small(src, tgt, out)
     (out / RUN_MARKER).unlink()
-    res = _run(src, tgt, out)
-    assert res.parts_reused == 4 and _files(out) == want
+    res = run_small(src, tgt, out)
+    assert res.parts_reused == 4 and run_digests(out) == want
 
 
 def test_config_that_is_not_ours_is_named_not_reported_as_changed_inputs(ref, tmp_path):
     src, tgt, _ = ref
     out = tmp_path / "o"
-    _run(src, tgt, out)
+    run_small(src, tgt, out)
     (out / "config.json").write_text("{}")
     with pytest.raises(ValueError, match=r"config\.json is not a run configuration of this xite_fast version") as e:
-        _run(src, tgt, out)
+        run_small(src, tgt, out)
     assert "input changed" not in str(e.value)
 
 
@@ -153,10 +128,10 @@ def test_out_paths_that_cannot_be_directories(ref, tmp_path):
     src, tgt, _ = ref
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ValueError, match=r"out '.*afile/sub' cannot be created: '.*afile' is a file"):
-        _run(src, tgt, tmp_path / "afile" / "sub")
+        run_small(src, tgt, tmp_path / "afile" / "sub")
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     with pytest.raises(ValueError, match=r"out '.*dangling' is a symbolic link to '.*nowhere', which does not exist"):
-        _run(src, tgt, tmp_path / "dangling")
+        run_small(src, tgt, tmp_path / "dangling")
     txt = tmp_path / "t.txt"
     txt.write_text("a\nb\n")
     with pytest.raises(ValueError, match=r"out_dir must be a directory, but '.*afile' is a file"):
@@ -177,9 +152,9 @@ def test_read_only_out_is_a_clear_oserror(ref, tmp_path):
         ro.chmod(0o555)
     try:
         with pytest.raises(OSError, match=r"cannot create out directory '.*ro/o': .*; pass a writable location"):
-            _run(src, tgt, ro / "o")
+            run_small(src, tgt, ro / "o")
         with pytest.raises(OSError, match=r"cannot write in out directory '.*ro'.*pass a writable location"):
-            _run(src, tgt, ro)
+            run_small(src, tgt, ro)
     finally:
         if os.geteuid() == 0:
             subprocess.run(["umount", str(ro)], check=False)
@@ -208,29 +183,29 @@ def test_input_rewritten_during_the_run_is_an_error_naming_it(ref, tmp_path, mon
     monkeypatch.setattr(pipeline, "fault_point", edit)
     out = tmp_path / "o"
     with pytest.raises(RuntimeError, match=rf"the target input '{tgt}' was modified during the run"):
-        _run(src, tgt, out)
+        run_small(src, tgt, out)
     assert not (out / "synthetic" / "manifest.json").exists() and not (out / "report.json").exists()
     if not keep_mtime:
         assert not (out / "synthetic" / "part-00001.done.json").exists()
     monkeypatch.setattr(pipeline, "fault_point", real)
     with pytest.raises(ValueError, match="target input changed"):  # the committed work is never mixed
-        _run(src, tgt, out)
+        run_small(src, tgt, out)
     tgt.write_bytes(tgt0.read_bytes())  # restored: the run resumes to the reference bytes
-    _run(src, tgt, out)
-    assert _files(out) == want
+    run_small(src, tgt, out)
+    assert run_digests(out) == want
 
 
 # ------------------------------------------------------------------------------------- tampering, traversal
 def test_edited_store_mean_is_detected_and_re_made(ref, tmp_path):
     src, tgt, want = ref
     out = tmp_path / "o"
-    _run(src, tgt, out, center=True)
-    want_c = _files(out)
+    run_small(src, tgt, out, center=True)
+    want_c = run_digests(out)
     _edit_json(out / "source_emb" / "manifest.json", lambda m: m["mean"].__setitem__(0, 5.0))
     with pytest.raises(ValueError, match=r"manifest\.json was edited after it was written"):
         EmbeddingStore(out / "source_emb")
-    res = _run(src, tgt, out, center=True)
-    assert "source_emb/manifest.json" in res.remade and _files(out) == want_c
+    res = run_small(src, tgt, out, center=True)
+    assert "source_emb/manifest.json" in res.remade and run_digests(out) == want_c
     # encode_corpus alone refuses it, naming the recovery (delete the folder; Python: overwrite=True)
     _edit_json(out / "target_emb" / "manifest.json", lambda m: m["shards"][0].__setitem__("sum", [0.0] * 16))
     with pytest.raises(ValueError, match=r"was edited after it was written.*delete .*target_emb and rerun"):
@@ -240,29 +215,29 @@ def test_edited_store_mean_is_detected_and_re_made(ref, tmp_path):
 def test_edited_label_counts_are_detected_and_the_part_re_made(ref, tmp_path):
     src, tgt, want = ref
     out = tmp_path / "o"
-    _run(src, tgt, out)
+    run_small(src, tgt, out)
     done = out / "synthetic" / "part-00002.done.json"
     _edit_json(done, lambda d: d["label_counts"].__setitem__(0, d["label_counts"][0] + 100))
-    res = _run(src, tgt, out)
+    res = run_small(src, tgt, out)
     assert res.parts_reused == 3 and "synthetic/part-00002" in res.remade
-    assert _files(out) == want
+    assert run_digests(out) == want
 
 
 @pytest.mark.parametrize("name", ["../target_emb/shard_000000.npy", "/etc/hostname", "sub/shard_000000.npy"])
 def test_store_paths_that_leave_the_directory_are_refused(ref, tmp_path, name):
     src, tgt, want = ref
     out = tmp_path / "o"
-    _run(src, tgt, out)
+    run_small(src, tgt, out)
     _edit_json(out / "source_emb" / "manifest.json", lambda m: m["shards"][0].__setitem__("file", name), redigest=True)
     with pytest.raises(ValueError, match=r"names the file .*refusing a path that leaves it"):
         EmbeddingStore(out / "source_emb")
-    res = _run(src, tgt, out)  # in a run directory the store is re-made
-    assert "source_emb/manifest.json" in res.remade and _files(out) == want
+    res = run_small(src, tgt, out)  # in a run directory the store is re-made
+    assert "source_emb/manifest.json" in res.remade and run_digests(out) == want
 
 
 def test_synthetic_manifest_paths_stay_inside(ref, tmp_path):
     src, tgt, _ = ref
-    res = _run(src, tgt, tmp_path / "o")
+    res = run_small(src, tgt, tmp_path / "o")
     res.manifest["parts"][0]["embeddings"] = "../source_emb/shard_000000.npy"
     with pytest.raises(ValueError, match="refusing a path that leaves it"):
         res.embeddings()
@@ -271,10 +246,10 @@ def test_synthetic_manifest_paths_stay_inside(ref, tmp_path):
 def test_deleted_store_manifest(ref, tmp_path):
     src, tgt, want = ref
     out = tmp_path / "o"
-    _run(src, tgt, out)
+    run_small(src, tgt, out)
     (out / "source_emb" / "manifest.json").unlink()
-    res = _run(src, tgt, out)  # augment re-makes the store
-    assert "source_emb/manifest.json" in res.remade and _files(out) == want
+    res = run_small(src, tgt, out)  # augment re-makes the store
+    assert "source_emb/manifest.json" in res.remade and run_digests(out) == want
     (out / "target_emb" / "manifest.json").unlink()
     with pytest.raises(ValueError, match=r"holds shard files but no manifest\.json.*delete .*target_emb and rerun") as e:
         encode_corpus(tgt, out / "target_emb", HashEncoder(), shard_size=8, batch_size=3)
@@ -284,10 +259,10 @@ def test_deleted_store_manifest(ref, tmp_path):
 def test_report_json_is_byte_identical_after_a_resume(ref, tmp_path):
     src, tgt, _ = ref
     out = tmp_path / "o"
-    _run(src, tgt, out)
+    run_small(src, tgt, out)
     report = (out / "report.json").read_bytes()
     (out / "synthetic" / "part-00003.npy").unlink()
-    res = _run(src, tgt, out)
+    res = run_small(src, tgt, out)
     assert (out / "report.json").read_bytes() == report
     timings = json.loads((out / "timings.json").read_text())
     assert timings["shards_skipped_on_resume"] == 3 == res.parts_reused and timings["remade"] == res.remade
@@ -310,7 +285,7 @@ def test_encoder_nan_names_the_encoder_and_rows(tmp_path):
     txt.write_text("".join(f"line {i}\n" for i in range(10)))
     with pytest.raises(RuntimeError, match=r"encoder 'nan-model' \(runtime fake-runtime\) returned NaN or inf embeddings for 1 of 4 input rows \(rows 1; first: 'line 1'\)"):
         encode_corpus(txt, tmp_path / "e", _NaNEncoder(), shard_size=4, batch_size=2)
-    src, tgt = _inputs(tmp_path / "in")
+    src, tgt = write_run_inputs(tmp_path / "in", target="target {i}")
     with pytest.raises(RuntimeError, match=r"returned NaN or inf embeddings for 3 of 8 input rows \(rows 1, 4, 7;"):
         run_augment(AugmentConfig(source=str(src), target=str(tgt), out=str(tmp_path / "o"), shard_size=8,
                                   progress=False), encoder=_NaNEncoder())  # fmt: skip
