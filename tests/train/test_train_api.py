@@ -314,16 +314,20 @@ def test_bad_labels_are_named_errors(tmp_path, labels, match):
         train_xite(_model(), TOK, _args(tmp_path), source_texts=SRC, source_labels=labels, target_texts=TGT, train=False)
 
 
-def test_series_and_columns_are_accepted_tables_refused_naming_the_argument(tmp_path):
+def test_series_columns_and_tables_are_read_by_the_table_adapter_errors_name_the_argument(tmp_path):
     pd = pytest.importorskip("pandas")
     df = pd.DataFrame({"text": SRC, "label": [NAMES[c] for c in YS]})
     tr = train_xite(_model(), TOK, _args(tmp_path), source_texts=df["text"], source_labels=df["label"],
                     target_texts=pd.Series(TGT), train=False)  # fmt: skip
     assert len(tr.train_dataset) == 48
     assert len(predict(tr.model, TOK, pd.Series(TGT[:3])).labels) == 3
-    with pytest.raises(ValueError, match=r'source_texts must be a sequence of str .* got DataFrame .*df\["text"\]'):
-        train_xite(_model(), TOK, _args(tmp_path), source_texts=df, source_labels=df["label"], train=False)
-    with pytest.raises(ValueError, match=r"target_texts\[1\] must be a str, got int"):
+    tr = train_xite(_model(), TOK, _args(tmp_path), source_texts=df, source_labels=df["label"], train=False)
+    assert len(tr.train_dataset) == 48  # a table: its "text" column (the one table adapter)
+    with pytest.raises(ValueError, match=r"source_texts must be .* got int"):
+        train_xite(_model(), TOK, _args(tmp_path), source_texts=5, source_labels=df["label"], train=False)
+    with pytest.raises(ValueError, match=r"source_labels must be a sequence .* got DataFrame"):
+        train_xite(_model(), TOK, _args(tmp_path), source_texts=SRC, source_labels=df, train=False)
+    with pytest.raises(ValueError, match=r"target_texts\[1\] must be a str .* got int"):
         train_xite(_model(), TOK, _args(tmp_path), source_texts=SRC, source_labels=list(YS), target_texts=["a", 3],
                    train=False)  # fmt: skip
     datasets = pytest.importorskip("datasets")

@@ -1,8 +1,9 @@
 """What :func:`~xite_fast.train.trainer.train_xite` reads besides the model: the user's texts and labels,
 and the pairs of an augment result.
 
-* :func:`as_texts` / :func:`as_labels`: any sequence (a list, a tuple, a pandas Series, a ``datasets``
-  Column) into a list, checked, with errors naming the user's argument.
+* :func:`as_texts` / :func:`as_labels`: texts through the one table adapter of :mod:`xite_fast.data.records`
+  (lists, pandas Series/DataFrames, ``datasets`` Columns/Datasets), labels from any sequence, checked, with
+  errors naming the user's argument.
 * :class:`Matching`: which source row every training example was paired with (the diagnostics
   ``train_xite`` returns as ``trainer.matching``).
 * :func:`pairs_of_result`: the in-memory :class:`~xite_fast.xite.augmenter.AugmentResult`, checked against
@@ -36,8 +37,8 @@ def _refuse(name: str, x: Any) -> ValueError:
     kind = type(x).__name__
     hint = ""
     if kind == "DataFrame" or hasattr(x, "column_names") or hasattr(x, "columns"):
-        hint = f' (a table: pass one of its columns, e.g. {name}=df["text"])'
-    return ValueError(f"{name} must be a sequence of str (a list, a pandas Series, a datasets Column), got {kind}{hint}")
+        hint = f' (a table: pass one of its columns, e.g. {name}=df["label"])'
+    return ValueError(f"{name} must be a sequence (a list, a pandas Series, a datasets Column), got {kind}{hint}")
 
 
 def _as_list(name: str, x: Any) -> list:
@@ -51,15 +52,16 @@ def _as_list(name: str, x: Any) -> list:
 
 
 def as_texts(name: str, x: Any, n: int | None = None, *, empty_ok: bool = False) -> list[str]:
-    """``x`` as a list of str; ValueError naming ``name`` (the user's argument) and the first bad entry."""
-    texts = _as_list(name, x)
+    """``x`` as a list of str, read by the one table adapter (:func:`xite_fast.data.records.as_texts`: a
+    list, a pandas Series or DataFrame (its ``"text"`` column), a datasets Column or Dataset); ValueError
+    naming ``name`` (the user's argument) and the first bad entry."""
+    from xite_fast.data.records import as_texts as read_texts
+
+    texts, _ = read_texts(x, name, allow_pairs=False)
     if not texts and not empty_ok:
         raise ValueError(f"{name} must not be empty, got 0 texts")
     if n is not None and len(texts) != n:
         raise ValueError(f"{name} must have one entry per example ({n}), got {len(texts)}")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise ValueError(f"{name}[{i}] must be a str, got {type(t).__name__} {t!r:.60}")
     return texts
 
 
