@@ -439,7 +439,7 @@ def test_bad_input_classes_exit_2_and_leave_files_alone(tmp_path, capsys, monkey
     err = _err(capsys, [*aug, "--out", str(tmp_path / "dangling")])
     assert "is a symbolic link to" in err and "which does not exist" in err
     err = _err(capsys, ["encode", "--input", str(src), "--out", str(txt)])
-    assert f"must be a directory, but '{txt}' is a file" in err
+    assert f"--out must be a directory, but '{txt}' is a file" in err
     garbage = tmp_path / "g.parquet"
     garbage.write_bytes(b"not parquet at all")
     err = _err(capsys, [*aug[:3], "--source", str(garbage), "--target", str(tgt), "--out", str(tmp_path / "o")])

@@ -150,12 +150,12 @@ def _store_file(name: str) -> bool:
     )
 
 
-def claim_store_dir(out_dir: str | os.PathLike) -> Path:
-    """Create the store folder ``out_dir``; ValueError naming it when it is a non-empty folder that is not
-    a store (a foreign ``manifest.json`` is never replaced), a file, or under one."""
+def claim_store_dir(out_dir: str | os.PathLike, what: str = "out_dir") -> Path:
+    """Create the store folder ``out_dir``; ValueError naming it (as ``what``) when it is a non-empty
+    folder that is not a store (a foreign ``manifest.json`` is never replaced), a file, or under one."""
     out_dir = Path(out_dir).expanduser()
-    check_owned_dir(out_dir, "out_dir", _is_store, _store_file)
-    return prepare_dir(out_dir, "out_dir")
+    check_owned_dir(out_dir, what, _is_store, _store_file)
+    return prepare_dir(out_dir, what)
 
 
 @contextlib.contextmanager

@@ -303,7 +303,10 @@ def run_encode(config: EncodeConfig, *, encoder: Any = None):
             config.input, text_field=config.text_field, label_field=config.label_field,
             pair_field=config.pair_field, name="input", header=config.header,
         )  # fmt: skip
-    return _encode_store(config, source, Path(config.out), encoder, encoder or config.make_encoder)
+    from xite_fast.encode.store import claim_store_dir
+
+    out = claim_store_dir(config.out, "out")  # a bad --out is named as the flag, before the model loads
+    return _encode_store(config, source, out, encoder, encoder or config.make_encoder)
 
 
 def _encode_store(cfg: CorpusConfig, source: Any, out_dir: Path, encoder: Any, make_encoder: Any, *, overwrite=False):
