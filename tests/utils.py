@@ -4,6 +4,7 @@ Import as ``from tests.utils import ...`` (pytest's pythonpath holds the reposit
 (torch, transformers, tokenizers, sentence-transformers, xite_fast) are imported inside the helpers, so a
 subprocess or an ops test that imports this module pays only for numpy.
 
+- op backends: :func:`cpu_ext`, :func:`needs_cpu_ext`, :func:`backend_params`
 - top-k checks: :func:`assert_topk_equal` (tie-aware), :func:`exact_topk`, :func:`cosine_scores64`,
   :func:`random_data`, :func:`ref_topk64`
 - orthonormal bases: :func:`orthonormal` (numpy), :func:`orthonormal_torch`
@@ -32,6 +33,29 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------ op backends (ops/)
+def cpu_ext(op: str | None = None) -> bool:
+    """The C++ extension is built (``backends_available()["cpu"]``) and, given ``op``, exports it."""
+    from xite_fast import _backend
+
+    return bool(_backend.backends_available()["cpu"] and (op is None or hasattr(_backend.load_extension(), op)))
+
+
+def needs_cpu_ext(op: str | None = None) -> Any:
+    """``pytest.mark.skipif`` for a test of the C++ kernel (``op``: the function the extension must export)."""
+    import pytest
+
+    return pytest.mark.skipif(not cpu_ext(op), reason="C++ kernel not built")
+
+
+def backend_params(op: str | None = None, *, torch_first: bool = False) -> list:
+    """The ``backend`` values an op test runs: "cpu" (skipped without the C++ kernel) and "torch"."""
+    import pytest
+
+    cpu = pytest.param("cpu", marks=needs_cpu_ext(op))
+    return ["torch", cpu] if torch_first else [cpu, "torch"]
 
 
 # ------------------------------------------------------------------------------------------- top-k checks

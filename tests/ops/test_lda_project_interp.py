@@ -6,20 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-import xite_fast
-from tests.utils import orthonormal
+from tests.utils import backend_params, needs_cpu_ext, orthonormal
 from xite_fast import lda_project_interp
 from xite_fast._backend import load_extension
 from xite_fast.ops.lda_project_interp import aligned_empty
 from xite_fast.reference import lda_project_interp_ref
 
 MODES = ("interp", "proj", "comp", "shift")
-BACKENDS = [
-    pytest.param(
-        "cpu", marks=pytest.mark.skipif(not xite_fast.backends_available()["cpu"], reason="no C++ kernel")
-    ),
-    "torch",
-]
+BACKENDS = backend_params()
+needs_cpu = needs_cpu_ext()
 
 
 def make(shape, r, seed=0, scale=1.0):
@@ -169,7 +164,7 @@ def test_out_argument(backend, tmp_path):
         assert_close(t2, want, 2.0, 24)
 
 
-@pytest.mark.skipif(not xite_fast.backends_available()["cpu"], reason="no C++ kernel")
+@needs_cpu
 def test_thread_count_independent_bitwise():
     s, t, W, lam_rows = make((301, 257), 7, seed=12)
     for mode in MODES:
@@ -181,7 +176,7 @@ def test_thread_count_independent_bitwise():
         assert_close(one, oracle(s, t, W, lam_rows, mode), 2.0, 257)
 
 
-@pytest.mark.skipif(not xite_fast.backends_available()["cpu"], reason="no C++ kernel")
+@needs_cpu
 @pytest.mark.parametrize("nt_mode", [0, 1])
 def test_streaming_stores_path(nt_mode):
     # drive the kernel directly so the non-temporal path runs at a small size (aligned rows, D % 8 == 0)
@@ -195,7 +190,7 @@ def test_streaming_stores_path(nt_mode):
         assert_close(out, oracle(s, t, W, lam_rows.astype(np.float32), mode), 2.0, 64)
 
 
-@pytest.mark.skipif(not xite_fast.backends_available()["cpu"], reason="no C++ kernel")
+@needs_cpu
 def test_large_output_uses_streaming_auto():
     # 6000 x 768 float32 = 18 MB output: above the streaming-store threshold
     s, t, W, _ = make((6000, 768), 4, seed=6)
@@ -312,7 +307,7 @@ def test_out_partial_overlap_rejected():
         lda_project_interp(s, t, W, 0.5, out=buf[1:])
 
 
-@pytest.mark.skipif(not xite_fast.backends_available()["cpu"], reason="no C++ kernel")
+@needs_cpu
 def test_cpp_checks_repeat_critical_validation():
     ext = load_extension()
     s, t, W, _ = make((4, 8), 2)
@@ -333,7 +328,7 @@ def test_cpp_checks_repeat_critical_validation():
             ext.lda_project_interp(*args)
 
 
-@pytest.mark.skipif(not xite_fast.backends_available()["cpu"], reason="no C++ kernel")
+@needs_cpu
 def test_auto_dispatch_and_env_override(monkeypatch):
     s, t, W, _ = make((8, 16), 3)
     want = oracle(s, t, W, 0.2, "proj")

@@ -16,14 +16,12 @@ import pytest
 import torch
 
 import xite_fast
+from tests.utils import backend_params, needs_cpu_ext
 from xite_fast.ops.sinkhorn import sinkhorn_divergence, sinkhorn_ot
 from xite_fast.reference import sinkhorn_divergence_ref, sinkhorn_ref, sq_euclidean_cost_ref
 
-HAS_CPU = xite_fast.backends_available()["cpu"]
-BACKENDS = [
-    "torch",
-    pytest.param("cpu", marks=pytest.mark.skipif(not HAS_CPU, reason="C++ extension not built")),
-]
+BACKENDS = backend_params(torch_first=True)
+needs_cpu = needs_cpu_ext()
 
 # converged settings: annealing + many iterations + a tight tolerance on the potentials
 CONV = dict(n_iters=1000, tol=1e-13, eps_schedule="anneal")
@@ -91,7 +89,7 @@ def test_divergence_matches_pot(backend):
 
 
 # ------------------------------------------------------------------------ C++ vs torch reference
-@pytest.mark.skipif(not HAS_CPU, reason="C++ extension not built")
+@needs_cpu
 @pytest.mark.parametrize(
     "dtype,atol,rtol", [(torch.float64, 1e-10, 1e-10), (torch.float32, 2e-4, 2e-5)], ids=["f64", "f32"]
 )
@@ -112,7 +110,7 @@ def test_cpu_matches_reference(dtype, atol, rtol, shape, schedule):
     assert torch.allclose(got_t.double(), want, atol=atol, rtol=rtol)
 
 
-@pytest.mark.skipif(not HAS_CPU, reason="C++ extension not built")
+@needs_cpu
 def test_cpu_potentials_match_reference():
     ext = xite_fast._backend.load_extension()
     x, y = _clouds(3, 10, 6, 5, seed=3)
@@ -223,7 +221,7 @@ def test_envelope_gradient_matches_unrolled_autograd(backend, debias):
     assert torch.allclose(y2.grad, y1.grad, atol=1e-7), _first_mismatch(y2.grad, y1.grad, 1e-7, 0)
 
 
-@pytest.mark.skipif(not HAS_CPU, reason="C++ extension not built")
+@needs_cpu
 def test_cpu_backward_float32_matches_torch_backward():
     x, y = _clouds(6, 40, 33, 64, dtype=torch.float32, seed=17)
     grads = []
@@ -298,7 +296,7 @@ def test_errors(kwargs, match):
         sinkhorn_divergence(x, y, **args)
 
 
-@pytest.mark.skipif(not HAS_CPU, reason="C++ extension not built")
+@needs_cpu
 def test_cpp_checks():
     ext = xite_fast._backend.load_extension()
     x = np.zeros((2, 3, 4), np.float32)
@@ -324,7 +322,7 @@ def test_explicit_unavailable_backend_raises():
         sinkhorn_divergence(torch.randn(1, 2, 3), torch.randn(1, 2, 3), backend="triton")
 
 
-@pytest.mark.skipif(not HAS_CPU, reason="C++ extension not built")
+@needs_cpu
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-10), (torch.float32, 1e-5)], ids=["f64", "f32"])
 def test_cpu_row_parallel_path_matches_torch(dtype, atol):
     # one large item (n*m >= 128*128, B < threads) takes the row-parallel branch of the kernel
