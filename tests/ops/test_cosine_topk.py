@@ -12,19 +12,16 @@ import pytest
 import torch
 
 import xite_fast
-from tests.utils import assert_topk_equal, cosine_scores64, exact_topk
+from tests.utils import assert_topk_equal, backend_params, cosine_scores64, cpu_ext, exact_topk, needs_cpu_ext
 from tests.utils import random_data as _data
 from tests.utils import ref_topk64 as _ref64
 from xite_fast import _backend
 from xite_fast.ops import cosine_topk as ct_mod
 from xite_fast.ops.cosine_topk import cosine_topk, merge_topk
 
-HAS_CPU = _backend.backends_available()["cpu"] and hasattr(_backend.load_extension(), "cosine_topk")
-BACKENDS = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not HAS_CPU, reason="C++ kernel not built")),
-    "torch",
-]
-needs_cpu = pytest.mark.skipif(not HAS_CPU, reason="C++ kernel not built")
+HAS_CPU = cpu_ext("cosine_topk")
+BACKENDS = backend_params("cosine_topk")
+needs_cpu = needs_cpu_ext("cosine_topk")
 HAS_AVX512 = HAS_CPU and bool(_backend.load_extension().cpu_supports_avx512())
 HAS_BF16 = HAS_CPU and bool(_backend.load_extension().cpu_supports_avx512_bf16())
 # packed micro-kernels this CPU runs: AVX2 6x16 always, AVX-512 12x32 and the certified bf16 kernel

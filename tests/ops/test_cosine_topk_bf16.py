@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.utils import assert_topk_equal
+from tests.utils import assert_topk_equal, cpu_ext, needs_cpu_ext
 from tests.utils import random_data as _data
 from tests.utils import ref_topk64 as _ref64
 from xite_fast import _backend
@@ -22,9 +22,9 @@ from xite_fast.ops import cosine_topk as ct_mod
 from xite_fast.ops.cosine_topk import cosine_topk
 
 EXT = _backend.load_extension()
-HAS_CPU = _backend.backends_available()["cpu"] and hasattr(EXT, "cosine_topk")
+HAS_CPU = cpu_ext("cosine_topk")
 HAS_BF16 = HAS_CPU and hasattr(EXT, "cpu_supports_avx512_bf16") and bool(EXT.cpu_supports_avx512_bf16())
-needs_cpu = pytest.mark.skipif(not HAS_CPU, reason="C++ kernel not built")
+needs_cpu = needs_cpu_ext("cosine_topk")
 needs_bf16 = pytest.mark.skipif(
     not HAS_BF16, reason="this CPU lacks AVX512_BF16 (vdpbf16ps): the bf16 kernel cannot run here"
 )

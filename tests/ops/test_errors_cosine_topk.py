@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.utils import backend_params, needs_cpu_ext
 from xite_fast import _backend
 from xite_fast.ops import cosine_topk as ct_mod
 from xite_fast.ops.cosine_topk import cosine_topk, merge_topk
 
-HAS_CPU = _backend.backends_available()["cpu"] and hasattr(_backend.load_extension(), "cosine_topk")
-BACKENDS = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not HAS_CPU, reason="C++ kernel not built")),
-    "torch",
-]
+BACKENDS = backend_params("cosine_topk")
+needs_cpu = needs_cpu_ext("cosine_topk")
 
 Q = np.ones((3, 4), np.float32)
 X = np.arange(20, dtype=np.float32).reshape(5, 4)
@@ -85,7 +83,7 @@ def test_nonfinite(backend, bad):
         cosine_topk(np.ones((6, 9), np.float32), x, 2, backend=backend, assume_normalized=True)
 
 
-@pytest.mark.skipif(not HAS_CPU, reason="C++ kernel not built")
+@needs_cpu
 def test_large_finite_values_are_not_flagged():
     """1e30 squared overflows fp32 but not the kernel's double-precision norms and NaN/inf check.
 
@@ -144,7 +142,7 @@ def test_merge_topk_errors():
         merge_topk([s], [i], 0)
 
 
-@pytest.mark.skipif(not HAS_CPU, reason="C++ kernel not built")
+@needs_cpu
 @pytest.mark.parametrize(
     "args,match",
     [
@@ -171,7 +169,7 @@ def test_cpp_checks(args, match):
         ext.cosine_topk(*args)
 
 
-@pytest.mark.skipif(not HAS_CPU, reason="C++ kernel not built")
+@needs_cpu
 @pytest.mark.parametrize("n,m,d", [(60, 3000, 32), (5, 100000, 16)])
 @pytest.mark.parametrize("as_memmap", [False, True])
 @pytest.mark.parametrize("split", ["queries", "keys"])
@@ -194,7 +192,7 @@ def test_nonfinite_key_all_cpu_modes(n, m, d, as_memmap, split, tmp_path):
         cosine_topk(q, x, 3, backend="cpu")
 
 
-@pytest.mark.skipif(not HAS_CPU, reason="C++ kernel not built")
+@needs_cpu
 @pytest.mark.parametrize("sign", [1.0, -1.0])  # +inf / -inf raw inner products
 @pytest.mark.parametrize("n", [3, 60])  # key-split / query-split modes
 def test_float32_overflow_is_an_error_not_garbage(sign, n):
@@ -211,7 +209,7 @@ def test_float32_overflow_is_an_error_not_garbage(sign, n):
     np.testing.assert_allclose(s, np.full((n, 3), sign, np.float32), atol=1e-6)
 
 
-@pytest.mark.skipif(not HAS_CPU, reason="C++ kernel not built")
+@needs_cpu
 @pytest.mark.parametrize(
     "args,match",
     [
