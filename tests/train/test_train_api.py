@@ -276,6 +276,15 @@ def test_eval_texts_and_labels_use_the_training_label_map(tmp_path):
     assert [tr.model.config.id2label[int(i)] for i in ids] == src_labels
     evals = [h for h in tr.state.log_history if "eval_accuracy" in h]
     assert len(evals) == 2 and {"eval_macro_f1", "eval_loss"} <= set(evals[0])
+    datasets = pytest.importorskip("datasets")
+    raw = datasets.Dataset.from_dict({"text": TGT, "label": src_labels})
+    tr2 = train_xite(_model(), TOK, _args(tmp_path), source_texts=SRC, source_labels=src_labels, eval_dataset=raw,
+                     train=False)  # fmt: skip
+    assert [tr2.eval_dataset[i]["labels"] for i in range(len(TGT))] == ids
+    assert "eval_accuracy" in tr2.evaluate()
+    with pytest.raises(ValueError, match="needs a 'label' column"):
+        train_xite(_model(), TOK, _args(tmp_path), source_texts=SRC, source_labels=src_labels,
+                   eval_dataset={"text": TGT}, train=False)  # fmt: skip
     with pytest.raises(ValueError, match=r"eval_labels\[1\] = 'bird' is not a known label"):
         train_xite(_model(), TOK, _args(tmp_path), source_texts=SRC, source_labels=src_labels, eval_texts=TGT[:2],
                    eval_labels=["fruit", "bird"], train=False)  # fmt: skip

@@ -327,6 +327,20 @@ def _is_classification(config: Any) -> bool:
     return not (pt in ("regression", "multi_label_classification") or (pt is None and config.num_labels == 1))
 
 
+def _table_columns(obj: Any) -> list[str] | None:
+    """The column names of a table (pandas DataFrame, datasets Dataset, dict of columns), else None."""
+    from xite_fast.data.records import table_kind
+
+    kind = table_kind(obj)
+    if kind == "frame":
+        return [str(c) for c in obj.columns]
+    if kind == "dataset":
+        return list(obj.column_names)
+    if kind == "dict":
+        return [str(k) for k in obj]
+    return None
+
+
 def _is_run(augment: Any) -> bool:
     """An :class:`~xite_fast.xite.pipeline.AugmentRun` (a run directory), not an in-memory result."""
     return hasattr(augment, "manifest") and hasattr(augment, "out")
@@ -387,7 +401,8 @@ def train_xite(
     of the SOURCE (a class no target was matched to stays a class; ``label_names`` fixes the order), mapped
     with :func:`label_map_for` into ``model.config``. ``eval_texts`` / ``eval_labels`` (``eval_text_pairs``)
     become the ``eval_dataset`` with the same map (``compute_metrics`` defaults to
-    :func:`classification_metrics`). The tokenization (``xite_config.max_length`` / ``prefix``, pairs) is
+    :func:`classification_metrics`); so does an ``eval_dataset`` of raw text (a pandas DataFrame,
+    ``datasets.Dataset`` or dict of columns ``text``, ``label`` and optionally ``text_pair``). The tokenization (``xite_config.max_length`` / ``prefix``, pairs) is
     saved in ``model.config.xite_fast`` (so in ``config.json``) and :func:`predict` uses it.
 
     ``trainer.matching`` (a :class:`~xite_fast.train.data.Matching`: target/source ids, similarities,
@@ -478,16 +493,27 @@ def train_xite(
     if cfg.lda and cfg.placement != "none" and xm.lda_W is None and lda_texts is not None:
         s, t, spp, tpp = lda_texts
         xm.set_lda(fit_lda(xm, tokenizer, s, t, source_text_pairs=spp, target_text_pairs=tpp, **kw))
+    names = ("eval_texts", "eval_text_pairs", "eval_labels")
+    cols = _table_columns(trainer_kw.get("eval_dataset"))
+    if cols is not None:  # an eval_dataset of raw text: columns text, label (and text_pair)
+        if eval_texts is not None or eval_labels is not None:
+            raise ValueError("give eval_texts/eval_labels or eval_dataset, not both")
+        if "label" not in cols:
+            raise ValueError(f"eval_dataset (a table of raw text) needs a 'label' column, got columns {cols}")
+        table = trainer_kw.pop("eval_dataset")
+        eval_texts, eval_labels = table, table["label"]
+        eval_text_pairs = table["text_pair"] if "text_pair" in cols else None
+        names = ("eval_dataset", "eval_dataset['text_pair']", "eval_dataset['label']")
     if eval_texts is not None or eval_labels is not None:
         if eval_texts is None or eval_labels is None:
             raise ValueError("eval_texts and eval_labels must be given together")
         if trainer_kw.get("eval_dataset") is not None:
             raise ValueError("give eval_texts/eval_labels or eval_dataset, not both")
-        et = as_texts("eval_texts", eval_texts)
-        ep = as_texts("eval_text_pairs", eval_text_pairs, len(et)) if eval_text_pairs is not None else None
-        el = as_labels("eval_labels", eval_labels, len(et), classes=classes)
+        et = as_texts(names[0], eval_texts)
+        ep = as_texts(names[1], eval_text_pairs, len(et)) if eval_text_pairs is not None else None
+        el = as_labels(names[2], eval_labels, len(et), classes=classes)
         trainer_kw["eval_dataset"] = XiteDataset(
-            tokenizer, et, lm.encode(el, name="eval_labels") if lm is not None else _targets(xm, el, None), text_pairs=ep, **kw
+            tokenizer, et, lm.encode(el, name=names[2]) if lm is not None else _targets(xm, el, None), text_pairs=ep, **kw
         )
         if classes and xm.config.problem_type != "multi_label_classification":
             trainer_kw.setdefault("compute_metrics", classification_metrics)
