@@ -301,6 +301,10 @@ def test_stage1_in_one_call_and_stage2_returns_its_matching(tmp_path):
     np.testing.assert_array_equal(tr2.matching.source_id, idx)
     np.testing.assert_allclose(tr2.matching.similarity, scores, atol=1e-6)
     assert tr2.matching.labels == [int(YS[i]) for i in idx]
+    reg = _model(num_labels=1, problem_type="regression")
+    tr3 = train_xite(reg, TOK, _args(tmp_path), source_texts=SRC, source_labels=[c / 2 for c in YS], target_texts=TGT,
+                     train=False)  # fmt: skip
+    assert tr3.matching.labels == pytest.approx([YS[i] / 2 for i in tr3.matching.source_id])
 
 
 def test_stage1_ear_in_one_call(tmp_path):

@@ -93,15 +93,16 @@ class Matching:
         target_id: (n,) int64 row of the target texts (or of the run's target corpus).
         source_id: (n,) int64 matched source row.
         similarity: (n,) float32 cosine similarity of the match (NaN where not known).
-        label_ids: (n,) int64 class id of the transferred label (``model.config.id2label``).
-        label_values: the label values, by id (so ``labels`` decodes ``label_ids``).
+        label_ids: (n,) int64 class id of the transferred label (``model.config.id2label``); regression /
+            multi-label: the transferred float targets.
+        label_values: the label values, by id (so ``labels`` decodes ``label_ids``); None without classes.
     """
 
     target_id: np.ndarray
     source_id: np.ndarray
     similarity: np.ndarray
     label_ids: np.ndarray
-    label_values: list
+    label_values: list | None
 
     def __len__(self) -> int:
         return len(self.target_id)
@@ -109,6 +110,8 @@ class Matching:
     @property
     def labels(self) -> list:
         """(n,) transferred labels, the user's values."""
+        if self.label_values is None:
+            return np.asarray(self.label_ids).tolist()
         return [self.label_values[int(i)] for i in self.label_ids]
 
 
