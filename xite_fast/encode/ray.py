@@ -26,6 +26,7 @@ import numpy as np
 
 from xite_fast._ray import ensure_ray, import_ray, init_ray, reraise_worker_error
 from xite_fast._validation import check_positive_int
+from xite_fast.logging import progress_enabled
 
 __all__ = ["encode_corpus_ray", "encode_corpora_ray", "init_ray"]  # init_ray: re-exported from _ray
 
@@ -312,9 +313,7 @@ def _run_encode_pipeline(
         num_cpus=cpus_per_worker,
     )
     bar = None
-    if show_progress_bar is None:
-        show_progress_bar = corpus.stderr_isatty()
-    if show_progress_bar:
+    if progress_enabled(show_progress_bar):
         from tqdm.auto import tqdm
 
         bar = tqdm(desc="encode_corpus_ray", unit="shard", total=len(items))

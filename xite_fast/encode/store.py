@@ -47,7 +47,8 @@ from xite_fast._io import (
     with_digest,
 )
 from xite_fast._validation import check_positive_int
-from xite_fast.data.records import CorpusIndex, index_corpus, model_input
+from xite_fast.data.records import CorpusIndex, index_corpus, iter_table_records, model_input, table_kind
+from xite_fast.logging import progress_enabled
 
 __all__ = ["EmbeddingStore", "embedding_mean", "embedding_sum", "encode_corpus", "reusable_store", "store_problem"]
 
@@ -218,12 +219,31 @@ def open_source(
     index = index_of(source, text_field, errors, pair_field)
     if index is not None:
         return index.fingerprint(), _indexed_inputs(index)
+    if table_kind(source) is not None:
+        return _table_source(source, text_field, pair_field)
     if isinstance(source, (bytes, bytearray)) or not isinstance(source, Iterable):
         raise ValueError(
             f"source must be a path (.txt/.jsonl/.tsv/.csv/.parquet) or an iterable of str, got {type(source).__name__}"
         )
     # an iterable cannot be fingerprinted up front: each shard's text sha256 identifies it instead
     return {"kind": "iterable"}, _iter_items(source)
+
+
+def _table_inputs(table: Any, text_field: str, pair_field: str | None) -> Iterator[Any]:
+    recs = iter_table_records(table, text_field=text_field, pair_field=pair_field, name="source")
+    return (model_input(rec) for _, rec in recs)
+
+
+def _table_source(table: Any, text_field: str, pair_field: str | None) -> tuple[dict, Iterator[Any]]:
+    """A DataFrame / Series / Dataset / Column / dict of columns read as a file is read (its rows, the
+    text_field / pair_field columns, blank rows skipped): fingerprinted by content in a first pass (the
+    sha256 of the encoder inputs), like a file by its bytes, then streamed again."""
+    h, n = hashlib.sha256(), 0
+    for item in _table_inputs(table, text_field, pair_field):
+        _hash_texts(h, (item,))
+        n += 1
+    fp = {"kind": "table", "sha256": h.hexdigest(), "rows": n, "text_field": text_field, "pair_field": pair_field}
+    return fp, _table_inputs(table, text_field, pair_field)
 
 
 def take(it: Iterator[Any], n: int) -> list:
@@ -237,13 +257,17 @@ def take(it: Iterator[Any], n: int) -> list:
 
 def _texts_sha256(texts: list) -> str:
     h = hashlib.sha256()
+    _hash_texts(h, texts)
+    return h.hexdigest()
+
+
+def _hash_texts(h: Any, texts: Iterable[Any]) -> None:
     for t in texts:
         parts = (t,) if isinstance(t, str) else (b"\x00pair", *t)
         for x in parts:
             b = x if isinstance(x, bytes) else x.encode("utf-8", "surrogatepass")
             h.update(len(b).to_bytes(8, "little"))  # length prefix: ["ab", "c"] != ["a", "bc"]
             h.update(b)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- store
@@ -361,7 +385,10 @@ def encode_corpus(
     Args:
         source: a corpus file read by :mod:`xite_fast.data.records` (``.txt`` / ``.jsonl`` / ``.tsv`` /
             ``.csv`` / ``.parquet``; row i = the i-th non-blank record, the same rows ``augment``
-            numbers), a :class:`~xite_fast.data.records.CorpusIndex` of one, or an iterable of str or
+            numbers), a :class:`~xite_fast.data.records.CorpusIndex` of one, a table read as a file is
+            read (:func:`~xite_fast.data.records.iter_table_records`: a pandas DataFrame / Series, a
+            ``datasets`` Dataset / Column, a dict of columns; the ``text_field`` / ``pair_field``
+            columns, blank rows skipped, fingerprinted by content), or another iterable of str or
             ``(text, text_pair)`` tuples (taken verbatim; must yield the same items on a rerun,
             checked per shard).
         out_dir: output folder (created).
@@ -370,7 +397,8 @@ def encode_corpus(
         shard_size: rows per shard (fixed row ranges; part of the identity of the output).
         batch_size: texts per forward pass (within a shard).
         text_field, pair_field: field / column of the text and (optional) text pair of a file source.
-        show_progress_bar: tqdm bar over rows; ``None`` shows it when stderr is a tty.
+        show_progress_bar: tqdm bar over rows; ``None``: when the caller is interactive (a terminal or a
+            notebook, :func:`xite_fast.logging.progress_enabled`).
         overwrite: replace an existing output made from another source/model/parameters.
         errors: ``"strict"`` (non-UTF-8 line -> ValueError naming file and line) or ``"replace"``.
 
@@ -406,12 +434,10 @@ def encode_corpus(
                 return EmbeddingStore(out_dir)  # same source sha256, model, parameters; files intact
             manifest["complete"] = False
         bar = None
-        if show_progress_bar is None:
-            show_progress_bar = stderr_isatty()
-        if show_progress_bar:
+        if progress_enabled(show_progress_bar):
             from tqdm.auto import tqdm
 
-            bar = tqdm(desc=f"encode {out_dir.name}", unit="text")
+            bar = tqdm(desc=f"encode {out_dir.name}", unit="text", total=fingerprint.get("rows"))
         try:
             k = 0
             while True:
@@ -451,6 +477,7 @@ def encode_corpus(
                 f"delete {out_dir} and rerun (Python: encode_corpus(..., overwrite=True))"
             )
         finish_store(out_dir, manifest)
+    log.info("encode_corpus: %d rows in %s", manifest["num_rows"], out_dir)
     return EmbeddingStore(out_dir)
 
 
@@ -611,15 +638,6 @@ def describe(source: Any) -> str:
     if isinstance(source, (str, os.PathLike)):
         return repr(str(source))
     return f"<{type(source).__name__}>"
-
-
-def stderr_isatty() -> bool:
-    import sys
-
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def verify_shard(out_dir: Path, shard: dict, chunk: list) -> bool:

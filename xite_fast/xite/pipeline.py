@@ -120,8 +120,12 @@ class AugmentConfig(AugmentOptions, CorpusConfig):
     part of the run's identity (``config.json``) and a resume with another one is refused), plus:
 
     Attributes:
-        source: labelled corpus file (.jsonl / .tsv / .csv / .parquet) or a bundled spec.
-        target: corpus file (labels, if present, are used as gold) or a bundled spec.
+        source: labelled corpus file (.jsonl / .tsv / .csv / .parquet), a bundled spec, or a table: a
+            pandas DataFrame, a ``datasets.Dataset`` or a dict of columns (``text_field`` /
+            ``label_field`` / ``pair_field``, read as a file is: :func:`~xite_fast.data.records.iter_table_records`),
+            written to ``OUT/inputs/source-<sha256[:12]>.jsonl`` and fingerprinted by its content.
+        target: corpus file (labels, if present, are used as gold), a bundled spec, or a table as above
+            (also a Series / Column / list of texts).
         out: run directory (created; resumable).
         backend: backend of the ops. match_chunk: target rows per search call.
         max_rows: read at most this many records of each input.
@@ -158,8 +162,14 @@ class AugmentConfig(AugmentOptions, CorpusConfig):
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         for name in ("source", "target"):
-            if not isinstance(getattr(self, name), (str, os.PathLike)) or not str(getattr(self, name)):
-                raise ValueError(f"{name} must be a file path or a bundled spec, got {getattr(self, name)!r}")
+            v = getattr(self, name)
+            if isinstance(v, (str, os.PathLike)) and str(v):
+                continue
+            if not _is_table(v):
+                raise ValueError(
+                    f"{name} must be a file path, a bundled spec or a table (pandas DataFrame, datasets "
+                    f"Dataset{', a list of texts' if name == 'target' else ''}), got {type(v).__name__}: {v!r:.60}"
+                )
 
 
 @dataclass
@@ -236,13 +246,15 @@ class AugmentRun:
 
 
 # ----------------------------------------------------------------------------------------- entry point
-def run_augment(config: AugmentConfig, *, encoder: Any = None) -> AugmentRun:
+def run_augment(config: AugmentConfig, *, encoder: Any = None, show_progress_bar: bool | None = None) -> AugmentRun:
     """Run (or resume) the augment job of ``config`` in ``config.out``.
 
     Args:
         config: the options.
         encoder: an encoder object to use instead of ``Encoder(config.model, ...)`` (tests, custom
             models); it must have ``encode``, ``dim`` and ``model_id``.
+        show_progress_bar: tqdm bars of the encode and match stages (``config.progress`` when None; both
+            None: in a terminal or a notebook, :func:`xite_fast.logging.progress_enabled`).
 
     Raises:
         ValueError: a bad option or input (the message names it), ``out`` holds a different run, or
@@ -267,6 +279,8 @@ def run_augment(config: AugmentConfig, *, encoder: Any = None) -> AugmentRun:
             n = remove_stale_temps(out)
             if n:
                 log.info("removed %d temporary file(s) left by an interrupted run", n)
+            if show_progress_bar is not None:
+                config = dataclasses.replace(config, progress=bool(show_progress_bar))
             return _Run(config, out, encoder).run()
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(exc, DiskFullError):
@@ -362,12 +376,19 @@ def _ours_anyway(name: str) -> bool:
     return name == ".lock" or TMP_MARK in name
 
 
+def _is_table(obj: Any) -> bool:
+    """An in-memory input: a table (:func:`~xite_fast.data.records.table_kind`) or a list / tuple of texts."""
+    from xite_fast.data.records import table_kind
+
+    return table_kind(obj) is not None or isinstance(obj, (list, tuple))
+
+
 def _bar(progress: bool | None, **kw):
     from tqdm.auto import tqdm
 
-    from xite_fast.encode.store import stderr_isatty
+    from xite_fast.logging import progress_enabled
 
-    return tqdm(disable=not (stderr_isatty() if progress is None else progress), **kw)
+    return tqdm(disable=not progress_enabled(progress), **kw)
 
 
 # ----------------------------------------------------------------------------------------- the run
@@ -436,7 +457,7 @@ class _Run:
 
         cfg = self.cfg
         topics = None
-        if all(str(s).lower().startswith("chatterbot:") for s in (cfg.source, cfg.target)):
+        if all(isinstance(s, str) and s.lower().startswith("chatterbot:") for s in (cfg.source, cfg.target)):
             # English has topics (coding, tech_support) Korean lacks: matching onto labels the target
             # never uses only adds errors, so two chatterbot corpora are restricted to shared topics
             from xite_fast.data.chatterbot import chatterbot_topics
@@ -457,6 +478,9 @@ class _Run:
                 inputs[name] = {"spec": data.spec, "bundled_sha256": data.sha256}
                 has_pair = bool(data.records) and "text_pair" in data.records[0]
                 self.pair_fields[name] = "text_pair" if has_pair else None
+            elif _is_table(spec):
+                p, inputs[name] = self.write_table(name, spec), {"spec": None, "table": True}  # identity: the content
+                self.pair_fields[name] = cfg.pair_field
             else:
                 p = Path(spec).expanduser()
                 if not p.exists():
@@ -469,6 +493,31 @@ class _Run:
             paths.append(p)
         return paths[0], paths[1], inputs
 
+    def write_table(self, name: str, table: Any) -> Path:
+        """A DataFrame / Dataset / list input as ``OUT/inputs/<name>-<sha256[:12]>.jsonl`` (the configured
+        field names; :func:`~xite_fast.data.records.table_jsonl`): read, fingerprinted by content and
+        resumed as a file. The name holds the content hash, so a changed table never overwrites the file
+        of the run it would be compared against."""
+        from xite_fast._io import atomic_write
+        from xite_fast.data.records import table_jsonl
+
+        cfg = self.cfg
+        kw = {
+            "need_label": name == "source", "text_field": cfg.text_field, "label_field": cfg.label_field,
+            "pair_field": cfg.pair_field, "name": name,
+        }  # fmt: skip
+        h = hashlib.sha256()
+        for line in table_jsonl(table, **kw):  # pass 1: the content hash (nothing held in memory)
+            h.update(line)
+        sha = h.hexdigest()
+        p = self.out / "inputs" / f"{name}-{sha[:12]}.jsonl"
+        if not file_matches(p, sha):
+            p.parent.mkdir(exist_ok=True)
+            with atomic_write(p) as fh:  # pass 2: the bytes
+                for line in table_jsonl(table, **kw):
+                    fh.write(line)
+        return p
+
     def index(self, name: str, path: Path, need_label: bool):
         from xite_fast.data.records import index_corpus
 
@@ -479,8 +528,9 @@ class _Run:
         )  # fmt: skip
 
     def config_of(self, inputs: dict) -> dict:
-        cfg = dataclasses.asdict(self.cfg)
-        conf = {k: v for k, v in cfg.items() if k not in _NOT_IDENTITY and k not in ("source", "target")}
+        # not dataclasses.asdict: it would deep-copy a DataFrame / Dataset input
+        skip = (*_NOT_IDENTITY, "source", "target")
+        conf = {f.name: getattr(self.cfg, f.name) for f in dataclasses.fields(self.cfg) if f.name not in skip}
         conf["version"] = _CONFIG_VERSION
         if self.encoder is not None:
             conf["model"] = str(getattr(self.encoder, "model_id", type(self.encoder).__name__))
