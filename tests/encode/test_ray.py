@@ -305,7 +305,7 @@ def test_encode_corpus_ray_resumes_to_identical_bytes(ray_local, tmp_path):
     import shutil
 
     from xite_fast.encode.encoder import Encoder
-    from xite_fast.encode.store import encode_corpus
+    from xite_fast.encode.store import encode_corpus, write_manifest
 
     texts = _chatterbot_texts(150)
     src = tmp_path / "c.txt"
@@ -317,7 +317,7 @@ def test_encode_corpus_ray_resumes_to_identical_bytes(ray_local, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     (out / ".pending-shard_000003.json").write_text(json.dumps(manifest["shards"][3]))
     manifest.update(shards=manifest["shards"][:2], complete=False, num_rows=80)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    write_manifest(out, manifest)  # as a killed run left it (with its digest)
     (out / "shard_000002.npy").unlink()
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob("shard_*.npy")}
     kw = {"encoder_kwargs": {"num_layers": 2}, "shard_size": 40, "batch_size": 16}
@@ -332,7 +332,7 @@ def test_encode_corpus_ray_resumes_to_identical_bytes(ray_local, tmp_path):
     (out / "shard_000001.npy").write_bytes(b"x" * 10)
     json_m = json.loads((out / "manifest.json").read_text())
     json_m.update(complete=False)
-    (out / "manifest.json").write_text(json.dumps(json_m, indent=1, sort_keys=True) + "\n")
+    write_manifest(out, json_m)
     encode_corpus_ray(src, out, num_workers=1, **kw)  # one actor: error paths need no parallelism
     assert dir_bytes(out) == dir_bytes(tmp_path / "ref") and not list(out.glob(".pending-*"))
     (out / "shard_000002.npy").write_bytes(b"x" * 10)  # also in a store marked complete
