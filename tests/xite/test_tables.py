@@ -122,3 +122,26 @@ def test_run_augment_show_progress_bar(tmp_path, capsys):
     assert "match+synthesize: 100%" in err and "encode source_emb" in err, err
     run_augment(_cfg(src, tgt, tmp_path / "run"), encoder=HashEncoder(), show_progress_bar=False)
     assert "match+synthesize" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_to_dataset_streams_part_by_part(tmp_path):
+    """200k synthetic rows (4 parts) into a Dataset with embeddings: memory grows with one part, not the run."""
+    psutil = pytest.importorskip("psutil")
+    from xite_fast.xite.report import _part_rows, rows_dataset
+
+    parts, per = [], 50_000
+    for k in range(4):
+        j, npy = tmp_path / f"part-{k:05d}.jsonl", tmp_path / f"part-{k:05d}.npy"
+        with open(j, "w") as fh:
+            for r in range(k * per, (k + 1) * per):
+                rec = {"target_id": r, "source_id": r % 97, "target_text": f"target {r}", "source_text": f"source {r % 97}",
+                       "label": "abc"[r % 3], "similarity": 0.5, "lam": 0.25, "mode": "proj"}  # fmt: skip
+                fh.write(json.dumps(rec) + "\n")
+        np.save(npy, np.full((per, 16), k, np.float32))
+        parts.append((str(j), str(npy), {"part": k}))
+    rss0 = psutil.Process().memory_info().rss
+    ds = rows_dataset(_part_rows, {"parts": parts, "embeddings": True}, cache_dir=tmp_path / "hf")
+    grown = (psutil.Process().memory_info().rss - rss0) / 2**20
+    assert ds.num_rows == 4 * per and ds[per * 3]["embedding"] == [3.0] * 16 and ds[-1]["text"] == f"target {4 * per - 1}"
+    assert grown < 150, f"RSS grew {grown:.0f} MiB"
