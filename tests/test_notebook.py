@@ -1,5 +1,5 @@
-"""In a real notebook kernel (nbclient + ipykernel), Encoder.encode and encode_corpus draw a progress bar and
-xite_fast's log lines reach the cell's output, with no logging set up by the user."""
+"""In a real notebook kernel (nbclient + ipykernel), Encoder.encode, encode_corpus and run_augment draw
+progress bars and xite_fast's log lines reach the cell's output, with no logging set up by the user."""
 
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ def test_notebook_shows_progress_and_logs(tmp_path):
         "xite_fast.logging.set_verbosity_info()\n"
         "df = pd.DataFrame({'text': [f'my computer is broken {i}' for i in range(90)]})\n"
         f"store = encode_corpus(df, {str(tmp_path / 'emb')!r}, enc, shard_size=40)\nprint(len(store))",
+        "from tests.utils import HashEncoder\n"
+        "src = pd.DataFrame({'text': [f'source {i}' for i in range(40)], 'label': ['a', 'b'] * 20})\n"
+        f"run = xite_fast.run_augment(xite_fast.AugmentConfig(source=src, target=df, out={str(tmp_path / 'run')!r}, "
+        "shard_size=16, mode='interp'), encoder=HashEncoder())\nprint(run.to_pandas().shape)",
         "emb = enc.encode(['one', 'two'], show_progress_bar=False)\nxite_fast.logging.set_verbosity_warning()",
     ]
     outputs = _run(cells, tmp_path)
@@ -52,3 +56,5 @@ def test_notebook_shows_progress_and_logs(tmp_path):
     assert "(120, 32)" in out and "90" in out
     assert widgets or ("encode: 100%" in err and "120/120" in err and "90/90" in err), err  # the bars
     assert "[xite-fast] encode_corpus: 90 rows in" in err, err  # a log line, no handler set up by the user
+    assert "match+synthesize: 100%" in err and "[xite-fast] match+synthesize ..." in err, err  # run_augment
+    assert "(90, 8)" in out
