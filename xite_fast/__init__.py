@@ -21,9 +21,8 @@ _LAZY = {
     "Encoder": "xite_fast.encode.encoder",
     "encode_corpus": "xite_fast.encode.store",
     "EmbeddingStore": "xite_fast.encode.store",
-    # the one table adapter: files, DataFrames, Datasets, lists -> records (or one text per row)
+    # the one table adapter: files, DataFrames, Datasets, lists -> records
     "iter_table_records": "xite_fast.data.records",
-    "as_texts": "xite_fast.data.records",
     "XiteAugmenter": "xite_fast.xite.augmenter",
     # the whole `xite-fast augment` job over a run directory (the CLI calls the same function)
     "AugmentConfig": "xite_fast.xite.pipeline",
