@@ -22,8 +22,11 @@ void check_f32_matrix(const py::array& a, const char* name) {
 // Returns the first row whose output is not finite, or -1.
 int64_t lda_project_interp_py(const py::array& src, const py::array& tgt, const py::array& W, const py::array& lam,
                               int64_t lam_div, const std::string& mode_name, py::array& out, int num_threads,
-                              int nt_mode) {
+                              int nt_mode, const std::string& simd) {
   const int mode = xite::cpu::lda_mode(mode_name);
+  XITE_CHECK(simd == "auto" || simd == "avx2" || simd == "avx512",
+             "lda_project_interp: simd must be 'auto', 'avx2' or 'avx512', got '" << simd << "'");
+  const int simd_i = simd == "auto" ? -1 : simd == "avx2" ? 0 : 1;
   check_f32_matrix(src, "src");
   check_f32_matrix(tgt, "tgt");
   check_f32_matrix(out, "out");
@@ -59,7 +62,7 @@ int64_t lda_project_interp_py(const py::array& src, const py::array& tgt, const 
   const float* w = r > 0 ? static_cast<const float*>(W.data()) : nullptr;
   float* o = static_cast<float*>(out.mutable_data());
   py::gil_scoped_release release;
-  return xite::cpu::lda_project_interp(s, t, w, r, lp, L, lam_div, mode, o, M, D, num_threads, nt_mode);
+  return xite::cpu::lda_project_interp(s, t, w, r, lp, L, lam_div, mode, o, M, D, num_threads, nt_mode, simd_i);
 }
 
 void triad_py(py::array& a, const py::array& b, const py::array& c, float scalar, int num_threads) {
@@ -81,8 +84,11 @@ void triad_py(py::array& a, const py::array& b, const py::array& c, float scalar
 XITE_REGISTER_OP("lda_project_interp", [](py::module_& m) {
   m.def("lda_project_interp", &lda_project_interp_py, py::arg("src"), py::arg("tgt"), py::arg("W"), py::arg("lam"),
         py::arg("lam_div"), py::arg("mode"), py::arg("out"), py::arg("num_threads") = 0, py::arg("nt_mode") = -1,
+        py::arg("simd") = "auto",
         "Fused LDA projection + interpolation over (M, D) float32 rows, written into `out`.\n"
         "lam: (L,) float32 with L == 1 or L * lam_div == M (row i uses lam[i // lam_div]).\n"
+        "nt_mode: -1 auto streaming stores, 0 off, 1 on. simd: 'auto' (AVX-512 for proj/comp/shift on\n"
+        "AVX-512F CPUs), 'avx2' or 'avx512' (same bits; for tests and benchmarks).\n"
         "Returns the first row whose output is not finite, or -1. Use xite_fast.lda_project_interp.");
   m.def("lda_project_interp_triad", &triad_py, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("scalar"),
         py::arg("num_threads") = 0, "Bandwidth probe a = b + scalar * c (float32, streaming stores).");

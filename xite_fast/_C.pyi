@@ -35,6 +35,7 @@ def lda_project_interp(
     out: np.ndarray,
     num_threads: int = 0,
     nt_mode: int = -1,
+    simd: str = "auto",
 ) -> int: ...
 def lda_project_interp_triad(
     a: np.ndarray, b: np.ndarray, c: np.ndarray, scalar: float, num_threads: int = 0

@@ -1,4 +1,5 @@
-// Fused LDA projection + interpolation (AVX2/FMA + OpenMP), one pass over the rows.
+// Fused LDA projection + interpolation (AVX2/FMA + OpenMP), one pass over the rows. On AVX-512F CPUs
+// the W modes run the same scheme with zmm tiles instead (lda_project_interp_avx512.cpp, same bits).
 //
 // With P(x) = x W W^T (W (D, r) orthonormal) and g = 1 - lam:
 //   interp: out = lam*s + g*t
@@ -26,28 +27,15 @@
 #include <string>
 
 #include "common.h"
+#include "cpu/lda_project_interp.h"
 #include "cpu/xite_cpu.h"
 
 namespace {
 
-enum Mode : int { kInterp = 0, kProj = 1, kComp = 2, kShift = 3 };
+using namespace xite::cpu::lda;  // Mode, AlignedBuf, hsum, tail_mask, ... (lda_project_interp.h)
 
 constexpr int kRowBlock = 4;  // rows per register block (phase 1: 4x2 accumulators, phase 2: 4x16 tile)
 constexpr int kCompBlock = 2;  // components per phase-1 pass (Wt is zero-padded to a multiple of it)
-
-struct AlignedFree {
-  void operator()(float* p) const { std::free(p); }
-};
-using AlignedBuf = std::unique_ptr<float[], AlignedFree>;
-
-AlignedBuf aligned_floats(size_t n) {
-  size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
-  if (bytes == 0) bytes = 64;
-  void* p = std::aligned_alloc(64, bytes);
-  if (p == nullptr) throw std::bad_alloc();
-  std::memset(p, 0, bytes);
-  return AlignedBuf(static_cast<float*>(p));
-}
 
 struct Params {
   const float* s;
@@ -61,21 +49,6 @@ struct Params {
   Mode mode;
   bool nt;  // non-temporal stores (out rows 32-byte aligned, large output)
 };
-
-inline float hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v);
-  __m128 hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  __m128 sh = _mm_movehdup_ps(lo);
-  lo = _mm_add_ps(lo, sh);
-  sh = _mm_movehl_ps(sh, lo);
-  lo = _mm_add_ss(lo, sh);
-  return _mm_cvtss_f32(lo);
-}
-
-inline __m256i tail_mask(int64_t rem) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
 
 // x_i . Wt[k] for RB rows starting at row i0 (x = t, or t - s for shift) -> coef[i * rp + k].
 template <int RB>
@@ -257,16 +230,9 @@ int64_t run(const Params& p, int num_threads) {
       for (int64_t b = 0; b < nblocks; ++b) {
         const int64_t i0 = b * kRowBlock;
         if (i0 + kRowBlock <= p.M) {
-          if (rows<kRowBlock>(p, i0, coef.get())) {
-            // locate the exact row only on the error path
-            for (int64_t i = i0; i < i0 + kRowBlock; ++i) {
-              bool row_bad = false;
-              for (int64_t d = 0; d < p.D; ++d) row_bad |= !std::isfinite(p.out[i * p.D + d]);
-              if (row_bad) {
-                first_bad = std::min(first_bad, i);
-                break;
-              }
-            }
+          if (rows<kRowBlock>(p, i0, coef.get())) {  // locate the exact row only on the error path
+            const int64_t i = first_bad_row(p.out, p.D, i0, i0 + kRowBlock);
+            if (i >= 0) first_bad = std::min(first_bad, i);
           }
         } else {
           for (int64_t i = i0; i < p.M; ++i)
@@ -295,7 +261,7 @@ int lda_mode(const std::string& m) {
 
 int64_t lda_project_interp(const float* src, const float* tgt, const float* W, int r, const float* lam,
                            int64_t lam_len, int64_t lam_div, int mode, float* out, int64_t M, int64_t D,
-                           int num_threads, int nt_mode) {
+                           int num_threads, int nt_mode, int simd) {
   Params p{};
   p.s = src;
   p.t = tgt;
@@ -313,6 +279,13 @@ int64_t lda_project_interp(const float* src, const float* tgt, const float* W, i
   // nt_mode: -1 auto (outputs larger than ~L3 bypass the cache), 0 off, 1 on when aligned
   const bool big = M * D * int64_t(sizeof(float)) >= (int64_t(16) << 20);
   p.nt = aligned && (nt_mode == 1 || (nt_mode < 0 && big));
+  // simd: -1 auto (AVX-512 for the W modes when the CPU has it), 0 AVX2, 1 AVX-512 (bit-identical)
+  XITE_CHECK(simd != 1 || xite::cpu_has_avx512(), "lda_project_interp: simd='avx512' needs a CPU with AVX-512F");
+  if (p.mode != kInterp && simd != 0 && xite::cpu_has_avx512()) {
+    const bool nt_any = (nt_mode == 1 || (nt_mode < 0 && big)) && D % 8 == 0;
+    const Call c{src, tgt, W, r, lam, lam_len, lam_div, p.mode, out, M, D, nt_any};
+    return run_avx512(c, num_threads);
+  }
 
   // W^T once per call: (rp, Dp), zero-padded so phase 1 needs no masks on W and odd r is free
   AlignedBuf wt = aligned_floats(size_t(std::max(p.rp, 1)) * p.Dp);

@@ -14,8 +14,9 @@ namespace cpu {
 // AVX-512 12x32 packed, certified bf16 screening + exact fp32 rescoring.
 enum class CosineKernel { Dot, Packed, Avx512, Bf16 };
 
-// The kernel for kernel = 'auto' | 'bf16' | 'avx512' | 'packed' | 'dot' (validated by the caller):
-// 'auto' picks bf16 when the CPU has it and D >= 16, k <= 256, M < 2^32, else avx512, else packed.
+// The kernel for kernel = 'auto' | 'fp32' | 'bf16' | 'avx512' | 'packed' | 'dot' (validated by the
+// caller; the Python enumeration is xite_fast.ops.cosine_topk.CPU_KERNELS): 'auto' picks bf16 when the
+// CPU has it and D >= 16, k <= 256, M < 2^32, else avx512, else packed; 'fp32' avx512, else packed.
 CosineKernel cosine_topk_kernel(const std::string& kernel, int64_t D, int64_t k, int64_t M);
 
 // Rows the caller reports as errors: first non-finite query / key row (-1: none), and whether a
@@ -47,10 +48,12 @@ int lda_mode(const std::string& name);
 
 // out (M, D) = the mode's formula over src/tgt (M, D); W (D, r) row-major (unused for interp, r = 0);
 // lam (lam_len,) with row i using lam[i / lam_div] (lam_len == 1: one value). nt_mode: -1 auto
-// streaming stores, 0 off, 1 on. Returns the first row whose output is not finite, or -1.
+// streaming stores, 0 off, 1 on. simd: -1 auto (AVX-512 kernel for the W modes on AVX-512F CPUs),
+// 0 AVX2, 1 AVX-512 (throws without AVX-512F); both give the same bits. Returns the first row whose
+// output is not finite, or -1.
 int64_t lda_project_interp(const float* src, const float* tgt, const float* W, int r, const float* lam,
                            int64_t lam_len, int64_t lam_div, int mode, float* out, int64_t M, int64_t D,
-                           int num_threads, int nt_mode);
+                           int num_threads, int nt_mode, int simd = -1);
 
 // Bandwidth probe a = b + scalar * c over n floats (streaming stores when a is 32-byte aligned).
 void lda_project_interp_triad(float* a, const float* b, const float* c, int64_t n, float scalar, int num_threads);

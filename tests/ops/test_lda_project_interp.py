@@ -190,6 +190,45 @@ def test_streaming_stores_path(nt_mode):
         assert_close(out, oracle(s, t, W, lam_rows.astype(np.float32), mode), 2.0, 64)
 
 
+HAS_AVX512 = bool(load_extension() is not None and load_extension().cpu_supports_avx512())
+
+
+@needs_cpu
+@pytest.mark.skipif(not HAS_AVX512, reason="CPU without AVX-512F")
+@pytest.mark.parametrize("M,D", [(1, 1), (3, 7), (9, 15), (13, 16), (23, 63), (37, 65), (41, 64), (77, 768), (300, 96)])
+def test_avx512_bitwise_equals_avx2(M, D):
+    """The AVX-512 kernel of proj/comp/shift does the AVX2 kernel's arithmetic (same 8-lane partial
+    sums, same hsum, same FMA order per output): bit-identical for every r, tail, row remainder,
+    lam per row, store path and thread count."""
+    ext = load_extension()
+    rng = np.random.default_rng(M * 1000 + D)
+    s = rng.standard_normal((M, D), dtype=np.float32)
+    t = rng.standard_normal((M, D), dtype=np.float32) + 0.5
+    for r in sorted({1, 2, 3, 4, 5, 8, 9, 16, 17, 33} & set(range(1, D + 1))):
+        W = orthonormal(D, r, rng)
+        for mode in ("proj", "comp", "shift"):
+            for lam, div in ((np.array([0.3], np.float32), M), (rng.uniform(0, 1, M).astype(np.float32), 1)):
+                for nt_mode, threads in ((-1, 1), (0, 2), (1, 2)):
+                    a, b = aligned_empty((M, D)), aligned_empty((M, D))
+                    assert ext.lda_project_interp(s, t, W, lam, div, mode, a, threads, nt_mode, "avx2") == -1
+                    assert ext.lda_project_interp(s, t, W, lam, div, mode, b, threads, nt_mode, "avx512") == -1
+                    assert a.tobytes() == b.tobytes(), (r, mode, lam.shape, nt_mode, threads)
+    # auto picks AVX-512 here; in place (out is src) reads every row before writing it
+    W = orthonormal(D, min(D, 4), rng)
+    want = lda_project_interp(s, t, W, 0.3, "shift", backend="cpu")
+    s2 = s.copy()
+    assert ext.lda_project_interp(s2, t, W, np.array([0.3], np.float32), M, "shift", s2, 2, -1, "avx2") == -1
+    assert want.tobytes() == s2.tobytes()
+
+
+@needs_cpu
+def test_simd_argument_checked():
+    ext = load_extension()
+    s, t, W, _ = make((4, 8), 2)
+    with pytest.raises(ValueError, match="simd must be 'auto', 'avx2' or 'avx512', got 'sse'"):
+        ext.lda_project_interp(s, t, W, np.array([0.5], np.float32), 4, "proj", np.empty_like(s), 1, -1, "sse")
+
+
 @needs_cpu
 def test_large_output_uses_streaming_auto():
     # 6000 x 768 float32 = 18 MB output: above the streaming-store threshold
