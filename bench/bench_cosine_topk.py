@@ -5,15 +5,16 @@ provider, then repeat 2, ...) so host drift on a shared machine lands in every p
 
 * ``xite_fast``   - ``xite_fast.cosine_topk(..., backend="cpu")`` on raw (unnormalised) float32 data
   (its time includes normalising the queries and the key-norm pass).
-* ``xite_bf16`` / ``xite_avx512`` / ``xite_packed`` / ``xite_dot`` - the same call forced to one
-  micro-kernel (``bf16``: certified bf16 screening + exact fp32 rescoring, what ``auto`` picks on
+* ``xite_bf16`` / ``xite_fp32`` / ``xite_avx512`` / ``xite_packed`` / ``xite_dot`` - the same call with
+  ``kernel=`` one micro-kernel (``bf16``: certified bf16 screening + exact fp32 rescoring, what ``auto`` picks on
   AVX512_BF16 CPUs; its average candidates rescored per query and fp32 fallbacks are recorded).
 * ``faiss``       - ``faiss.IndexFlatIP.search`` on pre-normalised data (normalisation and ``add``
   excluded from the time: favourable to faiss). faiss-cpu's bundled OpenBLAS may mis-detect the core
   (on an Intel Xeon it picked "Prescott", SSE3): before loading faiss the script times it in one
   subprocess per ``OPENBLAS_CORETYPE`` of ``--faiss-coretypes`` (``default`` = unset), reads the core
   OpenBLAS actually uses with threadpoolctl, and loads faiss with the fastest one (recorded in the
-  ``setting`` column).
+  ``setting`` column). The other OpenBLAS tuning variables (``OPENBLAS_L2_SIZE``: an inherited value
+  slowed faiss by up to ~15%) are cleared with it, in the probes and in this process only.
 * ``torch_mm``    - ``torch.mm`` on pre-normalised tensors + ``torch.topk``, chunked over queries and
   keys (the partial top-k merged by a second ``topk``), all torch threads.
 * ``numpy``       - normalised matmul + ``argpartition`` in (query, key) chunks (slow; off by default).
@@ -57,9 +58,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import xite_fast  # noqa: E402
-from xite_fast.ops.cosine_topk import cosine_topk, merge_topk  # noqa: E402
+from xite_fast.ops.cosine_topk import KERNEL_ENV, cosine_topk, merge_topk  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+# OpenBLAS variables that tune faiss's bundled OpenBLAS: cleared together for its runs (CORETYPE is then
+# set to the probed best), so an inherited value (OPENBLAS_L2_SIZE=512 cost faiss up to ~15%) never
+# handicaps the peer
+OPENBLAS_TUNING = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
 def _rss() -> int:
@@ -140,16 +145,9 @@ def _provider(prov: str, q: np.ndarray, x: np.ndarray, k: int, slow_n: int, repe
     """(callable returning (scores, indices), queries it handles, repeats) for one provider."""
     if prov == "xite_fast":
         return (lambda: cosine_topk(q, x, k, backend="cpu")), q.shape[0], repeats
-    if prov.startswith("xite_"):  # xite_avx512 / xite_packed / xite_dot: one forced micro-kernel
-
-        def run():
-            os.environ["XITE_FAST_CPU_KERNEL"] = prov[len("xite_") :]
-            try:
-                return cosine_topk(q, x, k, backend="cpu")
-            finally:
-                del os.environ["XITE_FAST_CPU_KERNEL"]
-
-        return run, q.shape[0], repeats
+    if prov.startswith("xite_"):  # xite_bf16 / xite_fp32 / xite_avx512 / xite_packed / xite_dot
+        kernel = prov[len("xite_") :]
+        return (lambda: cosine_topk(q, x, k, backend="cpu", kernel=kernel)), q.shape[0], repeats
     if prov == "faiss":
         import faiss
 
@@ -205,8 +203,7 @@ def pick_faiss_coretype(coretypes: list[str], n: int, m: int, dims: list[int], k
     """Times faiss in one subprocess per OPENBLAS_CORETYPE; returns (best, lines describing every probe)."""
     best, best_t, lines = "default", float("inf"), []
     for ct in coretypes:
-        env = dict(os.environ)
-        env.pop("OPENBLAS_CORETYPE", None)
+        env = {key: v for key, v in os.environ.items() if key not in OPENBLAS_TUNING}
         if ct != "default":
             env["OPENBLAS_CORETYPE"] = ct
         cmd = [sys.executable, __file__, "--faiss-probe", "--n", str(n), "--m", str(m), "--k", str(k)]
@@ -267,14 +264,15 @@ def main(argv: list[str] | None = None) -> int:
             print("faiss OpenBLAS core-type probe (subprocesses):\n  " + "\n  ".join(lines))
         else:
             best = coretypes[0]
-        os.environ.pop("OPENBLAS_CORETYPE", None)
+        inherited = {key: os.environ.pop(key) for key in OPENBLAS_TUNING if key in os.environ}
         if best != "default":
             os.environ["OPENBLAS_CORETYPE"] = best  # read by faiss's OpenBLAS when it loads, below
         try:
             import faiss
 
             versions["faiss"] = faiss.__version__
-            settings["faiss"] = f"OPENBLAS_CORETYPE={best}; OpenBLAS core {_blas_core('faiss')}"
+            cleared = "".join(f"; {key} unset (was {v})" for key, v in inherited.items() if key != "OPENBLAS_CORETYPE")
+            settings["faiss"] = f"OPENBLAS_CORETYPE={best}; OpenBLAS core {_blas_core('faiss')}{cleared}"
             print(f"faiss {faiss.__version__}: {settings['faiss']}")
         except ImportError:
             providers = [p for p in providers if p != "faiss"]
@@ -283,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     versions["torch_mm"] = versions["torch_ref"] = torch.__version__
     ext = xite_fast._backend.load_extension()
     threads = ext.max_threads() if ext is not None else os.cpu_count()
-    kernel = os.environ.get("XITE_FAST_CPU_KERNEL", "auto")
+    kernel = os.environ.get(KERNEL_ENV, "auto")
     has_bf16 = ext is not None and hasattr(ext, "cpu_supports_avx512_bf16") and ext.cpu_supports_avx512_bf16()
     fp32_auto = "avx512" if ext is not None and ext.cpu_supports_avx512() else "packed"
     # what the C++ 'auto' dispatch picks at every d of this run (bf16 from D = 16, k <= 256)

@@ -37,8 +37,9 @@ py::tuple cosine_topk_py(py::array queries, py::array keys, int64_t k, bool assu
   XITE_CHECK(num_threads >= 0, "cosine_topk: num_threads must be >= 0 (0 = all), got " << num_threads);
   XITE_CHECK(split == "auto" || split == "queries" || split == "keys",
              "cosine_topk: split must be 'auto', 'queries' or 'keys', got '" << split << "'");
-  XITE_CHECK(kernel == "auto" || kernel == "packed" || kernel == "avx512" || kernel == "bf16" || kernel == "dot",
-             "cosine_topk: kernel must be 'auto', 'bf16', 'avx512', 'packed' or 'dot', got '" << kernel << "'");
+  XITE_CHECK(kernel == "auto" || kernel == "fp32" || kernel == "packed" || kernel == "avx512" || kernel == "bf16" ||
+                 kernel == "dot",
+             "cosine_topk: kernel must be 'auto', 'fp32', 'bf16', 'avx512', 'packed' or 'dot', got '" << kernel << "'");
   XITE_CHECK(kernel != "avx512" || xite::cpu_has_avx512(), "cosine_topk: kernel='avx512' needs a CPU with AVX-512F");
   XITE_CHECK(kernel != "bf16" || xite::cpu_has_avx512_bf16(),
              "cosine_topk: kernel='bf16' needs a CPU with AVX512_BF16 (this one lacks it; use 'auto')");
@@ -85,9 +86,10 @@ memory map: they are read in place). num_threads=0 uses all OpenMP threads; key_
 the returned indices (for callers streaming key chunks); key_block/query_block override the cache
 blocking (rows, 0 = auto); stream_keys=True (for memory-mapped keys) makes all threads sweep one
 key block at a time so the keys are read from disk once (query split); split='auto'|'queries'|'keys'
-forces the parallel decomposition (for tests); kernel='auto'|'bf16'|'avx512'|'packed'|'dot' picks the
-micro-kernel: 'bf16' (certified bf16 screening + exact fp32 rescoring, bit-identical to the fp32 packed
-kernels; AVX512_BF16 CPUs), 'avx512' (12x32 fp32), 'packed' (AVX2 6x16 fp32), 'dot' (unpacked 3x4);
+forces the parallel decomposition (for tests); kernel='auto'|'fp32'|'bf16'|'avx512'|'packed'|'dot' picks
+the micro-kernel: 'bf16' (certified bf16 screening + exact fp32 rescoring, bit-identical to the fp32 packed
+kernels; AVX512_BF16 CPUs), 'fp32' (avx512 when present, else packed), 'avx512' (12x32 fp32), 'packed'
+(AVX2 6x16 fp32), 'dot' (unpacked 3x4);
 'auto' picks bf16 when the CPU has it and D >= 16, k <= 256, else avx512 when present, else packed.
 d_block: reduction chunk of the avx512 kernel (0 = whole rows). The GIL is released during the computation.)doc");
   m.def(

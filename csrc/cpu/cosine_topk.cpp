@@ -426,6 +426,7 @@ CosineKernel cosine_topk_kernel(const std::string& kernel, int64_t D, int64_t k,
   if (kernel == "packed") return CosineKernel::Packed;
   if (kernel == "avx512") return CosineKernel::Avx512;
   if (kernel == "bf16") return CosineKernel::Bf16;
+  if (kernel == "fp32") return xite::cpu_has_avx512() ? CosineKernel::Avx512 : CosineKernel::Packed;
   // 'auto'
   return xite::cpu_has_avx512_bf16() && D >= cosine::kBf16MinD && k <= cosine::kBf16MaxK &&
                  M <= std::numeric_limits<uint32_t>::max()

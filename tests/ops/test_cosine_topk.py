@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -386,7 +387,7 @@ def test_cpp_kernels_zero_vectors_and_errors(kernel):
     big_q, big_x = np.full((7, 8), 1e20, np.float32), np.full((50, 8), 1e20, np.float32)
     with pytest.raises(ValueError, match="scores overflowed float32"):
         ext.cosine_topk(big_q, big_x, 3, True, 1, kernel=kernel)
-    with pytest.raises(ValueError, match="kernel must be 'auto', 'bf16', 'avx512', 'packed' or 'dot', got 'gemm'"):
+    with pytest.raises(ValueError, match="kernel must be 'auto', 'fp32', 'bf16', 'avx512', 'packed' or 'dot', got 'gemm'"):
         ext.cosine_topk(q, x, 3, kernel="gemm")
     with pytest.raises(ValueError, match="d_block must be >= 0"):
         ext.cosine_topk(q, x, 3, kernel=kernel, d_block=-1)
@@ -410,15 +411,83 @@ def test_avx512_bitwise_equals_avx2_packed(n, m, d):
     assert ext.cosine_topk(q, x, k)[0].tobytes() == ref_s.tobytes()  # "auto" picks AVX-512 here
 
 
+def _runnable_kernels() -> list[str]:
+    return [k for k in ct_mod.CPU_KERNELS if k not in ("avx512", "bf16") or k in PACKED]
+
+
+@needs_cpu
+@pytest.mark.parametrize("assume_normalized", [False, True])
+@pytest.mark.parametrize("n,m,d,k", [(37, 3001, 96, 10), (5, 400, 17, 33), (64, 2000, 768, 5), (9, 120, 8, 3)])
+def test_kernel_argument_every_value(n, m, d, k, assume_normalized):
+    """cosine_topk(kernel=...): every kernel this CPU runs is exact vs the float64 reference, and
+    fp32 / avx512 / packed / bf16 / auto agree bit for bit (dot sums in another order)."""
+    q, x = _data(n, m, d, seed=n + m + d)
+    x[::9] = x[4]  # duplicate keys: the tie rule must hold for every kernel
+    if assume_normalized:
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rs, ri = _ref64(q, x, k, assume_normalized)
+    got = {}
+    for kernel in _runnable_kernels():
+        s, i = cosine_topk(q, x, k, backend="cpu", kernel=kernel, assume_normalized=assume_normalized)
+        assert_topk_equal(s, i, rs, ri, atol=ATOL, queries=q, keys=x, assume_normalized=assume_normalized)
+        got[kernel] = (s, i)
+    for kernel in ("auto", "avx512", "packed", "bf16"):
+        if kernel in got:
+            np.testing.assert_array_equal(got[kernel][1], got["fp32"][1], err_msg=kernel)
+            assert got[kernel][0].tobytes() == got["fp32"][0].tobytes(), kernel
+    # torch queries, memmapped keys and the kernel names in any case take the same path
+    s, i = cosine_topk(torch.from_numpy(q), x, k, backend="cpu", kernel="FP32", assume_normalized=assume_normalized)
+    assert s.numpy().tobytes() == got["fp32"][0].tobytes()
+
+
+@needs_cpu
+def test_kernel_argument_memmap_and_chunks(tmp_path, monkeypatch):
+    """kernel= reaches the C++ call for float32 memmaps (in place) and converted chunks (float64)."""
+    q, x = _data(11, 900, 40, seed=21)
+    exp = cosine_topk(q, x, 6, backend="cpu", kernel="fp32")
+    np.save(tmp_path / "k32.npy", x)
+    np.save(tmp_path / "k64.npy", x.astype(np.float64))
+    monkeypatch.setattr(ct_mod, "_CHUNK_BYTES", 40 * 8 * 128)  # several chunks
+    for kernel in _runnable_kernels():
+        for path in ("k32.npy", "k64.npy"):
+            s, i = cosine_topk(q, str(tmp_path / path), 6, backend="cpu", kernel=kernel)
+            if kernel == "dot":
+                assert_topk_equal(s, i, *_ref64(q, x, 6), atol=ATOL, queries=q, keys=x)
+            else:
+                np.testing.assert_array_equal(i, exp[1], err_msg=f"{kernel} {path}")
+                np.testing.assert_array_equal(s, exp[0], err_msg=f"{kernel} {path}")
+
+
 @needs_cpu
 def test_cpu_kernel_env_override(monkeypatch):
-    """XITE_FAST_CPU_KERNEL selects the C++ micro-kernel; unknown names are a clear error."""
+    """XITE_FAST_CPU_KERNEL overrides kernel='auto' only (an explicit kernel wins); unknown names
+    are a clear error naming the variable."""
     q, x = _data(20, 300, 33, seed=9)
     base = cosine_topk(q, x, 4, backend="cpu")
-    for name in [*PACKED, "dot"]:
+    seen = []
+    real = _backend.load_extension().cosine_topk
+
+    def spy(*a, **kw):
+        seen.append(kw.get("kernel"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(_backend.load_extension(), "cosine_topk", spy)
+    for name in [*PACKED, "dot", "fp32"]:
         monkeypatch.setenv("XITE_FAST_CPU_KERNEL", name)
         s, i = cosine_topk(q, x, 4, backend="cpu")
         assert_topk_equal(s, i, *base, atol=ATOL, queries=q, keys=x)
+        expected = ("avx512" if HAS_AVX512 else "packed") if name == "fp32" else name
+        assert seen[-1] == expected
+        cosine_topk(q, x, 4, backend="cpu", kernel="packed")
+        assert seen[-1] == "packed"  # explicit beats the environment
     monkeypatch.setenv("XITE_FAST_CPU_KERNEL", "sse9")
-    with pytest.raises(ValueError, match="XITE_FAST_CPU_KERNEL must be one of"):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "XITE_FAST_CPU_KERNEL must be one of 'auto', 'fp32', 'bf16', 'avx512', 'packed', 'dot', got 'sse9'"
+        ),
+    ):
         cosine_topk(q, x, 4, backend="cpu")
+    cosine_topk(q, x, 4, backend="cpu", kernel="dot")  # an explicit kernel never reads the variable
+    assert seen[-1] == "dot"

@@ -199,10 +199,14 @@ def test_bf16_blocking_threads_and_streaming(n, m, d, tmp_path):
 
 @needs_bf16
 def test_bf16_python_api_and_auto_dispatch(tmp_path, monkeypatch):
-    """XITE_FAST_CPU_KERNEL=bf16 through cosine_topk (arrays and a .npy path); 'auto' picks bf16 from D=16."""
+    """kernel='bf16' (and XITE_FAST_CPU_KERNEL=bf16) through cosine_topk (arrays and a .npy path);
+    'auto' picks bf16 from D=16."""
     q, x = _data(40, 3000, 96, seed=5)
     np.save(tmp_path / "k.npy", x)
     exp = EXT.cosine_topk(q, x, 7, kernel=FP32)
+    for keys in (x, str(tmp_path / "k.npy"), torch.from_numpy(x)):
+        _same(cosine_topk(q, keys, 7, backend="cpu", kernel="bf16"), exp)
+        assert EXT.cosine_topk_bf16_stats()["queries"] == 40
     monkeypatch.setenv("XITE_FAST_CPU_KERNEL", "bf16")
     for keys in (x, str(tmp_path / "k.npy"), torch.from_numpy(x)):
         _same(cosine_topk(q, keys, 7, backend="cpu"), exp)
@@ -280,6 +284,8 @@ def test_bf16_unavailable_raises_and_auto_falls_back(tmp_path):
             EXT.cosine_topk(q, x, 4, kernel="bf16")
 
 
+@needs_cpu
 def test_kernel_env_accepts_bf16(monkeypatch):
+    monkeypatch.setattr(EXT, "cpu_supports_avx512_bf16", lambda: True)
     monkeypatch.setenv("XITE_FAST_CPU_KERNEL", "BF16")
-    assert ct_mod._cpu_kernel() == "bf16"
+    assert ct_mod._resolve_kernel("auto") == "bf16"

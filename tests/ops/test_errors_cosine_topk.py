@@ -226,3 +226,42 @@ def test_fma_peak_checks(args, match):
         with pytest.raises(ValueError, match=re.escape("isa='avx512' needs a CPU with AVX-512F")):
             ext.cosine_topk_fma_peak("avx512", 1, 1000)
     assert ext.cosine_topk_fma_peak("avx2", 1, 1000) > 0
+
+
+KERNEL_CHOICES = "'auto', 'fp32', 'bf16', 'avx512', 'packed', 'dot'"
+
+
+@pytest.mark.parametrize("kernel", ["gemm", "", "avx-512", None, 3])
+def test_unknown_kernel(kernel):
+    """Checked at the boundary, before the backend is resolved: the message names the argument,
+    the allowed values and what was given."""
+    with pytest.raises(ValueError, match=re.escape(f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")):
+        cosine_topk(Q, X, 1, kernel=kernel)
+
+
+@pytest.mark.parametrize("kernel", ["bf16", "avx512", "fp32", "dot"])
+def test_kernel_needs_cpu_backend(kernel):
+    with pytest.raises(
+        ValueError, match=re.escape(f"kernel={kernel!r} selects a micro-kernel of the C++ backend, got backend 'torch'")
+    ):
+        cosine_topk(Q, X, 1, backend="torch", kernel=kernel)
+    cosine_topk(Q, X, 1, backend="torch", kernel="auto")  # auto is every backend's default
+
+
+@needs_cpu
+@pytest.mark.parametrize("kernel,probe,isa", [("bf16", "cpu_supports_avx512_bf16", "AVX512_BF16"),
+                                              ("avx512", "cpu_supports_avx512", "AVX-512F")])
+def test_kernel_missing_isa(monkeypatch, kernel, probe, isa):
+    """An explicit kernel the CPU cannot run names the missing instruction set; 'auto' and 'fp32'
+    fall back to what the CPU runs (the CPU's features are faked here)."""
+    ext = _backend.load_extension()
+    monkeypatch.setattr(ext, probe, lambda: False)
+    msg = f"kernel={kernel!r} needs a CPU with {isa}, which this CPU lacks; use kernel='auto' or 'fp32'"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        cosine_topk(Q, X, 1, backend="cpu", kernel=kernel)
+    monkeypatch.setenv("XITE_FAST_CPU_KERNEL", kernel)
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        cosine_topk(Q, X, 1, backend="cpu")
+    monkeypatch.delenv("XITE_FAST_CPU_KERNEL")
+    assert ct_mod._resolve_kernel("fp32") == ("avx512" if ext.cpu_supports_avx512() else "packed")
+    cosine_topk(Q, X, 1, backend="cpu", kernel="fp32")

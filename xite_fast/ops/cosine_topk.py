@@ -25,9 +25,8 @@ sorted descending, ties broken by the lower key index. Two backends:
   arithmetic. The result (indices, fp32 scores, tie order) is therefore bit-identical to the fp32
   kernels; queries whose candidates outgrow a cap or the memory budget (degenerate data: many
   duplicate or equal keys) are recomputed by the fp32 kernel, so exactness never depends on the
-  data. ``XITE_FAST_CPU_KERNEL=bf16|avx512|packed|dot`` forces one (``dot`` is the older unpacked
-  3 x 4 dot-product kernel, which rounds differently); ``auto`` picks bf16, else AVX-512, else AVX2
-  from the CPU's features at run time, and ``bf16`` on a CPU without AVX512_BF16 raises ValueError.
+  data. ``cosine_topk(..., kernel=...)`` picks the micro-kernel (:data:`CPU_KERNELS`; the
+  environment variable ``XITE_FAST_CPU_KERNEL`` overrides ``kernel="auto"``, see :func:`cosine_topk`).
 * ``"torch"``: the chunked reference :func:`xite_fast.reference.cosine_topk_ref`.
 * ``"triton"`` / ``"cuda"``: the GPU kernels (``xite_fast.ops.triton.cosine_topk``,
   ``xite_fast._C.cosine_topk_cuda``) for torch CUDA tensors; ``"auto"`` picks them for CUDA inputs.
@@ -50,7 +49,20 @@ import numpy as np
 from xite_fast._backend import Backend, load_extension, resolve_backend
 from xite_fast._validation import check_finite, check_matrix, check_positive_int, is_torch
 
-__all__ = ["cosine_topk", "merge_topk"]
+__all__ = ["cosine_topk", "merge_topk", "CPU_KERNELS"]
+
+# THE micro-kernels of the C++ backend (``cosine_topk(kernel=...)``, ``XITE_FAST_CPU_KERNEL``), with the
+# CPU feature each needs (checked before the call; ``None``: any CPU the C++ backend runs on).
+#   auto    bf16 when the CPU has AVX512_BF16 and D >= 16, k <= 256; else avx512; else packed
+#   fp32    the fastest exact fp32 kernel here: avx512, else packed (same scores bit for bit)
+#   bf16    certified bf16 screening + exact fp32 rescoring (bit-identical to fp32)
+#   avx512  12 x 32 AVX-512 tile (bit-identical to packed)
+#   packed  6 x 16 AVX2/FMA tile
+#   dot     unpacked 3 x 4 AVX2 dot-product kernel (sums in another order: may differ in the last bit)
+CPU_KERNELS = ("auto", "fp32", "bf16", "avx512", "packed", "dot")
+_KERNEL_ISA = {"bf16": ("AVX512_BF16", "cpu_supports_avx512_bf16"), "avx512": ("AVX-512F", "cpu_supports_avx512")}
+# Overrides kernel="auto" (never an explicit kernel), like XITE_FAST_BACKEND for ``backend``.
+KERNEL_ENV = "XITE_FAST_CPU_KERNEL"
 
 # Rows per chunk when keys must be converted (non-float32 memmaps) or fed to the torch reference.
 _CHUNK_BYTES = 256 << 20
@@ -99,6 +111,7 @@ def cosine_topk(
     *,
     backend: str | Backend = "auto",
     assume_normalized: bool = False,
+    kernel: str = "auto",
 ) -> tuple[Any, Any]:
     """Exact top-k cosine similarity of every query against all keys.
 
@@ -119,6 +132,13 @@ def cosine_topk(
         backend: ``"auto"`` (C++ kernel when built, else torch; GPU kernels for CUDA tensors),
             ``"cpu"``, ``"torch"``, ``"triton"`` or ``"cuda"``.
         assume_normalized: inputs are unit-norm; skip normalisation (scores are raw inner products).
+        kernel: micro-kernel of the C++ backend, one of :data:`CPU_KERNELS`: ``"auto"`` (bf16 screening
+            on AVX512_BF16 CPUs when D >= 16 and k <= 256, else the fastest fp32 kernel), ``"fp32"``
+            (AVX-512 12 x 32, else AVX2 6 x 16), ``"bf16"``, ``"avx512"``, ``"packed"`` (AVX2 6 x 16) or
+            ``"dot"`` (unpacked 3 x 4). All are exact; fp32, bf16, avx512 and packed return bit-identical
+            results, dot sums in another order (scores may differ in the last bit). The environment
+            variable ``XITE_FAST_CPU_KERNEL`` (same values) overrides ``"auto"``, never an explicit
+            kernel. A kernel other than ``"auto"`` needs the C++ backend.
 
     Returns:
         scores: (N, k) float32, sorted descending per row.
@@ -127,10 +147,12 @@ def cosine_topk(
 
     Raises:
         ValueError: bad ndim/dtype, mismatched D, NaN/inf, k not a positive int or k > M, empty keys,
-            unreadable .npy file, unknown backend.
+            unreadable .npy file, unknown backend or kernel, a kernel this CPU cannot run (naming the
+            missing instruction set), a kernel other than "auto" with a non-C++ backend.
     """
     k = check_positive_int("k", k)
     be = Backend.parse(backend)
+    kernel = _check_kernel(kernel)
     check_matrix("queries", queries, what="(N, D)")
     keys = _open_keys(keys)
     check_matrix("keys", keys, what="(M, D)")
@@ -150,10 +172,15 @@ def cosine_topk(
     on_gpu = torch_out and queries.device.type == "cuda"
     impl = resolve_backend("cosine_topk", be, on_gpu=on_gpu)
 
+    if kernel != "auto" and impl is not Backend.CPU:
+        raise ValueError(f"kernel={kernel!r} selects a micro-kernel of the C++ backend, got backend {impl.value!r}")
+    if impl is Backend.CPU:
+        kernel = _resolve_kernel(kernel)
+
     if n == 0:
         scores, indices = np.empty((0, k), np.float32), np.empty((0, k), np.int64)
     elif impl is Backend.CPU:
-        scores, indices = _cpu(queries, keys, k, assume_normalized)
+        scores, indices = _cpu(queries, keys, k, assume_normalized, kernel)
     elif impl in (Backend.TRITON, Backend.CUDA):
         scores, indices = _device(impl, queries, keys, k, assume_normalized)
     else:
@@ -181,20 +208,33 @@ def _key_chunks(keys: Any):
         yield j0, keys[j0 : j0 + rows]
 
 
-_CPU_KERNELS = ("auto", "bf16", "avx512", "packed", "dot")
+def _check_kernel(kernel: Any, name: str = "kernel") -> str:
+    """``kernel`` as one of :data:`CPU_KERNELS` (case-insensitive), else a ValueError naming ``name``."""
+    value = kernel.strip().lower() if isinstance(kernel, str) else None
+    if value not in CPU_KERNELS:
+        choices = ", ".join(repr(c) for c in CPU_KERNELS)
+        raise ValueError(f"{name} must be one of {choices}, got {kernel!r}")
+    return value
 
 
-def _cpu_kernel() -> str:
-    """Micro-kernel of the C++ backend: ``XITE_FAST_CPU_KERNEL`` (default ``"auto"``)."""
-    kernel = os.environ.get("XITE_FAST_CPU_KERNEL", "auto").strip().lower() or "auto"
-    if kernel not in _CPU_KERNELS:
-        raise ValueError(f"XITE_FAST_CPU_KERNEL must be one of {_CPU_KERNELS}, got {kernel!r}")
+def _resolve_kernel(kernel: str) -> str:
+    """The kernel name the C++ backend gets: ``XITE_FAST_CPU_KERNEL`` replaces ``"auto"``; an explicit
+    kernel the CPU cannot run raises, naming the missing instruction set ("auto" never does)."""
+    if kernel == "auto":
+        kernel = _check_kernel(os.environ.get(KERNEL_ENV, "auto").strip() or "auto", KERNEL_ENV)
+    if kernel == "fp32":
+        return "avx512" if load_extension().cpu_supports_avx512() else "packed"
+    isa, probe = _KERNEL_ISA.get(kernel, (None, None))
+    if probe is not None and not getattr(load_extension(), probe)():
+        raise ValueError(
+            f"kernel={kernel!r} needs a CPU with {isa}, which this CPU lacks; "
+            f"use kernel='auto' or 'fp32' (they pick what this CPU runs)"
+        )
     return kernel
 
 
-def _cpu(queries: Any, keys: Any, k: int, assume_normalized: bool) -> tuple[np.ndarray, np.ndarray]:
+def _cpu(queries: Any, keys: Any, k: int, assume_normalized: bool, kernel: str) -> tuple[np.ndarray, np.ndarray]:
     ext = load_extension()
-    kernel = _cpu_kernel()
     q = _as_f32_numpy(queries)
     if (
         is_torch(keys)
