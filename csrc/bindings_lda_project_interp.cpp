@@ -87,8 +87,8 @@ XITE_REGISTER_OP("lda_project_interp", [](py::module_& m) {
         py::arg("simd") = "auto",
         "Fused LDA projection + interpolation over (M, D) float32 rows, written into `out`.\n"
         "lam: (L,) float32 with L == 1 or L * lam_div == M (row i uses lam[i // lam_div]).\n"
-        "nt_mode: -1 auto streaming stores, 0 off, 1 on. simd: 'auto' (AVX-512 for proj/comp/shift on\n"
-        "AVX-512F CPUs), 'avx2' or 'avx512' (same bits; for tests and benchmarks).\n"
+        "nt_mode: -1 auto streaming stores, 0 off, 1 on. simd: 'auto' (AVX-512 for proj/comp/shift with\n"
+        "r >= 8 on AVX-512F CPUs), 'avx2' or 'avx512' (same bits; for tests and benchmarks).\n"
         "Returns the first row whose output is not finite, or -1. Use xite_fast.lda_project_interp.");
   m.def("lda_project_interp_triad", &triad_py, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("scalar"),
         py::arg("num_threads") = 0, "Bandwidth probe a = b + scalar * c (float32, streaming stores).");

@@ -48,8 +48,8 @@ int lda_mode(const std::string& name);
 
 // out (M, D) = the mode's formula over src/tgt (M, D); W (D, r) row-major (unused for interp, r = 0);
 // lam (lam_len,) with row i using lam[i / lam_div] (lam_len == 1: one value). nt_mode: -1 auto
-// streaming stores, 0 off, 1 on. simd: -1 auto (AVX-512 kernel for the W modes on AVX-512F CPUs),
-// 0 AVX2, 1 AVX-512 (throws without AVX-512F); both give the same bits. Returns the first row whose
+// streaming stores, 0 off, 1 on. simd: -1 auto (AVX-512 kernel for the W modes with r >= 8 on
+// AVX-512F CPUs), 0 AVX2, 1 AVX-512 (throws without AVX-512F); both give the same bits. Returns the first row whose
 // output is not finite, or -1.
 int64_t lda_project_interp(const float* src, const float* tgt, const float* W, int r, const float* lam,
                            int64_t lam_len, int64_t lam_div, int mode, float* out, int64_t M, int64_t D,

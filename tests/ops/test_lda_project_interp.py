@@ -213,8 +213,9 @@ def test_avx512_bitwise_equals_avx2(M, D):
                     assert ext.lda_project_interp(s, t, W, lam, div, mode, a, threads, nt_mode, "avx2") == -1
                     assert ext.lda_project_interp(s, t, W, lam, div, mode, b, threads, nt_mode, "avx512") == -1
                     assert a.tobytes() == b.tobytes(), (r, mode, lam.shape, nt_mode, threads)
-    # auto picks AVX-512 here; in place (out is src) reads every row before writing it
-    W = orthonormal(D, min(D, 4), rng)
+    # auto (AVX-512 from r = 8) equals the forced AVX2 kernel, also in place (out is src: every row
+    # is read before it is written)
+    W = orthonormal(D, min(D, 9), rng)
     want = lda_project_interp(s, t, W, 0.3, "shift", backend="cpu")
     s2 = s.copy()
     assert ext.lda_project_interp(s2, t, W, np.array([0.3], np.float32), M, "shift", s2, 2, -1, "avx2") == -1

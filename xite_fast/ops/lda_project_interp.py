@@ -13,9 +13,10 @@ shift      s − g·P(s) + g·P(t)                        move s's language comp
 =========  =========================================  ==============================================
 
 The CPU kernel (``xite_fast._C.lda_project_interp``) reads src and tgt once and writes the output
-once: per block of 4 rows it computes t·W (for ``shift`` the identity s − g·P(s) + g·P(t) =
-s + g·P(t − s) needs a single projection) with AVX2 FMA and writes lam·s + g·(c Wᵀ) tile by tile,
-OpenMP over rows, GIL released, streaming stores for outputs larger than the L3 cache.
+once: per block of rows it computes t·W (for ``shift`` the identity s − g·P(s) + g·P(t) =
+s + g·P(t − s) needs a single projection) with AVX2 FMA (AVX-512 for r >= 8 on CPUs that have it:
+the same arithmetic, the same bits) and writes lam·s + g·(c Wᵀ) tile by tile, OpenMP over rows, GIL
+released, streaming stores for outputs larger than the L3 cache.
 """
 
 from __future__ import annotations
