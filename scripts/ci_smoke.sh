@@ -6,8 +6,8 @@
 # as new as pip resolves, upgraded eagerly on every run). The venv holds the set's stack WITHOUT xite_fast
 # and is cached under ${XITE_CI_CACHE:-~/.cache/xite_fast-ci}/<set>-<hash of the set file, the Python and
 # SETUP_VERSION>. Each run:
-#  1. build: the wheel for the set's Python (`pip wheel`, isolated build, as `pip install .` does), unless
-#     WHEEL is given and has the set's Python tag;
+#  1. build: the wheel for the set's Python (`pip wheel`, scikit-build-core from a cached build venv,
+#     incremental), unless WHEEL is given and has the set's Python tag;
 #  2. install check: `pip install --dry-run --report` of WHEEL[assets] into the stack plans no change to an
 #     installed package (no torch, no upgrade or downgrade); the real install then changes none either
 #     (pip freeze before/after); `WHEEL[gpu]` beside the set's CUDA torch resolves without touching
@@ -61,9 +61,20 @@ case "$(basename "${WHEEL:-none}")" in
   *-"$tag"-"$tag"-*) ;;
   *)
     t=$SECONDS
-    # the CMake build folder is cached per checkout path and Python: a rerun recompiles only what changed
-    bdir=$CACHE/build/$(echo "$ROOT" | sha256sum | cut -c1-8)-$tag
-    "$PY" -m pip wheel -q --no-deps -w "$TMP/wheel" --config-settings=build-dir="$bdir" "$ROOT"
+    # a small cached build venv per Python (scikit-build-core, pybind11, ninja) and a CMake build folder
+    # per checkout path and Python: a rerun recompiles only what changed (an isolated build's temporary
+    # paths would recompile everything)
+    benv=$CACHE/build/env-$tag
+    if [ ! -f "$benv/.ready" ]; then
+      rm -rf "$benv"
+      "$PYTHON" -m venv "$benv"
+      "$benv/bin/python" -m pip install -q --upgrade pip
+      "$benv/bin/python" -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" ninja
+      touch "$benv/.ready"
+    fi
+    bdir=$CACHE/build/$tag-$(echo "$ROOT" | sha256sum | cut -c1-8)
+    "$benv/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$TMP/wheel" \
+      --config-settings=build-dir="$bdir" "$ROOT"
     WHEEL=$(ls "$TMP"/wheel/xite_fast-*.whl)
     echo "smoke[$SET]: built $(basename "$WHEEL") ($((SECONDS - t))s)"
     ;;
