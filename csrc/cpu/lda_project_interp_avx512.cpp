@@ -55,17 +55,12 @@ XITE_LDA512 inline __m512 dup256(__m256 x) { return _mm512_castpd_ps(_mm512_broa
 
 XITE_LDA512 inline __m256 hi256(__m512 x) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)); }
 
-// Phase 1 for pairs [pg, pg + G) of RB rows from i0.
-template <int RB, int G, Mode MODE>
-XITE_LDA512_INLINE void phase1_group(const P& p, int64_t i0, int pg, float* coef) {
-  const Call& c = *p.c;
+// Phase 1 for pairs [pg, pg + G) of the RB rows x (RB x D, contiguous: t, or t - s for shift).
+template <int RB, int G>
+XITE_LDA512_INLINE void phase1_group(const P& p, const float* x, int pg, float* coef) {
   const int64_t D = p.D, full = D & ~int64_t(7);
   const float* trow[RB];
-  const float* srow[RB];
-  for (int i = 0; i < RB; ++i) {
-    trow[i] = c.t + (i0 + i) * D;
-    srow[i] = c.s + (i0 + i) * D;
-  }
+  for (int i = 0; i < RB; ++i) trow[i] = x + i * D;
   __m512 acc[RB][G];
   for (int i = 0; i < RB; ++i)
     for (int j = 0; j < G; ++j) acc[i][j] = _mm512_setzero_ps();
@@ -75,9 +70,7 @@ XITE_LDA512_INLINE void phase1_group(const P& p, int64_t i0, int pg, float* coef
     __m512 w[G];
     for (int j = 0; j < G; ++j) w[j] = _mm512_load_ps(wc + 16 * j);
     for (int i = 0; i < RB; ++i) {
-      __m256 x = _mm256_loadu_ps(trow[i] + d);
-      if (MODE == kShift) x = _mm256_sub_ps(x, _mm256_loadu_ps(srow[i] + d));
-      const __m512 xx = dup256(x);
+      const __m512 xx = dup256(_mm256_loadu_ps(trow[i] + d));
       for (int j = 0; j < G; ++j) acc[i][j] = _mm512_fmadd_ps(xx, w[j], acc[i][j]);
     }
   }
@@ -87,9 +80,7 @@ XITE_LDA512_INLINE void phase1_group(const P& p, int64_t i0, int pg, float* coef
     __m512 w[G];
     for (int j = 0; j < G; ++j) w[j] = _mm512_load_ps(wc + 16 * j);
     for (int i = 0; i < RB; ++i) {
-      __m256 x = _mm256_maskload_ps(trow[i] + d, mask);
-      if (MODE == kShift) x = _mm256_sub_ps(x, _mm256_maskload_ps(srow[i] + d, mask));
-      const __m512 xx = dup256(x);
+      const __m512 xx = dup256(_mm256_maskload_ps(trow[i] + d, mask));
       for (int j = 0; j < G; ++j) acc[i][j] = _mm512_fmadd_ps(xx, w[j], acc[i][j]);
     }
   }
@@ -100,12 +91,28 @@ XITE_LDA512_INLINE void phase1_group(const P& p, int64_t i0, int pg, float* coef
     }
 }
 
+// shift: x = t - s is formed once per block into the per-thread scratch xbuf (RB x D, in L1) instead
+// of once per pair group (the same fp32 subtraction, so the same bits as the AVX2 kernel's).
 template <int RB, Mode MODE>
-XITE_LDA512 inline void phase1(const P& p, int64_t i0, float* coef) {
+XITE_LDA512 inline void phase1(const P& p, int64_t i0, float* coef, float* xbuf) {
   static_assert(kGroup == 2, "phase1 dispatches groups of 2 pairs and a last single pair");
+  const Call& c = *p.c;
+  const float* x = c.t + i0 * p.D;
+  if (MODE == kShift) {
+    const int64_t n = RB * p.D, full = n & ~int64_t(15);
+    const float* s = c.s + i0 * p.D;
+    int64_t j = 0;
+    for (; j < full; j += 16)
+      _mm512_store_ps(xbuf + j, _mm512_sub_ps(_mm512_loadu_ps(x + j), _mm512_loadu_ps(s + j)));
+    if (j < n) {
+      const __mmask16 m = static_cast<__mmask16>((1u << (n - j)) - 1);
+      _mm512_mask_storeu_ps(xbuf + j, m, _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), _mm512_maskz_loadu_ps(m, s + j)));
+    }
+    x = xbuf;
+  }
   int pg = 0;
-  for (; pg + 2 <= p.npairs; pg += 2) phase1_group<RB, 2, MODE>(p, i0, pg, coef);
-  if (pg < p.npairs) phase1_group<RB, 1, MODE>(p, i0, pg, coef);
+  for (; pg + 2 <= p.npairs; pg += 2) phase1_group<RB, 2>(p, x, pg, coef);
+  if (pg < p.npairs) phase1_group<RB, 1>(p, x, pg, coef);
 }
 
 // One output tile: RB rows x NV*16 columns from column d; MASKED: the last, partial 16 columns (NV 1).
@@ -172,11 +179,11 @@ XITE_LDA512_INLINE __m512i tile(const P& p, int64_t i0, int64_t d, const float* 
 
 // RB consecutive rows from i0; true when an output value is not finite.
 template <int RB, Mode MODE>
-XITE_LDA512 bool rows(const P& p, int64_t i0, float* coef) {
+XITE_LDA512 bool rows(const P& p, int64_t i0, float* coef, float* xbuf) {
   const Call& c = *p.c;
   float lam_row[RB];
   for (int i = 0; i < RB; ++i) lam_row[i] = lam_of(c, i0 + i);
-  phase1<RB, MODE>(p, i0, coef);
+  phase1<RB, MODE>(p, i0, coef, xbuf);
   for (int i = 0; i < RB; ++i) {
     // comp subtracts g*P(t); proj and shift add g*P(x)
     const float g = (MODE == kComp ? -1.0f : 1.0f) * (1.0f - lam_row[i]);
@@ -204,17 +211,18 @@ XITE_LDA512 int64_t run_mode(const P& p, int num_threads) {
 #pragma omp parallel num_threads(par ? nt : 1) reduction(min : first_bad)
   {
     AlignedBuf coef = aligned_floats(size_t(kRB) * p.rp);
+    AlignedBuf xbuf = aligned_floats(MODE == kShift ? size_t(kRB) * c.D : 0);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nblocks; ++b) {
       const int64_t i0 = b * kRB;
-      if (rows<kRB, MODE>(p, i0, coef.get())) {  // locate the exact row only on the error path
+      if (rows<kRB, MODE>(p, i0, coef.get(), xbuf.get())) {  // locate the exact row only on the error path
         const int64_t i = first_bad_row(c.out, c.D, i0, i0 + kRB);
         if (i >= 0) first_bad = std::min(first_bad, i);
       }
     }
 #pragma omp single nowait
     for (int64_t i = nblocks * kRB; i < c.M; ++i)
-      if (rows<1, MODE>(p, i, coef.get())) first_bad = std::min(first_bad, i);
+      if (rows<1, MODE>(p, i, coef.get(), xbuf.get())) first_bad = std::min(first_bad, i);
     if (p.nt64 || p.nt32) _mm_sfence();
   }
   return first_bad == std::numeric_limits<int64_t>::max() ? -1 : first_bad;
