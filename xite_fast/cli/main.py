@@ -69,6 +69,10 @@ def add_common_args(p: argparse.ArgumentParser, config_cls: type) -> None:
         help="TSV/CSV: the first line names the columns (--no-header: the columns are text, label, text pair)",
     )  # fmt: skip
     g.add_argument(
+        "--dedupe", action=argparse.BooleanOptionalAction, default=d["dedupe"],
+        help="run repeated texts through the encoder once per shard (the same output bytes)",
+    )  # fmt: skip
+    g.add_argument(
         "--ray", metavar="ADDRESS", default=d["ray"],
         help="run encoding (and matching) on Ray: 'local', 'auto', HOST:PORT or ray://HOST:PORT; same output",
     )  # fmt: skip

@@ -35,6 +35,7 @@ the batch's width (:func:`_batches`), which bounds the padding per text.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -71,6 +72,9 @@ __all__ = [
 log = logging.getLogger("xite_fast")
 
 RUNTIMES = ("auto", "onnx", "openvino", "ctranslate2", "torch")
+# runtimes whose rows depend on their batch only through its padded width (measured in
+# tests/encode/test_dedupe.py): Encoder.encode_distinct runs repeated texts once on these
+DEDUPE_RUNTIMES = ("openvino", "torch")
 PRECISIONS = ("fp32", "bf16", "int8")
 # encode(precision=...): the output quantization of sentence-transformers (not the model's precision)
 OUTPUT_PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
@@ -226,6 +230,34 @@ def quantize_embeddings(
 
 _BUCKET_RATIO = 0.8  # a batch closes when the next text is < 80% of its width ...
 _BUCKET_MIN_TOKENS = 512  # ... and the batch already computes >= 512 (padded) tokens
+
+
+def _distinct_batches(ids_list, types_list, batches, batch_size: int):
+    """The batches of :meth:`Encoder.encode_distinct`: from the planned ``[(rows, width)]`` of the whole
+    input, the first row of each distinct (width, token ids, segment ids), grouped by width (in plan
+    order, at most ``batch_size`` a batch); and ``rep`` (N,): each row's representative."""
+    n = len(ids_list)
+    rep = np.arange(n, dtype=np.int64)
+    first: dict[bytes, int] = {}
+    by_width: dict[int, list[int]] = {}
+    for idx, width in batches:
+        for i in idx.tolist():
+            h = hashlib.blake2b(width.to_bytes(4, "little"), digest_size=16)
+            h.update(np.asarray(ids_list[i], dtype=np.int64).tobytes())
+            if types_list is not None:
+                h.update(b"\x00types")
+                h.update(np.asarray(types_list[i], dtype=np.int64).tobytes())
+            j = first.setdefault(h.digest(), i)
+            if j == i:
+                by_width.setdefault(width, []).append(i)
+            else:
+                rep[i] = j
+    out = [
+        (np.asarray(rows[b : b + batch_size], dtype=np.int64), width)
+        for width, rows in by_width.items()
+        for b in range(0, len(rows), batch_size)
+    ]
+    return out, rep
 
 
 def _batches(sorted_lengths: np.ndarray, batch_size: int) -> list[tuple[int, int]]:
@@ -786,14 +818,54 @@ class Encoder:
         token_type_ids: list[list[int]] | None = None,
     ) -> np.ndarray:
         """Embed pre-tokenized texts with length bucketing; returns (N, D) float32 in input order."""
+        return self._encode_ids(ids_list, batch_size, show_progress_bar, normalize, token_type_ids, False)[0]
+
+    def encode_distinct(self, sentences: Any, batch_size: int = EncoderConfig.batch_size) -> tuple[np.ndarray, int]:
+        """``encode(sentences, batch_size=batch_size)`` (normalized, the same bytes), running each
+        distinct input once per batch width: returns ((N, D) float32, the number of rows encoded).
+
+        A row's bits depend on the padded width of its batch (measured on every runtime: ~1e-7 in fp32,
+        ~3e-3 in int8), so encoding only the distinct texts in their own sorted batches would change them.
+        Here the batches of the whole input are planned first; rows with the same token ids (and segment
+        ids) planned at the same width are run once, batched with the other rows of that width (at most
+        ``batch_size``), padded to that width, and copied to their repeats. That is byte-identical where a
+        row depends on its batch only through the padded width: measured so on the OpenVINO (fp32, bf16,
+        int8) and CPU torch runtimes (:data:`DEDUPE_RUNTIMES`, :attr:`dedupe_exact`); onnxruntime and
+        CTranslate2 rows also change with the number of rows in a batch (int8: with the batch-mates'
+        activation scales), so there every row is encoded (the count returned is then N)."""
+        if not self.dedupe_exact:
+            out = self.encode(sentences, batch_size=batch_size, show_progress_bar=False, normalize=True)
+            return out, len(out)
+        texts, pairs = as_texts(sentences, "sentences")
+        batch_size = check_positive_int("batch_size", batch_size)
+        texts = [self.prefix + t for t in texts] if self.prefix else texts
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32), 0
+        try:
+            ids, types = self._tokenize(texts, pairs)
+        except (TypeError, ValueError):
+            _raise_unencodable(texts, pairs)
+            raise
+        return self._encode_ids(ids, batch_size, False, True, types, True)
+
+    @property
+    def dedupe_exact(self) -> bool:
+        """:meth:`encode_distinct` runs repeats once here (the runtime is one of :data:`DEDUPE_RUNTIMES`
+        on the CPU), with the bytes of :meth:`encode`."""
+        return self.runtime in DEDUPE_RUNTIMES and self.device == "cpu"
+
+    def _encode_ids(self, ids_list, batch_size, show_progress_bar, normalize, token_type_ids, dedupe):
         n = len(ids_list)
         lengths = np.fromiter((len(x) for x in ids_list), dtype=np.int64, count=n)
         # longest first (stable): the first batch is the slowest, so the tqdm ETA is pessimistic, and
         # equal lengths keep input order, making batches a pure function of the input
         order = np.argsort(-lengths, kind="stable")
         out = np.empty((n, self.dim), dtype=np.float32)
-        n_batches = len(_batches(lengths[order], batch_size))
-        if show_progress_bar is None and n_batches <= 4:
+        batches = [(order[b0:b1], int(lengths[order[b0]])) for b0, b1 in _batches(lengths[order], batch_size)]
+        rep = None
+        if dedupe:
+            batches, rep = _distinct_batches(ids_list, token_type_ids, batches, batch_size)
+        if show_progress_bar is None and len(batches) <= 4:
             show_progress_bar = False
         show_progress_bar = progress_enabled(show_progress_bar)
         pad = int(self.tokenizer.pad_token_id)
@@ -801,11 +873,9 @@ class Encoder:
         if show_progress_bar:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=n, desc="encode", unit="text")
+            bar = tqdm(total=sum(len(b[0]) for b in batches), desc="encode", unit="text")
         try:
-            for b0, b1 in _batches(lengths[order], batch_size):
-                idx = order[b0:b1]
-                width = int(lengths[idx[0]])
+            for idx, width in batches:
                 ids = np.full((len(idx), width), pad, dtype=np.int64)
                 mask = np.zeros((len(idx), width), dtype=np.int64)
                 types = np.zeros((len(idx), width), dtype=np.int64)
@@ -822,11 +892,15 @@ class Encoder:
         finally:
             if bar is not None:
                 bar.close()
+        n_run = n
+        if rep is not None:
+            n_run = int((rep == np.arange(n)).sum())
+            out = out[rep]  # repeats take their representative's row (rows run by the model are reps)
         if normalize or self.spec.normalize:
             norms = np.linalg.norm(out, axis=1, keepdims=True)
             np.maximum(norms, 1e-12, out=norms)
             out /= norms
-        return out
+        return out, n_run
 
     # ------------------------------------------------------------------ argument handling
 

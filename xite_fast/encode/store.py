@@ -3,7 +3,8 @@
 Layout of ``out_dir``::
 
     manifest.json          model id, dim, encode parameters, source fingerprint, one entry per shard
-                           (its sha256 and float64 column sum), the (D,) float32 mean once complete
+                           (its sha256, float64 column sum and the rows the model ran), the (D,)
+                           float32 mean and ``encoded_rows`` once complete
     shard_000000.npy       rows [0, shard_size) as (rows, D) float32
     shard_000001.npy       rows [shard_size, 2 * shard_size) ...
     embeddings.npy         only after EmbeddingStore.to_memmap(): all rows, (N, D) float32
@@ -311,6 +312,13 @@ class EmbeddingStore:
         return [self.out_dir / s["file"] for s in self._shards]
 
     @property
+    def encoded_rows(self) -> int | None:
+        """Rows the model ran when the store was written (< ``len(self)`` where repeated texts were
+        encoded once, see :func:`encode_corpus`'s ``dedupe``); None if unknown (an older store)."""
+        enc = [s.get("encoded") for s in self._shards]
+        return None if None in enc else int(sum(enc))
+
+    @property
     def mean(self) -> np.ndarray:
         """(D,) float32 mean of all rows, written to the manifest at encode time (float64 sums of
         every shard, added in shard order); computed from the shards for an older manifest."""
@@ -379,6 +387,7 @@ def encode_corpus(
     show_progress_bar: bool | None = None,
     overwrite: bool = False,
     errors: str = "strict",
+    dedupe: bool = True,
 ) -> EmbeddingStore:
     """Embed a corpus into ``out_dir`` as fixed-size ``.npy`` shards; resumable.
 
@@ -401,6 +410,10 @@ def encode_corpus(
             notebook, :func:`xite_fast.logging.progress_enabled`).
         overwrite: replace an existing output made from another source/model/parameters.
         errors: ``"strict"`` (non-UTF-8 line -> ValueError naming file and line) or ``"replace"``.
+        dedupe: within a shard, run repeated texts through the model once and copy their rows; the
+            files are byte-identical to ``dedupe=False`` (:func:`encode_rows` says for which encoders;
+            others encode every row). Each shard's manifest entry counts the rows ``encoded``, the
+            manifest their total (``encoded_rows``).
 
     Returns:
         The :class:`EmbeddingStore` of ``out_dir`` (its manifest holds every shard's sha256 and the
@@ -451,7 +464,7 @@ def encode_corpus(
                         k += 1
                         continue
                     log.warning("%s: %s is missing or corrupt; re-encoding it", out_dir, done[k]["file"])
-                    entry = write_shard(encoder, chunk, out_dir, k, shard_size, batch_size)
+                    entry = write_shard(encoder, chunk, out_dir, k, shard_size, batch_size, dedupe=dedupe)
                     done[k] = entry
                     with contextlib.suppress(FileNotFoundError):
                         (out_dir / CONSOLIDATED).unlink()  # built from the corrupt shard
@@ -459,7 +472,7 @@ def encode_corpus(
                     # a shard finished by a killed distributed run but not yet in the manifest is kept
                     entry = adopt_pending(out_dir, k, shard_size, chunk)
                     if entry is None:
-                        entry = write_shard(encoder, chunk, out_dir, k, shard_size, batch_size)
+                        entry = write_shard(encoder, chunk, out_dir, k, shard_size, batch_size, dedupe=dedupe)
                     done.append(entry)
                 manifest["num_rows"] = sum(s["rows"] for s in done)
                 write_manifest(out_dir, manifest)  # the shard counts as done only from here on
@@ -553,6 +566,7 @@ def write_shard(
     batch_size: int,
     *,
     pending: bool = False,
+    dedupe: bool = True,
 ) -> dict:
     """Encode shard ``k`` (``texts`` = source rows ``[k * shard_size, ...)``), write ``shard_k.npy``
     atomically and return its manifest entry.
@@ -562,13 +576,14 @@ def write_shard(
         texts: the shard's texts (1 <= len <= shard_size).
         pending: also write the entry to a hidden ``.pending-shard_k.json`` next to the shard (for a
             writer that finishes shards out of order: a rerun adopts them, see :func:`adopt_pending`).
+        dedupe: run repeated texts through the model once (:func:`encode_rows`; the same bytes).
 
     Returns:
-        ``{"file", "start", "rows", "sha256", "text_sha256"}``.
+        ``{"file", "start", "rows", "sha256", "text_sha256", "sum", "encoded"}`` (``encoded``: rows
+        the model ran).
     """
     dim = int(encoder.dim)
-    emb = encoder.encode(texts, batch_size=batch_size, show_progress_bar=False, normalize=True)
-    emb = np.asarray(emb, dtype=np.float32)
+    emb, encoded = encode_rows(encoder, texts, batch_size, dedupe)
     if emb.shape != (len(texts), dim):
         raise ValueError(f"encoder returned shape {emb.shape}, expected ({len(texts)}, {dim})")
     bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
@@ -591,10 +606,36 @@ def write_shard(
         "text_sha256": _texts_sha256(texts),
         # float64 column sum, so the store's mean is known without reading the shards again
         "sum": embedding_sum(emb).tolist(),
+        "encoded": encoded,
     }
     if pending:
         atomic_write_bytes(pending_path(out_dir, k), json.dumps(entry, sort_keys=True).encode())
     return entry
+
+
+def encode_rows(encoder: Any, texts: list, batch_size: int, dedupe: bool = True) -> tuple[np.ndarray, int]:
+    """The normalized (N, D) float32 embeddings of ``texts`` and how many rows the model ran.
+
+    With ``dedupe``, repeats are run once where that leaves every byte as it is: an encoder with
+    ``encode_distinct`` (:meth:`~xite_fast.encode.encoder.Encoder.encode_distinct`: the batches of the
+    whole shard are planned, each distinct input runs once per padded width), or one that declares
+    ``batch_invariant = True`` (a row does not depend on its batch: each distinct text, by a 16-byte
+    blake2b of its UTF-8 bytes, is encoded once). Any other encoder encodes every row."""
+    if dedupe and hasattr(encoder, "encode_distinct"):
+        emb, encoded = encoder.encode_distinct(texts, batch_size=batch_size)
+        return np.asarray(emb, dtype=np.float32), int(encoded)
+    if dedupe and getattr(encoder, "batch_invariant", False):
+        first: dict[bytes, int] = {}
+        inv = np.empty(len(texts), dtype=np.int64)
+        for i, t in enumerate(texts):
+            h = hashlib.blake2b(digest_size=16)
+            _hash_texts(h, (t,))
+            inv[i] = first.setdefault(h.digest(), len(first))
+        uniq = [texts[i] for i in np.unique(inv, return_index=True)[1]]
+        emb = encoder.encode(uniq, batch_size=batch_size, show_progress_bar=False, normalize=True)
+        return np.asarray(emb, dtype=np.float32)[inv], len(uniq)
+    emb = encoder.encode(texts, batch_size=batch_size, show_progress_bar=False, normalize=True)
+    return np.asarray(emb, dtype=np.float32), len(texts)
 
 
 def adopt_pending(out_dir: Path, k: int, shard_size: int, texts: list[str]) -> dict | None:
@@ -628,6 +669,9 @@ def finish_store(out_dir: Path, manifest: dict) -> None:
     manifest["num_rows"] = n = sum(s["rows"] for s in manifest["shards"])
     # in shard order: the same float64 sum however the run was split
     manifest["mean"] = mean_of_sums((s["sum"] for s in manifest["shards"]), int(manifest["dim"]), n).tolist()
+    # rows the model ran (repeats encoded once, see encode_rows); None if a shard predates the count
+    enc = [s.get("encoded") for s in manifest["shards"]]
+    manifest["encoded_rows"] = None if None in enc else int(sum(enc))
     write_manifest(out_dir, manifest)
     for p in out_dir.glob(".pending-shard_*.json"):
         with contextlib.suppress(FileNotFoundError):

@@ -80,7 +80,7 @@ _MARKER = {"format": "xite_fast.run", "version": 1}
 _PART_RE = r"part-\d{5}\.(npy|jsonl)"
 # options that do not change any output byte (so not part of config.json); ``header`` changes the rows of a
 # TSV/CSV input only, and is in that input's fingerprint (config.json's source/target) instead
-_NOT_IDENTITY = ("out", "ray", "match_chunk", "backend", "progress", "encoder_runtime", "header")
+_NOT_IDENTITY = ("out", "ray", "match_chunk", "backend", "progress", "encoder_runtime", "header", "dedupe")
 
 
 @dataclass(kw_only=True)
@@ -94,6 +94,9 @@ class CorpusConfig(EncoderConfig):
         header: TSV/CSV: the first line names the columns (False: columns text, label, text pair by
             position; :func:`~xite_fast.data.records.iter_records`).
         ray: Ray address (encode, and match, on Ray; same bytes). progress: tqdm bars (None: on a tty).
+        dedupe: within each shard, run repeated texts through the encoder once (the same bytes as
+            without: :func:`~xite_fast.encode.store.encode_corpus`); ``report.json``'s ``dedupe`` counts
+            the rows encoded.
     """
 
     shard_size: int = 65536
@@ -103,6 +106,7 @@ class CorpusConfig(EncoderConfig):
     header: bool = True
     ray: str | None = None
     progress: bool | None = None
+    dedupe: bool = True
 
     def validate(self) -> None:
         """ValueError naming the first bad option."""
@@ -337,7 +341,7 @@ def _encode_store(cfg: CorpusConfig, source: Any, out_dir: Path, encoder: Any, m
 
     return encode_corpus(
         source, out_dir, make_encoder, shard_size=cfg.shard_size, batch_size=cfg.batch_size,
-        overwrite=overwrite, show_progress_bar=cfg.progress,
+        overwrite=overwrite, show_progress_bar=cfg.progress, dedupe=cfg.dedupe,
     )  # fmt: skip
 
 
@@ -783,6 +787,10 @@ class _Run:
         majority = majority_baseline(np.bincount(self.tgt.codes)) if self.tgt.has_labels else None
         report = build_report(label_names=names, counts=counts, options=options, majority=majority)
         report["n_source"] = len(self.src)
+        # rows the encoder ran per store (repeats encoded once); recorded in the store manifests
+        report["dedupe"] = {
+            name: {"rows": len(stores[name]), "encoded": stores[name].encoded_rows} for name in ("source", "target")
+        }
         atomic_write_json(self.out / "report.json", report)  # deterministic: a resume writes the same bytes
         # the facts of this process (differ between a resumed and an uninterrupted run) live beside it
         timings = {"timing_s": self.times, "shards_skipped_on_resume": reused, "remade": self.remade}
