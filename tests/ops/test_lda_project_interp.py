@@ -298,8 +298,20 @@ def _err_cases():
             r"lam must be a float or an \(N,\) array with N=5 \(src rows\), got shape \(4,\)",
         ),
         ((s, t, W, np.full((5, 1), 0.5), "proj"), {}, r"got shape \(5, 1\)"),
-        ((s, t, W, True, "proj"), {}, "lam must be a float in"),
-        ((s, t, W, "half", "proj"), {}, "lam must be a float"),
+        ((s, t, W, True, "proj"), {}, r"lam must be a real number in \[0, 1\].*got bool True"),
+        ((s, t, W, np.True_, "proj"), {}, r"lam must be a real number.*got bool"),
+        ((s, t, W, "half", "proj"), {}, r"lam must be a real number.*got str 'half'"),
+        # a numeric string is refused, never parsed (np.asarray('0.5', float) would accept it)
+        ((s, t, W, "0.5", "proj"), {}, r"lam must be a real number.*N=5 \(src rows\), got str '0.5'"),
+        ((s, t, W, b"0.5", "proj"), {}, r"lam must be a real number.*got bytes"),
+        ((s, t, W, np.array("0.5"), "proj"), {}, r"lam must be a real number.*got ndarray of dtype <U3"),
+        ((s, t, W, np.full(5, "0.5"), "proj"), {}, r"lam must be a real number.*dtype <U3"),
+        ((s, t, W, np.ones(5, bool), "proj"), {}, r"lam must be a real number.*got ndarray of dtype bool"),
+        ((s, t, W, [0.5, True, 0.5, 0.5, 0.5], "proj"), {}, r"lam must be a real number.*list holding non-numbers"),
+        ((s, t, W, ["0.5"] * 5, "proj"), {}, r"lam must be a real number.*list holding non-numbers"),
+        ((s, t, W, 0.5 + 0j, "proj"), {}, r"lam must be a real number.*got complex"),
+        ((s, t, W, torch.ones(5, dtype=torch.bool), "proj"), {}, r"lam must be a real number.*dtype torch.bool"),
+        ((s, t, W, {"lam": 0.5}, "proj"), {}, r"lam must be a real number.*got dict"),
         (
             (s, t, W, 0.5, "project"),
             {},
@@ -375,3 +387,68 @@ def test_auto_dispatch_and_env_override(monkeypatch):
     assert_close(lda_project_interp(s, t, W, 0.2), want, 2.0, 16)
     monkeypatch.setenv("XITE_FAST_BACKEND", "torch")
     assert_close(lda_project_interp(s, t, W, 0.2), want, 2.0, 16)
+
+
+# ------------------------------------------------------------------------------------- lam: real numbers
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lam_accepts_real_scalars_and_arrays(backend):
+    s, t, W, lam_rows = make((5, 8), 2, seed=9)
+    want = oracle(s, t, W, 0.5, "proj")
+    for lam in (0.5, np.float32(0.5), np.float64(0.5), np.array(0.5), torch.tensor(0.5)):
+        assert_close(lda_project_interp(s, t, W, lam, "proj", backend=backend), want, 2.0, 8)
+    want = oracle(s, t, W, lam_rows, "proj")
+    for lam in (lam_rows, list(lam_rows), torch.from_numpy(lam_rows)):
+        assert_close(lda_project_interp(s, t, W, lam, "proj", backend=backend), want, 2.0, 8)
+    # integers are real numbers: 0 and 1 are the edges
+    got = lda_project_interp(s, t, W, 1, "proj", backend=backend)
+    np.testing.assert_array_equal(got, s)
+    got = lda_project_interp(s, t, W, np.ones(5, np.int64), "proj", backend=backend)
+    np.testing.assert_array_equal(got, s)
+
+
+# ---------------------------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+def test_requires_grad_inputs_take_the_differentiable_path(backend, mode):
+    """Tensors that require grad are never detached silently: the result carries a grad_fn and the
+    gradients equal those of the float64 reference (autograd through plain torch)."""
+    s, t, W, lam_rows = make((6, 3, 8), 2, seed=21)
+    for lam in (0.3, lam_rows):
+        st = torch.from_numpy(s).requires_grad_(True)
+        tt = torch.from_numpy(t).requires_grad_(True)
+        y = lda_project_interp(st, tt, W, lam, mode, backend=backend)
+        assert y.requires_grad and y.grad_fn is not None and y.dtype == torch.float32
+        g = torch.from_numpy(np.random.default_rng(1).standard_normal(s.shape).astype(np.float32))
+        (y * g).sum().backward()
+        s64 = torch.from_numpy(s).double().requires_grad_(True)
+        t64 = torch.from_numpy(t).double().requires_grad_(True)
+        lam64 = torch.from_numpy(np.asarray(lam, np.float64)) if np.ndim(lam) else float(lam)
+        want = lda_project_interp_ref(s64, t64, torch.from_numpy(W).double(), lam64, mode)
+        np.testing.assert_allclose(y.detach().numpy(), want.detach().numpy(), atol=1e-5)
+        (want * g.double()).sum().backward()
+        np.testing.assert_allclose(st.grad.numpy(), s64.grad.numpy(), atol=1e-5)
+        np.testing.assert_allclose(tt.grad.numpy(), t64.grad.numpy(), atol=1e-5)
+    # only tgt requires grad, src numpy: still differentiable (a torch result)
+    tt = torch.from_numpy(t).requires_grad_(True)
+    y = lda_project_interp(s, tt, W, 0.3, mode, backend=backend)
+    y.sum().backward()
+    assert tt.grad is not None and tt.grad.shape == tt.shape
+    # under no_grad nothing needs a graph: the plain kernel path, same values
+    with torch.no_grad():
+        z = lda_project_interp(torch.from_numpy(s).requires_grad_(True), t, W, 0.3, mode, backend=backend)
+    assert z.grad_fn is None
+    np.testing.assert_array_equal(z.numpy(), lda_project_interp(s, t, W, 0.3, mode, backend=backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grad_errors_name_the_argument(backend):
+    s, t, W, lam_rows = make((5, 8), 2, seed=22)
+    st = torch.from_numpy(s).requires_grad_(True)
+    Wt = torch.from_numpy(W).requires_grad_(True)
+    with pytest.raises(ValueError, match=r"W must not require grad: .*got a tensor with requires_grad=True; pass W.detach\(\)"):
+        lda_project_interp(s, t, Wt, 0.5, "proj", backend=backend)
+    lam_t = torch.from_numpy(lam_rows).requires_grad_(True)
+    with pytest.raises(ValueError, match=r"lam must not require grad.*pass lam.detach\(\)"):
+        lda_project_interp(s, t, W, lam_t, "proj", backend=backend)
+    with pytest.raises(ValueError, match=r"out must be None when src requires grad.*got out of type ndarray"):
+        lda_project_interp(st, t, W, 0.5, "proj", backend=backend, out=np.empty_like(s))

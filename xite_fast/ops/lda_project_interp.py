@@ -65,20 +65,32 @@ def _to_f32_numpy(x: Any) -> np.ndarray:
 
 
 def _lam_values(lam: Any, n: int) -> np.ndarray:
-    """lam as a float32 array of length 1 (scalar) or n (per row), validated."""
-    if isinstance(lam, bool):
-        raise ValueError(f"lam must be a float in [0, 1] or an (N,) array with N={n}, got {lam!r}")
+    """lam as a float32 array of length 1 (scalar) or n (per row), validated.
+
+    Real numbers only: a str ('0.5'), bytes, bool, complex or object value is refused, never parsed or
+    coerced (np.asarray would turn '0.5' into 0.5 and True into 1.0).
+    """
+    expected = f"lam must be a real number in [0, 1] or an (N,) array/tensor of floats with N={n} (src rows)"
     if is_torch(lam):
+        if lam.dtype.is_complex or not (lam.dtype.is_floating_point or _torch_int(lam.dtype)):
+            raise ValueError(f"{expected}, got a tensor of dtype {lam.dtype}")
         lam = lam.detach().cpu().numpy()
+    if isinstance(lam, (bool, np.bool_, str, bytes)):
+        raise ValueError(f"{expected}, got {type(lam).__name__} {lam!r}")
     if isinstance(lam, (int, float, np.integer, np.floating)):
         arr = np.asarray([lam], dtype=np.float64)
     else:
+        if isinstance(lam, (list, tuple)) and any(
+            isinstance(v, (bool, np.bool_, str, bytes)) for v in np.asarray(lam, dtype=object).ravel()
+        ):
+            raise ValueError(f"{expected}, got a {type(lam).__name__} holding non-numbers")
         try:
-            arr = np.asarray(lam, dtype=np.float64)
+            raw = np.asarray(lam)
         except (TypeError, ValueError):
-            raise ValueError(
-                f"lam must be a float in [0, 1] or an (N,) array with N={n}, got {type(lam).__name__}"
-            ) from None
+            raise ValueError(f"{expected}, got {type(lam).__name__}") from None
+        if raw.dtype.kind not in "iuf":
+            raise ValueError(f"{expected}, got {type(lam).__name__} of dtype {raw.dtype}")
+        arr = raw.astype(np.float64)
         if arr.ndim == 0:
             arr = arr.reshape(1)
         elif arr.ndim != 1 or arr.shape[0] != n:
@@ -91,6 +103,12 @@ def _lam_values(lam: Any, n: int) -> np.ndarray:
         where = f" (first bad at index {i})" if arr.shape[0] > 1 else ""
         raise ValueError(f"lam must be in [0, 1], got {arr[i]}{where}")
     return arr.astype(np.float32)
+
+
+def _torch_int(dtype: Any) -> bool:
+    import torch
+
+    return dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 def _check_W(W: Any, d: int) -> None:
@@ -193,12 +211,19 @@ def lda_project_interp(
             (partly) written.
         num_threads: OpenMP threads for the CPU kernel (default: all). Results do not depend on it.
 
+    Gradients: when ``src`` or ``tgt`` is a torch tensor that requires grad (and grad mode is on) the
+    call goes through the op's autograd Function (the same kernels forward, an analytic backward: the
+    differentiable path :func:`mix_states` uses) and returns a float32 torch tensor with a ``grad_fn``,
+    also for a numpy ``src``. ``W`` or ``lam`` requiring grad, or ``out`` with such inputs, is a
+    ValueError (no gradient is defined for them); nothing is detached silently.
+
     Returns:
         (N, D) or (N, T, D) float32, same container type as ``src`` (``out`` itself if given).
 
     Raises:
-        ValueError: bad shapes/dtypes, lam outside [0, 1] or of the wrong length, NaN/inf in the
-            inputs (or an overflow in the output), unknown mode, non-orthonormal W.
+        ValueError: bad shapes/dtypes, lam not a real number / real array (a str or bool), outside
+            [0, 1] or of the wrong length, NaN/inf in the inputs (or an overflow in the output), unknown
+            mode, non-orthonormal W, W or lam requiring grad, out with inputs that require grad.
     """
     if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -221,6 +246,20 @@ def lda_project_interp(
         isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
     ):
         raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+    grad = _requires_grad(src, tgt, W, lam)
+    if grad:
+        for name in ("W", "lam"):
+            if name in grad:
+                raise ValueError(
+                    f"{name} must not require grad: lda_project_interp has no gradient for {name}, got a tensor "
+                    f"with requires_grad=True; pass {name}.detach()"
+                )
+        if out is not None:
+            raise ValueError(
+                f"out must be None when {grad[0]} requires grad (autograd needs a new tensor), got out of type "
+                f"{type(out).__name__}; drop out= or pass {grad[0]}.detach()"
+            )
+        return _differentiable(src, tgt, W, lam_arr, mode, backend)
     out_arr = None if out is None else _check_out(out, shape, src, tgt)
     torch_io = is_torch(src)
     on_gpu = torch_io and src.device.type != "cpu"
@@ -253,6 +292,34 @@ def lda_project_interp(
 
         return torch.from_numpy(res)
     return res
+
+
+def _requires_grad(src: Any, tgt: Any, W: Any, lam: Any) -> list[str]:
+    """Names of the torch arguments that require grad while grad mode is on (else [])."""
+    names = [n for n, x in (("src", src), ("tgt", tgt), ("W", W), ("lam", lam)) if is_torch(x) and x.requires_grad]
+    if not names:
+        return []
+    import torch
+
+    return names if torch.is_grad_enabled() else []
+
+
+def _differentiable(src: Any, tgt: Any, W: Any, lam_arr: np.ndarray, mode: str, backend: Any) -> Any:
+    """src and/or tgt require grad: the same kernels through the autograd Function (analytic backward).
+
+    Both inputs become float32 torch tensors on the device of the one that requires grad (differentiable
+    conversions); the result is a float32 torch tensor with a ``grad_fn``.
+    """
+    import torch
+
+    like = src if is_torch(src) and src.requires_grad else tgt
+    s, t = (
+        (x if is_torch(x) else torch.from_numpy(np.ascontiguousarray(x))).to(device=like.device, dtype=torch.float32)
+        for x in (src, tgt)
+    )
+    w = None if W is None else torch.as_tensor(np.asarray(W) if not is_torch(W) else W).to(like.device).float()
+    lam_t = torch.tensor(float(lam_arr[0])) if lam_arr.shape[0] == 1 else torch.from_numpy(lam_arr)
+    return _autograd_fn().apply(s, t, w, lam_t.to(like.device), mode, backend)
 
 
 def _raise_nonfinite(src: Any, tgt: Any, row: int) -> None:
@@ -332,9 +399,14 @@ def _autograd_fn() -> Any:
     import torch
 
     def run(s, t, W, lam, mode, backend):
-        lam_arg = float(lam) if lam.ndim == 0 else lam
+        lam_arg = float(lam) if lam.ndim == 0 else lam.detach()
         y = lda_project_interp(
-            s.detach().contiguous(), t.detach().contiguous(), W, lam_arg, mode=mode, backend=backend
+            s.detach().contiguous(),
+            t.detach().contiguous(),
+            None if W is None else W.detach(),
+            lam_arg,
+            mode=mode,
+            backend=backend,
         )
         if not isinstance(y, torch.Tensor):  # a numpy-returning backend
             y = torch.from_numpy(np.ascontiguousarray(y))
