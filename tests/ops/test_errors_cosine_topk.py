@@ -142,6 +142,23 @@ def test_merge_topk_errors():
         merge_topk([s], [i], 0)
 
 
+def test_merge_topk_refuses_nan_scores():
+    """A NaN score must never win (np.lexsort on -score put NaN first): refused like NaN inputs of
+    cosine_topk, naming the list entry, row and column; +-inf scores keep their order."""
+    s = np.array([[0.9, 0.1], [0.8, 0.7]], np.float32)
+    i = np.array([[0, 1], [0, 1]], np.int64)
+    bad = np.array([[0.5, np.nan], [0.2, 0.1]], np.float32)
+    for scores in ([s, bad], [torch.from_numpy(s), torch.from_numpy(bad)]):
+        with pytest.raises(
+            ValueError, match=re.escape("scores_list[1] must hold no NaN (scores are compared), got NaN at row 0, column 1")
+        ):
+            merge_topk(scores, [i, i + 2], 2)
+    inf = np.array([[-np.inf, np.inf], [-np.inf, -np.inf]], np.float32)
+    ms, mi = merge_topk([s, inf], [i, i + 2], 3)
+    np.testing.assert_array_equal(ms, np.array([[np.inf, 0.9, 0.1], [0.8, 0.7, -np.inf]], np.float32))
+    np.testing.assert_array_equal(mi, [[3, 0, 1], [0, 1, 2]])
+
+
 @needs_cpu
 @pytest.mark.parametrize(
     "args,match",

@@ -321,6 +321,10 @@ def merge_topk(scores_list: Sequence[Any], indices_list: Sequence[Any], k: int) 
 
     Returns:
         scores (N, k) float32 and indices (N, k) int64, torch if the first scores entry is torch.
+
+    Raises:
+        ValueError: mismatched lengths or shapes, non-integer indices, k out of range, a NaN score
+            (refused like NaN inputs of :func:`cosine_topk`; +-inf scores order normally).
     """
     k = check_positive_int("k", k)
     if len(scores_list) == 0 or len(scores_list) != len(indices_list):
@@ -341,6 +345,13 @@ def merge_topk(scores_list: Sequence[Any], indices_list: Sequence[Any], k: int) 
             )
         if not np.issubdtype(i.dtype, np.integer):
             raise ValueError(f"indices_list[{t}] must have an integer dtype, got {i.dtype}")
+        nan = np.isnan(s)
+        if nan.any():
+            # refused like cosine_topk's NaN inputs: a NaN has no place in a descending order
+            r, c = (int(v[0]) for v in np.nonzero(nan))
+            raise ValueError(
+                f"scores_list[{t}] must hold no NaN (scores are compared), got NaN at row {r}, column {c}"
+            )
     total = sum(s.shape[1] for s in ss)
     if k > total:
         raise ValueError(f"k must be <= the total number of candidates {total}, got k={k}")
