@@ -17,7 +17,8 @@ namespace {
 
 py::tuple cosine_topk_py(py::array queries, py::array keys, int64_t k, bool assume_normalized, int num_threads,
                          int64_t key_offset, int64_t key_block, int64_t query_block, bool stream_keys,
-                         const std::string& split, const std::string& kernel, int64_t d_block) {
+                         const std::string& split, const std::string& kernel, int64_t d_block,
+                         const std::string& out_of_range) {
   XITE_CHECK(queries.ndim() == 2, "cosine_topk: queries must be 2-D (N, D), got ndim " << queries.ndim());
   XITE_CHECK(keys.ndim() == 2, "cosine_topk: keys must be 2-D (M, D), got ndim " << keys.ndim());
   XITE_CHECK(queries.dtype().is(py::dtype::of<float>()),
@@ -45,11 +46,18 @@ py::tuple cosine_topk_py(py::array queries, py::array keys, int64_t k, bool assu
              "cosine_topk: kernel='bf16' needs a CPU with AVX512_BF16 (this one lacks it; use 'auto')");
   XITE_CHECK(kernel != "bf16" || M <= std::numeric_limits<uint32_t>::max(),
              "cosine_topk: kernel='bf16' takes at most 2^32 - 1 keys per call, got M=" << M);
+  XITE_CHECK(out_of_range == "raise" || out_of_range == "flag",
+             "cosine_topk: out_of_range must be 'raise' or 'flag', got '" << out_of_range << "'");
   XITE_CHECK(d_block >= 0, "cosine_topk: d_block must be >= 0 (0 = auto), got " << d_block);
   const xite::cpu::CosineKernel kern = xite::cpu::cosine_topk_kernel(kernel, D, k, M);
   py::array_t<float> out_s({N, k});
   py::array_t<int64_t> out_i({N, k});
-  if (N == 0) return py::make_tuple(out_s, out_i);
+  const bool flag = out_of_range == "flag";
+  auto result = [&](bool range_seen) -> py::tuple {
+    if (flag) return py::make_tuple(out_s, out_i, range_seen);
+    return py::make_tuple(out_s, out_i);
+  };
+  if (N == 0) return result(false);
   const float* Qraw = static_cast<const float*>(queries.data());
   const float* K = static_cast<const float*>(keys.data());
   float* S = out_s.mutable_data();
@@ -62,10 +70,15 @@ py::tuple cosine_topk_py(py::array queries, py::array keys, int64_t k, bool assu
   }
   XITE_CHECK(st.bad_query < 0, "queries contains NaN or inf (first at row " << st.bad_query << ")");
   XITE_CHECK(st.bad_key < 0, "keys contains NaN or inf (first at row " << st.bad_key + key_offset << ")");
+  if (st.range_seen && flag) return result(true);
+  XITE_CHECK(!st.range_seen,
+             "cosine_topk: a query or key row has a norm outside the kernel's float32 range [1e-30, 2^126] "
+             "(its scores would be wrong); xite_fast.cosine_topk rescales such rows by a power of two, or pass "
+             "out_of_range='flag'");
   XITE_CHECK(!st.nan_seen,
              "cosine_topk: scores overflowed float32 (inf/NaN) although the inputs are finite: vector "
              "norms near 3e38, or assume_normalized=True with large unnormalised inputs");
-  return py::make_tuple(out_s, out_i);
+  return result(false);
 }
 
 double fma_peak_py(const std::string& isa, int num_threads, int64_t iters) {
@@ -80,6 +93,7 @@ XITE_REGISTER_OP("cosine_topk", [](py::module_& m) {
         py::arg("assume_normalized") = false, py::arg("num_threads") = 0, py::arg("key_offset") = 0,
         py::arg("key_block") = 0, py::arg("query_block") = 0, py::arg("stream_keys") = false,
         py::arg("split") = "auto", py::arg("kernel") = "auto", py::arg("d_block") = 0,
+        py::arg("out_of_range") = "raise",
         R"doc(Exact cosine top-k: (scores (N, k) float32, indices (N, k) int64), sorted descending,
 ties -> lower index. queries (N, D) and keys (M, D) must be C-contiguous float32 (keys may be a
 memory map: they are read in place). num_threads=0 uses all OpenMP threads; key_offset is added to
@@ -91,7 +105,10 @@ the micro-kernel: 'bf16' (certified bf16 screening + exact fp32 rescoring, bit-i
 kernels; AVX512_BF16 CPUs), 'fp32' (avx512 when present, else packed), 'avx512' (12x32 fp32), 'packed'
 (AVX2 6x16 fp32), 'dot' (unpacked 3x4);
 'auto' picks bf16 when the CPU has it and D >= 16, k <= 256, else avx512 when present, else packed.
-d_block: reduction chunk of the avx512 kernel (0 = whole rows). The GIL is released during the computation.)doc");
+d_block: reduction chunk of the avx512 kernel (0 = whole rows). A nonzero row with a norm outside
+[1e-30, 2^126] (without assume_normalized) cannot be scored in float32: out_of_range='raise' (default)
+raises, 'flag' returns (scores, indices, True) so the caller can rescale the rows and rerun ((.., False)
+otherwise). The GIL is released during the computation.)doc");
   m.def(
       "cosine_topk_bf16_stats",
       []() {

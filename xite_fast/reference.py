@@ -10,6 +10,8 @@ import torch
 
 __all__ = [
     "cosine_topk_ref",
+    "rescale_rows",
+    "NORM_SQ_RANGE",
     "lda_project_interp_ref",
     "LDA_PROJECT_INTERP_MODES",
     "sq_euclidean_cost_ref",
@@ -20,8 +22,32 @@ __all__ = [
 ]
 
 
+# Squared row norms inside this range are normalised as they are; a nonzero row outside it (norm
+# outside [2^-60, 2^60]) is first scaled by a power of two, since its float32 norm would overflow
+# (1e20 -> inf: cosine 0) or underflow (1e-25 -> subnormal sums: cosine > 1). Exact: a power of two
+# scales every value without rounding and the cosine is scale-invariant; rows inside the range are
+# not touched, so their results are unchanged. (ops/cosine_topk.py holds the numpy twin.)
+NORM_SQ_RANGE = (2.0**-120, 2.0**120)
+
+
+def rescale_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with every nonzero row whose norm is outside [2^-60, 2^60] scaled by a power of two to a
+    norm in [0.5, 1) (a copy; ``x`` itself when no row needs it). Any float dtype and device."""
+    if x.numel() == 0:
+        return x
+    ss = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64).square()
+    bad = (ss > 0) & ((ss < NORM_SQ_RANGE[0]) | (ss > NORM_SQ_RANGE[1]))
+    if not bool(bad.any()):
+        return x
+    _, e = torch.frexp(ss[bad].sqrt())
+    x = x.clone()
+    x[bad] = (x[bad].to(torch.float64) * torch.exp2(-e.to(torch.float64)).unsqueeze(-1)).to(x.dtype)
+    return x
+
+
 def _normalize(x: torch.Tensor) -> torch.Tensor:
     # Zero vectors stay zero (their cosine with anything is 0), matching the C++ kernel.
+    x = rescale_rows(x)
     norm = x.norm(dim=-1, keepdim=True)
     return x / torch.where(norm > 0, norm, torch.ones_like(norm))
 
@@ -37,7 +63,8 @@ def cosine_topk_ref(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k cosine similarity, chunked over queries and keys.
 
-    score[i, j] = <q_i, x_j> / (|q_i| |x_j|); zero vectors score 0 against everything.
+    score[i, j] = <q_i, x_j> / (|q_i| |x_j|); zero vectors score 0 against everything. Rows are
+    normalised first, any finite nonzero magnitude included (:func:`rescale_rows`).
     Ties are broken by the lower key index, like the C++ kernel.
 
     Args:

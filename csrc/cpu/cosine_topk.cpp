@@ -51,16 +51,23 @@ namespace cpu {
 namespace cosine {
 namespace {
 
-// Norms of keys [ja, jb); returns the first non-finite row or -1. rnorm (bf16 kernel only): an
-// upper bound of |x_j| / n_x (1 when normalising: n_x = |x_j| to within 2^-22).
+// Norms of keys [ja, jb); returns the first non-finite row or -1 and sets *range_seen for a row
+// outside the fp32 range (see out_of_range). rnorm (bf16 kernel only): an upper bound of |x_j| / n_x
+// (1 when normalising: n_x = |x_j| to within 2^-22).
 int64_t key_norms(const float* K, int64_t ja, int64_t jb, int64_t D, bool assume_normalized, float* knorm,
-                  float* rnorm = nullptr) {
+                  float* rnorm, int* range_seen) {
   int64_t bad = -1;
   for (int64_t j = ja; j < jb; ++j) {
     const double ss = row_sumsq(K + j * D, D);
     if (!std::isfinite(ss)) {
       if (bad < 0) bad = j;
       knorm[j] = std::numeric_limits<float>::infinity();
+      continue;
+    }
+    if (!assume_normalized && out_of_range(ss)) {
+      __atomic_store_n(range_seen, 1, __ATOMIC_RELAXED);
+      knorm[j] = std::numeric_limits<float>::infinity();  // scores 0 until the caller rescales the row
+      if (rnorm) rnorm[j] = 1.0f;
       continue;
     }
     knorm[j] = assume_normalized ? 1.0f : norm_divisor(ss);
@@ -87,6 +94,7 @@ void run_search(const float* Qraw, const float* K, int64_t N, int64_t M, int64_t
   int64_t& bad_query = st.bad_query;
   int64_t& bad_key = st.bad_key;
   int& nan_seen = st.nan_seen;
+  int& range_seen = st.range_seen;
   {
     const int T = num_threads > 0 ? num_threads : omp_get_max_threads();
     const double work = static_cast<double>(N) * M * D;
@@ -116,6 +124,7 @@ void run_search(const float* Qraw, const float* K, int64_t N, int64_t M, int64_t
         badq = std::min(badq, i);
         continue;
       }
+      if (!assume_normalized && out_of_range(ss)) __atomic_store_n(&range_seen, 1, __ATOMIC_RELAXED);
       if (bf16) {
         uint32_t* o = Ap32 + (i / mr) * mr * Dp + (i % mr);
         const float nq = assume_normalized ? 1.0f : norm_divisor(ss);
@@ -235,7 +244,7 @@ void run_search(const float* Qraw, const float* K, int64_t N, int64_t M, int64_t
           // chunk's queries (~MBs) stay in L3 while it sweeps the key blocks.
 #pragma omp parallel for num_threads(Tq) schedule(static, 256) reduction(min : badk)
           for (int64_t j = 0; j < M; ++j) {
-            const int64_t b = key_norms(K, j, j + 1, D, assume_normalized, knorm.data(), rn);
+            const int64_t b = key_norms(K, j, j + 1, D, assume_normalized, knorm.data(), rn, &range_seen);
             if (b >= 0) badk = std::min(badk, b);
           }
           if (badk == std::numeric_limits<int64_t>::max()) {
@@ -275,7 +284,7 @@ void run_search(const float* Qraw, const float* K, int64_t N, int64_t M, int64_t
 #pragma omp for schedule(static)
               for (int64_t j = j0; j < j1; j += 64) {
                 if (bad_shared.load(std::memory_order_relaxed) < j0) continue;  // an earlier block failed
-                const int64_t b = key_norms(K, j, std::min(j + 64, j1), D, assume_normalized, knorm.data(), rn);
+                const int64_t b = key_norms(K, j, std::min(j + 64, j1), D, assume_normalized, knorm.data(), rn, &range_seen);
                 if (b >= 0) {
                   int64_t cur = bad_shared.load();
                   while (b < cur && !bad_shared.compare_exchange_weak(cur, b)) {
@@ -339,7 +348,7 @@ void run_search(const float* Qraw, const float* K, int64_t N, int64_t M, int64_t
           const int64_t ja = p * per_part, jb = std::min(ja + per_part, M);
           for (int64_t j0 = ja; j0 < jb; j0 += kb) {
             const int64_t j1 = std::min(j0 + kb, jb);
-            const int64_t b = key_norms(K, j0, j1, D, assume_normalized, knorm.data(), rn);
+            const int64_t b = key_norms(K, j0, j1, D, assume_normalized, knorm.data(), rn, &range_seen);
             if (b >= 0) {
               pbad[p] = b;  // the first bad row of this part (blocks are scanned in order)
               break;
@@ -403,6 +412,7 @@ void run_search(const float* Qraw, const float* K, int64_t N, int64_t M, int64_t
                    stream_keys, split, xite::cpu_has_avx512() ? CosineKernel::Avx512 : CosineKernel::Packed, d_block, sf.data(),
                    idf.data(), fst);
         if (fst.nan_seen) nan_seen = 1;
+        if (fst.range_seen) range_seen = 1;
         if (fst.bad_key >= 0) bad_key = fst.bad_key;
         for (int64_t r = 0; r < nf; ++r) {
           std::copy(sf.data() + r * k, sf.data() + (r + 1) * k, S + fallback[r] * k);

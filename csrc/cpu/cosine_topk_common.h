@@ -23,12 +23,18 @@ namespace cosine {
 
 constexpr int QR = 3;  // query rows per micro-kernel
 constexpr int KR = 4;  // key rows per micro-kernel
-// Vectors whose norm is below this are treated as zero vectors (score 0): 1/norm would overflow
-// fp32 and their fp32 dot products are dominated by subnormal rounding anyway.
 #ifndef XITE_PF_A
 #define XITE_PF_A 64
 #endif
+// The fp32 range of the kernels: a nonzero row whose squared norm lies outside [kTinyNormSq,
+// kHugeNormSq] (norm outside [1e-30, 2^126]) cannot be scored in fp32 (1/norm or the dot product
+// over/underflows, subnormal products lose the result). Such rows never reach a score: the search
+// flags them (CosineTopkStatus::range_seen) and the caller (ops/cosine_topk.py) reruns it with those
+// rows scaled by a power of two (exact; cosine is scale-invariant). Rows inside the range are never
+// touched, so their results are unchanged bit for bit. Zero rows score 0.
 constexpr double kTinyNormSq = 1e-60;
+constexpr double kHugeNormSq = 0x1p252;
+inline bool out_of_range(double sumsq) { return sumsq > 0 && (sumsq < kTinyNormSq || sumsq > kHugeNormSq); }
 #ifndef XITE_KC_DEFAULT
 #define XITE_KC_DEFAULT 0
 #endif
@@ -52,7 +58,8 @@ inline double row_sumsq(const float* x, int64_t d) {
   return s;
 }
 
-// Norm used as a divisor: +inf for (near-)zero vectors so that their scores are exactly 0.
+// Norm used as a divisor: +inf for zero vectors (and, until the caller rescales them, rows below the
+// range) so that their scores are exactly 0.
 // Dividing (rather than multiplying by 1/norm) reproduces x / |x| of the reference bit for bit
 // in the common cases (e.g. D = 1 gives exactly +-1).
 inline float norm_divisor(double sumsq) {

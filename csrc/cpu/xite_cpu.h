@@ -24,6 +24,7 @@ CosineKernel cosine_topk_kernel(const std::string& kernel, int64_t D, int64_t k,
 struct CosineTopkStatus {
   int64_t bad_query = -1, bad_key = -1;
   int nan_seen = 0;
+  int range_seen = 0;  // a nonzero row outside the fp32 range (cosine_topk_common.h: out_of_range)
 };
 
 // Exact cosine top-k of Q (N, D) against K (M, D), both float32 row-major; S, I are (N, k), sorted

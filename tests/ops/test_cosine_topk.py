@@ -491,3 +491,109 @@ def test_cpu_kernel_env_override(monkeypatch):
         cosine_topk(q, x, 4, backend="cpu")
     cosine_topk(q, x, 4, backend="cpu", kernel="dot")  # an explicit kernel never reads the variable
     assert seen[-1] == "dot"
+
+
+# ------------------------------------------------------------------------- magnitudes: 1e-45 .. 3.4e38
+def _extreme_rows(n, d, seed):
+    """(n, d) float32 rows of random directions at norms from 1e-30 to 3e38, rows whose entries are
+    near the float32 maximum (norm > 3.4e38: the norm itself is not a float32), subnormal rows and
+    zero rows; and the unscaled directions (for the ordinary-row check)."""
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal((n, d))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    norms = np.geomspace(1e-30, 3e38, n)
+    x = (u * norms[:, None]).astype(np.float32)
+    x[1::7] = (np.sign(u[1::7]) * 3e38 * rng.uniform(0.5, 1.0, u[1::7].shape)).astype(np.float32)
+    x[2::7] = (u[2::7] * 1e-41).astype(np.float32)  # subnormal entries (a few bits of precision)
+    x[3::11] = 0.0
+    assert np.isfinite(x).all() and (np.abs(x[2::7]) < np.finfo(np.float32).tiny).all()
+    return x
+
+
+def _check_extreme(s, i, q, x, k):
+    rs, ri = exact_topk(cosine_scores64(q, x), k)
+    assert_topk_equal(s, i, rs, ri, atol=ATOL, queries=q, keys=x)
+    assert (np.abs(s) <= 1.0 + 4e-7).all()  # float32 rounding only, never the > 1 of an underflowed norm
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("d", [1, 7, 64])
+def test_extreme_magnitudes_vs_float64(backend, d):
+    """Every finite nonzero vector gets its cosine, at any magnitude: before, the torch reference returned
+    0 from norm 1e20 up (its float32 norm overflowed) and > 1 for tiny ones, and the C++ kernel returned
+    0 for norms >= 3.4e38 and for every vector below 1e-30."""
+    q = _extreme_rows(40, d, seed=d)
+    x = np.concatenate([_extreme_rows(300, d, seed=d + 1), _data(1, 200, d, seed=d)[1]])
+    for k in (1, 10):
+        s, i = cosine_topk(q, x, k, backend=backend)
+        _check_extreme(s, i, q, x, k)
+    zero = ~q.any(axis=1)
+    s, i = cosine_topk(q, x, 10, backend=backend)
+    np.testing.assert_array_equal(s[zero], 0.0)  # zero queries: all keys tie at 0, lowest indices
+    np.testing.assert_array_equal(i[zero], np.broadcast_to(np.arange(10), i[zero].shape))
+
+
+@needs_cpu
+@pytest.mark.parametrize("kernel", [*PACKED, "dot"])
+def test_cpp_kernels_extreme_magnitudes(kernel):
+    q = _extreme_rows(30, 40, seed=3)
+    x = np.concatenate([_extreme_rows(500, 40, seed=4), _data(1, 300, 40, seed=9)[1]])
+    s, i = cosine_topk(q, x, 8, kernel=kernel)
+    _check_extreme(s, i, q, x, 8)
+    # one scale per row: a query and a key of the same direction score exactly 1 at any magnitude
+    u = _data(1, 1, 40, seed=5)[1][0]
+    for c in (1e-40, 1e-35, 1e-30, 1e-3, 1e30, 1e37):
+        s, _ = cosine_topk((u * np.float32(c))[None], (u * np.float32(1 / c if c > 1e-38 else 1))[None], 1, kernel=kernel)
+        assert abs(float(s[0, 0]) - 1.0) < 1e-6, c
+
+
+@needs_cpu
+def test_cpp_out_of_range_rows_are_flagged_then_rescaled(tmp_path, monkeypatch):
+    """The kernel flags a row it cannot score in float32 (norm outside [1e-30, 2^126]) instead of
+    scoring it 0; cosine_topk reruns with such rows scaled by a power of two, also for streamed
+    memmaps (key chunk by key chunk) and converted (float64) memmaps."""
+    ext = _backend.load_extension()
+    q, x = _data(6, 700, 24, seed=11)
+    s0, i0 = ext.cosine_topk(q, x, 5)
+    s1, i1, flagged = ext.cosine_topk(q, x, 5, out_of_range="flag")
+    assert flagged is False and s0.tobytes() == s1.tobytes() and i0.tobytes() == i1.tobytes()
+    for rows, scale in (("keys", 1e38), ("keys", 1e-32), ("queries", 3e37), ("queries", 1e-40)):
+        qq, xx = q.copy(), x.copy()
+        tgt = xx if rows == "keys" else qq
+        tgt[3] = np.clip(tgt[3] * np.float32(scale), -3e38, 3e38)
+        assert ext.cosine_topk(qq, xx, 5, out_of_range="flag")[2] is True
+        with pytest.raises(ValueError, match=re.escape("has a norm outside the kernel's float32 range [1e-30, 2^126]")):
+            ext.cosine_topk(qq, xx, 5)
+        if scale < 1:  # assume_normalized: raw inner products, never rescaled nor flagged
+            assert ext.cosine_topk(qq, xx, 5, True, out_of_range="flag")[2] is False
+        s, i = cosine_topk(qq, xx, 5)
+        _check_extreme(s, i, qq, xx, 5)
+        monkeypatch.setattr(ct_mod, "_CHUNK_BYTES", 24 * 4 * 128)
+        for dt in (np.float32, np.float64):
+            path = tmp_path / f"k_{dt.__name__}.npy"
+            np.save(path, xx.astype(dt))
+            ms, mi = cosine_topk(qq, np.load(path, mmap_mode="r"), 5)
+            np.testing.assert_array_equal(mi, i)
+            np.testing.assert_array_equal(ms, s)
+        monkeypatch.undo()
+    with pytest.raises(ValueError, match="out_of_range must be 'raise' or 'flag', got 'clip'"):
+        ext.cosine_topk(q, x, 5, out_of_range="clip")
+
+
+def test_rescale_rows_twins_agree():
+    """The numpy (C++ rerun) and torch (reference, GPU) rescaling are one rule: same range, same bits;
+    rows inside the range are returned untouched (the same object when none needs scaling)."""
+    from xite_fast import reference
+
+    assert ct_mod._NORM_SQ_RANGE == reference.NORM_SQ_RANGE
+    x = np.concatenate([_extreme_rows(60, 9, seed=1), _data(1, 20, 9, seed=2)[1]])
+    a = ct_mod._rescale_rows(x)
+    b = reference.rescale_rows(torch.from_numpy(x)).numpy()
+    assert a.tobytes() == b.tobytes()
+    ss = np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64))
+    inside = (ss >= 2.0**-120) & (ss <= 2.0**120)
+    np.testing.assert_array_equal(a[inside], x[inside])
+    scaled = np.linalg.norm(a[~inside & (ss > 0)].astype(np.float64), axis=1)
+    assert ((scaled > 0.49) & (scaled < 1.0)).all()
+    ordinary = _data(1, 50, 9, seed=3)[1]
+    assert ct_mod._rescale_rows(ordinary) is ordinary

@@ -244,3 +244,21 @@ def test_kernel_compiles_for_sm80():
     out = run_aot(_AOT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["fp32", "ok", "bf16", "ok"]
+
+
+def test_extreme_magnitudes_are_rescaled_before_the_kernel():
+    """The public op scales rows whose fp32 norm would over/underflow by a power of two before the
+    Triton (and CUDA) kernels, which compute norms in fp32: norms 1e-41 .. 1e39 get their cosine."""
+    from xite_fast.ops.cosine_topk import cosine_topk as op
+
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(6, 16, generator=g)
+    x = torch.randn(40, 16, generator=g)
+    q[1] *= 1e-40
+    q[2] = torch.sign(q[2]) * 3e38  # norm 1.2e39: not a float32
+    x[[3, 9]] *= 1e-41
+    x[[5, 11]] = torch.sign(x[[5, 11]]) * 2e38
+    x[7] *= 1e25
+    x[8] = 0.0
+    s, i = op(q.to(DEVICE), x.to(DEVICE), 4, backend="triton")
+    check_topk(q, x, s, i, 4)

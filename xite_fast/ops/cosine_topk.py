@@ -116,8 +116,11 @@ def cosine_topk(
     """Exact top-k cosine similarity of every query against all keys.
 
     Computation is in float32: float64/float16/bfloat16 inputs are converted to float32 first
-    (float64 inputs therefore get float32 accuracy). Zero vectors score 0 against everything; the
-    CPU kernel also treats vectors with norm < 1e-30 as zero (their inverse norm overflows fp32).
+    (float64 inputs therefore get float32 accuracy). Zero vectors score 0 against everything. Every
+    other finite vector, subnormal or near the float32 maximum, gets its cosine: a row whose norm
+    float32 cannot normalise (C++ kernel: outside [1e-30, 2^126], flagged while the norms are
+    computed, then the search reruns; torch/GPU: outside [2^-60, 2^60]) is scaled by a power of two
+    first (exact, and the cosine is scale-invariant); other rows are never touched.
     Gradients do not flow through the result.
 
     NaN/inf are rejected: the CPU kernel detects them exactly while computing the row norms (one
@@ -244,17 +247,56 @@ def _cpu(queries: Any, keys: Any, k: int, assume_normalized: bool, kernel: str) 
         # in-memory keys are converted once; a float32 C-contiguous memmap is read in place (zero-copy),
         # all threads sweeping one key block at a time so the file is read from disk once
         stream = isinstance(keys, np.memmap)
-        return ext.cosine_topk(
-            q, _as_f32_numpy(keys), k, assume_normalized, stream_keys=stream, kernel=kernel
+        s, i, out_of_range = ext.cosine_topk(
+            q, _as_f32_numpy(keys), k, assume_normalized, stream_keys=stream, kernel=kernel, out_of_range="flag"
         )
+        if not out_of_range:
+            return s, i
+        # a row the kernel cannot score in float32 (norm outside [1e-30, 2^126], flagged while computing
+        # the norms): rerun with such rows scaled by a power of two, key chunk by key chunk (RAM O(chunk))
+        return _cpu_chunked(ext, _rescale_rows(q), keys, k, assume_normalized, kernel, rescale=True)
     # other memmaps: convert chunk by chunk so RAM stays O(chunk), merge the partial top-k exactly
+    return _cpu_chunked(ext, q, keys, k, assume_normalized, kernel, rescale=False)
+
+
+def _cpu_chunked(
+    ext: Any, q: np.ndarray, keys: Any, k: int, assume_normalized: bool, kernel: str, *, rescale: bool
+) -> tuple[np.ndarray, np.ndarray]:
     parts_s, parts_i = [], []
     for j0, chunk in _key_chunks(keys):
         kc = min(k, int(chunk.shape[0]))
-        s, i = ext.cosine_topk(q, _as_f32_numpy(chunk), kc, assume_normalized, key_offset=j0, kernel=kernel)
+        x = _as_f32_numpy(chunk)
+        s, i, out_of_range = ext.cosine_topk(
+            q, _rescale_rows(x) if rescale else x, kc, assume_normalized, key_offset=j0, kernel=kernel,
+            out_of_range="flag",
+        )
+        if out_of_range and not rescale:
+            return _cpu_chunked(ext, _rescale_rows(q), keys, k, assume_normalized, kernel, rescale=True)
+        if out_of_range:  # cannot happen: rescaled rows have norms in [0.5, 1)
+            raise RuntimeError("cosine_topk: a rescaled row is still outside the kernel's float32 range")
         parts_s.append(s)
         parts_i.append(i)
     return merge_topk(parts_s, parts_i, k)
+
+
+# numpy twin of xite_fast.reference.rescale_rows / NORM_SQ_RANGE (that module imports torch).
+_NORM_SQ_RANGE = (2.0**-120, 2.0**120)
+
+
+def _rescale_rows(x: np.ndarray) -> np.ndarray:
+    """float32 ``x`` with every nonzero row whose norm is outside [2^-60, 2^60] scaled by a power of two
+    to a norm in [0.5, 1): exact (no value is rounded) and the cosine is scale-invariant. A copy when
+    some row needs it, else ``x`` itself (rows inside the range are never touched)."""
+    if x.size == 0:
+        return x
+    ss = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    bad = (ss > 0) & ((ss < _NORM_SQ_RANGE[0]) | (ss > _NORM_SQ_RANGE[1]))
+    if not bad.any():
+        return x
+    _, e = np.frexp(np.sqrt(ss[bad]))
+    out = np.array(x, dtype=np.float32, copy=True)
+    out[bad] = (x[bad].astype(np.float64) * np.ldexp(1.0, -e)[:, None]).astype(np.float32)
+    return out
 
 
 def _device(impl: Backend, queries: Any, keys: Any, k: int, assume_normalized: bool):
@@ -272,11 +314,17 @@ def _device(impl: Backend, queries: Any, keys: Any, k: int, assume_normalized: b
             return ext.cosine_topk_cuda(qq, kk, kc, assume_normalized)
 
     check_finite("queries", q)
+    if not assume_normalized:  # rows whose fp32 norm would over/underflow: scaled by a power of two
+        from xite_fast.reference import rescale_rows
+
+        q = rescale_rows(q)
     chunks = _key_chunks(keys) if isinstance(keys, np.memmap) else [(0, keys)]
     parts_s, parts_i = [], []
     for j0, chunk in chunks:
         kt = _as_f32_torch(chunk).to(device)
         check_finite("keys", kt)
+        if not assume_normalized:
+            kt = rescale_rows(kt)
         s, i = kernel(q, kt.contiguous(), min(k, int(kt.shape[0])), assume_normalized=assume_normalized)
         parts_s.append(s)
         parts_i.append(i + j0)
