@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bench._common import cpu_model
+
 if TYPE_CHECKING:
     from experiments.driver import ExperimentConfig
 
@@ -49,15 +51,7 @@ def run_provenance() -> dict[str, str]:
     commit = git("rev-parse", "--short", "HEAD")
     if commit and git("status", "--porcelain", "--untracked-files=no"):
         commit += "+dirty"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"commit": commit, "cpu": f"{model}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return {"commit": commit, "cpu": f"{cpu_model()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 def _run_metrics(rec: dict, lang: str, stage1_row: bool) -> dict[str, float]:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from bench._common import cpu_model
 from experiments.tasks import FROZEN_SENTIMENT_TARGETS, FROZEN_SPLIT, TASKS, sentiment_split
 
 __all__ = [
@@ -721,14 +721,7 @@ def _plot_lda(lang_X: dict[str, np.ndarray], path: Path, title: str, seed: int =
 
 
 def _machine() -> str:
-    model = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     return f"{model}, {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in load)}"
 
