@@ -45,7 +45,9 @@ def load_average() -> str:
     return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def fma_peak_gflops(repeats: int = 5, iters: int = 20_000_000, cpu_iters: int = 200_000_000) -> dict[str, float]:
+def fma_peak_gflops(
+    repeats: int = 5, iters: int = 20_000_000, cpu_iters: int = 200_000_000
+) -> dict[str, float]:
     """Measured fp32 FMA peak of this CPU, all OpenMP threads.
 
     Runs ``xite_fast._C.cosine_topk_fma_peak`` (12 register FMA chains per thread, no memory
@@ -69,7 +71,9 @@ def fma_peak_gflops(repeats: int = 5, iters: int = 20_000_000, cpu_iters: int = 
         return {}
     threads = ext.max_threads()
     isas = ["avx2"] + (["avx512"] if ext.cpu_supports_avx512() else [])
-    out: dict[str, float] = {isa: max(ext.cosine_topk_fma_peak(isa, 0, iters) for _ in range(repeats)) for isa in isas}
+    out: dict[str, float] = {
+        isa: max(ext.cosine_topk_fma_peak(isa, 0, iters) for _ in range(repeats)) for isa in isas
+    }
     out["peak"] = max(out.values())
     cpu_rates = []
     for _ in range(3):
@@ -94,14 +98,38 @@ def fma_peak_gflops(repeats: int = 5, iters: int = 20_000_000, cpu_iters: int = 
 # (non-numeric facts, "k=v; k=v"); metric: what the value is, its unit in the name (median_s, gflops,
 # throughput_sent_s, pct_of_peak, ...); repeats / threads; cpu, load (load averages), versions, commit, date.
 BENCH_FIELDS = [
-    "op", "provider", "shape", "setting", "metric", "value", "repeats", "threads", "cpu", "load", "versions",
-    "commit", "date",
+    "op",
+    "provider",
+    "shape",
+    "setting",
+    "metric",
+    "value",
+    "repeats",
+    "threads",
+    "cpu",
+    "load",
+    "versions",
+    "commit",
+    "date",
 ]
 # the columns of a measurement that name it rather than being one of its values (old names map to the schema's)
 _IDENTITY = {
-    "op": "op", "provider": "provider", "shape": "shape", "setting": "setting", "repeats": "repeats",
-    "threads": "threads", "machine": "cpu", "cpu": "cpu", "load": "load", "load_avg": "load", "loadavg": "load",
-    "version": "versions", "versions": "versions", "commit": "commit", "date": "date", "timestamp": "date",
+    "op": "op",
+    "provider": "provider",
+    "shape": "shape",
+    "setting": "setting",
+    "repeats": "repeats",
+    "threads": "threads",
+    "machine": "cpu",
+    "cpu": "cpu",
+    "load": "load",
+    "load_avg": "load",
+    "loadavg": "load",
+    "version": "versions",
+    "versions": "versions",
+    "commit": "commit",
+    "date": "date",
+    "timestamp": "date",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -123,7 +151,9 @@ def commit() -> str:
     import subprocess
 
     def git(*a: str) -> str:
-        r = subprocess.run(["git", *a], cwd=RESULTS.parent.parent, capture_output=True, text=True, check=False)
+        r = subprocess.run(
+            ["git", *a], cwd=RESULTS.parent.parent, capture_output=True, text=True, check=False
+        )
         return r.stdout.strip() if r.returncode == 0 else ""
 
     head = git("rev-parse", "--short", "HEAD")
@@ -176,7 +206,11 @@ def long_rows(op: str, row: dict, shape_keys: tuple[str, ...] = ()) -> list[dict
 
 
 def append_results(
-    op: str, rows: list[dict], path: str | os.PathLike | None = None, *, shape_keys: tuple[str, ...] = (),
+    op: str,
+    rows: list[dict],
+    path: str | os.PathLike | None = None,
+    *,
+    shape_keys: tuple[str, ...] = (),
     dry_run: bool = False,
 ) -> list[dict]:
     """THE writer of benchmark results: ``rows`` (one flat dict per measurement) appended to
@@ -190,7 +224,9 @@ def append_results(
     path = Path(path) if path is not None else RESULTS / f"{op}.csv"
     fill = {"commit": commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = [
-        {**r, **{k: v for k, v in fill.items() if not r[k]}} for row in rows for r in long_rows(op, row, shape_keys)
+        {**r, **{k: v for k, v in fill.items() if not r[k]}}
+        for row in rows
+        for r in long_rows(op, row, shape_keys)
     ]
     if dry_run:
         return out

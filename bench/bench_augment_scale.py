@@ -160,8 +160,9 @@ def kernel_rate(out: Path, k: int, min_flop: float = 2e11) -> tuple[float, int, 
     return 2.0 * len(src) * len(tgt) * d / best / 1e9, d, what
 
 
-def extrapolate(timing: dict[str, float], n_src: int, n_tgt: int, target: int, gflops: float, d: int,
-                lda_max_rows: int) -> dict[str, float]:
+def extrapolate(
+    timing: dict[str, float], n_src: int, n_tgt: int, target: int, gflops: float, d: int, lda_max_rows: int
+) -> dict[str, float]:
     """Seconds per stage at ``target`` x ``target`` rows from this run's stage times.
 
     The match stage is split into the kernel's share (2 N M d FLOP at the measured ``gflops``), which
@@ -188,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="20k x 20k")
     ap.add_argument("--target-langs", default=",".join(TARGET_LANGS))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workdir", default=None, help="corpus + run directory (default /tmp/xite_scale_<N>x<M>)")
+    ap.add_argument(
+        "--workdir", default=None, help="corpus + run directory (default /tmp/xite_scale_<N>x<M>)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the run directory")
     ap.add_argument("--ray", default=None, help="pass --ray ADDRESS to the CLI")
     ap.add_argument("--k", type=int, default=8, help="--k of the CLI (used with --vote weighted)")
@@ -197,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", default=str(ROOT / "bench" / "results" / "augment_scale.csv"))
     ap.add_argument("--no-csv", action="store_true")
     ap.add_argument("--no-lock", action="store_true")
-    ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more CLI options, e.g. -- --num-layers 2")
+    ap.add_argument(
+        "extra", nargs=argparse.REMAINDER, help="after --: more CLI options, e.g. -- --num-layers 2"
+    )
     args = ap.parse_args(argv)
     n_src = args.n_source or (20000 if args.quick else 200000)
     n_tgt = args.n_target or (20000 if args.quick else 200000)
@@ -223,8 +228,21 @@ def main(argv: list[str] | None = None) -> int:
 
     lock = bench_lock(not args.no_lock)
     load0 = load_average()
-    cmd = [*_cli(), "augment", "--source", str(src), "--target", str(tgt), "--out", str(out),
-           "--k", str(args.k), "--lda-max-rows", str(args.lda_max_rows), *extra]
+    cmd = [
+        *_cli(),
+        "augment",
+        "--source",
+        str(src),
+        "--target",
+        str(tgt),
+        "--out",
+        str(out),
+        "--k",
+        str(args.k),
+        "--lda-max-rows",
+        str(args.lda_max_rows),
+        *extra,
+    ]
     if args.ray:
         cmd += ["--ray", args.ray]
     env = dict(os.environ)
@@ -251,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{n_src} x {n_tgt} (d={dim}); load {load0} -> {load1}; {machine()}")
     print(f"{'stage':18s} {'seconds':>9s} {'rows/s':>9s} {f'est. {big:,} x {big:,}':>22s}")
     for stage, t in timing.items():
-        print(f"{stage:18s} {t:9.1f} {(n_src + n_tgt) / t if t else float('nan'):9.0f} {est[stage] / 3600:19.2f} h")
+        print(
+            f"{stage:18s} {t:9.1f} {(n_src + n_tgt) / t if t else float('nan'):9.0f} {est[stage] / 3600:19.2f} h"
+        )
     print(f"{'total (CLI wall)':18s} {wall:9.1f} {'':9s} {sum(est.values()) / 3600:19.2f} h")
     print(
         f"matching kernel alone: {gflops:.0f} GFLOP/s on {timed} "
@@ -262,8 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         if key in report:
             print(f"report {key}: {report[key]}")
     if not args.no_csv:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
         append_results(
             "augment_scale",
             [
@@ -290,7 +311,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
             ],
             args.csv,
-            shape_keys=("n_source", "n_target", "target_langs", "distinct_rows", "chars_per_row", "extrapolated_rows"),
+            shape_keys=(
+                "n_source",
+                "n_target",
+                "target_langs",
+                "distinct_rows",
+                "chars_per_row",
+                "extrapolated_rows",
+            ),
         )
     if not args.keep:
         shutil.rmtree(work)

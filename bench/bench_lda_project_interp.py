@@ -149,8 +149,14 @@ def spot(repeats: int = 5) -> list[dict]:
     bw_cpp, _ = measure_bandwidth(N * D, repeats)
     print(f"triad C++ {bw_cpp:.1f} GB/s")
     rows = []
-    common = {"shape": f"{N}x{D}", "lam": "scalar", "threads": os.cpu_count() or 1, "machine": machine(),
-              "version": xite_fast.__version__, "setting": "spot check on a quiet machine (--spot)"}
+    common = {
+        "shape": f"{N}x{D}",
+        "lam": "scalar",
+        "threads": os.cpu_count() or 1,
+        "machine": machine(),
+        "version": xite_fast.__version__,
+        "setting": "spot check on a quiet machine (--spot)",
+    }
     for r in (4, 16):
         W = np.linalg.qr(rng.standard_normal((D, r)))[0].astype(np.float32)
         for mode in ("interp", "proj", "comp", "shift"):
@@ -158,8 +164,12 @@ def spot(repeats: int = 5) -> list[dict]:
             st, tt, Wt = torch.from_numpy(s), torch.from_numpy(t), torch.from_numpy(W)
             o = torch.empty_like(st)
             tsec = median_time(lambda: torch_addmm(st, tt, Wt, 0.4, 0.6, mode, out=o), repeats)  # noqa: B023
-            at = {"r": r, "mode": mode, "loadavg": round(os.getloadavg()[0], 2),
-                  "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            at = {
+                "r": r,
+                "mode": mode,
+                "loadavg": round(os.getloadavg()[0], 2),
+                "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            }
             ours = {
                 "ours (cpu, out=)": lambda: lda_project_interp(s, t, W, 0.4, mode, out=out),  # noqa: B023
                 "ours (cpu)": lambda: lda_project_interp(s, t, W, 0.4, mode),  # noqa: B023
@@ -171,12 +181,28 @@ def spot(repeats: int = 5) -> list[dict]:
                 sec = median_time(fn, repeats)
                 gbs = 3 * N * D * 4 / sec / 1e9
                 line += f" | {name} {sec * 1e3:6.1f} ms {100 * gbs / bw_cpp:4.0f}% of triad {tsec / sec:4.2f}x torch"
-                rows.append({**common, **at, "provider": name, "median_ms": round(sec * 1e3, 1),
-                             "throughput_gbps": round(gbs, 1), "pct_triad_bw": round(100 * gbs / bw_cpp),
-                             "speedup_vs_best_torch": round(tsec / sec, 2), "triad_gbps": round(bw_cpp, 1)})
+                rows.append(
+                    {
+                        **common,
+                        **at,
+                        "provider": name,
+                        "median_ms": round(sec * 1e3, 1),
+                        "throughput_gbps": round(gbs, 1),
+                        "pct_triad_bw": round(100 * gbs / bw_cpp),
+                        "speedup_vs_best_torch": round(tsec / sec, 2),
+                        "triad_gbps": round(bw_cpp, 1),
+                    }
+                )
             print(f"{line} | torch addmm out= {tsec * 1e3:6.1f} ms", flush=True)
-            rows.append({**common, **at, "provider": "torch addmm (out=)", "median_ms": round(tsec * 1e3, 1),
-                         "triad_gbps": round(bw_cpp, 1)})
+            rows.append(
+                {
+                    **common,
+                    **at,
+                    "provider": "torch addmm (out=)",
+                    "median_ms": round(tsec * 1e3, 1),
+                    "triad_gbps": round(bw_cpp, 1),
+                }
+            )
     return rows
 
 

@@ -62,8 +62,18 @@ from experiments.tables import write_tables
 from experiments.tasks import DEFAULT_LANGS, FINETUNE_SPLIT, SENTIMENT_PARALLEL, TASKS, sentiment_split
 
 __all__ = [
-    "main", "ExperimentConfig", "VARIANTS", "TASKS", "TASK_VARIANTS", "STAGE1_ROWS", "run_experiment",
-    "write_tables", "read_runs", "load_splits", "alignment_pairs", "row_names",
+    "main",
+    "ExperimentConfig",
+    "VARIANTS",
+    "TASKS",
+    "TASK_VARIANTS",
+    "STAGE1_ROWS",
+    "run_experiment",
+    "write_tables",
+    "read_runs",
+    "load_splits",
+    "alignment_pairs",
+    "row_names",
 ]
 
 # name -> XiteConfig overrides for stage 2 (fields not listed come from the stage-2 base config)
@@ -172,7 +182,9 @@ class ExperimentConfig:
             if self.test_size < 500 and not self.limit:
                 raise ValueError(f"--test-size must be >= 500 (gold test rows), got {self.test_size}")
         if self.task == "pairs" and "ot" in self.stage1_variants:
-            raise ValueError("--stage1-variants ot needs parallel pairs: only with --task chatterbot or sentiment")
+            raise ValueError(
+                "--stage1-variants ot needs parallel pairs: only with --task chatterbot or sentiment"
+            )
         if self.task == "sentiment" and "ot" in self.stage1_variants:
             missing = [lang for lang in self.langs if lang not in SENTIMENT_PARALLEL]
             if missing:
@@ -194,26 +206,37 @@ def _parser() -> argparse.ArgumentParser:
     d = ExperimentConfig(langs=[], variants=[])  # the defaults (langs / variants: None = the task's)
     p = argparse.ArgumentParser(prog="python -m experiments.driver", description=__doc__.split("\n")[0])
     p.add_argument(
-        "--task", default=d.task, choices=TASKS,
+        "--task",
+        default=d.task,
+        choices=TASKS,
         help="chatterbot: 19-topic classification; sentiment: sentiment:en -> sentiment:<target>; pairs: "
         "response selection (pairs:english -> pairs:<lang>, text + text_pair)",
     )
     p.add_argument(
-        "--langs", "--targets", dest="langs", nargs="+", default=None,
+        "--langs",
+        "--targets",
+        dest="langs",
+        nargs="+",
+        default=None,
         help="target languages (default: chatterbot/pairs korean japanese, sentiment zh fr)",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=d.seeds)
+    p.add_argument("--out", default=d.out, help="path prefix of <out>.md/.csv/_runs.jsonl")
     p.add_argument(
-        "--out", default=d.out, help="path prefix of <out>.md/.csv/_runs.jsonl"
-    )
-    p.add_argument(
-        "--variants", nargs="+", default=None,
+        "--variants",
+        nargs="+",
+        default=None,
         help=f"stage-2 rows, from {list(VARIANTS)} (default: chatterbot {DEFAULT_VARIANTS}, else {TASK_VARIANTS})",
     )
     p.add_argument("--model", default=d.model, help="e5-small or a local HF folder")
-    p.add_argument("--num-layers", type=int, default=d.num_layers, help="truncate the encoder to its first N layers")
     p.add_argument(
-        "--freeze-layers", type=int, default=d.freeze_layers, help="freeze the bottom N layers (and the embeddings)"
+        "--num-layers", type=int, default=d.num_layers, help="truncate the encoder to its first N layers"
+    )
+    p.add_argument(
+        "--freeze-layers",
+        type=int,
+        default=d.freeze_layers,
+        help="freeze the bottom N layers (and the embeddings)",
     )
     p.add_argument("--max-length", type=int, default=d.max_length)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -225,10 +248,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stage2-head-lr", type=float, default=d.stage2_head_lr)
     p.add_argument("--hidden-layer", type=int, default=d.hidden_layer)
     p.add_argument("--lam", type=float, default=d.lam, help="fixed lambda (ignored when --alpha is given)")
-    p.add_argument("--alpha", type=float, default=d.alpha, help="lambda ~ Beta(alpha, alpha); <= 0 uses --lam")
+    p.add_argument(
+        "--alpha", type=float, default=d.alpha, help="lambda ~ Beta(alpha, alpha); <= 0 uses --lam"
+    )
     p.add_argument("--lda-mode", default=d.lda_mode, choices=["proj", "shift", "interp", "comp"])
     p.add_argument(
-        "--lda-langs", nargs="+", default=d.lda_langs,
+        "--lda-langs",
+        nargs="+",
+        default=d.lda_langs,
         help="xite-sentence-mlda: further languages of the same task whose unlabelled pools (evenly subsampled to "
         "the largest target pool) join the LanguageLDA fit as further classes (the current target is skipped), "
         "e.g. sentiment --targets zh --lda-langs fr",
@@ -236,15 +263,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=d.test_fraction)
     p.add_argument("--split-seed", type=int, default=d.split_seed)
     p.add_argument(
-        "--en-size", type=int, default=d.en_size, help="sentiment: English training rows (fixed-seed stratified sample)"
+        "--en-size",
+        type=int,
+        default=d.en_size,
+        help="sentiment: English training rows (fixed-seed stratified sample)",
     )
-    p.add_argument("--en-test-size", type=int, default=d.en_test_size, help="sentiment: English test rows (forgetting)")
     p.add_argument(
-        "--pool-size", type=int, default=d.pool_size,
+        "--en-test-size", type=int, default=d.en_test_size, help="sentiment: English test rows (forgetting)"
+    )
+    p.add_argument(
+        "--pool-size",
+        type=int,
+        default=d.pool_size,
         help="sentiment: target pool rows (0 = all but the test); pairs: cap each target pool at this many rows "
         "(whole positive/negative couples, evenly spread over the pool; 0 = all)",
     )
-    p.add_argument("--test-size", type=int, default=d.test_size, help="sentiment: target gold test rows (>= 500)")
+    p.add_argument(
+        "--test-size", type=int, default=d.test_size, help="sentiment: target gold test rows (>= 500)"
+    )
     p.add_argument(
         "--limit", type=int, default=d.limit, help="cap every train/pool/test set (quick checks); 0 = all"
     )
@@ -277,7 +313,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ear-rate", type=float, default=d.ear_rate)
     p.add_argument("--ear-k", type=int, default=d.ear_k)
     p.add_argument(
-        "--ear-layer", type=int, default=d.ear_layer, help="1-based attention-pull layer (default: see XiteConfig.ear_attention_layer)"
+        "--ear-layer",
+        type=int,
+        default=d.ear_layer,
+        help="1-based attention-pull layer (default: see XiteConfig.ear_attention_layer)",
     )
     p.add_argument("--ear-pull-weight", type=float, default=d.ear_pull_weight)
     p.add_argument("--ear-push-weight", type=float, default=d.ear_push_weight)
@@ -289,16 +328,25 @@ def _parser() -> argparse.ArgumentParser:
         "the frozen-prefix cache at the end of each seed; --no-stage2-english saves that time (column shows -)",
     )
     p.add_argument("--tables-only", action="store_true", help="only merge the finished runs into the tables")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (1 is fastest on a busy 2-core box)")
+    p.add_argument(
+        "--threads", type=int, default=d.threads, help="torch threads (1 is fastest on a busy 2-core box)"
+    )
     p.add_argument("--backend", default=d.backend)
-    p.add_argument("--device", default=d.device, choices=["auto", "cpu"], help="auto: TrainingArguments' device (CUDA if present)")
+    p.add_argument(
+        "--device",
+        default=d.device,
+        choices=["auto", "cpu"],
+        help="auto: TrainingArguments' device (CUDA if present)",
+    )
     p.add_argument(
         "--match-center",
         action=argparse.BooleanOptionalAction,
         default=d.match_center,
         help="per-language centering before matching (match_arrays' default; the first e5s12 table had none)",
     )
-    p.add_argument("--work-dir", default=d.work_dir, help="checkpoints (default: <cache>/experiment/<out name>)")
+    p.add_argument(
+        "--work-dir", default=d.work_dir, help="checkpoints (default: <cache>/experiment/<out name>)"
+    )
     p.add_argument(
         "--runs-file",
         default=d.runs_file,
@@ -363,7 +411,10 @@ def load_splits(
                 records = thin(records, limit)
             if k == "pool" and task == "pairs" and pool_size and pool_size < len(records):
                 records = thin(records, pool_size)
-            out[k] = ([r["text"] for r in records], np.array([label_of[r["label"]] for r in records], dtype=np.int64))
+            out[k] = (
+                [r["text"] for r in records],
+                np.array([label_of[r["label"]] for r in records], dtype=np.int64),
+            )
             out[f"{k}_pair"] = [r["text_pair"] for r in records] if task == "pairs" else None
             out[f"{k}_conv"] = [r["conv_id"] for r in records]
         return out
@@ -377,7 +428,13 @@ def load_splits(
 
 
 def _sentiment_splits(
-    langs: list[str], split_seed: int, limit: int, en_size: int, en_test_size: int, pool_size: int, test_size: int
+    langs: list[str],
+    split_seed: int,
+    limit: int,
+    en_size: int,
+    en_test_size: int,
+    pool_size: int,
+    test_size: int,
 ) -> dict[str, Any]:
     from xite_fast.data.bundled import load_bundled
     from xite_fast.data.sentiment import LABELS
@@ -546,7 +603,11 @@ def _metrics(xm, tok, texts, labels, ev, pairs=None) -> dict[str, float]:
 
     pred = predict(xm, tok, texts, pairs, **ev).label_ids
     y = np.asarray(labels)
-    return {"accuracy": float((pred == y).mean()), "macro_f1": float(f1_score(y, pred, average="macro")), "n": len(y)}
+    return {
+        "accuracy": float((pred == y).mean()),
+        "macro_f1": float(f1_score(y, pred, average="macro")),
+        "n": len(y),
+    }
 
 
 def _losses(trainer) -> dict[str, Any]:
@@ -572,7 +633,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
 
     unknown = [v for v in [*cfg.variants, *cfg.aligned_variants] if v not in VARIANTS]
     if unknown:
-        raise ValueError(f"--variants / --aligned-variants must be from {list(VARIANTS)}, got unknown {unknown}")
+        raise ValueError(
+            f"--variants / --aligned-variants must be from {list(VARIANTS)}, got unknown {unknown}"
+        )
     multi = [v for v in [*cfg.variants, *cfg.aligned_variants] if VARIANTS[v].get("lda_fit") == "multi"]
     if multi and not all(any(x != lang for x in cfg.lda_langs) for lang in cfg.langs):
         raise ValueError(
@@ -585,24 +648,45 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
     work = Path(cfg.work_dir) if cfg.work_dir else cache_root() / "experiment" / out.name
     done = _read_runs(all_runs)
     data = load_splits(
-        cfg.langs, cfg.test_fraction, cfg.split_seed, cfg.limit, task=cfg.task, en_size=cfg.en_size,
-        en_test_size=cfg.en_test_size, pool_size=cfg.pool_size, test_size=cfg.test_size,
+        cfg.langs,
+        cfg.test_fraction,
+        cfg.split_seed,
+        cfg.limit,
+        task=cfg.task,
+        en_size=cfg.en_size,
+        en_test_size=cfg.en_test_size,
+        pool_size=cfg.pool_size,
+        test_size=cfg.test_size,
     )
     topics = data["topics"]
     n_labels = len(topics)
     extra_pools: dict[str, tuple[list[str], list[str] | None]] = {}
     if multi:  # unlabelled pools of the further LDA languages (same task, same split rule)
         extra = [lang for lang in cfg.lda_langs if lang not in cfg.langs]
-        xdata = load_splits(
-            extra, cfg.test_fraction, cfg.split_seed, cfg.limit, task=cfg.task, en_size=cfg.en_size,
-            en_test_size=cfg.en_test_size, pool_size=cfg.pool_size, test_size=cfg.test_size,
-        ) if extra else {}
+        xdata = (
+            load_splits(
+                extra,
+                cfg.test_fraction,
+                cfg.split_seed,
+                cfg.limit,
+                task=cfg.task,
+                en_size=cfg.en_size,
+                en_test_size=cfg.en_test_size,
+                pool_size=cfg.pool_size,
+                test_size=cfg.test_size,
+            )
+            if extra
+            else {}
+        )
         cap = max(len(data[lang]["pool"][0]) for lang in cfg.langs)  # no extra class outweighs the targets
         for lang in cfg.lda_langs:
             d = data[lang] if lang in cfg.langs else xdata[lang]
             texts, pairs = list(d["pool"][0]), d["pool_pair"]
             keep = np.unique(np.linspace(0, len(texts) - 1, min(cap, len(texts))).round().astype(int))
-            extra_pools[lang] = ([texts[i] for i in keep], [pairs[i] for i in keep] if pairs is not None else None)
+            extra_pools[lang] = (
+                [texts[i] for i in keep],
+                [pairs[i] for i in keep] if pairs is not None else None,
+            )
     en_tr, en_te = data["english"]["train"], data["english"]["test"]
     en_tr_p, en_te_p = data["english"]["train_pair"], data["english"]["test_pair"]
 
@@ -612,7 +696,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
     print(
         f"[experiment] topics={n_labels} english train={len(en_tr[0])} test={len(en_te[0])} "
         + " ".join(
-            f"{lang}: pool={len(data[lang]['pool'][0])} test={len(data[lang]['test'][0])}" for lang in cfg.langs
+            f"{lang}: pool={len(data[lang]['pool'][0])} test={len(data[lang]['test'][0])}"
+            for lang in cfg.langs
         ),
         flush=True,
     )
@@ -643,7 +728,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
             set_seed(seed)
             model, tok = load_classifier(cfg.model, n_labels, cfg.num_layers, topics)
             can_cache = cfg.freeze_layers >= 1
-            xm = XiteModel(model, XiteConfig(placement="none", cache_frozen=can_cache, head_lr=cfg.head_lr, **common))
+            xm = XiteModel(
+                model, XiteConfig(placement="none", cache_frozen=can_cache, head_lr=cfg.head_lr, **common)
+            )
             cache = xm.cache  # frozen prefix = the pretrained one: shared by every run of this seed
             t0 = time.perf_counter()
             align_info = None
@@ -653,31 +740,52 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
 
                 if pairs is None and cfg.task == "sentiment":  # out-of-domain parallel text: chatterbot
                     cb = alignment_pairs(
-                        [SENTIMENT_PARALLEL[lang] for lang in cfg.langs], 0.0, cfg.split_seed, cfg.align_topics
+                        [SENTIMENT_PARALLEL[lang] for lang in cfg.langs],
+                        0.0,
+                        cfg.split_seed,
+                        cfg.align_topics,
                     )
                     pairs = {lang: cb[SENTIMENT_PARALLEL[lang]] for lang in cfg.langs}
                 elif pairs is None:
                     pairs = alignment_pairs(cfg.langs, cfg.test_fraction, cfg.split_seed, cfg.align_topics)
                 acfg = OTAlignConfig(
-                    batch_size=cfg.align_batch_size, eps=cfg.align_eps, n_iters=cfg.align_iters,
-                    drift_weight=cfg.align_drift, backend=cfg.backend,
+                    batch_size=cfg.align_batch_size,
+                    eps=cfg.align_eps,
+                    n_iters=cfg.align_iters,
+                    drift_weight=cfg.align_drift,
+                    backend=cfg.backend,
                 )
                 targs = _training_args(work / f"s{seed}" / "align", cfg, seed, cfg.align_epochs, cfg.align_lr)
                 ares = ot_align(xm, tok, pairs, targs, acfg)
                 k = max(1, len(ares.ot) // 10)
                 align_info = {
-                    "pairs": ares.pairs, "steps": len(ares.ot), "seconds": ares.seconds,
-                    "ot_first": float(np.mean(ares.ot[:k])), "ot_last": float(np.mean(ares.ot[-k:])),
+                    "pairs": ares.pairs,
+                    "steps": len(ares.ot),
+                    "seconds": ares.seconds,
+                    "ot_first": float(np.mean(ares.ot[:k])),
+                    "ot_last": float(np.mean(ares.ot[-k:])),
                     "drift_last": float(np.mean(ares.drift[-k:])),
-                    "config": {**vars(acfg), "freeze_layers": cfg.freeze_layers, "epochs": cfg.align_epochs, "lr": cfg.align_lr},
+                    "config": {
+                        **vars(acfg),
+                        "freeze_layers": cfg.freeze_layers,
+                        "epochs": cfg.align_epochs,
+                        "lr": cfg.align_lr,
+                    },
                 }
                 print(f"[seed {seed}] OT alignment: {json.dumps(align_info)}", flush=True)
             cfg1 = XiteConfig(placement="none", cache_frozen=can_cache, head_lr=cfg.head_lr, **common)
             if s1 == "ear":
                 cfg1 = XiteConfig(
-                    placement="none", cache_frozen=can_cache, head_lr=cfg.head_lr, ear=True, ear_rate=cfg.ear_rate,
-                    ear_k=cfg.ear_k, ear_attention_layer=cfg.ear_layer, ear_pull_weight=cfg.ear_pull_weight,
-                    ear_push_weight=cfg.ear_push_weight, **common,
+                    placement="none",
+                    cache_frozen=can_cache,
+                    head_lr=cfg.head_lr,
+                    ear=True,
+                    ear_rate=cfg.ear_rate,
+                    ear_k=cfg.ear_k,
+                    ear_attention_layer=cfg.ear_layer,
+                    ear_pull_weight=cfg.ear_pull_weight,
+                    ear_push_weight=cfg.ear_push_weight,
+                    **common,
                 )
             xm.xite = cfg1.validate(xm.num_layers)
             history: dict[str, Any] = {}
@@ -691,8 +799,10 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
 
                     add_perturbed_copies(ds1, xm, tok, en_tr[0], seed=seed)
                 tr1 = XiteTrainer(
-                    xm, _training_args(work / f"s{seed}" / "stage1", cfg, seed, cfg.stage1_epochs, cfg.lr),
-                    train_dataset=ds1, processing_class=tok,
+                    xm,
+                    _training_args(work / f"s{seed}" / "stage1", cfg, seed, cfg.stage1_epochs, cfg.lr),
+                    train_dataset=ds1,
+                    processing_class=tok,
                 )
                 tr1.train()
                 history = _losses(tr1)
@@ -710,9 +820,14 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
                     last[lang] = test_metrics(xm, tok, lang)
             if zkey not in done:
                 rec = {
-                    "key": zkey, "seed": seed, "variant": row, "engine": "trainer",
-                    "seconds": time.perf_counter() - t0, "english": last["english"],
-                    "targets": {lang: last[lang] for lang in cfg.langs}, "loss_history": history,
+                    "key": zkey,
+                    "seed": seed,
+                    "variant": row,
+                    "engine": "trainer",
+                    "seconds": time.perf_counter() - t0,
+                    "english": last["english"],
+                    "targets": {lang: last[lang] for lang in cfg.langs},
+                    "loss_history": history,
                 }
                 if align_info is not None:
                     rec["align"] = align_info
@@ -735,8 +850,15 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
                 _restore(xm, stage1)
                 xm.xite = XiteConfig(placement="none", cache_frozen=can_cache, **common)
                 idx, scores = match_sources(
-                    xm, tok, en_tr[0], pool_texts, source_text_pairs=en_tr_p, target_text_pairs=pool_pairs,
-                    center=cfg.match_center, backend=cfg.backend, **ev,
+                    xm,
+                    tok,
+                    en_tr[0],
+                    pool_texts,
+                    source_text_pairs=en_tr_p,
+                    target_text_pairs=pool_pairs,
+                    center=cfg.match_center,
+                    backend=cfg.backend,
+                    **ev,
                 )  # pairs: matched on the pair's embedding
                 src_texts = [en_tr[0][i] for i in idx]
                 src_pairs = [en_tr_p[i] for i in idx] if en_tr_p is not None else None
@@ -762,13 +884,19 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
                     placement = over.pop("placement")
                     # further LanguageLDA classes of a multi-language row (the other --lda-langs pools)
                     lda_extra = (
-                        {k: v for k, v in extra_pools.items() if k != lang} if over.pop("lda_fit", None) == "multi" else None
+                        {k: v for k, v in extra_pools.items() if k != lang}
+                        if over.pop("lda_fit", None) == "multi"
+                        else None
                     )
-                    use_cache = can_cache and placement != "input" and not (
-                        placement == "hidden" and cfg.hidden_layer < cfg.freeze_layers
+                    use_cache = (
+                        can_cache
+                        and placement != "input"
+                        and not (placement == "hidden" and cfg.hidden_layer < cfg.freeze_layers)
                     )
                     cfg2 = XiteConfig(
-                        placement=placement, cache_frozen=use_cache, head_lr=cfg.stage2_head_lr,
+                        placement=placement,
+                        cache_frozen=use_cache,
+                        head_lr=cfg.stage2_head_lr,
                         **{**common, **over},
                     )
                     xm.xite = cfg2.validate(xm.num_layers)
@@ -780,18 +908,34 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
                         ds2 = XiteDataset(tok, pool_texts, y2, text_pairs=pool_pairs, **tok_kw)
                     else:
                         ds2 = XiteDataset(
-                            tok, pool_texts, xite_labels, text_pairs=pool_pairs, source_texts=src_texts,
-                            source_text_pairs=src_pairs, **tok_kw,
+                            tok,
+                            pool_texts,
+                            xite_labels,
+                            text_pairs=pool_pairs,
+                            source_texts=src_texts,
+                            source_text_pairs=src_pairs,
+                            **tok_kw,
                         )
                         if cfg2.lda:
-                            xm.set_lda(fit_lda(
-                                xm, tok, src_texts, pool_texts, source_text_pairs=src_pairs,
-                                target_text_pairs=pool_pairs, **ev,
-                                extra_languages=lda_extra,
-                            ))
+                            xm.set_lda(
+                                fit_lda(
+                                    xm,
+                                    tok,
+                                    src_texts,
+                                    pool_texts,
+                                    source_text_pairs=src_pairs,
+                                    target_text_pairs=pool_pairs,
+                                    **ev,
+                                    extra_languages=lda_extra,
+                                )
+                            )
                     tr2 = XiteTrainer(
-                        xm, _training_args(work / f"s{seed}" / lang / variant, cfg, seed, cfg.stage2_epochs, cfg.stage2_lr),
-                        train_dataset=ds2, processing_class=tok,
+                        xm,
+                        _training_args(
+                            work / f"s{seed}" / lang / variant, cfg, seed, cfg.stage2_epochs, cfg.stage2_lr
+                        ),
+                        train_dataset=ds2,
+                        processing_class=tok,
                     )
                     tr2.train()
                     xm.eval()
@@ -801,13 +945,20 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
                     }
                     steps = max(1, int(tr2.state.global_step))
                     rec = {
-                        "key": key, "seed": seed, "lang": lang, "variant": f"{variant}{suffix}", "stage1": row,
+                        "key": key,
+                        "seed": seed,
+                        "lang": lang,
+                        "variant": f"{variant}{suffix}",
+                        "stage1": row,
                         "engine": "trainer",
                         "labels": label_source if placement == "none" else "matched",
                         "seconds": time.perf_counter() - t0,
                         "step_seconds": float(tr2.state.log_history[-1].get("train_runtime", 0.0)) / steps,
-                        "english": fin["english"], "target": fin[lang], "diag": diag,
-                        "config": {k: v for k, v in vars(cfg2).items()}, "loss_history": _losses(tr2),
+                        "english": fin["english"],
+                        "target": fin[lang],
+                        "diag": diag,
+                        "config": {k: v for k, v in vars(cfg2).items()},
+                        "loss_history": _losses(tr2),
                     }
                     if cfg2.lda and lda_extra is not None:
                         rec["lda_languages"] = ["source", lang, *lda_extra]
@@ -825,7 +976,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
             if cfg.stage2_english:
                 _restore(xm, stage1)
                 xm.xite = XiteConfig(placement="none", **{**common, "freeze_layers": cfg.freeze_layers})
-                en_check = _metrics(xm, tok, *en_te, ev, en_te_p)["accuracy"]  # full recompute (no cache): checks the cache
+                en_check = _metrics(xm, tok, *en_te, ev, en_te_p)[
+                    "accuracy"
+                ]  # full recompute (no cache): checks the cache
                 check = f" (stage-1 English re-check {en_check:.3f})"
             print(f"[seed {seed}] {row} done in {time.perf_counter() - t_seed:.0f}s{check}", flush=True)
             del xm, model, cache

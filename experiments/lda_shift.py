@@ -57,8 +57,16 @@ def main() -> None:
     en_tr = data["english"]["train"]
     pool_texts, pool_gold = data[a.target]["pool"]
     model, tok = load_classifier("e5-small", 2, 12, data["topics"])
-    common = dict(max_length=a.max_length, prefix="query: ", freeze_embeddings=True, freeze_layers=a.freeze_layers,
-                  hidden_layer=a.hidden_layer, alpha=1.0, lda_mode="shift", cache_frozen=False)
+    common = dict(
+        max_length=a.max_length,
+        prefix="query: ",
+        freeze_embeddings=True,
+        freeze_layers=a.freeze_layers,
+        hidden_layer=a.hidden_layer,
+        alpha=1.0,
+        lda_mode="shift",
+        cache_frozen=False,
+    )
     xm = XiteModel(model, XiteConfig(placement="none", **common))
     ckpt = cache_root() / "experiment" / a.out_name / f"s{a.seed}" / "stage1.pt"
     _restore(xm, torch.load(ckpt, map_location="cpu", weights_only=True))
@@ -69,7 +77,9 @@ def main() -> None:
     src_texts = [en_tr[0][i] for i in idx]
     xm.xite = XiteConfig(placement="sentence", lda=True, **common)
     W = fit_lda(xm, tok, src_texts, pool_texts, **ev).astype(np.float64)  # (D, 1)
-    S = embed_texts(xm, tok, src_texts, level="sentence", **ev).astype(np.float64)  # head inputs of the sources
+    S = embed_texts(xm, tok, src_texts, level="sentence", **ev).astype(
+        np.float64
+    )  # head inputs of the sources
     T = embed_texts(xm, tok, pool_texts, level="sentence", **ev).astype(np.float64)
     Sall = embed_texts(xm, tok, list(dict.fromkeys(en_tr[0])), level="sentence", **ev).astype(np.float64)
 
@@ -130,7 +140,9 @@ def main() -> None:
         Bt = lda_project_interp(zero, Tf, Wf, lam32, mode).astype(np.float64)  # the target's part B t
         loss, prob = ce(M, y)
         G = (prob - np.eye(2)[y]) @ Wc  # dL/dm (N, D)
-        Gt = lda_project_interp(zero, G.astype(np.float32), Wf, lam32, mode).astype(np.float64)  # Bᵀ g (B symmetric)
+        Gt = lda_project_interp(zero, G.astype(np.float32), Wf, lam32, mode).astype(
+            np.float64
+        )  # Bᵀ g (B symmetric)
         d = nrm(T - S)
         lines.append(
             f"| {mode} | {(nrm(M - S) / d).mean():.3f} | {(nrm(M - T) / d).mean():.3f} | {(nrm(Bt) / nrm(M)).mean():.3f} | "
@@ -147,8 +159,10 @@ def main() -> None:
     cls_dir = Wc[1] - Wc[0]
     proj_s, proj_t = Sall @ w, T @ w
     thr = 0.5 * (proj_s.mean() + proj_t.mean())
-    sep = 0.5 * ((proj_s < thr).mean() + (proj_t >= thr).mean()) if proj_t.mean() > proj_s.mean() else 0.5 * (
-        (proj_s >= thr).mean() + (proj_t < thr).mean()
+    sep = (
+        0.5 * ((proj_s < thr).mean() + (proj_t >= thr).mean())
+        if proj_t.mean() > proj_s.mean()
+        else 0.5 * ((proj_s >= thr).mean() + (proj_t < thr).mean())
     )
     pr = 1.0 / np.sum(w**4)  # participation ratio of the unit vector w: ~D if spread, ~1 if one coordinate
     lines += [

@@ -27,14 +27,31 @@ if TYPE_CHECKING:
     from experiments.driver import ExperimentConfig
 
 __all__ = [
-    "CSV_FIELDS", "METRICS", "long_rows", "read_csv", "write_csv", "summarize", "table_lines", "write_tables",
-    "write_plots", "replace_tables", "regenerate", "main",
+    "CSV_FIELDS",
+    "METRICS",
+    "long_rows",
+    "read_csv",
+    "write_csv",
+    "summarize",
+    "table_lines",
+    "write_tables",
+    "write_plots",
+    "replace_tables",
+    "regenerate",
+    "main",
 ]
 
 CSV_FIELDS = ["task", "language", "row", "seed", "metric", "value", "commit", "cpu", "date"]
 # per run: target test accuracy / macro-F1, English test accuracy after the row's last stage (absent with
 # --no-stage2-english), label accuracy of the matched / pseudo-labelled pool (stage-2 rows), wall seconds
-METRICS = ("target_accuracy", "target_macro_f1", "english_accuracy", "match_label_accuracy", "pseudo_label_accuracy", "seconds")
+METRICS = (
+    "target_accuracy",
+    "target_macro_f1",
+    "english_accuracy",
+    "match_label_accuracy",
+    "pseudo_label_accuracy",
+    "seconds",
+)
 
 
 # --------------------------------------------------------------------------------------------- the CSV
@@ -44,14 +61,20 @@ def run_provenance() -> dict[str, str]:
 
     def git(*a: str) -> str:
         try:
-            return subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+            return subprocess.run(
+                ["git", *a], cwd=root, capture_output=True, text=True, check=True
+            ).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return ""
 
     commit = git("rev-parse", "--short", "HEAD")
     if commit and git("status", "--porcelain", "--untracked-files=no"):
         commit += "+dirty"
-    return {"commit": commit, "cpu": f"{cpu_model()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return {
+        "commit": commit,
+        "cpu": f"{cpu_model()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
 
 
 def _run_metrics(rec: dict, lang: str, stage1_row: bool) -> dict[str, float]:
@@ -66,7 +89,9 @@ def _run_metrics(rec: dict, lang: str, stage1_row: bool) -> dict[str, float]:
     return out
 
 
-def long_rows(done: dict[str, dict], cfg: ExperimentConfig, provenance: dict[str, str] | None = None) -> list[dict]:
+def long_rows(
+    done: dict[str, dict], cfg: ExperimentConfig, provenance: dict[str, str] | None = None
+) -> list[dict]:
     """The study's CSV rows from the driver's run records, in table order (language, row, seed)."""
     from experiments.driver import STAGE1_ROWS, row_names
 
@@ -76,13 +101,25 @@ def long_rows(done: dict[str, dict], cfg: ExperimentConfig, provenance: dict[str
         for v in row_names(cfg):
             stage1_row = v in STAGE1_ROWS.values()
             recs = [
-                r for r in done.values()
-                if r["variant"] == v and (lang in r.get("targets", {}) or r.get("lang") == lang) and r["seed"] in cfg.seeds
+                r
+                for r in done.values()
+                if r["variant"] == v
+                and (lang in r.get("targets", {}) or r.get("lang") == lang)
+                and r["seed"] in cfg.seeds
             ]
             for rec in sorted(recs, key=lambda r: r["seed"]):
                 for metric, value in _run_metrics(rec, lang, stage1_row).items():
-                    out.append({"task": cfg.task, "language": lang, "row": v, "seed": rec["seed"], "metric": metric,
-                                "value": float(value), **{k: rec.get(k, prov.get(k, "")) for k in ("commit", "cpu", "date")}})
+                    out.append(
+                        {
+                            "task": cfg.task,
+                            "language": lang,
+                            "row": v,
+                            "seed": rec["seed"],
+                            "metric": metric,
+                            "value": float(value),
+                            **{k: rec.get(k, prov.get(k, "")) for k in ("commit", "cpu", "date")},
+                        }
+                    )
     return out
 
 
@@ -127,14 +164,26 @@ def summarize(rows: list[dict]) -> list[dict]:
             return [m[metric][s] for s in seeds if s in m.get(metric, {})]
 
         acc, f1, en = vals("target_accuracy"), vals("target_macro_f1"), vals("english_accuracy")
-        out.append({
-            "lang": lang, "variant": row, "seeds": " ".join(map(str, seeds)),
-            "acc_mean": float(np.mean(acc)), "acc_std": float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0,
-            "en_acc_mean": float(np.mean(en)) if en else "",
-            "match_label_acc": float(np.mean(vals("match_label_accuracy"))) if "match_label_accuracy" in m else "",
-            "pseudo_label_acc": float(np.mean(vals("pseudo_label_accuracy"))) if "pseudo_label_accuracy" in m else "",
-            "minutes_per_run": float(np.mean(vals("seconds")) / 60), "_acc": acc, "_f1": f1, "_en": en,
-        })
+        out.append(
+            {
+                "lang": lang,
+                "variant": row,
+                "seeds": " ".join(map(str, seeds)),
+                "acc_mean": float(np.mean(acc)),
+                "acc_std": float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0,
+                "en_acc_mean": float(np.mean(en)) if en else "",
+                "match_label_acc": float(np.mean(vals("match_label_accuracy")))
+                if "match_label_accuracy" in m
+                else "",
+                "pseudo_label_acc": float(np.mean(vals("pseudo_label_accuracy")))
+                if "pseudo_label_accuracy" in m
+                else "",
+                "minutes_per_run": float(np.mean(vals("seconds")) / 60),
+                "_acc": acc,
+                "_f1": f1,
+                "_en": en,
+            }
+        )
     for r in out:
         zs = next((z for z in out if z["lang"] == r["lang"] and z["variant"] == "zero-shot"), None)
         orc = next((z for z in out if z["lang"] == r["lang"] and z["variant"] == "oracle"), None)
@@ -193,11 +242,19 @@ def _header(cfg: ExperimentConfig) -> list[str]:
             f"into an unlabelled pool ({cfg.pool_size or 'all remaining'} rows) and {cfg.test_size} gold test rows"
         )
     else:
-        data_line = f" Split by conversation (test fraction {cfg.test_fraction}, split seed {cfg.split_seed})" + (
-            f"; each target pool capped at {cfg.pool_size} rows (whole couples, evenly spread)"
-            if task == "pairs" and getattr(cfg, "pool_size", 0)
-            else ""
-        ) + ("; no English evaluation after stage 2 (--no-stage2-english)" if not getattr(cfg, "stage2_english", True) else "")
+        data_line = (
+            f" Split by conversation (test fraction {cfg.test_fraction}, split seed {cfg.split_seed})"
+            + (
+                f"; each target pool capped at {cfg.pool_size} rows (whole couples, evenly spread)"
+                if task == "pairs" and getattr(cfg, "pool_size", 0)
+                else ""
+            )
+            + (
+                "; no English evaluation after stage 2 (--no-stage2-english)"
+                if not getattr(cfg, "stage2_english", True)
+                else ""
+            )
+        )
     return [
         f"# XITE vs zero-shot on {title} (English -> " + ", ".join(cfg.langs) + ")",
         "",
@@ -305,16 +362,24 @@ def write_plots(done: dict[str, dict], cfg: ExperimentConfig, summary: list[dict
             d = r.get("diag") or {}
             if r.get("lang") == lang and r["seed"] in cfg.seeds and "sim" in d and r["seed"] not in per_seed:
                 if r.get("stage1", "zero-shot") == "zero-shot":
-                    per_seed[r["seed"]] = {"sim": d["sim"], "sim_ok": d["sim_ok"], "pseudo_acc": d["pseudo_label_acc"]}
+                    per_seed[r["seed"]] = {
+                        "sim": d["sim"],
+                        "sim_ok": d["sim_ok"],
+                        "pseudo_acc": d["pseudo_label_acc"],
+                    }
         if per_seed:
             analyses[lang] = [per_seed[k] for k in sorted(per_seed)]
     if analyses:
         centered = all(
-            (r.get("diag") or {}).get("match_center", True) for r in done.values() if "sim" in (r.get("diag") or {})
+            (r.get("diag") or {}).get("match_center", True)
+            for r in done.values()
+            if "sim" in (r.get("diag") or {})
         )
         sim_png = out.with_name(out.name + "_sim.png")
         plot_similarity(
-            analyses, sim_png, f"{cfg.task} (stage-1 model's space)",
+            analyses,
+            sim_png,
+            f"{cfg.task} (stage-1 model's space)",
             xlabel=f"top-1 {'centered ' if centered else ''}cosine similarity, stage-1 model (pool row → English)",
         )
         written.append(sim_png)
@@ -322,7 +387,10 @@ def write_plots(done: dict[str, dict], cfg: ExperimentConfig, summary: list[dict
 
 
 def _plot_summary(summary: list[dict]) -> list[dict]:
-    return [{"target": r["lang"], "row": r["variant"], "acc": r["acc_mean"], "acc_std": r["acc_std"]} for r in summary]
+    return [
+        {"target": r["lang"], "row": r["variant"], "acc": r["acc_mean"], "acc_std": r["acc_std"]}
+        for r in summary
+    ]
 
 
 def write_tables(done: dict[str, dict], cfg: ExperimentConfig) -> None:
@@ -331,7 +399,10 @@ def write_tables(done: dict[str, dict], cfg: ExperimentConfig) -> None:
     out = Path(cfg.out)
     rows = long_rows(done, cfg)
     if not rows:
-        print(f"[experiment] no finished runs of {out} (its <out>_runs*.jsonl): tables left as they are", flush=True)
+        print(
+            f"[experiment] no finished runs of {out} (its <out>_runs*.jsonl): tables left as they are",
+            flush=True,
+        )
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
@@ -428,7 +499,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m experiments.tables", description=main.__doc__)
     p.add_argument("--results", default="bench/results")
-    p.add_argument("--check", action="store_true", help="only check that every md file holds its generated tables")
+    p.add_argument(
+        "--check", action="store_true", help="only check that every md file holds its generated tables"
+    )
     p.add_argument("--no-plots", action="store_true")
     a = p.parse_args(argv)
     stale = [c.name for c in studies(a.results) if not regenerate(c, plots=not a.no_plots, check=a.check)]

@@ -21,7 +21,11 @@ __all__ = [
 
 TASKS = ("chatterbot", "sentiment", "pairs")
 # target languages per task when none are given (the fine-tuning driver)
-DEFAULT_LANGS = {"chatterbot": ["korean", "japanese"], "sentiment": ["zh", "fr"], "pairs": ["korean", "japanese"]}
+DEFAULT_LANGS = {
+    "chatterbot": ["korean", "japanese"],
+    "sentiment": ["zh", "fr"],
+    "pairs": ["korean", "japanese"],
+}
 # sentiment targets -> the chatterbot language whose English translations give OT's parallel pairs (every
 # conversation: the sentiment data share none of them). French has no topic whose translation keeps the
 # English conversation structure, so with --align-topics matched only Chinese has pairs.
@@ -30,7 +34,11 @@ SENTIMENT_PARALLEL = {"zh": "chinese", "fr": "french"}
 # fine-tuning driver defaults (ExperimentConfig / the command line): chatterbot and pairs split by
 # conversation (test_fraction), sentiment by sentiment_split (rows; pool_size 0 = all left after the test)
 FINETUNE_SPLIT: dict[str, Any] = {
-    "test_fraction": 0.25, "en_size": 5000, "en_test_size": 1000, "pool_size": 0, "test_size": 1000,
+    "test_fraction": 0.25,
+    "en_size": 5000,
+    "en_test_size": 1000,
+    "pool_size": 0,
+    "test_size": 1000,
 }
 # frozen-encoder analysis: the seed draws every split; sentiment targets take (test rows, pool rows or
 # None = all left) from FROZEN_SENTIMENT_TARGETS

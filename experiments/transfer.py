@@ -173,8 +173,15 @@ def _sentiment(target: str, seed: int, embed) -> TaskData:
         return X[[r["_i"] for r in rs]], _codes([r["label"] for r in rs], classes)
 
     return TaskData(
-        "sentiment", target, seed, classes, *take(en_train, en_X), *take(en_test, en_X),
-        *take(pool, tg_X), *take(test, tg_X), lang_X=lang_X,
+        "sentiment",
+        target,
+        seed,
+        classes,
+        *take(en_train, en_X),
+        *take(en_test, en_X),
+        *take(pool, tg_X),
+        *take(test, tg_X),
+        lang_X=lang_X,
     )
 
 
@@ -220,8 +227,16 @@ def _chatterbot_split(target: str, seed: int, embed, pairs: bool) -> TaskData:
         return X[[r["_r"] for r in rs]], _codes([r["label"] for r in rs], classes)
 
     td = TaskData(
-        "pairs" if pairs else "chatterbot", target, seed, classes, *take(en_tr, en_all),
-        *take(en_te, en_all), *take(tg_tr, tg_all), *take(tg_te, tg_all), lang_X=lang_X, pair=pairs,
+        "pairs" if pairs else "chatterbot",
+        target,
+        seed,
+        classes,
+        *take(en_tr, en_all),
+        *take(en_te, en_all),
+        *take(tg_tr, tg_all),
+        *take(tg_te, tg_all),
+        lang_X=lang_X,
+        pair=pairs,
     )
     td.info["topics"] = len(topics)
 
@@ -368,8 +383,17 @@ def run_rows(td: TaskData, *, fixed_lams: tuple[float, ...] = (0.25, 0.5, 0.75))
         clf = _fit(X, y, pair, C)
         acc, f1 = _scores(td.test_y, _proba(clf, td.test_X, pair).argmax(1))
         en_acc = float((_proba(clf, td.en_test_X, pair).argmax(1) == td.en_test_y).mean())
-        rows.append({"row": name, "acc": acc, "f1": f1, "en_acc": en_acc, "label_acc": labels_used,
-                     "kept": kept, "note": note})
+        rows.append(
+            {
+                "row": name,
+                "acc": acc,
+                "f1": f1,
+                "en_acc": en_acc,
+                "label_acc": labels_used,
+                "kept": kept,
+                "note": note,
+            }
+        )
         return clf
 
     def with_pool(rows_idx, labels, X_pool=None):
@@ -384,8 +408,17 @@ def run_rows(td: TaskData, *, fixed_lams: tuple[float, ...] = (0.25, 0.5, 0.75))
     for center in (True, False):
         _, ids = _match(td, td.test_X, center=center)
         acc, f1 = _scores(td.test_y, td.src_y[ids[:, 0]])
-        rows.append({"row": f"nn-transfer ({'centered' if center else 'raw'})", "acc": acc, "f1": f1,
-                     "en_acc": None, "label_acc": None, "kept": None, "note": "no training"})
+        rows.append(
+            {
+                "row": f"nn-transfer ({'centered' if center else 'raw'})",
+                "acc": acc,
+                "f1": f1,
+                "en_acc": None,
+                "label_acc": None,
+                "kept": None,
+                "note": "no training",
+            }
+        )
 
     p_pool = _proba(zs, td.pool_X, pair)
     pseudo, conf = p_pool.argmax(1), p_pool.max(1)
@@ -393,8 +426,12 @@ def run_rows(td: TaskData, *, fixed_lams: tuple[float, ...] = (0.25, 0.5, 0.75))
     def lab_acc(labels, idx):
         return float((labels == td.pool_y[idx]).mean()) if len(idx) else float("nan")
 
-    evaluate("self-train (pseudo-labels)", *with_pool(all_rows, pseudo), labels_used=lab_acc(pseudo, all_rows),
-             kept=1.0)
+    evaluate(
+        "self-train (pseudo-labels)",
+        *with_pool(all_rows, pseudo),
+        labels_used=lab_acc(pseudo, all_rows),
+        kept=1.0,
+    )
     sim, ids = _match(td, td.pool_X)
     sim, src = sim[:, 0], ids[:, 0]
     matched = td.src_y[src]
@@ -417,8 +454,12 @@ def run_rows(td: TaskData, *, fixed_lams: tuple[float, ...] = (0.25, 0.5, 0.75))
     xite_rows("", all_rows, matched, src, modes=all_modes)
     for lam in fixed_lams:  # λ sweep (weight of the English row) for the default mode
         Xm = _mix(td, src, all_rows, lam, "interp", None)
-        evaluate(f"xite interp λ={lam}", *with_pool(all_rows, matched, Xm), labels_used=lab_acc(matched, all_rows),
-                 kept=1.0)
+        evaluate(
+            f"xite interp λ={lam}",
+            *with_pool(all_rows, matched, Xm),
+            labels_used=lab_acc(matched, all_rows),
+            kept=1.0,
+        )
     # raw (uncentered) matching
     rsim, rids = _match(td, td.pool_X, center=False)
     xite_rows(" [raw matching]", all_rows, td.src_y[rids[:, 0]], rids[:, 0])
@@ -452,8 +493,12 @@ def run_rows(td: TaskData, *, fixed_lams: tuple[float, ...] = (0.25, 0.5, 0.75))
     top_sim = np.flatnonzero(sim >= np.quantile(sim, 0.5))
     xite_rows(" [similarity ≥ median]", top_sim, matched, src)
     top_conf = np.flatnonzero(conf >= np.quantile(conf, 0.5))
-    evaluate("self-train [confidence ≥ median]", *with_pool(top_conf, pseudo[top_conf]),
-             labels_used=lab_acc(pseudo[top_conf], top_conf), kept=len(top_conf) / len(all_rows))
+    evaluate(
+        "self-train [confidence ≥ median]",
+        *with_pool(top_conf, pseudo[top_conf]),
+        labels_used=lab_acc(pseudo[top_conf], top_conf),
+        kept=len(top_conf) / len(all_rows),
+    )
 
     an = analyse(td, sim, matched, pseudo, conf, rsim[:, 0], td.src_y[rids[:, 0]])
     an["lambda_beta"] = _lambda_stats(td)
@@ -563,11 +608,16 @@ def twin_transfer(embed=None, targets=("ko", "ja")) -> list[dict]:
             best = ids[j, 1] if is_twin else ids[j, 0]
             ok_without.append(en_lab[best] == r["label"])
         has_twin = sum(1 for r in tg if (r["conv_id"], r["turn"]) in keys)
-        out.append({
-            "target": name, "n": len(tg), "with_twin": float(np.mean(ok_with)),
-            "twin_excluded": float(np.mean(ok_without)), "twin_is_top1": twin_top1 / len(tg),
-            "has_twin": has_twin / len(tg),
-        })
+        out.append(
+            {
+                "target": name,
+                "n": len(tg),
+                "with_twin": float(np.mean(ok_with)),
+                "twin_excluded": float(np.mean(ok_without)),
+                "twin_is_top1": twin_top1 / len(tg),
+                "has_twin": has_twin / len(tg),
+            }
+        )
     return out
 
 
@@ -595,13 +645,21 @@ def summarize(rows: list[dict]) -> list[dict]:
             rn = [r for r in rt if r["row"] == n]
             acc, acc_sd = _mean_std([r["acc"] for r in rn])
             f1, f1_sd = _mean_std([r["f1"] for r in rn])
-            out.append({
-                "target": t, "row": n, "seeds": len(rn), "acc": acc, "acc_std": acc_sd, "f1": f1, "f1_std": f1_sd,
-                "en_acc": _mean_std([r["en_acc"] for r in rn])[0],
-                "label_acc": _mean_std([r["label_acc"] for r in rn])[0],
-                "kept": _mean_std([r["kept"] for r in rn])[0],
-                "gap_closed": (acc - base["zero-shot"]) / gap if gap > 0 else float("nan"),
-            })
+            out.append(
+                {
+                    "target": t,
+                    "row": n,
+                    "seeds": len(rn),
+                    "acc": acc,
+                    "acc_std": acc_sd,
+                    "f1": f1,
+                    "f1_std": f1_sd,
+                    "en_acc": _mean_std([r["en_acc"] for r in rn])[0],
+                    "label_acc": _mean_std([r["label_acc"] for r in rn])[0],
+                    "kept": _mean_std([r["kept"] for r in rn])[0],
+                    "gap_closed": (acc - base["zero-shot"]) / gap if gap > 0 else float("nan"),
+                }
+            )
     return out
 
 
@@ -631,8 +689,14 @@ def plot_accuracy(summary: list[dict], path: str | os.PathLike, title: str) -> N
         y = np.arange(len(names))
         acc = [st[n]["acc"] if n in st else np.nan for n in names]
         sd = [st[n]["acc_std"] if n in st else 0 for n in names]
-        colors = ["tab:gray" if n.startswith(("zero-shot", "oracle")) else
-                  "tab:orange" if n.startswith(("self-train", "nn-")) else "tab:blue" for n in names]
+        colors = [
+            "tab:gray"
+            if n.startswith(("zero-shot", "oracle"))
+            else "tab:orange"
+            if n.startswith(("self-train", "nn-"))
+            else "tab:blue"
+            for n in names
+        ]
         ax.barh(y, acc, xerr=sd, color=colors, capsize=2)
         if "zero-shot" in st:
             ax.axvline(st["zero-shot"]["acc"], color="k", ls="--", lw=0.8)
@@ -680,8 +744,13 @@ def plot_similarity(
                 centers.append(0.5 * (edges[b] + edges[b + 1]))
                 accs.append(ok[m].mean())
         ax2.plot(centers, accs, "o-", color="tab:red")
-        ax2.axhline(np.mean([a["pseudo_acc"] for a in ans]), color="tab:orange", ls="--", lw=1,
-                    label="zero-shot pseudo-label acc")
+        ax2.axhline(
+            np.mean([a["pseudo_acc"] for a in ans]),
+            color="tab:orange",
+            ls="--",
+            lw=1,
+            label="zero-shot pseudo-label acc",
+        )
         ax2.set_ylim(0, 1)
         ax2.set_ylabel("label-transfer accuracy per bin (≥ 20 rows)", color="tab:red")
         ax2.legend(loc="lower right", fontsize=7)
@@ -727,14 +796,24 @@ def _machine() -> str:
 
 
 def _md_text(task: str, command: str, summary, analyses, twins, info: dict) -> str:
-    L = [f"# Frozen-encoder transfer analysis: {task}", "", f"Command: `{command}`", "",
-         f"Machine: {info['machine']}; wall time {info['seconds']:.0f} s (embeddings cached under "
-         f"`~/.cache/xite_fast/transfer`). Encoder: e5-small, ONNX fp32, frozen; classifier: scikit-learn "
-         f"LogisticRegression(C={_C:g}). Seeds {info['seeds']} (pool/test split and English sample).", "",
-         f"Data: {info['data']}", ""]
-    L += ["Columns: target test accuracy and macro-F1 (mean ± std over seeds); gap = share of the "
-          "zero-shot → oracle gap closed; English = accuracy on held-out English (forgetting); "
-          "labels = accuracy of the pool labels the row trained on; kept = share of the pool used.", ""]
+    L = [
+        f"# Frozen-encoder transfer analysis: {task}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {info['machine']}; wall time {info['seconds']:.0f} s (embeddings cached under "
+        f"`~/.cache/xite_fast/transfer`). Encoder: e5-small, ONNX fp32, frozen; classifier: scikit-learn "
+        f"LogisticRegression(C={_C:g}). Seeds {info['seeds']} (pool/test split and English sample).",
+        "",
+        f"Data: {info['data']}",
+        "",
+    ]
+    L += [
+        "Columns: target test accuracy and macro-F1 (mean ± std over seeds); gap = share of the "
+        "zero-shot → oracle gap closed; English = accuracy on held-out English (forgetting); "
+        "labels = accuracy of the pool labels the row trained on; kept = share of the pool used.",
+        "",
+    ]
     for t in dict.fromkeys(s["target"] for s in summary):
         L += [
             f"## en → {t}",
@@ -743,46 +822,80 @@ def _md_text(task: str, command: str, summary, analyses, twins, info: dict) -> s
             "|---|---|---|---|---|---|---|",
         ]
         for s in (s for s in summary if s["target"] == t):
-            L.append(f"| {s['row']} | {_f(s['acc'])} ± {_f(s['acc_std'])} | {_f(s['f1'])} | {_f(s['gap_closed'], 2)} | "
-                     f"{_f(s['en_acc'])} | {_f(s['label_acc'])} | {_f(s['kept'], 2)} |")
+            L.append(
+                f"| {s['row']} | {_f(s['acc'])} ± {_f(s['acc_std'])} | {_f(s['f1'])} | {_f(s['gap_closed'], 2)} | "
+                f"{_f(s['en_acc'])} | {_f(s['label_acc'])} | {_f(s['kept'], 2)} |"
+            )
         ans = analyses[t]
 
         def m(key, ans=ans):
             v = [a.get(key) for a in ans]
             return "–" if any(x is None for x in v) else _f(float(np.mean(v)))
 
-        L += ["", f"Label quality of the pool (mean over seeds, {ans[0]['n_pool']} pool rows):", "",
-              "| matched (centered) | matched, twin excluded | matched (raw) | zero-shot pseudo-labels | agreement | "
-              "acc. where they agree | matched acc. where they disagree | pseudo acc. where they disagree |",
-              "|---|---|---|---|---|---|---|---|",
-              f"| {m('matched_acc')} | {m('matched_acc_twin_excluded')} | {m('raw_matched_acc')} | {m('pseudo_acc')} | {m('agree_rate')} | "
-              f"{m('acc_when_agree')} | {m('matched_acc_when_disagree')} | {m('pseudo_acc_when_disagree')} |", ""]
-        L += ["Label-transfer accuracy per similarity bin (equal-count bins, seed 0):", "",
-              "| similarity | rows | matched-label accuracy |", "|---|---|---|"]
+        L += [
+            "",
+            f"Label quality of the pool (mean over seeds, {ans[0]['n_pool']} pool rows):",
+            "",
+            "| matched (centered) | matched, twin excluded | matched (raw) | zero-shot pseudo-labels | agreement | "
+            "acc. where they agree | matched acc. where they disagree | pseudo acc. where they disagree |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {m('matched_acc')} | {m('matched_acc_twin_excluded')} | {m('raw_matched_acc')} | {m('pseudo_acc')} | {m('agree_rate')} | "
+            f"{m('acc_when_agree')} | {m('matched_acc_when_disagree')} | {m('pseudo_acc_when_disagree')} |",
+            "",
+        ]
+        L += [
+            "Label-transfer accuracy per similarity bin (equal-count bins, seed 0):",
+            "",
+            "| similarity | rows | matched-label accuracy |",
+            "|---|---|---|",
+        ]
         L += [f"| {b['lo']:.3f}–{b['hi']:.3f} | {b['n']} | {b['acc']:.3f} |" for b in ans[0]["sim_bins"]]
-        L += ["", "Thresholds (keep the top share of the pool by score; label accuracy of what is kept):", "",
-              "| kept | by similarity (matched labels) | by confidence (pseudo-labels) |", "|---|---|---|"]
+        L += [
+            "",
+            "Thresholds (keep the top share of the pool by score; label accuracy of what is kept):",
+            "",
+            "| kept | by similarity (matched labels) | by confidence (pseudo-labels) |",
+            "|---|---|---|",
+        ]
         for k in ("0.25", "0.5", "0.75", "1.0"):
-            L.append(f"| {k} | {_f(float(np.mean([a['sim_thresholds'][k] for a in ans])))} | "
-                     f"{_f(float(np.mean([a['conf_thresholds'][k] for a in ans])))} |")
+            L.append(
+                f"| {k} | {_f(float(np.mean([a['sim_thresholds'][k] for a in ans])))} | "
+                f"{_f(float(np.mean([a['conf_thresholds'][k] for a in ans])))} |"
+            )
         lb = ans[0]["lambda_beta"]
-        L += ["", f"λ ~ Beta(1, 1) (weight of the English row): mean {lb['mean']:.3f}, 10–90% "
-              f"{lb['q10']:.3f}–{lb['q90']:.3f}.", ""]
+        L += [
+            "",
+            f"λ ~ Beta(1, 1) (weight of the English row): mean {lb['mean']:.3f}, 10–90% "
+            f"{lb['q10']:.3f}–{lb['q90']:.3f}.",
+            "",
+        ]
     if twins:
-        L += ["## Chatterbot label transfer: with vs without the twin", "",
-              "Every target sentence matched (top-1, centered) against all English sentences of the shared topics.", "",
-              "| target | sentences | with the twin (demo) | twin excluded | twin is top-1 | has a positional twin |",
-              "|---|---|---|---|---|---|"]
-        L += [f"| {w['target']} | {w['n']} | {w['with_twin']:.3f} | {w['twin_excluded']:.3f} | {w['twin_is_top1']:.3f} | "
-              f"{w['has_twin']:.3f} |" for w in twins]
+        L += [
+            "## Chatterbot label transfer: with vs without the twin",
+            "",
+            "Every target sentence matched (top-1, centered) against all English sentences of the shared topics.",
+            "",
+            "| target | sentences | with the twin (demo) | twin excluded | twin is top-1 | has a positional twin |",
+            "|---|---|---|---|---|---|",
+        ]
+        L += [
+            f"| {w['target']} | {w['n']} | {w['with_twin']:.3f} | {w['twin_excluded']:.3f} | {w['twin_is_top1']:.3f} | "
+            f"{w['has_twin']:.3f} |"
+            for w in twins
+        ]
         L.append("")
     L += ["Plots: " + ", ".join(f"`{p}`" for p in info["plots"]), ""]
     return "\n".join(L) + ("\n" + info["findings"] + "\n" if info.get("findings") else "")
 
 
 # ----------------------------------------------------------------------------------------- the CSV
-_METRIC = {"acc": "target_accuracy", "f1": "target_macro_f1", "en_acc": "english_accuracy",
-           "label_acc": "label_accuracy", "kept": "kept"}
+_METRIC = {
+    "acc": "target_accuracy",
+    "f1": "target_macro_f1",
+    "en_acc": "english_accuracy",
+    "label_acc": "label_accuracy",
+    "kept": "kept",
+}
 _ANALYSIS_ROW, _TWIN_ROW = "pool labels", "twin transfer"
 _INT_METRICS = ("n_pool", "n")
 
@@ -821,17 +934,35 @@ def _nested_analysis(flat: dict[str, float]) -> dict:
     return a
 
 
-def long_rows(task: str, rows: list[dict], analyses: dict[str, list[dict]], twins: list[dict],
-              provenance: dict[str, str]) -> list[dict]:
+def long_rows(
+    task: str,
+    rows: list[dict],
+    analyses: dict[str, list[dict]],
+    twins: list[dict],
+    provenance: dict[str, str],
+) -> list[dict]:
     """The study's long-format CSV rows (:data:`experiments.tables.CSV_FIELDS`): every table row per target
     and seed, the pool-label analysis per target and seed (row ``pool labels``) and the chatterbot twin
     check (row ``twin transfer``, no seed)."""
     prov = {k: provenance.get(k, "") for k in ("commit", "cpu", "date")}
 
     def row(target, name, seed, metric, value):
-        return {"task": task, "language": target, "row": name, "seed": seed, "metric": metric, "value": float(value), **prov}
+        return {
+            "task": task,
+            "language": target,
+            "row": name,
+            "seed": seed,
+            "metric": metric,
+            "value": float(value),
+            **prov,
+        }
 
-    out = [row(r["target"], r["row"], r["seed"], m, r[k]) for r in rows for k, m in _METRIC.items() if r.get(k) is not None]
+    out = [
+        row(r["target"], r["row"], r["seed"], m, r[k])
+        for r in rows
+        for k, m in _METRIC.items()
+        if r.get(k) is not None
+    ]
     seeds = list(dict.fromkeys(r["seed"] for r in rows))
     for t, ans in analyses.items():
         for seed, a in zip(seeds, ans, strict=True):
@@ -848,9 +979,15 @@ def wide_rows(rows: list[dict]) -> list[dict]:
     for r in rows:
         if r["row"] in (_ANALYSIS_ROW, _TWIN_ROW):
             continue
-        d = out.setdefault((r["language"], r["seed"], r["row"]), {
-            "target": r["language"], "seed": r["seed"], "row": r["row"], **dict.fromkeys(_METRIC),
-        })
+        d = out.setdefault(
+            (r["language"], r["seed"], r["row"]),
+            {
+                "target": r["language"],
+                "seed": r["seed"],
+                "row": r["row"],
+                **dict.fromkeys(_METRIC),
+            },
+        )
         d[names[r["metric"]]] = r["value"]
     return list(out.values())
 
@@ -875,8 +1012,15 @@ def table_blocks(rows: list[dict]) -> list[list[str]]:
     return [lines[a:b] for a, b in _blocks(lines)]
 
 
-def run(task: str, targets: list[str], seeds: list[int], out: str | os.PathLike, command: str = "",
-        embed=None, findings: str | None = None) -> dict:
+def run(
+    task: str,
+    targets: list[str],
+    seeds: list[int],
+    out: str | os.PathLike,
+    command: str = "",
+    embed=None,
+    findings: str | None = None,
+) -> dict:
     """Run every row for every target and seed; write ``<out>.md``, ``<out>.csv`` (long format: every row,
     seed and analysis figure, :func:`long_rows`) and ``<out>_*.png``."""
     t0 = time.time()
@@ -893,8 +1037,10 @@ def run(task: str, targets: list[str], seeds: list[int], out: str | os.PathLike,
             analyses[t].append(an)
             if seed == seeds[0]:
                 lang_X = lang_X or td.lang_X
-                data.append(f"{t}: English train {len(td.src_y)}, English test {len(td.en_test_y)}, "
-                            f"pool {len(td.pool_y)}, test {len(td.test_y)}")
+                data.append(
+                    f"{t}: English train {len(td.src_y)}, English test {len(td.en_test_y)}, "
+                    f"pool {len(td.pool_y)}, test {len(td.test_y)}"
+                )
             print(f"[transfer] {task} {t} seed {seed}: zero-shot {r[0]['acc']:.3f}", flush=True)
     twins = twin_transfer(embed, targets) if task == "chatterbot" else []
     summary = summarize(rows)
@@ -902,9 +1048,17 @@ def run(task: str, targets: list[str], seeds: list[int], out: str | os.PathLike,
     plot_accuracy(summary, plots[0], task)
     plot_similarity(analyses, plots[1], task)
     _plot_lda(lang_X, plots[2], task)
-    info = {"machine": _machine(), "seconds": time.time() - t0, "seeds": seeds, "data": "; ".join(data),
-            "plots": [p.name for p in plots], "findings": findings}
-    out.with_suffix(".md").write_text(_md_text(task, command, summary, analyses, twins, info), encoding="utf-8")
+    info = {
+        "machine": _machine(),
+        "seconds": time.time() - t0,
+        "seeds": seeds,
+        "data": "; ".join(data),
+        "plots": [p.name for p in plots],
+        "findings": findings,
+    }
+    out.with_suffix(".md").write_text(
+        _md_text(task, command, summary, analyses, twins, info), encoding="utf-8"
+    )
     slim = {
         t: [{k: v for k, v in a.items() if k not in ("sim", "sim_ok")} for a in ans]
         for t, ans in analyses.items()
@@ -916,9 +1070,7 @@ def run(task: str, targets: list[str], seeds: list[int], out: str | os.PathLike,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.transfer", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m experiments.transfer", description=__doc__.split("\n")[0])
     p.add_argument("--task", choices=TASKS, required=True)
     p.add_argument("--targets", nargs="+", required=True)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

@@ -62,7 +62,9 @@ def main() -> int:
     have = installed(sys.argv[1])
     errors = check("core", plan(sys.argv[2]), have, ("torch",), strict=True)
     if len(sys.argv) > 3:
-        errors += check("[gpu]", plan(sys.argv[3]), have, ("torch", "triton", "nvidia-", "pytorch-triton"), strict=False)
+        errors += check(
+            "[gpu]", plan(sys.argv[3]), have, ("torch", "triton", "nvidia-", "pytorch-triton"), strict=False
+        )
     for e in errors:
         print(e, file=sys.stderr)
     return 1 if errors else 0

@@ -70,10 +70,17 @@ def check_kernels() -> None:
     lam = torch.rand(64, generator=g)
     for mode in ("proj", "comp", "interp"):
         Wm = None if mode == "interp" else W
-        want = ref.lda_project_interp_ref(src.double(), tgt.double(), None if Wm is None else Wm.double(), lam.double(), mode)
+        want = ref.lda_project_interp_ref(
+            src.double(), tgt.double(), None if Wm is None else Wm.double(), lam.double(), mode
+        )
         for backend in ("cpu", "torch"):
             got = xf.lda_project_interp(
-                src.numpy(), tgt.numpy(), None if Wm is None else Wm.numpy(), lam.numpy(), mode, backend=backend
+                src.numpy(),
+                tgt.numpy(),
+                None if Wm is None else Wm.numpy(),
+                lam.numpy(),
+                mode,
+                backend=backend,
             )
             err = (torch.as_tensor(np.asarray(got)).double() - want).abs().max().item()
             assert err < 1e-4, f"lda_project_interp[{backend}, {mode}] max error {err}"
@@ -90,7 +97,9 @@ def check_encode() -> None:
     import xite_fast as xf
 
     enc = xf.Encoder("e5-small")
-    emb = np.asarray(enc.encode(["a cat sits on the mat", "고양이가 매트 위에 앉아 있다", "the weather is nice"]))
+    emb = np.asarray(
+        enc.encode(["a cat sits on the mat", "고양이가 매트 위에 앉아 있다", "the weather is nice"])
+    )
     assert emb.shape == (3, enc.dim) and np.isfinite(emb).all(), emb.shape
     norms = np.linalg.norm(emb, axis=1)
     assert np.allclose(norms, 1.0, atol=1e-3), norms
@@ -100,15 +109,30 @@ def check_encode() -> None:
 
 def check_augment(max_rows: int, work: Path) -> None:
     out = work / "demo"
-    cmd = [sys.executable, "-m", "xite_fast", "augment", "--source", "chatterbot:english", "--target",
-           "chatterbot:korean", "--out", str(out), "--max-rows", str(max_rows), "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "xite_fast",
+        "augment",
+        "--source",
+        "chatterbot:english",
+        "--target",
+        "chatterbot:korean",
+        "--out",
+        str(out),
+        "--max-rows",
+        str(max_rows),
+        "-q",
+    ]
     subprocess.run(cmd, check=True)
     report = json.loads((out / "report.json").read_text())
     manifest = json.loads((out / "synthetic" / "manifest.json").read_text())
     parts = sorted((out / "synthetic").glob("part-*.jsonl"))
     rows = sum(1 for p in parts for _ in p.open())
     assert parts and rows > 0, "the demo augment wrote no synthetic rows"
-    print(f"smoke: augment {rows} synthetic rows, report keys {sorted(report)[:4]}, manifest {len(manifest)} keys")
+    print(
+        f"smoke: augment {rows} synthetic rows, report keys {sorted(report)[:4]}, manifest {len(manifest)} keys"
+    )
 
 
 def check_train() -> None:
@@ -131,7 +155,9 @@ def check_train() -> None:
         vocab[w + "_x"] = len(vocab)
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
+    tk.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
+    )
     tok = PreTrainedTokenizerFast(
         tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
@@ -148,7 +174,9 @@ def check_train() -> None:
     }
     xcs = (
         xf.XiteConfig(placement="sentence", lda=True, head_lr=1e-2),
-        xf.XiteConfig(placement="hidden", hidden_layer=1, freeze_embeddings=True, freeze_layers=1, cache_frozen=True),
+        xf.XiteConfig(
+            placement="hidden", hidden_layer=1, freeze_embeddings=True, freeze_layers=1, cache_frozen=True
+        ),
     )
     for arch, cfg in configs.items():
         for xc in xcs:
@@ -156,8 +184,15 @@ def check_train() -> None:
             model = AutoModelForSequenceClassification.from_config(cfg)
             with tempfile.TemporaryDirectory() as out:
                 args = TrainingArguments(
-                    output_dir=out, max_steps=4, per_device_train_batch_size=8, learning_rate=1e-3, report_to=[],
-                    save_strategy="no", disable_tqdm=True, logging_steps=1, use_cpu=True,
+                    output_dir=out,
+                    max_steps=4,
+                    per_device_train_batch_size=8,
+                    learning_rate=1e-3,
+                    report_to=[],
+                    save_strategy="no",
+                    disable_tqdm=True,
+                    logging_steps=1,
+                    use_cpu=True,
                 )
                 xm = xf.XiteModel(model, xc)
                 if xc.lda:
@@ -171,7 +206,9 @@ def check_train() -> None:
                 b = xf.predict(model, tok, tgt).logits
                 assert np.array_equal(a, b), np.abs(a - b).max()
                 assert re.config.id2label == {0: "0", 1: "10", 2: "20"}, re.config.id2label
-            print(f"smoke: {arch} {xc.placement}: 4 steps, losses {losses[0]:.3f} -> {losses[-1]:.3f}, reload identical")
+            print(
+                f"smoke: {arch} {xc.placement}: 4 steps, losses {losses[0]:.3f} -> {losses[-1]:.3f}, reload identical"
+            )
 
 
 def main() -> int:

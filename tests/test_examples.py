@@ -32,8 +32,12 @@ def test_dataframe_augment_train_tiny_model(tmp_path):
 
     model = make_bert_folder(tmp_path / "my-model")
     out = tmp_path / "work"
-    _check(_example("dataframe_augment_train").main(
-        ["--out", str(out), "--model", str(model), "--rows", "60", "--max-steps", "3"]), out)  # fmt: skip
+    _check(
+        _example("dataframe_augment_train").main(
+            ["--out", str(out), "--model", str(model), "--rows", "60", "--max-steps", "3"]
+        ),
+        out,
+    )
 
 
 @pytest.mark.slow

@@ -38,8 +38,10 @@ def _is_module(dotted: str, pkg: Path = PKG) -> bool:
     base = pkg.joinpath(*parts[1:]) if len(parts) > 1 else pkg
     if base.is_dir() and (base / "__init__.py").is_file():
         return True
-    return base.with_suffix(".py").is_file() or base.with_suffix(".pyi").is_file() or any(
-        base.parent.glob(f"{base.name}.*.so")
+    return (
+        base.with_suffix(".py").is_file()
+        or base.with_suffix(".pyi").is_file()
+        or any(base.parent.glob(f"{base.name}.*.so"))
     )
 
 
@@ -114,7 +116,9 @@ def imports_of(source: str, importer: str, is_package: bool = False, pkg: Path =
                 yield node.lineno, dotted, node.attr
 
 
-def violations_of(source: str, importer: str, is_package: bool = False, pkg: Path = PKG) -> list[tuple[int, str]]:
+def violations_of(
+    source: str, importer: str, is_package: bool = False, pkg: Path = PKG
+) -> list[tuple[int, str]]:
     """``(line, message)`` for each import in ``source`` (module ``importer``) that breaks the rules."""
     out = []
     here = _component(importer)
@@ -153,7 +157,9 @@ def test_imports_follow_the_layers():
     for path in package_modules():
         importer = _module_name(path)
         if _component(importer) not in LAYER_OF:
-            found.append(f"{path.relative_to(PKG.parent)}:1: {_component(importer)!r} is in no layer of LAYERS")
+            found.append(
+                f"{path.relative_to(PKG.parent)}:1: {_component(importer)!r} is in no layer of LAYERS"
+            )
             continue
         src = path.read_text(encoding="utf-8")
         for line, msg in sorted(violations_of(src, importer, path.name == "__init__.py")):
@@ -179,8 +185,16 @@ def fake_pkg(tmp_path):
     for d in ("encode", "xite", "ops", "train", "objectives"):
         (pkg / d).mkdir(parents=True)
         (pkg / d / "__init__.py").write_text("")
-    for f in ("_io.py", "__init__.py", "encode/ray.py", "encode/store.py", "xite/match.py", "ops/_impl.py",
-              "train/model.py", "objectives/ear.py"):  # fmt: skip
+    for f in (
+        "_io.py",
+        "__init__.py",
+        "encode/ray.py",
+        "encode/store.py",
+        "xite/match.py",
+        "ops/_impl.py",
+        "train/model.py",
+        "objectives/ear.py",
+    ):
         (pkg / f).write_text("")
     return pkg
 

@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def _py(code: str, **env: str) -> subprocess.CompletedProcess:
     e = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     e.pop("XITE_FAST_VERBOSITY", None) if "XITE_FAST_VERBOSITY" not in env else None
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=120, check=True)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=120, check=True
+    )
 
 
 def test_default_handler_prints_once_to_stderr_and_steps_aside_for_a_configured_root():
@@ -30,13 +32,23 @@ def test_default_handler_prints_once_to_stderr_and_steps_aside_for_a_configured_
         "xite_fast.logging.get_logger('encode').info('child info')\n"
     )
     r = _py(code)
-    assert r.stderr.splitlines() == ["[xite-fast] a warning", "[xite-fast] shown info", "[xite-fast] child info"]
+    assert r.stderr.splitlines() == [
+        "[xite-fast] a warning",
+        "[xite-fast] shown info",
+        "[xite-fast] child info",
+    ]
     # an application that configured logging gets each record once, in its own format
-    r = _py("import logging, xite_fast\nlogging.basicConfig(format='APP %(message)s')\nlogging.getLogger('xite_fast').warning('w')")
+    r = _py(
+        "import logging, xite_fast\nlogging.basicConfig(format='APP %(message)s')\nlogging.getLogger('xite_fast').warning('w')"
+    )
     assert r.stderr.splitlines() == ["APP w"]
-    r = _py("import logging, xite_fast\nlogging.getLogger('xite_fast').debug('d')", XITE_FAST_VERBOSITY="debug")
+    r = _py(
+        "import logging, xite_fast\nlogging.getLogger('xite_fast').debug('d')", XITE_FAST_VERBOSITY="debug"
+    )
     assert r.stderr.splitlines() == ["[xite-fast] d"]
-    r = _py("import logging, xite_fast\nxite_fast.logging.disable_default_handler()\nlogging.getLogger('xite_fast').error('e')")
+    r = _py(
+        "import logging, xite_fast\nxite_fast.logging.disable_default_handler()\nlogging.getLogger('xite_fast').error('e')"
+    )
     assert r.stderr.splitlines() == ["e"]  # Python's last-resort handler, nothing of ours
 
 
@@ -45,9 +57,11 @@ def test_verbosity_setters_and_levels():
     before = log.level
     try:
         for setter, level in (
-            (xf_logging.set_verbosity_debug, logging.DEBUG), (xf_logging.set_verbosity_info, logging.INFO),
-            (xf_logging.set_verbosity_warning, logging.WARNING), (xf_logging.set_verbosity_error, logging.ERROR),
-        ):  # fmt: skip
+            (xf_logging.set_verbosity_debug, logging.DEBUG),
+            (xf_logging.set_verbosity_info, logging.INFO),
+            (xf_logging.set_verbosity_warning, logging.WARNING),
+            (xf_logging.set_verbosity_error, logging.ERROR),
+        ):
             setter()
             assert xf_logging.get_verbosity() == level
         xf_logging.set_verbosity("info")
@@ -71,8 +85,10 @@ def test_progress_rule(monkeypatch):
         assert not xf_logging.is_progress_bar_enabled()
     finally:
         xf_logging.enable_progress_bar()
-    r = _py("import xite_fast.logging as l; print(l.is_progress_bar_enabled(), l.is_interactive())",
-            XITE_FAST_DISABLE_PROGRESS_BAR="1")  # fmt: skip
+    r = _py(
+        "import xite_fast.logging as l; print(l.is_progress_bar_enabled(), l.is_interactive())",
+        XITE_FAST_DISABLE_PROGRESS_BAR="1",
+    )
     assert r.stdout.split() == ["False", "False"]
 
 

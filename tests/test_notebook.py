@@ -26,7 +26,9 @@ def _run(cells: list[str], tmp_path: Path) -> list[dict]:
 
 
 def _text(outputs: list[dict], name: str) -> str:
-    return "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream" and o.get("name") == name)
+    return "".join(
+        o.get("text", "") for o in outputs if o.get("output_type") == "stream" and o.get("name") == name
+    )
 
 
 def test_notebook_shows_progress_and_logs(tmp_path):

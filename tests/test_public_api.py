@@ -10,20 +10,49 @@ import pkgutil
 import xite_fast
 
 EXPECTED = {
-    "Backend", "backends_available", "__version__",
-    "cosine_topk", "lda_project_interp", "sinkhorn_divergence",
-    "LanguageLDA", "Encoder", "encode_corpus", "EmbeddingStore", "XiteAugmenter",
-    "AugmentConfig", "run_augment", "EncodeConfig", "run_encode",
-    "XiteConfig", "XiteModel", "XiteDataset", "XiteCollator", "XiteTrainer", "train_xite", "predict",
-    "classification_metrics", "label_map_for",
-    "OTAlignConfig", "ot_align",
+    "Backend",
+    "backends_available",
+    "__version__",
+    "cosine_topk",
+    "lda_project_interp",
+    "sinkhorn_divergence",
+    "LanguageLDA",
+    "Encoder",
+    "encode_corpus",
+    "EmbeddingStore",
+    "XiteAugmenter",
+    "AugmentConfig",
+    "run_augment",
+    "EncodeConfig",
+    "run_encode",
+    "XiteConfig",
+    "XiteModel",
+    "XiteDataset",
+    "XiteCollator",
+    "XiteTrainer",
+    "train_xite",
+    "predict",
+    "classification_metrics",
+    "label_map_for",
+    "OTAlignConfig",
+    "ot_align",
     "iter_table_records",
-}  # fmt: skip
+}
 CLASSES = {
-    "Backend", "LanguageLDA", "Encoder", "EmbeddingStore", "XiteAugmenter", "AugmentConfig", "EncodeConfig",
-    "XiteConfig", "XiteModel",
-    "XiteDataset", "XiteCollator", "XiteTrainer", "OTAlignConfig",
-}  # fmt: skip
+    "Backend",
+    "LanguageLDA",
+    "Encoder",
+    "EmbeddingStore",
+    "XiteAugmenter",
+    "AugmentConfig",
+    "EncodeConfig",
+    "XiteConfig",
+    "XiteModel",
+    "XiteDataset",
+    "XiteCollator",
+    "XiteTrainer",
+    "OTAlignConfig",
+}
 
 
 def test_all_is_pinned():
@@ -58,5 +87,9 @@ def test_each_name_is_its_callable_or_class_even_after_submodule_imports():
 
     assert issubclass(xite_fast.XiteTrainer, Trainer)
     assert xite_fast.train_xite.__module__ == "xite_fast.train.trainer"
-    assert xite_fast.label_map_for.__module__ == xite_fast.classification_metrics.__module__ == "xite_fast.train.trainer"
+    assert (
+        xite_fast.label_map_for.__module__
+        == xite_fast.classification_metrics.__module__
+        == "xite_fast.train.trainer"
+    )
     assert xite_fast.run_augment.__module__ == "xite_fast.xite.pipeline"

@@ -39,18 +39,30 @@ SKIP_MARKERS = {
 EXPECTED_SKIPS = {
     ("Set-up commands", "scripts/run.sh", "bash scripts/run.sh demo"),
     ("Set-up commands", "scripts/run.sh", "bash scripts/run.sh test"),
-    ("Quick start", "experiments.driver",
-     "python -m experiments.driver --langs korean japanese --seeds 0 1 2 --out bench/results/experiment"),
+    (
+        "Quick start",
+        "experiments.driver",
+        "python -m experiments.driver --langs korean japanese --seeds 0 1 2 --out bench/results/experiment",
+    ),
     ("Scaling out: 10M × 10M on a cluster", "ray start", "ray start --head --port=6379"),
     ("Scaling out: 10M × 10M on a cluster", "ray start", "ray start --address=HEAD:6379"),
-    ("Scaling out: 10M × 10M on a cluster", "--ray",
-     "xite-fast encode --input /shared/ko_10M.txt --out /shared/emb/ko --ray HEAD:6379"),
-    ("Scaling out: 10M × 10M on a cluster", "--ray",
-     "xite-fast augment --source /shared/en_10M.jsonl --target /shared/ko_10M.txt --out /shared/run --ray HEAD:6379"),
+    (
+        "Scaling out: 10M × 10M on a cluster",
+        "--ray",
+        "xite-fast encode --input /shared/ko_10M.txt --out /shared/emb/ko --ray HEAD:6379",
+    ),
+    (
+        "Scaling out: 10M × 10M on a cluster",
+        "--ray",
+        "xite-fast augment --source /shared/en_10M.jsonl --target /shared/ko_10M.txt --out /shared/run --ray HEAD:6379",
+    ),
     ("Scaling out: 10M × 10M on a cluster", "--ray", "xite-fast augment ... --ray local"),
-    ("Scaling out: 10M × 10M on a cluster", 'address="HEAD:6379"',
-     "from xite_fast.encode.ray import encode_corpus_ray"),
-}  # fmt: skip
+    (
+        "Scaling out: 10M × 10M on a cluster",
+        'address="HEAD:6379"',
+        "from xite_fast.encode.ray import encode_corpus_ray",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -245,8 +257,11 @@ def _check_flags(readme: Path, cwd: Path) -> list[str]:
                 cut = words.index("--")
                 words, rest = words[:cut], words[cut + 1 :]
                 known = _help(FORWARDS[words[1]], cwd)
-                bad += [f"{readme.name}:{b.line}: `{cmd}`: {f} (after --) not in --help" for f in _flags(rest)
-                        if f not in known]  # fmt: skip
+                bad += [
+                    f"{readme.name}:{b.line}: `{cmd}`: {f} (after --) not in --help"
+                    for f in _flags(rest)
+                    if f not in known
+                ]
             if words[0] == "bash":  # a script of ours: it exists
                 if not (cwd / words[1]).is_file():
                     bad.append(f"{readme.name}:{b.line}: {words[1]} does not exist")
@@ -258,7 +273,9 @@ def _check_flags(readme: Path, cwd: Path) -> list[str]:
                 bad.append(f"{readme.name}:{b.line}: {prefix[1]} does not exist")
                 continue
             known = _help(prefix, cwd)
-            bad += [f"{readme.name}:{b.line}: `{cmd}`: {f} not in --help" for f in _flags(words) if f not in known]
+            bad += [
+                f"{readme.name}:{b.line}: `{cmd}`: {f} not in --help" for f in _flags(words) if f not in known
+            ]
     return bad
 
 
@@ -282,6 +299,9 @@ def test_readme_section_runs(section, fresh_dir):
     script, _ = section_script(section, blocks())
     path = fresh_dir.parent / f"{fresh_dir.name}-{re.sub(r'[^A-Za-z0-9]+', '-', section).strip('-')}.py"
     path.write_text(script, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     r = subprocess.run([sys.executable, str(path)], cwd=fresh_dir, env=env, capture_output=True, text=True)
     assert r.returncode == 0, f"{section}: {path}\n{r.stdout[-4000:]}\n{r.stderr[-8000:]}"

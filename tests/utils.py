@@ -40,7 +40,9 @@ def cpu_ext(op: str | None = None) -> bool:
     """The C++ extension is built (``backends_available()["cpu"]``) and, given ``op``, exports it."""
     from xite_fast import _backend
 
-    return bool(_backend.backends_available()["cpu"] and (op is None or hasattr(_backend.load_extension(), op)))
+    return bool(
+        _backend.backends_available()["cpu"] and (op is None or hasattr(_backend.load_extension(), op))
+    )
 
 
 def needs_cpu_ext(op: str | None = None) -> Any:
@@ -190,7 +192,9 @@ def assert_topk_equal(
         raise AssertionError("top-k mismatch:\n" + "\n".join(problems))
 
 
-def random_data(n: int, m: int, d: int, seed: int = 0, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+def random_data(
+    n: int, m: int, d: int, seed: int = 0, dtype: Any = np.float32
+) -> tuple[np.ndarray, np.ndarray]:
     """Standard-normal queries (n, d) and keys (m, d) from ``numpy.random.default_rng(seed)``."""
     rng = np.random.default_rng(seed)
     return rng.standard_normal((n, d)).astype(dtype), rng.standard_normal((m, d)).astype(dtype)
@@ -297,7 +301,16 @@ def make_bert_folder(out: Path, seed: int = 0, hidden: int = 32, type_vocab_size
 
     out.mkdir(parents=True, exist_ok=True)
     letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS, *letters, *("##" + c for c in letters)]
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *BERT_WORDS,
+        *letters,
+        *("##" + c for c in letters),
+    ]
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"))
     torch.manual_seed(seed)
@@ -319,7 +332,12 @@ def make_bert_folder(out: Path, seed: int = 0, hidden: int = 32, type_vocab_size
 
 
 def make_st_folder(
-    hf: Path, out: Path, pooling: str, normalize: bool, prompts: dict | None = None, default: str | None = None
+    hf: Path,
+    out: Path,
+    pooling: str,
+    normalize: bool,
+    prompts: dict | None = None,
+    default: str | None = None,
 ) -> Path:
     """sentence-transformers folder (Transformer + Pooling [+ Normalize]) saved by sentence-transformers."""
     from sentence_transformers import SentenceTransformer
@@ -341,7 +359,9 @@ TOY_WORDS = {
 }
 
 
-def toy_sentences(n: int, seed: int, lang: str = "en", lo: int = 2, hi: int = 7) -> tuple[list[str], np.ndarray]:
+def toy_sentences(
+    n: int, seed: int, lang: str = "en", lo: int = 2, hi: int = 7
+) -> tuple[list[str], np.ndarray]:
     """``n`` sentences of ``lo``..``hi`` words, class ``i % 3`` (fruit / animals / colours), and their
     int64 labels; another ``lang`` gives the same content words with a ``_x`` suffix (other tokens)."""
     rng = random.Random(seed)
@@ -369,7 +389,12 @@ def toy_tokenizer() -> Any:
 
 
 def toy_classifier(
-    arch: str = "bert", seed: int = 0, layers: int = 2, num_labels: int = 3, dropout: float = 0.1, **cfg_kw: Any
+    arch: str = "bert",
+    seed: int = 0,
+    layers: int = 2,
+    num_labels: int = 3,
+    dropout: float = 0.1,
+    **cfg_kw: Any,
 ) -> Any:
     """A random ``AutoModelForSequenceClassification`` (hidden 32, 2 heads) over :func:`toy_tokenizer`'s
     vocabulary, initialised after ``torch.manual_seed(seed)``."""
@@ -446,11 +471,14 @@ def write_run_inputs(d: Path, target: str = "목표 문장 {i}") -> tuple[Path, 
     d.mkdir(parents=True, exist_ok=True)
     src, tgt = d / "src.jsonl", d / "tgt.jsonl"
     src.write_text(
-        "".join(json.dumps({"text": f"source sentence {i}", "label": RUN_LABELS[i % 4]}) + "\n" for i in range(37))
+        "".join(
+            json.dumps({"text": f"source sentence {i}", "label": RUN_LABELS[i % 4]}) + "\n" for i in range(37)
+        )
     )
     tgt.write_text(
         "".join(
-            json.dumps({"text": target.format(i=i), "label": RUN_LABELS[(i * 3) % 4]}, ensure_ascii=False) + "\n"
+            json.dumps({"text": target.format(i=i), "label": RUN_LABELS[(i * 3) % 4]}, ensure_ascii=False)
+            + "\n"
             for i in range(29)
         )
     )
@@ -492,7 +520,9 @@ def run_digests(out: Path) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------ files
-def write_chatterbot_sample(tmp_path: Path, n_src: int = 60, n_tgt: int = 45, seed: int = 0) -> tuple[Path, Path, Path]:
+def write_chatterbot_sample(
+    tmp_path: Path, n_src: int = 60, n_tgt: int = 45, seed: int = 0
+) -> tuple[Path, Path, Path]:
     """A small labelled English source / Korean target on disk (chatterbot, 3 topics): ``en.jsonl`` (text,
     label), ``ko.jsonl`` (text, gold label) and ``ko.txt`` (the Korean texts, one per line) under
     ``tmp_path``, a fixed-seed sample of the emotion / food / sports topics."""
@@ -507,7 +537,9 @@ def write_chatterbot_sample(tmp_path: Path, n_src: int = 60, n_tgt: int = 45, se
     src, tgt, txt = tmp_path / "en.jsonl", tmp_path / "ko.jsonl", tmp_path / "ko.txt"
     for path, recs in ((src, en), (tgt, ko)):
         path.write_text(
-            "".join(json.dumps({"text": r["text"], "label": r["label"]}, ensure_ascii=False) + "\n" for r in recs),
+            "".join(
+                json.dumps({"text": r["text"], "label": r["label"]}, ensure_ascii=False) + "\n" for r in recs
+            ),
             encoding="utf-8",
         )
     txt.write_text("".join(r["text"] + "\n" for r in ko), encoding="utf-8")
@@ -526,4 +558,6 @@ def run_aot(script: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 # the default log handler and the verbosity setters: xite_fast.logging.set_verbosity_info()
-from xite_fast import logging
+from xite_fast import logging as logging
 from xite_fast._backend import Backend, backends_available
 from xite_fast._version import __version__
 

@@ -78,7 +78,9 @@ def _missing_reason(backend: Backend, op: str) -> str:
     ext = load_extension()
     if backend is Backend.CPU:
         if ext is None:
-            return f"the C++ extension xite_fast._C is not built ({_EXT_ERROR}); reinstall with `pip install .`"
+            return (
+                f"the C++ extension xite_fast._C is not built ({_EXT_ERROR}); reinstall with `pip install .`"
+            )
         if not ext.cpu_supports_avx2():
             return "this CPU lacks AVX2/FMA"
         return f"xite_fast._C has no kernel for {op!r}"
@@ -126,5 +128,7 @@ def resolve_backend(op: str, backend: str | Backend = "auto", *, on_gpu: bool = 
                 return cand
         return Backend.TORCH
     if not _has_kernel(requested, op):
-        raise RuntimeError(f"backend={requested.value!r} was requested for {op} but {_missing_reason(requested, op)}")
+        raise RuntimeError(
+            f"backend={requested.value!r} was requested for {op} but {_missing_reason(requested, op)}"
+        )
     return requested

@@ -255,7 +255,11 @@ BUILD_RECORD = "xite_fast.json"  # a built folder's record: the build's facts an
 
 
 def _folder_hashes(folder: Path) -> dict[str, str]:
-    return {p.name: sha256_file(p, cached=True) for p in sorted(folder.iterdir()) if p.is_file() and p.name != BUILD_RECORD}
+    return {
+        p.name: sha256_file(p, cached=True)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != BUILD_RECORD
+    }
 
 
 def _verify_built(folder: Path) -> str | None:
@@ -320,7 +324,11 @@ def atomic_build(
         try:
             t0 = time.perf_counter()
             build(tmp)
-            rec = {**meta, "conversion_seconds": round(time.perf_counter() - t0, 2), "files": _folder_hashes(tmp)}
+            rec = {
+                **meta,
+                "conversion_seconds": round(time.perf_counter() - t0, 2),
+                "files": _folder_hashes(tmp),
+            }
             (tmp / BUILD_RECORD).write_text(json.dumps(rec, indent=1))
             if final.exists():  # leftover without the completion marker (older layout): replace it
                 shutil.rmtree(final)
@@ -497,13 +505,16 @@ def prepare_dir(path: str | os.PathLike, what: str = "out") -> Path:
         ) from None
     if not os.access(p, os.W_OK | os.X_OK):
         raise PermissionError(
-            errno.EACCES, f"cannot write in {what} directory {str(p)!r} (read-only or no permission); "
-            "pass a writable location"
+            errno.EACCES,
+            f"cannot write in {what} directory {str(p)!r} (read-only or no permission); "
+            "pass a writable location",
         )
     return p
 
 
-def check_owned_dir(path: Path, what: str, is_ours: Callable[[Path], bool], ignore: Callable[[str], bool]) -> bool:
+def check_owned_dir(
+    path: Path, what: str, is_ours: Callable[[Path], bool], ignore: Callable[[str], bool]
+) -> bool:
     """Refuse to write in someone else's non-empty directory. Returns True when ``path`` is ours
     (``is_ours(path)``), False when it is missing or holds only names ``ignore(name)`` accepts (our
     lock and temporary files); ValueError naming the directory and a few of its entries otherwise."""

@@ -46,8 +46,12 @@ __all__ = [
 ]
 
 DEBUG, INFO, WARNING, ERROR, CRITICAL = (
-    _logging.DEBUG, _logging.INFO, _logging.WARNING, _logging.ERROR, _logging.CRITICAL,
-)  # fmt: skip
+    _logging.DEBUG,
+    _logging.INFO,
+    _logging.WARNING,
+    _logging.ERROR,
+    _logging.CRITICAL,
+)
 LIBRARY = "xite_fast"
 _LEVELS = {"debug": DEBUG, "info": INFO, "warning": WARNING, "error": ERROR, "critical": CRITICAL}
 _FORMAT = "[xite-fast] %(message)s"
@@ -81,7 +85,11 @@ class _StderrHandler(_logging.StreamHandler):
 
 
 _handler: _StderrHandler | None = None
-_progress_default = os.environ.get("XITE_FAST_DISABLE_PROGRESS_BAR", "").strip().lower() not in ("1", "true", "yes")
+_progress_default = os.environ.get("XITE_FAST_DISABLE_PROGRESS_BAR", "").strip().lower() not in (
+    "1",
+    "true",
+    "yes",
+)
 
 
 def _root() -> _logging.Logger:

@@ -17,10 +17,20 @@ OPS = ("augment_scale", "cosine_topk", "encode", "lda_project_interp", "sinkhorn
 
 def _fake_row() -> dict:
     return {
-        "date": "2026-12-02T00:00:00Z", "shape": "N=10,M=20,d=8,k=2", "n_measured": 10, "provider": "fake",
-        "repeats": 3, "median_s": 0.125, "gflops": "12.5", "ratio_vs_faiss_per_repeat": "1.20/1.30/1.40",
-        "timing_s": '{"encode": 4.5, "match": 0.25}', "runtime": "fake-1.0-fp32", "machine": "Fake CPU x2",
-        "loadavg": "0.10/0.20/0.30", "version": "0.1.0", "empty": "",
+        "date": "2026-12-02T00:00:00Z",
+        "shape": "N=10,M=20,d=8,k=2",
+        "n_measured": 10,
+        "provider": "fake",
+        "repeats": 3,
+        "median_s": 0.125,
+        "gflops": "12.5",
+        "ratio_vs_faiss_per_repeat": "1.20/1.30/1.40",
+        "timing_s": '{"encode": 4.5, "match": 0.25}',
+        "runtime": "fake-1.0-fp32",
+        "machine": "Fake CPU x2",
+        "loadavg": "0.10/0.20/0.30",
+        "version": "0.1.0",
+        "empty": "",
     }
 
 
@@ -29,8 +39,13 @@ def test_one_measurement_becomes_one_row_per_value():
     assert all(list(r) == C.BENCH_FIELDS for r in rows)
     by = {r["metric"]: r["value"] for r in rows}
     assert by == {
-        "median_s": 0.125, "gflops": "12.5", "ratio_vs_faiss_per_repeat.1": "1.20", "ratio_vs_faiss_per_repeat.2": "1.30",
-        "ratio_vs_faiss_per_repeat.3": "1.40", "timing_s.encode": 4.5, "timing_s.match": 0.25,
+        "median_s": 0.125,
+        "gflops": "12.5",
+        "ratio_vs_faiss_per_repeat.1": "1.20",
+        "ratio_vs_faiss_per_repeat.2": "1.30",
+        "ratio_vs_faiss_per_repeat.3": "1.40",
+        "timing_s.encode": 4.5,
+        "timing_s.match": 0.25,
     }
     r = rows[0]
     assert r["op"] == "fake_op" and r["provider"] == "fake" and r["repeats"] == "3"

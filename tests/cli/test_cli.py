@@ -126,9 +126,21 @@ def test_experiment_is_delegated(capsys, monkeypatch):
 
 def _augment_argv(src, tgt, out, *extra):
     return [
-        "augment", "--source", str(src), "--target", str(tgt), "--out", str(out),
-        "--num-layers", "2", "--shard-size", "16", "--batch-size", "8", *extra,
-    ]  # fmt: skip
+        "augment",
+        "--source",
+        str(src),
+        "--target",
+        str(tgt),
+        "--out",
+        str(out),
+        "--num-layers",
+        "2",
+        "--shard-size",
+        "16",
+        "--batch-size",
+        "8",
+        *extra,
+    ]
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -182,7 +194,12 @@ def test_augment_end_to_end_and_resume_after_kill(tmp_path, capsys):
     # ---- a run killed (SIGKILL) after its first shard resumes to identical outputs
     out_b = tmp_path / "b"
     env = dict(os.environ, XITE_FAST_TEST_KILL_AFTER_SHARDS="1", PYTHONPATH=str(ROOT))
-    argv = [sys.executable, "-m", "xite_fast", *_augment_argv(src, tgt, out_b, "--lam", "beta", "--mode", "proj", "--center")]
+    argv = [
+        sys.executable,
+        "-m",
+        "xite_fast",
+        *_augment_argv(src, tgt, out_b, "--lam", "beta", "--mode", "proj", "--center"),
+    ]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert (out_b / "synthetic" / "part-00000.done.json").exists()
@@ -311,7 +328,9 @@ def test_out_errors_and_input_checked_before_the_model(tmp_path, capsys, monkeyp
     (tmp_path / "blank.txt").write_text("\n\n")
     err = _err(capsys, ["encode", "--input", str(tmp_path / "blank.txt"), "--out", str(tmp_path / "e")])
     assert "--input: empty corpus" in err
-    err = _err(capsys, ["augment", "--source", str(src), "--target", str(binary), "--out", str(tmp_path / "o")])
+    err = _err(
+        capsys, ["augment", "--source", str(src), "--target", str(binary), "--out", str(tmp_path / "o")]
+    )
     assert "NUL byte" in err
     (tmp_path / "o" / "config.json").write_text("garbage")
     err = _err(capsys, ["augment", "--source", str(src), "--target", str(tgt), "--out", str(tmp_path / "o")])
@@ -426,7 +445,9 @@ def test_bad_input_classes_exit_2_and_leave_files_alone(tmp_path, capsys, monkey
     (m / "config.json").write_text('{"model_type":"bert"}')
     err = _err(capsys, [*aug, "--out", str(m)])
     assert f"--out '{m}' is not empty and was not made by xite_fast (it holds config.json)" in err
-    assert (m / "config.json").read_text() == '{"model_type":"bert"}' and [p.name for p in m.iterdir()] == ["config.json"]
+    assert (m / "config.json").read_text() == '{"model_type":"bert"}' and [p.name for p in m.iterdir()] == [
+        "config.json"
+    ]
     e = tmp_path / "e"
     e.mkdir()
     (e / "manifest.json").write_text('{"model_type":"bert"}')
@@ -442,7 +463,9 @@ def test_bad_input_classes_exit_2_and_leave_files_alone(tmp_path, capsys, monkey
     assert f"--out must be a directory, but '{txt}' is a file" in err
     garbage = tmp_path / "g.parquet"
     garbage.write_bytes(b"not parquet at all")
-    err = _err(capsys, [*aug[:3], "--source", str(garbage), "--target", str(tgt), "--out", str(tmp_path / "o")])
+    err = _err(
+        capsys, [*aug[:3], "--source", str(garbage), "--target", str(tgt), "--out", str(tmp_path / "o")]
+    )
     assert f"{garbage}: not a readable Parquet file" in err
     assert "Traceback" not in err
 
@@ -450,13 +473,20 @@ def test_bad_input_classes_exit_2_and_leave_files_alone(tmp_path, capsys, monkey
 @pytest.mark.parametrize(
     "exc,match",
     [
-        (RuntimeError("the target input 't.jsonl' was modified during the run"), "was modified during the run"),
-        (PermissionError(30, "cannot create out directory '/ro/o': Read-only file system; pass a writable location"),
-         "cannot create out directory '/ro/o'"),
+        (
+            RuntimeError("the target input 't.jsonl' was modified during the run"),
+            "was modified during the run",
+        ),
+        (
+            PermissionError(
+                30, "cannot create out directory '/ro/o': Read-only file system; pass a writable location"
+            ),
+            "cannot create out directory '/ro/o'",
+        ),
         (OSError(5, "Input/output error", "/data/x.npy"), r"Input/output error \(/data/x.npy\)"),
         (KeyError("boom"), r"unexpected KeyError: 'boom' \(rerun with --verbose for the traceback"),
     ],
-)  # fmt: skip
+)
 def test_runtime_errors_exit_1_without_a_traceback(tmp_path, capsys, monkeypatch, exc, match):
     import xite_fast.xite.pipeline as pipeline
 

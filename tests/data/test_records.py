@@ -49,7 +49,10 @@ def test_reader_errors(tmp_path):
     tsv.write_text("only text\n", encoding="utf-8")
     with pytest.raises(ValueError, match="labels missing"):
         data.read_labelled(tsv, header=False)
-    with pytest.raises(ValueError, match=r"nolab\.tsv:1: no column text_field='text' in the header \['only text'\].*header=False"):
+    with pytest.raises(
+        ValueError,
+        match=r"nolab\.tsv:1: no column text_field='text' in the header \['only text'\].*header=False",
+    ):
         data.read_labelled(tsv)
     txt = tmp_path / "t.txt"
     txt.write_text("a\n", encoding="utf-8")
@@ -103,11 +106,13 @@ def test_all_formats_give_the_same_records_pairs_and_headers(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    rows = [("one", "x", "p1"), ("two, with comma", "y", "p2"), ("th\"ree", "x", "p3")]
+    rows = [("one", "x", "p1"), ("two, with comma", "y", "p2"), ('th"ree', "x", "p3")]
     (tmp_path / "a.jsonl").write_text(
         "".join(json.dumps({"text": t, "label": lab, "text_pair": p}) + "\n\n" for t, lab, p in rows)
     )
-    (tmp_path / "a.tsv").write_text("label\ttext\ttext_pair\n" + "".join(f"{lab}\t{t}\t{p}\n" for t, lab, p in rows))
+    (tmp_path / "a.tsv").write_text(
+        "label\ttext\ttext_pair\n" + "".join(f"{lab}\t{t}\t{p}\n" for t, lab, p in rows)
+    )
     (tmp_path / "h.tsv").write_text("".join(f"{t}\t{lab}\t{p}\n\n" for t, lab, p in rows))  # no header
     import csv as _csv
 
@@ -115,7 +120,12 @@ def test_all_formats_give_the_same_records_pairs_and_headers(tmp_path):
         w = _csv.writer(fh)
         w.writerow(["text", "label", "text_pair"])
         w.writerows(rows)
-    pq.write_table(pa.table({"text": [r[0] for r in rows], "label": [r[1] for r in rows], "text_pair": [r[2] for r in rows]}), tmp_path / "a.parquet")
+    pq.write_table(
+        pa.table(
+            {"text": [r[0] for r in rows], "label": [r[1] for r in rows], "text_pair": [r[2] for r in rows]}
+        ),
+        tmp_path / "a.parquet",
+    )
     idx = {
         n: data.index_corpus(tmp_path / n, need_label=True, pair_field="text_pair", header=n != "h.tsv")
         for n in ("a.jsonl", "a.tsv", "h.tsv", "a.csv", "a.parquet")
@@ -139,7 +149,9 @@ def test_binary_and_non_utf8_inputs_are_rejected_naming_the_line(tmp_path):
     (tmp_path / "c.txt").write_bytes(b"ok\nbad \xff byte\n")
     with pytest.raises(ValueError, match=r"c\.txt:2: not valid UTF-8"):
         data.index_corpus(tmp_path / "c.txt")
-    assert data.index_corpus(tmp_path / "c.txt", errors="replace").reader().get([1])[0].text == "bad \ufffd byte"
+    assert (
+        data.index_corpus(tmp_path / "c.txt", errors="replace").reader().get([1])[0].text == "bad \ufffd byte"
+    )
 
 
 def test_table_adapters_match_the_parquet_reader(tmp_path):
@@ -164,7 +176,9 @@ def test_table_adapters_match_the_parquet_reader(tmp_path):
         list(iter_table_records(mixed))
     with pytest.raises(ValueError, match="no column text_field='sentence'"):
         list(iter_table_records(df, text_field="sentence"))
-    with pytest.raises(ValueError, match=r"table\[0\] must be a str or a \(text, text_pair\) 2-tuple of str, got tuple"):
+    with pytest.raises(
+        ValueError, match=r"table\[0\] must be a str or a \(text, text_pair\) 2-tuple of str, got tuple"
+    ):
         list(iter_table_records([("a", 1)]))
     with pytest.raises(ValueError, match="must be a file path, a pandas DataFrame/Series"):
         list(iter_table_records(3))
@@ -179,7 +193,7 @@ def test_one_adapter_for_files_and_tables_rows_as_pandas_and_datasets_read_them(
 
     df = pd.DataFrame(
         {
-            "sentence": [" first ", "second, with comma", "", "fourth \"quoted\"", "fifth", "  "],
+            "sentence": [" first ", "second, with comma", "", 'fourth "quoted"', "fifth", "  "],
             "y": ["a", "b", "a", "b", "a", "b"],
             "hyp": ["h1", "h2", "h3", "h4", "h5", "h6"],
         }
@@ -190,16 +204,25 @@ def test_one_adapter_for_files_and_tables_rows_as_pandas_and_datasets_read_them(
     kw = {"text_field": "sentence", "label_field": "y", "pair_field": "hyp", "need_label": True}
     ref = pd.read_csv(tmp_path / "t.csv", keep_default_na=False)  # what pandas reads back
     want = [
-        data.Record(t.strip(), y, p.strip()) for t, y, p in zip(ref.sentence, ref.y, ref.hyp, strict=True) if t.strip()
+        data.Record(t.strip(), y, p.strip())
+        for t, y, p in zip(ref.sentence, ref.y, ref.hyp, strict=True)
+        if t.strip()
     ]
     ds = datasets.Dataset.from_pandas(df)
-    assert [r["sentence"] for r in datasets.load_dataset("csv", data_files=str(tmp_path / "t.csv"), split="train")] == [
+    assert [
+        r["sentence"] for r in datasets.load_dataset("csv", data_files=str(tmp_path / "t.csv"), split="train")
+    ] == [
         s if s else None for s in df.sentence
     ]  # datasets reads the same cells (an empty cell as None: skipped like a blank one)
     sources = {
-        "csv": tmp_path / "t.csv", "jsonl": str(tmp_path / "t.jsonl"), "parquet": tmp_path / "t.parquet",
-        "DataFrame": df, "Dataset": ds, "IterableDataset": ds.to_iterable_dataset(), "dict": df.to_dict("list"),
-    }  # fmt: skip
+        "csv": tmp_path / "t.csv",
+        "jsonl": str(tmp_path / "t.jsonl"),
+        "parquet": tmp_path / "t.parquet",
+        "DataFrame": df,
+        "Dataset": ds,
+        "IterableDataset": ds.to_iterable_dataset(),
+        "dict": df.to_dict("list"),
+    }
     for what, src in sources.items():
         assert [r for _, r in iter_table_records(src, **kw)] == want, what
     rows = [i for i, _ in iter_table_records(df, **kw)]
@@ -212,14 +235,20 @@ def test_one_adapter_for_files_and_tables_rows_as_pandas_and_datasets_read_them(
     pairs = list(zip(df.sentence, df.hyp, strict=True))
     assert [(r.text, r.pair) for _, r in iter_table_records(pairs)] == [(r.text, r.pair) for r in want]
     # errors name the argument
-    with pytest.raises(ValueError, match=r"source: no column text_field='text'; columns: \['sentence', 'y', 'hyp'\]"):
+    with pytest.raises(
+        ValueError, match=r"source: no column text_field='text'; columns: \['sentence', 'y', 'hyp'\]"
+    ):
         list(iter_table_records(df, name="source"))
     with pytest.raises(ValueError, match="source: labels missing: a Series of texts has no labels"):
         list(iter_table_records(df["sentence"], name="source", need_label=True))
     with pytest.raises(ValueError, match=r"source is a DatasetDict with splits \['train'\]: pass one split"):
         list(iter_table_records(datasets.DatasetDict({"train": ds}), name="source"))
     with pytest.raises(ValueError, match=r"source: row 1: label 1 is a int but earlier labels are str"):
-        list(iter_table_records(pd.DataFrame({"text": ["a", "b"], "label": ["x", 1]}, dtype=object), name="source"))
+        list(
+            iter_table_records(
+                pd.DataFrame({"text": ["a", "b"], "label": ["x", 1]}, dtype=object), name="source"
+            )
+        )
 
 
 def test_as_texts_one_text_per_row_verbatim():
@@ -230,7 +259,17 @@ def test_as_texts_one_text_per_row_verbatim():
     texts = [" a ", "", "b"]
     df = pd.DataFrame({"text": texts, "other": ["x", "y", "z"]})
     ds = datasets.Dataset.from_pandas(df)
-    for obj in (texts, tuple(texts), np.asarray(texts), (t for t in texts), df, df["text"], ds, ds["text"], {"text": texts}):
+    for obj in (
+        texts,
+        tuple(texts),
+        np.asarray(texts),
+        (t for t in texts),
+        df,
+        df["text"],
+        ds,
+        ds["text"],
+        {"text": texts},
+    ):
         assert as_texts(obj, "texts") == (texts, None)
     assert as_texts(df, "texts", text_field="other", pair_field="text") == (["x", "y", "z"], texts)
     assert as_texts([("a", "b"), ("c", "d")], "texts") == (["a", "c"], ["b", "d"])
@@ -238,7 +277,10 @@ def test_as_texts_one_text_per_row_verbatim():
         as_texts(pd.Series(["a", None]), "texts")
     with pytest.raises(ValueError, match=r"texts: row 1, column 'text' is missing \(None / NaN\)"):
         as_texts(pd.DataFrame({"text": ["a", None]}), "texts")
-    with pytest.raises(ValueError, match=r"texts: no column text_field='text' in the DataFrame .*pass texts=<table>\[<column>\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"texts: no column text_field='text' in the DataFrame .*pass texts=<table>\[<column>\]",
+    ):
         as_texts(df.rename(columns={"text": "t"}), "texts")
     with pytest.raises(ValueError, match="texts must be a sequence of texts .* got a single str"):
         as_texts("abc", "texts")

@@ -25,7 +25,9 @@ LONG = "x" * 9000 + "\r\n" + "y" * 9000  # longer than the reader's read size, a
 # name -> (suffix, file bytes, pair_field); every row is at most as wide as the first line
 CASES = {
     "issue21_quote_in_unquoted": (
-        "csv", b'text,label\nmy 5" screen broke,a\ngood product,b\nthe 7" tablet,c\nlast row,d\n', None
+        "csv",
+        b'text,label\nmy 5" screen broke,a\ngood product,b\nthe 7" tablet,c\nlast row,d\n',
+        None,
     ),
     "bom": ("csv", BOM + b'text,label\nA,x\n"B, quoted",y\n', None),
     "quoted_newlines_doubled_quotes": (
@@ -46,7 +48,9 @@ CASES = {
     "unicode": ("csv", 'text,label\nhéllo wörld,x\n"日本語, テキスト",y\n안녕 "하세요",z\n'.encode(), None),
     "header_names_in_data": ("csv", b"text,label\ntext,text\nlabel,label\n", None),
     "columns_by_name": (
-        "csv", b'id,Label,text,text_pair\n1,x,hello,p1\n2,y,"multi\nline",p2\n3,z,"a ""b""",p3\n', "text_pair"
+        "csv",
+        b'id,Label,text,text_pair\n1,x,hello,p1\n2,y,"multi\nline",p2\n3,z,"a ""b""",p3\n',
+        "text_pair",
     ),
     "long_field": ("csv", b'text,label\nshort,a\n"' + LONG.encode() + b'",b\nafter,c\n', None),
     "tsv_quotes": (
@@ -97,7 +101,9 @@ def _by_csv(p, sep, header, pair):
         rows = list(csv.reader(fh, delimiter=sep))
     if not header:
         return _records(None, rows, pair)
-    rows = rows[[i for i, r in enumerate(rows) if any(c.strip() for c in r)][0] :]  # first non-blank: the header
+    rows = rows[
+        [i for i, r in enumerate(rows) if any(c.strip() for c in r)][0] :
+    ]  # first non-blank: the header
     return _records(rows[0], rows[1:], pair)
 
 
@@ -113,9 +119,14 @@ def _by_datasets(p, sep, header, pair, df, cache):
     names = [str(c) for c in df.columns] if header else [f"c{i}" for i in range(df.shape[1])]
     kw = {} if header else {"column_names": names}
     ds = datasets.Dataset.from_csv(
-        str(p), sep=sep, keep_default_na=False, header=0 if header else None, cache_dir=str(cache),
-        features=datasets.Features({c: datasets.Value("string") for c in names}), **kw,
-    )  # fmt: skip
+        str(p),
+        sep=sep,
+        keep_default_na=False,
+        header=0 if header else None,
+        cache_dir=str(cache),
+        features=datasets.Features({c: datasets.Value("string") for c in names}),
+        **kw,
+    )
     return _records(names if header else None, [[r[c] for c in names] for r in ds], pair)
 
 
@@ -139,8 +150,11 @@ def test_the_issue21_files():
     with tempfile.TemporaryDirectory() as d:
         p, _, _ = _write(Path(d), "issue21_quote_in_unquoted")
         assert [(r.text, r.label) for r in _ours(p, True, None)] == [
-            ('my 5" screen broke', "a"), ("good product", "b"), ('the 7" tablet', "c"), ("last row", "d")
-        ]  # fmt: skip
+            ('my 5" screen broke', "a"),
+            ("good product", "b"),
+            ('the 7" tablet', "c"),
+            ("last row", "d"),
+        ]
         p, _, _ = _write(Path(d), "bom")
         idx = data.index_corpus(p, need_label=True)
         assert idx.label_names == ["x", "y"] and len(idx) == 2
@@ -205,7 +219,10 @@ def test_header_is_explicit_on_every_entry(tmp_path):
     assert data.RecordReader(p, idx.offsets, header=False).get([1, 0]) == want[::-1]
     # the default: the first line is a header; this one does not name the text column, so it says so
     for call in (lambda: data.read_texts(p), lambda: data.index_corpus(p), lambda: data.read_labelled(p)):
-        with pytest.raises(ValueError, match=r"h\.csv:1: no column text_field='text' in the header \['good', 'pos'\]; .*header=False"):
+        with pytest.raises(
+            ValueError,
+            match=r"h\.csv:1: no column text_field='text' in the header \['good', 'pos'\]; .*header=False",
+        ):
             call()
     # a data cell equal to a field name is data (no guessing): header=False keeps it as a record
     q = tmp_path / "q.csv"
@@ -225,7 +242,15 @@ def test_header_option_only_in_the_fingerprint_of_tsv_csv(tmp_path):
     t.write_text("a\n")
     for p in (j, t):
         fp = data.index_corpus(p).fingerprint()
-        assert "header" not in fp and set(fp) == {"kind", "sha256", "size", "rows", "text_field", "pair_field", "errors"}
+        assert "header" not in fp and set(fp) == {
+            "kind",
+            "sha256",
+            "size",
+            "rows",
+            "text_field",
+            "pair_field",
+            "errors",
+        }
         assert data.index_corpus(p, header=False).fingerprint() == fp
 
 
@@ -242,7 +267,10 @@ def test_header_columns_by_name(tmp_path):
     nolab = tmp_path / "n.csv"
     nolab.write_text("\n\ntext,id\na,1\n")
     assert _ours(nolab, True, None) == [data.Record("a", None)]
-    with pytest.raises(ValueError, match=r"n\.csv:3: labels missing: no column label_field='label' in the header \['text', 'id'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"n\.csv:3: labels missing: no column label_field='label' in the header \['text', 'id'\]",
+    ):
         data.read_labelled(nolab)
     with pytest.raises(ValueError, match=r"n\.csv:3: no column pair_field='hyp'"):
         _ours(nolab, True, "hyp")
@@ -253,9 +281,17 @@ def test_header_columns_by_name(tmp_path):
     "body, header, match",
     [
         # an unquoted delimiter shifts the columns: pandas errors (or silently takes column 0 as an index)
-        ("text,label\na,x\nb, c,y\n", True, r"x\.csv:3: 3 fields, expected at most 2 \(as many as the header\); a field holding ',' must be quoted"),
+        (
+            "text,label\na,x\nb, c,y\n",
+            True,
+            r"x\.csv:3: 3 fields, expected at most 2 \(as many as the header\); a field holding ',' must be quoted",
+        ),
         ("a,x\n\nb, c,y\n", False, r"x\.csv:3: 3 fields, expected at most 2 \(as many as the first record\)"),
-        ('text,label\na,x\n"never closed,y\nc,z\n', True, r"x\.csv:3: a quoted field opened in this record is never closed"),
+        (
+            'text,label\na,x\n"never closed,y\nc,z\n',
+            True,
+            r"x\.csv:3: a quoted field opened in this record is never closed",
+        ),
         ('text,label\na,x\n"b\n\xff",y\n', True, r"x\.csv:4: not valid UTF-8"),
         ("text,label\na,x\nb\x00,y\n", True, r"x\.csv:3: NUL byte"),
         ("text,label\na,x\n,y\nb\n", True, None),  # label missing: only an error with need_label
@@ -278,7 +314,10 @@ def test_errors_name_the_file_and_line(tmp_path, body, header, match):
 def test_huge_unclosed_quote_is_an_error_not_a_record(tmp_path):
     p = tmp_path / "u.csv"
     p.write_text('text,label\na,x\n"open\n' + "more text\n" * 20000)
-    with pytest.raises(ValueError, match=r"u\.csv:3: (malformed CSV record .*field larger than field limit|a quoted field opened)"):
+    with pytest.raises(
+        ValueError,
+        match=r"u\.csv:3: (malformed CSV record .*field larger than field limit|a quoted field opened)",
+    ):
         data.index_corpus(p)
 
 
@@ -289,7 +328,7 @@ def test_a_long_document_reads_as_pandas_reads_it(tmp_path, fmt):
     sep = "\t" if fmt == "tsv" else ","
     doc = ("word " * 60000).strip()
     p = tmp_path / f"l.{fmt}"
-    p.write_text(f"text{sep}label\n{doc}{sep}a\n\"{doc}\n{doc}\"{sep}b\n")
+    p.write_text(f'text{sep}label\n{doc}{sep}a\n"{doc}\n{doc}"{sep}b\n')
     want = [data.Record(t.strip(), lab) for t, lab in pd.read_csv(p, sep=sep, dtype=str).values.tolist()]
     assert _ours(p, True, None) == want and len(want[1].text) > 500000
     assert data.index_corpus(p).reader().get([1, 0]) == want[::-1]
@@ -342,4 +381,7 @@ def test_header_flag_reaches_the_reader_and_the_store_fingerprint(tmp_path, caps
     rc = main([*argv[:-1], str(tmp_path / "e2"), "--num-layers", "2"])
     assert rc != 0
     err = capsys.readouterr().err
-    assert "h.csv:1: no column text_field='text' in the header ['good \"one\"', 'pos']" in err and "--no-header" in err
+    assert (
+        "h.csv:1: no column text_field='text' in the header ['good \"one\"', 'pos']" in err
+        and "--no-header" in err
+    )

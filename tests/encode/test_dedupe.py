@@ -84,9 +84,19 @@ def _runtimes() -> list:
     from xite_fast.encode.encoder import _runtime_installed
 
     out = []
-    for rt, prec in (("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"),
-                     ("ctranslate2", "fp32"), ("ctranslate2", "int8")):  # fmt: skip
-        mark = () if rt == "torch" or _runtime_installed(rt) else (pytest.mark.skip(reason=f"{rt} not installed"),)
+    for rt, prec in (
+        ("torch", "fp32"),
+        ("onnx", "fp32"),
+        ("onnx", "int8"),
+        ("openvino", "fp32"),
+        ("ctranslate2", "fp32"),
+        ("ctranslate2", "int8"),
+    ):
+        mark = (
+            ()
+            if rt == "torch" or _runtime_installed(rt)
+            else (pytest.mark.skip(reason=f"{rt} not installed"),)
+        )
         out.append(pytest.param(rt, prec, id=f"{rt}-{prec}", marks=mark))
     return out
 
@@ -133,9 +143,26 @@ def test_resume_after_kill_mid_encode(tmp_path, tiny_bert):
 
     def cli(out: Path, kill: str | None = None, *extra: str) -> subprocess.CompletedProcess:
         e = {**env, "XITE_FAST_TEST_KILL_AT": kill} if kill else env
-        argv = ["encode", "--input", str(src), "--out", str(out), "--model", str(tiny_bert), "--shard-size", "100",
-                "--batch-size", "8", "--encoder-runtime", "torch", "-q", *extra]  # fmt: skip
-        return subprocess.run([sys.executable, "-m", "xite_fast", *argv], env=e, capture_output=True, text=True)
+        argv = [
+            "encode",
+            "--input",
+            str(src),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_bert),
+            "--shard-size",
+            "100",
+            "--batch-size",
+            "8",
+            "--encoder-runtime",
+            "torch",
+            "-q",
+            *extra,
+        ]
+        return subprocess.run(
+            [sys.executable, "-m", "xite_fast", *argv], env=e, capture_output=True, text=True
+        )
 
     r = cli(tmp_path / "k", "encode:k:0")
     assert r.returncode == -9, r.stderr[-2000:]
@@ -166,7 +193,9 @@ def test_augment_parts_identical_and_report(tmp_path):
     for name in set(a) - {"report.json", *stores}:
         assert a[name] == b[name], name
     for name in stores:
-        assert shards_and_manifest((runs[True].out / name).parent) == shards_and_manifest((runs[False].out / name).parent)
+        assert shards_and_manifest((runs[True].out / name).parent) == shards_and_manifest(
+            (runs[False].out / name).parent
+        )
     expect = {}
     for name, p in (("source", src), ("target", tgt)):
         rows = [line for line in p.read_text().splitlines()]
@@ -179,5 +208,7 @@ def test_augment_parts_identical_and_report(tmp_path):
     assert ra == rb
     assert json.loads((runs[True].out / "report.json").read_text())["dedupe"] == expect
     # a resume writes the same report bytes
-    again = run_augment(AugmentConfig(**run_opts(src, tgt, runs[True].out, dedupe=True)), encoder=InvariantHash())
+    again = run_augment(
+        AugmentConfig(**run_opts(src, tgt, runs[True].out, dedupe=True)), encoder=InvariantHash()
+    )
     assert run_digests(again.out) == a

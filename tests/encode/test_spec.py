@@ -29,7 +29,11 @@ TEXTS = [
 def _backends():
     import importlib.util
 
-    extra = [b for b, mod in (("openvino", "openvino"), ("ctranslate2", "ctranslate2")) if importlib.util.find_spec(mod)]
+    extra = [
+        b
+        for b, mod in (("openvino", "openvino"), ("ctranslate2", "ctranslate2"))
+        if importlib.util.find_spec(mod)
+    ]
     return ["torch", "onnx", *extra]
 
 
@@ -55,7 +59,9 @@ def test_spec_old_pooling_flags_and_errors(st_dirs, tmp_path):
 
     d = shutil.copytree(st_dirs["mean"], tmp_path / "old")
     (d / "1_Pooling" / "config.json").write_text(
-        json.dumps({"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_max_tokens": True})
+        json.dumps(
+            {"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_max_tokens": True}
+        )
     )
     assert read_spec(d).pooling == "max"
     mods = json.loads((d / "modules.json").read_text())

@@ -48,7 +48,9 @@ def test_precision_matches_quantize_embeddings(pair):
     assert bits.mean() < 0.01  # a sign may flip only for a value within float noise of 0
     i8 = enc.encode(TEXTS, normalize_embeddings=False, precision="int8").astype(int)
     assert np.abs(i8 - model.encode(TEXTS, precision="int8").astype(int)).max() <= 1
-    with pytest.raises(ValueError, match=r"precision must be one of .*the model's precision is Encoder\(precision"):
+    with pytest.raises(
+        ValueError, match=r"precision must be one of .*the model's precision is Encoder\(precision"
+    ):
         enc.encode(TEXTS, precision="fp32")
     with pytest.raises(ValueError, match="encode at least 2 texts"):
         enc.encode("one", precision="int8")
@@ -100,7 +102,13 @@ def test_tables_in_one_row_out_per_row(pair):
     enc, _ = pair
     want = enc.encode(TEXTS)
     df = pd.DataFrame({"text": TEXTS, "label": range(len(TEXTS))})
-    for obj in (df["text"], df, datasets.Dataset.from_pandas(df)["text"], datasets.Dataset.from_pandas(df), tuple(TEXTS)):
+    for obj in (
+        df["text"],
+        df,
+        datasets.Dataset.from_pandas(df)["text"],
+        datasets.Dataset.from_pandas(df),
+        tuple(TEXTS),
+    ):
         np.testing.assert_array_equal(enc.encode(obj), want)
     with pytest.raises(ValueError, match=r"sentences: no column text_field='text'"):
         enc.encode(df.rename(columns={"text": "sentence"}))

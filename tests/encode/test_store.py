@@ -101,7 +101,9 @@ def test_all_source_kinds_give_identical_bytes(enc, tmp_path):
     from xite_fast.data.records import index_corpus
 
     (tmp_path / "b.tsv").write_text("".join(f"{t}\t{i}\n" for i, t in enumerate(texts)))
-    store = encode_corpus(index_corpus(tmp_path / "b.tsv", header=False), tmp_path / "out_b", enc, shard_size=7)
+    store = encode_corpus(
+        index_corpus(tmp_path / "b.tsv", header=False), tmp_path / "out_b", enc, shard_size=7
+    )
     np.testing.assert_array_equal(np.concatenate([a for _, a in store.iter_shards()]), outs["a.txt"])
 
 

@@ -40,10 +40,30 @@ def test_splits_do_not_leak_test_conversations():
 def test_end_to_end_tiny_run_and_resume(tmp_path, tiny_model_dir):
     out = tmp_path / "exp"
     argv = [
-        "--model", str(tiny_model_dir), "--num-layers", "2", "--freeze-layers", "1", "--hidden-layer", "1",
-        "--langs", "korean", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1",
-        "--variants", "self-train", "xite-hidden-lda", "xite-input",
-        "--out", str(out), "--work-dir", str(tmp_path / "work"),
+        "--model",
+        str(tiny_model_dir),
+        "--num-layers",
+        "2",
+        "--freeze-layers",
+        "1",
+        "--hidden-layer",
+        "1",
+        "--langs",
+        "korean",
+        "--seeds",
+        "0",
+        "--limit",
+        "40",
+        "--stage1-epochs",
+        "1",
+        "--variants",
+        "self-train",
+        "xite-hidden-lda",
+        "xite-input",
+        "--out",
+        str(out),
+        "--work-dir",
+        str(tmp_path / "work"),
     ]
     assert main(argv) == 0
     runs = [json.loads(x) for x in (tmp_path / "exp_runs.jsonl").read_text().splitlines()]
@@ -85,16 +105,38 @@ def test_matched_only_ablation_trains_on_matched_labels(tmp_path, tiny_model_dir
             if "/korean/" in args.output_dir:
                 ds = kw["train_dataset"]
                 seen[args.output_dir.rsplit("/", 1)[-1]] = (
-                    [int(x) for x in ds.columns["labels"]], "src_input_ids" in ds.columns, model.xite.placement
+                    [int(x) for x in ds.columns["labels"]],
+                    "src_input_ids" in ds.columns,
+                    model.xite.placement,
                 )
             super().__init__(model, args, **kw)
 
     monkeypatch.setattr(tr, "XiteTrainer", Spy)  # the driver imports it at call time
     argv = [
-        "--model", str(tiny_model_dir), "--num-layers", "2", "--freeze-layers", "1", "--hidden-layer", "1",
-        "--langs", "korean", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1",
-        "--variants", "self-train", "matched-only", "xite-sentence",
-        "--out", str(tmp_path / "exp"), "--work-dir", str(tmp_path / "work"),
+        "--model",
+        str(tiny_model_dir),
+        "--num-layers",
+        "2",
+        "--freeze-layers",
+        "1",
+        "--hidden-layer",
+        "1",
+        "--langs",
+        "korean",
+        "--seeds",
+        "0",
+        "--limit",
+        "40",
+        "--stage1-epochs",
+        "1",
+        "--variants",
+        "self-train",
+        "matched-only",
+        "xite-sentence",
+        "--out",
+        str(tmp_path / "exp"),
+        "--work-dir",
+        str(tmp_path / "work"),
     ]
     assert main(argv) == 0
     assert set(seen) == {"self-train", "matched-only", "xite-sentence"}
@@ -168,10 +210,35 @@ def test_row_keys_for_ot_and_ear():
 def test_end_to_end_ot_and_ear_rows(tmp_path, tiny_model_dir):
     out = tmp_path / "exp"
     argv = [
-        "--model", str(tiny_model_dir), "--num-layers", "2", "--freeze-layers", "1", "--hidden-layer", "1",
-        "--langs", "korean", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1", "--variants", "self-train",
-        "--stage1-variants", "ot", "ear", "--aligned-variants", "xite-sentence", "--align-epochs", "1",
-        "--out", str(out), "--work-dir", str(tmp_path / "work"),
+        "--model",
+        str(tiny_model_dir),
+        "--num-layers",
+        "2",
+        "--freeze-layers",
+        "1",
+        "--hidden-layer",
+        "1",
+        "--langs",
+        "korean",
+        "--seeds",
+        "0",
+        "--limit",
+        "40",
+        "--stage1-epochs",
+        "1",
+        "--variants",
+        "self-train",
+        "--stage1-variants",
+        "ot",
+        "ear",
+        "--aligned-variants",
+        "xite-sentence",
+        "--align-epochs",
+        "1",
+        "--out",
+        str(out),
+        "--work-dir",
+        str(tmp_path / "work"),
     ]
     assert main(argv) == 0
     runs = {

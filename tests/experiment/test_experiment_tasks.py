@@ -37,7 +37,9 @@ def _spy_trainer(monkeypatch, marker: str) -> dict:
 
 
 def test_sentiment_splits_are_disjoint_stratified_and_sized():
-    d = load_splits(["zh"], 0.25, 0, task="sentiment", en_size=300, en_test_size=200, pool_size=250, test_size=500)
+    d = load_splits(
+        ["zh"], 0.25, 0, task="sentiment", en_size=300, en_test_size=200, pool_size=250, test_size=500
+    )
     from xite_fast.data.bundled import load_bundled
     from xite_fast.data.sentiment import LABELS, split_pool_test
 
@@ -57,14 +59,42 @@ def test_sentiment_task_rows_oracle_gold_and_matched_labels(tmp_path, tiny_model
     seen = _spy_trainer(monkeypatch, "/zh/")
     out = tmp_path / "sent"
     argv = [
-        "--task", "sentiment", "--targets", "zh", "--model", str(tiny_model_dir), "--num-layers", "2",
-        "--freeze-layers", "1", "--hidden-layer", "1", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1",
-        "--en-size", "200", "--en-test-size", "100", "--pool-size", "200", "--test-size", "100",
-        "--out", str(out), "--work-dir", str(tmp_path / "work"),
+        "--task",
+        "sentiment",
+        "--targets",
+        "zh",
+        "--model",
+        str(tiny_model_dir),
+        "--num-layers",
+        "2",
+        "--freeze-layers",
+        "1",
+        "--hidden-layer",
+        "1",
+        "--seeds",
+        "0",
+        "--limit",
+        "40",
+        "--stage1-epochs",
+        "1",
+        "--en-size",
+        "200",
+        "--en-test-size",
+        "100",
+        "--pool-size",
+        "200",
+        "--test-size",
+        "100",
+        "--out",
+        str(out),
+        "--work-dir",
+        str(tmp_path / "work"),
     ]
     assert main(argv) == 0
     assert set(seen) == set(TASK_VARIANTS)
-    d = load_splits(["zh"], 0.25, 0, 40, task="sentiment", en_size=200, en_test_size=100, pool_size=200, test_size=100)
+    d = load_splits(
+        ["zh"], 0.25, 0, 40, task="sentiment", en_size=200, en_test_size=100, pool_size=200, test_size=100
+    )
     gold = d["zh"]["pool"][1].tolist()
     assert seen["oracle"]["labels"] == gold and seen["oracle"]["placement"] == "none"
     assert not seen["oracle"]["src"] and not seen["matched-only"]["src"]
@@ -104,10 +134,32 @@ def test_pairs_task_carries_text_pair_and_matches_on_pairs(tmp_path, tiny_model_
     monkeypatch.setattr(tr, "match_sources", spy_match)
     out = tmp_path / "pairs"
     argv = [
-        "--task", "pairs", "--langs", "korean", "--model", str(tiny_model_dir), "--num-layers", "2",
-        "--freeze-layers", "1", "--hidden-layer", "1", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1",
-        "--variants", "matched-only", "xite-sentence", "oracle",
-        "--out", str(out), "--work-dir", str(tmp_path / "work"),
+        "--task",
+        "pairs",
+        "--langs",
+        "korean",
+        "--model",
+        str(tiny_model_dir),
+        "--num-layers",
+        "2",
+        "--freeze-layers",
+        "1",
+        "--hidden-layer",
+        "1",
+        "--seeds",
+        "0",
+        "--limit",
+        "40",
+        "--stage1-epochs",
+        "1",
+        "--variants",
+        "matched-only",
+        "xite-sentence",
+        "oracle",
+        "--out",
+        str(out),
+        "--work-dir",
+        str(tmp_path / "work"),
     ]
     assert main(argv) == 0
     d = load_splits(["korean"], 0.25, 0, 40, task="pairs")
@@ -136,20 +188,59 @@ def test_sentiment_multi_language_and_means_lda_rows(tmp_path, tiny_model_dir, m
 
     def spy(xm, tok, src, tgt, **kw):
         W = real(xm, tok, src, tgt, **kw)
-        calls.append({"basis": xm.xite.lda_basis, "extra": kw.get("extra_languages"), "tgt": list(tgt), "W": W})
+        calls.append(
+            {"basis": xm.xite.lda_basis, "extra": kw.get("extra_languages"), "tgt": list(tgt), "W": W}
+        )
         return W
 
     monkeypatch.setattr(tr, "fit_lda", spy)
     base = [
-        "--task", "sentiment", "--targets", "zh", "--model", str(tiny_model_dir), "--num-layers", "2",
-        "--freeze-layers", "1", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1", "--en-size", "200",
-        "--en-test-size", "100", "--pool-size", "200", "--test-size", "100", "--work-dir", str(tmp_path / "work"),
-        "--no-stage2-english", "--out", str(tmp_path / "m"),
+        "--task",
+        "sentiment",
+        "--targets",
+        "zh",
+        "--model",
+        str(tiny_model_dir),
+        "--num-layers",
+        "2",
+        "--freeze-layers",
+        "1",
+        "--seeds",
+        "0",
+        "--limit",
+        "40",
+        "--stage1-epochs",
+        "1",
+        "--en-size",
+        "200",
+        "--en-test-size",
+        "100",
+        "--pool-size",
+        "200",
+        "--test-size",
+        "100",
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--no-stage2-english",
+        "--out",
+        str(tmp_path / "m"),
     ]
     with pytest.raises(ValueError, match=r"need --lda-langs with a language other than each target \['zh'\]"):
         main([*base, "--variants", "xite-sentence-mlda", "--lda-langs", "zh"])
-    assert main([*base, "--variants", "xite-sentence-mlda", "xite-sentence-lda-means", "--lda-langs", "fr"]) == 0
-    d = load_splits(["zh", "fr"], 0.25, 0, 40, task="sentiment", en_size=200, en_test_size=100, pool_size=200, test_size=100)
+    assert (
+        main([*base, "--variants", "xite-sentence-mlda", "xite-sentence-lda-means", "--lda-langs", "fr"]) == 0
+    )
+    d = load_splits(
+        ["zh", "fr"],
+        0.25,
+        0,
+        40,
+        task="sentiment",
+        en_size=200,
+        en_test_size=100,
+        pool_size=200,
+        test_size=100,
+    )
     multi, means = calls
     assert multi["basis"] == "fisher" and multi["W"].shape[1] == 2  # source, zh, fr: r = 2
     assert list(multi["extra"]) == ["fr"] and multi["extra"]["fr"][0] == list(d["fr"]["pool"][0])
@@ -174,11 +265,41 @@ def test_sentiment_ot_stage1_aligns_on_chatterbot_translations(tmp_path, tiny_mo
 
     monkeypatch.setattr(al, "ot_align", spy)
     argv = [
-        "--task", "sentiment", "--targets", "zh", "--model", str(tiny_model_dir), "--num-layers", "2",
-        "--freeze-layers", "1", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1", "--en-size", "200",
-        "--en-test-size", "100", "--pool-size", "200", "--test-size", "100", "--stage1-variants", "ot",
-        "--aligned-variants", "matched-only", "--align-epochs", "1", "--no-stage2-english",
-        "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "o"),
+        "--task",
+        "sentiment",
+        "--targets",
+        "zh",
+        "--model",
+        str(tiny_model_dir),
+        "--num-layers",
+        "2",
+        "--freeze-layers",
+        "1",
+        "--seeds",
+        "0",
+        "--limit",
+        "40",
+        "--stage1-epochs",
+        "1",
+        "--en-size",
+        "200",
+        "--en-test-size",
+        "100",
+        "--pool-size",
+        "200",
+        "--test-size",
+        "100",
+        "--stage1-variants",
+        "ot",
+        "--aligned-variants",
+        "matched-only",
+        "--align-epochs",
+        "1",
+        "--no-stage2-english",
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--out",
+        str(tmp_path / "o"),
     ]
     assert main(argv) == 0
     zh = {r["text"] for r in load_chatterbot("chinese")}
@@ -200,7 +321,18 @@ def test_task_argument_errors(tmp_path):
     with pytest.raises(SystemExit, match="only with --task chatterbot or sentiment"):
         main(["--task", "pairs", "--stage1-variants", "ot", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match=r"expected targets in \['fr', 'zh'\], got \['de'\]"):
-        main(["--task", "sentiment", "--targets", "de", "--stage1-variants", "ot", "--out", str(tmp_path / "x")])
+        main(
+            [
+                "--task",
+                "sentiment",
+                "--targets",
+                "de",
+                "--stage1-variants",
+                "ot",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
     with pytest.raises(ValueError, match="task must be one of"):
         load_splits(["zh"], 0.25, 0, task="nli")
 
@@ -212,8 +344,17 @@ def test_pairs_pool_size_keeps_whole_balanced_couples():
     pairs = d["korean"]["pool_pair"]
     assert len(texts) == 100 and np.bincount(y).tolist() == [50, 50]
     assert all(texts[i] == texts[i + 1] and y[i] == 1 and y[i + 1] == 0 for i in range(0, 100, 2))
-    rows = set(zip(full["korean"]["pool"][0], full["korean"]["pool_pair"], full["korean"]["pool"][1].tolist(), strict=True))
-    assert set(zip(texts, pairs, y.tolist(), strict=True)) <= rows  # a subset of the pool, pairs kept with labels
+    rows = set(
+        zip(
+            full["korean"]["pool"][0],
+            full["korean"]["pool_pair"],
+            full["korean"]["pool"][1].tolist(),
+            strict=True,
+        )
+    )
+    assert (
+        set(zip(texts, pairs, y.tolist(), strict=True)) <= rows
+    )  # a subset of the pool, pairs kept with labels
     assert d["korean"]["test"][0] == full["korean"]["test"][0]  # the gold test set is not capped
     assert d["english"]["train"][0] == full["english"]["train"][0]
 
@@ -221,9 +362,29 @@ def test_pairs_pool_size_keeps_whole_balanced_couples():
 def test_no_stage2_english_and_a_per_language_rerun_reuse_stage1(tmp_path, tiny_model_dir):
     out = tmp_path / "pp"
     base = [
-        "--task", "pairs", "--model", str(tiny_model_dir), "--num-layers", "2", "--freeze-layers", "1",
-        "--hidden-layer", "1", "--seeds", "0", "--limit", "40", "--stage1-epochs", "1", "--pool-size", "20",
-        "--no-stage2-english", "--out", str(out), "--work-dir", str(tmp_path / "work"),
+        "--task",
+        "pairs",
+        "--model",
+        str(tiny_model_dir),
+        "--num-layers",
+        "2",
+        "--freeze-layers",
+        "1",
+        "--hidden-layer",
+        "1",
+        "--seeds",
+        "0",
+        "--limit",
+        "40",
+        "--stage1-epochs",
+        "1",
+        "--pool-size",
+        "20",
+        "--no-stage2-english",
+        "--out",
+        str(out),
+        "--work-dir",
+        str(tmp_path / "work"),
     ]
     assert main([*base, "--langs", "korean", "japanese", "--variants", "matched-only"]) == 0
     runs = [json.loads(x) for x in (tmp_path / "pp_runs.jsonl").read_text().splitlines()]
@@ -232,14 +393,32 @@ def test_no_stage2_english_and_a_per_language_rerun_reuse_stage1(tmp_path, tiny_
     stage2 = [r for r in runs if r["variant"] == "matched-only"]
     assert len(stage2) == 2 and all(r["english"] is None for r in stage2)
     # a second invocation for one language (own runs file) reuses the stage-1 checkpoint and record
-    assert main([*base, "--langs", "japanese", "--variants", "oracle", "--runs-file", str(tmp_path / "pp_runs_ja.jsonl")]) == 0
+    assert (
+        main(
+            [
+                *base,
+                "--langs",
+                "japanese",
+                "--variants",
+                "oracle",
+                "--runs-file",
+                str(tmp_path / "pp_runs_ja.jsonl"),
+            ]
+        )
+        == 0
+    )
     new = [json.loads(x) for x in (tmp_path / "pp_runs_ja.jsonl").read_text().splitlines()]
     assert [r["variant"] for r in new] == ["oracle"]
-    assert main([*base, "--langs", "korean", "japanese", "--variants", "matched-only", "oracle", "--tables-only"]) == 0
+    assert (
+        main(
+            [*base, "--langs", "korean", "japanese", "--variants", "matched-only", "oracle", "--tables-only"]
+        )
+        == 0
+    )
     rows = {(r["lang"], r["variant"]): r for r in summarize(read_csv(f"{out}.csv"))}
-    assert set(rows) == {(lang, v) for lang in ("korean", "japanese") for v in ("zero-shot", "matched-only")} | {
-        ("japanese", "oracle")
-    }
+    assert set(rows) == {
+        (lang, v) for lang in ("korean", "japanese") for v in ("zero-shot", "matched-only")
+    } | {("japanese", "oracle")}
     assert rows[("korean", "matched-only")]["en_acc_mean"] == ""
     md = out.with_suffix(".md").read_text()
     assert "| korean | matched-only | 0 |" in md and "no English evaluation after stage 2" in md

@@ -28,4 +28,6 @@ def test_experiments_run_as_modules_of_the_checkout():
     for name in ("driver", "transfer", "tables", "lda_shift"):
         text = (ROOT / "experiments" / f"{name}.py").read_text(encoding="utf-8")
         assert 'if __name__ == "__main__":' in text, name
-    assert "python -m experiments.driver" in (ROOT / "bench" / "run_experiment.sh").read_text(encoding="utf-8").replace('"$PY"', "python")
+    assert "python -m experiments.driver" in (ROOT / "bench" / "run_experiment.sh").read_text(
+        encoding="utf-8"
+    ).replace('"$PY"', "python")

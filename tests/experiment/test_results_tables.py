@@ -36,7 +36,9 @@ def test_md_tables_regenerate_from_the_csv(csv_path):
 def test_a_changed_number_is_caught(tmp_path):
     src = RESULTS / "experiment_sentiment_zh_top6"
     for suffix in (".csv", ".md"):
-        (tmp_path / f"t{suffix}").write_text(src.with_suffix(suffix).read_text(encoding="utf-8"), encoding="utf-8")
+        (tmp_path / f"t{suffix}").write_text(
+            src.with_suffix(suffix).read_text(encoding="utf-8"), encoding="utf-8"
+        )
     csv_text = (tmp_path / "t.csv").read_text(encoding="utf-8").splitlines()
     i = next(i for i, line in enumerate(csv_text) if ",target_accuracy," in line)
     csv_text[i] = re.sub(r",target_accuracy,([0-9.]+),", ",target_accuracy,0.5,", csv_text[i])
@@ -55,7 +57,9 @@ def test_results_layout():
 
 
 def test_every_linked_results_file_exists():
-    text = (ROOT / "README.md").read_text(encoding="utf-8") + (ROOT / "bench" / "README.md").read_text(encoding="utf-8")
+    text = (ROOT / "README.md").read_text(encoding="utf-8") + (ROOT / "bench" / "README.md").read_text(
+        encoding="utf-8"
+    )
     linked = set(re.findall(r"(?:bench/)?results/((?:logs/)?[\w.\-]+\.(?:md|csv|png|log|txt))", text))
     missing = [f for f in sorted(linked) if not (RESULTS / f).exists()]
     assert not missing, missing

@@ -13,36 +13,71 @@ from experiments.driver import main
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _runs(path, langs=("korean", "japanese"), seeds=(0, 1, 2), variants=("matched-only", "oracle")) -> list[dict]:
+def _runs(
+    path, langs=("korean", "japanese"), seeds=(0, 1, 2), variants=("matched-only", "oracle")
+) -> list[dict]:
     """A tiny runs file as the driver writes it: one zero-shot record per seed, one per (seed, lang, variant)."""
     rng = np.random.default_rng(0)
     recs = []
     for s in seeds:
-        recs.append({
-            "key": f"s{s}/zero-shot", "seed": s, "variant": "zero-shot", "seconds": 10.0,
-            "english": {"accuracy": 0.8, "macro_f1": 0.8},
-            "targets": {lang: {"accuracy": float(rng.uniform(0.5, 0.6)), "macro_f1": 0.5} for lang in langs},
-        })
+        recs.append(
+            {
+                "key": f"s{s}/zero-shot",
+                "seed": s,
+                "variant": "zero-shot",
+                "seconds": 10.0,
+                "english": {"accuracy": 0.8, "macro_f1": 0.8},
+                "targets": {
+                    lang: {"accuracy": float(rng.uniform(0.5, 0.6)), "macro_f1": 0.5} for lang in langs
+                },
+            }
+        )
         for lang in langs:
             sim = rng.uniform(0.1, 0.9, 200)
             diag = {
-                "match_label_acc": 0.7, "pseudo_label_acc": 0.6, "match_score_mean": float(sim.mean()),
-                "match_center": True, "sim": sim.round(4).tolist(), "sim_ok": (rng.random(200) < sim).astype(int).tolist(),
+                "match_label_acc": 0.7,
+                "pseudo_label_acc": 0.6,
+                "match_score_mean": float(sim.mean()),
+                "match_center": True,
+                "sim": sim.round(4).tolist(),
+                "sim_ok": (rng.random(200) < sim).astype(int).tolist(),
             }
             for v in variants:
-                recs.append({
-                    "key": f"s{s}/{lang}/{v}", "seed": s, "lang": lang, "variant": v, "stage1": "zero-shot",
-                    "seconds": 5.0, "english": {"accuracy": 0.79, "macro_f1": 0.79},
-                    "target": {"accuracy": float(rng.uniform(0.6, 0.7)), "macro_f1": 0.6}, "diag": diag,
-                })
+                recs.append(
+                    {
+                        "key": f"s{s}/{lang}/{v}",
+                        "seed": s,
+                        "lang": lang,
+                        "variant": v,
+                        "stage1": "zero-shot",
+                        "seconds": 5.0,
+                        "english": {"accuracy": 0.79, "macro_f1": 0.79},
+                        "target": {"accuracy": float(rng.uniform(0.6, 0.7)), "macro_f1": 0.6},
+                        "diag": diag,
+                    }
+                )
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     return recs
 
 
 def _argv(out, *extra) -> list[str]:
     return [
-        "--task", "pairs", "--targets", "korean", "japanese", "--seeds", "0", "1", "2",
-        "--variants", "matched-only", "oracle", "--tables-only", "--out", str(out), *extra,
+        "--task",
+        "pairs",
+        "--targets",
+        "korean",
+        "japanese",
+        "--seeds",
+        "0",
+        "1",
+        "2",
+        "--variants",
+        "matched-only",
+        "oracle",
+        "--tables-only",
+        "--out",
+        str(out),
+        *extra,
     ]
 
 
@@ -70,14 +105,18 @@ def test_plots_draw_seed_mean_std_and_the_stage1_match_similarities(tmp_path, mo
     import experiments.transfer as transfer
 
     got: dict = {}
-    monkeypatch.setattr(transfer, "plot_accuracy", lambda summary, path, title: got.setdefault("acc", summary))
+    monkeypatch.setattr(
+        transfer, "plot_accuracy", lambda summary, path, title: got.setdefault("acc", summary)
+    )
     monkeypatch.setattr(
         transfer, "plot_similarity", lambda analyses, path, title, xlabel="": got.setdefault("sim", analyses)
     )
     recs = _runs(tmp_path / "toy_runs.jsonl", seeds=(0, 1))
     assert main(_argv(tmp_path / "toy", "--seeds", "0", "1")) == 0
     by = {(s["target"], s["row"]): s for s in got["acc"]}
-    assert set(by) == {(lang, v) for lang in ("korean", "japanese") for v in ("zero-shot", "matched-only", "oracle")}
+    assert set(by) == {
+        (lang, v) for lang in ("korean", "japanese") for v in ("zero-shot", "matched-only", "oracle")
+    }
     for (lang, v), s in by.items():
         if v == "zero-shot":
             acc = [r["targets"][lang]["accuracy"] for r in recs if r["variant"] == v]

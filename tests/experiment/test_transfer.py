@@ -170,7 +170,11 @@ def test_run_writes_tables_and_plots(tmp_path, monkeypatch):
     out = tmp_path / "toy"
     res = T.run("sentiment", ["xx"], [0, 1], out, command="toy", embed=lambda s: None)
     assert {p.name for p in tmp_path.iterdir()} >= {
-        "toy.md", "toy.csv", "toy_acc.png", "toy_sim.png", "toy_lda.png"
+        "toy.md",
+        "toy.csv",
+        "toy_acc.png",
+        "toy_sim.png",
+        "toy_lda.png",
     }
     z = next(s for s in res["summary"] if s["row"] == "zero-shot")
     accs = [r["acc"] for r in res["rows"] if r["row"] == "zero-shot"]
@@ -184,7 +188,9 @@ def test_run_writes_tables_and_plots(tmp_path, monkeypatch):
 
     assert out.with_suffix(".csv").read_text().splitlines()[0] == ",".join(CSV_FIELDS)
     rows = read_csv(out.with_suffix(".csv"))
-    assert T.wide_rows(rows) == [{k: r[k] for k in ("target", "seed", "row", *T._METRIC)} for r in res["rows"]]
+    assert T.wide_rows(rows) == [
+        {k: r[k] for k in ("target", "seed", "row", *T._METRIC)} for r in res["rows"]
+    ]
     assert regenerate(out.with_suffix(".csv"), check=True)
 
 

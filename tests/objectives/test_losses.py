@@ -209,9 +209,7 @@ def test_embedding_push_and_attention_pull_manual():
 
 def _tiny_classifier(**kw):
     torch.manual_seed(0)
-    return BertForSequenceClassification(
-        _cfg(num_labels=3, layers=6, attn_implementation="eager", **kw)
-    )
+    return BertForSequenceClassification(_cfg(num_labels=3, layers=6, attn_implementation="eager", **kw))
 
 
 def test_ear_losses_components_and_training():

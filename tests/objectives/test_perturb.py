@@ -11,12 +11,25 @@ from xite_fast.objectives.perturb import EmbeddingNeighbourPerturber, token_ids_
 SP = "\u2581"
 # id: token. Planted geometry (see _emb): happy ~ glad ~ Happy ~ "ing" ~ 日本 ; cat ~ dog ; run ~ walk
 TOKENS = [
-    "<pad>", "<s>", "</s>", "<unk>",                      # 0-3 specials
-    SP + "happy", SP + "glad", SP + "Happy", "ing",       # 4-7
-    SP + "日本", SP + "cat", SP + "dog", SP + "run",        # 8-11
-    SP + "walk", SP + "play", "s", ",",                   # 12-15
-    SP + "an", SP + "the",                                # 16-17
-]  # fmt: skip
+    "<pad>",
+    "<s>",
+    "</s>",
+    "<unk>",  # 0-3 specials
+    SP + "happy",
+    SP + "glad",
+    SP + "Happy",
+    "ing",  # 4-7
+    SP + "日本",
+    SP + "cat",
+    SP + "dog",
+    SP + "run",  # 8-11
+    SP + "walk",
+    SP + "play",
+    "s",
+    ",",  # 12-15
+    SP + "an",
+    SP + "the",  # 16-17
+]
 SPECIAL = [0, 1, 2, 3]
 
 

@@ -387,7 +387,9 @@ def test_cpp_kernels_zero_vectors_and_errors(kernel):
     big_q, big_x = np.full((7, 8), 1e20, np.float32), np.full((50, 8), 1e20, np.float32)
     with pytest.raises(ValueError, match="scores overflowed float32"):
         ext.cosine_topk(big_q, big_x, 3, True, 1, kernel=kernel)
-    with pytest.raises(ValueError, match="kernel must be 'auto', 'fp32', 'bf16', 'avx512', 'packed' or 'dot', got 'gemm'"):
+    with pytest.raises(
+        ValueError, match="kernel must be 'auto', 'fp32', 'bf16', 'avx512', 'packed' or 'dot', got 'gemm'"
+    ):
         ext.cosine_topk(q, x, 3, kernel="gemm")
     with pytest.raises(ValueError, match="d_block must be >= 0"):
         ext.cosine_topk(q, x, 3, kernel=kernel, d_block=-1)
@@ -417,7 +419,9 @@ def _runnable_kernels() -> list[str]:
 
 @needs_cpu
 @pytest.mark.parametrize("assume_normalized", [False, True])
-@pytest.mark.parametrize("n,m,d,k", [(37, 3001, 96, 10), (5, 400, 17, 33), (64, 2000, 768, 5), (9, 120, 8, 3)])
+@pytest.mark.parametrize(
+    "n,m,d,k", [(37, 3001, 96, 10), (5, 400, 17, 33), (64, 2000, 768, 5), (9, 120, 8, 3)]
+)
 def test_kernel_argument_every_value(n, m, d, k, assume_normalized):
     """cosine_topk(kernel=...): every kernel this CPU runs is exact vs the float64 reference, and
     fp32 / avx512 / packed / bf16 / auto agree bit for bit (dot sums in another order)."""
@@ -437,7 +441,9 @@ def test_kernel_argument_every_value(n, m, d, k, assume_normalized):
             np.testing.assert_array_equal(got[kernel][1], got["fp32"][1], err_msg=kernel)
             assert got[kernel][0].tobytes() == got["fp32"][0].tobytes(), kernel
     # torch queries, memmapped keys and the kernel names in any case take the same path
-    s, i = cosine_topk(torch.from_numpy(q), x, k, backend="cpu", kernel="FP32", assume_normalized=assume_normalized)
+    s, i = cosine_topk(
+        torch.from_numpy(q), x, k, backend="cpu", kernel="FP32", assume_normalized=assume_normalized
+    )
     assert s.numpy().tobytes() == got["fp32"][0].tobytes()
 
 
@@ -543,7 +549,9 @@ def test_cpp_kernels_extreme_magnitudes(kernel):
     # one scale per row: a query and a key of the same direction score exactly 1 at any magnitude
     u = _data(1, 1, 40, seed=5)[1][0]
     for c in (1e-40, 1e-35, 1e-30, 1e-3, 1e30, 1e37):
-        s, _ = cosine_topk((u * np.float32(c))[None], (u * np.float32(1 / c if c > 1e-38 else 1))[None], 1, kernel=kernel)
+        s, _ = cosine_topk(
+            (u * np.float32(c))[None], (u * np.float32(1 / c if c > 1e-38 else 1))[None], 1, kernel=kernel
+        )
         assert abs(float(s[0, 0]) - 1.0) < 1e-6, c
 
 
@@ -562,7 +570,9 @@ def test_cpp_out_of_range_rows_are_flagged_then_rescaled(tmp_path, monkeypatch):
         tgt = xx if rows == "keys" else qq
         tgt[3] = np.clip(tgt[3] * np.float32(scale), -3e38, 3e38)
         assert ext.cosine_topk(qq, xx, 5, out_of_range="flag")[2] is True
-        with pytest.raises(ValueError, match=re.escape("has a norm outside the kernel's float32 range [1e-30, 2^126]")):
+        with pytest.raises(
+            ValueError, match=re.escape("has a norm outside the kernel's float32 range [1e-30, 2^126]")
+        ):
             ext.cosine_topk(qq, xx, 5)
         if scale < 1:  # assume_normalized: raw inner products, never rescaled nor flagged
             assert ext.cosine_topk(qq, xx, 5, True, out_of_range="flag")[2] is False

@@ -150,7 +150,10 @@ def test_merge_topk_refuses_nan_scores():
     bad = np.array([[0.5, np.nan], [0.2, 0.1]], np.float32)
     for scores in ([s, bad], [torch.from_numpy(s), torch.from_numpy(bad)]):
         with pytest.raises(
-            ValueError, match=re.escape("scores_list[1] must hold no NaN (scores are compared), got NaN at row 0, column 1")
+            ValueError,
+            match=re.escape(
+                "scores_list[1] must hold no NaN (scores are compared), got NaN at row 0, column 1"
+            ),
         ):
             merge_topk(scores, [i, i + 2], 2)
     inf = np.array([[-np.inf, np.inf], [-np.inf, -np.inf]], np.float32)
@@ -252,22 +255,27 @@ KERNEL_CHOICES = "'auto', 'fp32', 'bf16', 'avx512', 'packed', 'dot'"
 def test_unknown_kernel(kernel):
     """Checked at the boundary, before the backend is resolved: the message names the argument,
     the allowed values and what was given."""
-    with pytest.raises(ValueError, match=re.escape(f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
+    ):
         cosine_topk(Q, X, 1, kernel=kernel)
 
 
 @pytest.mark.parametrize("kernel", ["bf16", "avx512", "fp32", "dot"])
 def test_kernel_needs_cpu_backend(kernel):
     with pytest.raises(
-        ValueError, match=re.escape(f"kernel={kernel!r} selects a micro-kernel of the C++ backend, got backend 'torch'")
+        ValueError,
+        match=re.escape(f"kernel={kernel!r} selects a micro-kernel of the C++ backend, got backend 'torch'"),
     ):
         cosine_topk(Q, X, 1, backend="torch", kernel=kernel)
     cosine_topk(Q, X, 1, backend="torch", kernel="auto")  # auto is every backend's default
 
 
 @needs_cpu
-@pytest.mark.parametrize("kernel,probe,isa", [("bf16", "cpu_supports_avx512_bf16", "AVX512_BF16"),
-                                              ("avx512", "cpu_supports_avx512", "AVX-512F")])
+@pytest.mark.parametrize(
+    "kernel,probe,isa",
+    [("bf16", "cpu_supports_avx512_bf16", "AVX512_BF16"), ("avx512", "cpu_supports_avx512", "AVX-512F")],
+)
 def test_kernel_missing_isa(monkeypatch, kernel, probe, isa):
     """An explicit kernel the CPU cannot run names the missing instruction set; 'auto' and 'fp32'
     fall back to what the CPU runs (the CPU's features are faked here)."""

@@ -195,7 +195,9 @@ HAS_AVX512 = bool(load_extension() is not None and load_extension().cpu_supports
 
 @needs_cpu
 @pytest.mark.skipif(not HAS_AVX512, reason="CPU without AVX-512F")
-@pytest.mark.parametrize("M,D", [(1, 1), (3, 7), (9, 15), (13, 16), (23, 63), (37, 65), (41, 64), (77, 768), (300, 96)])
+@pytest.mark.parametrize(
+    "M,D", [(1, 1), (3, 7), (9, 15), (13, 16), (23, 63), (37, 65), (41, 64), (77, 768), (300, 96)]
+)
 def test_avx512_bitwise_equals_avx2(M, D):
     """The AVX-512 kernel of proj/comp/shift does the AVX2 kernel's arithmetic (same 8-lane partial
     sums, same hsum, same FMA order per output): bit-identical for every r, tail, row remainder,
@@ -211,7 +213,9 @@ def test_avx512_bitwise_equals_avx2(M, D):
                 for nt_mode, threads in ((-1, 1), (0, 2), (1, 2)):
                     a, b = aligned_empty((M, D)), aligned_empty((M, D))
                     assert ext.lda_project_interp(s, t, W, lam, div, mode, a, threads, nt_mode, "avx2") == -1
-                    assert ext.lda_project_interp(s, t, W, lam, div, mode, b, threads, nt_mode, "avx512") == -1
+                    assert (
+                        ext.lda_project_interp(s, t, W, lam, div, mode, b, threads, nt_mode, "avx512") == -1
+                    )
                     assert a.tobytes() == b.tobytes(), (r, mode, lam.shape, nt_mode, threads)
     # auto (AVX-512 from r = 8) equals the forced AVX2 kernel, also in place (out is src: every row
     # is read before it is written)
@@ -227,7 +231,9 @@ def test_simd_argument_checked():
     ext = load_extension()
     s, t, W, _ = make((4, 8), 2)
     with pytest.raises(ValueError, match="simd must be 'auto', 'avx2' or 'avx512', got 'sse'"):
-        ext.lda_project_interp(s, t, W, np.array([0.5], np.float32), 4, "proj", np.empty_like(s), 1, -1, "sse")
+        ext.lda_project_interp(
+            s, t, W, np.array([0.5], np.float32), 4, "proj", np.empty_like(s), 1, -1, "sse"
+        )
 
 
 @needs_cpu
@@ -307,10 +313,18 @@ def _err_cases():
         ((s, t, W, np.array("0.5"), "proj"), {}, r"lam must be a real number.*got ndarray of dtype <U3"),
         ((s, t, W, np.full(5, "0.5"), "proj"), {}, r"lam must be a real number.*dtype <U3"),
         ((s, t, W, np.ones(5, bool), "proj"), {}, r"lam must be a real number.*got ndarray of dtype bool"),
-        ((s, t, W, [0.5, True, 0.5, 0.5, 0.5], "proj"), {}, r"lam must be a real number.*list holding non-numbers"),
+        (
+            (s, t, W, [0.5, True, 0.5, 0.5, 0.5], "proj"),
+            {},
+            r"lam must be a real number.*list holding non-numbers",
+        ),
         ((s, t, W, ["0.5"] * 5, "proj"), {}, r"lam must be a real number.*list holding non-numbers"),
         ((s, t, W, 0.5 + 0j, "proj"), {}, r"lam must be a real number.*got complex"),
-        ((s, t, W, torch.ones(5, dtype=torch.bool), "proj"), {}, r"lam must be a real number.*dtype torch.bool"),
+        (
+            (s, t, W, torch.ones(5, dtype=torch.bool), "proj"),
+            {},
+            r"lam must be a real number.*dtype torch.bool",
+        ),
         ((s, t, W, {"lam": 0.5}, "proj"), {}, r"lam must be a real number.*got dict"),
         (
             (s, t, W, 0.5, "project"),
@@ -445,7 +459,10 @@ def test_grad_errors_name_the_argument(backend):
     s, t, W, lam_rows = make((5, 8), 2, seed=22)
     st = torch.from_numpy(s).requires_grad_(True)
     Wt = torch.from_numpy(W).requires_grad_(True)
-    with pytest.raises(ValueError, match=r"W must not require grad: .*got a tensor with requires_grad=True; pass W.detach\(\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"W must not require grad: .*got a tensor with requires_grad=True; pass W.detach\(\)",
+    ):
         lda_project_interp(s, t, Wt, 0.5, "proj", backend=backend)
     lam_t = torch.from_numpy(lam_rows).requires_grad_(True)
     with pytest.raises(ValueError, match=r"lam must not require grad.*pass lam.detach\(\)"):

@@ -43,9 +43,16 @@ def test_align_step0_loss_matches_hf_forward_reference(tmp_path):
                 out[i, : len(r)] = torch.as_tensor(r)
             return out
 
-        ref = ot_alignment_loss(h_t, h_e, (t["attention_mask"], e["attention_mask"]),
-                                word_ids=(wid(tg, h_t.shape[1]), wid(en, h_e.shape[1])), eps=0.1, n_iters=50,
-                                eps_schedule="anneal", backend="torch")
+        ref = ot_alignment_loss(
+            h_t,
+            h_e,
+            (t["attention_mask"], e["attention_mask"]),
+            word_ids=(wid(tg, h_t.shape[1]), wid(en, h_e.shape[1])),
+            eps=0.1,
+            n_iters=50,
+            eps_schedule="anneal",
+            backend="torch",
+        )
     args = _args(tmp_path, max_steps=1, learning_rate=1e-12, dataloader_drop_last=False)
     res = ot_align(xm, TOK, PAIRS[:8], args, OTAlignConfig(batch_size=8, backend="torch"))
     assert res.pairs == {"target": 8} and res.drift[0] == pytest.approx(0.0, abs=1e-6)
@@ -56,9 +63,16 @@ def test_align_step0_loss_matches_hf_forward_reference(tmp_path):
 def test_align_ot_falls_frozen_parts_and_head_fixed(tmp_path, cache):
     m = _model(dropout=0.0, layers=3)
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
-    xm = XiteModel(m, XiteConfig(placement="none", freeze_embeddings=True, freeze_layers=1, cache_frozen=cache))
-    res = ot_align(xm, TOK, {"a": PAIRS[:12], "b": PAIRS[12:]}, _args(tmp_path, num_train_epochs=6, learning_rate=3e-3),
-                   OTAlignConfig(batch_size=8, drift_weight=0.0))
+    xm = XiteModel(
+        m, XiteConfig(placement="none", freeze_embeddings=True, freeze_layers=1, cache_frozen=cache)
+    )
+    res = ot_align(
+        xm,
+        TOK,
+        {"a": PAIRS[:12], "b": PAIRS[12:]},
+        _args(tmp_path, num_train_epochs=6, learning_rate=3e-3),
+        OTAlignConfig(batch_size=8, drift_weight=0.0),
+    )
     assert res.pairs == {"a": 12, "b": 12} and len(res.ot) == 6 * 3
     assert np.mean(res.ot[-3:]) < 0.8 * np.mean(res.ot[:3]), res.ot
     for n, p in m.named_parameters():
@@ -104,8 +118,16 @@ def test_attention_probs_match_eager_output_attentions(arch):
 
 
 def _ear_run(tmp_path, cache: bool):
-    cfg = XiteConfig(placement="none", ear=True, freeze_embeddings=True, freeze_layers=1, cache_frozen=cache,
-                     ear_rate=0.5, ear_k=3, head_lr=1e-2)
+    cfg = XiteConfig(
+        placement="none",
+        ear=True,
+        freeze_embeddings=True,
+        freeze_layers=1,
+        cache_frozen=cache,
+        ear_rate=0.5,
+        ear_k=3,
+        head_lr=1e-2,
+    )
     xm = XiteModel(_model(layers=3), cfg)
     ds = XiteDataset(TOK, SRC, YS)
     add_perturbed_copies(ds, xm, TOK, SRC, seed=0)
@@ -116,9 +138,14 @@ def _ear_run(tmp_path, cache: bool):
 
 def test_ear_perturbs_trains_and_cached_equals_recomputed(tmp_path):
     tr0, ds = _ear_run(tmp_path / "a", cache=False)
-    n_changed = sum(a != b for r, q in zip(ds.columns["input_ids"], ds.columns["pert_input_ids"], strict=True)
-                    for a, b in zip(r, q, strict=True))
-    assert n_changed > 0 and all(len(r) == len(q) for r, q in zip(ds.columns["input_ids"], ds.columns["pert_input_ids"], strict=True))
+    n_changed = sum(
+        a != b
+        for r, q in zip(ds.columns["input_ids"], ds.columns["pert_input_ids"], strict=True)
+        for a, b in zip(r, q, strict=True)
+    )
+    assert n_changed > 0 and all(
+        len(r) == len(q) for r, q in zip(ds.columns["input_ids"], ds.columns["pert_input_ids"], strict=True)
+    )
     losses = _losses(tr0)
     assert np.isfinite(losses).all() and losses[-6:].mean() < losses[:6].mean()
     terms = tr0.model.ear_terms

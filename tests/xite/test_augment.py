@@ -220,18 +220,32 @@ def test_transfer_counts_merge_like_one_count():
     from xite_fast.xite.report import TransferCounts, build_report, correct_labels
 
     rng = np.random.default_rng(0)
-    labels, keep, sim = rng.integers(0, 3, 50), rng.random(50) > 0.2, rng.uniform(-1, 1, 50).astype(np.float32)
+    labels, keep, sim = (
+        rng.integers(0, 3, 50),
+        rng.random(50) > 0.2,
+        rng.uniform(-1, 1, 50).astype(np.float32),
+    )
     names, gold = ["a", "b", "c"], list(rng.choice(["a", "b", "c"], 50))
     correct = correct_labels(names, labels, gold)
     np.testing.assert_array_equal(correct, np.asarray(names)[labels] == np.asarray(gold))
     whole = TransferCounts.count(labels, keep, sim, 3, correct)
     parts = TransferCounts(np.zeros(3, np.int64))
     for s in (slice(0, 20), slice(20, 50)):
-        parts.merge(TransferCounts.from_dict(TransferCounts.count(labels[s], keep[s], sim[s], 3, correct[s]).to_dict()))
+        parts.merge(
+            TransferCounts.from_dict(
+                TransferCounts.count(labels[s], keep[s], sim[s], 3, correct[s]).to_dict()
+            )
+        )
     assert build_report(label_names=names, counts=parts) == build_report(label_names=names, counts=whole)
     rep = build_report(label_names=names, counts=whole, majority=0.5)["label_transfer"]
-    assert rep["n_correct"] == int(correct[keep].sum()) and rep["n_gold"] == 50 and rep["majority_baseline"] == 0.5
-    assert "label_transfer" not in build_report(label_names=names, counts=TransferCounts.count(labels, keep, sim, 3))
+    assert (
+        rep["n_correct"] == int(correct[keep].sum())
+        and rep["n_gold"] == 50
+        and rep["majority_baseline"] == 0.5
+    )
+    assert "label_transfer" not in build_report(
+        label_names=names, counts=TransferCounts.count(labels, keep, sim, 3)
+    )
 
 
 class _FakeEncoder:

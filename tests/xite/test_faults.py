@@ -34,6 +34,7 @@ run_augment(AugmentConfig(**json.loads(sys.argv[1])), encoder=HashEncoder())
 print("finished")
 """
 
+
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory):
     d = tmp_path_factory.mktemp("ref")
@@ -48,14 +49,30 @@ def ref(tmp_path_factory):
 
 def _spawn(opts: dict, **env) -> subprocess.Popen:
     e = {**os.environ, "PYTHONPATH": str(ROOT), **env}
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps(opts)], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, json.dumps(opts)],
+        env=e,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 KILL_POINTS = [
-    "inputs", "config", "encode:source_emb:0", "encode:source_emb:3", "tmp:shard_000002.npy",
-    "encode:target_emb:1", "encoded", "lda", "part:0:jsonl", "tmp:part-00001.npy", "part:1:npy",
-    "part:2", "parts", "manifest",
-]  # fmt: skip
+    "inputs",
+    "config",
+    "encode:source_emb:0",
+    "encode:source_emb:3",
+    "tmp:shard_000002.npy",
+    "encode:target_emb:1",
+    "encoded",
+    "lda",
+    "part:0:jsonl",
+    "tmp:part-00001.npy",
+    "part:1:npy",
+    "part:2",
+    "parts",
+    "manifest",
+]
 
 
 def test_kill9_at_every_stage_then_rerun_is_byte_identical(ref, tmp_path):
@@ -199,7 +216,9 @@ def test_disk_full_is_a_clean_error_and_the_rerun_completes(ref, tmp_path):
     src, tgt, want = ref
     mnt = tmp_path / "small"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})")
     try:
@@ -219,7 +238,10 @@ def test_encode_and_augment_number_rows_identically(tmp_path):
     from xite_fast.encode.store import EmbeddingStore, encode_corpus
 
     tgt = tmp_path / "t.tsv"
-    tgt.write_text("label\ttext\n\n" + "".join(f"{RUN_LABELS[i % 4]}\t text {i} \n" + ("\n" if i % 3 else "") for i in range(20)))
+    tgt.write_text(
+        "label\ttext\n\n"
+        + "".join(f"{RUN_LABELS[i % 4]}\t text {i} \n" + ("\n" if i % 3 else "") for i in range(20))
+    )
     src, _ = write_run_inputs(tmp_path / "in")
     res = run_small(src, tgt, tmp_path / "o")
     encode_corpus(tgt, tmp_path / "e", HashEncoder(), shard_size=8, batch_size=3)

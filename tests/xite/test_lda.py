@@ -266,7 +266,9 @@ def test_fit_language_basis_is_the_one_fitter():
     from xite_fast.xite.lda import fit_language_basis, sample_ids
 
     rng = np.random.default_rng(0)
-    xs = [rng.normal(size=(n, 12)).astype(np.float32) + shift for n, shift in ((60, 0.0), (50, 0.4), (40, -0.3))]
+    xs = [
+        rng.normal(size=(n, 12)).astype(np.float32) + shift for n, shift in ((60, 0.0), (50, 0.4), (40, -0.3))
+    ]
     names = ["src", "tgt", "fr"]
     lda = LanguageLDA().fit(np.concatenate(xs), np.repeat(names, [len(x) for x in xs]))
     W = fit_language_basis(xs, names)
@@ -287,7 +289,9 @@ def test_fit_language_basis_is_the_one_fitter():
 
 def test_n_components_above_the_maximum_is_an_error_like_sklearn():
     X, y = make_languages(4, 40, 80, seed=7)
-    with pytest.raises(ValueError, match=r"n_components must be <= min\(languages - 1, D\) = min\(3, 40\) = 3, got 10"):
+    with pytest.raises(
+        ValueError, match=r"n_components must be <= min\(languages - 1, D\) = min\(3, 40\) = 3, got 10"
+    ):
         LanguageLDA(n_components=10).fit(X, y)
     assert LanguageLDA().fit(X, y).components_.shape == (40, 3)  # None: the maximum
 
@@ -313,7 +317,10 @@ def test_labels_that_are_not_languages_are_refused(langs, match):
 
 def test_object_labels_str_or_int_still_fit():
     X = np.random.default_rng(0).standard_normal((20, 6))
-    assert LanguageLDA().fit(X, np.array(["en"] * 10 + ["ko"] * 10, dtype=object)).classes_.tolist() == ["en", "ko"]
+    assert LanguageLDA().fit(X, np.array(["en"] * 10 + ["ko"] * 10, dtype=object)).classes_.tolist() == [
+        "en",
+        "ko",
+    ]
     assert LanguageLDA().fit(X, [0] * 10 + [1] * 10).classes_.tolist() == [0, 1]
 
 
@@ -321,7 +328,9 @@ def test_save_writes_exactly_the_path_given(tmp_path):
     X, y = make_languages(2, 8, 20)
     lda = LanguageLDA().fit(X, y)
     (tmp_path / "d").mkdir()
-    with pytest.raises(ValueError, match=r"path must be a file name ending with '.npz', got .*d' \(a directory\)"):
+    with pytest.raises(
+        ValueError, match=r"path must be a file name ending with '.npz', got .*d' \(a directory\)"
+    ):
         lda.save(tmp_path / "d")
     with pytest.raises(ValueError, match=r"got .*model' \(no .npz suffix\)"):
         lda.save(tmp_path / "model")

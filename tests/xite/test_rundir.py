@@ -60,7 +60,9 @@ def test_augment_refuses_a_foreign_directory_and_writes_nothing(ref, tmp_path, f
         (m / rel).parent.mkdir(parents=True, exist_ok=True)
         (m / rel).write_text(text)
     before = _snapshot(m)
-    with pytest.raises(ValueError, match=rf"out '{m}' is not empty and was not made by xite_fast \(it holds "):
+    with pytest.raises(
+        ValueError, match=rf"out '{m}' is not empty and was not made by xite_fast \(it holds "
+    ):
         run_small(src, tgt, m)
     assert _snapshot(m) == before and sorted(p.name for p in m.iterdir()) == sorted(
         {rel.split("/")[0] for rel in files}
@@ -103,7 +105,9 @@ def test_config_that_is_not_ours_is_named_not_reported_as_changed_inputs(ref, tm
     out = tmp_path / "o"
     run_small(src, tgt, out)
     (out / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"config\.json is not a run configuration of this xite_fast version") as e:
+    with pytest.raises(
+        ValueError, match=r"config\.json is not a run configuration of this xite_fast version"
+    ) as e:
         run_small(src, tgt, out)
     assert "input changed" not in str(e.value)
 
@@ -118,7 +122,9 @@ def test_encode_refuses_a_foreign_directory_and_manifest(tmp_path):
             (d / rel).write_text(text)
         before = _snapshot(d)
         for overwrite in (False, True):  # overwrite replaces our own output only
-            with pytest.raises(ValueError, match=rf"out_dir '{d}' is not empty and was not made by xite_fast"):
+            with pytest.raises(
+                ValueError, match=rf"out_dir '{d}' is not empty and was not made by xite_fast"
+            ):
                 encode_corpus(txt, d, HashEncoder(), shard_size=4, overwrite=overwrite)
         assert _snapshot(d) == before
 
@@ -130,7 +136,9 @@ def test_out_paths_that_cannot_be_directories(ref, tmp_path):
     with pytest.raises(ValueError, match=r"out '.*afile/sub' cannot be created: '.*afile' is a file"):
         run_small(src, tgt, tmp_path / "afile" / "sub")
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
-    with pytest.raises(ValueError, match=r"out '.*dangling' is a symbolic link to '.*nowhere', which does not exist"):
+    with pytest.raises(
+        ValueError, match=r"out '.*dangling' is a symbolic link to '.*nowhere', which does not exist"
+    ):
         run_small(src, tgt, tmp_path / "dangling")
     txt = tmp_path / "t.txt"
     txt.write_text("a\nb\n")
@@ -145,13 +153,17 @@ def test_read_only_out_is_a_clear_oserror(ref, tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
     if os.geteuid() == 0:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True)
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True
+        )
         if r.returncode != 0:
             pytest.skip(f"cannot mount a read-only tmpfs here ({r.stderr.decode().strip() or r.returncode})")
     else:
         ro.chmod(0o555)
     try:
-        with pytest.raises(OSError, match=r"cannot create out directory '.*ro/o': .*; pass a writable location"):
+        with pytest.raises(
+            OSError, match=r"cannot create out directory '.*ro/o': .*; pass a writable location"
+        ):
             run_small(src, tgt, ro / "o")
         with pytest.raises(OSError, match=r"cannot write in out directory '.*ro'.*pass a writable location"):
             run_small(src, tgt, ro)
@@ -228,7 +240,11 @@ def test_store_paths_that_leave_the_directory_are_refused(ref, tmp_path, name):
     src, tgt, want = ref
     out = tmp_path / "o"
     run_small(src, tgt, out)
-    _edit_json(out / "source_emb" / "manifest.json", lambda m: m["shards"][0].__setitem__("file", name), redigest=True)
+    _edit_json(
+        out / "source_emb" / "manifest.json",
+        lambda m: m["shards"][0].__setitem__("file", name),
+        redigest=True,
+    )
     with pytest.raises(ValueError, match=r"names the file .*refusing a path that leaves it"):
         EmbeddingStore(out / "source_emb")
     res = run_small(src, tgt, out)  # in a run directory the store is re-made
@@ -251,7 +267,9 @@ def test_deleted_store_manifest(ref, tmp_path):
     res = run_small(src, tgt, out)  # augment re-makes the store
     assert "source_emb/manifest.json" in res.remade and run_digests(out) == want
     (out / "target_emb" / "manifest.json").unlink()
-    with pytest.raises(ValueError, match=r"holds shard files but no manifest\.json.*delete .*target_emb and rerun") as e:
+    with pytest.raises(
+        ValueError, match=r"holds shard files but no manifest\.json.*delete .*target_emb and rerun"
+    ) as e:
         encode_corpus(tgt, out / "target_emb", HashEncoder(), shard_size=8, batch_size=3)
     assert "pass overwrite=True" not in str(e.value)
 
@@ -283,12 +301,21 @@ class _NaNEncoder(HashEncoder):
 def test_encoder_nan_names_the_encoder_and_rows(tmp_path):
     txt = tmp_path / "t.txt"
     txt.write_text("".join(f"line {i}\n" for i in range(10)))
-    with pytest.raises(RuntimeError, match=r"encoder 'nan-model' \(runtime fake-runtime\) returned NaN or inf embeddings for 1 of 4 input rows \(rows 1; first: 'line 1'\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"encoder 'nan-model' \(runtime fake-runtime\) returned NaN or inf embeddings for 1 of 4 input rows \(rows 1; first: 'line 1'\)",
+    ):
         encode_corpus(txt, tmp_path / "e", _NaNEncoder(), shard_size=4, batch_size=2)
     src, tgt = write_run_inputs(tmp_path / "in", target="target {i}")
-    with pytest.raises(RuntimeError, match=r"returned NaN or inf embeddings for 3 of 8 input rows \(rows 1, 4, 7;"):
-        run_augment(AugmentConfig(source=str(src), target=str(tgt), out=str(tmp_path / "o"), shard_size=8,
-                                  progress=False), encoder=_NaNEncoder())  # fmt: skip
+    with pytest.raises(
+        RuntimeError, match=r"returned NaN or inf embeddings for 3 of 8 input rows \(rows 1, 4, 7;"
+    ):
+        run_augment(
+            AugmentConfig(
+                source=str(src), target=str(tgt), out=str(tmp_path / "o"), shard_size=8, progress=False
+            ),
+            encoder=_NaNEncoder(),
+        )
 
 
 def test_encoder_names_an_unencodable_text():
@@ -297,7 +324,9 @@ def test_encoder_names_an_unencodable_text():
     from xite_fast.encode.encoder import Encoder
 
     enc = Encoder(num_layers=2)
-    with pytest.raises(ValueError, match=r"sentences\[1\] \(text\) is not valid Unicode: surrogates not allowed"):
+    with pytest.raises(
+        ValueError, match=r"sentences\[1\] \(text\) is not valid Unicode: surrogates not allowed"
+    ):
         enc.encode(["fine", "bad \ud800 text"])
     with pytest.raises(ValueError, match=r"sentences\[0\] \(text pair\) is not valid Unicode"):
         enc.encode([("fine", "bad \udc80")])

@@ -19,17 +19,29 @@ LABELS = ["food", "sports", "music", "weather"]
 
 
 def _frames():
-    src = pd.DataFrame({"text": [f"source sentence {i}" for i in range(37)], "label": [LABELS[i % 4] for i in range(37)]})
+    src = pd.DataFrame(
+        {"text": [f"source sentence {i}" for i in range(37)], "label": [LABELS[i % 4] for i in range(37)]}
+    )
     src.loc[5, "text"] = "   "  # a blank row is skipped, as in a file
-    tgt = pd.DataFrame({"text": [f"목표 문장 {i}" for i in range(29)], "label": [LABELS[(i * 3) % 4] for i in range(29)]})
+    tgt = pd.DataFrame(
+        {"text": [f"목표 문장 {i}" for i in range(29)], "label": [LABELS[(i * 3) % 4] for i in range(29)]}
+    )
     return src, tgt
 
 
 def _cfg(src, tgt, out, **kw):
     return AugmentConfig(
-        source=src, target=tgt, out=str(out), shard_size=8, batch_size=3, mode="proj", vote="weighted", k=3,
-        progress=False, **kw,
-    )  # fmt: skip
+        source=src,
+        target=tgt,
+        out=str(out),
+        shard_size=8,
+        batch_size=3,
+        mode="proj",
+        vote="weighted",
+        k=3,
+        progress=False,
+        **kw,
+    )
 
 
 def test_augment_from_a_dataframe_equals_the_same_rows_from_files(tmp_path):
@@ -38,15 +50,21 @@ def test_augment_from_a_dataframe_equals_the_same_rows_from_files(tmp_path):
     files.mkdir()
     src.to_json(files / "src.jsonl", orient="records", lines=True, force_ascii=False)
     tgt.to_parquet(files / "tgt.parquet")
-    ref = run_augment(_cfg(str(files / "src.jsonl"), str(files / "tgt.parquet"), tmp_path / "ref"), encoder=HashEncoder())
+    ref = run_augment(
+        _cfg(str(files / "src.jsonl"), str(files / "tgt.parquet"), tmp_path / "ref"), encoder=HashEncoder()
+    )
     run = run_augment(_cfg(src, datasets.Dataset.from_pandas(tgt), tmp_path / "df"), encoder=HashEncoder())
     assert run.report["n_source"] == 36 and run.report["n_targets"] == 29
     strip = ("options",)
-    assert {k: v for k, v in run.report.items() if k not in strip} == {k: v for k, v in ref.report.items() if k not in strip}
+    assert {k: v for k, v in run.report.items() if k not in strip} == {
+        k: v for k, v in ref.report.items() if k not in strip
+    }
     np.testing.assert_array_equal(run.embeddings(), ref.embeddings())
     assert run.provenance() == ref.provenance()
     written = sorted(p.name for p in (tmp_path / "df" / "inputs").iterdir())
-    assert [n.split("-")[0] for n in written] == ["source", "target"] and all(n.endswith(".jsonl") for n in written)
+    assert [n.split("-")[0] for n in written] == ["source", "target"] and all(
+        n.endswith(".jsonl") for n in written
+    )
     conf = json.loads((tmp_path / "df" / "config.json").read_text())
     assert conf["source"]["table"] is True is conf["target"]["table"]
     assert conf["source"]["rows"] == 36
@@ -78,10 +96,21 @@ def test_tables_out_of_a_run_and_of_the_in_memory_result(tmp_path):
     ds = run.to_dataset(embeddings=True, cache_dir=tmp_path / "hf")
     assert isinstance(ds, datasets.Dataset) and ds.num_rows == len(prov) == run.manifest["rows"]
     assert ds.column_names == [
-        "text", "label", "source_text", "similarity", "lam", "target_id", "source_id", "gold_label", "mode", "embedding",
-    ]  # fmt: skip
+        "text",
+        "label",
+        "source_text",
+        "similarity",
+        "lam",
+        "target_id",
+        "source_id",
+        "gold_label",
+        "mode",
+        "embedding",
+    ]
     assert ds["text"] == [p["target_text"] for p in prov] and ds["label"] == [p["label"] for p in prov]
-    assert ds["source_text"] == [p["source_text"] for p in prov] and ds["lam"] == pytest.approx([p["lam"] for p in prov])
+    assert ds["source_text"] == [p["source_text"] for p in prov] and ds["lam"] == pytest.approx(
+        [p["lam"] for p in prov]
+    )
     np.testing.assert_allclose(np.asarray(ds["embedding"], dtype=np.float32), run.embeddings())
     df = run.to_pandas()
     assert list(df.columns) == ds.column_names[:-1] and len(df) == len(prov)
@@ -93,7 +122,9 @@ def test_tables_out_of_a_run_and_of_the_in_memory_result(tmp_path):
     res = XiteAugmenter(HashEncoder(), mode="interp").augment(s.text.tolist(), s.label.tolist(), tgt.text)
     mem = res.to_dataset(s.text, tgt.text, cache_dir=tmp_path / "hf")
     assert mem.num_rows == len(res)
-    assert mem["text"] == [tgt.text[i] for i in res.target_id] and mem["source_text"] == [s.text.iloc[i] for i in res.source_id]
+    assert mem["text"] == [tgt.text[i] for i in res.target_id] and mem["source_text"] == [
+        s.text.iloc[i] for i in res.source_id
+    ]
     assert mem["label"] == list(res.labels)
     bare = res.to_pandas(embeddings=True)
     assert "text" not in bare.columns and np.array_equal(np.stack(bare["embedding"]), res.embeddings)
@@ -135,13 +166,25 @@ def test_to_dataset_streams_part_by_part(tmp_path):
         j, npy = tmp_path / f"part-{k:05d}.jsonl", tmp_path / f"part-{k:05d}.npy"
         with open(j, "w") as fh:
             for r in range(k * per, (k + 1) * per):
-                rec = {"target_id": r, "source_id": r % 97, "target_text": f"target {r}", "source_text": f"source {r % 97}",
-                       "label": "abc"[r % 3], "similarity": 0.5, "lam": 0.25, "mode": "proj"}  # fmt: skip
+                rec = {
+                    "target_id": r,
+                    "source_id": r % 97,
+                    "target_text": f"target {r}",
+                    "source_text": f"source {r % 97}",
+                    "label": "abc"[r % 3],
+                    "similarity": 0.5,
+                    "lam": 0.25,
+                    "mode": "proj",
+                }
                 fh.write(json.dumps(rec) + "\n")
         np.save(npy, np.full((per, 16), k, np.float32))
         parts.append((str(j), str(npy), {"part": k}))
     rss0 = psutil.Process().memory_info().rss
     ds = rows_dataset(_part_rows, {"parts": parts, "embeddings": True}, cache_dir=tmp_path / "hf")
     grown = (psutil.Process().memory_info().rss - rss0) / 2**20
-    assert ds.num_rows == 4 * per and ds[per * 3]["embedding"] == [3.0] * 16 and ds[-1]["text"] == f"target {4 * per - 1}"
+    assert (
+        ds.num_rows == 4 * per
+        and ds[per * 3]["embedding"] == [3.0] * 16
+        and ds[-1]["text"] == f"target {4 * per - 1}"
+    )
     assert grown < 150, f"RSS grew {grown:.0f} MiB"

@@ -25,33 +25,56 @@ def add_parser(sub, fmt) -> None:
 
     d = field_defaults(AugmentConfig)
     a = sub.add_parser(
-        "augment", help="label-transfer + interpolation of a target corpus", formatter_class=fmt,
+        "augment",
+        help="label-transfer + interpolation of a target corpus",
+        formatter_class=fmt,
         description="Run (or resume) the XITE augment job in --out; see xite_fast.xite.pipeline.",
         epilog=EXIT_STATUS,
-    )  # fmt: skip
-    a.add_argument("--source", required=True, help="labelled source: .jsonl/.tsv/.csv/.parquet or chatterbot:<lang>")
-    a.add_argument("--target", required=True, help="target: .txt/.jsonl/.tsv/.csv/.parquet or chatterbot:<lang>")
+    )
     a.add_argument(
-        "--out", required=True,
+        "--source", required=True, help="labelled source: .jsonl/.tsv/.csv/.parquet or chatterbot:<lang>"
+    )
+    a.add_argument(
+        "--target", required=True, help="target: .txt/.jsonl/.tsv/.csv/.parquet or chatterbot:<lang>"
+    )
+    a.add_argument(
+        "--out",
+        required=True,
         help="run directory (resumable, movable): new, empty or an earlier run's; never another program's files",
-    )  # fmt: skip
+    )
     add_common_args(a, AugmentConfig)
-    a.add_argument("--backend", default=d["backend"], choices=[b.value for b in Backend], help="backend of the ops")
+    a.add_argument(
+        "--backend", default=d["backend"], choices=[b.value for b in Backend], help="backend of the ops"
+    )
     a.add_argument("--k", type=int, default=d["k"], help="neighbours for --vote weighted")
     a.add_argument("--vote", default=d["vote"], choices=VOTES, help="label transfer rule")
-    a.add_argument("--threshold", type=float, default=d["threshold"], help="drop targets whose best similarity is below")
-    a.add_argument("--temperature", type=float, default=d["temperature"], help="softmax temperature of --vote weighted")
-    a.add_argument("--lam", type=_float_or_beta, default=d["lam"], help="source weight in [0,1] or 'beta'")
-    a.add_argument("--beta-alpha", type=float, default=d["beta_alpha"], help="Beta(a, a) shape for --lam beta")
-    a.add_argument("--mode", default=d["mode"], choices=MODES, help="interpolation (interp: no LDA)")
-    a.add_argument("--lda-components", type=int, default=d["lda_components"], help="LDA components (None: its default)")
-    a.add_argument("--lda-max-rows", type=int, default=d["lda_max_rows"], help="rows sampled per language for the LDA")
     a.add_argument(
-        "--center", action=argparse.BooleanOptionalAction, default=d["center"],
+        "--threshold", type=float, default=d["threshold"], help="drop targets whose best similarity is below"
+    )
+    a.add_argument(
+        "--temperature", type=float, default=d["temperature"], help="softmax temperature of --vote weighted"
+    )
+    a.add_argument("--lam", type=_float_or_beta, default=d["lam"], help="source weight in [0,1] or 'beta'")
+    a.add_argument(
+        "--beta-alpha", type=float, default=d["beta_alpha"], help="Beta(a, a) shape for --lam beta"
+    )
+    a.add_argument("--mode", default=d["mode"], choices=MODES, help="interpolation (interp: no LDA)")
+    a.add_argument(
+        "--lda-components", type=int, default=d["lda_components"], help="LDA components (None: its default)"
+    )
+    a.add_argument(
+        "--lda-max-rows", type=int, default=d["lda_max_rows"], help="rows sampled per language for the LDA"
+    )
+    a.add_argument(
+        "--center",
+        action=argparse.BooleanOptionalAction,
+        default=d["center"],
         help="center each language before matching",
-    )  # fmt: skip
+    )
     a.add_argument("--seed", type=int, default=d["seed"], help="seed of the λ draws and LDA samples")
-    a.add_argument("--max-rows", type=int, default=d["max_rows"], help="read at most this many rows of each corpus")
+    a.add_argument(
+        "--max-rows", type=int, default=d["max_rows"], help="read at most this many rows of each corpus"
+    )
     a.add_argument("--match-chunk", type=int, default=d["match_chunk"], help="target rows per search call")
     a.set_defaults(run=run)
 

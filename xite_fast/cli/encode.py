@@ -17,9 +17,10 @@ def add_parser(sub, fmt) -> None:
     )
     e.add_argument("--input", required=True, help=".txt/.jsonl/.tsv/.csv/.parquet or a bundled spec")
     e.add_argument(
-        "--out", required=True,
+        "--out",
+        required=True,
         help="store directory (resumable): new, empty or an earlier store's; to start over, delete it",
-    )  # fmt: skip
+    )
     add_common_args(e, EncodeConfig)
     e.set_defaults(run=run)
 
@@ -34,5 +35,7 @@ def run(args) -> dict:
     if args.json:
         print(json.dumps({**summary, "seconds": round(dt, 3)}))
     else:
-        print(f"encoded {len(store)} rows (dim {store.dim}) into {args.out} in {dt:.1f} s ({len(store.shard_paths)} shards)")
+        print(
+            f"encoded {len(store)} rows (dim {store.dim}) into {args.out} in {dt:.1f} s ({len(store.shard_paths)} shards)"
+        )
     return summary

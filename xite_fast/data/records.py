@@ -169,7 +169,9 @@ class _Layout:
     text_col: int = 0
     label_col: int | None = 1
     pair_col: int | None = None
-    width: int | None = None  # TSV/CSV: fields per record (the header's, or the first record's); None: not read yet
+    width: int | None = (
+        None  # TSV/CSV: fields per record (the header's, or the first record's); None: not read yet
+    )
 
 
 def _column(names: list[str], field_name: str, what: str, where: str) -> int | None:
@@ -201,7 +203,9 @@ def _set_columns(layout: _Layout, cells: list[str], where: str, need_label: bool
     layout.text_col = text_col
     layout.label_col = _column(cells, layout.label_field, "label_field", where)
     if need_label and layout.label_col is None:
-        raise ValueError(f"{where}: labels missing: no column label_field={layout.label_field!r} in the header {cells}")
+        raise ValueError(
+            f"{where}: labels missing: no column label_field={layout.label_field!r} in the header {cells}"
+        )
     layout.pair_col = None
     if layout.pair_field is not None:
         layout.pair_col = _column(cells, layout.pair_field, "pair_field", where)
@@ -250,7 +254,7 @@ def _parse(line_or_cells: Any, layout: _Layout, where: str, need_label: bool, se
             raise ValueError(
                 f"{where}: {len(cells)} fields, expected at most {layout.width} (as many as the "
                 f"{'header' if layout.header else 'first record'}); a field holding "
-                f"{_DELIMITER[fmt]!r} must be quoted whole: \"...\""
+                f'{_DELIMITER[fmt]!r} must be quoted whole: "..."'
             )
         if layout.text_col >= len(cells):
             raise ValueError(f"{where}: {len(cells)} fields, the text column {layout.text_col} is missing")
@@ -259,7 +263,9 @@ def _parse(line_or_cells: Any, layout: _Layout, where: str, need_label: bool, se
         label = _check_label(cells[lc] if lc is not None and lc < len(cells) else None, where, seen)
         if layout.pair_col is not None:
             if layout.pair_col >= len(cells):
-                raise ValueError(f"{where}: {len(cells)} fields, the pair column {layout.pair_col} is missing")
+                raise ValueError(
+                    f"{where}: {len(cells)} fields, the pair column {layout.pair_col} is missing"
+                )
             pair = cells[layout.pair_col].strip()
     if not text:
         return None
@@ -328,7 +334,9 @@ def _where(p: Path, lineno: int | None, start: int) -> str:
     return f"{p}:{lineno}" if lineno is not None else f"{p} (record at byte {start})"
 
 
-def _table_rows(lines: _Lines, p: Path, fmt: str, errors: str, lineno: int | None) -> Iterator[tuple[int, str, list[str]]]:
+def _table_rows(
+    lines: _Lines, p: Path, fmt: str, errors: str, lineno: int | None
+) -> Iterator[tuple[int, str, list[str]]]:
     """``(byte offset, location, cells)`` of each TSV/CSV record from ``lines``, parsed by ``csv``.
 
     ``csv`` pulls a line at a time and asks for the next one only inside a quoted field, so the first
@@ -375,8 +383,15 @@ def _table_rows(lines: _Lines, p: Path, fmt: str, errors: str, lineno: int | Non
 
 
 def _iter_line_records(
-    p: Path, fmt: str, layout: _Layout, *, need_label: bool, errors: str, hasher, seen: list,
-) -> Iterator[tuple[int, Record]]:  # fmt: skip
+    p: Path,
+    fmt: str,
+    layout: _Layout,
+    *,
+    need_label: bool,
+    errors: str,
+    hasher,
+    seen: list,
+) -> Iterator[tuple[int, Record]]:
     with open(p, "rb") as fh:
         lines = _Lines(fh, 0, fmt != "jsonl", hasher=hasher)  # JSON Lines end at \n (\r is JSON whitespace)
         if fmt in ("tsv", "csv"):
@@ -424,7 +439,9 @@ def _parquet(p: Path):
     try:
         return pq.ParquetFile(p)
     except (pa.ArrowException, OSError) as exc:  # pyarrow's message does not name the file
-        raise ValueError(f"{p}: not a readable Parquet file ({exc}); expected a .parquet file written by pyarrow/pandas") from None
+        raise ValueError(
+            f"{p}: not a readable Parquet file ({exc}); expected a .parquet file written by pyarrow/pandas"
+        ) from None
 
 
 def _parquet_columns(pf, p: Path, layout: _Layout, need_label: bool) -> list[str]:
@@ -518,7 +535,9 @@ def iter_records(
     if fmt == "parquet":
         it = _iter_parquet(p, layout, need_label, seen)
     else:
-        it = _iter_line_records(p, fmt, layout, need_label=need_label, errors=errors, hasher=hasher, seen=seen)
+        it = _iter_line_records(
+            p, fmt, layout, need_label=need_label, errors=errors, hasher=hasher, seen=seen
+        )
     n = 0
     if max_rows is None or max_rows > 0:
         for loc, rec in it:  # stops at max_rows without parsing the record after it
@@ -541,7 +560,9 @@ def iter_records(
 # from Python goes through iter_table_records (corpus rows, the file rules) or as_texts (one text per
 # input row, verbatim), so a DataFrame reads as the same table written to .parquet and read back.
 _TABLE_BATCH = 8192
-TABLE_TYPES = "a file path, a pandas DataFrame/Series, a datasets Dataset/Column, a dict of columns or a list of str"
+TABLE_TYPES = (
+    "a file path, a pandas DataFrame/Series, a datasets Dataset/Column, a dict of columns or a list of str"
+)
 
 
 def table_kind(obj: Any) -> str | None:
@@ -615,7 +636,9 @@ def _table_batches(table: Any, kind: str, name: str) -> tuple[list[str] | None, 
 
         return list(cols), batches
     if kind == "dataset_dict":
-        raise ValueError(f"{name} is a DatasetDict with splits {list(table)}: pass one split, e.g. {name}['train']")
+        raise ValueError(
+            f"{name} is a DatasetDict with splits {list(table)}: pass one split, e.g. {name}['train']"
+        )
     raise ValueError(f"{name} must be {TABLE_TYPES}, got {type(table).__name__}")
 
 
@@ -676,9 +699,16 @@ def iter_table_records(
     """
     if isinstance(table, (str, os.PathLike)):
         yield from iter_records(
-            table, need_label=need_label, text_field=text_field, label_field=label_field, pair_field=pair_field,
-            max_rows=max_rows, name=name, errors=errors, header=header,
-        )  # fmt: skip
+            table,
+            need_label=need_label,
+            text_field=text_field,
+            label_field=label_field,
+            pair_field=pair_field,
+            max_rows=max_rows,
+            name=name,
+            errors=errors,
+            header=header,
+        )
         return
     for arg, v in (("text_field", text_field), ("label_field", label_field)):
         if not isinstance(v, str) or not v:
@@ -721,7 +751,9 @@ def iter_table_records(
         for values in zip(*cols, strict=True):
             if max_rows is not None and n_out >= max_rows:
                 return
-            r = _parquet_record(dict(zip(keep, values, strict=True)), layout, f"{name}: row {row}", need_label, seen)
+            r = _parquet_record(
+                dict(zip(keep, values, strict=True)), layout, f"{name}: row {row}", need_label, seen
+            )
             if r is not None:
                 yield row, r
                 n_out += 1
@@ -729,7 +761,12 @@ def iter_table_records(
 
 
 def as_texts(
-    obj: Any, argname: str, *, text_field: str = "text", pair_field: str | None = None, allow_pairs: bool = True
+    obj: Any,
+    argname: str,
+    *,
+    text_field: str = "text",
+    pair_field: str | None = None,
+    allow_pairs: bool = True,
 ) -> tuple[list[str], list[str] | None]:
     """``(texts, text_pairs or None)``: one entry per input row, verbatim (nothing stripped or skipped).
 
@@ -758,7 +795,9 @@ def as_texts(
                     "(a missing value: None / NaN); every row needs a text"
                 )
             if (pair is not None) != bool(pairs) and i > 0:
-                raise ValueError(f"{argname}[{i}]: mix of single texts and (text, text_pair) tuples; use one kind")
+                raise ValueError(
+                    f"{argname}[{i}]: mix of single texts and (text, text_pair) tuples; use one kind"
+                )
             texts.append(text)
             if pair is not None:
                 pairs.append(pair)
@@ -777,7 +816,9 @@ def as_texts(
                 for what, col, v in zip(("text", "pair"), want, values, strict=False):
                     if not isinstance(v, str):
                         got = "missing (None / NaN)" if v is None else f"a {type(v).__name__}"
-                        raise ValueError(f"{argname}: row {row}, column {col!r} is {got}; every row needs a str {what}")
+                        raise ValueError(
+                            f"{argname}: row {row}, column {col!r} is {got}; every row needs a str {what}"
+                        )
                 texts.append(values[0])
                 if pair_field is not None:
                     pairs.append(values[1])
@@ -863,9 +904,12 @@ class CorpusIndex:
     def read_options(self) -> dict:
         """The keyword arguments of :class:`RecordReader` that read the rows as they were indexed."""
         return {
-            "text_field": self.text_field, "label_field": self.label_field, "pair_field": self.pair_field,
-            "errors": self.errors, "header": self.header,
-        }  # fmt: skip
+            "text_field": self.text_field,
+            "label_field": self.label_field,
+            "pair_field": self.pair_field,
+            "errors": self.errors,
+            "header": self.header,
+        }
 
     def reader(self) -> RecordReader:
         return RecordReader(self.path, self.offsets, **self.read_options())
@@ -897,9 +941,17 @@ def index_corpus(
     codes = array("i")
     vocab: dict = {}
     for loc, rec in iter_records(
-        p, need_label=need_label, text_field=text_field, label_field=label_field,
-        pair_field=pair_field, max_rows=max_rows, name=name, errors=errors, header=header, hasher=hasher,
-    ):  # fmt: skip
+        p,
+        need_label=need_label,
+        text_field=text_field,
+        label_field=label_field,
+        pair_field=pair_field,
+        max_rows=max_rows,
+        name=name,
+        errors=errors,
+        header=header,
+        hasher=hasher,
+    ):
         offsets.append(loc)
         codes.append(-1 if rec.label is None else vocab.setdefault(rec.label, len(vocab)))
     if not offsets:
@@ -916,10 +968,19 @@ def index_corpus(
     else:
         code_arr = raw.copy()
     return CorpusIndex(
-        path=p, fmt=fmt, offsets=np.frombuffer(offsets, dtype=np.int64).copy(), sha256=sha,
-        size=p.stat().st_size, label_names=names, codes=code_arr, text_field=text_field,
-        label_field=label_field, pair_field=pair_field, errors=errors, header=header,
-    )  # fmt: skip
+        path=p,
+        fmt=fmt,
+        offsets=np.frombuffer(offsets, dtype=np.int64).copy(),
+        sha256=sha,
+        size=p.stat().st_size,
+        label_names=names,
+        codes=code_arr,
+        text_field=text_field,
+        label_field=label_field,
+        pair_field=pair_field,
+        errors=errors,
+        header=header,
+    )
 
 
 class RecordReader:
@@ -932,9 +993,16 @@ class RecordReader:
     """
 
     def __init__(
-        self, path: str | os.PathLike, offsets, *, text_field: str = "text", label_field: str = "label",
-        pair_field: str | None = None, errors: str = "strict", header: bool = True,
-    ):  # fmt: skip
+        self,
+        path: str | os.PathLike,
+        offsets,
+        *,
+        text_field: str = "text",
+        label_field: str = "label",
+        pair_field: str | None = None,
+        errors: str = "strict",
+        header: bool = True,
+    ):
         _check_header(header)
         self.path = Path(path)
         self.fmt = corpus_format(self.path)
@@ -956,7 +1024,9 @@ class RecordReader:
                 self._pq = pf.read(columns=cols).to_pylist()  # random access: the needed columns
             return _parquet_record(self._pq[off], self.layout, f"{self.path}: row {off}", False, [])
         if self.fmt in ("tsv", "csv") and self.layout.width is None:
-            _read_columns(self.path, self.layout, self.errors)  # the header (or first record) decides the columns
+            _read_columns(
+                self.path, self.layout, self.errors
+            )  # the header (or first record) decides the columns
         if self._fh is None:
             self._fh = open(self.path, "rb")  # noqa: SIM115 - closed in close()/__del__
         if self._lines is None or self._lines.pos != off:
@@ -1013,9 +1083,14 @@ def read_labelled(
     Arguments as in :func:`iter_records`."""
     texts, labels = [], []
     for _, rec in iter_records(
-        path, need_label=True, text_field=text_field, label_field=label_field, max_rows=max_rows, name="source",
+        path,
+        need_label=True,
+        text_field=text_field,
+        label_field=label_field,
+        max_rows=max_rows,
+        name="source",
         header=header,
-    ):  # fmt: skip
+    ):
         texts.append(rec.text)
         labels.append(rec.label)
     if not texts:
@@ -1035,17 +1110,26 @@ def read_texts(
 
 
 def table_jsonl(
-    table: Any, *, need_label: bool = False, text_field: str = "text", label_field: str = "label",
-    pair_field: str | None = None, name: str = "table",
+    table: Any,
+    *,
+    need_label: bool = False,
+    text_field: str = "text",
+    label_field: str = "label",
+    pair_field: str | None = None,
+    name: str = "table",
 ) -> Iterator[bytes]:
     """The records of an in-memory table (:func:`iter_table_records`) as JSON Lines, one ``bytes`` line per
     record with the fields ``text_field`` / ``label_field`` (when labelled) / ``pair_field``: what a run
     directory stores for a DataFrame / Dataset input, so it is read, fingerprinted and resumed as a file.
     Reading the lines back with the same field names gives the same records."""
     for _, rec in iter_table_records(
-        table, need_label=need_label, text_field=text_field, label_field=label_field, pair_field=pair_field,
+        table,
+        need_label=need_label,
+        text_field=text_field,
+        label_field=label_field,
+        pair_field=pair_field,
         name=name,
-    ):  # fmt: skip
+    ):
         obj: dict = {text_field: rec.text}
         if rec.label is not None:
             obj[label_field] = rec.label

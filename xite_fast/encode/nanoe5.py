@@ -342,7 +342,9 @@ def weights_sha256(folder: str | os.PathLike) -> str:
     """sha256 over ``config.json`` and every weight file of a model folder (names + contents)."""
     folder = Path(folder)
     files = sorted(
-        p for p in folder.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix in _WEIGHT_SUFFIXES)
+        p
+        for p in folder.iterdir()
+        if p.is_file() and (p.name == "config.json" or p.suffix in _WEIGHT_SUFFIXES)
     )
     if not any(p.suffix in _WEIGHT_SUFFIXES for p in files):
         raise ValueError(f"model folder {folder} has no weight file (*.safetensors / *.bin)")
@@ -454,8 +456,12 @@ def model_dir(
         return path
     digest = weights_sha256(path)[:16]  # by content: a model retrained in place gets a new truncation
     final = root / f"local-{path.name}-{digest}-L{num_layers}"
-    meta = {"source": str(path.resolve()), "weights_sha256": weights_sha256(path), "num_layers": num_layers,
-            "converter_version": _CONVERTER_VERSION}
+    meta = {
+        "source": str(path.resolve()),
+        "weights_sha256": weights_sha256(path),
+        "num_layers": num_layers,
+        "converter_version": _CONVERTER_VERSION,
+    }
     return atomic_build(final, lambda tmp: _truncate_hf(path, tmp, num_layers), meta, what=_WHAT)
 
 

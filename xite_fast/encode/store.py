@@ -51,7 +51,14 @@ from xite_fast._validation import check_positive_int
 from xite_fast.data.records import CorpusIndex, index_corpus, iter_table_records, model_input, table_kind
 from xite_fast.logging import progress_enabled
 
-__all__ = ["EmbeddingStore", "embedding_mean", "embedding_sum", "encode_corpus", "reusable_store", "store_problem"]
+__all__ = [
+    "EmbeddingStore",
+    "embedding_mean",
+    "embedding_sum",
+    "encode_corpus",
+    "reusable_store",
+    "store_problem",
+]
 
 log = logging.getLogger("xite_fast")
 
@@ -147,8 +154,11 @@ def _is_store(out_dir: Path) -> bool:
 
 
 def _store_file(name: str) -> bool:
-    return bool(_SHARD_RE.match(name)) or name in (CONSOLIDATED, ".lock") or name.startswith(".pending-") or (
-        TMP_MARK in name
+    return (
+        bool(_SHARD_RE.match(name))
+        or name in (CONSOLIDATED, ".lock")
+        or name.startswith(".pending-")
+        or (TMP_MARK in name)
     )
 
 
@@ -193,10 +203,14 @@ def index_of(source: Any, text_field: str, errors: str, pair_field: str | None) 
                 f"source must end with one of ['.csv', '.jsonl', '.ndjson', '.parquet', '.tsv', '.txt'], got {path.name!r}"
             )
         try:
-            return index_corpus(path, text_field=text_field, pair_field=pair_field, errors=errors, name="source")
+            return index_corpus(
+                path, text_field=text_field, pair_field=pair_field, errors=errors, name="source"
+            )
         except ValueError as exc:
             if "empty corpus" in str(exc):
-                raise ValueError(f"source {str(path)!r} has no texts; expected at least one non-blank record") from None
+                raise ValueError(
+                    f"source {str(path)!r} has no texts; expected at least one non-blank record"
+                ) from None
             raise
     return None
 
@@ -243,7 +257,13 @@ def _table_source(table: Any, text_field: str, pair_field: str | None) -> tuple[
     for item in _table_inputs(table, text_field, pair_field):
         _hash_texts(h, (item,))
         n += 1
-    fp = {"kind": "table", "sha256": h.hexdigest(), "rows": n, "text_field": text_field, "pair_field": pair_field}
+    fp = {
+        "kind": "table",
+        "sha256": h.hexdigest(),
+        "rows": n,
+        "text_field": text_field,
+        "pair_field": pair_field,
+    }
     return fp, _table_inputs(table, text_field, pair_field)
 
 
@@ -328,7 +348,9 @@ class EmbeddingStore:
 
     def verify(self) -> list[str]:
         """Names of the shard files that are missing or whose sha256 differs from the manifest."""
-        return [s["file"] for s in self._shards if sha256_file_or_none(self.out_dir / s["file"]) != s["sha256"]]
+        return [
+            s["file"] for s in self._shards if sha256_file_or_none(self.out_dir / s["file"]) != s["sha256"]
+        ]
 
     def iter_shards(self) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start_row, (rows, D) float32 read-only memmap)`` per shard, in row order."""

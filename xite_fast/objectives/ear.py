@@ -127,7 +127,9 @@ def attention_pull(
     return ((a1 - a2).pow(2) * weight).sum() / count
 
 
-def attention_layer_index(n_layers: int, attention_layer: int | None = ATTENTION_LAYER, *, frozen: int = 0) -> int:
+def attention_layer_index(
+    n_layers: int, attention_layer: int | None = ATTENTION_LAYER, *, frozen: int = 0
+) -> int:
     """0-based index of the layer whose attention EAR pulls: the one layer rule.
 
     Args:

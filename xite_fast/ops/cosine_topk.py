@@ -60,7 +60,10 @@ __all__ = ["cosine_topk", "merge_topk", "CPU_KERNELS"]
 #   packed  6 x 16 AVX2/FMA tile
 #   dot     unpacked 3 x 4 AVX2 dot-product kernel (sums in another order: may differ in the last bit)
 CPU_KERNELS = ("auto", "fp32", "bf16", "avx512", "packed", "dot")
-_KERNEL_ISA = {"bf16": ("AVX512_BF16", "cpu_supports_avx512_bf16"), "avx512": ("AVX-512F", "cpu_supports_avx512")}
+_KERNEL_ISA = {
+    "bf16": ("AVX512_BF16", "cpu_supports_avx512_bf16"),
+    "avx512": ("AVX-512F", "cpu_supports_avx512"),
+}
 # Overrides kernel="auto" (never an explicit kernel), like XITE_FAST_BACKEND for ``backend``.
 KERNEL_ENV = "XITE_FAST_CPU_KERNEL"
 
@@ -176,7 +179,9 @@ def cosine_topk(
     impl = resolve_backend("cosine_topk", be, on_gpu=on_gpu)
 
     if kernel != "auto" and impl is not Backend.CPU:
-        raise ValueError(f"kernel={kernel!r} selects a micro-kernel of the C++ backend, got backend {impl.value!r}")
+        raise ValueError(
+            f"kernel={kernel!r} selects a micro-kernel of the C++ backend, got backend {impl.value!r}"
+        )
     if impl is Backend.CPU:
         kernel = _resolve_kernel(kernel)
 
@@ -236,7 +241,9 @@ def _resolve_kernel(kernel: str) -> str:
     return kernel
 
 
-def _cpu(queries: Any, keys: Any, k: int, assume_normalized: bool, kernel: str) -> tuple[np.ndarray, np.ndarray]:
+def _cpu(
+    queries: Any, keys: Any, k: int, assume_normalized: bool, kernel: str
+) -> tuple[np.ndarray, np.ndarray]:
     ext = load_extension()
     q = _as_f32_numpy(queries)
     if (
@@ -248,7 +255,13 @@ def _cpu(queries: Any, keys: Any, k: int, assume_normalized: bool, kernel: str) 
         # all threads sweeping one key block at a time so the file is read from disk once
         stream = isinstance(keys, np.memmap)
         s, i, out_of_range = ext.cosine_topk(
-            q, _as_f32_numpy(keys), k, assume_normalized, stream_keys=stream, kernel=kernel, out_of_range="flag"
+            q,
+            _as_f32_numpy(keys),
+            k,
+            assume_normalized,
+            stream_keys=stream,
+            kernel=kernel,
+            out_of_range="flag",
         )
         if not out_of_range:
             return s, i
@@ -267,7 +280,12 @@ def _cpu_chunked(
         kc = min(k, int(chunk.shape[0]))
         x = _as_f32_numpy(chunk)
         s, i, out_of_range = ext.cosine_topk(
-            q, _rescale_rows(x) if rescale else x, kc, assume_normalized, key_offset=j0, kernel=kernel,
+            q,
+            _rescale_rows(x) if rescale else x,
+            kc,
+            assume_normalized,
+            key_offset=j0,
+            kernel=kernel,
             out_of_range="flag",
         )
         if out_of_range and not rescale:

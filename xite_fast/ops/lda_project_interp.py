@@ -296,7 +296,9 @@ def lda_project_interp(
 
 def _requires_grad(src: Any, tgt: Any, W: Any, lam: Any) -> list[str]:
     """Names of the torch arguments that require grad while grad mode is on (else [])."""
-    names = [n for n, x in (("src", src), ("tgt", tgt), ("W", W), ("lam", lam)) if is_torch(x) and x.requires_grad]
+    names = [
+        n for n, x in (("src", src), ("tgt", tgt), ("W", W), ("lam", lam)) if is_torch(x) and x.requires_grad
+    ]
     if not names:
         return []
     import torch
@@ -314,10 +316,16 @@ def _differentiable(src: Any, tgt: Any, W: Any, lam_arr: np.ndarray, mode: str, 
 
     like = src if is_torch(src) and src.requires_grad else tgt
     s, t = (
-        (x if is_torch(x) else torch.from_numpy(np.ascontiguousarray(x))).to(device=like.device, dtype=torch.float32)
+        (x if is_torch(x) else torch.from_numpy(np.ascontiguousarray(x))).to(
+            device=like.device, dtype=torch.float32
+        )
         for x in (src, tgt)
     )
-    w = None if W is None else torch.as_tensor(np.asarray(W) if not is_torch(W) else W).to(like.device).float()
+    w = (
+        None
+        if W is None
+        else torch.as_tensor(np.asarray(W) if not is_torch(W) else W).to(like.device).float()
+    )
     lam_t = torch.tensor(float(lam_arr[0])) if lam_arr.shape[0] == 1 else torch.from_numpy(lam_arr)
     return _autograd_fn().apply(s, t, w, lam_t.to(like.device), mode, backend)
 

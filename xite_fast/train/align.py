@@ -52,18 +52,32 @@ class OTAlignConfig:
     backend: str = "auto"
 
     def validate(self) -> OTAlignConfig:
-        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1):
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
+        ):
             raise ValueError(f"OTAlignConfig.batch_size must be None or an int >= 1, got {self.batch_size!r}")
         for name in ("eps", "drift_weight"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0 or (name == "eps" and v == 0):
-                raise ValueError(f"OTAlignConfig.{name} must be a finite float {'> 0' if name == 'eps' else '>= 0'}, got {v!r}")
+            if (
+                not isinstance(v, (int, float))
+                or isinstance(v, bool)
+                or not np.isfinite(v)
+                or v < 0
+                or (name == "eps" and v == 0)
+            ):
+                raise ValueError(
+                    f"OTAlignConfig.{name} must be a finite float {'> 0' if name == 'eps' else '>= 0'}, got {v!r}"
+                )
         if isinstance(self.n_iters, bool) or not isinstance(self.n_iters, int) or self.n_iters < 1:
             raise ValueError(f"OTAlignConfig.n_iters must be an int >= 1, got {self.n_iters!r}")
         if self.eps_schedule not in (None, "anneal"):
-            raise ValueError(f"OTAlignConfig.eps_schedule must be None or 'anneal', got {self.eps_schedule!r}")
+            raise ValueError(
+                f"OTAlignConfig.eps_schedule must be None or 'anneal', got {self.eps_schedule!r}"
+            )
         if self.pooling not in ("last", "first", "mean", "subword"):
-            raise ValueError(f"OTAlignConfig.pooling must be one of ('last', 'first', 'mean', 'subword'), got {self.pooling!r}")
+            raise ValueError(
+                f"OTAlignConfig.pooling must be one of ('last', 'first', 'mean', 'subword'), got {self.pooling!r}"
+            )
         return self
 
 
@@ -80,13 +94,16 @@ class AlignResult:
 
 def word_ids(tokenizer: Any, texts: Sequence[str], max_length: int, prefix: str) -> list[list[int]]:
     """Per text the word index of every token (-1: special tokens and the prefix's words)."""
-    enc = tokenizer([prefix + t for t in texts], truncation=True, max_length=max_length, add_special_tokens=True)
+    enc = tokenizer(
+        [prefix + t for t in texts], truncation=True, max_length=max_length, add_special_tokens=True
+    )
     n_prefix = 0
     if prefix.strip():
         pw = tokenizer([prefix.strip()], add_special_tokens=False).word_ids(0)
         n_prefix = len({w for w in pw if w is not None})
     return [
-        [-1 if w is None or w < n_prefix else int(w) - n_prefix for w in enc.word_ids(i)] for i in range(len(texts))
+        [-1 if w is None or w < n_prefix else int(w) - n_prefix for w in enc.word_ids(i)]
+        for i in range(len(texts))
     ]
 
 
@@ -133,7 +150,9 @@ class OTAlignTrainer(Trainer):
         self.result = result
         super().__init__(*args, **kwargs)
 
-    def compute_loss(self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False, **kwargs: Any) -> Any:
+    def compute_loss(
+        self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False, **kwargs: Any
+    ) -> Any:
         from xite_fast.objectives.ot import drift_penalty, ot_alignment_loss
 
         cfg = self.ot_config
@@ -154,7 +173,13 @@ class OTAlignTrainer(Trainer):
             eps_schedule=cfg.eps_schedule,
             backend=cfg.backend,
         )
-        drift = drift_penalty(h_e.float(), inputs["c0"].to(h_e.device), inputs["en_attention_mask"], weight=cfg.drift_weight, reduction="batchmean")
+        drift = drift_penalty(
+            h_e.float(),
+            inputs["c0"].to(h_e.device),
+            inputs["en_attention_mask"],
+            weight=cfg.drift_weight,
+            reduction="batchmean",
+        )
         loss = ot + drift
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite alignment loss {loss.item()}; lower the lr or raise eps")
@@ -203,7 +228,10 @@ def ot_align(
         en, tg = [p[0] for p in ps], [p[1] for p in ps]
         enc_e = tokenizer([xc.prefix + t for t in en], truncation=True, max_length=xc.max_length)["input_ids"]
         enc_t = tokenizer([xc.prefix + t for t in tg], truncation=True, max_length=xc.max_length)["input_ids"]
-        w_e, w_t = word_ids(tokenizer, en, xc.max_length, xc.prefix), word_ids(tokenizer, tg, xc.max_length, xc.prefix)
+        w_e, w_t = (
+            word_ids(tokenizer, en, xc.max_length, xc.prefix),
+            word_ids(tokenizer, tg, xc.max_length, xc.prefix),
+        )
         keep = [i for i in range(len(ps)) if max(w_e[i]) >= 0 and max(w_t[i]) >= 0]
         if not keep:
             raise ValueError(f"pairs[{lang!r}] hold no pair with words on both sides")
@@ -221,7 +249,13 @@ def ot_align(
                 c0 = model.last_hidden(ids.to(dev), mask.to(dev)).float().cpu()
                 for j, i in enumerate(chunk):
                     rows.append(
-                        {"en_ids": enc_e[i], "en_words": w_e[i], "tg_ids": enc_t[i], "tg_words": w_t[i], "c0": c0[j, : len(enc_e[i])].clone()}
+                        {
+                            "en_ids": enc_e[i],
+                            "en_words": w_e[i],
+                            "tg_ids": enc_t[i],
+                            "tg_words": w_t[i],
+                            "c0": c0[j, : len(enc_e[i])].clone(),
+                        }
                     )
     # trainable: layers >= freeze_layers (and the embeddings unless frozen); the head does not take part
     saved = {n: p.requires_grad for n, p in model.named_parameters()}

@@ -86,9 +86,11 @@ class XiteDataset(torch.utils.data.Dataset):
         tok = dict(max_length=max_length, prefix=prefix)
         # what the model is trained with (XiteTrainer saves it in the model's config.json)
         self.tokenization = dict(
-            max_length=int(max_length), prefix=str(prefix), text_pair=text_pairs is not None,
+            max_length=int(max_length),
+            prefix=str(prefix),
+            text_pair=text_pairs is not None,
             drop_token_type_ids=bool(drop_token_type_ids),
-        )  # fmt: skip
+        )
         self.columns: dict[str, list] = {}
         for k, v in tokenize_texts(tokenizer, texts, text_pairs, **tok).items():
             self.columns[k] = v
@@ -96,7 +98,9 @@ class XiteDataset(torch.utils.data.Dataset):
         if source_texts is not None:
             _check_texts("source_texts", source_texts, n)
             if (source_text_pairs is None) != (text_pairs is None):
-                raise ValueError("source_text_pairs must be given exactly when text_pairs is (sentence-pair XITE)")
+                raise ValueError(
+                    "source_text_pairs must be given exactly when text_pairs is (sentence-pair XITE)"
+                )
             for k, v in tokenize_texts(tokenizer, source_texts, source_text_pairs, **tok).items():
                 self.columns["src_" + k] = v
         if drop_token_type_ids:

@@ -21,9 +21,18 @@ from xite_fast.ops.lda_project_interp import MODES
 from xite_fast.xite.lda import LDA_BASES
 
 __all__ = [
-    "XiteConfig", "LabelMap", "PLACEMENTS", "LDA_MODES", "LDA_BASES", "TASKS", "default_prefix", "is_e5",
-    "TOKENIZATION_KEY", "save_tokenization", "saved_tokenization",
-]  # fmt: skip
+    "XiteConfig",
+    "LabelMap",
+    "PLACEMENTS",
+    "LDA_MODES",
+    "LDA_BASES",
+    "TASKS",
+    "default_prefix",
+    "is_e5",
+    "TOKENIZATION_KEY",
+    "save_tokenization",
+    "saved_tokenization",
+]
 
 PLACEMENTS = ("none", "sentence", "input", "hidden")
 LDA_MODES = MODES  # the lda_project_interp modes, in the op's order
@@ -116,7 +125,9 @@ class XiteConfig:
             v = getattr(self, name)
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             if not ok or (v <= lo if strict else v < lo):
-                raise ValueError(f"XiteConfig.{name} must be a finite float {'>' if strict else '>='} {lo}, got {v!r}")
+                raise ValueError(
+                    f"XiteConfig.{name} must be a finite float {'>' if strict else '>='} {lo}, got {v!r}"
+                )
 
         if self.placement not in PLACEMENTS:
             raise ValueError(f"XiteConfig.placement must be one of {PLACEMENTS}, got {self.placement!r}")
@@ -165,7 +176,9 @@ class XiteConfig:
                     f"freeze_embeddings={self.freeze_embeddings}, freeze_layers={self.freeze_layers}"
                 )
             if self.placement == "input":
-                raise ValueError("XiteConfig.cache_frozen cannot be used with placement='input' (it mixes below the frozen prefix)")
+                raise ValueError(
+                    "XiteConfig.cache_frozen cannot be used with placement='input' (it mixes below the frozen prefix)"
+                )
             if self.placement == "hidden" and self.hidden_layer < self.freeze_layers:
                 raise ValueError(
                     f"XiteConfig.cache_frozen needs hidden_layer >= freeze_layers for placement='hidden', got "
@@ -250,7 +263,9 @@ def default_prefix(*objs: Any) -> str:
     return "query: " if is_e5(*objs) else ""
 
 
-def save_tokenization(config: Any, *, max_length: int, prefix: str, text_pair: bool, drop_token_type_ids: bool) -> None:
+def save_tokenization(
+    config: Any, *, max_length: int, prefix: str, text_pair: bool, drop_token_type_ids: bool
+) -> None:
     """Write the tokenization a model is trained with into its HF config (``config.xite_fast``, saved in
     ``config.json``), so :func:`~xite_fast.train.trainer.predict` and a reloaded model use the same."""
     setattr(
@@ -271,11 +286,18 @@ def saved_tokenization(model: Any) -> dict:
     cfg = getattr(model, "config", None)
     got = getattr(cfg, TOKENIZATION_KEY, None)
     if isinstance(got, dict) and "max_length" in got:
-        return {"max_length": int(got["max_length"]), "prefix": str(got.get("prefix", "")),
-                "text_pair": bool(got.get("text_pair", False)),
-                "drop_token_type_ids": bool(got.get("drop_token_type_ids", False))}  # fmt: skip
-    return {"max_length": XiteConfig.max_length, "prefix": default_prefix(model), "text_pair": False,
-            "drop_token_type_ids": False}  # fmt: skip
+        return {
+            "max_length": int(got["max_length"]),
+            "prefix": str(got.get("prefix", "")),
+            "text_pair": bool(got.get("text_pair", False)),
+            "drop_token_type_ids": bool(got.get("drop_token_type_ids", False)),
+        }
+    return {
+        "max_length": XiteConfig.max_length,
+        "prefix": default_prefix(model),
+        "text_pair": False,
+        "drop_token_type_ids": False,
+    }
 
 
 def _int_like(v: Any) -> bool:
@@ -300,7 +322,9 @@ class LabelMap:
     returns the user's original values.
     """
 
-    def __init__(self, values: Sequence[Any] | None = None, names: Sequence[Any] | None = None, *, name: str = "labels"):
+    def __init__(
+        self, values: Sequence[Any] | None = None, names: Sequence[Any] | None = None, *, name: str = "labels"
+    ):
         if names is not None:
             names = [check_label(v, f"label_names[{i}]") for i, v in enumerate(names)]
             order = list(dict.fromkeys(names))

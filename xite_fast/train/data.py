@@ -38,7 +38,9 @@ def _refuse(name: str, x: Any) -> ValueError:
     hint = ""
     if kind == "DataFrame" or hasattr(x, "column_names") or hasattr(x, "columns"):
         hint = f' (a table: pass one of its columns, e.g. {name}=df["label"])'
-    return ValueError(f"{name} must be a sequence (a list, a pandas Series, a datasets Column), got {kind}{hint}")
+    return ValueError(
+        f"{name} must be a sequence (a list, a pandas Series, a datasets Column), got {kind}{hint}"
+    )
 
 
 def _as_list(name: str, x: Any) -> list:
@@ -79,9 +81,13 @@ def as_labels(name: str, x: Any, n: int, *, classes: bool) -> Any:
     try:
         arr = np.asarray(y, dtype=np.float32)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must hold numbers for regression / multi-label rows, e.g. {y[0]!r:.60}") from None
+        raise ValueError(
+            f"{name} must hold numbers for regression / multi-label rows, e.g. {y[0]!r:.60}"
+        ) from None
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name} holds NaN or inf at index {int(np.flatnonzero(~np.isfinite(arr).reshape(len(arr), -1).all(1))[0])}")
+        raise ValueError(
+            f"{name} holds NaN or inf at index {int(np.flatnonzero(~np.isfinite(arr).reshape(len(arr), -1).all(1))[0])}"
+        )
     return arr
 
 
@@ -132,7 +138,9 @@ def _ids(name: str, x: Any) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def pairs_of_result(augment: Any, n_source: int | None, n_target: int | None) -> tuple[np.ndarray, np.ndarray, list, np.ndarray]:
+def pairs_of_result(
+    augment: Any, n_source: int | None, n_target: int | None
+) -> tuple[np.ndarray, np.ndarray, list, np.ndarray]:
     """(target_id, source_id, labels, similarity) of an in-memory augment result, checked against the
     corpora given: its ids must point into ``source_texts`` / ``target_texts`` (ValueError naming them)."""
     if n_source is None or n_target is None:
@@ -146,7 +154,10 @@ def pairs_of_result(augment: Any, n_source: int | None, n_target: int | None) ->
         raise ValueError(
             f"augment.target_id, source_id and labels must have one entry per row, got {len(tid)}, {len(sid)}, {len(labels)}"
         )
-    for name, ids, n, arg in (("target_id", tid, n_target, "target_texts"), ("source_id", sid, n_source, "source_texts")):
+    for name, ids, n, arg in (
+        ("target_id", tid, n_target, "target_texts"),
+        ("source_id", sid, n_source, "source_texts"),
+    ):
         if ids.size and (ids.min() < 0 or ids.max() >= n):
             bad = int(ids.max() if ids.max() >= n else ids.min())
             raise ValueError(
@@ -206,8 +217,12 @@ class RunPairs(torch.utils.data.Dataset):
         self.source_id = np.empty(n, np.int64)
         self.similarity = np.empty(n, np.float32)
         self.label_ids = np.empty(n, np.int64)
-        given = dict(target_text=target_texts, source_text=source_texts, target_pair=target_text_pairs,
-                     source_pair=source_text_pairs)  # fmt: skip
+        given = dict(
+            target_text=target_texts,
+            source_text=source_texts,
+            target_pair=target_text_pairs,
+            source_pair=source_text_pairs,
+        )
         r = 0
         self.has_pair: bool | None = None
         for pi, (path, spec) in enumerate(zip(self.files, manifest["parts"], strict=True)):
@@ -217,7 +232,9 @@ class RunPairs(torch.utils.data.Dataset):
                 for line in fh:
                     h.update(line)
                     if r >= n:
-                        raise ValueError(f"{path}: more rows than {out}/synthetic/manifest.json records ({n})")
+                        raise ValueError(
+                            f"{path}: more rows than {out}/synthetic/manifest.json records ({n})"
+                        )
                     rec = json.loads(line)
                     self._check(rec, r, path, given, source_labels)
                     self.part[r], self.offset[r] = pi, off
@@ -233,11 +250,19 @@ class RunPairs(torch.utils.data.Dataset):
                     "rerun the augment command (it re-makes the part)"
                 )
         if r != n:
-            raise ValueError(f"{out}/synthetic holds {r} rows but its manifest.json records {n}; rerun the augment command")
+            raise ValueError(
+                f"{out}/synthetic holds {r} rows but its manifest.json records {n}; rerun the augment command"
+            )
         if n == 0:
-            raise ValueError(f"augment= run {out} has no synthetic rows (every target was dropped?): nothing to train on")
-        self.tokenization = dict(max_length=int(max_length), prefix=str(prefix), text_pair=bool(self.has_pair),
-                                 drop_token_type_ids=self.drop_token_type_ids)  # fmt: skip
+            raise ValueError(
+                f"augment= run {out} has no synthetic rows (every target was dropped?): nothing to train on"
+            )
+        self.tokenization = dict(
+            max_length=int(max_length),
+            prefix=str(prefix),
+            text_pair=bool(self.has_pair),
+            drop_token_type_ids=self.drop_token_type_ids,
+        )
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self._fh: dict[int, Any] = {}
         self._pid = os.getpid()
@@ -247,13 +272,19 @@ class RunPairs(torch.utils.data.Dataset):
         if self.has_pair is None:
             self.has_pair = has_pair
         elif has_pair != self.has_pair:
-            raise ValueError(f"{path}: row {r} has{'' if has_pair else ' no'} text pair unlike the rows before it")
+            raise ValueError(
+                f"{path}: row {r} has{'' if has_pair else ' no'} text pair unlike the rows before it"
+            )
         for key, texts in given.items():
             if texts is None:
                 continue
             row = rec["source_id"] if key.startswith("source") else rec["target_id"]
-            arg = {"target_text": "target_texts", "source_text": "source_texts", "target_pair": "target_text_pairs",
-                   "source_pair": "source_text_pairs"}[key]  # fmt: skip
+            arg = {
+                "target_text": "target_texts",
+                "source_text": "source_texts",
+                "target_pair": "target_text_pairs",
+                "source_pair": "source_text_pairs",
+            }[key]
             if row >= len(texts):
                 raise ValueError(
                     f"augment= run row {r} comes from {arg.split('_')[0]} row {row} but {arg} has {len(texts)} texts: "
@@ -265,11 +296,15 @@ class RunPairs(torch.utils.data.Dataset):
                     f"corpus the run was made from, or leave {arg} out (the run records its texts)"
                 )
         if "target_text" not in rec or "source_text" not in rec:
-            raise ValueError(f"{path}: row {r} records no texts (target_text/source_text); rerun the augment command")
+            raise ValueError(
+                f"{path}: row {r} records no texts (target_text/source_text); rerun the augment command"
+            )
         if source_labels is not None:
             sid = rec["source_id"]
             if sid >= len(source_labels):
-                raise ValueError(f"augment= run row {r} comes from source row {sid} but source_labels has {len(source_labels)}")
+                raise ValueError(
+                    f"augment= run row {r} comes from source row {sid} but source_labels has {len(source_labels)}"
+                )
             if LabelMap._key(check_label(source_labels[sid])) != LabelMap._key(check_label(rec["label"])):
                 raise ValueError(
                     f"the augment run's row {r} has label {rec['label']!r} but source_labels[{sid}] = {source_labels[sid]!r}: "
@@ -301,7 +336,9 @@ class RunPairs(torch.utils.data.Dataset):
         rec = self.record(int(i) % len(self))
         item: dict[str, Any] = {}
         for fam, tkey, pkey in (("", "target_text", "target_pair"), ("src_", "source_text", "source_pair")):
-            enc = tokenize_texts(self.tokenizer, [rec[tkey]], [rec[pkey]] if self.has_pair else None, **self.tok)
+            enc = tokenize_texts(
+                self.tokenizer, [rec[tkey]], [rec[pkey]] if self.has_pair else None, **self.tok
+            )
             for k, v in enc.items():
                 if self.drop_token_type_ids and k == "token_type_ids":
                     continue
@@ -317,7 +354,9 @@ class RunPairs(torch.utils.data.Dataset):
         return [r["target_text"] for r in recs], [r["source_text"] for r in recs], tp, sp
 
     def matching(self) -> Matching:
-        return Matching(self.target_id, self.source_id, self.similarity, self.label_ids, list(self.label_map.values))
+        return Matching(
+            self.target_id, self.source_id, self.similarity, self.label_ids, list(self.label_map.values)
+        )
 
     def close(self) -> None:
         for fh in self._fh.values():

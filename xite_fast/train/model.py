@@ -287,7 +287,9 @@ class XiteModel(nn.Module):
                 self.cache[keys[i]] = h[j, :n].detach().clone()
         return keys
 
-    def _cached_states(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+    def _cached_states(
+        self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None
+    ) -> torch.Tensor:
         keys = self._fill_cache(ids, mask, types)
         first = self.cache[keys[0]]
         out = first.new_zeros((len(keys), ids.shape[1], first.shape[-1]))
@@ -342,7 +344,14 @@ class XiteModel(nn.Module):
             return mix_states(s, t, lam, None)
         if s.ndim == 3:  # per-token mix: lam broadcast over T
             B, T, D = s.shape
-            out = mix_states(s.reshape(B * T, D), t.reshape(B * T, D), lam.repeat_interleave(T), W, self.xite.lda_mode, self.xite.backend)
+            out = mix_states(
+                s.reshape(B * T, D),
+                t.reshape(B * T, D),
+                lam.repeat_interleave(T),
+                W,
+                self.xite.lda_mode,
+                self.xite.backend,
+            )
             return out.reshape(B, T, D)
         return mix_states(s, t, lam, W, self.xite.lda_mode, self.xite.backend)
 
@@ -466,11 +475,19 @@ class XiteModel(nn.Module):
         if pert_input_ids is not None and self.training:
             from xite_fast.train.ear import ear_forward
 
-            return ear_forward(self, input_ids, attention_mask, token_type_ids, labels, pert_input_ids, pert_attention_mask)
+            return ear_forward(
+                self, input_ids, attention_mask, token_type_ids, labels, pert_input_ids, pert_attention_mask
+            )
         if src_input_ids is not None and self.xite.placement != "none" and self.training:
             lam_t = self._lam(input_ids.shape[0], input_ids.device, lam)
             logits = self._mixed_logits(
-                input_ids, attention_mask, token_type_ids, src_input_ids, src_attention_mask, src_token_type_ids, lam_t
+                input_ids,
+                attention_mask,
+                token_type_ids,
+                src_input_ids,
+                src_attention_mask,
+                src_token_type_ids,
+                lam_t,
             )
         else:
             logits = self._base(input_ids, attention_mask, token_type_ids).logits
@@ -478,7 +495,10 @@ class XiteModel(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
     def last_hidden(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, T, D) last hidden state of the backbone (``model.base_model``), through the cache if on."""
         kw: dict[str, Any] = {"attention_mask": attention_mask}
@@ -493,7 +513,11 @@ class XiteModel(nn.Module):
     # ------------------------------------------------------------------ representations
     @torch.no_grad()
     def representations(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None, level: str = "mean"
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        level: str = "mean",
     ) -> torch.Tensor:
         """(B, D) float32 per row: ``"mean"`` the masked mean of the last hidden state; ``"sentence"`` the
         head's input (first token if it is a sequence); ``"input"``/``"hidden"`` the masked mean of the word
@@ -542,8 +566,10 @@ class XiteModel(nn.Module):
 
         return mean(
             run_until(
-                lambda: self._layers[L].register_forward_pre_hook(grab_in, with_kwargs=True)
-                if L < N
-                else self._layers[N - 1].register_forward_hook(grab_out)
+                lambda: (
+                    self._layers[L].register_forward_pre_hook(grab_in, with_kwargs=True)
+                    if L < N
+                    else self._layers[N - 1].register_forward_hook(grab_out)
+                )
             )
         )

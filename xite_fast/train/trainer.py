@@ -65,7 +65,10 @@ def classification_metrics(eval_pred: Any) -> dict[str, float]:
     logits = logits[0] if isinstance(logits, tuple) else logits
     pred = np.asarray(logits).argmax(-1)
     labels = np.asarray(labels)
-    return {"accuracy": float((pred == labels).mean()), "macro_f1": float(f1_score(labels, pred, average="macro"))}
+    return {
+        "accuracy": float((pred == labels).mean()),
+        "macro_f1": float(f1_score(labels, pred, average="macro")),
+    }
 
 
 class XiteTrainer(Trainer):
@@ -81,7 +84,15 @@ class XiteTrainer(Trainer):
             compute_metrics, callbacks, ...).
     """
 
-    def __init__(self, model: Any, args: Any = None, *, xite_config: XiteConfig | None = None, lda_W: Any = None, **kwargs: Any):
+    def __init__(
+        self,
+        model: Any,
+        args: Any = None,
+        *,
+        xite_config: XiteConfig | None = None,
+        lda_W: Any = None,
+        **kwargs: Any,
+    ):
         if not isinstance(model, XiteModel):
             model = XiteModel(model, xite_config)
         elif xite_config is not None and xite_config.resolved(model.model) != model.xite:
@@ -92,19 +103,25 @@ class XiteTrainer(Trainer):
         if lda_W is not None:
             model.set_lda(lda_W)
         if model.xite.lda and model.xite.placement != "none" and model.lda_W is None:
-            raise ValueError("XiteConfig.lda=True needs an LDA basis: pass lda_W (see xite_fast.train.trainer.fit_lda)")
+            raise ValueError(
+                "XiteConfig.lda=True needs an LDA basis: pass lda_W (see xite_fast.train.trainer.fit_lda)"
+            )
         if args is not None and getattr(args, "remove_unused_columns", False):
             args.remove_unused_columns = False
         tok = kwargs.get("processing_class")
         if kwargs.get("data_collator") is None:
             pad = getattr(tok, "pad_token_id", None) if tok is not None else None
-            kwargs["data_collator"] = XiteCollator(pad if pad is not None else (model.config.pad_token_id or 0), model.config.problem_type)
+            kwargs["data_collator"] = XiteCollator(
+                pad if pad is not None else (model.config.pad_token_id or 0), model.config.problem_type
+            )
         # the tokenization travels with the model (config.json): predict() and a reloaded model use it
         ds = kwargs.get("train_dataset")
         tok_settings = getattr(ds, "tokenization", None) or {
-            "max_length": model.xite.max_length, "prefix": model.xite.prefix, "text_pair": False,
+            "max_length": model.xite.max_length,
+            "prefix": model.xite.prefix,
+            "text_pair": False,
             "drop_token_type_ids": False,
-        }  # fmt: skip
+        }
         save_tokenization(model.config, **tok_settings)
         super().__init__(model=model, args=args, **kwargs)
         self.matching: Matching | None = None
@@ -177,7 +194,16 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _batches(model: XiteModel, tokenizer: Any, texts, text_pairs, max_length: int, prefix: str, batch_size: int, drop_types: bool):
+def _batches(
+    model: XiteModel,
+    tokenizer: Any,
+    texts,
+    text_pairs,
+    max_length: int,
+    prefix: str,
+    batch_size: int,
+    drop_types: bool,
+):
     enc = tokenize_texts(tokenizer, texts, text_pairs, max_length=max_length, prefix=prefix)
     if drop_types:
         enc.pop("token_type_ids", None)
@@ -211,7 +237,9 @@ def embed_texts(
     xm.eval()
     out: np.ndarray | None = None
     try:
-        for idx, b in _batches(xm, tokenizer, texts, text_pairs, max_length, prefix, batch_size, drop_token_type_ids):
+        for idx, b in _batches(
+            xm, tokenizer, texts, text_pairs, max_length, prefix, batch_size, drop_token_type_ids
+        ):
             r = xm.representations(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), level=level)
             if out is None:
                 out = np.empty((len(texts), r.shape[1]), dtype=np.float32)
@@ -273,24 +301,33 @@ def fit_lda(
     level = {"sentence": "sentence", "input": "input", "hidden": "hidden"}.get(model.xite.placement, "mean")
 
     def distinct(texts, pairs):
-        keep = list(dict.fromkeys(zip(texts, pairs if pairs is not None else [None] * len(texts), strict=True)))
+        keep = list(
+            dict.fromkeys(zip(texts, pairs if pairs is not None else [None] * len(texts), strict=True))
+        )
         return [k[0] for k in keep], ([k[1] for k in keep] if pairs is not None else None)
 
     groups = [("src", source_texts, source_text_pairs), ("tgt", target_texts, target_text_pairs)]
     for name, value in (extra_languages or {}).items():
         texts, pairs = value if isinstance(value, tuple) else (value, None)
         if name in ("src", "tgt"):
-            raise ValueError(f"extra_languages keys must not be 'src' or 'tgt' (used for source/target), got {name!r}")
+            raise ValueError(
+                f"extra_languages keys must not be 'src' or 'tgt' (used for source/target), got {name!r}"
+            )
         if len(texts) == 0:
             raise ValueError(f"extra_languages[{name!r}] must hold at least one text, got 0")
         groups.append((str(name), texts, pairs))
-    X = [embed_texts(model, tokenizer, *distinct(texts, pairs), level=level, **embed_kw) for _, texts, pairs in groups]
+    X = [
+        embed_texts(model, tokenizer, *distinct(texts, pairs), level=level, **embed_kw)
+        for _, texts, pairs in groups
+    ]
     return fit_language_basis(
         X, [name for name, _, _ in groups], n_components=model.xite.lda_components, basis=model.xite.lda_basis
     )
 
 
-def label_map_for(model: Any, labels: Sequence[Any] | None = None, names: Sequence[Any] | None = None) -> LabelMap | None:
+def label_map_for(
+    model: Any, labels: Sequence[Any] | None = None, names: Sequence[Any] | None = None
+) -> LabelMap | None:
     """The label map of a classification model: ``names`` if given, else the one in its config (non-default
     id2label), else built from ``labels``; checked against ``num_labels``. None for regression/multi-label."""
     cfg = model.config
@@ -316,7 +353,9 @@ def _targets(model: Any, labels: Any, lm: LabelMap | None) -> Any:
         return lm.encode(list(labels))
     y = np.asarray(labels, dtype=np.float32)
     if cfg.problem_type == "multi_label_classification" and (y.ndim != 2 or y.shape[1] != cfg.num_labels):
-        raise ValueError(f"multi-label labels must be (N, num_labels={cfg.num_labels}) 0/1 rows, got shape {y.shape}")
+        raise ValueError(
+            f"multi-label labels must be (N, num_labels={cfg.num_labels}) 0/1 rows, got shape {y.shape}"
+        )
     if cfg.problem_type != "multi_label_classification" and y.ndim != 1:
         raise ValueError(f"regression labels must be (N,) floats, got shape {y.shape}")
     return y
@@ -353,7 +392,9 @@ def _augment_arg(augment: Any) -> Any:
 
         path = Path(augment).expanduser() / "synthetic" / "manifest.json"
         if not path.is_file():
-            raise ValueError(f"augment={str(augment)!r} is not an augment run directory (no {path}): run xf.run_augment first")
+            raise ValueError(
+                f"augment={str(augment)!r} is not an augment run directory (no {path}): run xf.run_augment first"
+            )
         from types import SimpleNamespace
 
         with open(path, encoding="utf-8") as fh:
@@ -424,9 +465,20 @@ def train_xite(
     classes = _is_classification(xm.config)
     src = as_texts("source_texts", source_texts) if source_texts is not None else None
     tgt = as_texts("target_texts", target_texts) if target_texts is not None else None
-    sp = as_texts("source_text_pairs", source_text_pairs, len(src)) if source_text_pairs is not None and src is not None else None
-    tp = as_texts("target_text_pairs", target_text_pairs, len(tgt)) if target_text_pairs is not None and tgt is not None else None
-    for name, pairs, texts in (("source_text_pairs", source_text_pairs, src), ("target_text_pairs", target_text_pairs, tgt)):
+    sp = (
+        as_texts("source_text_pairs", source_text_pairs, len(src))
+        if source_text_pairs is not None and src is not None
+        else None
+    )
+    tp = (
+        as_texts("target_text_pairs", target_text_pairs, len(tgt))
+        if target_text_pairs is not None and tgt is not None
+        else None
+    )
+    for name, pairs, texts in (
+        ("source_text_pairs", source_text_pairs, src),
+        ("target_text_pairs", target_text_pairs, tgt),
+    ):
         if pairs is not None and texts is None:
             raise ValueError(f"{name} given without {name.replace('_pairs', 's')}")
     ys = None
@@ -441,13 +493,24 @@ def train_xite(
     if augment is not None:
         augment = _augment_arg(augment)
         if not classes:
-            raise ValueError("augment= transfers class labels: the model must be a single-label classifier "
-                             f"(got problem_type={xm.config.problem_type!r}, num_labels={xm.config.num_labels})")  # fmt: skip
+            raise ValueError(
+                "augment= transfers class labels: the model must be a single-label classifier "
+                f"(got problem_type={xm.config.problem_type!r}, num_labels={xm.config.num_labels})"
+            )
         values = augment_label_values(augment) or (ys if ys is not None else None)
         if _is_run(augment):
             lm = label_map_for(xm, values, label_names)
-            ds = RunPairs(augment, tokenizer, lm, source_texts=src, target_texts=tgt, source_text_pairs=sp,
-                          target_text_pairs=tp, source_labels=ys, **kw)  # fmt: skip
+            ds = RunPairs(
+                augment,
+                tokenizer,
+                lm,
+                source_texts=src,
+                target_texts=tgt,
+                source_text_pairs=sp,
+                target_text_pairs=tp,
+                source_labels=ys,
+                **kw,
+            )
             matching = ds.matching()
             if cfg.lda and cfg.placement != "none" and xm.lda_W is None:
                 n = len(ds)
@@ -455,7 +518,9 @@ def train_xite(
                 t, s, tpp, spp = ds.texts(rows)
                 lda_texts = (s, t, spp, tpp)
         else:
-            tid, sid, labels, sim = pairs_of_result(augment, None if src is None else len(src), None if tgt is None else len(tgt))
+            tid, sid, labels, sim = pairs_of_result(
+                augment, None if src is None else len(src), None if tgt is None else len(tgt)
+            )
             if ys is not None:
                 for j, (v, i) in enumerate(zip(labels, sid, strict=True)):
                     if LabelMap._key(check_label(v, f"augment.labels[{j}]")) != LabelMap._key(ys[i]):
@@ -465,13 +530,22 @@ def train_xite(
                         )
             lm = label_map_for(xm, values if values is not None else labels, label_names)
             y = lm.encode(labels, name="augment.labels")
-            ds = XiteDataset(tokenizer, pick(tgt, tid), y, text_pairs=pick(tp, tid), source_texts=pick(src, sid),
-                             source_text_pairs=pick(sp, sid), **kw)  # fmt: skip
+            ds = XiteDataset(
+                tokenizer,
+                pick(tgt, tid),
+                y,
+                text_pairs=pick(tp, tid),
+                source_texts=pick(src, sid),
+                source_text_pairs=pick(sp, sid),
+                **kw,
+            )
             matching = Matching(tid, sid, sim, y, list(lm.values))
             lda_texts = (pick(src, sid), pick(tgt, tid), pick(sp, sid), pick(tp, tid))
     else:
         if src is None or ys is None:
-            raise ValueError("source_texts and source_labels must be given (or augment=, a run_augment / XiteAugmenter result)")
+            raise ValueError(
+                "source_texts and source_labels must be given (or augment=, a run_augment / XiteAugmenter result)"
+            )
         lm = label_map_for(xm, ys, label_names) if classes else None
         if tgt is None:  # stage 1
             ds = XiteDataset(tokenizer, src, _targets(xm, ys, lm), text_pairs=sp, **kw)
@@ -481,13 +555,23 @@ def train_xite(
                 add_perturbed_copies(ds, xm, tokenizer, src, seed=int(getattr(args, "seed", 0)))
         else:
             if (sp is None) != (tp is None):
-                raise ValueError("source_text_pairs and target_text_pairs must be given together (sentence pairs)")
-            sid, sim = match_sources(xm, tokenizer, src, tgt, source_text_pairs=sp, target_text_pairs=tp,
-                                     backend=cfg.backend, **kw)  # fmt: skip
+                raise ValueError(
+                    "source_text_pairs and target_text_pairs must be given together (sentence pairs)"
+                )
+            sid, sim = match_sources(
+                xm, tokenizer, src, tgt, source_text_pairs=sp, target_text_pairs=tp, backend=cfg.backend, **kw
+            )
             tid = np.arange(len(tgt))
             y = _targets(xm, [ys[i] for i in sid], lm)
-            ds = XiteDataset(tokenizer, tgt, y, text_pairs=tp, source_texts=pick(src, sid),
-                             source_text_pairs=pick(sp, sid), **kw)  # fmt: skip
+            ds = XiteDataset(
+                tokenizer,
+                tgt,
+                y,
+                text_pairs=tp,
+                source_texts=pick(src, sid),
+                source_text_pairs=pick(sp, sid),
+                **kw,
+            )
             matching = Matching(tid, sid, sim, y, list(lm.values) if lm is not None else None)
             lda_texts = (pick(src, sid), tgt, pick(sp, sid), tp)
     if cfg.lda and cfg.placement != "none" and xm.lda_W is None and lda_texts is not None:
@@ -513,7 +597,11 @@ def train_xite(
         ep = as_texts(names[1], eval_text_pairs, len(et)) if eval_text_pairs is not None else None
         el = as_labels(names[2], eval_labels, len(et), classes=classes)
         trainer_kw["eval_dataset"] = XiteDataset(
-            tokenizer, et, lm.encode(el, name=names[2]) if lm is not None else _targets(xm, el, None), text_pairs=ep, **kw
+            tokenizer,
+            et,
+            lm.encode(el, name=names[2]) if lm is not None else _targets(xm, el, None),
+            text_pairs=ep,
+            **kw,
         )
         if classes and xm.config.problem_type != "multi_label_classification":
             trainer_kw.setdefault("compute_metrics", classification_metrics)
@@ -563,13 +651,19 @@ def predict(
     texts = as_texts("texts", texts)
     text_pairs = as_texts("text_pairs", text_pairs, len(texts)) if text_pairs is not None else None
     if saved["text_pair"] and text_pairs is None:
-        raise ValueError("the model was trained on sentence pairs (config.xite_fast.text_pair): pass text_pairs=")
+        raise ValueError(
+            "the model was trained on sentence pairs (config.xite_fast.text_pair): pass text_pairs="
+        )
     was = xm.training
     xm.eval()
     logits: np.ndarray | None = None
     try:
-        for idx, b in _batches(xm, tokenizer, texts, text_pairs, max_length, prefix, batch_size, drop_token_type_ids):
-            out = xm(b["input_ids"], b["attention_mask"], b.get("token_type_ids")).logits.float().cpu().numpy()
+        for idx, b in _batches(
+            xm, tokenizer, texts, text_pairs, max_length, prefix, batch_size, drop_token_type_ids
+        ):
+            out = (
+                xm(b["input_ids"], b["attention_mask"], b.get("token_type_ids")).logits.float().cpu().numpy()
+            )
             if logits is None:
                 logits = np.empty((len(texts), out.shape[1]), dtype=np.float32)
             logits[idx] = out

@@ -194,22 +194,41 @@ class AugmentResult:
         source_texts = getattr(self, "source_texts", None) if source_texts is None else source_texts
         target_texts = getattr(self, "target_texts", None) if target_texts is None else target_texts
         if (source_texts is None) != (target_texts is None):
-            raise ValueError("pass both source_texts and target_texts (the texts given to augment), or neither")
+            raise ValueError(
+                "pass both source_texts and target_texts (the texts given to augment), or neither"
+            )
         recs: dict = {}
-        for name, texts, ids in (("source", source_texts, self.source_id), ("target", target_texts, self.target_id)):
+        for name, texts, ids in (
+            ("source", source_texts, self.source_id),
+            ("target", target_texts, self.target_id),
+        ):
             if texts is None:
                 continue
             t, p = as_texts(texts, f"{name}_texts")
             if len(ids) and int(ids.max()) >= len(t):
-                raise ValueError(f"{name}_texts has {len(t)} rows but the result refers to row {int(ids.max())}")
+                raise ValueError(
+                    f"{name}_texts has {len(t)} rows but the result refers to row {int(ids.max())}"
+                )
             recs[name] = [Record(t[i], None, None if p is None else p[i]) for i in ids.tolist()]
         return provenance(
-            self.target_id, self.source_id, self.labels, self.similarity, self.lam, self.mode,
-            target_records=recs.get("target"), source_records=recs.get("source"),
-        )  # fmt: skip
+            self.target_id,
+            self.source_id,
+            self.labels,
+            self.similarity,
+            self.lam,
+            self.mode,
+            target_records=recs.get("target"),
+            source_records=recs.get("source"),
+        )
 
-    def to_dataset(self, source_texts: Any = None, target_texts: Any = None, *, embeddings: bool = False,
-                   cache_dir: Any = None):  # fmt: skip
+    def to_dataset(
+        self,
+        source_texts: Any = None,
+        target_texts: Any = None,
+        *,
+        embeddings: bool = False,
+        cache_dir: Any = None,
+    ):
         """The synthetic rows as a ``datasets.Dataset`` (:func:`xite_fast.xite.report.synthetic_row`:
         ``text`` / ``text_pair`` = the target text, ``label``, ``source_text``, ``similarity``, ``lam``,
         ``target_id``, ``source_id``, ``mode``; ``embedding`` with ``embeddings=True``). The text columns
@@ -272,9 +291,18 @@ class XiteAugmenter:
         batch_size: int = EncoderConfig.batch_size,
     ):
         AugmentOptions(
-            k=k, vote=vote, threshold=threshold, temperature=temperature, lam=lam, beta_alpha=beta_alpha,
-            mode=mode, lda_components=lda_components, lda_max_rows=lda_max_rows, center=center, seed=seed,
-        ).validate()  # fmt: skip
+            k=k,
+            vote=vote,
+            threshold=threshold,
+            temperature=temperature,
+            lam=lam,
+            beta_alpha=beta_alpha,
+            mode=mode,
+            lda_components=lda_components,
+            lda_max_rows=lda_max_rows,
+            center=center,
+            seed=seed,
+        ).validate()
         check_positive_int("batch_size", batch_size)
         self.encoder = encoder
         self.k, self.vote, self.threshold, self.temperature = int(k), vote, threshold, temperature
@@ -323,7 +351,9 @@ class XiteAugmenter:
         """Top-k matching + label transfer. Returns ``transfer_labels`` output for every target row."""
         k = self.k if self.vote == "weighted" else 1
         if k > source_embeddings.shape[0]:
-            raise ValueError(f"k must be <= the number of source rows ({source_embeddings.shape[0]}), got k={k}")
+            raise ValueError(
+                f"k must be <= the number of source rows ({source_embeddings.shape[0]}), got k={k}"
+            )
         scores, idx = match_arrays(
             target_embeddings, source_embeddings, k, center=self.center, backend=self.backend
         )
@@ -402,7 +432,9 @@ class XiteAugmenter:
             correct = correct_labels(names, labels, gold)
             majority = majority_baseline(list(Counter(gold).values()))
         counts = TransferCounts.count(labels, keep, sim, len(names), correct)
-        report = build_report(label_names=list(names), counts=counts, options=self.options(), majority=majority)
+        report = build_report(
+            label_names=list(names), counts=counts, options=self.options(), majority=majority
+        )
         return AugmentResult(
             embeddings=np.ascontiguousarray(out, dtype=np.float32),
             labels=names[labels[tid]].astype(object),

@@ -119,5 +119,3 @@ def lambdas_for(lam: float | str, row_ids: np.ndarray, beta_alpha: float, seed: 
     if isinstance(lam, str):
         return beta_lambdas(row_ids, beta_alpha, seed)
     return np.full(len(row_ids), float(lam), dtype=np.float32)
-
-

@@ -40,6 +40,7 @@ __all__ = [
     "StoreMatcher",
 ]
 
+
 def center_rows(x: Any, mean: np.ndarray | None) -> np.ndarray:
     """``x - mean`` in float32 (a copy); ``mean=None`` returns ``x`` as float32 unchanged."""
     x = np.asarray(x, dtype=np.float32)
@@ -322,8 +323,6 @@ def _run_ray(
     return [(np.asarray(r["scores"], np.float32), np.asarray(r["indices"], np.int64)) for r in rows]
 
 
-
-
 class StoreMatcher:
     """Top-k source rows of target rows, the source being a complete ``EmbeddingStore``.
 
@@ -338,14 +337,23 @@ class StoreMatcher:
     """
 
     def __init__(
-        self, source, k: int, *, key_mean: np.ndarray | None = None, executor: str = "local",
-        backend: str = "auto", chunk: int = 65536, cache_bytes: int = 1 << 30,
-    ):  # fmt: skip
+        self,
+        source,
+        k: int,
+        *,
+        key_mean: np.ndarray | None = None,
+        executor: str = "local",
+        backend: str = "auto",
+        chunk: int = 65536,
+        cache_bytes: int = 1 << 30,
+    ):
         if executor not in ("ray", "local"):
             raise ValueError(f"executor must be 'ray' or 'local', got {executor!r}")
         self.k, self.executor, self.backend = check_positive_int("k", k), executor, backend
         self.chunk = check_positive_int("chunk", chunk)
-        self.keys = _ShardFiles(source, None if key_mean is None else np.asarray(key_mean, np.float32), cache_bytes)
+        self.keys = _ShardFiles(
+            source, None if key_mean is None else np.asarray(key_mean, np.float32), cache_bytes
+        )
         self.rows = len(source)
         if self.k > self.rows:
             raise ValueError(f"k must be <= the number of source rows ({self.rows}), got k={self.k}")

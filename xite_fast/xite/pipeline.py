@@ -147,7 +147,9 @@ class AugmentConfig(AugmentOptions, CorpusConfig):
     def __post_init__(self, encoder_backend: str | None) -> None:
         if encoder_backend is not None:
             warnings.warn(
-                "AugmentConfig(encoder_backend=...) is deprecated; use encoder_runtime=", FutureWarning, stacklevel=3
+                "AugmentConfig(encoder_backend=...) is deprecated; use encoder_runtime=",
+                FutureWarning,
+                stacklevel=3,
             )
             self.encoder_runtime = encoder_backend
 
@@ -214,7 +216,11 @@ class AugmentRun:
     timings: dict = field(default_factory=dict)
 
     def _part_path(self, p: dict, key: str) -> Path:
-        return self.out / "synthetic" / bare_name(p.get(key), _PART_RE, "synthetic/manifest.json", "part-00000.npy")
+        return (
+            self.out
+            / "synthetic"
+            / bare_name(p.get(key), _PART_RE, "synthetic/manifest.json", "part-00000.npy")
+        )
 
     def embeddings(self) -> np.ndarray:
         """All synthetic rows, (rows, D) float32 (loaded into memory)."""
@@ -222,7 +228,9 @@ class AugmentRun:
         return np.concatenate(arrs) if arrs else np.zeros((0, self.manifest["dim"]), np.float32)
 
     def provenance(self) -> list[dict]:
-        return [json.loads(x) for p in self.manifest["parts"] for x in self._part_path(p, "provenance").open()]
+        return [
+            json.loads(x) for p in self.manifest["parts"] for x in self._part_path(p, "provenance").open()
+        ]
 
     def _parts(self) -> list:
         return [
@@ -240,7 +248,9 @@ class AugmentRun:
         labels), ``mode``; ``embedding`` ((D,) float32) with ``embeddings=True``."""
         from xite_fast.xite.report import _part_rows, rows_dataset
 
-        return rows_dataset(_part_rows, {"parts": self._parts(), "embeddings": embeddings}, cache_dir=cache_dir)
+        return rows_dataset(
+            _part_rows, {"parts": self._parts(), "embeddings": embeddings}, cache_dir=cache_dir
+        )
 
     def to_pandas(self, *, embeddings: bool = False):
         """The synthetic rows as a ``pandas.DataFrame`` (columns as :meth:`to_dataset`)."""
@@ -250,7 +260,9 @@ class AugmentRun:
 
 
 # ----------------------------------------------------------------------------------------- entry point
-def run_augment(config: AugmentConfig, *, encoder: Any = None, show_progress_bar: bool | None = None) -> AugmentRun:
+def run_augment(
+    config: AugmentConfig, *, encoder: Any = None, show_progress_bar: bool | None = None
+) -> AugmentRun:
     """Run (or resume) the augment job of ``config`` in ``config.out``.
 
     Args:
@@ -289,7 +301,8 @@ def run_augment(config: AugmentConfig, *, encoder: Any = None, show_progress_bar
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(exc, DiskFullError):
             raise DiskFullError(
-                exc.errno, f"no space left on the device under {out} ({exc}); free some space and rerun: the run resumes"
+                exc.errno,
+                f"no space left on the device under {out} ({exc}); free some space and rerun: the run resumes",
             ) from None
         raise
 
@@ -318,31 +331,49 @@ def run_encode(config: EncodeConfig, *, encoder: Any = None):
     else:
         # one validating pass (empty, binary, non-UTF-8, bad JSON) before the model is loaded
         source = index_corpus(
-            config.input, text_field=config.text_field, label_field=config.label_field,
-            pair_field=config.pair_field, name="input", header=config.header,
-        )  # fmt: skip
+            config.input,
+            text_field=config.text_field,
+            label_field=config.label_field,
+            pair_field=config.pair_field,
+            name="input",
+            header=config.header,
+        )
     from xite_fast.encode.store import claim_store_dir
 
     out = claim_store_dir(config.out, "out")  # a bad --out is named as the flag, before the model loads
     return _encode_store(config, source, out, encoder, encoder or config.make_encoder)
 
 
-def _encode_store(cfg: CorpusConfig, source: Any, out_dir: Path, encoder: Any, make_encoder: Any, *, overwrite=False):
+def _encode_store(
+    cfg: CorpusConfig, source: Any, out_dir: Path, encoder: Any, make_encoder: Any, *, overwrite=False
+):
     """One corpus into a store: on Ray when ``cfg.ray`` is set and no encoder object was given (each
     worker builds ``Encoder(cfg.model, **cfg.encoder_kwargs())``), else here with ``make_encoder()``."""
     if cfg.ray is not None and encoder is None:
         from xite_fast.encode.ray import encode_corpus_ray
 
         return encode_corpus_ray(
-            source, out_dir, cfg.model, encoder_kwargs=cfg.encoder_kwargs(), shard_size=cfg.shard_size,
-            batch_size=cfg.batch_size, overwrite=overwrite, show_progress_bar=cfg.progress,
-        )  # fmt: skip
+            source,
+            out_dir,
+            cfg.model,
+            encoder_kwargs=cfg.encoder_kwargs(),
+            shard_size=cfg.shard_size,
+            batch_size=cfg.batch_size,
+            overwrite=overwrite,
+            show_progress_bar=cfg.progress,
+        )
     from xite_fast.encode.store import encode_corpus
 
     return encode_corpus(
-        source, out_dir, make_encoder, shard_size=cfg.shard_size, batch_size=cfg.batch_size,
-        overwrite=overwrite, show_progress_bar=cfg.progress, dedupe=cfg.dedupe,
-    )  # fmt: skip
+        source,
+        out_dir,
+        make_encoder,
+        shard_size=cfg.shard_size,
+        batch_size=cfg.batch_size,
+        overwrite=overwrite,
+        show_progress_bar=cfg.progress,
+        dedupe=cfg.dedupe,
+    )
 
 
 def _check_out(out: Any) -> Path:
@@ -483,14 +514,19 @@ class _Run:
                 has_pair = bool(data.records) and "text_pair" in data.records[0]
                 self.pair_fields[name] = "text_pair" if has_pair else None
             elif _is_table(spec):
-                p, inputs[name] = self.write_table(name, spec), {"spec": None, "table": True}  # identity: the content
+                p, inputs[name] = (
+                    self.write_table(name, spec),
+                    {"spec": None, "table": True},
+                )  # identity: the content
                 self.pair_fields[name] = cfg.pair_field
             else:
                 p = Path(spec).expanduser()
                 if not p.exists():
                     raise FileNotFoundError(f"{name}: file not found: {str(spec)!r}")
                 if not p.is_file():
-                    raise ValueError(f"{name} must be a file or a bundled spec (chatterbot:<language>), got {str(spec)!r}")
+                    raise ValueError(
+                        f"{name} must be a file or a bundled spec (chatterbot:<language>), got {str(spec)!r}"
+                    )
                 corpus_format(p)
                 inputs[name] = {"spec": None}
                 self.pair_fields[name] = cfg.pair_field
@@ -507,9 +543,12 @@ class _Run:
 
         cfg = self.cfg
         kw = {
-            "need_label": name == "source", "text_field": cfg.text_field, "label_field": cfg.label_field,
-            "pair_field": cfg.pair_field, "name": name,
-        }  # fmt: skip
+            "need_label": name == "source",
+            "text_field": cfg.text_field,
+            "label_field": cfg.label_field,
+            "pair_field": cfg.pair_field,
+            "name": name,
+        }
         h = hashlib.sha256()
         for line in table_jsonl(table, **kw):  # pass 1: the content hash (nothing held in memory)
             h.update(line)
@@ -527,9 +566,15 @@ class _Run:
 
         cfg = self.cfg
         return index_corpus(
-            path, need_label=need_label, text_field=cfg.text_field, label_field=cfg.label_field,
-            pair_field=self.pair_fields[name], max_rows=cfg.max_rows, name=name, header=cfg.header,
-        )  # fmt: skip
+            path,
+            need_label=need_label,
+            text_field=cfg.text_field,
+            label_field=cfg.label_field,
+            pair_field=self.pair_fields[name],
+            max_rows=cfg.max_rows,
+            name=name,
+            header=cfg.header,
+        )
 
     def config_of(self, inputs: dict) -> dict:
         # not dataclasses.asdict: it would deep-copy a DataFrame / Dataset input
@@ -574,12 +619,18 @@ class _Run:
                 diff = sorted(k for k in set(old) | set(self.config) if old.get(k) != self.config.get(k))
                 if self.committed():
                     changed = [d for d in diff if d in ("source", "target")]
-                    what = f" (the {' and '.join(changed)} input changed: its content sha256 differs)" if changed else ""
+                    what = (
+                        f" (the {' and '.join(changed)} input changed: its content sha256 differs)"
+                        if changed
+                        else ""
+                    )
                     raise ValueError(
                         f"out {str(self.out)!r} holds a run with different options ({', '.join(diff)}){what}; "
                         "use a new out directory or delete the old one"
                     )
-                log.info("%s: replacing the options of a run that committed no work (%s)", path, ", ".join(diff))
+                log.info(
+                    "%s: replacing the options of a run that committed no work (%s)", path, ", ".join(diff)
+                )
             else:
                 return
         atomic_write_json(path, self.config)
@@ -603,7 +654,9 @@ class _Run:
                 stores[name] = st
         for name, idx, d in todo:
             overwrite = False
-            why = store_problem(d)  # inside our run directory a store is ours: an untrustworthy one is re-made
+            why = store_problem(
+                d
+            )  # inside our run directory a store is ours: an untrustworthy one is re-made
             if why:
                 self.remake(d / "manifest.json", why)
                 with contextlib.suppress(FileNotFoundError):
@@ -617,7 +670,9 @@ class _Run:
                     "delete the directory and rerun"
                 )
         if stores["source"].dim != stores["target"].dim:
-            raise RuntimeError(f"source and target dims differ: {stores['source'].dim} vs {stores['target'].dim}")
+            raise RuntimeError(
+                f"source and target dims differ: {stores['source'].dim} vs {stores['target'].dim}"
+            )
         return stores
 
     # ------------------------------------------------------------------------------------- lda
@@ -637,8 +692,12 @@ class _Run:
         dim = stores["source"].dim
         W = fit_language_basis(
             [
-                _sample_rows(list(stores["source"].iter_shards()), len(self.src), cfg.lda_max_rows, dim, cfg.seed),
-                _sample_rows(list(stores["target"].iter_shards()), len(self.tgt), cfg.lda_max_rows, dim, cfg.seed + 1),
+                _sample_rows(
+                    list(stores["source"].iter_shards()), len(self.src), cfg.lda_max_rows, dim, cfg.seed
+                ),
+                _sample_rows(
+                    list(stores["target"].iter_shards()), len(self.tgt), cfg.lda_max_rows, dim, cfg.seed + 1
+                ),
             ],
             n_components=cfg.lda_components,
         )
@@ -680,9 +739,13 @@ class _Run:
         src_mean = stores["source"].mean if cfg.center else None
         tgt_mean = stores["target"].mean if cfg.center else None
         matcher = StoreMatcher(
-            stores["source"], k, key_mean=src_mean, executor="ray" if cfg.ray else "local",
-            backend=cfg.backend, chunk=cfg.match_chunk,
-        )  # fmt: skip
+            stores["source"],
+            k,
+            key_mean=src_mean,
+            executor="ray" if cfg.ray else "local",
+            backend=cfg.backend,
+            chunk=cfg.match_chunk,
+        )
         src_shards = list(stores["source"].iter_shards())
         tgt_shards = list(stores["target"].iter_shards())
         dim = stores["source"].dim
@@ -700,17 +763,26 @@ class _Run:
                 n = tmm.shape[0]
                 s, i = matcher.match(tmm, tgt_mean)
                 labels, sid, sim, keep = transfer_labels(
-                    s, i, src.codes, vote=cfg.vote, threshold=cfg.threshold, n_classes=len(names),
+                    s,
+                    i,
+                    src.codes,
+                    vote=cfg.vote,
+                    threshold=cfg.threshold,
+                    n_classes=len(names),
                     temperature=cfg.temperature,
-                )  # fmt: skip
+                )
                 kept = np.flatnonzero(keep)
                 tid = kept + t0
                 lam = lambdas_for(cfg.lam, tid, cfg.beta_alpha, cfg.seed)
                 if len(kept):
                     syn_rows = lda_project_interp(
-                        _gather_rows(src_shards, sid[kept], dim), np.asarray(tmm[kept], dtype=np.float32),
-                        W, lam, cfg.mode, backend=cfg.backend,
-                    )  # fmt: skip
+                        _gather_rows(src_shards, sid[kept], dim),
+                        np.asarray(tmm[kept], dtype=np.float32),
+                        W,
+                        lam,
+                        cfg.mode,
+                        backend=cfg.backend,
+                    )
                 else:
                     syn_rows = np.zeros((0, dim), np.float32)
                 gold = correct = None
@@ -719,12 +791,21 @@ class _Run:
                     correct = correct_labels(names, labels, gold)
                 counts = TransferCounts.count(labels, keep, sim, len(names), correct)
                 records = provenance(
-                    tid, sid[kept], [names[c] for c in labels[kept]], sim[kept], lam, cfg.mode,
+                    tid,
+                    sid[kept],
+                    [names[c] for c in labels[kept]],
+                    sim[kept],
+                    lam,
+                    cfg.mode,
                     gold=None if gold is None else [gold[j] for j in kept],
-                    target_records=tgt_reader.get(tid), source_records=src_reader.get(sid[kept]), digits=6,
-                )  # fmt: skip
+                    target_records=tgt_reader.get(tid),
+                    source_records=src_reader.get(sid[kept]),
+                    digits=6,
+                )
                 lines = [json.dumps(rec, ensure_ascii=False) for rec in records]
-                sha_p = atomic_write_bytes(syn / f"{stem}.jsonl", ("\n".join(lines) + ("\n" if lines else "")).encode())
+                sha_p = atomic_write_bytes(
+                    syn / f"{stem}.jsonl", ("\n".join(lines) + ("\n" if lines else "")).encode()
+                )
                 fault_point(f"part:{part}:jsonl")
                 sha_e = atomic_save_npy(syn / f"{stem}.npy", np.ascontiguousarray(syn_rows, dtype=np.float32))
                 fault_point(f"part:{part}:npy")
@@ -789,7 +870,8 @@ class _Run:
         report["n_source"] = len(self.src)
         # rows the encoder ran per store (repeats encoded once); recorded in the store manifests
         report["dedupe"] = {
-            name: {"rows": len(stores[name]), "encoded": stores[name].encoded_rows} for name in ("source", "target")
+            name: {"rows": len(stores[name]), "encoded": stores[name].encoded_rows}
+            for name in ("source", "target")
         }
         atomic_write_json(self.out / "report.json", report)  # deterministic: a resume writes the same bytes
         # the facts of this process (differ between a resumed and an uninterrupted run) live beside it

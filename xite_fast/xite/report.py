@@ -109,7 +109,12 @@ class TransferCounts:
 
     @classmethod
     def count(
-        cls, labels: np.ndarray, keep: np.ndarray, similarity: np.ndarray, n_classes: int, correct: np.ndarray | None = None
+        cls,
+        labels: np.ndarray,
+        keep: np.ndarray,
+        similarity: np.ndarray,
+        n_classes: int,
+        correct: np.ndarray | None = None,
     ) -> TransferCounts:
         """Counters of one batch: ``labels`` (N,) int codes, ``keep`` (N,) bool, ``similarity`` (N,) float
         of every target; ``correct`` (N,) bool (transferred label == gold) or None."""
@@ -265,7 +270,9 @@ def format_summary(report: dict, out) -> str:
         lines.append(f"    {name:<24s} {c:>9d}")
     sim = report["similarity"]
     if sim["n"]:
-        lines.append(f"  match similarity: mean {sim['mean']:.3f}, min {sim['min']:.3f}, max {sim['max']:.3f}")
+        lines.append(
+            f"  match similarity: mean {sim['mean']:.3f}, min {sim['min']:.3f}, max {sim['max']:.3f}"
+        )
         lines.append(SimilarityHistogram.from_dict(sim).format())
     lines.append("  time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["timing_s"].items()))
     lines.append(f"  wrote {out}/synthetic (manifest.json) and {out}/report.json")
@@ -276,9 +283,18 @@ def format_summary(report: dict, out) -> str:
 # The synthetic rows as a table, for the run directory (AugmentRun) and the in-memory result
 # (AugmentResult) alike: one row per synthetic row, built from its provenance record.
 SYNTHETIC_COLUMNS = (
-    "text", "text_pair", "label", "source_text", "source_pair", "similarity", "lam", "target_id", "source_id",
-    "gold_label", "mode",
-)  # fmt: skip
+    "text",
+    "text_pair",
+    "label",
+    "source_text",
+    "source_pair",
+    "similarity",
+    "lam",
+    "target_id",
+    "source_id",
+    "gold_label",
+    "mode",
+)
 _FROM_PROVENANCE = {"text": "target_text", "text_pair": "target_pair", "source_pair": "source_pair"}
 
 
@@ -349,4 +365,8 @@ def rows_frame(rows: Any):
     import pandas as pd
 
     rows = list(rows)
-    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["label", "similarity", "lam", "target_id", "source_id", "mode"])
+    return (
+        pd.DataFrame(rows)
+        if rows
+        else pd.DataFrame(columns=["label", "similarity", "lam", "target_id", "source_id", "mode"])
+    )
