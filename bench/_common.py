@@ -112,7 +112,8 @@ BENCH_FIELDS = [
     "commit",
     "date",
 ]
-# the columns of a measurement that name it rather than being one of its values (old names map to the schema's)
+# the columns of a measurement that name it rather than being one of its values (old names map to the
+# schema's)
 _IDENTITY = {
     "op": "op",
     "provider": "provider",

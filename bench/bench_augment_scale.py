@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'stage':18s} {'seconds':>9s} {'rows/s':>9s} {f'est. {big:,} x {big:,}':>22s}")
     for stage, t in timing.items():
         print(
-            f"{stage:18s} {t:9.1f} {(n_src + n_tgt) / t if t else float('nan'):9.0f} {est[stage] / 3600:19.2f} h"
+            f"{stage:18s} {t:9.1f} {(n_src + n_tgt) / t if t else float('nan'):9.0f} "
+            f"{est[stage] / 3600:19.2f} h"
         )
     print(f"{'total (CLI wall)':18s} {wall:9.1f} {'':9s} {sum(est.values()) / 3600:19.2f} h")
     print(

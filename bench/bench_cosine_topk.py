@@ -1,4 +1,5 @@
-"""Benchmark exact cosine top-k: xite_fast C++ kernel vs faiss IndexFlatIP and torch mm+topk, each at its best.
+"""Benchmark exact cosine top-k: xite_fast C++ kernel vs faiss IndexFlatIP and torch mm+topk, each at
+its best.
 
 Providers run side by side in one process on the same data, interleaved (repeat 1 of every
 provider, then repeat 2, ...) so host drift on a shared machine lands in every provider alike:
@@ -6,8 +7,8 @@ provider, then repeat 2, ...) so host drift on a shared machine lands in every p
 * ``xite_fast``   - ``xite_fast.cosine_topk(..., backend="cpu")`` on raw (unnormalised) float32 data
   (its time includes normalising the queries and the key-norm pass).
 * ``xite_bf16`` / ``xite_fp32`` / ``xite_avx512`` / ``xite_packed`` / ``xite_dot`` - the same call with
-  ``kernel=`` one micro-kernel (``bf16``: certified bf16 screening + exact fp32 rescoring, what ``auto`` picks on
-  AVX512_BF16 CPUs; its average candidates rescored per query and fp32 fallbacks are recorded).
+  ``kernel=`` one micro-kernel (``bf16``: certified bf16 screening + exact fp32 rescoring, what ``auto`` picks
+  on AVX512_BF16 CPUs; its average candidates rescored per query and fp32 fallbacks are recorded).
 * ``faiss``       - ``faiss.IndexFlatIP.search`` on pre-normalised data (normalisation and ``add``
   excluded from the time: favourable to faiss). faiss-cpu's bundled OpenBLAS may mis-detect the core
   (on an Intel Xeon it picked "Prescott", SSE3): before loading faiss the script times it in one
@@ -26,8 +27,9 @@ FMA chains on all threads, best of 5, before and after the cases; for the bf16 k
 ``vdpbf16ps`` peak measured the same way), extra peak RSS during the call
 (sampled from /proc every 5 ms) and the ratio of q/s vs faiss. On a shared host, wall time moves with the
 other jobs; "CPU-s GFLOP/s" is FLOP per CPU-second of the process x threads (the rate while it runs,
-spin-waits included), the figure to hold against the peak when the load average is above ~0.5. numpy and torch_ref run once on the
-first ``--slow-queries`` queries against all M keys (q/s is per query at fixed M, so it is comparable).
+spin-waits included), the figure to hold against the peak when the load average is above ~0.5. numpy and
+torch_ref run once on the first ``--slow-queries`` queries against all M keys (q/s is per query at fixed M, so
+it is comparable).
 
 Usage::
 
@@ -168,7 +170,8 @@ def _provider(prov: str, q: np.ndarray, x: np.ndarray, k: int, slow_n: int, repe
 
 
 def _blas_core(module_part: str) -> str:
-    """Core type (``architecture``) threadpoolctl reports for the loaded OpenBLAS whose path contains module_part."""
+    """Core type (``architecture``) threadpoolctl reports for the loaded OpenBLAS whose path contains
+    module_part."""
     try:
         import threadpoolctl
     except ImportError:
@@ -387,10 +390,10 @@ def main(argv: list[str] | None = None) -> int:
             ratio = r["qps"] / base if base else float("nan")
             pct = 100 * r["gflops"] / peak
             print(
-                f"{prov:11s} {r['n']:6d} {len(times[prov]):4d} {r['seconds']:9.3f} {r['qps']:9.1f} {r['gflops']:8.1f} "
-                f"{pct:5.1f}% {r['cpu_gflops']:8.1f} ({100 * r['cpu_gflops'] / cpu_peak:3.0f}%) {extra[prov] / 2**20:7.1f} "
-                f"{ratio:7.2f}x  {settings.get(prov, '')}"
-                + (f" (agree {r['agree']:.3f})" if r["agree"] < 1 else "")
+                f"{prov:11s} {r['n']:6d} {len(times[prov]):4d} {r['seconds']:9.3f} {r['qps']:9.1f} "
+                f"{r['gflops']:8.1f} {pct:5.1f}% {r['cpu_gflops']:8.1f} "
+                f"({100 * r['cpu_gflops'] / cpu_peak:3.0f}%) {extra[prov] / 2**20:7.1f} {ratio:7.2f}x  "
+                f"{settings.get(prov, '')}" + (f" (agree {r['agree']:.3f})" if r["agree"] < 1 else "")
             )
             if cands[prov]:
                 cpq = statistics.mean(c for c, _ in cands[prov])

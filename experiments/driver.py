@@ -33,12 +33,12 @@ Protocol (per seed):
   of the language means instead of the Fisher subspace (``XiteConfig.lda_basis``).
 * Stage-1 variants (``--stage1-variants plain ot ear``; each trains its own stage 1 from the pretrained
   encoder and then runs ``--aligned-variants`` on top, rows named ``<variant>+ot`` / ``<variant>+ear``):
-  ``ot-align``: OT pre-alignment (:func:`xite_fast.train.align.ot_align`) on parallel English/target pairs of the
-  *training* conversations only (:func:`alignment_pairs`; by default only the topics whose translation
+  ``ot-align``: OT pre-alignment (:func:`xite_fast.train.align.ot_align`) on parallel English/target pairs of
+  the *training* conversations only (:func:`alignment_pairs`; by default only the topics whose translation
   keeps the English conversation structure, per language), one model for all ``--langs``, then the same
   English fine-tuning (sentiment: the chatterbot English/Chinese translations of every conversation,
-  out of domain, ``SENTIMENT_PARALLEL``); ``ear``: English fine-tuning with EAR (``XiteConfig.ear``). Both are evaluated
-  zero-shot like the ``zero-shot`` row.
+  out of domain, ``SENTIMENT_PARALLEL``); ``ear``: English fine-tuning with EAR (``XiteConfig.ear``). Both are
+  evaluated zero-shot like the ``zero-shot`` row.
 * Reported: target accuracy and macro-F1 on the target test set, English test accuracy after stage 2
   (retention; the zero-shot row shows English after stage 1), mean +- std over seeds.
 
@@ -189,8 +189,8 @@ class ExperimentConfig:
             missing = [lang for lang in self.langs if lang not in SENTIMENT_PARALLEL]
             if missing:
                 raise ValueError(
-                    f"--stage1-variants ot with --task sentiment needs chatterbot parallel pairs for every target; "
-                    f"expected targets in {sorted(SENTIMENT_PARALLEL)}, got {missing}"
+                    "--stage1-variants ot with --task sentiment needs chatterbot parallel pairs for every "
+                    f"target; expected targets in {sorted(SENTIMENT_PARALLEL)}, got {missing}"
                 )
         for name in ("num_layers", "max_length", "batch_size", "stage1_epochs", "stage2_epochs", "threads"):
             if getattr(self, name) <= 0:
@@ -226,7 +226,8 @@ def _parser() -> argparse.ArgumentParser:
         "--variants",
         nargs="+",
         default=None,
-        help=f"stage-2 rows, from {list(VARIANTS)} (default: chatterbot {DEFAULT_VARIANTS}, else {TASK_VARIANTS})",
+        help=f"stage-2 rows, from {list(VARIANTS)} (default: chatterbot {DEFAULT_VARIANTS}, else "
+        f"{TASK_VARIANTS})",
     )
     p.add_argument("--model", default=d.model, help="e5-small or a local HF folder")
     p.add_argument(
@@ -256,9 +257,9 @@ def _parser() -> argparse.ArgumentParser:
         "--lda-langs",
         nargs="+",
         default=d.lda_langs,
-        help="xite-sentence-mlda: further languages of the same task whose unlabelled pools (evenly subsampled to "
-        "the largest target pool) join the LanguageLDA fit as further classes (the current target is skipped), "
-        "e.g. sentiment --targets zh --lda-langs fr",
+        help="xite-sentence-mlda: further languages of the same task whose unlabelled pools (evenly "
+        "subsampled to the largest target pool) join the LanguageLDA fit as further classes (the current "
+        "target is skipped), e.g. sentiment --targets zh --lda-langs fr",
     )
     p.add_argument("--test-fraction", type=float, default=d.test_fraction)
     p.add_argument("--split-seed", type=int, default=d.split_seed)
@@ -275,8 +276,8 @@ def _parser() -> argparse.ArgumentParser:
         "--pool-size",
         type=int,
         default=d.pool_size,
-        help="sentiment: target pool rows (0 = all but the test); pairs: cap each target pool at this many rows "
-        "(whole positive/negative couples, evenly spread over the pool; 0 = all)",
+        help="sentiment: target pool rows (0 = all but the test); pairs: cap each target pool at this many "
+        "rows (whole positive/negative couples, evenly spread over the pool; 0 = all)",
     )
     p.add_argument(
         "--test-size", type=int, default=d.test_size, help="sentiment: target gold test rows (>= 500)"
@@ -289,8 +290,9 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         default=d.stage1_variants,
         choices=list(STAGE1_ROWS),
-        help="stage 1: plain English fine-tuning (row zero-shot), ot = OT pre-alignment on train-conversation "
-        "parallel pairs then English fine-tuning (row ot-align), ear = English fine-tuning with EAR (row ear)",
+        help="stage 1: plain English fine-tuning (row zero-shot), ot = OT pre-alignment on "
+        "train-conversation parallel pairs then English fine-tuning (row ot-align), ear = English "
+        "fine-tuning with EAR (row ear)",
     )
     p.add_argument(
         "--aligned-variants",
@@ -324,8 +326,9 @@ def _parser() -> argparse.ArgumentParser:
         "--stage2-english",
         action=argparse.BooleanOptionalAction,
         default=d.stage2_english,
-        help="evaluate English test accuracy after every stage-2 run (forgetting) and re-check stage 1 without "
-        "the frozen-prefix cache at the end of each seed; --no-stage2-english saves that time (column shows -)",
+        help="evaluate English test accuracy after every stage-2 run (forgetting) and re-check stage 1 "
+        "without the frozen-prefix cache at the end of each seed; --no-stage2-english saves that time "
+        "(column shows -)",
     )
     p.add_argument("--tables-only", action="store_true", help="only merge the finished runs into the tables")
     p.add_argument(
@@ -639,8 +642,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
     multi = [v for v in [*cfg.variants, *cfg.aligned_variants] if VARIANTS[v].get("lda_fit") == "multi"]
     if multi and not all(any(x != lang for x in cfg.lda_langs) for lang in cfg.langs):
         raise ValueError(
-            f"{multi} need --lda-langs with a language other than each target {cfg.langs} (further LanguageLDA "
-            f"classes), got {cfg.lda_langs}"
+            f"{multi} need --lda-langs with a language other than each target {cfg.langs} (further "
+            f"LanguageLDA classes), got {cfg.lda_langs}"
         )
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -871,7 +874,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
                     "match_center": bool(cfg.match_center),
                 }
                 print(f"[seed {seed}] {row} {lang}: {diag}", flush=True)
-                # per pool row, for the similarity histogram / label-transfer accuracy per bin (tables.write_plots)
+                # per pool row, for the similarity histogram / label-transfer accuracy per bin
+                # (tables.write_plots)
                 diag["sim"] = [round(float(x), 4) for x in scores]
                 diag["sim_ok"] = (xite_labels == pool_gold).astype(int).tolist()
                 for variant in variants:
@@ -986,7 +990,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m experiments.driver ...`` / ``xite-fast experiment ...`` (returns the exit code)."""
+    """Command line: ``python -m experiments.driver ...`` / ``xite-fast experiment ...`` (returns the exit
+    code)."""
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -100,14 +100,15 @@ def main() -> None:
     lines = [
         "# LDA `shift` check: what the mix does at the head input (sentence placement)",
         "",
-        f"Command: `python -m experiments.lda_shift --out-name {a.out_name} --target {a.target} --seed {a.seed}` "
-        f"(stage-1 checkpoint `{ckpt.relative_to(cache_root())}`; English train {len(en_tr[0])}, pool {len(pool_texts)}, "
-        f"max_length {a.max_length}; W = fit_lda at level `sentence`, LanguageLDA r = 1; λ ~ Beta(1, 1), g = 1 − λ). "
-        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - t_start:.0f} s.",
+        f"Command: `python -m experiments.lda_shift --out-name {a.out_name} --target {a.target} --seed "
+        f"{a.seed}` (stage-1 checkpoint `{ckpt.relative_to(cache_root())}`; English train {len(en_tr[0])}, "
+        f"pool {len(pool_texts)}, max_length {a.max_length}; W = fit_lda at level `sentence`, LanguageLDA "
+        f"r = 1; λ ~ Beta(1, 1), g = 1 − λ). Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{time.perf_counter() - t_start:.0f} s.",
         "",
         f"Matched-label accuracy on the pool: {(y == pool_gold).mean():.3f}; stage-1 head on the pool's own "
-        f"vectors agrees with the matched labels {(ce(T, y)[1].argmax(1) == y).mean():.3f}, on the matched English "
-        f"vectors {(ce(S, y)[1].argmax(1) == y).mean():.3f}.",
+        f"vectors agrees with the matched labels {(ce(T, y)[1].argmax(1) == y).mean():.3f}, on the matched "
+        f"English vectors {(ce(S, y)[1].argmax(1) == y).mean():.3f}.",
         "",
         "## Vectors",
         "",
@@ -126,7 +127,8 @@ def main() -> None:
         "dist = ‖m − x‖ / ‖t − s‖ (0: m is x); target share = ‖B t‖ / ‖m‖ with m = A s + B t "
         "(the part of m computed from the target); grad share = ‖Bᵀ ∂L/∂m‖ / ‖∂L/∂m‖, the share of the head "
         "loss gradient that reaches the target's encoder pass (the rest goes to the English source); "
-        "loss / agree = stage-1 head's cross-entropy on m with the matched label and argmax agreement with it.",
+        "loss / agree = stage-1 head's cross-entropy on m with the matched label and argmax agreement with "
+        "it.",
         "",
         "| mode | dist to s | dist to t | target share | grad share to t | head loss on m | head agrees |",
         "|---|---|---|---|---|---|---|",
@@ -145,14 +147,17 @@ def main() -> None:
         )  # Bᵀ g (B symmetric)
         d = nrm(T - S)
         lines.append(
-            f"| {mode} | {(nrm(M - S) / d).mean():.3f} | {(nrm(M - T) / d).mean():.3f} | {(nrm(Bt) / nrm(M)).mean():.3f} | "
-            f"{(nrm(Gt) / np.maximum(nrm(G), 1e-12)).mean():.3f} | {loss.mean():.3f} | {(prob.argmax(1) == y).mean():.3f} |"
+            f"| {mode} | {(nrm(M - S) / d).mean():.3f} | {(nrm(M - T) / d).mean():.3f} | "
+            f"{(nrm(Bt) / nrm(M)).mean():.3f} | {(nrm(Gt) / np.maximum(nrm(G), 1e-12)).mean():.3f} | "
+            f"{loss.mean():.3f} | {(prob.argmax(1) == y).mean():.3f} |"
         )
     lines.append(
-        f"| (source alone, s) | 0 | 1 | 0 | 0 | {ce(S, y)[0].mean():.3f} | {(prob_s.argmax(1) == y).mean():.3f} |"
+        f"| (source alone, s) | 0 | 1 | 0 | 0 | {ce(S, y)[0].mean():.3f} | "
+        f"{(prob_s.argmax(1) == y).mean():.3f} |"
     )
     lines.append(
-        f"| (target alone, t) | 1 | 0 | 1 | 1 | {ce(T, y)[0].mean():.3f} | {(ce(T, y)[1].argmax(1) == y).mean():.3f} |"
+        f"| (target alone, t) | 1 | 0 | 1 | 1 | {ce(T, y)[0].mean():.3f} | "
+        f"{(ce(T, y)[1].argmax(1) == y).mean():.3f} |"
     )
     w = W[:, 0]
     dm = T.mean(0) - Sall.mean(0)

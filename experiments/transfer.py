@@ -823,8 +823,8 @@ def _md_text(task: str, command: str, summary, analyses, twins, info: dict) -> s
         ]
         for s in (s for s in summary if s["target"] == t):
             L.append(
-                f"| {s['row']} | {_f(s['acc'])} ± {_f(s['acc_std'])} | {_f(s['f1'])} | {_f(s['gap_closed'], 2)} | "
-                f"{_f(s['en_acc'])} | {_f(s['label_acc'])} | {_f(s['kept'], 2)} |"
+                f"| {s['row']} | {_f(s['acc'])} ± {_f(s['acc_std'])} | {_f(s['f1'])} | "
+                f"{_f(s['gap_closed'], 2)} | {_f(s['en_acc'])} | {_f(s['label_acc'])} | {_f(s['kept'], 2)} |"
             )
         ans = analyses[t]
 
@@ -836,11 +836,13 @@ def _md_text(task: str, command: str, summary, analyses, twins, info: dict) -> s
             "",
             f"Label quality of the pool (mean over seeds, {ans[0]['n_pool']} pool rows):",
             "",
-            "| matched (centered) | matched, twin excluded | matched (raw) | zero-shot pseudo-labels | agreement | "
-            "acc. where they agree | matched acc. where they disagree | pseudo acc. where they disagree |",
+            "| matched (centered) | matched, twin excluded | matched (raw) | zero-shot pseudo-labels | "
+            "agreement | acc. where they agree | matched acc. where they disagree | pseudo acc. where they "
+            "disagree |",
             "|---|---|---|---|---|---|---|---|",
-            f"| {m('matched_acc')} | {m('matched_acc_twin_excluded')} | {m('raw_matched_acc')} | {m('pseudo_acc')} | {m('agree_rate')} | "
-            f"{m('acc_when_agree')} | {m('matched_acc_when_disagree')} | {m('pseudo_acc_when_disagree')} |",
+            f"| {m('matched_acc')} | {m('matched_acc_twin_excluded')} | {m('raw_matched_acc')} | "
+            f"{m('pseudo_acc')} | {m('agree_rate')} | {m('acc_when_agree')} | "
+            f"{m('matched_acc_when_disagree')} | {m('pseudo_acc_when_disagree')} |",
             "",
         ]
         L += [
@@ -873,14 +875,16 @@ def _md_text(task: str, command: str, summary, analyses, twins, info: dict) -> s
         L += [
             "## Chatterbot label transfer: with vs without the twin",
             "",
-            "Every target sentence matched (top-1, centered) against all English sentences of the shared topics.",
+            "Every target sentence matched (top-1, centered) against all English sentences of the shared "
+            "topics.",
             "",
-            "| target | sentences | with the twin (demo) | twin excluded | twin is top-1 | has a positional twin |",
+            "| target | sentences | with the twin (demo) | twin excluded | twin is top-1 | has a positional "
+            "twin |",
             "|---|---|---|---|---|---|",
         ]
         L += [
-            f"| {w['target']} | {w['n']} | {w['with_twin']:.3f} | {w['twin_excluded']:.3f} | {w['twin_is_top1']:.3f} | "
-            f"{w['has_twin']:.3f} |"
+            f"| {w['target']} | {w['n']} | {w['with_twin']:.3f} | {w['twin_excluded']:.3f} | "
+            f"{w['twin_is_top1']:.3f} | {w['has_twin']:.3f} |"
             for w in twins
         ]
         L.append("")

@@ -131,7 +131,8 @@ def check_augment(max_rows: int, work: Path) -> None:
     rows = sum(1 for p in parts for _ in p.open())
     assert parts and rows > 0, "the demo augment wrote no synthetic rows"
     print(
-        f"smoke: augment {rows} synthetic rows, report keys {sorted(report)[:4]}, manifest {len(manifest)} keys"
+        f"smoke: augment {rows} synthetic rows, report keys {sorted(report)[:4]}, manifest {len(manifest)} "
+        "keys"
     )
 
 
@@ -207,7 +208,8 @@ def check_train() -> None:
                 assert np.array_equal(a, b), np.abs(a - b).max()
                 assert re.config.id2label == {0: "0", 1: "10", 2: "20"}, re.config.id2label
             print(
-                f"smoke: {arch} {xc.placement}: 4 steps, losses {losses[0]:.3f} -> {losses[-1]:.3f}, reload identical"
+                f"smoke: {arch} {xc.placement}: 4 steps, losses {losses[0]:.3f} -> {losses[-1]:.3f}, reload "
+                "identical"
             )
 
 

@@ -1,4 +1,5 @@
-"""xite_fast.logging: the default handler policy (like transformers'), verbosity setters, the progress-bar rule."""
+"""xite_fast.logging: the default handler policy (like transformers'), verbosity setters, the
+progress-bar rule."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def test_default_handler_prints_once_to_stderr_and_steps_aside_for_a_configured_
     ]
     # an application that configured logging gets each record once, in its own format
     r = _py(
-        "import logging, xite_fast\nlogging.basicConfig(format='APP %(message)s')\nlogging.getLogger('xite_fast').warning('w')"
+        "import logging, xite_fast\nlogging.basicConfig(format='APP %(message)s')\n"
+        "logging.getLogger('xite_fast').warning('w')"
     )
     assert r.stderr.splitlines() == ["APP w"]
     r = _py(
@@ -47,7 +49,8 @@ def test_default_handler_prints_once_to_stderr_and_steps_aside_for_a_configured_
     )
     assert r.stderr.splitlines() == ["[xite-fast] d"]
     r = _py(
-        "import logging, xite_fast\nxite_fast.logging.disable_default_handler()\nlogging.getLogger('xite_fast').error('e')"
+        "import logging, xite_fast\nxite_fast.logging.disable_default_handler()\n"
+        "logging.getLogger('xite_fast').error('e')"
     )
     assert r.stderr.splitlines() == ["e"]  # Python's last-resort handler, nothing of ours
 

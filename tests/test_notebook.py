@@ -39,15 +39,18 @@ def test_notebook_shows_progress_and_logs(tmp_path):
         f"import sys; sys.path.insert(0, {str(ROOT)!r}); print(sys.executable)",
         "import pandas as pd\nimport xite_fast\nfrom xite_fast import Encoder, encode_corpus",
         f"enc = Encoder({str(bert)!r}, runtime='torch')\n"
-        "emb = enc.encode([f'the weather is nice today {i}' for i in range(120)], batch_size=8)\nprint(emb.shape)",
+        "emb = enc.encode([f'the weather is nice today {i}' for i in range(120)], batch_size=8)\n"
+        "print(emb.shape)",
         "xite_fast.logging.set_verbosity_info()\n"
         "df = pd.DataFrame({'text': [f'my computer is broken {i}' for i in range(90)]})\n"
         f"store = encode_corpus(df, {str(tmp_path / 'emb')!r}, enc, shard_size=40)\nprint(len(store))",
         "from tests.utils import HashEncoder\n"
         "src = pd.DataFrame({'text': [f'source {i}' for i in range(40)], 'label': ['a', 'b'] * 20})\n"
-        f"run = xite_fast.run_augment(xite_fast.AugmentConfig(source=src, target=df, out={str(tmp_path / 'run')!r}, "
-        "shard_size=16, mode='interp'), encoder=HashEncoder())\nprint(run.to_pandas().shape)",
-        "emb = enc.encode(['one', 'two'], show_progress_bar=False)\nxite_fast.logging.set_verbosity_warning()",
+        "run = xite_fast.run_augment(xite_fast.AugmentConfig(source=src, target=df, "
+        f"out={str(tmp_path / 'run')!r}, shard_size=16, mode='interp'), encoder=HashEncoder())\n"
+        "print(run.to_pandas().shape)",
+        "emb = enc.encode(['one', 'two'], show_progress_bar=False)\n"
+        "xite_fast.logging.set_verbosity_warning()",
     ]
     outputs = _run(cells, tmp_path)
     errors = [o for o in outputs if o.get("output_type") == "error"]

@@ -54,7 +54,8 @@ EXPECTED_SKIPS = {
     (
         "Scaling out: 10M × 10M on a cluster",
         "--ray",
-        "xite-fast augment --source /shared/en_10M.jsonl --target /shared/ko_10M.txt --out /shared/run --ray HEAD:6379",
+        "xite-fast augment --source /shared/en_10M.jsonl --target /shared/ko_10M.txt --out /shared/run --ray "
+        "HEAD:6379",
     ),
     ("Scaling out: 10M × 10M on a cluster", "--ray", "xite-fast augment ... --ray local"),
     (

@@ -46,7 +46,8 @@ def cpu_ext(op: str | None = None) -> bool:
 
 
 def needs_cpu_ext(op: str | None = None) -> Any:
-    """``pytest.mark.skipif`` for a test of the C++ kernel (``op``: the function the extension must export)."""
+    """``pytest.mark.skipif`` for a test of the C++ kernel (``op``: the function the extension must
+    export)."""
     import pytest
 
     return pytest.mark.skipif(not cpu_ext(op), reason="C++ kernel not built")
@@ -94,7 +95,10 @@ def exact_topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fmt_row(r: int, s, i, rs, ri) -> str:
-    return f"  row {r}:\n    got idx {i.tolist()}\n    ref idx {ri.tolist()}\n    got s {s.tolist()}\n    ref s {rs.tolist()}"
+    return (
+        f"  row {r}:\n    got idx {i.tolist()}\n    ref idx {ri.tolist()}\n"
+        f"    got s {s.tolist()}\n    ref s {rs.tolist()}"
+    )
 
 
 def assert_topk_equal(

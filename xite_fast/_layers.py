@@ -15,8 +15,9 @@ from __future__ import annotations
 __all__ = ["LAYERS", "SHARED_PRIVATE"]
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    # the version, logging and progress-bar policy, file plumbing (hashing, atomic writes, locks, cache root), boundary checks, the op
-    # dispatch point, the one Ray connection/error helper, plain-torch references of the ops, the extension
+    # the version, logging and progress-bar policy, file plumbing (hashing, atomic writes, locks, cache root),
+    # boundary checks, the op dispatch point, the one Ray connection/error helper, plain-torch references of
+    # the ops, the extension
     ("_version", "logging", "_io", "_validation", "_backend", "_ray", "_layers", "reference", "_C"),
     ("ops",),  # Python faces of the kernels
     ("data",),  # the record reader and the bundled data sets

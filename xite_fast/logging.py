@@ -2,7 +2,8 @@
 
 Every module logs to the ``"xite_fast"`` logger (or a child, :func:`get_logger`). By default that logger
 takes the root logger's level (WARNING unless the application set another) and has one handler that
-writes ``[xite-fast] message`` to the *current* ``sys.stderr`` (so a notebook shows it under the cell) -- only while the application has not configured logging
+writes ``[xite-fast] message`` to the *current* ``sys.stderr`` (so a notebook shows it under the cell) -- only
+while the application has not configured logging
 itself: once the root logger has a handler (``logging.basicConfig``, pytest), records simply propagate
 to it and nothing is printed twice. ``XITE_FAST_VERBOSITY=debug|info|warning|error|critical`` sets the
 starting level.

@@ -284,7 +284,8 @@ def test_header_columns_by_name(tmp_path):
         (
             "text,label\na,x\nb, c,y\n",
             True,
-            r"x\.csv:3: 3 fields, expected at most 2 \(as many as the header\); a field holding ',' must be quoted",
+            r"x\.csv:3: 3 fields, expected at most 2 \(as many as the header\); a field holding ',' must be "
+            r"quoted",
         ),
         ("a,x\n\nb, c,y\n", False, r"x\.csv:3: 3 fields, expected at most 2 \(as many as the first record\)"),
         (

@@ -33,7 +33,8 @@ class InvariantHash(HashEncoder):
 
 
 def repeated_texts(n: int = 300, distinct: int = 40, seed: int = 0) -> list[str]:
-    """``n`` chatterbot English texts drawn (Zipf-like) from ``distinct`` ones: many repeats, mixed lengths."""
+    """``n`` chatterbot English texts drawn (Zipf-like) from ``distinct`` ones: many repeats, mixed
+    lengths."""
     from xite_fast.data.chatterbot import load_chatterbot
 
     base = sorted({r["text"] for r in load_chatterbot("english")})

@@ -368,7 +368,7 @@ def test_import_without_the_optional_runtimes():
     assert out.startswith("True ('auto',"), out
 
 
-# ----------------------------------------------------------------------------- sentence-transformers conventions
+# -------------------------------------------------------------------------- sentence-transformers conventions
 
 
 def test_encode_input_kinds_and_outputs(enc_onnx):
@@ -440,7 +440,8 @@ def test_ct2_int8_is_close_to_fp32(enc_torch):
 
 
 def test_openvino_int8_is_close_to_torch_fp32(enc_torch):
-    """NNCF static int8 IR: close to the torch fp32 reference, same Korean->English neighbours, really int8."""
+    """NNCF static int8 IR: close to the torch fp32 reference, same Korean->English neighbours, really
+    int8."""
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     import openvino as ov

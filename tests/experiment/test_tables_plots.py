@@ -16,7 +16,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def _runs(
     path, langs=("korean", "japanese"), seeds=(0, 1, 2), variants=("matched-only", "oracle")
 ) -> list[dict]:
-    """A tiny runs file as the driver writes it: one zero-shot record per seed, one per (seed, lang, variant)."""
+    """A tiny runs file as the driver writes it: one zero-shot record per seed, one per (seed, lang,
+    variant)."""
     rng = np.random.default_rng(0)
     recs = []
     for s in seeds:

@@ -491,7 +491,8 @@ def test_cpu_kernel_env_override(monkeypatch):
     with pytest.raises(
         ValueError,
         match=re.escape(
-            "XITE_FAST_CPU_KERNEL must be one of 'auto', 'fp32', 'bf16', 'avx512', 'packed', 'dot', got 'sse9'"
+            "XITE_FAST_CPU_KERNEL must be one of 'auto', 'fp32', 'bf16', 'avx512', 'packed', 'dot', got "
+            "'sse9'"
         ),
     ):
         cosine_topk(q, x, 4, backend="cpu")

@@ -54,7 +54,10 @@ def _first_mismatch(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) 
     if not bad.any():
         return "ok"
     idx = bad.nonzero()[:5].tolist()
-    return f"first mismatches at {idx}: got {[a[tuple(i)].item() for i in idx]}, want {[b[tuple(i)].item() for i in idx]}"
+    return (
+        f"first mismatches at {idx}: got {[a[tuple(i)].item() for i in idx]}, want "
+        f"{[b[tuple(i)].item() for i in idx]}"
+    )
 
 
 # ------------------------------------------------------------------------------------ vs POT

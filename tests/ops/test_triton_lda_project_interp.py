@@ -159,7 +159,8 @@ def test_kernels_compile_for_sm80():
 @pytest.mark.triton
 @pytest.mark.parametrize("mode", ["interp", "proj", "comp", "shift"])
 def test_public_op_dispatches_to_triton(mode):
-    """xite_fast.lda_project_interp(backend="triton") routes to the Triton kernel and matches the reference."""
+    """xite_fast.lda_project_interp(backend="triton") routes to the Triton kernel and matches the
+    reference."""
     import xite_fast
     from xite_fast.reference import lda_project_interp_ref
 

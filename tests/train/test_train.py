@@ -270,7 +270,7 @@ def test_regression_and_multilabel_train_and_predict(tmp_path):
     )
 
 
-# --------------------------------------------------------------------------------------------- pairs, predict, match
+# -------------------------------------------------------------------------------------- pairs, predict, match
 def test_sentence_pairs_tokenize_with_text_pair_and_train(tmp_path):
     hyp, _ = _sentences(48, 7)
     ds = XiteDataset(TOK, SRC, YS, text_pairs=hyp)
@@ -365,7 +365,7 @@ def test_embed_levels_match_the_models_own_tensors():
     )
 
 
-# --------------------------------------------------------------------------------------------- e5 backbone, GPU
+# ------------------------------------------------------------------------------------------- e5 backbone, GPU
 def test_e5_small_backbone_trains_sentence_placement(tmp_path, e5_tiny_dir):
     from transformers import AutoTokenizer
 
@@ -475,8 +475,11 @@ def test_fit_lda_offset_basis_and_extra_languages_against_references():
 
     xm = XiteModel(_model(dropout=0.0), XiteConfig(placement="sentence", lda=True, lda_basis="means")).eval()
     third, _ = _sentences(40, 2, lo=1, hi=3)  # a third "language": shorter sentences of other draws
+
     # fit_lda counts each distinct text once
-    emb = lambda texts: embed_texts(xm, TOK, list(dict.fromkeys(texts)), level="sentence").astype(np.float64)  # noqa: E731
+    def emb(texts):
+        return embed_texts(xm, TOK, list(dict.fromkeys(texts)), level="sentence").astype(np.float64)
+
     es, et, e3 = emb(SRC), emb(TGT), emb(third)
     # "means", two languages: the basis is the language-mean offset direction
     W = fit_lda(xm, TOK, SRC, TGT)

@@ -68,7 +68,7 @@ def _run(tmp_path: Path, src, labels, tgt, **kw):
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# --------------------------------------------------------------------------------------------- augment -> train
+# ------------------------------------------------------------------------------------------- augment -> train
 def test_augment_run_trains_streamed_with_the_source_label_set(tmp_path):
     src, labels, tgt = _corpora()
     run = _run(tmp_path, src, labels, tgt)
@@ -263,7 +263,7 @@ def test_every_checkpoint_is_a_model_folder_and_resume_still_works(tmp_path):
     np.testing.assert_allclose(_losses(again), _losses(full), rtol=1e-5, atol=1e-6)
 
 
-# --------------------------------------------------------------------------------------------- settings honoured
+# ------------------------------------------------------------------------------------------ settings honoured
 def test_lam_given_is_fixed_alpha_draws_beta_and_both_is_an_error():
     def lams(**kw):
         xm = XiteModel(_model(), XiteConfig(**kw))
@@ -373,7 +373,7 @@ def test_seed_before_loading_makes_the_head_reproducible(tmp_path):
     np.testing.assert_array_equal(runs[0], runs[1])
 
 
-# --------------------------------------------------------------------------------------------- eval, stage 1, diagnostics
+# --------------------------------------------------------------------------------- eval, stage 1, diagnostics
 def test_eval_texts_and_labels_use_the_training_label_map(tmp_path):
     src_labels = [NAMES[c] for c in YS]
     tr = train_xite(
@@ -470,7 +470,7 @@ def test_stage1_ear_in_one_call(tmp_path):
     assert "pert_input_ids" in tr.train_dataset[0] and np.isfinite(_losses(tr)).all()
 
 
-# --------------------------------------------------------------------------------------------- inputs and labels
+# ------------------------------------------------------------------------------------------ inputs and labels
 @pytest.mark.parametrize(
     "labels,match",
     [

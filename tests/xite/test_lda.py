@@ -1,4 +1,5 @@
-"""LanguageLDA vs sklearn LinearDiscriminantAnalysis(solver="eigen"), projector algebra, persistence, errors."""
+"""LanguageLDA vs sklearn LinearDiscriminantAnalysis(solver="eigen"), projector algebra, persistence,
+errors."""
 
 from __future__ import annotations
 

@@ -303,7 +303,8 @@ def test_encoder_nan_names_the_encoder_and_rows(tmp_path):
     txt.write_text("".join(f"line {i}\n" for i in range(10)))
     with pytest.raises(
         RuntimeError,
-        match=r"encoder 'nan-model' \(runtime fake-runtime\) returned NaN or inf embeddings for 1 of 4 input rows \(rows 1; first: 'line 1'\)",
+        match=r"encoder 'nan-model' \(runtime fake-runtime\) returned NaN or inf embeddings for 1 of 4 input "
+        r"rows \(rows 1; first: 'line 1'\)",
     ):
         encode_corpus(txt, tmp_path / "e", _NaNEncoder(), shard_size=4, batch_size=2)
     src, tgt = write_run_inputs(tmp_path / "in", target="target {i}")

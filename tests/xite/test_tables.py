@@ -157,7 +157,8 @@ def test_run_augment_show_progress_bar(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_to_dataset_streams_part_by_part(tmp_path):
-    """200k synthetic rows (4 parts) into a Dataset with embeddings: memory grows with one part, not the run."""
+    """200k synthetic rows (4 parts) into a Dataset with embeddings: memory grows with one part, not the
+    run."""
     psutil = pytest.importorskip("psutil")
     from xite_fast.xite.report import _part_rows, rows_dataset
 

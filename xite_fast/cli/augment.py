@@ -40,7 +40,8 @@ def add_parser(sub, fmt) -> None:
     a.add_argument(
         "--out",
         required=True,
-        help="run directory (resumable, movable): new, empty or an earlier run's; never another program's files",
+        help="run directory (resumable, movable): new, empty or an earlier run's; never another program's "
+        "files",
     )
     add_common_args(a, AugmentConfig)
     a.add_argument(

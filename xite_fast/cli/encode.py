@@ -36,6 +36,7 @@ def run(args) -> dict:
         print(json.dumps({**summary, "seconds": round(dt, 3)}))
     else:
         print(
-            f"encoded {len(store)} rows (dim {store.dim}) into {args.out} in {dt:.1f} s ({len(store.shard_paths)} shards)"
+            f"encoded {len(store)} rows (dim {store.dim}) into {args.out} in {dt:.1f} s "
+            f"({len(store.shard_paths)} shards)"
         )
     return summary

@@ -77,7 +77,8 @@ def add_common_args(p: argparse.ArgumentParser, config_cls: type) -> None:
         "--header",
         action=argparse.BooleanOptionalAction,
         default=d["header"],
-        help="TSV/CSV: the first line names the columns (--no-header: the columns are text, label, text pair)",
+        help="TSV/CSV: the first line names the columns (--no-header: the columns are text, label, text "
+        "pair)",
     )
     g.add_argument(
         "--dedupe",
@@ -172,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             from experiments.driver import main as experiment_main
         except ImportError as exc:
             print(
-                "xite-fast: error: `xite-fast experiment` runs the research driver experiments/driver.py of a "
-                f"source checkout, which this installation does not have ({exc}); from a checkout run "
+                "xite-fast: error: `xite-fast experiment` runs the research driver experiments/driver.py of "
+                f"a source checkout, which this installation does not have ({exc}); from a checkout run "
                 "`python -m experiments.driver ...`",
                 file=sys.stderr,
             )
@@ -205,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ) as exc:  # a defect or a dependency's failure: one line, the traceback only with --verbose
         logging.getLogger("xite_fast").debug("traceback of the unexpected error", exc_info=True)
         print(
-            f"xite-fast: error: unexpected {type(exc).__name__}: {exc} (rerun with --verbose for the traceback "
-            "and report it)",
+            f"xite-fast: error: unexpected {type(exc).__name__}: {exc} (rerun with --verbose for the "
+            "traceback and report it)",
             file=sys.stderr,
         )
         return 1

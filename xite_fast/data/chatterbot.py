@@ -13,9 +13,9 @@ How well do chatterbot translations align? (measured on chatterbot-corpus 1.3.3,
     conversation 3 is a different dialogue than English conversation 3; bench/README.md measures how
     often the positional twin is the encoder's nearest English sentence, in and outside
     ``WELL_ALIGNED_TOPICS``). Consequences: :func:`split_by_conversation` keeps every ``conv_id`` on
-    one side in all languages (so no test sentence's positional twin is trained on), and :func:`parallel_pairs`
-    returns positional pairs as they are (noisy where counts differ; ``topics=WELL_ALIGNED_TOPICS``
-    keeps the topics whose structure matches).
+    one side in all languages (so no test sentence's positional twin is trained on), and
+    :func:`parallel_pairs` returns positional pairs as they are (noisy where counts differ;
+    ``topics=WELL_ALIGNED_TOPICS`` keeps the topics whose structure matches).
 """
 
 from __future__ import annotations

@@ -100,7 +100,8 @@ def corpus_format(path: str | os.PathLike) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in _SUFFIXES:
         raise ValueError(
-            f"unsupported corpus file {str(path)!r}: expected one of {sorted(_SUFFIXES)}, got suffix {suffix!r}"
+            f"unsupported corpus file {str(path)!r}: expected one of {sorted(_SUFFIXES)}, got suffix "
+            f"{suffix!r}"
         )
     return _SUFFIXES[suffix]
 
@@ -190,13 +191,17 @@ def _column(names: list[str], field_name: str, what: str, where: str) -> int | N
 
 
 def _set_columns(layout: _Layout, cells: list[str], where: str, need_label: bool) -> None:
-    """Fill ``layout`` from the header ``cells`` (header=True) or the first record ``cells`` (header=False)."""
+    """Fill ``layout`` from the header ``cells`` (header=True) or the first record ``cells``
+    (header=False)."""
     layout.width = len(cells)
     if not layout.header:
         layout.text_col, layout.label_col = 0, 1
         layout.pair_col = 2 if layout.pair_field is not None else None
         return
-    hint = "; if the file has no header line, pass header=False (CLI: --no-header): columns text, label, text pair"
+    hint = (
+        "; if the file has no header line, pass header=False (CLI: --no-header): columns text, label, "
+        "text pair"
+    )
     text_col = _column(cells, layout.text_field, "text_field", where)
     if text_col is None:
         raise ValueError(f"{where}: no column text_field={layout.text_field!r} in the header {cells}{hint}")
@@ -243,7 +248,8 @@ def _parse(line_or_cells: Any, layout: _Layout, where: str, need_label: bool, se
             pair = obj.get(layout.pair_field)
             if not isinstance(pair, str):
                 raise ValueError(
-                    f"{where}: field pair_field={layout.pair_field!r} must be a string, got {type(pair).__name__}"
+                    f"{where}: field pair_field={layout.pair_field!r} must be a string, got "
+                    f"{type(pair).__name__}"
                 )
             pair = pair.strip()
     else:  # tsv / csv cells; a record shorter than the header has empty trailing fields (as pandas reads it)
@@ -375,8 +381,8 @@ def _table_rows(
             ) from None
         if eof:  # the reader reached the end of the file inside a quoted field
             raise ValueError(
-                f"{rec[1]}: a quoted field opened in this record is never closed (end of file reached): a field "
-                f"that starts with '\"' ends at the next lone '\"', a '\"' inside it is written '\"\"'"
+                f"{rec[1]}: a quoted field opened in this record is never closed (end of file reached): a "
+                f"field that starts with '\"' ends at the next lone '\"', a '\"' inside it is written '\"\"'"
             )
         yield rec[0], rec[1], cells
         rec[0] = rec[1] = None
@@ -662,7 +668,8 @@ def _sequence_items(obj: Any, name: str) -> Iterator[tuple[int, str | None, str 
             yield i, t[0], t[1]
         else:
             raise ValueError(
-                f"{name}[{i}] must be a str or a (text, text_pair) 2-tuple of str, got {type(t).__name__}: {t!r:.60}"
+                f"{name}[{i}] must be a str or a (text, text_pair) 2-tuple of str, got {type(t).__name__}: "
+                f"{t!r:.60}"
             )
 
 
@@ -720,8 +727,8 @@ def iter_table_records(
     if kind in ("series", "column") or (kind is None and _is_text_sequence(table)):
         if need_label:
             raise ValueError(
-                f"{name}: labels missing: a {type(table).__name__} of texts has no labels; pass a DataFrame / "
-                f"Dataset with a {label_field!r} column (label_field=)"
+                f"{name}: labels missing: a {type(table).__name__} of texts has no labels; pass a DataFrame "
+                f"/ Dataset with a {label_field!r} column (label_field=)"
             )
         for i, text, pair in _sequence_items(table, name):
             if max_rows is not None and n_out >= max_rows:

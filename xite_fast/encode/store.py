@@ -184,7 +184,8 @@ def _iter_items(items: Iterable[Any]) -> Iterator[Any]:
             yield t  # a sentence pair (text, text_pair)
         else:
             raise ValueError(
-                f"source item {i} must be a str, got {type(t).__name__}: {t!r:.60} (or a (str, str) sentence pair)"
+                f"source item {i} must be a str, got {type(t).__name__}: {t!r:.60} (or a (str, str) sentence "
+                "pair)"
             )
 
 
@@ -200,7 +201,8 @@ def index_of(source: Any, text_field: str, errors: str, pair_field: str | None) 
             raise ValueError(f"source must be a file or an iterable of str, got directory {path}")
         if path.suffix.lower() not in (".txt", ".jsonl", ".ndjson", ".tsv", ".csv", ".parquet"):
             raise ValueError(
-                f"source must end with one of ['.csv', '.jsonl', '.ndjson', '.parquet', '.tsv', '.txt'], got {path.name!r}"
+                "source must end with one of ['.csv', '.jsonl', '.ndjson', '.parquet', '.tsv', '.txt'], got "
+                f"{path.name!r}"
             )
         try:
             return index_corpus(
@@ -238,7 +240,8 @@ def open_source(
         return _table_source(source, text_field, pair_field)
     if isinstance(source, (bytes, bytearray)) or not isinstance(source, Iterable):
         raise ValueError(
-            f"source must be a path (.txt/.jsonl/.tsv/.csv/.parquet) or an iterable of str, got {type(source).__name__}"
+            "source must be a path (.txt/.jsonl/.tsv/.csv/.parquet) or an iterable of str, got "
+            f"{type(source).__name__}"
         )
     # an iterable cannot be fingerprinted up front: each shard's text sha256 identifies it instead
     return {"kind": "iterable"}, _iter_items(source)
@@ -325,7 +328,10 @@ class EmbeddingStore:
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else "incomplete"
-        return f"EmbeddingStore({str(self.out_dir)!r}, rows={len(self)}, dim={self.dim}, shards={len(self._shards)}, {state})"
+        return (
+            f"EmbeddingStore({str(self.out_dir)!r}, rows={len(self)}, dim={self.dim}, "
+            f"shards={len(self._shards)}, {state})"
+        )
 
     @property
     def shard_paths(self) -> list[Path]:
@@ -359,11 +365,13 @@ class EmbeddingStore:
                 arr = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as exc:
                 raise ValueError(
-                    f"{path}: unreadable shard ({exc}); rerun the command that wrote {self.out_dir} to re-make it"
+                    f"{path}: unreadable shard ({exc}); rerun the command that wrote {self.out_dir} to "
+                    "re-make it"
                 ) from None
             if arr.shape != (int(s["rows"]), self.dim) or arr.dtype != np.float32:
                 raise ValueError(
-                    f"{path}: expected ({s['rows']}, {self.dim}) float32 per the manifest, got {arr.shape} {arr.dtype}"
+                    f"{path}: expected ({s['rows']}, {self.dim}) float32 per the manifest, got {arr.shape} "
+                    f"{arr.dtype}"
                 )
             yield int(s["start"]), arr
 
@@ -424,7 +432,8 @@ def encode_corpus(
             checked per shard).
         out_dir: output folder (created).
         encoder: an :class:`~xite_fast.encode.encoder.Encoder` (default: ``Encoder()``, ONNX e5-small),
-            or a zero-argument factory of one (called after the source was validated). Sentence pairs reach it as ``(text, text_pair)`` tuples.
+            or a zero-argument factory of one (called after the source was validated). Sentence pairs reach it
+            as ``(text, text_pair)`` tuples.
         shard_size: rows per shard (fixed row ranges; part of the identity of the output).
         batch_size: texts per forward pass (within a shard).
         text_field, pair_field: field / column of the text and (optional) text pair of a file source.
@@ -614,9 +623,10 @@ def write_shard(
         name = getattr(encoder, "model_id", type(encoder).__name__)
         runtime = getattr(encoder, "runtime_name", None) or getattr(encoder, "runtime", None)
         raise RuntimeError(
-            f"the encoder {name!r}{f' (runtime {runtime})' if runtime else ''} returned NaN or inf embeddings "
-            f"for {len(bad)} of {len(texts)} input rows (rows {rows}; first: {texts[int(bad[0])]!r:.80}); "
-            "nothing was written for this shard: try precision='fp32' or another runtime"
+            f"the encoder {name!r}{f' (runtime {runtime})' if runtime else ''} returned NaN or inf "
+            f"embeddings for {len(bad)} of {len(texts)} input rows (rows {rows}; first: "
+            f"{texts[int(bad[0])]!r:.80}); nothing was written for this shard: try precision='fp32' or "
+            "another runtime"
         )
     name = _shard_name(k)
     sha = atomic_save_npy(out_dir / name, emb)
@@ -729,7 +739,8 @@ def open_manifest(out_dir: Path, header: dict, overwrite: bool) -> dict:
             old = json.loads(mpath.read_text())
         except ValueError:
             raise ValueError(
-                f"{mpath}: unreadable manifest; delete {out_dir} and rerun (Python: encode_corpus(..., overwrite=True))"
+                f"{mpath}: unreadable manifest; delete {out_dir} and rerun (Python: encode_corpus(..., "
+                "overwrite=True))"
             ) from None
         check_manifest(mpath, old)
         diffs = [k for k in header if old.get(k) != header[k]]

@@ -64,7 +64,8 @@ def embedding_push(
     """
     if emb.ndim != 3 or emb_perturbed.ndim != 3 or emb.shape[0] != emb_perturbed.shape[0]:
         raise ValueError(
-            f"emb and emb_perturbed must be (B, T, H) with the same B, got {tuple(emb.shape)} and {tuple(emb_perturbed.shape)}"
+            f"emb and emb_perturbed must be (B, T, H) with the same B, got {tuple(emb.shape)} and "
+            f"{tuple(emb_perturbed.shape)}"
         )
     return -F.mse_loss(_masked_mean_pool(emb, mask), _masked_mean_pool(emb_perturbed, mask_perturbed))
 
@@ -135,7 +136,8 @@ def attention_layer_index(
     Args:
         n_layers: layers of the model.
         attention_layer: 1-based layer, ``-1`` for the last, or ``None``: :data:`ATTENTION_LAYER` if it
-            trains (``frozen < 6 <= n_layers``), else the first trainable layer (the last when all are frozen).
+            trains (``frozen < 6 <= n_layers``), else the first trainable layer (the last when all are
+            frozen).
         frozen: how many leading layers are frozen (their attention cannot be pulled).
     """
     if attention_layer is None:

@@ -42,7 +42,8 @@ def word_ids_tensor(encoding: Any, length: int | None = None) -> torch.Tensor:
         rows = list(encoding)
     else:
         raise ValueError(
-            f"encoding must be a BatchEncoding from a fast tokenizer or a list of word-id lists, got {type(encoding).__name__}"
+            "encoding must be a BatchEncoding from a fast tokenizer or a list of word-id lists, got "
+            f"{type(encoding).__name__}"
         )
     if not rows:
         raise ValueError("encoding must hold at least one sequence, got 0")
@@ -204,7 +205,8 @@ def ot_alignment_loss(
     h_e = _hidden(model_out_en, layer, "model_out_en")
     if h_t.shape[0] != h_e.shape[0]:
         raise ValueError(
-            f"model_out_tgt and model_out_en must hold the same number of parallel sentences, got {h_t.shape[0]} and {h_e.shape[0]}"
+            "model_out_tgt and model_out_en must hold the same number of parallel sentences, got "
+            f"{h_t.shape[0]} and {h_e.shape[0]}"
         )
     if h_t.shape[-1] != h_e.shape[-1]:
         raise ValueError(f"hidden sizes must match, got {h_t.shape[-1]} and {h_e.shape[-1]}")
@@ -257,7 +259,8 @@ def drift_penalty(
     """
     if hidden.shape != frozen_hidden.shape:
         raise ValueError(
-            f"frozen_hidden must have the shape of hidden {tuple(hidden.shape)}, got {tuple(frozen_hidden.shape)}"
+            f"frozen_hidden must have the shape of hidden {tuple(hidden.shape)}, got "
+            f"{tuple(frozen_hidden.shape)}"
         )
     if hidden.ndim != 3:
         raise ValueError(f"hidden must be 3-D (B, T, H), got shape {tuple(hidden.shape)}")

@@ -45,7 +45,8 @@ def _vocab_and_specials(vocab: Any) -> tuple[list[str], set[int]]:
             }
         return toks, specials
     raise ValueError(
-        f"vocab must be a list of token strings, a transformers tokenizer or a tokenizers.Tokenizer, got {type(vocab).__name__}"
+        "vocab must be a list of token strings, a transformers tokenizer or a tokenizers.Tokenizer, got "
+        f"{type(vocab).__name__}"
     )
 
 
@@ -58,7 +59,8 @@ def _embedding_weight(embeddings: Any) -> torch.Tensor:
         w = embeddings.get_input_embeddings().weight
     else:
         raise ValueError(
-            f"embeddings must be a (V, H) tensor, an nn.Embedding or a model with get_input_embeddings(), got {type(embeddings).__name__}"
+            "embeddings must be a (V, H) tensor, an nn.Embedding or a model with get_input_embeddings(), "
+            f"got {type(embeddings).__name__}"
         )
     if w.ndim != 2 or not w.dtype.is_floating_point:
         raise ValueError(
@@ -161,7 +163,8 @@ class EmbeddingNeighbourPerturber:
             ids = ids.long().flatten()
             if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= n):
                 raise ValueError(
-                    f"candidate_ids must be token ids in [0, {n}), got range [{int(ids.min())}, {int(ids.max())}]"
+                    f"candidate_ids must be token ids in [0, {n}), got range [{int(ids.min())}, "
+                    f"{int(ids.max())}]"
                 )
             allowed[ids] = True
             cand_mask &= allowed

@@ -166,7 +166,8 @@ def cosine_topk(
     m = int(keys.shape[0])
     if int(keys.shape[1]) != d:
         raise ValueError(
-            f"keys must have the same dimension D as queries ({d}), got keys shape {tuple(int(s) for s in keys.shape)}"
+            f"keys must have the same dimension D as queries ({d}), got keys shape "
+            f"{tuple(int(s) for s in keys.shape)}"
         )
     if d == 0:
         raise ValueError(f"queries and keys must have D >= 1, got D={d}")

@@ -251,13 +251,13 @@ def lda_project_interp(
         for name in ("W", "lam"):
             if name in grad:
                 raise ValueError(
-                    f"{name} must not require grad: lda_project_interp has no gradient for {name}, got a tensor "
-                    f"with requires_grad=True; pass {name}.detach()"
+                    f"{name} must not require grad: lda_project_interp has no gradient for {name}, got a "
+                    f"tensor with requires_grad=True; pass {name}.detach()"
                 )
         if out is not None:
             raise ValueError(
-                f"out must be None when {grad[0]} requires grad (autograd needs a new tensor), got out of type "
-                f"{type(out).__name__}; drop out= or pass {grad[0]}.detach()"
+                f"out must be None when {grad[0]} requires grad (autograd needs a new tensor), got out of "
+                f"type {type(out).__name__}; drop out= or pass {grad[0]}.detach()"
             )
         return _differentiable(src, tgt, W, lam_arr, mode, backend)
     out_arr = None if out is None else _check_out(out, shape, src, tgt)

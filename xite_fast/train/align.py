@@ -66,7 +66,8 @@ class OTAlignConfig:
                 or (name == "eps" and v == 0)
             ):
                 raise ValueError(
-                    f"OTAlignConfig.{name} must be a finite float {'> 0' if name == 'eps' else '>= 0'}, got {v!r}"
+                    f"OTAlignConfig.{name} must be a finite float {'> 0' if name == 'eps' else '>= 0'}, got "
+                    f"{v!r}"
                 )
         if isinstance(self.n_iters, bool) or not isinstance(self.n_iters, int) or self.n_iters < 1:
             raise ValueError(f"OTAlignConfig.n_iters must be an int >= 1, got {self.n_iters!r}")
@@ -76,14 +77,16 @@ class OTAlignConfig:
             )
         if self.pooling not in ("last", "first", "mean", "subword"):
             raise ValueError(
-                f"OTAlignConfig.pooling must be one of ('last', 'first', 'mean', 'subword'), got {self.pooling!r}"
+                "OTAlignConfig.pooling must be one of ('last', 'first', 'mean', 'subword'), got "
+                f"{self.pooling!r}"
             )
         return self
 
 
 @dataclass
 class AlignResult:
-    """Per-step ``losses`` (total), ``ot`` and ``drift`` (weighted) terms, ``pairs`` per language, ``seconds``."""
+    """Per-step ``losses`` (total), ``ot`` and ``drift`` (weighted) terms, ``pairs`` per language,
+    ``seconds``."""
 
     losses: list[float] = field(default_factory=list)
     ot: list[float] = field(default_factory=list)

@@ -112,8 +112,9 @@ class XiteDataset(torch.utils.data.Dataset):
                 raise ValueError(f"labels must have one entry per text ({n}), got {len(y)}")
             if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
                 raise ValueError(
-                    f"labels must be class ids, floats or 0/1 rows, got dtype {y.dtype} (e.g. {y[0]!r}): map your label "
-                    "values with xite_fast.train.trainer.label_map_for(model, labels).encode(labels)"
+                    f"labels must be class ids, floats or 0/1 rows, got dtype {y.dtype} (e.g. {y[0]!r}): map "
+                    "your label values with xite_fast.train.trainer.label_map_for(model, "
+                    "labels).encode(labels)"
                 )
             self.columns["labels"] = list(y)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)

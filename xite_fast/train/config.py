@@ -67,7 +67,8 @@ class XiteConfig:
             of the language-mean offset, which carries all of that offset, while the Fisher direction can
             carry little of it (bench/results/lda_shift_check.md).
         head_module: dotted name of the module whose input is "the pooled representation" (None: found
-            from the architecture: ``pre_classifier`` if present (DistilBERT), else ``classifier``, ``score``).
+            from the architecture: ``pre_classifier`` if present (DistilBERT), else ``classifier``,
+            ``score``).
         freeze_embeddings: freeze the embedding module (kept in eval mode: no dropout).
         freeze_layers: freeze the bottom N transformer layers (kept in eval mode).
         cache_frozen: compute the frozen prefix (embeddings + ``freeze_layers`` layers) once per distinct
@@ -177,12 +178,13 @@ class XiteConfig:
                 )
             if self.placement == "input":
                 raise ValueError(
-                    "XiteConfig.cache_frozen cannot be used with placement='input' (it mixes below the frozen prefix)"
+                    "XiteConfig.cache_frozen cannot be used with placement='input' (it mixes below the "
+                    "frozen prefix)"
                 )
             if self.placement == "hidden" and self.hidden_layer < self.freeze_layers:
                 raise ValueError(
-                    f"XiteConfig.cache_frozen needs hidden_layer >= freeze_layers for placement='hidden', got "
-                    f"hidden_layer={self.hidden_layer} < freeze_layers={self.freeze_layers}"
+                    "XiteConfig.cache_frozen needs hidden_layer >= freeze_layers for placement='hidden', "
+                    f"got hidden_layer={self.hidden_layer} < freeze_layers={self.freeze_layers}"
                 )
         float_ge("ear_rate", 0.0, strict=True)
         if self.ear_rate > 1:
@@ -194,7 +196,8 @@ class XiteConfig:
             int_ge("ear_attention_layer", 1)
             if num_layers is not None and self.ear_attention_layer > num_layers:
                 raise ValueError(
-                    f"XiteConfig.ear_attention_layer must be in [1, {num_layers}] (1-based), got {self.ear_attention_layer}"
+                    f"XiteConfig.ear_attention_layer must be in [1, {num_layers}] (1-based), got "
+                    f"{self.ear_attention_layer}"
                 )
         from xite_fast._backend import Backend
 
@@ -338,7 +341,8 @@ class LabelMap:
                 if isinstance(v, (float, np.floating)) and not _int_like(v):
                     raise ValueError(
                         f"labels hold a non-integer float ({v!r}): for regression set "
-                        "model.config.problem_type='regression' and num_labels=1 (it is not turned into a class)"
+                        "model.config.problem_type='regression' and num_labels=1 (it is not turned into a "
+                        "class)"
                     )
             if all(_int_like(v) for v in distinct):
                 order = sorted(distinct, key=lambda v: int(float(v)) if not isinstance(v, str) else int(v))
@@ -404,7 +408,7 @@ def check_label(v: Any, where: str = "label") -> Any:
         raise ValueError(f"{where} is NaN: every example needs a label (drop the row or give it one)")
     if not isinstance(v, (str, int, float, bool)):
         raise ValueError(
-            f"{where} must be a str, int, float or bool class label, got {type(v).__name__} {v!r:.60}; multi-label "
-            "rows need model.config.problem_type='multi_label_classification'"
+            f"{where} must be a str, int, float or bool class label, got {type(v).__name__} {v!r:.60}; "
+            "multi-label rows need model.config.problem_type='multi_label_classification'"
         )
     return v

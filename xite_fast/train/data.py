@@ -86,7 +86,8 @@ def as_labels(name: str, x: Any, n: int, *, classes: bool) -> Any:
         ) from None
     if not np.isfinite(arr).all():
         raise ValueError(
-            f"{name} holds NaN or inf at index {int(np.flatnonzero(~np.isfinite(arr).reshape(len(arr), -1).all(1))[0])}"
+            f"{name} holds NaN or inf at index "
+            f"{int(np.flatnonzero(~np.isfinite(arr).reshape(len(arr), -1).all(1))[0])}"
         )
     return arr
 
@@ -145,14 +146,15 @@ def pairs_of_result(
     corpora given: its ids must point into ``source_texts`` / ``target_texts`` (ValueError naming them)."""
     if n_source is None or n_target is None:
         raise ValueError(
-            "augment= (an XiteAugmenter result) holds row ids into the corpora it was made from: pass the same "
-            "source_texts= and target_texts= to train_xite"
+            "augment= (an XiteAugmenter result) holds row ids into the corpora it was made from: pass the "
+            "same source_texts= and target_texts= to train_xite"
         )
     tid, sid = _ids("target_id", augment.target_id), _ids("source_id", augment.source_id)
     labels = _as_list("augment.labels", augment.labels)
     if not (len(tid) == len(sid) == len(labels)):
         raise ValueError(
-            f"augment.target_id, source_id and labels must have one entry per row, got {len(tid)}, {len(sid)}, {len(labels)}"
+            f"augment.target_id, source_id and labels must have one entry per row, got {len(tid)}, "
+            f"{len(sid)}, {len(labels)}"
         )
     for name, ids, n, arg in (
         ("target_id", tid, n_target, "target_texts"),
@@ -161,8 +163,8 @@ def pairs_of_result(
         if ids.size and (ids.min() < 0 or ids.max() >= n):
             bad = int(ids.max() if ids.max() >= n else ids.min())
             raise ValueError(
-                f"augment.{name} holds row {bad} but {arg} has {n} texts: pass the {arg} the augment result was "
-                "made from (the same corpus, in the same order)"
+                f"augment.{name} holds row {bad} but {arg} has {n} texts: pass the {arg} the augment result "
+                "was made from (the same corpus, in the same order)"
             )
     sim = getattr(augment, "similarity", None)
     sim = np.full(len(tid), np.nan, np.float32) if sim is None else np.asarray(sim, dtype=np.float32)
@@ -246,8 +248,8 @@ class RunPairs(torch.utils.data.Dataset):
             want = (spec.get("sha256") or {}).get("provenance")
             if want is not None and h.hexdigest() != want:
                 raise ValueError(
-                    f"{path} does not match the sha256 its manifest records: the run directory {out} changed; "
-                    "rerun the augment command (it re-makes the part)"
+                    f"{path} does not match the sha256 its manifest records: the run directory {out} "
+                    "changed; rerun the augment command (it re-makes the part)"
                 )
         if r != n:
             raise ValueError(
@@ -287,13 +289,15 @@ class RunPairs(torch.utils.data.Dataset):
             }[key]
             if row >= len(texts):
                 raise ValueError(
-                    f"augment= run row {r} comes from {arg.split('_')[0]} row {row} but {arg} has {len(texts)} texts: "
-                    f"pass the corpus the run was made from, or leave {arg} out (the run records its texts)"
+                    f"augment= run row {r} comes from {arg.split('_')[0]} row {row} but {arg} has "
+                    f"{len(texts)} texts: pass the corpus the run was made from, or leave {arg} out (the run "
+                    "records its texts)"
                 )
             if key in rec and texts[row] != rec[key]:
                 raise ValueError(
-                    f"{arg}[{row}] = {texts[row]!r:.60} but the augment run made row {r} from {rec[key]!r:.60}: pass the "
-                    f"corpus the run was made from, or leave {arg} out (the run records its texts)"
+                    f"{arg}[{row}] = {texts[row]!r:.60} but the augment run made row {r} from "
+                    f"{rec[key]!r:.60}: pass the corpus the run was made from, or leave {arg} out (the run "
+                    "records its texts)"
                 )
         if "target_text" not in rec or "source_text" not in rec:
             raise ValueError(
@@ -303,12 +307,13 @@ class RunPairs(torch.utils.data.Dataset):
             sid = rec["source_id"]
             if sid >= len(source_labels):
                 raise ValueError(
-                    f"augment= run row {r} comes from source row {sid} but source_labels has {len(source_labels)}"
+                    f"augment= run row {r} comes from source row {sid} but source_labels has "
+                    f"{len(source_labels)}"
                 )
             if LabelMap._key(check_label(source_labels[sid])) != LabelMap._key(check_label(rec["label"])):
                 raise ValueError(
-                    f"the augment run's row {r} has label {rec['label']!r} but source_labels[{sid}] = {source_labels[sid]!r}: "
-                    "the run was made from other source labels"
+                    f"the augment run's row {r} has label {rec['label']!r} but source_labels[{sid}] = "
+                    f"{source_labels[sid]!r}: the run was made from other source labels"
                 )
 
     def __len__(self) -> int:

@@ -38,7 +38,8 @@ def ear_losses(
     Args:
         model: an HF sequence-classification model with eager attention.
         batch: tokenizer output (``input_ids``, ``attention_mask``, ...), optionally ``labels``.
-        perturbed_batch: the perturbed copy (e.g. from :class:`xite_fast.objectives.perturb.EmbeddingNeighbourPerturber`).
+        perturbed_batch: the perturbed copy (e.g. from
+            :class:`xite_fast.objectives.perturb.EmbeddingNeighbourPerturber`).
         labels: (B,) int64; default ``batch["labels"]``.
         **kwargs: forwarded to :func:`~xite_fast.objectives.ear.ear_losses_from_outputs` (weights,
             ``attention_layer``, ...).
@@ -76,8 +77,8 @@ def attention_probs(layer: nn.Module, hidden: torch.Tensor, layer_mask: Any) -> 
         q_proj, k_proj, heads = att.q_lin, att.k_lin, int(att.n_heads)
     else:
         raise ValueError(
-            f"EAR attention-pull needs a BERT-like (attention.self.query/key) or DistilBERT-like (attention.q_lin/"
-            f"k_lin) layer, got {type(layer).__name__}"
+            "EAR attention-pull needs a BERT-like (attention.self.query/key) or DistilBERT-like "
+            f"(attention.q_lin/k_lin) layer, got {type(layer).__name__}"
         )
     B, T, D = hidden.shape
     dh = D // heads
@@ -98,9 +99,10 @@ def attention_probs(layer: nn.Module, hidden: torch.Tensor, layer_mask: Any) -> 
 def add_perturbed_copies(
     dataset: Any, xm: XiteModel, tokenizer: Any, texts: Sequence[str], *, seed: int = 0
 ) -> None:
-    """Add ``pert_input_ids``/``pert_attention_mask`` columns to an :class:`~xite_fast.train.collator.XiteDataset`:
-    one embedding-neighbour-perturbed copy of every example (offline, seeded, same length; replacements
-    restricted to the token ids of ``texts`` so the copies stay in the training language)."""
+    """Add ``pert_input_ids``/``pert_attention_mask`` columns to an
+    :class:`~xite_fast.train.collator.XiteDataset`: one embedding-neighbour-perturbed copy of every example
+    (offline, seeded, same length; replacements restricted to the token ids of ``texts`` so the copies stay in
+    the training language)."""
     cfg = xm.xite
     perturber = EmbeddingNeighbourPerturber(
         xm.model.get_input_embeddings(),

@@ -69,8 +69,8 @@ def find_head(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module
         if cand in mods:
             return cand, mods[cand]
     raise ValueError(
-        f"cannot find the classification head of {type(model).__name__} (no pre_classifier/classifier/score); "
-        "set XiteConfig.head_module"
+        f"cannot find the classification head of {type(model).__name__} (no "
+        "pre_classifier/classifier/score); set XiteConfig.head_module"
     )
 
 
@@ -126,7 +126,8 @@ class XiteModel(nn.Module):
         super().__init__()
         if not hasattr(model, "config") or not hasattr(model, "get_input_embeddings"):
             raise ValueError(
-                f"model must be a transformers PreTrainedModel (AutoModelForSequenceClassification), got {type(model).__name__}"
+                "model must be a transformers PreTrainedModel (AutoModelForSequenceClassification), got "
+                f"{type(model).__name__}"
             )
         self.model = model
         # prefix=None: the backbone's default ("query: " for e5), resolved once here
@@ -369,8 +370,8 @@ class XiteModel(nn.Module):
         B = ids.shape[0]
         if s_ids.shape != ids.shape:
             raise ValueError(
-                f"src_input_ids must have the shape of input_ids {tuple(ids.shape)} (the collator pads both to one "
-                f"length), got {tuple(s_ids.shape)}"
+                f"src_input_ids must have the shape of input_ids {tuple(ids.shape)} (the collator pads both "
+                f"to one length), got {tuple(s_ids.shape)}"
             )
         union = (mask.bool() | s_mask.bool()).to(mask.dtype)
         if p == "input":

@@ -97,8 +97,8 @@ class XiteTrainer(Trainer):
             model = XiteModel(model, xite_config)
         elif xite_config is not None and xite_config.resolved(model.model) != model.xite:
             raise ValueError(
-                "xite_config differs from the config of the XiteModel given as model (model.xite): pass the plain "
-                "model with xite_config=..., or leave xite_config out"
+                "xite_config differs from the config of the XiteModel given as model (model.xite): pass the "
+                "plain model with xite_config=..., or leave xite_config out"
             )
         if lda_W is not None:
             model.set_lda(lda_W)
@@ -340,8 +340,10 @@ def label_map_for(
     lm = LabelMap(names=names) if names is not None else (LabelMap.from_config(cfg) or LabelMap(labels))
     if len(lm) != cfg.num_labels:
         raise ValueError(
-            f"the labels have {len(lm)} classes {lm.values[:10]} but the model has num_labels={cfg.num_labels}: load it "
-            f"with AutoModelForSequenceClassification.from_pretrained(..., num_labels={len(lm)}, id2label=..., label2id=...)"
+            f"the labels have {len(lm)} classes {lm.values[:10]} but the model has "
+            f"num_labels={cfg.num_labels}: load it with "
+            f"AutoModelForSequenceClassification.from_pretrained(..., num_labels={len(lm)}, id2label=..., "
+            "label2id=...)"
         )
     lm.apply(cfg)
     return lm
@@ -393,7 +395,8 @@ def _augment_arg(augment: Any) -> Any:
         path = Path(augment).expanduser() / "synthetic" / "manifest.json"
         if not path.is_file():
             raise ValueError(
-                f"augment={str(augment)!r} is not an augment run directory (no {path}): run xf.run_augment first"
+                f"augment={str(augment)!r} is not an augment run directory (no {path}): run xf.run_augment "
+                "first"
             )
         from types import SimpleNamespace
 
@@ -443,8 +446,9 @@ def train_xite(
     with :func:`label_map_for` into ``model.config``. ``eval_texts`` / ``eval_labels`` (``eval_text_pairs``)
     become the ``eval_dataset`` with the same map (``compute_metrics`` defaults to
     :func:`classification_metrics`); so does an ``eval_dataset`` of raw text (a pandas DataFrame,
-    ``datasets.Dataset`` or dict of columns ``text``, ``label`` and optionally ``text_pair``). The tokenization (``xite_config.max_length`` / ``prefix``, pairs) is
-    saved in ``model.config.xite_fast`` (so in ``config.json``) and :func:`predict` uses it.
+    ``datasets.Dataset`` or dict of columns ``text``, ``label`` and optionally ``text_pair``). The
+    tokenization (``xite_config.max_length`` / ``prefix``, pairs) is saved in ``model.config.xite_fast`` (so
+    in ``config.json``) and :func:`predict` uses it.
 
     ``trainer.matching`` (a :class:`~xite_fast.train.data.Matching`: target/source ids, similarities,
     labels) says what stage 2 trained on (None for stage 1). ``args.seed`` seeds training, not the
@@ -454,8 +458,8 @@ def train_xite(
     if isinstance(model, XiteModel):
         if xite_config is not None and xite_config.resolved(model.model, tokenizer) != model.xite:
             raise ValueError(
-                "xite_config differs from the config of the XiteModel given as model (model.xite): pass the plain "
-                "model with xite_config=..., or leave xite_config out"
+                "xite_config differs from the config of the XiteModel given as model (model.xite): pass the "
+                "plain model with xite_config=..., or leave xite_config out"
             )
         xm = model
     else:
@@ -525,8 +529,8 @@ def train_xite(
                 for j, (v, i) in enumerate(zip(labels, sid, strict=True)):
                     if LabelMap._key(check_label(v, f"augment.labels[{j}]")) != LabelMap._key(ys[i]):
                         raise ValueError(
-                            f"augment.labels[{j}] = {v!r} but source_labels[{i}] = {ys[i]!r}: the augment result was made "
-                            "from other source labels (or other source_texts)"
+                            f"augment.labels[{j}] = {v!r} but source_labels[{i}] = {ys[i]!r}: the augment "
+                            "result was made from other source labels (or other source_texts)"
                         )
             lm = label_map_for(xm, values if values is not None else labels, label_names)
             y = lm.encode(labels, name="augment.labels")
@@ -544,7 +548,8 @@ def train_xite(
     else:
         if src is None or ys is None:
             raise ValueError(
-                "source_texts and source_labels must be given (or augment=, a run_augment / XiteAugmenter result)"
+                "source_texts and source_labels must be given (or augment=, a run_augment / XiteAugmenter "
+                "result)"
             )
         lm = label_map_for(xm, ys, label_names) if classes else None
         if tgt is None:  # stage 1
@@ -617,7 +622,8 @@ def train_xite(
 class Prediction:
     """What :func:`predict` returns: ``logits`` (N, K) float32; ``probabilities`` (N, K) float32 (softmax,
     or sigmoid for multi-label; None for regression); ``label_ids`` (N,) int64 argmax (None for regression /
-    multi-label); ``labels``: the decoded labels from ``config.id2label`` (ints when every label is int-like)."""
+    multi-label); ``labels``: the decoded labels from ``config.id2label`` (ints when every label is
+    int-like)."""
 
     logits: np.ndarray
     probabilities: np.ndarray | None

@@ -409,7 +409,8 @@ class XiteAugmenter:
             )
         if target_gold_labels is not None and len(target_gold_labels) != tgt.shape[0]:
             raise ValueError(
-                f"target_gold_labels must have one label per target row ({tgt.shape[0]}), got {len(target_gold_labels)}"
+                f"target_gold_labels must have one label per target row ({tgt.shape[0]}), got "
+                f"{len(target_gold_labels)}"
             )
         labels, source_id, sim, keep = self.match(src, tgt, codes, len(names))
 

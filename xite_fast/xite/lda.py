@@ -85,7 +85,8 @@ def _labels(languages: Any, n: int) -> np.ndarray:
         languages = languages.detach().cpu().numpy()
     if isinstance(languages, (str, bytes)):
         raise ValueError(
-            f"languages must be a sequence of N={n} labels (str or int), got a single {type(languages).__name__}"
+            f"languages must be a sequence of N={n} labels (str or int), got a single "
+            f"{type(languages).__name__}"
         )
     try:
         # a list is checked item by item (as objects): np.asarray(["a", nan]) would make nan the str 'nan'
@@ -183,7 +184,8 @@ class LanguageLDA:
         classes, y, counts = np.unique(lab, return_inverse=True, return_counts=True)
         if classes.shape[0] < 2:
             raise ValueError(
-                f"languages must contain at least 2 distinct languages, got {classes.shape[0]} ({classes.tolist()})"
+                f"languages must contain at least 2 distinct languages, got {classes.shape[0]} "
+                f"({classes.tolist()})"
             )
         C = classes.shape[0]
         order = np.argsort(y, kind="stable")

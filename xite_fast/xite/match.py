@@ -235,8 +235,8 @@ def sharded_cosine_topk(
         num_workers: local executor threads (default: number of shards, at most os.cpu_count()).
         key_mean: optional (D,) float32 subtracted from every key row before the search (language
             centering), done by the worker that reads the shard.
-        address: Ray address for :func:`~xite_fast._ray.init_ray` if this process is not connected yet (default: start
-            a local instance).
+        address: Ray address for :func:`~xite_fast._ray.init_ray` if this process is not connected yet
+            (default: start a local instance).
 
     Returns:
         scores (N, k) float32 sorted descending and indices (N, k) int64 (ties: lower index first),
@@ -251,7 +251,8 @@ def sharded_cosine_topk(
         queries = queries.detach().cpu().float().numpy()
     if not isinstance(queries, np.ndarray) or queries.ndim != 2:
         raise ValueError(
-            f"queries must be a 2-D (N, D) array, got {type(queries).__name__} {getattr(queries, 'shape', '')}"
+            f"queries must be a 2-D (N, D) array, got {type(queries).__name__} "
+            f"{getattr(queries, 'shape', '')}"
         )
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if not np.isfinite(queries).all():

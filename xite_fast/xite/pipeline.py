@@ -126,8 +126,9 @@ class AugmentConfig(AugmentOptions, CorpusConfig):
     Attributes:
         source: labelled corpus file (.jsonl / .tsv / .csv / .parquet), a bundled spec, or a table: a
             pandas DataFrame, a ``datasets.Dataset`` or a dict of columns (``text_field`` /
-            ``label_field`` / ``pair_field``, read as a file is: :func:`~xite_fast.data.records.iter_table_records`),
-            written to ``OUT/inputs/source-<sha256[:12]>.jsonl`` and fingerprinted by its content.
+            ``label_field`` / ``pair_field``, read as a file is:
+            :func:`~xite_fast.data.records.iter_table_records`), written to
+            ``OUT/inputs/source-<sha256[:12]>.jsonl`` and fingerprinted by its content.
         target: corpus file (labels, if present, are used as gold), a bundled spec, or a table as above
             (also a Series / Column / list of texts).
         out: run directory (created; resumable).
@@ -160,8 +161,8 @@ class AugmentConfig(AugmentOptions, CorpusConfig):
         check_positive_int("match_chunk", self.match_chunk)
         if self.lda_components is not None and self.lda_components > 1:  # positive: AugmentOptions checked it
             raise ValueError(
-                "lda_components must be 1 or None: the LDA separates two languages (source and target), so it "
-                f"has at most 1 component; got {self.lda_components}"
+                "lda_components must be 1 or None: the LDA separates two languages (source and target), so "
+                f"it has at most 1 component; got {self.lda_components}"
             )
         if self.max_rows is not None:
             check_positive_int("max_rows", self.max_rows)
@@ -174,7 +175,8 @@ class AugmentConfig(AugmentOptions, CorpusConfig):
             if not _is_table(v):
                 raise ValueError(
                     f"{name} must be a file path, a bundled spec or a table (pandas DataFrame, datasets "
-                    f"Dataset{', a list of texts' if name == 'target' else ''}), got {type(v).__name__}: {v!r:.60}"
+                    f"Dataset{', a list of texts' if name == 'target' else ''}), got {type(v).__name__}: "
+                    f"{v!r:.60}"
                 )
 
 
@@ -302,7 +304,8 @@ def run_augment(
         if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(exc, DiskFullError):
             raise DiskFullError(
                 exc.errno,
-                f"no space left on the device under {out} ({exc}); free some space and rerun: the run resumes",
+                f"no space left on the device under {out} ({exc}); free some space and rerun: the run "
+                "resumes",
             ) from None
         raise
 
@@ -625,8 +628,8 @@ class _Run:
                         else ""
                     )
                     raise ValueError(
-                        f"out {str(self.out)!r} holds a run with different options ({', '.join(diff)}){what}; "
-                        "use a new out directory or delete the old one"
+                        f"out {str(self.out)!r} holds a run with different options "
+                        f"({', '.join(diff)}){what}; use a new out directory or delete the old one"
                     )
                 log.info(
                     "%s: replacing the options of a run that committed no work (%s)", path, ", ".join(diff)

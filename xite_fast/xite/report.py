@@ -263,7 +263,8 @@ def format_summary(report: dict, out) -> str:
     if lt:
         lines.append(
             f"  label-transfer accuracy vs target gold labels: {lt['accuracy']:.3f} on kept rows "
-            f"({lt['accuracy_all']:.3f} counting dropped as wrong; majority class {lt['majority_baseline']:.3f})"
+            f"({lt['accuracy_all']:.3f} counting dropped as wrong; majority class "
+            f"{lt['majority_baseline']:.3f})"
         )
     lines.append("  label distribution:")
     for name, c in sorted(report["label_distribution"].items(), key=lambda kv: -kv[1]):

@@ -14,10 +14,10 @@ usually 0, so the selection cost is amortised against the GEMM. The N x M score 
 
 Host side: the per-split candidate lists are merged with the same order (a stable sort over
 ``splits * k'``), the candidates' scores are recomputed in fp32 from the fp32-upcast inputs and
-sorted (score descending, index ascending). The re-rank is *certified*: let ``T`` be the smallest low-precision score kept
-and ``eps`` a bound on ``|low-precision score - fp32 score|``; every key that was not kept has fp32
-score ``<= T + eps``. If the k-th re-ranked score exceeds ``T + eps`` no dropped key can enter the
-top-k and the row is exact. Rows that fail the certificate (more than ``margin`` keys tied with the
+sorted (score descending, index ascending). The re-rank is *certified*: let ``T`` be the smallest
+low-precision score kept and ``eps`` a bound on ``|low-precision score - fp32 score|``; every key that was not
+kept has fp32 score ``<= T + eps``. If the k-th re-ranked score exceeds ``T + eps`` no dropped key can enter
+the top-k and the row is exact. Rows that fail the certificate (more than ``margin`` keys tied with the
 k-th score to within ``2 eps``) are recomputed -- tf32 rows first by the kernel with exact fp32
 products, otherwise by the exact reference -- so the result always equals the exact fp32 top-k (up
 to fp32 summation order, i.e. a few ulps). Margins: 8 (fp16/bf16/ieee), 32 (tf32).
