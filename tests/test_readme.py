@@ -39,6 +39,9 @@ SKIP_MARKERS = {
 EXPECTED_SKIPS = {
     ("Set-up commands", "scripts/run.sh", "bash scripts/run.sh demo"),
     ("Set-up commands", "scripts/run.sh", "bash scripts/run.sh test"),
+    ("Installing the library", "pip install", "pip install .[openvino,assets]"),
+    ("Installing the library", "pip install", "pip install .[gpu,assets]"),
+    ("Installing the library", "pip install", "pip install .[ray,openvino,assets]"),
     (
         "Quick start",
         "experiments.driver",

@@ -193,7 +193,7 @@ def test_augment_end_to_end_and_resume_after_kill(tmp_path, capsys):
 
     # ---- a run killed (SIGKILL) after its first shard resumes to identical outputs
     out_b = tmp_path / "b"
-    env = dict(os.environ, XITE_FAST_TEST_KILL_AFTER_SHARDS="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, XITE_FAST_TEST_KILL_AT="part:0", PYTHONPATH=str(ROOT))
     argv = [
         sys.executable,
         "-m",

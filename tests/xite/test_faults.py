@@ -90,14 +90,6 @@ def test_kill9_at_every_stage_then_rerun_is_byte_identical(ref, tmp_path):
             assert res.parts_reused == 3
 
 
-def test_legacy_kill_after_shards_hook(ref, tmp_path):
-    src, tgt, want = ref
-    proc = _spawn(run_opts(src, tgt, tmp_path / "o"), XITE_FAST_TEST_KILL_AFTER_SHARDS="2")
-    proc.communicate(timeout=120)
-    assert proc.returncode == -signal.SIGKILL
-    assert run_small(src, tgt, tmp_path / "o").parts_reused == 2 and run_digests(tmp_path / "o") == want
-
-
 def _corrupt(path: Path, how: str) -> None:
     data = bytearray(path.read_bytes())
     if how == "flip":

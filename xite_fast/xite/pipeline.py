@@ -38,7 +38,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import time
 import warnings
 from dataclasses import InitVar, dataclass, field
@@ -754,7 +753,6 @@ class _Run:
         dim = stores["source"].dim
         src_reader, tgt_reader = src.reader(), tgt.reader()
         reused = 0
-        kill_after = os.environ.get("XITE_FAST_TEST_KILL_AFTER_SHARDS")  # older name of fault_point("part:N")
         bar = _bar(cfg.progress, total=len(tgt_shards), desc="match+synthesize", unit="part")
         try:
             for part, (t0, tmm) in enumerate(tgt_shards):
@@ -827,8 +825,6 @@ class _Run:
                 log.debug("%s: %d/%d rows", stem, len(kept), n)
                 bar.update(1)
                 fault_point(f"part:{part}")
-                if kill_after and part + 1 >= int(kill_after):
-                    os.kill(os.getpid(), signal.SIGKILL)
         finally:
             bar.close()
             src_reader.close()
