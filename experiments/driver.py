@@ -9,7 +9,13 @@ a fixed-seed stratified ``--en-size`` sample of ``sentiment:en``, each ``--targe
 :func:`experiments.tasks.sentiment_split` into an unlabelled pool and ``--test-size`` gold test
 rows) and ``pairs`` (response selection, ``pairs:english`` -> ``pairs:<lang>``, split by conversation;
 records carry ``text_pair``, which is tokenized as the second segment and matched on the pair's
-embedding). The ``oracle`` row fine-tunes stage 2 on the pool's gold labels: an upper reference, not a
+embedding), and ``custom``: your own data, ``--source FILE --target FILE`` (``--text-field`` /
+``--label-field`` / ``--pair-field``; in Python ``ExperimentConfig(task="custom", source=df_or_dataset,
+target=..., langs=["dutch"])``), read by the one table adapter
+(:func:`xite_fast.data.records.iter_table_records`) and split by :func:`experiments.tasks.custom_splits`
+(:func:`experiments.tasks.sentiment_split`'s stratified rule, ``--test-fraction`` of each side); default rows
+zero-shot, ``matched-only`` (lambda = 0), ``xite-sentence`` and ``oracle`` (when the target has labels).
+The ``oracle`` row fine-tunes stage 2 on the pool's gold labels: an upper reference, not a
 method; the tables report the share of the zero-shot -> oracle gap each row closes.
 
 Protocol (per seed):
@@ -59,7 +65,16 @@ from typing import Any
 import numpy as np
 
 from experiments.tables import write_tables
-from experiments.tasks import DEFAULT_LANGS, FINETUNE_SPLIT, SENTIMENT_PARALLEL, TASKS, sentiment_split
+from experiments.tasks import (
+    CUSTOM_TASK,
+    DEFAULT_LANGS,
+    FINETUNE_SPLIT,
+    FINETUNE_TASKS,
+    SENTIMENT_PARALLEL,
+    TASKS,
+    custom_splits,
+    sentiment_split,
+)
 
 __all__ = [
     "main",
@@ -98,6 +113,9 @@ STAGE1_ROWS = {"plain": "zero-shot", "ot": "ot-align", "ear": "ear"}
 STAGE1_SUFFIX = {"plain": "", "ot": "+ot", "ear": "+ear"}
 # default stage-2 rows of the sentiment and pairs tasks (chatterbot keeps DEFAULT_VARIANTS)
 TASK_VARIANTS = ["self-train", "matched-only", "xite-sentence", "oracle"]
+# default stage-2 rows of the custom task: the lambda = 0 ablation, XITE, and the oracle (dropped when the
+# target has no labels)
+CUSTOM_VARIANTS = ["matched-only", "xite-sentence", "oracle"]
 DEFAULT_VARIANTS = [
     "self-train",
     "xite-hidden",
@@ -163,18 +181,52 @@ class ExperimentConfig:
     match_center: bool = True
     work_dir: str | None = None
     runs_file: str | None = None
+    # --task custom: the user's labelled source and target (a file path, DataFrame, Dataset, dict of columns:
+    # anything xite_fast.data.records.iter_table_records reads), their column names, and whether the
+    # target's labels are used (None: when it has them; False: treat it as unlabelled)
+    source: Any = None
+    target: Any = None
+    text_field: str = "text"
+    label_field: str = "label"
+    pair_field: str | None = None
+    target_labels: bool | None = None
     argv: list[str] = field(default_factory=list)  # the command line, quoted in the table header
 
     def __post_init__(self) -> None:
         if self.langs is None and self.task in DEFAULT_LANGS:
             self.langs = list(DEFAULT_LANGS[self.task])
         if self.variants is None:
-            self.variants = list(DEFAULT_VARIANTS if self.task == "chatterbot" else TASK_VARIANTS)
+            self.variants = list(
+                DEFAULT_VARIANTS
+                if self.task == "chatterbot"
+                else CUSTOM_VARIANTS
+                if self.task == CUSTOM_TASK
+                else TASK_VARIANTS
+            )
+            if self.task == CUSTOM_TASK and self.target_labels is False:
+                self.variants.remove("oracle")
 
     def validate(self) -> ExperimentConfig:
         """Raise ValueError (naming the command-line flag) on an impossible setting; returns self."""
-        if self.task not in TASKS:
-            raise ValueError(f"--task must be one of {TASKS}, got {self.task!r}")
+        if self.task not in FINETUNE_TASKS:
+            raise ValueError(f"--task must be one of {FINETUNE_TASKS}, got {self.task!r}")
+        if self.task == CUSTOM_TASK:
+            if self.source is None or self.target is None:
+                raise ValueError("--task custom needs --source (labelled) and --target")
+            if len(self.langs) != 1:
+                raise ValueError(f"--task custom takes one target name (--langs NAME), got {self.langs}")
+            if self.stage1_variants != ["plain"] or self.lda_langs:
+                raise ValueError(
+                    "--task custom runs the plain stage 1 only (no --stage1-variants, --lda-langs)"
+                )
+            if self.target_labels is False and "oracle" in self.variants:
+                raise ValueError("the oracle row needs target labels: drop it or --target-labels")
+            if not 0.0 < self.test_fraction < 1.0:
+                raise ValueError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+        elif self.source is not None or self.target is not None:
+            raise ValueError(
+                f"--source / --target are the custom task's data (--task custom), not {self.task}'s"
+            )
         if self.task == "sentiment":
             for name in ("en_size", "en_test_size", "pool_size"):
                 if getattr(self, name) < (0 if name == "pool_size" else 1):
@@ -208,9 +260,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         default=d.task,
-        choices=TASKS,
+        choices=FINETUNE_TASKS,
         help="chatterbot: 19-topic classification; sentiment: sentiment:en -> sentiment:<target>; pairs: "
-        "response selection (pairs:english -> pairs:<lang>, text + text_pair)",
+        "response selection (pairs:english -> pairs:<lang>, text + text_pair); custom: --source -> --target "
+        "(the default when --source is given)",
+    )
+    p.add_argument(
+        "--source",
+        default=d.source,
+        help="custom task: the labelled source data set (.txt/.jsonl/.tsv/.csv/.parquet)",
+    )
+    p.add_argument(
+        "--target",
+        default=d.target,
+        help="custom task: the target data set; with labels it is split into a pool and a gold test "
+        "(--test-fraction, stratified), without them it is all pool (no accuracy, no oracle row)",
+    )
+    p.add_argument("--text-field", default=d.text_field, help="custom task: the text column")
+    p.add_argument("--label-field", default=d.label_field, help="custom task: the label column")
+    p.add_argument("--pair-field", default=d.pair_field, help="custom task: the text-pair column, if any")
+    p.add_argument(
+        "--target-labels",
+        action=argparse.BooleanOptionalAction,
+        default=d.target_labels,
+        help="custom task: use the target's labels (default: when it has them)",
     )
     p.add_argument(
         "--langs",
@@ -218,7 +291,8 @@ def _parser() -> argparse.ArgumentParser:
         dest="langs",
         nargs="+",
         default=None,
-        help="target languages (default: chatterbot/pairs korean japanese, sentiment zh fr)",
+        help="target languages (default: chatterbot/pairs korean japanese, sentiment zh fr; custom: the "
+        "target's name, default target)",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=d.seeds)
     p.add_argument("--out", default=d.out, help="path prefix of <out>.md/.csv/_runs.jsonl")
@@ -602,6 +676,9 @@ def _training_args(out_dir: Path, cfg: ExperimentConfig, seed: int, epochs: int,
 def _metrics(xm, tok, texts, labels, ev, pairs=None) -> dict[str, float]:
     from sklearn.metrics import f1_score
 
+    if len(labels) == 0:  # a custom target without labels has no test rows
+        return {"accuracy": float("nan"), "macro_f1": float("nan"), "n": 0}
+
     from xite_fast.train.trainer import predict
 
     pred = predict(xm, tok, texts, pairs, **ev).label_ids
@@ -650,17 +727,23 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
     runs_path, all_runs = _runs_files(out, cfg.runs_file)
     work = Path(cfg.work_dir) if cfg.work_dir else cache_root() / "experiment" / out.name
     done = _read_runs(all_runs)
-    data = load_splits(
-        cfg.langs,
-        cfg.test_fraction,
-        cfg.split_seed,
-        cfg.limit,
-        task=cfg.task,
-        en_size=cfg.en_size,
-        en_test_size=cfg.en_test_size,
-        pool_size=cfg.pool_size,
-        test_size=cfg.test_size,
-    )
+    if cfg.task == CUSTOM_TASK:
+        data = custom_splits(cfg)
+        if not data["labelled"][cfg.langs[0]] and "oracle" in cfg.variants:
+            print("[experiment] the target has no labels: no oracle row", flush=True)
+            cfg.variants = [v for v in cfg.variants if v != "oracle"]
+    else:
+        data = load_splits(
+            cfg.langs,
+            cfg.test_fraction,
+            cfg.split_seed,
+            cfg.limit,
+            task=cfg.task,
+            en_size=cfg.en_size,
+            en_test_size=cfg.en_test_size,
+            pool_size=cfg.pool_size,
+            test_size=cfg.test_size,
+        )
     topics = data["topics"]
     n_labels = len(topics)
     extra_pools: dict[str, tuple[list[str], list[str] | None]] = {}
@@ -867,17 +950,18 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
                 src_pairs = [en_tr_p[i] for i in idx] if en_tr_p is not None else None
                 xite_labels = en_tr[1][idx]
                 pseudo = predict(xm, tok, pool_texts, pool_pairs, **ev).label_ids
+                gold = data.get("labelled", {}).get(lang, True)  # False: a custom target without labels
                 diag = {
-                    "match_label_acc": float((xite_labels == pool_gold).mean()),
-                    "pseudo_label_acc": float((pseudo == pool_gold).mean()),
+                    "match_label_acc": float((xite_labels == pool_gold).mean()) if gold else float("nan"),
+                    "pseudo_label_acc": float((pseudo == pool_gold).mean()) if gold else float("nan"),
                     "match_score_mean": float(scores.mean()),
                     "match_center": bool(cfg.match_center),
                 }
                 print(f"[seed {seed}] {row} {lang}: {diag}", flush=True)
-                # per pool row, for the similarity histogram / label-transfer accuracy per bin
-                # (tables.write_plots)
-                diag["sim"] = [round(float(x), 4) for x in scores]
-                diag["sim_ok"] = (xite_labels == pool_gold).astype(int).tolist()
+                if gold:  # per pool row, for the similarity histogram / label-transfer accuracy per bin
+                    # (tables.write_plots)
+                    diag["sim"] = [round(float(x), 4) for x in scores]
+                    diag["sim_ok"] = (xite_labels == pool_gold).astype(int).tolist()
                 for variant in variants:
                     key = f"s{seed}/{lang}/{variant}{suffix}"
                     if key in done:
@@ -995,7 +1079,10 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = ExperimentConfig(**vars(_parser().parse_args(argv)), argv=argv)
+    ns = _parser().parse_args(argv)
+    if ns.source is not None and not any(a == "--task" or a.startswith("--task=") for a in argv):
+        ns.task = CUSTOM_TASK  # --source FILE --target FILE: the custom task
+    cfg = ExperimentConfig(**vars(ns), argv=argv)
     try:
         cfg.validate()
     except ValueError as exc:

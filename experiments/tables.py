@@ -237,8 +237,16 @@ def _header(cfg: ExperimentConfig) -> list[str]:
         "chatterbot": "chatterbot-corpus topic classification",
         "sentiment": "binary sentiment (sentiment:en -> sentiment:<target>)",
         "pairs": "response selection pairs (pairs:english -> pairs:<lang>, text + text_pair)",
+        "custom": "a custom data set (--source -> --target)",
     }[task]
-    if task == "sentiment":
+    if task == "custom":
+        data_line = (
+            f" Data: the labelled source and the target split by split_pool_test (seed {cfg.split_seed}, "
+            f"stratified, test fraction {cfg.test_fraction}): source into at most {cfg.en_size} training "
+            f"rows and its test, target into an unlabelled pool ({cfg.pool_size or 'all remaining'} rows) "
+            "and gold test rows (a target without labels: all pool, no test)"
+        )
+    elif task == "sentiment":
         data_line = (
             f" Data: English = a fixed-seed stratified sample of {cfg.en_size} sentiment:en rows (+ "
             f"{cfg.en_test_size} English test rows), each target split by split_pool_test (seed "
@@ -260,7 +268,9 @@ def _header(cfg: ExperimentConfig) -> list[str]:
             )
         )
     return [
-        f"# XITE vs zero-shot on {title} (English -> " + ", ".join(cfg.langs) + ")",
+        f"# XITE vs zero-shot on {title} ({'source' if task == 'custom' else 'English'} -> "
+        + ", ".join(cfg.langs)
+        + ")",
         "",
         f"Command: `python -m experiments.driver {' '.join(a for a in cfg.argv if a != '--tables-only')}`",
         "",
@@ -275,7 +285,8 @@ def _header(cfg: ExperimentConfig) -> list[str]:
         "no pooler, so pooler and classifier start random), XiteTrainer (HF Trainer), "
         f"max_length {cfg.max_length}, batch {cfg.batch_size}, AdamW + linear "
         f"warmup (10%) / decay, grad-clip 1.0, torch threads {cfg.threads}. Stage 1: {cfg.stage1_epochs} "
-        f"epochs on English train (lr {cfg.lr}, head lr {cfg.head_lr}). Stage 2: {cfg.stage2_epochs} "
+        f"epochs on {'the source' if task == 'custom' else 'English'} train (lr {cfg.lr}, head lr "
+        f"{cfg.head_lr}). Stage 2: {cfg.stage2_epochs} "
         f"epoch(s) on the target pool from the stage-1 weights (lr {cfg.stage2_lr}, head lr "
         f"{cfg.stage2_head_lr}); lambda ~ "
         + (f"Beta({cfg.alpha}, {cfg.alpha})" if cfg.alpha and cfg.alpha > 0 else f"{cfg.lam} (fixed)")
@@ -301,9 +312,10 @@ def _header(cfg: ExperimentConfig) -> list[str]:
         + ".",
         "",
         "Target acc / macro-F1 on the "
-        + ("gold target test rows" if task == "sentiment" else "held-out target conversations")
-        + "; English = English test accuracy after "
-        "the row's last stage (retention). match/pseudo = accuracy of the XITE-matched labels / stage-1 "
+        + ("gold target test rows" if task in ("sentiment", "custom") else "held-out target conversations")
+        + ("; English = the source's" if task == "custom" else "; English = English")
+        + " test accuracy after the row's last stage (retention). match/pseudo = accuracy of the "
+        "XITE-matched labels / stage-1 "
         "pseudo-labels on the (unlabelled) target pool (label-transfer accuracy of the matched pool). gap "
         "closed = (row acc - zero-shot acc) / (oracle acc - zero-shot acc), the share of the zero-shot -> "
         "oracle gap the row closes (oracle: fine-tuned on the pool's gold labels, an upper reference, not a "
@@ -358,8 +370,9 @@ def write_plots(done: dict[str, dict], cfg: ExperimentConfig, summary: list[dict
     if not summary:
         return written
     acc_png = out.with_name(out.name + ".png")
-    plot_accuracy(_plot_summary(summary), acc_png, plot_title(cfg.task, summary))
-    written.append(acc_png)
+    if any(np.isfinite(r["acc_mean"]) for r in summary):  # a custom target without labels: no accuracy
+        plot_accuracy(_plot_summary(summary), acc_png, plot_title(cfg.task, summary))
+        written.append(acc_png)
     analyses: dict[str, list[dict]] = {}
     for lang in cfg.langs:
         per_seed: dict[int, dict] = {}
