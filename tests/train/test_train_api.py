@@ -130,6 +130,17 @@ def test_augment_run_part_changed_is_refused(tmp_path):
         train_xite(_model(num_labels=4), TOK, _args(tmp_path), augment=run, train=False)
 
 
+def test_augment_run_manifest_path_leaving_the_directory_is_refused(tmp_path):
+    src, labels, tgt = _corpora()
+    run = _run(tmp_path, src, labels, tgt)
+    mpath = run.out / "synthetic" / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    manifest["parts"][0]["provenance"] = "../inputs/x.jsonl"
+    mpath.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="refusing a path that leaves it"):
+        train_xite(_model(num_labels=4), TOK, _args(tmp_path), augment=run.out, train=False)
+
+
 def test_in_memory_augment_result_checked_against_its_corpora(tmp_path):
     src, labels, tgt = _corpora()
     res = XiteAugmenter(HashEncoder(), center=False).augment(src, labels, tgt)

@@ -29,6 +29,7 @@ import torch
 
 from xite_fast.train.collator import tokenize_texts
 from xite_fast.train.config import LabelMap, check_label
+from xite_fast.xite.pipeline import synthetic_part_path
 
 __all__ = ["as_texts", "as_labels", "Matching", "pairs_of_result", "RunPairs", "augment_label_values"]
 
@@ -206,8 +207,7 @@ class RunPairs(torch.utils.data.Dataset):
         if manifest is None:
             with open(out / "synthetic" / "manifest.json", encoding="utf-8") as fh:
                 manifest = json.load(fh)
-        self.dir = out / "synthetic"
-        self.files = [str(self.dir / p["provenance"]) for p in manifest["parts"]]
+        self.files = [str(synthetic_part_path(out, p, "provenance")) for p in manifest["parts"]]
         self.tokenizer, self.label_map = tokenizer, label_map
         self.tok = dict(max_length=max_length, prefix=prefix)
         self.drop_token_type_ids = bool(drop_token_type_ids)

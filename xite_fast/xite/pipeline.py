@@ -68,7 +68,15 @@ from xite_fast._validation import check_positive_int
 from xite_fast.encode.encoder import EncoderConfig
 from xite_fast.xite.augmenter import AugmentOptions
 
-__all__ = ["AugmentConfig", "AugmentRun", "CorpusConfig", "EncodeConfig", "run_augment", "run_encode"]
+__all__ = [
+    "AugmentConfig",
+    "AugmentRun",
+    "CorpusConfig",
+    "EncodeConfig",
+    "run_augment",
+    "run_encode",
+    "synthetic_part_path",
+]
 
 log = logging.getLogger("xite_fast")
 _CONFIG_VERSION = 2
@@ -197,6 +205,14 @@ class EncodeConfig(CorpusConfig):
             raise ValueError(f"out must be a directory path, got {self.out!r}")
 
 
+def synthetic_part_path(out: str | os.PathLike, part: dict, key: str) -> Path:
+    """The file ``part[key]`` (``"provenance"`` / ``"embeddings"``) of one entry of
+    ``OUT/synthetic/manifest.json``'s ``parts``: a plain ``part-XXXXX.{jsonl,npy}`` name inside
+    ``OUT/synthetic`` (ValueError for any other path: a manifest never leads outside its directory)."""
+    name = bare_name(part.get(key), _PART_RE, "synthetic/manifest.json", "part-00000.npy")
+    return Path(out) / "synthetic" / name
+
+
 @dataclass
 class AugmentRun:
     """What :func:`run_augment` returns.
@@ -217,11 +233,7 @@ class AugmentRun:
     timings: dict = field(default_factory=dict)
 
     def _part_path(self, p: dict, key: str) -> Path:
-        return (
-            self.out
-            / "synthetic"
-            / bare_name(p.get(key), _PART_RE, "synthetic/manifest.json", "part-00000.npy")
-        )
+        return synthetic_part_path(self.out, p, key)
 
     def embeddings(self) -> np.ndarray:
         """All synthetic rows, (rows, D) float32 (loaded into memory)."""
