@@ -290,6 +290,14 @@ def _batches(sorted_lengths: np.ndarray, batch_size: int) -> list[tuple[int, int
     return out
 
 
+def _want_bar(show_progress_bar: bool | None, n_batches: int) -> bool:
+    """The encode progress rule: ``None`` shows a bar only for more than 4 batches and an interactive
+    caller (:func:`xite_fast.logging.progress_enabled`); True / False as given."""
+    if show_progress_bar is None and n_batches <= 4:
+        return False
+    return progress_enabled(show_progress_bar)
+
+
 @dataclass(kw_only=True)
 class EncoderConfig:
     """The encoder of a corpus job and its defaults: the one place the CLI (``--model``, ``--num-layers``,
@@ -797,9 +805,7 @@ class Encoder:
         model = self._token_model.to(dev)
         out: list[np.ndarray] = []
         bar = None
-        if progress_enabled(
-            show_progress_bar if show_progress_bar is not None else (len(texts) > 4 * batch_size or None)
-        ):
+        if _want_bar(show_progress_bar, -(-len(texts) // batch_size)):
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(texts), desc="encode", unit="text")
@@ -902,9 +908,7 @@ class Encoder:
         rep = None
         if dedupe:
             batches, rep = _distinct_batches(ids_list, token_type_ids, batches, batch_size)
-        if show_progress_bar is None and len(batches) <= 4:
-            show_progress_bar = False
-        show_progress_bar = progress_enabled(show_progress_bar)
+        show_progress_bar = _want_bar(show_progress_bar, len(batches))
         pad = int(self.tokenizer.pad_token_id)
         bar = None
         if show_progress_bar:
