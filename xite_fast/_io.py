@@ -1,5 +1,5 @@
-"""Plumbing shared by the whole package: atomic writes, streamed sha256, locks, atomic folder builds, the
-cache root and quiet third-party loggers.
+"""Plumbing shared by the whole package: atomic writes, streamed sha256, locks, atomic folder builds and the
+cache root (quieting third-party loggers is :mod:`xite_fast.logging`'s).
 
 * Every file is written to a hidden temporary name in its final directory (``.NAME.tmp-PID``), flushed,
   fsynced and renamed, so a reader sees either the old or the whole new file, never a prefix. A failed
@@ -59,8 +59,6 @@ __all__ = [
     "file_matches",
     "read_json",
     "cache_root",
-    "quiet_logger",
-    "quiet_transformers",
     "prepare_dir",
     "check_owned_dir",
     "digest_of",
@@ -433,40 +431,6 @@ def _remove_stale_tmps(folder: Path, *patterns: str) -> None:
             else:
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
-
-
-# ----------------------------------------------------------------------------- quiet third-party logs
-
-
-@contextlib.contextmanager
-def quiet_logger(name: str) -> Iterator[None]:
-    """Temporarily raise logger ``name`` (``"root"`` = the root logger) to ERROR."""
-    import logging
-
-    logger = logging.getLogger(None if name == "root" else name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Temporarily silence transformers' load reports and progress bars (restored on exit)."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 # ----------------------------------------------------------------------------- owned directories, digests

@@ -20,9 +20,11 @@ off everywhere (also ``XITE_FAST_DISABLE_PROGRESS_BAR=1``).
 
 from __future__ import annotations
 
+import contextlib
 import logging as _logging
 import os
 import sys
+from collections.abc import Iterator
 
 __all__ = [
     "get_logger",
@@ -39,6 +41,8 @@ __all__ = [
     "is_progress_bar_enabled",
     "is_interactive",
     "progress_enabled",
+    "quiet_logger",
+    "quiet_transformers",
     "DEBUG",
     "INFO",
     "WARNING",
@@ -210,3 +214,32 @@ def progress_enabled(show_progress_bar: bool | None) -> bool:
 
 
 _root()  # the default handler is in place from `import xite_fast` on
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    """Temporarily raise logger ``name`` (``"root"`` = the root logger) to ERROR."""
+    logger = _logging.getLogger(None if name == "root" else name)
+    level = logger.level
+    logger.setLevel(_logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Temporarily silence transformers' load reports and progress bars (restored on exit)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()

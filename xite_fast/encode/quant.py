@@ -217,7 +217,7 @@ def quantize_int8_smooth(
     try:
         onnx.save(model, str(tmp_fp32))
         del model
-        from xite_fast._io import quiet_logger
+        from xite_fast.logging import quiet_logger
 
         with warnings.catch_warnings(), quiet_logger("root"):
             warnings.simplefilter("ignore")

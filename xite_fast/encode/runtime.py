@@ -204,7 +204,7 @@ def convert_ctranslate2(src: Path, dest: Path) -> None:
 
     from ctranslate2.converters import TransformersConverter
 
-    from xite_fast._io import quiet_transformers
+    from xite_fast.logging import quiet_transformers
 
     class Converter(TransformersConverter):
         def load_model(self, model_class, model_name_or_path, **kwargs):
