@@ -79,6 +79,30 @@ int64_t key_norms(const float* K, int64_t ja, int64_t jb, int64_t D, bool assume
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// The bf16 kernel's centering vector: mu = the mean of up to 4,096 evenly spaced keys, each as the
+// kernels normalise it (x * fl(1 / n_x); x with assume_normalized), skipping non-finite rows and rows
+// outside the fp32 range. Any mu keeps the result exact; a mean direction makes the screening bound
+// tight (cosine_topk_bf16.cpp). Returns an upper bound of |mu| (mu rounded to fp32 as stored).
+double key_mean(const float* K, int64_t M, int64_t D, bool assume_normalized, float* mu) {
+  std::vector<double> acc(D, 0.0);
+  const int64_t step = std::max<int64_t>(1, M / 4096);
+  int64_t n = 0;
+  for (int64_t j = 0; j < M; j += step) {
+    const float* x = K + j * D;
+    const double ss = row_sumsq(x, D);
+    if (!std::isfinite(ss) || out_of_range(ss) || ss == 0.0) continue;
+    const float inv = assume_normalized ? 1.0f : 1.0f / norm_divisor(ss);
+    for (int64_t t = 0; t < D; ++t) acc[t] += static_cast<double>(x[t] * inv);
+    ++n;
+  }
+  double s2 = 0.0;
+  for (int64_t t = 0; t < D; ++t) {
+    mu[t] = n ? static_cast<float>(acc[t] / static_cast<double>(n)) : 0.0f;
+    s2 += static_cast<double>(mu[t]) * mu[t];
+  }
+  return std::sqrt(s2) * (1 + std::ldexp(1.0, -20));
+}
+
 // The whole search on raw buffers (GIL released by the caller): S, I are (N, k).
 void run_search(const float* Qraw, const float* K, int64_t N, int64_t M, int64_t D, int64_t k,
                 bool assume_normalized, int num_threads, int64_t key_offset, int64_t key_block, int64_t query_block,
@@ -113,8 +137,12 @@ void run_search(const float* Qraw, const float* K, int64_t N, int64_t M, int64_t
       std::memset(Ap.p, 0, static_cast<size_t>(npan_q) * mr * Dp * sizeof(float));
     }
     uint32_t* Ap32 = reinterpret_cast<uint32_t*>(Ap.p);
-    std::vector<float> aq(bf16 ? N : 0), bq(bf16 ? N : 0);
+    std::vector<float> aq(bf16 ? N : 0), cq(bf16 ? N : 0), bq(bf16 ? N : 0);
     const Bf16Bound bound(D);
+    // bf16: the keys' centering vector mu and an upper bound of |mu| (see cosine_topk_bf16.cpp)
+    std::vector<float> mu(bf16 ? D : 0, 0.0f);
+    double mun = 0.0;
+    if (bf16) mun = key_mean(K, M, D, assume_normalized, mu.data());
     int64_t badq = std::numeric_limits<int64_t>::max();
 #pragma omp parallel for num_threads(Tq) schedule(static, 48) reduction(min : badq)
     for (int64_t i = 0; i < N; ++i) {
@@ -128,14 +156,18 @@ void run_search(const float* Qraw, const float* K, int64_t N, int64_t M, int64_t
       if (bf16) {
         uint32_t* o = Ap32 + (i / mr) * mr * Dp + (i % mr);
         const float nq = assume_normalized ? 1.0f : norm_divisor(ss);
+        double dss = 0.0;  // |q~ - q^|^2, each difference exact in fp32
         for (int64_t t = 0; t < D; t += 2) {
           const float v0 = assume_normalized ? q[t] : q[t] / nq;
           const float v1 = t + 1 < D ? (assume_normalized ? q[t + 1] : q[t + 1] / nq) : 0.0f;
-          o[(t / 2) * mr] = bf16_rne(v0) | (bf16_rne(v1) << 16);
+          const uint32_t b0 = bf16_rne(v0), b1 = bf16_rne(v1);
+          const double d0 = bf16_value(b0) - v0, d1 = bf16_value(b1) - v1;
+          dss += d0 * d0 + d1 * d1;
+          o[(t / 2) * mr] = b0 | (b1 << 16);
         }
         // |q^| <= 1 + 2^-22 when normalising (0 for zero vectors, bounded by 1 all the same)
-        bound.query_terms(assume_normalized ? std::sqrt(ss) * (1 + std::ldexp(1.0, -20)) : 1 + std::ldexp(1.0, -20),
-                          &aq[i], &bq[i]);
+        const double up = 1 + std::ldexp(1.0, -20);
+        bound.query_terms(assume_normalized ? std::sqrt(ss) * up : up, std::sqrt(dss) * up, mun, &aq[i], &cq[i], &bq[i]);
       } else if (packed) {
         float* o = Ap.p + (i / mr) * mr * D + (i % mr);
         if (assume_normalized) {
@@ -182,13 +214,13 @@ void run_search(const float* Qraw, const float* K, int64_t N, int64_t M, int64_t
       std::vector<AlignedBuf> kbuf(packed ? Tq : 0), kbnrm(packed ? Tq : 0);
       for (int t = 0; t < (packed ? Tq : 0); ++t) {
         kbuf[t].reserve(kb_floats);
-        kbnrm[t].reserve(static_cast<size_t>(round_up(kb, nr)));
+        kbnrm[t].reserve(static_cast<size_t>(round_up(kb, nr)) * (bf16 ? 2 : 1));  // bf16: zeta_j, rho_j
       }
       // reduction chunk of the AVX-512 kernel (0 = whole rows)
       const int64_t kc = d_block > 0 ? d_block : XITE_KC_DEFAULT;
       auto pack = [&](int64_t j0, int64_t j1, float* dst, float* dnrm) {
         if (bf16)
-          pack_keys_bf16(K, knorm.data(), rnorm.data(), j0, j1, D, reinterpret_cast<uint32_t*>(dst), dnrm);
+          pack_keys_bf16(K, knorm.data(), rnorm.data(), mu.data(), j0, j1, D, reinterpret_cast<uint32_t*>(dst), dnrm);
         else if (z512)
           pack_keys<ZNR>(K, knorm.data(), j0, j1, D, dst, dnrm);
         else
@@ -198,7 +230,7 @@ void run_search(const float* Qraw, const float* K, int64_t N, int64_t M, int64_t
                             TopK& top) {
         if (bf16)
           run_tile_bf16(Ap32, reinterpret_cast<const uint32_t*>(Bp), bnrm, Dp, qa, qb_, ja, jb, qb, aq.data(),
-                        bq.data(), top);
+                        cq.data(), bq.data(), top);
         else if (z512)
           run_tile_avx512(Ap.p, Bp, bnrm, D, qa, qb_, ja, jb, qb, kc, key_offset, top);
         else
@@ -300,7 +332,7 @@ void run_search(const float* Qraw, const float* K, int64_t N, int64_t M, int64_t
                 // thread still reads the previous block
 #pragma omp for schedule(static)
                 for (int64_t j = j0; j < j1; j += 4 * nr)
-                  pack(j, std::min(j + 4 * nr, j1), kbuf[0].p + (j - j0) * Dp, kbnrm[0].p + (j - j0));
+                  pack(j, std::min(j + 4 * nr, j1), kbuf[0].p + (j - j0) * Dp, kbnrm[0].p + (j - j0) * (bf16 ? 2 : 1));
 #pragma omp for schedule(static) nowait
                 for (int64_t b = 0; b < nqb; ++b)
                   run_packed(kbuf[0].p, kbnrm[0].p, b * qb, std::min((b + 1) * qb, N), j0, j1, top);

@@ -5,35 +5,45 @@
 // (same indices, same fp32 scores, same tie order); only the work to get there changes.
 //
 // Screening: the queries q^ (exactly the fp32 values the packed kernels use: q / |q|, or q with
-// assume_normalized) and the keys x^ = x * (1 / n_x) (n_x the key divisor) are rounded to bf16
-// (round to nearest even; fp32-subnormal inputs flushed to 0) and packed as pairs of consecutive
-// d (odd D padded with a 0) into the 12 x 32 panels of the AVX-512 kernel; `vdpbf16ps` (2 products
-// per fp32 lane per instruction: twice the fp32 FMA rate) accumulates s~ in fp32.
+// assume_normalized) are rounded to bf16, q~ = bf16(q^). The keys are centred first: y = x / n_x
+// (n_x the key divisor; real arithmetic), w = fl(x * fl(1 / n_x)), z = fl(w - mu) with mu a fixed
+// fp32 vector (the mean of up to 4,096 evenly spaced normalised keys; any mu keeps the result exact),
+// z~ = bf16(z) (round to nearest even; fp32-subnormal values flushed to 0); pairs of consecutive d
+// (odd D padded with a 0) go into the 12 x 32 panels of the AVX-512 kernel and `vdpbf16ps` (2
+// products per fp32 lane per instruction: twice the fp32 FMA rate) accumulates s~ = sum q~_i z~_i in
+// fp32. Centering changes every score of a query by the same q^ . mu, so the ranking under
+// s' = q^ . (y - mu) is the ranking under the exact score; it makes the bf16 rounding errors
+// proportional to |y - mu| instead of |y| (embeddings of one model share a large mean direction:
+// |mu| ~ 0.9 for e5 sentence embeddings, |y - mu| ~ 0.4).
 //
-// Error bound, per (query, key). Let u = 2^-24 (fp32 unit roundoff), ub = 2^-8 (bf16, 8-bit
-// significand: |bf16(v) - v| <= ub |v| for normal v), S the exact path's score fl(fl_fma_chain(
-// sum_i q^_i x_i) / n_x), t = sum_i q^_i x_i / n_x (real arithmetic), A = sum_i |q^_i| |x_i| / n_x
-// <= |q^| r with r = |x| / n_x (Cauchy-Schwarz; r <= 1 + 2^-22 when normalising, |x| otherwise):
-//  * inputs: q~_i = q^_i (1 + d1), x~_i = x_i/n_x (1 + d2)(1 + d3), |d1|, |d2| <= ub, |d3| <= 2u + u^2
-//    (x * fl(1/n_x): two roundings), so |q~_i x~_i - q^_i x_i / n_x| <= ((1+ub)^2 (1+3u) - 1) |q^_i x_i| / n_x;
+// Error bound, per (query, key), with the actual rounding errors of each vector (not a worst case
+// per component): let u = 2^-24 (fp32 unit roundoff), S the exact path's score fl(fl_fma_chain(
+// sum_i q^_i x_i) / n_x), t = sum_i q^_i y_i (real), t' = t - q^ . mu, dq >= |q~ - q^| (computed
+// exactly per query), zeta_j >= |y - mu| and rho_j >= |z~ - (y - mu)| (per key: |w - y| <= 2.0001 u
+// r_j with r_j >= |y|, |z - (w - mu)| <= u |w - mu|, |z~ - z| exact in fp32; sums of squares in fp32
+// with a (1 + 2 (D + 32) u) margin), qn >= |q^|, |mu| <= mun:
+//  * inputs: sum q~_i z~_i - t' = dq_vec . (y - mu) + q^ . dz_vec + dq_vec . dz_vec, so its size is
+//    <= dq zeta_j + qn rho_j + dq rho_j (Cauchy-Schwarz on the rounding error vectors);
 //  * accumulation: the bf16 x bf16 products are exact in fp32; the D additions (whatever the
-//    instruction's internal order, at most D roundings on any path) err by <= gamma_D sum|q~_i x~_i|,
-//    gamma_D = D u / (1 - D u);
-//  * exact path: |S - t| <= gamma_D A (1 + u) + u |t| (D FMAs, then one division), |t| <= A;
-//  * subnormals: vdpbf16ps treats bf16 denormal inputs as 0 and flushes denormal results; each
-//    lost input product is < 2^-126 (|q^_i| + |x^_i|), each flushed result < 2^-126, and the exact
-//    path's gradual underflow adds < 2^-149 per operation: in total
-//    <= 2^-125 (||q^||_1 + ||x^||_1) + (2D + 1) 2^-125 <= 2^-125 sqrt(D) (|q^| + r) + (2D + 1) 2^-125.
-// So |s~ - S| <= e = c1 |q^| r + 2^-125 sqrt(D) (|q^| + r) + (2D + 1) 2^-125 with
-//   c1 = (1+ub)^2 (1+3u) - 1 + gamma_D (1+ub)^2 (1+3u) + gamma_D (1+u) + u + 8u,
-// the last 8u covering the fp32 roundings of e, s~ + e and s~ - e below (each <= u (|s~| + e)).
-// c1 ~ 2 ub + 2.03 D u (7.9e-3 at D = 768); it is multiplied by a safety factor of 1.0625.
-// The kernel evaluates e = a_q r_j + b_q (a_q = 1.0625 (c1 |q^| + 2^-125 sqrt(D)), b_q = 1.0625
-// 2^-125 (sqrt(D) |q^| + 2D + 1)) with |q^| and r_j rounded up (x (1 + 2^-20)).
+//    instruction's internal order, at most D roundings on any path) err by <= gamma_D sum|q~_i z~_i|
+//    <= gamma_D (qn + dq)(zeta_j + rho_j), gamma_D = D u / (1 - D u);
+//  * exact path: |S - t| <= gamma_D A (1 + u) + u |t| <= (gamma_D (1 + u) + u) qn r_j (D FMAs, one
+//    division; A = sum |q^_i| |y_i| <= qn r_j), and r_j <= zeta_j + mun;
+//  * subnormals: no bf16 input is subnormal (flushed above, and counted in dq / rho_j);
+//    vdpbf16ps flushes denormal results (each < 2^-126) and the exact path's gradual underflow adds
+//    < 2^-149 per operation: <= (2D + 1) 2^-125, plus 2^-125 sqrt(D) (qn + r_j) kept from the
+//    worst-case bound as slack;
+//  * the fp32 roundings of e, s~ + e and s~ - e: each <= u (|s~| + e), |s~| <= (1 + gamma_D)(qn + dq)
+//    (zeta_j + rho_j): 8 u (1 + gamma_D)(qn + dq) on both coefficients.
+// So |s~ - (S - q^ . mu)| <= e = a_q zeta_j + c_q rho_j + b_q (Bf16Bound::query_terms), every term
+// multiplied by a safety factor of 1.0625. Typical sizes (e5-small, D = 384): dq ~ rho_j / zeta_j ~
+// 0.42 * 2^-8, so e ~ 0.85 * 2^-8 |y - mu| ~ 1.3e-3 against 7.9e-3 for the worst-case bound
+// 2 * 2^-8 |q^| |y| used before (which took ~150 candidates per query on real stores, ~15 now).
 //
-// Certificate: U = s~ + e >= S >= L = s~ - e for every key. The k keys with the k largest L have
-// exact scores >= their L, so the exact k-th score S_k >= L_k (the k-th largest L), and every key
-// of the exact top-k has U >= S >= S_k >= L_k >= the running k-th largest L at any point of the
+// Certificate, in the shifted frame S' = S - q^ . mu (one shift per query, so the same order):
+// U = s~ + e >= S' >= L = s~ - e for every key. The k keys with the k largest L have shifted exact
+// scores >= their L, so the k-th S'_k >= L_k (the k-th largest L), and every key of the exact top-k
+// has U >= S' >= S'_k >= L_k >= the running k-th largest L at any point of the
 // sweep (it only rises). So the kernel keeps the k largest L per query (TopK) and every key with
 // U >= the running k-th L (CandList, compacted as the threshold rises), then rescores the
 // survivors of the final threshold with exactly the fp32 kernels' arithmetic (FMA chain over d in
@@ -60,37 +70,64 @@ XITE_BF16 inline __m512i cvt16_bf16(__m512 v) {
   return _mm512_mask_and_epi32(r, sub, _mm512_srli_epi32(x, 16), _mm512_set1_epi32(0x8000));
 }
 
-// Packs keys [j0, j1) as bf16 pairs into 32-key panels: dst[p][dp*32 + c] = (x^[2dp], x^[2dp+1])
-// of key 32p + c, x^ = x * fl(1 / n_x); padding keys are zero. rv[c] = r_j (see the bound), 0 for
-// padding. tmp: per-thread scratch of 32 * Dp words (row-major conversion, then a transposing copy).
-XITE_BF16 void pack_keys_bf16(const float* K, const float* knorm, const float* rnorm, int64_t j0, int64_t j1,
-                              int64_t D, uint32_t* dst, float* rv) {
+// bf16 bits in the low halves of the lanes -> the fp32 values they stand for.
+XITE_BF16 inline __m512 bf16_to_ps(__m512i b) { return _mm512_castsi512_ps(_mm512_slli_epi32(b, 16)); }
+
+// Writes zeta_j and rho_j (see the bound) from the fp32 sums of squares of z and of z~ - z.
+inline void key_terms(double ssz, double ssd, double r, int64_t D, float* zeta, float* rho) {
+  const double u = std::ldexp(1.0, -24), g = 1 + 2 * (static_cast<double>(D) + 32) * u;
+  const double up = 1 + std::ldexp(1.0, -20);  // and the float rounding of the results
+  const double zf = std::sqrt(ssz * g) / (1 - u);  // >= |w - mu|
+  const double wy = 2.0001 * u * r * up;           // >= |w - y|
+  *zeta = static_cast<float>((zf + wy) * up);
+  *rho = static_cast<float>((std::sqrt(ssd * g) + u * zf + wy) * up);
+}
+
+// Packs keys [j0, j1) centred by mu as bf16 pairs into 32-key panels with their bound terms
+// (cosine_topk_common.h). tmp: per-thread scratch of 32 * Dp words (row-major conversion, then a
+// transposing copy).
+XITE_BF16 void pack_keys_bf16(const float* K, const float* knorm, const float* rnorm, const float* mu, int64_t j0,
+                              int64_t j1, int64_t D, uint32_t* dst, float* rv) {
   const int64_t Dp = (D + 1) / 2;
   const int64_t np = (j1 - j0 + ZNR - 1) / ZNR;
   thread_local std::vector<uint32_t> tmp;
   if (static_cast<int64_t>(tmp.size()) < ZNR * Dp) tmp.resize(ZNR * Dp);
   for (int64_t p = 0; p < np; ++p) {
     uint32_t* out = dst + p * Dp * ZNR;
+    float* zv = rv + p * 2 * ZNR;
+    float* pv = zv + ZNR;
     const int64_t jb = j0 + p * ZNR;
     const int64_t nk = std::min<int64_t>(ZNR, j1 - jb);
-    for (int c = 0; c < ZNR; ++c) rv[p * ZNR + c] = c < nk ? rnorm[jb + c] : 0.0f;
+    for (int c = static_cast<int>(nk); c < ZNR; ++c) zv[c] = pv[c] = 0.0f;
     for (int c = 0; c < nk; ++c) {
       const float* x = K + (jb + c) * D;
       const float inv = 1.0f / knorm[jb + c];
       const __m512 vinv = _mm512_set1_ps(inv);
       uint32_t* t = tmp.data() + c * Dp;
+      __m512 sz = _mm512_setzero_ps(), sd = _mm512_setzero_ps();
       int64_t d = 0;
       for (; d + 32 <= D; d += 32) {
-        const __m512i lo = cvt16_bf16(_mm512_mul_ps(_mm512_loadu_ps(x + d), vinv));
-        const __m512i hi = cvt16_bf16(_mm512_mul_ps(_mm512_loadu_ps(x + d + 16), vinv));
+        const __m512 zlo = _mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(x + d), vinv), _mm512_loadu_ps(mu + d));
+        const __m512 zhi =
+            _mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(x + d + 16), vinv), _mm512_loadu_ps(mu + d + 16));
+        const __m512i lo = cvt16_bf16(zlo), hi = cvt16_bf16(zhi);
+        const __m512 dlo = _mm512_sub_ps(bf16_to_ps(lo), zlo), dhi = _mm512_sub_ps(bf16_to_ps(hi), zhi);  // exact
+        sz = _mm512_fmadd_ps(zlo, zlo, _mm512_fmadd_ps(zhi, zhi, sz));
+        sd = _mm512_fmadd_ps(dlo, dlo, _mm512_fmadd_ps(dhi, dhi, sd));
         // 32 bf16 in d order = 16 pairs (low half = even d)
         const __m256i l16 = _mm512_cvtepi32_epi16(lo), h16 = _mm512_cvtepi32_epi16(hi);
         _mm512_storeu_si512(t + d / 2, _mm512_inserti64x4(_mm512_castsi256_si512(l16), h16, 1));
       }
+      double ssz = _mm512_reduce_add_ps(sz), ssd = _mm512_reduce_add_ps(sd);
       for (; d < D; d += 2) {
-        const uint32_t lo = bf16_rne(x[d] * inv), hi = d + 1 < D ? bf16_rne(x[d + 1] * inv) : 0u;
+        const float z0 = x[d] * inv - mu[d], z1 = d + 1 < D ? x[d + 1] * inv - mu[d + 1] : 0.0f;
+        const uint32_t lo = bf16_rne(z0), hi = d + 1 < D ? bf16_rne(z1) : 0u;
+        const float d0 = bf16_value(lo) - z0, d1 = bf16_value(hi) - z1;
+        ssz += static_cast<double>(z0) * z0 + static_cast<double>(z1) * z1;
+        ssd += static_cast<double>(d0) * d0 + static_cast<double>(d1) * d1;
         t[d / 2] = lo | (hi << 16);
       }
+      key_terms(ssz, ssd, rnorm[jb + c], D, zv + c, pv + c);
     }
     for (int64_t dp = 0; dp < Dp; ++dp) {
       uint32_t* o = out + dp * ZNR;
@@ -119,12 +156,12 @@ XITE_BF16 __attribute__((always_inline)) inline void micro_12x32_bf16(const uint
   }
 }
 
-// Screens queries [qa, qb) (qa a multiple of 12; A~ = all bf16 query panels, (aq, bq) their bound
-// terms) against the packed bf16 key block Bp (keys [ja, jb), r_j in rv): every key whose upper
+// Screens queries [qa, qb) (qa a multiple of 12; A~ = all bf16 query panels, (aq, cq, bq) their bound
+// terms) against the packed bf16 key block Bp (keys [ja, jb), zeta_j / rho_j in rv): every key whose upper
 // bound reaches the row's running k-th lower bound takes the rare path (TopK::admit_flagged).
 XITE_BF16 void run_tile_bf16(const uint32_t* Ap, const uint32_t* Bp, const float* rv, int64_t Dp, int64_t qa,
-                             int64_t qb, int64_t ja, int64_t jb, int64_t qblock, const float* aq, const float* bq,
-                             TopK& top) {
+                             int64_t qb, int64_t ja, int64_t jb, int64_t qblock, const float* aq, const float* cq,
+                             const float* bq, TopK& top) {
   const int64_t npanels = (jb - ja + ZNR - 1) / ZNR;
   for (int64_t q0 = qa; q0 < qb; q0 += qblock) {
     const int64_t q1 = std::min(q0 + qblock, qb);
@@ -133,15 +170,18 @@ XITE_BF16 void run_tile_bf16(const uint32_t* Ap, const uint32_t* Bp, const float
       const int64_t jp = ja + p * ZNR;
       const int64_t nk = std::min<int64_t>(ZNR, jb - jp);
       const uint32_t valid = nk == ZNR ? 0xFFFFFFFFu : ((1u << nk) - 1u);
-      const __m512 r0 = _mm512_loadu_ps(rv + p * ZNR), r1 = _mm512_loadu_ps(rv + p * ZNR + 16);
+      const float* zp = rv + p * 2 * ZNR;
+      const __m512 z0 = _mm512_loadu_ps(zp), z1 = _mm512_loadu_ps(zp + 16);
+      const __m512 p0 = _mm512_loadu_ps(zp + ZNR), p1 = _mm512_loadu_ps(zp + ZNR + 16);
       for (int64_t r = q0; r < q1; r += ZMR) {
         __m512 c[24];
         micro_12x32_bf16(Ap + (r / ZMR) * ZMR * Dp, B, Dp, c);
         const int nq = static_cast<int>(std::min<int64_t>(ZMR, q1 - r));
         for (int t = 0; t < nq; ++t) {
           const int64_t row = r + t;
-          const __m512 a = _mm512_set1_ps(aq[row]), b = _mm512_set1_ps(bq[row]);
-          const __m512 e0 = _mm512_fmadd_ps(r0, a, b), e1 = _mm512_fmadd_ps(r1, a, b);
+          const __m512 a = _mm512_set1_ps(aq[row]), cc = _mm512_set1_ps(cq[row]), b = _mm512_set1_ps(bq[row]);
+          const __m512 e0 = _mm512_fmadd_ps(z0, a, _mm512_fmadd_ps(p0, cc, b));
+          const __m512 e1 = _mm512_fmadd_ps(z1, a, _mm512_fmadd_ps(p1, cc, b));
           const __m512 thr = _mm512_set1_ps(top.thr[row]);
           // NLT_UQ: U >= threshold, or NaN -> both take the rare path
           uint32_t m = static_cast<uint32_t>(_mm512_cmp_ps_mask(_mm512_add_ps(c[2 * t], e0), thr, _CMP_NLT_UQ)) |

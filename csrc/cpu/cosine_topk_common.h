@@ -240,22 +240,34 @@ inline uint32_t bf16_rne(float f) {
   return (x + 0x7FFFu + ((x >> 16) & 1u)) >> 16;
 }
 
-// Upper bounds of the bound's terms (see above): e = a r + b.
+// The fp32 value of bf16 bits (low 16).
+inline float bf16_value(uint32_t b) {
+  const uint32_t x = b << 16;
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+
+// Upper bounds of the bound's terms (see cosine_topk_bf16.cpp): e = a zeta_j + c rho_j + b.
 struct Bf16Bound {
-  double c1, tiny_sqrt_d, tiny_const;
+  double u, gam, tiny_sqrt_d, tiny_const;
   explicit Bf16Bound(int64_t D) {
-    const double u = std::ldexp(1.0, -24), ub = std::ldexp(1.0, -8), Dd = static_cast<double>(D);
-    const double gam = Dd * u / (1.0 - Dd * u);
-    const double in = (1 + ub) * (1 + ub) * (1 + 3 * u);
-    c1 = (in - 1) + gam * in + gam * (1 + u) + u + 8 * u;
+    const double Dd = static_cast<double>(D);
+    u = std::ldexp(1.0, -24);
+    gam = Dd * u / (1.0 - Dd * u);
     tiny_sqrt_d = std::ldexp(std::sqrt(Dd), -125);
     tiny_const = (2 * Dd + 1) * std::ldexp(1.0, -125);
   }
-  // qnorm: an upper bound of |q^|
-  void query_terms(double qnorm, float* a, float* b) const {
-    const double up = 1 + std::ldexp(1.0, -20);  // also absorbs the float rounding of a and b
-    *a = static_cast<float>(kBf16Safety * (c1 * qnorm + tiny_sqrt_d) * up);
-    *b = static_cast<float>(kBf16Safety * (tiny_sqrt_d * qnorm + tiny_const) * up);
+  // qn: an upper bound of |q^|; dq: of |q~ - q^| (the query's bf16 rounding); mun: of |mu| (the
+  // centering vector of the keys).
+  void query_terms(double qn, double dq, double mun, float* a, float* c, float* b) const {
+    const double up = kBf16Safety * (1 + std::ldexp(1.0, -20));  // also absorbs the float rounding of a, b, c
+    const double qt = qn + dq;                                    // >= |q~|
+    const double g = (gam * (1 + u) + u) * qn;                    // the exact path, times r_j <= zeta_j + |mu|
+    const double rnd = gam * qt + 8 * u * (1 + gam) * qt;         // accumulation; roundings of e, s~ +- e
+    *a = static_cast<float>(up * (dq + rnd + g + tiny_sqrt_d));
+    *c = static_cast<float>(up * (qt + rnd));
+    *b = static_cast<float>(up * ((g + tiny_sqrt_d) * mun + tiny_sqrt_d * qn + tiny_const));
   }
 };
 
@@ -281,17 +293,17 @@ XITE_AVX512 void run_tile_avx512(const float* Ap, const float* Bp, const float* 
                                  int64_t key_offset, TopK& top);
 
 // cosine_topk_bf16.cpp: 'bf16' screening kernel, exact rescoring, final selection.
-// Packs keys [j0, j1) as bf16 pairs into 32-key panels: dst[p][dp*32 + c] = (x^[2dp], x^[2dp+1])
-// of key 32p + c, x^ = x * fl(1 / n_x); padding keys are zero. rv[c] = r_j (see the bound), 0 for
-// padding. tmp: per-thread scratch of 32 * Dp words (row-major conversion, then a transposing copy).
-XITE_BF16 void pack_keys_bf16(const float* K, const float* knorm, const float* rnorm, int64_t j0, int64_t j1,
-                              int64_t D, uint32_t* dst, float* rv);
-// Screens queries [qa, qb) (qa a multiple of 12; A~ = all bf16 query panels, (aq, bq) their bound
-// terms) against the packed bf16 key block Bp (keys [ja, jb), r_j in rv): every key whose upper
-// bound reaches the row's running k-th lower bound takes the rare path (TopK::admit_flagged).
+// Packs keys [j0, j1) centred by mu (z = x * fl(1 / n_x) - mu) as bf16 pairs into 32-key panels:
+// dst[p][dp*32 + c] = (z~[2dp], z~[2dp+1]) of key 32p + c; padding keys are zero. rv[p*64 + c] =
+// zeta_j >= |x / n_x - mu|, rv[p*64 + 32 + c] = rho_j >= |z~ - (x / n_x - mu)| (see the bound), 0 for padding.
+XITE_BF16 void pack_keys_bf16(const float* K, const float* knorm, const float* rnorm, const float* mu, int64_t j0,
+                              int64_t j1, int64_t D, uint32_t* dst, float* rv);
+// Screens queries [qa, qb) (qa a multiple of 12; A~ = all bf16 query panels, (aq, cq, bq) their bound
+// terms) against the packed bf16 key block Bp (keys [ja, jb), zeta_j / rho_j in rv): every key whose
+// upper bound reaches the row's running k-th lower bound takes the rare path (TopK::admit_flagged).
 XITE_BF16 void run_tile_bf16(const uint32_t* Ap, const uint32_t* Bp, const float* rv, int64_t Dp, int64_t qa,
-                             int64_t qb, int64_t ja, int64_t jb, int64_t qblock, const float* aq, const float* bq,
-                             TopK& top);
+                             int64_t qb, int64_t ja, int64_t jb, int64_t qblock, const float* aq, const float* cq,
+                             const float* bq, TopK& top);
 // Exact fp32 score of the packed kernels for one query row qh (its packed fp32 values) against
 // keys js[0..n): FMA chain over d in order from 0, then the division by the key divisor. Eight
 // independent chains at a time (throughput, not latency); bit-identical to the kernels' lanes.

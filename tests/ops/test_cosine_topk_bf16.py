@@ -128,6 +128,80 @@ def test_bf16_near_ties_exact_where_plain_bf16_is_not(d):
     assert (np.sort(plain, 1) != np.sort(i, 1)).any(axis=1).mean() > 0.5
 
 
+def _anisotropic(n, m, d, seed, spread=0.35, clusters=20, jitter=2e-3):
+    """Sentence-embedding-like data: a shared mean direction (|mean| ~ 0.9 after normalising), clusters
+    around it, near-ties inside each cluster (scores within ~1e-3, below bf16's resolution)."""
+    rng = np.random.default_rng(seed)
+    mean = rng.standard_normal(d)
+    mean /= np.linalg.norm(mean)
+    centers = mean + spread * rng.standard_normal((clusters, d)) / np.sqrt(d)
+    x = centers[rng.integers(0, clusters, m)] + jitter * rng.standard_normal((m, d)) / np.sqrt(d)
+    q = centers[rng.integers(0, clusters, n)] + 0.2 * rng.standard_normal((n, d)) / np.sqrt(d)
+    return q.astype(np.float32), x.astype(np.float32)
+
+
+def _emulated_bound(q, x):
+    """(shifted screened scores s~, exact shifted scores S', bound e without the safety factor), float64,
+    emulating the kernel's centred per-vector bound (csrc/cpu/cosine_topk_bf16.cpp) in numpy."""
+    d = q.shape[1]
+    u = 2.0**-24
+    gam = d * u / (1 - d * u)
+    qh = (q / np.linalg.norm(q.astype(np.float64), axis=1, keepdims=True)).astype(np.float32)
+    nx = np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True).astype(np.float32)
+    w = x * (np.float32(1) / nx)
+    step = max(1, len(x) // 4096)
+    mu = w[::step].astype(np.float64).mean(0).astype(np.float32)
+    z = w - mu
+    qt, zt = _bf16(qh).astype(np.float64), _bf16(z).astype(np.float64)
+    dq = np.linalg.norm(qt - qh, axis=1)[:, None]
+    y = x.astype(np.float64) / nx.astype(np.float64)
+    zeta = np.linalg.norm(y - mu, axis=1)[None, :]
+    rho = np.linalg.norm(zt - (y - mu), axis=1)[None, :]
+    qn, r = 1.0, 1.0
+    e = dq * zeta + qn * rho + dq * rho + gam * (qn + dq) * (zeta + rho) + (gam * (1 + u) + u) * qn * r
+    exact = qh.astype(np.float64) @ y.T
+    return qt @ zt.T, exact - (qh.astype(np.float64) @ mu.astype(np.float64))[:, None], e
+
+
+@needs_bf16
+@pytest.mark.parametrize("d", [64, 384])
+def test_bf16_centred_per_vector_bound_holds_and_is_tight(d):
+    """The centred per-vector bound holds for every pair without its safety factor (numpy emulation, float64
+    sums), is several times tighter than the worst-case 2 * 2^-8 |q| |y| bound on anisotropic data,
+    and the kernel rescores correspondingly few candidates while matching the fp32 kernel bit for bit."""
+    q, x = _anisotropic(64, 3000, d, seed=d, jitter=0.2)  # clusters spread over ~1e-2 in score
+    s_t, s_exact, e = _emulated_bound(q, x)
+    assert (np.abs(s_t - s_exact) <= e).all()
+    worst = 2 * 2.0**-8 + 2.03 * d * 2.0**-24
+    assert e.mean() < worst / 3
+    k = 8
+    for split in ("queries", "keys"):
+        (_, _), stats = _check(q, x, k, num_threads=2, split=split)
+        assert stats["fallback"] == 0
+        # keys the worst-case bound would have kept: within 2 * worst of the exact k-th score
+        kth = -np.sort(-s_exact, axis=1)[:, k - 1 : k]
+        kept_worst = (s_exact >= kth - 2 * worst).sum(1).mean()
+        assert stats["candidates"] / len(q) < kept_worst / 2, (stats, kept_worst)
+
+
+@needs_bf16
+@pytest.mark.parametrize("seed", range(6))
+def test_bf16_anisotropic_near_ties_exact(seed):
+    """Embedding-like data with near-ties at every scale and a mean the strided sample misjudges (the
+    sampled rows point elsewhere than the rest): exact whatever the centering vector, threads, split,
+    streaming or assume_normalized."""
+    d = [16, 33, 96, 384, 768, 128][seed]
+    q, x = _anisotropic(50, 2500, d, seed=seed, jitter=[2e-3, 1e-4, 1e-2, 2e-3, 5e-4, 0.0][seed])
+    if seed % 2:
+        x[:: max(1, len(x) // 4096)] *= -1  # the sampled rows (every row here) flipped: mean ~ -mean
+        x[1::2] *= -1  # ... and half of them back: the sample's mean is ~0 while the data is anisotropic
+    for threads, split in [(1, "auto"), (2, "queries"), (2, "keys")]:
+        _check(q, x, 10, num_threads=threads, split=split)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    _check(qn, xn, 10, True, num_threads=2)
+
+
 @needs_bf16
 def test_bf16_duplicates_fall_back_to_fp32_exactly():
     """More exact ties than the candidate cap (4096): those queries are recomputed by the fp32 kernel,
