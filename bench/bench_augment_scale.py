@@ -497,32 +497,59 @@ def _cli() -> list[str]:
     return [sys.executable, "-c", f"import sys; from {module} import {func} as m; sys.exit(m(sys.argv[1:]))"]
 
 
-def kernel_rate(out: Path, k: int, min_flop: float = 2e11) -> tuple[float, int, str]:
+def kernel_rate(
+    out: Path, k: int, min_flop: float = 2e11, max_flop: float = 1.5e13
+) -> tuple[float, int, str, dict]:
     """GFLOP/s of cosine_topk(target embeddings, source embeddings, k) on the run's own stores (best of 2).
 
     When the run is too small for the call to be compute-bound (< ``min_flop``), the rate is measured
     on the stored target rows tiled against the source rows tiled up to that size instead (same
-    vectors, same k). Returns (GFLOP/s, d, what was timed).
+    vectors, same k; tiled keys are exact duplicates, which the bf16 kernel pays for). When it is
+    larger than ``max_flop`` (a 1M x 1M run: ~16 min a call), evenly spaced target rows against all
+    source rows, one timing. The library's fp32 kernel is timed the same way beside ``kernel="auto"``.
+    Returns (auto GFLOP/s, d, what was timed, {"fp32_gflops", "auto_vs_fp32", "candidates_per_query",
+    "fallback"}).
     """
+    from xite_fast import _C
     from xite_fast.encode.store import EmbeddingStore
     from xite_fast.ops.cosine_topk import cosine_topk
 
     src = np.ascontiguousarray(EmbeddingStore(out / "source_emb").to_memmap(), dtype=np.float32)
-    tgt = np.ascontiguousarray(EmbeddingStore(out / "target_emb").to_memmap(), dtype=np.float32)
+    tgt_map = EmbeddingStore(out / "target_emb").to_memmap()
     d = src.shape[1]
     what = "the run's stores"
+    reps = 2
+    if 2.0 * len(src) * len(tgt_map) * d > max_flop:
+        nq = max(1, int(max_flop / (2.0 * len(src) * d)))
+        rows = np.linspace(0, len(tgt_map) - 1, nq).astype(np.int64)
+        tgt = np.ascontiguousarray(tgt_map[rows], dtype=np.float32)
+        what = f"{nq} evenly spaced target rows of the run's stores x all {len(src)} source rows"
+        reps = 1
+    else:
+        tgt = np.ascontiguousarray(tgt_map, dtype=np.float32)
     if 2.0 * len(src) * len(tgt) * d < min_flop:
         reps_t = max(1, int(np.ceil(4000 / len(tgt))))
         tgt = np.tile(tgt, (reps_t, 1))[:4000]
         reps_s = max(1, int(np.ceil(min_flop / (2.0 * len(tgt) * d * len(src)))))
         src = np.tile(src, (reps_s, 1))
         what = f"the run's vectors tiled to {len(tgt)} x {len(src)}"
-    best = float("inf")
-    for _ in range(2):
-        t0 = time.perf_counter()
-        cosine_topk(tgt, src, min(k, len(src)), backend="cpu")
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * len(src) * len(tgt) * d / best / 1e9, d, what
+    flop = 2.0 * len(src) * len(tgt) * d
+    best = {"auto": float("inf"), "fp32": float("inf")}
+    stats = {}
+    for _ in range(reps):
+        for kern in best:
+            t0 = time.perf_counter()
+            cosine_topk(tgt, src, min(k, len(src)), backend="cpu", kernel=kern)
+            best[kern] = min(best[kern], time.perf_counter() - t0)
+            if kern == "auto" and hasattr(_C, "cosine_topk_bf16_stats"):
+                stats = _C.cosine_topk_bf16_stats()
+    extra = {
+        "fp32_gflops": flop / best["fp32"] / 1e9,
+        "auto_vs_fp32": best["fp32"] / best["auto"],
+        "candidates_per_query": stats.get("candidates", 0) / max(1, stats.get("queries", 0)),
+        "fallback": stats.get("fallback", 0),
+    }
+    return flop / best["auto"] / 1e9, d, what, extra
 
 
 def extrapolate(
@@ -648,7 +675,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"xite-fast augment exited with {rc}")
     report = json.loads((out / "report.json").read_text())
     timing = {k: float(v) for k, v in json.loads((out / "timings.json").read_text())["timing_s"].items()}
-    gflops, dim, timed = kernel_rate(out, args.k)
+    disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    gflops, dim, timed, kextra = kernel_rate(out, args.k)
     if lock is not None:
         lock.close()
 
@@ -662,6 +690,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{est[stage] / 3600:19.2f} h"
         )
     print(f"{'total (CLI wall)':18s} {wall:9.1f} {'':9s} {sum(est.values()) / 3600:19.2f} h")
+    print(
+        f"matching kernel alone (kernel='fp32'): {kextra['fp32_gflops']:.0f} GFLOP/s; kernel='auto' "
+        f"{kextra['auto_vs_fp32']:.2f}x that, {kextra['candidates_per_query']:.1f} candidates per query; "
+        f"run directory {disk / 2**30:.2f} GiB"
+    )
     print(
         f"matching kernel alone: {gflops:.0f} GFLOP/s on {timed} "
         f"({2.0 * n_src * n_tgt * dim / gflops / 1e9:.2f} s of the match stage at this size); "
@@ -696,6 +729,11 @@ def main(argv: list[str] | None = None) -> int:
                     wall_s=f"{wall:.1f}",
                     timing_s=json.dumps(timing, sort_keys=True),
                     kernel_gflops=f"{gflops:.1f}",
+                    kernel_fp32_gflops=f"{kextra['fp32_gflops']:.1f}",
+                    kernel_auto_vs_fp32=f"{kextra['auto_vs_fp32']:.3f}",
+                    kernel_candidates_per_query=f"{kextra['candidates_per_query']:.1f}",
+                    kernel_timed=timed,
+                    disk_gib=f"{disk / 2**30:.3f}",
                     peak_rss_gib=f"{peak_tree / 2**30:.3f}",
                     peak_rss_largest_gib=f"{peak_child / 2**30:.3f}",
                     extrapolated_rows=big,
