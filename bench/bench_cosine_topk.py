@@ -35,6 +35,11 @@ Usage::
 
     .venv/bin/python bench/bench_cosine_topk.py            # N=20k, M=200k, d=384 and 768, k=8
     .venv/bin/python bench/bench_cosine_topk.py --quick    # N=2k, M=20k
+    .venv/bin/python bench/bench_cosine_topk.py --stores RUN_DIR --n 20000 --m 200000  # real embeddings
+
+``--stores`` reads the embeddings of an ``xite-fast augment`` run (``RUN_DIR/target_emb`` as queries,
+``RUN_DIR/source_emb`` as keys): sentence embeddings are anisotropic and clustered, which random data is
+not, and the bf16 kernel's candidate count depends on that (rows marked ``data=real`` in ``shape``).
 
 Runs hold ``/tmp/xite_bench.lock`` (flock) so benchmarks on the shared machine do not overlap.
 Rows are appended to ``bench/results/cosine_topk.csv``.
@@ -229,6 +234,27 @@ def pick_faiss_coretype(
     return best, lines
 
 
+def _datasets(stores: str | None, n: int, m: int, dims: list[int]):
+    """(d, queries, keys) per case: standard-normal float32 per d, or real embeddings from a run directory
+    (target_emb rows as queries, source_emb rows as keys, evenly spaced, float32 in RAM)."""
+    if stores is None:
+        for d in dims:
+            rng = np.random.default_rng(d)
+            q = rng.standard_normal((n, d), dtype=np.float32)
+            yield d, q, rng.standard_normal((m, d), dtype=np.float32)
+        return
+    from xite_fast.encode.store import EmbeddingStore
+
+    out = []
+    for name, rows in (("target_emb", n), ("source_emb", m)):
+        emb = EmbeddingStore(Path(stores) / name).to_memmap()
+        if rows > len(emb):
+            raise SystemExit(f"--stores: {name} holds {len(emb)} rows, fewer than the {rows} asked")
+        pick = np.linspace(0, len(emb) - 1, rows).astype(np.int64)
+        out.append(np.ascontiguousarray(emb[pick], dtype=np.float32))
+    yield out[0].shape[1], out[0], out[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="N=2000, M=20000 (smoke run)")
@@ -246,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--probe-queries", type=int, default=1000, help="queries per faiss core-type probe")
     ap.add_argument("--faiss-probe", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--stores",
+        default=None,
+        help="a run directory of `xite-fast augment`: real embeddings instead of random data (queries: N "
+        "evenly spaced rows of target_emb, keys: M evenly spaced rows of source_emb; d from the store)",
+    )
     ap.add_argument("--csv", default=str(ROOT / "bench" / "results" / "cosine_topk.csv"))
     ap.add_argument("--no-csv", action="store_true")
     ap.add_argument("--no-lock", action="store_true", help="do not take /tmp/xite_bench.lock")
@@ -253,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     n = args.n or (2000 if args.quick else 20000)
     m = args.m or (20000 if args.quick else 200000)
     dims = [int(v) for v in args.dims.split(",")]
+    if args.stores is not None:  # the store's own d
+        from xite_fast.encode.store import EmbeddingStore
+
+        dims = [int(EmbeddingStore(Path(args.stores) / "source_emb").to_memmap().shape[1])]
     if args.faiss_probe:
         _faiss_probe(n, m, dims, args.k)
         return 0
@@ -307,10 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         f"load {load_average()}"
     )
     cases = []
-    for d in dims:
-        rng = np.random.default_rng(d)
-        q = rng.standard_normal((n, d), dtype=np.float32)
-        x = rng.standard_normal((m, d), dtype=np.float32)
+    data = "random" if args.stores is None else "real"
+    for d, q, x in _datasets(args.stores, n, m, dims):
         cache: list = []
 
         def normed(q=q, x=x, cache=cache):
@@ -381,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu_gflops=cpu_rate,
             )
         base = results.get("faiss", {}).get("qps")
-        print(f"\nN={n} M={m} d={d} k={args.k}; load during the case {loads[0]} .. {loads[-1]}")
+        print(f"\nN={n} M={m} d={d} k={args.k} ({data} data); load during the case {loads[0]} .. {loads[-1]}")
         print(
             f"{'provider':11s} {'N run':>6s} {'runs':>4s} {'median s':>9s} {'q/s':>9s} {'GFLOP/s':>8s} "
             f"{'% peak':>6s} {'CPU-s GFLOP/s':>13s} {'+MiB':>7s} {'vs faiss':>8s}  setting"
@@ -410,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                 dict(
                     date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                     op="cosine_topk",
-                    shape=f"N={n},M={m},d={d},k={args.k}",
+                    shape=f"N={n},M={m},d={d},k={args.k}" + ("" if data == "random" else f",data={data}"),
                     n_measured=r["n"],
                     provider=prov,
                     repeats=len(times[prov]),

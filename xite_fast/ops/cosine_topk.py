@@ -18,9 +18,12 @@ sorted descending, ties broken by the lower key index. Two backends:
 
   On CPUs with AVX512_BF16 (``vdpbf16ps``: twice the fp32 FMA rate) and D >= 16 the default is
   the certified bf16 kernel: the same 12 x 32 tiles screen every key with bf16-rounded unit
-  vectors, keep every key whose screened score is within twice a proven error bound of the
-  running k-th best (the bound covers the bf16 rounding of both operands, the fp32 accumulation,
-  subnormal flushing and the exact path's own rounding, with a safety factor; derivation in
+  queries against bf16-rounded unit keys centred by the keys' mean direction (centering shifts all
+  of a query's scores equally, so the order is unchanged, and it shrinks the rounding error of
+  anisotropic sentence embeddings, whose mean has norm ~0.9), keep every key whose screened score
+  is within twice a proven per-pair error bound of the running k-th best (the bound uses the actual
+  rounding-error norm of each query and key, and covers the fp32 accumulation, subnormal flushing
+  and the exact path's own rounding, with a safety factor; derivation in
   ``csrc/cpu/cosine_topk_bf16.cpp``), then rescore those candidates with exactly the fp32 kernels'
   arithmetic. The result (indices, fp32 scores, tie order) is therefore bit-identical to the fp32
   kernels; queries whose candidates outgrow a cap or the memory budget (degenerate data: many
