@@ -61,8 +61,10 @@ def add_common_args(p: argparse.ArgumentParser, config_cls: type) -> None:
         "--precision",
         choices=PRECISIONS,
         default=d["precision"],
-        help="encoder precision: fp32 (exact), bf16 or int8 (faster; bench/README.md); recorded in the run, "
-        "a resume must use the same",
+        help="encoder precision: fp32 (exact), bf16 or int8 (faster; bench/README.md), or auto (the fastest "
+        "installed path within 0.5 point of fp32 label transfer: OpenVINO int8, else OpenVINO bf16 on CPUs "
+        "with native bf16, else fp32); the store manifests record the precision used, a resume must use "
+        "the same",
     )
     g.add_argument("--batch-size", type=int, default=d["batch_size"], help="texts per encoder call")
     g.add_argument(

