@@ -92,6 +92,21 @@ def fma_peak_gflops(
     return out
 
 
+def int8_peak_gops(repeats: int = 5, iters: int = 20_000_000) -> float | None:
+    """Measured int8 peak (GOP/s, all OpenMP threads): 12 register ``vpdpbusd`` chains per thread (128 OP per
+    zmm instruction), best of ``repeats``; None without AVX512_VNNI or an extension that lacks it. The
+    denominator of the int8 encoder's "% of the int8 peak" (bench_encode.py)."""
+    import xite_fast
+
+    ext = xite_fast._backend.load_extension()
+    if ext is None or not hasattr(ext, "cosine_topk_fma_peak"):
+        return None
+    try:
+        return max(ext.cosine_topk_fma_peak("avx512_vnni", 0, iters) for _ in range(repeats))
+    except (ValueError, RuntimeError):  # no AVX512_VNNI here, or an older build
+        return None
+
+
 # THE benchmark-results schema (every op, every provider; like Liger-Kernel's all_benchmark_data.csv): one row
 # per measured value. op: what is measured (cosine_topk, encode, augment_scale, lda_project_interp, sinkhorn);
 # provider: ours or a peer; shape: the problem size; setting: how the provider / the run was configured

@@ -124,5 +124,6 @@ otherwise). The GIL is released during the computation.)doc");
   m.def("cosine_topk_fma_peak", &fma_peak_py, py::arg("isa") = "avx2", py::arg("num_threads") = 0,
         py::arg("iters") = 20000000,
         "Measured FMA peak in GFLOP/s: 12 register FMA chains per thread, isa='avx2' (ymm fp32), 'avx512' "
-        "(zmm fp32) or 'avx512_bf16' (zmm vdpbf16ps, 64 FLOP per instruction).");
+        "(zmm fp32), 'avx512_bf16' (zmm vdpbf16ps, 64 FLOP per instruction) or 'avx512_vnni' (zmm vpdpbusd, "
+        "128 int8 OP per instruction: GOP/s).");
 });

@@ -52,4 +52,18 @@ inline bool cpu_has_avx512_bf16() {
 #endif
 }
 
+// AVX512_VNNI (vpdpbusd): only the int8 peak micro-benchmark (the denominator of the int8 encoder's
+// "% of peak" in bench/bench_encode.py).
+inline bool cpu_has_avx512_vnni() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni");
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
 }  // namespace xite

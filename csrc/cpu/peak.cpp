@@ -1,4 +1,4 @@
-// _C.cosine_topk_fma_peak: register-only FMA chains per ISA (called without the GIL).
+// _C.cosine_topk_fma_peak: register-only FMA (or int8 dot-product) chains per ISA (called without the GIL).
 #include <omp.h>
 
 #include <cmath>
@@ -81,18 +81,45 @@ XITE_BF16 double fma_chains512_bf16(int64_t iters, float seed) {
   return out_[0];
 }
 
+// int8 dot-product chains (vpdpbusd: 4 u8 x s8 products per int32 lane, 128 OP per zmm instruction).
+__attribute__((target("avx512f,avx512vnni"))) double vnni_chains512(int64_t iters, float seed) {
+  __m512i c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11;
+  __m512i a = _mm512_set1_epi8(static_cast<char>(seed > 0 ? 1 : 2)), b = a;
+  c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = c8 = c9 = c10 = c11 = _mm512_setzero_si512();
+  __asm__("" : "+x"(a), "+x"(b));
+  for (int64_t it = 0; it < iters; ++it) {
+    c0 = _mm512_dpbusd_epi32(c0, a, b), c1 = _mm512_dpbusd_epi32(c1, a, b), c2 = _mm512_dpbusd_epi32(c2, a, b);
+    c3 = _mm512_dpbusd_epi32(c3, a, b), c4 = _mm512_dpbusd_epi32(c4, a, b), c5 = _mm512_dpbusd_epi32(c5, a, b);
+    c6 = _mm512_dpbusd_epi32(c6, a, b), c7 = _mm512_dpbusd_epi32(c7, a, b), c8 = _mm512_dpbusd_epi32(c8, a, b);
+    c9 = _mm512_dpbusd_epi32(c9, a, b), c10 = _mm512_dpbusd_epi32(c10, a, b);
+    c11 = _mm512_dpbusd_epi32(c11, a, b);
+    __asm__("" : "+x"(c0), "+x"(c1), "+x"(c2), "+x"(c3), "+x"(c4), "+x"(c5), "+x"(c6), "+x"(c7), "+x"(c8),
+            "+x"(c9), "+x"(c10), "+x"(c11));
+  }
+  __m512i s_ = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3)),
+                                _mm512_add_epi32(_mm512_add_epi32(c4, c5), _mm512_add_epi32(c6, c7)));
+  s_ = _mm512_add_epi32(s_, _mm512_add_epi32(_mm512_add_epi32(c8, c9), _mm512_add_epi32(c10, c11)));
+  alignas(64) int32_t out_[16];
+  _mm512_store_si512(out_, s_);
+  return static_cast<double>(out_[0]);
+}
+
 }  // namespace
 
 double fma_peak_gflops(const std::string& isa, int num_threads, int64_t iters) {
-  XITE_CHECK(isa == "avx2" || isa == "avx512" || isa == "avx512_bf16",
-             "cosine_topk_fma_peak: isa must be 'avx2', 'avx512' or 'avx512_bf16', got '" << isa << "'");
+  XITE_CHECK(isa == "avx2" || isa == "avx512" || isa == "avx512_bf16" || isa == "avx512_vnni",
+             "cosine_topk_fma_peak: isa must be 'avx2', 'avx512', 'avx512_bf16' or 'avx512_vnni', got '" << isa
+                                                                                                      << "'");
+  XITE_CHECK(isa != "avx512_vnni" || xite::cpu_has_avx512_vnni(),
+             "cosine_topk_fma_peak: isa='avx512_vnni' needs a CPU with AVX512_VNNI");
   XITE_CHECK(isa != "avx512" || xite::cpu_has_avx512(), "cosine_topk_fma_peak: isa='avx512' needs a CPU with AVX-512F");
   XITE_CHECK(isa != "avx512_bf16" || xite::cpu_has_avx512_bf16(),
              "cosine_topk_fma_peak: isa='avx512_bf16' needs a CPU with AVX512_BF16");
   XITE_CHECK(iters > 0, "cosine_topk_fma_peak: iters must be > 0, got " << iters);
   const int T = num_threads > 0 ? num_threads : omp_get_max_threads();
   // FLOP per instruction / 2: fp32 lanes, or bf16 elements (2 products per fp32 lane)
-  const int lanes = isa == "avx512_bf16" ? 32 : isa == "avx512" ? 16 : 8;
+  // (avx512_vnni: int8 OP, 4 multiply-adds per int32 lane)
+  const int lanes = isa == "avx512_vnni" ? 64 : isa == "avx512_bf16" ? 32 : isa == "avx512" ? 16 : 8;
   double sink = 0, t = 0;
   {
     // 1e-8 keeps the chains finite (c grows by 1e-16 per step) without denormals
@@ -103,7 +130,8 @@ double fma_peak_gflops(const std::string& isa, int num_threads, int64_t iters) {
 #pragma omp barrier
 #pragma omp master
       t0 = omp_get_wtime();
-      sink += isa == "avx512_bf16" ? fma_chains512_bf16(iters, seed)
+      sink += isa == "avx512_vnni" ? vnni_chains512(iters, seed)
+              : isa == "avx512_bf16" ? fma_chains512_bf16(iters, seed)
               : isa == "avx512"      ? fma_chains512(iters, seed)
                                      : fma_chains256(iters, seed);
 #pragma omp barrier

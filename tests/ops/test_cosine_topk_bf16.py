@@ -315,6 +315,22 @@ def test_bf16_peak_is_about_twice_fp32():
 
 
 @needs_cpu
+def test_int8_peak_microbenchmark():
+    """'avx512_vnni' (the int8 encoder's ceiling in bench_encode.py): GOP/s on VNNI CPUs, else an error
+    naming the missing instruction set; an unknown isa is named in the error."""
+    if EXT.cpu_supports_avx512() and "avx512_vnni" in open("/proc/cpuinfo").read():
+        g = EXT.cosine_topk_fma_peak("avx512_vnni", 1, 200_000)
+        assert np.isfinite(g) and g > 0
+    else:
+        with pytest.raises(ValueError, match="avx512_vnni"):
+            EXT.cosine_topk_fma_peak("avx512_vnni", 1, 1000)
+    with pytest.raises(
+        ValueError, match="isa must be 'avx2', 'avx512', 'avx512_bf16' or 'avx512_vnni', got 'amx'"
+    ):
+        EXT.cosine_topk_fma_peak("amx", 1, 1000)
+
+
+@needs_cpu
 def test_bf16_unavailable_raises_and_auto_falls_back(tmp_path):
     """Without AVX512_BF16 (hidden here with XITE_FAST_NO_AVX512_BF16=1 in a fresh process, or a CPU
     that lacks it) kernel='bf16' raises a clear ValueError and 'auto' runs the fp32 kernel."""
