@@ -233,7 +233,10 @@ def test_float32_overflow_is_an_error_not_garbage(sign, n):
 @pytest.mark.parametrize(
     "args,match",
     [
-        (("sse", 0, 1000), "cosine_topk_fma_peak: isa must be 'avx2', 'avx512' or 'avx512_bf16', got 'sse'"),
+        (
+            ("sse", 0, 1000),
+            "cosine_topk_fma_peak: isa must be 'avx2', 'avx512', 'avx512_bf16' or 'avx512_vnni', got 'sse'",
+        ),
         (("avx2", 0, 0), "cosine_topk_fma_peak: iters must be > 0, got 0"),
     ],
 )
