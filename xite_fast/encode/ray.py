@@ -36,9 +36,9 @@ class _ShardEncoder:
     """Ray Data actor: builds its Encoder once (on the first shard that needs encoding) and turns one
     shard spec per call into a shard file (in the spec's ``out_dir``) + manifest entry."""
 
-    def __init__(self, model, encoder_kwargs, shard_size, batch_size):
+    def __init__(self, model, encoder_kwargs, shard_size, batch_size, dedupe=True):
         self.model, self.encoder_kwargs = model, dict(encoder_kwargs)
-        self.shard_size, self.batch_size = shard_size, batch_size
+        self.shard_size, self.batch_size, self.dedupe = shard_size, batch_size, dedupe
         self.encoder = None
 
     def __call__(self, batch: dict) -> dict:
@@ -69,7 +69,14 @@ class _ShardEncoder:
 
                 self.encoder = Encoder(self.model, **self.encoder_kwargs)
             entry = corpus.write_shard(
-                self.encoder, texts, out_dir, k, self.shard_size, self.batch_size, pending=True
+                self.encoder,
+                texts,
+                out_dir,
+                k,
+                self.shard_size,
+                self.batch_size,
+                pending=True,
+                dedupe=self.dedupe,
             )
         return entry
 
@@ -133,6 +140,7 @@ def encode_corpus_ray(
     cpus_per_worker: int = 1,
     address: str | None = None,
     show_progress_bar: bool | None = None,
+    dedupe: bool = True,
 ):
     """:func:`xite_fast.encode_corpus` with the shards encoded by Ray Data actors; same output bytes.
 
@@ -162,6 +170,8 @@ def encode_corpus_ray(
         cpus_per_worker: CPUs reserved per actor.
         address: Ray address for :func:`init_ray` if not connected yet (default: a local instance).
         show_progress_bar: tqdm bar over rows; ``None`` shows it when stderr is a tty.
+        dedupe: within each shard, run repeated texts through the encoder once, as
+            :func:`xite_fast.encode_corpus` (the same bytes either way).
 
     Returns:
         The :class:`~xite_fast.encode.store.EmbeddingStore` of ``out_dir``.
@@ -184,6 +194,7 @@ def encode_corpus_ray(
         cpus_per_worker=cpus_per_worker,
         address=address,
         show_progress_bar=show_progress_bar,
+        dedupe=dedupe,
     )[0]
 
 
@@ -202,6 +213,7 @@ def encode_corpora_ray(
     cpus_per_worker: int = 1,
     address: str | None = None,
     show_progress_bar: bool | None = None,
+    dedupe: bool = True,
 ) -> list:
     """:func:`encode_corpus_ray` of several ``(source, out_dir)`` pairs in one Ray Data pipeline, so
     the actors (and their encoders) are started once for all corpora (e.g. source and target
@@ -279,6 +291,7 @@ def encode_corpora_ray(
                 num_workers,
                 cpus_per_worker,
                 show_progress_bar,
+                dedupe,
             )
         for state in states:  # a worker's error first (the pipeline stopped early because of it)
             if state["errors"]:
@@ -311,6 +324,7 @@ def _run_encode_pipeline(
     num_workers,
     cpus_per_worker,
     show_progress_bar,
+    dedupe=True,
 ) -> None:
     """Run the actors over ``items``; record finished shards into each job's manifest in order."""
     from xite_fast.encode import store as corpus
@@ -326,6 +340,7 @@ def _run_encode_pipeline(
             "encoder_kwargs": encoder_kwargs,
             "shard_size": shard_size,
             "batch_size": batch_size,
+            "dedupe": dedupe,
         },
         batch_size=1,
         batch_format="numpy",

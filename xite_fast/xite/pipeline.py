@@ -375,6 +375,7 @@ def _encode_store(
             batch_size=cfg.batch_size,
             overwrite=overwrite,
             show_progress_bar=cfg.progress,
+            dedupe=cfg.dedupe,
         )
     from xite_fast.encode.store import encode_corpus
 
