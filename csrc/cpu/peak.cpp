@@ -20,24 +20,31 @@ using cosine::bf16_rne;
 // `iters` iterations; GFLOP/s = 2 * lanes * 12 * iters * threads / wall time of the parallel
 // region (all threads start together, the slowest one ends it).
 // Named variables, not an array: GCC kept an array of accumulators in memory (1/3 of the rate).
-#define XITE_FMA_CHAINS(V, FMA, SET1, iters, seed, result)                                                     \
-  {                                                                                                           \
-    V c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, a = SET1(seed), b = SET1(seed);                       \
-    c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = c8 = c9 = c10 = c11 = a;                                          \
-    __asm__("" : "+x"(a), "+x"(b));                                                                           \
-    for (int64_t it = 0; it < (iters); ++it) {                                                                \
-      c0 = FMA(a, b, c0), c1 = FMA(a, b, c1), c2 = FMA(a, b, c2), c3 = FMA(a, b, c3);                         \
-      c4 = FMA(a, b, c4), c5 = FMA(a, b, c5), c6 = FMA(a, b, c6), c7 = FMA(a, b, c7);                         \
-      c8 = FMA(a, b, c8), c9 = FMA(a, b, c9), c10 = FMA(a, b, c10), c11 = FMA(a, b, c11);                     \
-      __asm__("" : "+x"(c0), "+x"(c1), "+x"(c2), "+x"(c3), "+x"(c4), "+x"(c5), "+x"(c6), "+x"(c7), "+x"(c8), \
-              "+x"(c9), "+x"(c10), "+x"(c11));                                                                \
-    }                                                                                                         \
-    V s_ = FMA(c0, c1, c2);                                                                                   \
-    s_ = FMA(s_, c3, c4), s_ = FMA(s_, c5, c6), s_ = FMA(s_, c7, c8), s_ = FMA(s_, c9, c10);                  \
-    s_ = FMA(s_, a, c11);                                                                                     \
-    alignas(64) float out_[sizeof(V) / 4];                                                                    \
-    std::memcpy(out_, &s_, sizeof(V));                                                                        \
-    result = out_[0];                                                                                         \
+// XITE_CHAINS12: the timed loop, 12 chains c0..c11 (declared by the caller) of FMA(a, b, c), the asm
+// barriers keeping every chain live and in a register. XITE_SUM12: the 12 chains added (the sink).
+#define XITE_CHAINS12(FMA, a, b, iters)                                                                      \
+  __asm__("" : "+x"(a), "+x"(b));                                                                           \
+  for (int64_t it = 0; it < (iters); ++it) {                                                                \
+    c0 = FMA(a, b, c0), c1 = FMA(a, b, c1), c2 = FMA(a, b, c2), c3 = FMA(a, b, c3);                         \
+    c4 = FMA(a, b, c4), c5 = FMA(a, b, c5), c6 = FMA(a, b, c6), c7 = FMA(a, b, c7);                         \
+    c8 = FMA(a, b, c8), c9 = FMA(a, b, c9), c10 = FMA(a, b, c10), c11 = FMA(a, b, c11);                     \
+    __asm__("" : "+x"(c0), "+x"(c1), "+x"(c2), "+x"(c3), "+x"(c4), "+x"(c5), "+x"(c6), "+x"(c7), "+x"(c8), \
+            "+x"(c9), "+x"(c10), "+x"(c11));                                                                \
+  }
+#define XITE_SUM12(ADD) \
+  ADD(ADD(ADD(ADD(c0, c1), ADD(c2, c3)), ADD(ADD(c4, c5), ADD(c6, c7))), ADD(ADD(c8, c9), ADD(c10, c11)))
+
+#define XITE_FMA_CHAINS(V, FMA, SET1, iters, seed, result)                                   \
+  {                                                                                         \
+    V c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, a = SET1(seed), b = SET1(seed);     \
+    c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = c8 = c9 = c10 = c11 = a;                        \
+    XITE_CHAINS12(FMA, a, b, iters)                                                         \
+    V s_ = FMA(c0, c1, c2);                                                                 \
+    s_ = FMA(s_, c3, c4), s_ = FMA(s_, c5, c6), s_ = FMA(s_, c7, c8), s_ = FMA(s_, c9, c10); \
+    s_ = FMA(s_, a, c11);                                                                   \
+    alignas(64) float out_[sizeof(V) / 4];                                                  \
+    std::memcpy(out_, &s_, sizeof(V));                                                      \
+    result = out_[0];                                                                       \
   }
 
 double fma_chains256(int64_t iters, float seed) {
@@ -64,45 +71,27 @@ XITE_BF16 double fma_chains512_bf16(int64_t iters, float seed) {
   // a = b = (bf16(seed), bf16(seed)) pairs; the chains add 2 seed^2 per step
   __m512 c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, a = bf16_seed(seed), b = bf16_seed(seed);
   c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = c8 = c9 = c10 = c11 = _mm512_setzero_ps();
-  __asm__("" : "+x"(a), "+x"(b));
-  for (int64_t it = 0; it < iters; ++it) {
-    c0 = dpbf16_fma(a, b, c0), c1 = dpbf16_fma(a, b, c1), c2 = dpbf16_fma(a, b, c2), c3 = dpbf16_fma(a, b, c3);
-    c4 = dpbf16_fma(a, b, c4), c5 = dpbf16_fma(a, b, c5), c6 = dpbf16_fma(a, b, c6), c7 = dpbf16_fma(a, b, c7);
-    c8 = dpbf16_fma(a, b, c8), c9 = dpbf16_fma(a, b, c9), c10 = dpbf16_fma(a, b, c10);
-    c11 = dpbf16_fma(a, b, c11);
-    __asm__("" : "+x"(c0), "+x"(c1), "+x"(c2), "+x"(c3), "+x"(c4), "+x"(c5), "+x"(c6), "+x"(c7), "+x"(c8),
-            "+x"(c9), "+x"(c10), "+x"(c11));
-  }
-  __m512 s_ = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(c0, c1), _mm512_add_ps(c2, c3)),
-                            _mm512_add_ps(_mm512_add_ps(c4, c5), _mm512_add_ps(c6, c7)));
-  s_ = _mm512_add_ps(s_, _mm512_add_ps(_mm512_add_ps(c8, c9), _mm512_add_ps(c10, c11)));
+  XITE_CHAINS12(dpbf16_fma, a, b, iters)
   alignas(64) float out_[16];
-  _mm512_store_ps(out_, s_);
+  _mm512_store_ps(out_, XITE_SUM12(_mm512_add_ps));
   return out_[0];
 }
 
 // int8 dot-product chains (vpdpbusd: 4 u8 x s8 products per int32 lane, 128 OP per zmm instruction).
-__attribute__((target("avx512f,avx512vnni"))) double vnni_chains512(int64_t iters, float seed) {
+#define XITE_VNNI __attribute__((target("avx512f,avx512vnni")))
+XITE_VNNI inline __m512i vnni_fma(__m512i a, __m512i b, __m512i c) { return _mm512_dpbusd_epi32(c, a, b); }
+XITE_VNNI double vnni_chains512(int64_t iters, float seed) {
   __m512i c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11;
   __m512i a = _mm512_set1_epi8(static_cast<char>(seed > 0 ? 1 : 2)), b = a;
   c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = c8 = c9 = c10 = c11 = _mm512_setzero_si512();
-  __asm__("" : "+x"(a), "+x"(b));
-  for (int64_t it = 0; it < iters; ++it) {
-    c0 = _mm512_dpbusd_epi32(c0, a, b), c1 = _mm512_dpbusd_epi32(c1, a, b), c2 = _mm512_dpbusd_epi32(c2, a, b);
-    c3 = _mm512_dpbusd_epi32(c3, a, b), c4 = _mm512_dpbusd_epi32(c4, a, b), c5 = _mm512_dpbusd_epi32(c5, a, b);
-    c6 = _mm512_dpbusd_epi32(c6, a, b), c7 = _mm512_dpbusd_epi32(c7, a, b), c8 = _mm512_dpbusd_epi32(c8, a, b);
-    c9 = _mm512_dpbusd_epi32(c9, a, b), c10 = _mm512_dpbusd_epi32(c10, a, b);
-    c11 = _mm512_dpbusd_epi32(c11, a, b);
-    __asm__("" : "+x"(c0), "+x"(c1), "+x"(c2), "+x"(c3), "+x"(c4), "+x"(c5), "+x"(c6), "+x"(c7), "+x"(c8),
-            "+x"(c9), "+x"(c10), "+x"(c11));
-  }
-  __m512i s_ = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3)),
-                                _mm512_add_epi32(_mm512_add_epi32(c4, c5), _mm512_add_epi32(c6, c7)));
-  s_ = _mm512_add_epi32(s_, _mm512_add_epi32(_mm512_add_epi32(c8, c9), _mm512_add_epi32(c10, c11)));
+  XITE_CHAINS12(vnni_fma, a, b, iters)
   alignas(64) int32_t out_[16];
-  _mm512_store_si512(out_, s_);
+  _mm512_store_si512(out_, XITE_SUM12(_mm512_add_epi32));
   return static_cast<double>(out_[0]);
 }
+#undef XITE_VNNI
+#undef XITE_SUM12
+#undef XITE_CHAINS12
 
 }  // namespace
 
