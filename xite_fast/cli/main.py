@@ -86,7 +86,7 @@ def add_common_args(p: argparse.ArgumentParser, config_cls: type) -> None:
         "--dedupe",
         action=argparse.BooleanOptionalAction,
         default=d["dedupe"],
-        help="run repeated texts through the encoder once per shard (the same output bytes)",
+        help="run repeated texts through the encoder once (within and across shards; the same bytes)",
     )
     g.add_argument(
         "--ray",

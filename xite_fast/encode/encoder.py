@@ -282,14 +282,10 @@ _BUCKET_RATIO = 0.8  # a batch closes when the next text is < 80% of its width .
 _BUCKET_MIN_TOKENS = 512  # ... and the batch already computes >= 512 (padded) tokens
 
 
-def _distinct_batches(ids_list, types_list, batches, batch_size: int):
-    """The batches of :meth:`Encoder.encode_distinct`: from the planned ``[(rows, width)]`` of the whole
-    input, the first row of each distinct (width, token ids, segment ids), grouped by width (in plan
-    order, at most ``batch_size`` a batch); and ``rep`` (N,): each row's representative."""
-    n = len(ids_list)
-    rep = np.arange(n, dtype=np.int64)
-    first: dict[bytes, int] = {}
-    by_width: dict[int, list[int]] = {}
+def _row_keys(ids_list, types_list, batches) -> np.ndarray:
+    """(N, 16) uint8: each row's key, a 16-byte blake2b of its planned batch width, token ids and
+    segment ids. Two rows with one key get the same bytes from a :data:`DEDUPE_RUNTIMES` runtime."""
+    keys = np.empty((len(ids_list), 16), dtype=np.uint8)
     for idx, width in batches:
         for i in idx.tolist():
             h = hashlib.blake2b(width.to_bytes(4, "little"), digest_size=16)
@@ -297,11 +293,26 @@ def _distinct_batches(ids_list, types_list, batches, batch_size: int):
             if types_list is not None:
                 h.update(b"\x00types")
                 h.update(np.asarray(types_list[i], dtype=np.int64).tobytes())
-            j = first.setdefault(h.digest(), i)
-            if j == i:
-                by_width.setdefault(width, []).append(i)
-            else:
+            keys[i] = np.frombuffer(h.digest(), dtype=np.uint8)
+    return keys
+
+
+def _distinct_batches(keys: np.ndarray, batches, batch_size: int, known_rows: np.ndarray | None):
+    """The batches of :meth:`Encoder.encode_distinct`: from the planned ``[(rows, width)]`` of the whole
+    input and the rows' :func:`_row_keys`, the first row of each distinct key, grouped by width (in plan
+    order, at most ``batch_size`` a batch), leaving out rows found in ``known_rows`` (>= 0: already
+    encoded elsewhere); and ``rep`` (N,): each row's representative."""
+    n = len(keys)
+    rep = np.arange(n, dtype=np.int64)
+    first: dict[bytes, int] = {}
+    by_width: dict[int, list[int]] = {}
+    for idx, width in batches:
+        for i in idx.tolist():
+            j = first.setdefault(keys[i].tobytes(), i)
+            if j != i:
                 rep[i] = j
+            elif known_rows is None or known_rows[i] < 0:
+                by_width.setdefault(width, []).append(i)
     out = [
         (np.asarray(rows[b : b + batch_size], dtype=np.int64), width)
         for width, rows in by_width.items()
@@ -913,8 +924,13 @@ class Encoder:
         return self._encode_ids(ids_list, batch_size, show_progress_bar, normalize, token_type_ids, False)[0]
 
     def encode_distinct(
-        self, sentences: Any, batch_size: int = EncoderConfig.batch_size
-    ) -> tuple[np.ndarray, int]:
+        self,
+        sentences: Any,
+        batch_size: int = EncoderConfig.batch_size,
+        *,
+        known: Any = None,
+        return_keys: bool = False,
+    ) -> tuple:
         """``encode(sentences, batch_size=batch_size)`` (normalized, the same bytes), running each
         distinct input once per batch width: returns ((N, D) float32, the number of rows encoded).
 
@@ -926,21 +942,47 @@ class Encoder:
         row depends on its batch only through the padded width: measured so on the OpenVINO (fp32, bf16,
         int8) and CPU torch runtimes (:data:`DEDUPE_RUNTIMES`, :attr:`dedupe_exact`); onnxruntime and
         CTranslate2 rows also change with the number of rows in a batch (int8: with the batch-mates'
-        activation scales), so there every row is encoded (the count returned is then N)."""
+        activation scales), so there every row is encoded (the count returned is then N).
+
+        Args:
+            known: rows encoded before by this encoder (another shard of a store): an object with
+                ``find(keys) -> (N,) int64`` (where each row key was seen, -1 if not) and
+                ``fetch(positions) -> (n, D) float32`` (those normalized rows). Rows found there are
+                copied, not run (:class:`~xite_fast.encode.store.RowIndex`). Ignored unless
+                :attr:`dedupe_exact`.
+            return_keys: also return the (N, 16) uint8 row keys (:meth:`row_keys`; None unless
+                :attr:`dedupe_exact`) as a third value.
+        """
         if not self.dedupe_exact:
             out = self.encode(sentences, batch_size=batch_size, show_progress_bar=False, normalize=True)
-            return out, len(out)
-        texts, pairs = as_texts(sentences, "sentences")
+            return (out, len(out), None) if return_keys else (out, len(out))
         batch_size = check_positive_int("batch_size", batch_size)
+        ids, types = self._ids_of(sentences)
+        if not ids:
+            empty = np.zeros((0, self.dim), dtype=np.float32)
+            return (empty, 0, np.zeros((0, 16), np.uint8)) if return_keys else (empty, 0)
+        out, n_run, keys = self._encode_ids(ids, batch_size, False, True, types, True, known)
+        return (out, n_run, keys) if return_keys else (out, n_run)
+
+    def row_keys(self, sentences: Any, batch_size: int = EncoderConfig.batch_size) -> np.ndarray | None:
+        """(N, 16) uint8 keys of the rows :meth:`encode_distinct` would run (tokenized and planned, the
+        model is not run): rows with one key get the same bytes. None unless :attr:`dedupe_exact`."""
+        if not self.dedupe_exact:
+            return None
+        batch_size = check_positive_int("batch_size", batch_size)
+        ids, types = self._ids_of(sentences)
+        return _row_keys(ids, types, self._plan(ids, batch_size)[1])
+
+    def _ids_of(self, sentences: Any) -> tuple[list, list | None]:
+        texts, pairs = as_texts(sentences, "sentences")
         texts = [self.prefix + t for t in texts] if self.prefix else texts
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32), 0
+            return [], None
         try:
-            ids, types = self._tokenize(texts, pairs)
+            return self._tokenize(texts, pairs)
         except (TypeError, ValueError):
             _raise_unencodable(texts, pairs)
             raise
-        return self._encode_ids(ids, batch_size, False, True, types, True)
 
     @property
     def dedupe_exact(self) -> bool:
@@ -948,17 +990,31 @@ class Encoder:
         on the CPU), with the bytes of :meth:`encode`."""
         return self.runtime in DEDUPE_RUNTIMES and self.device == "cpu"
 
-    def _encode_ids(self, ids_list, batch_size, show_progress_bar, normalize, token_type_ids, dedupe):
-        n = len(ids_list)
-        lengths = np.fromiter((len(x) for x in ids_list), dtype=np.int64, count=n)
-        # longest first (stable): the first batch is the slowest, so the tqdm ETA is pessimistic, and
-        # equal lengths keep input order, making batches a pure function of the input
+    def _plan(self, ids_list: list, batch_size: int) -> tuple[np.ndarray, list]:
+        """Row lengths and the planned ``[(rows, width)]`` batches: longest first (stable), so the first
+        batch is the slowest (the tqdm ETA is pessimistic) and equal lengths keep input order, making
+        batches a pure function of the input."""
+        lengths = np.fromiter((len(x) for x in ids_list), dtype=np.int64, count=len(ids_list))
         order = np.argsort(-lengths, kind="stable")
-        out = np.empty((n, self.dim), dtype=np.float32)
-        batches = [(order[b0:b1], int(lengths[order[b0]])) for b0, b1 in _batches(lengths[order], batch_size)]
-        rep = None
+        return lengths, [
+            (order[b0:b1], int(lengths[order[b0]])) for b0, b1 in _batches(lengths[order], batch_size)
+        ]
+
+    def _encode_ids(
+        self, ids_list, batch_size, show_progress_bar, normalize, token_type_ids, dedupe, known=None
+    ):
+        """(out, rows run, row keys or None). With ``dedupe``, repeats run once and rows ``known.find``s
+        are copied from ``known.fetch`` after normalization (they are stored normalized)."""
+        n = len(ids_list)
+        _, batches = self._plan(ids_list, batch_size)
+        rep = keys = found = None
         if dedupe:
-            batches, rep = _distinct_batches(ids_list, token_type_ids, batches, batch_size)
+            keys = _row_keys(ids_list, token_type_ids, batches)
+            if known is not None:
+                found = np.asarray(known.find(keys), dtype=np.int64)
+            batches, rep = _distinct_batches(keys, batches, batch_size, found)
+        # rows that are not run stay 0 until copied (no garbage through the norm below)
+        out = (np.empty if found is None else np.zeros)((n, self.dim), dtype=np.float32)
         show_progress_bar = _want_bar(show_progress_bar, len(batches))
         pad = int(self.tokenizer.pad_token_id)
         bar = None
@@ -986,13 +1042,18 @@ class Encoder:
                 bar.close()
         n_run = n
         if rep is not None:
-            n_run = int((rep == np.arange(n)).sum())
+            n_run = sum(len(idx) for idx, _ in batches)
             out = out[rep]  # repeats take their representative's row (rows run by the model are reps)
         if normalize or self.spec.normalize:
             norms = np.linalg.norm(out, axis=1, keepdims=True)
             np.maximum(norms, 1e-12, out=norms)
             out /= norms
-        return out, n_run
+        if found is not None:
+            at = found[rep]
+            hit = np.flatnonzero(at >= 0)
+            if len(hit):
+                out[hit] = known.fetch(at[hit])
+        return out, n_run, keys
 
     # ------------------------------------------------------------------ argument handling
 

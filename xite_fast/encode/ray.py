@@ -170,8 +170,9 @@ def encode_corpus_ray(
         cpus_per_worker: CPUs reserved per actor.
         address: Ray address for :func:`init_ray` if not connected yet (default: a local instance).
         show_progress_bar: tqdm bar over rows; ``None`` shows it when stderr is a tty.
-        dedupe: within each shard, run repeated texts through the encoder once, as
-            :func:`xite_fast.encode_corpus` (the same bytes either way).
+        dedupe: within each shard, run repeated texts through the encoder once (the same bytes either
+            way). Actors encode shards in parallel, so repeats across shards are encoded again
+            (:func:`xite_fast.encode_corpus` copies those too).
 
     Returns:
         The :class:`~xite_fast.encode.store.EmbeddingStore` of ``out_dir``.

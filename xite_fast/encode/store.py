@@ -441,10 +441,11 @@ def encode_corpus(
             notebook, :func:`xite_fast.logging.progress_enabled`).
         overwrite: replace an existing output made from another source/model/parameters.
         errors: ``"strict"`` (non-UTF-8 line -> ValueError naming file and line) or ``"replace"``.
-        dedupe: within a shard, run repeated texts through the model once and copy their rows; the
-            files are byte-identical to ``dedupe=False`` (:func:`encode_rows` says for which encoders;
-            others encode every row). Each shard's manifest entry counts the rows ``encoded``, the
-            manifest their total (``encoded_rows``).
+        dedupe: run repeated texts through the model once and copy their rows, within a shard and
+            from earlier shards (:class:`RowIndex`); the files are byte-identical to ``dedupe=False``
+            (:func:`encode_rows` says for which encoders; others encode every row). Each shard's
+            manifest entry counts the rows ``encoded``, the manifest their total (``encoded_rows``).
+            A resumed run re-derives the earlier shards' row keys (tokenization only).
 
     Returns:
         The :class:`EmbeddingStore` of ``out_dir`` (its manifest holds every shard's sha256 and the
@@ -482,6 +483,9 @@ def encode_corpus(
             from tqdm.auto import tqdm
 
             bar = tqdm(desc=f"encode {out_dir.name}", unit="text", total=fingerprint.get("rows"))
+        # repeats of earlier shards' rows are copied from them (dedupe across shards, not just within)
+        known = RowIndex(out_dir, shard_size) if dedupe else None
+        opts = {"dedupe": dedupe, "known": known}
         try:
             k = 0
             while True:
@@ -490,12 +494,14 @@ def encode_corpus(
                     break
                 if k < len(done):  # finished in an earlier run: check it is the same data
                     if verify_shard(out_dir, done[k], chunk):
+                        if known is not None:
+                            known.add(row_keys(encoder, chunk, batch_size), k * shard_size)
                         if bar is not None:
                             bar.update(len(chunk))
                         k += 1
                         continue
                     log.warning("%s: %s is missing or corrupt; re-encoding it", out_dir, done[k]["file"])
-                    entry = write_shard(encoder, chunk, out_dir, k, shard_size, batch_size, dedupe=dedupe)
+                    entry = write_shard(encoder, chunk, out_dir, k, shard_size, batch_size, **opts)
                     done[k] = entry
                     with contextlib.suppress(FileNotFoundError):
                         (out_dir / CONSOLIDATED).unlink()  # built from the corrupt shard
@@ -503,7 +509,9 @@ def encode_corpus(
                     # a shard finished by a killed distributed run but not yet in the manifest is kept
                     entry = adopt_pending(out_dir, k, shard_size, chunk)
                     if entry is None:
-                        entry = write_shard(encoder, chunk, out_dir, k, shard_size, batch_size, dedupe=dedupe)
+                        entry = write_shard(encoder, chunk, out_dir, k, shard_size, batch_size, **opts)
+                    elif known is not None:
+                        known.add(row_keys(encoder, chunk, batch_size), k * shard_size)
                     done.append(entry)
                 manifest["num_rows"] = sum(s["rows"] for s in done)
                 write_manifest(out_dir, manifest)  # the shard counts as done only from here on
@@ -598,6 +606,7 @@ def write_shard(
     *,
     pending: bool = False,
     dedupe: bool = True,
+    known: RowIndex | None = None,
 ) -> dict:
     """Encode shard ``k`` (``texts`` = source rows ``[k * shard_size, ...)``), write ``shard_k.npy``
     atomically and return its manifest entry.
@@ -608,13 +617,15 @@ def write_shard(
         pending: also write the entry to a hidden ``.pending-shard_k.json`` next to the shard (for a
             writer that finishes shards out of order: a rerun adopts them, see :func:`adopt_pending`).
         dedupe: run repeated texts through the model once (:func:`encode_rows`; the same bytes).
+        known: the rows of the store's earlier shards: repeats of them are copied, and this shard's
+            rows are added to it once written.
 
     Returns:
         ``{"file", "start", "rows", "sha256", "text_sha256", "sum", "encoded"}`` (``encoded``: rows
         the model ran).
     """
     dim = int(encoder.dim)
-    emb, encoded = encode_rows(encoder, texts, batch_size, dedupe)
+    emb, encoded, keys = encode_rows(encoder, texts, batch_size, dedupe, known)
     if emb.shape != (len(texts), dim):
         raise ValueError(f"encoder returned shape {emb.shape}, expected ({len(texts)}, {dim})")
     bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
@@ -629,7 +640,11 @@ def write_shard(
             "another runtime"
         )
     name = _shard_name(k)
+    if known is not None:
+        known.forget(k)
     sha = atomic_save_npy(out_dir / name, emb)
+    if known is not None:
+        known.add(keys, k * shard_size)
     entry = {
         "file": name,
         "start": k * shard_size,
@@ -645,29 +660,134 @@ def write_shard(
     return entry
 
 
-def encode_rows(encoder: Any, texts: list, batch_size: int, dedupe: bool = True) -> tuple[np.ndarray, int]:
-    """The normalized (N, D) float32 embeddings of ``texts`` and how many rows the model ran.
+def encode_rows(
+    encoder: Any, texts: list, batch_size: int, dedupe: bool = True, known: RowIndex | None = None
+) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """The normalized (N, D) float32 embeddings of ``texts``, how many rows the model ran, and the rows'
+    (N, 16) uint8 keys (None when repeats are not recognised).
 
     With ``dedupe``, repeats are run once where that leaves every byte as it is: an encoder with
     ``encode_distinct`` (:meth:`~xite_fast.encode.encoder.Encoder.encode_distinct`: the batches of the
     whole shard are planned, each distinct input runs once per padded width), or one that declares
     ``batch_invariant = True`` (a row does not depend on its batch: each distinct text, by a 16-byte
-    blake2b of its UTF-8 bytes, is encoded once). Any other encoder encodes every row."""
+    blake2b of its UTF-8 bytes, is encoded once). Rows whose key is in ``known`` (earlier shards of the
+    store) are copied from there instead. Any other encoder encodes every row."""
     if dedupe and hasattr(encoder, "encode_distinct"):
-        emb, encoded = encoder.encode_distinct(texts, batch_size=batch_size)
-        return np.asarray(emb, dtype=np.float32), int(encoded)
+        emb, encoded, keys = encoder.encode_distinct(
+            texts, batch_size=batch_size, known=known, return_keys=True
+        )
+        return np.asarray(emb, dtype=np.float32), int(encoded), keys
     if dedupe and getattr(encoder, "batch_invariant", False):
+        keys = text_keys(texts)
+        found = known.find(keys) if known is not None else np.full(len(texts), -1, np.int64)
         first: dict[bytes, int] = {}
         inv = np.empty(len(texts), dtype=np.int64)
-        for i, t in enumerate(texts):
-            h = hashlib.blake2b(digest_size=16)
-            _hash_texts(h, (t,))
-            inv[i] = first.setdefault(h.digest(), len(first))
-        uniq = [texts[i] for i in np.unique(inv, return_index=True)[1]]
-        emb = encoder.encode(uniq, batch_size=batch_size, show_progress_bar=False, normalize=True)
-        return np.asarray(emb, dtype=np.float32)[inv], len(uniq)
+        for i in range(len(texts)):
+            inv[i] = first.setdefault(keys[i].tobytes(), len(first))
+        heads = np.unique(inv, return_index=True)[1]  # first row of each distinct text
+        run = heads[found[heads] < 0]
+        emb = np.zeros((len(heads), int(encoder.dim)), dtype=np.float32)
+        if len(run):
+            got = encoder.encode(
+                [texts[i] for i in run], batch_size=batch_size, show_progress_bar=False, normalize=True
+            )
+            emb[found[heads] < 0] = np.asarray(got, dtype=np.float32)
+        old = np.flatnonzero(found[heads] >= 0)
+        if len(old):
+            emb[old] = known.fetch(found[heads[old]])
+        return emb[inv], len(run), keys
     emb = encoder.encode(texts, batch_size=batch_size, show_progress_bar=False, normalize=True)
-    return np.asarray(emb, dtype=np.float32), len(texts)
+    return np.asarray(emb, dtype=np.float32), len(texts), None
+
+
+def text_keys(texts: list) -> np.ndarray:
+    """(N, 16) uint8: a 16-byte blake2b of each text (or text pair), the row key of a batch-invariant
+    encoder."""
+    keys = np.empty((len(texts), 16), dtype=np.uint8)
+    for i, t in enumerate(texts):
+        h = hashlib.blake2b(digest_size=16)
+        _hash_texts(h, (t,))
+        keys[i] = np.frombuffer(h.digest(), dtype=np.uint8)
+    return keys
+
+
+def row_keys(encoder: Any, texts: list, batch_size: int) -> np.ndarray | None:
+    """The keys :func:`encode_rows` gives ``texts`` (without running the model), or None."""
+    if hasattr(encoder, "encode_distinct"):
+        return encoder.row_keys(texts, batch_size) if hasattr(encoder, "row_keys") else None
+    if getattr(encoder, "batch_invariant", False):
+        return text_keys(texts)
+    return None
+
+
+class RowIndex:
+    """Where the distinct rows of a store's finished shards are, by row key: a repeat in a later shard
+    is copied from its first occurrence instead of being run again (``encode_corpus(dedupe=True)``).
+
+    Keys come from the encoder (:meth:`~xite_fast.encode.encoder.Encoder.row_keys`: planned batch width
+    and token ids, so a copied row has the bytes the model would give it there). Held as sorted numpy
+    arrays (24 bytes a distinct row), not a dict: 1M distinct rows take 24 MB. Rows are read back from
+    the shard files (memory-mapped), which the store has verified or just written."""
+
+    def __init__(self, out_dir: Path, shard_size: int):
+        self.out_dir, self.shard_size = Path(out_dir), shard_size
+        self._k0 = np.zeros(0, np.uint64)  # first 8 key bytes, sorted
+        self._k1 = np.zeros(0, np.uint64)  # last 8
+        self._pos = np.zeros(0, np.int64)  # global row
+        self._maps: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._pos)
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """(N,) int64: the global row of each key, -1 where it is not known."""
+        q = np.ascontiguousarray(keys, dtype=np.uint8).view("<u8")
+        out = np.full(len(q), -1, np.int64)
+        if not len(q) or not len(self._k0):
+            return out
+        lo = np.searchsorted(self._k0, q[:, 0], side="left")
+        hi = np.searchsorted(self._k0, q[:, 0], side="right")
+        for i in np.flatnonzero(hi > lo).tolist():  # equal first halves; the second half decides
+            for j in range(lo[i], hi[i]):
+                if self._k1[j] == q[i, 1]:
+                    out[i] = self._pos[j]
+                    break
+        return out
+
+    def add(self, keys: np.ndarray | None, start: int) -> None:
+        """Record rows ``start + i`` under ``keys[i]`` (the first row of each key not known yet)."""
+        if keys is None or not len(keys):
+            return
+        q = np.ascontiguousarray(keys, dtype=np.uint8).view("<u8")
+        new = self.find(keys) < 0
+        _, first = np.unique(np.ascontiguousarray(keys), axis=0, return_index=True)
+        rows = np.sort(first[new[first]])
+        if not len(rows):
+            return
+        k0 = np.concatenate([self._k0, q[rows, 0]])
+        k1 = np.concatenate([self._k1, q[rows, 1]])
+        pos = np.concatenate([self._pos, start + rows.astype(np.int64)])
+        order = np.argsort(k0, kind="stable")
+        self._k0, self._k1, self._pos = k0[order], k1[order], pos[order]
+
+    def fetch(self, pos: np.ndarray) -> np.ndarray:
+        """(n, D) float32: the stored rows at global rows ``pos``."""
+        pos = np.asarray(pos, dtype=np.int64)
+        shard = pos // self.shard_size
+        out = None
+        for k in np.unique(shard).tolist():
+            if k not in self._maps:
+                self._maps[k] = np.load(self.out_dir / _shard_name(k), mmap_mode="r")
+            m = self._maps[k]
+            sel = np.flatnonzero(shard == k)
+            if out is None:
+                out = np.empty((len(pos), m.shape[1]), dtype=np.float32)
+            out[sel] = m[pos[sel] - k * self.shard_size]
+        return out
+
+    def forget(self, k: int) -> None:
+        """Drop the memory map of shard ``k`` (about to be rewritten)."""
+        self._maps.pop(k, None)
 
 
 def adopt_pending(out_dir: Path, k: int, shard_size: int, texts: list[str]) -> dict | None:

@@ -101,9 +101,9 @@ class CorpusConfig(EncoderConfig):
         header: TSV/CSV: the first line names the columns (False: columns text, label, text pair by
             position; :func:`~xite_fast.data.records.iter_records`).
         ray: Ray address (encode, and match, on Ray; same bytes). progress: tqdm bars (None: on a tty).
-        dedupe: within each shard, run repeated texts through the encoder once (the same bytes as
-            without: :func:`~xite_fast.encode.store.encode_corpus`); ``report.json``'s ``dedupe`` counts
-            the rows encoded.
+        dedupe: run repeated texts through the encoder once, within and across shards (the same bytes
+            as without: :func:`~xite_fast.encode.store.encode_corpus`; on Ray within each shard);
+            ``report.json``'s ``dedupe`` counts the rows encoded.
     """
 
     shard_size: int = 65536
