@@ -747,7 +747,10 @@ class RowIndex:
             return out
         lo = np.searchsorted(self._k0, q[:, 0], side="left")
         hi = np.searchsorted(self._k0, q[:, 0], side="right")
-        for i in np.flatnonzero(hi > lo).tolist():  # equal first halves; the second half decides
+        one = np.flatnonzero(hi - lo == 1)  # the usual hit: one candidate, its second half decides
+        ok = one[self._k1[lo[one]] == q[one, 1]]
+        out[ok] = self._pos[lo[ok]]
+        for i in np.flatnonzero(hi - lo > 1).tolist():  # first halves shared by several known keys
             for j in range(lo[i], hi[i]):
                 if self._k1[j] == q[i, 1]:
                     out[i] = self._pos[j]
