@@ -555,6 +555,20 @@ def dir_bytes(d: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if not p.name.startswith(".")}
 
 
+def store_content(d: Path) -> tuple[dict, dict]:
+    """(shard files' bytes, manifest) of an embedding store without the counts of rows the model ran
+    (``encoded``, ``encoded_rows``) and the manifest digest: what two stores of the same rows share however
+    much dedupe saved (with dedupe on, Ray actors dedupe within their shards, one process across them)."""
+    import json
+
+    files = dir_bytes(d)
+    m = json.loads(files.pop("manifest.json"))
+    for s in m["shards"]:
+        s.pop("encoded")
+    m.pop("encoded_rows"), m.pop("digest")
+    return files, m
+
+
 # ----------------------------------------------------------------------------------------------- Triton
 def run_aot(script: str) -> subprocess.CompletedProcess:
     """Run a Triton ahead-of-time compile script (PTX + cubin via triton's bundled ptxas; no GPU needed) in a

@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.utils import HashEncoder, dir_bytes, make_bert_folder, run_digests, run_opts, write_run_inputs
+from tests.utils import (
+    HashEncoder,
+    dir_bytes,
+    make_bert_folder,
+    run_digests,
+    run_opts,
+    store_content,
+    write_run_inputs,
+)
 from xite_fast.encode.store import EmbeddingStore, encode_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,21 +52,12 @@ def repeated_texts(n: int = 300, distinct: int = 40, seed: int = 0) -> list[str]
     return [uniq[i] for i in rng.choice(distinct, n, p=p / p.sum())]
 
 
-def shards_and_manifest(d: Path) -> tuple[dict, dict]:
-    files = dir_bytes(d)
-    m = json.loads(files.pop("manifest.json"))
-    for s in m["shards"]:
-        s.pop("encoded")
-    m.pop("encoded_rows"), m.pop("digest")
-    return files, m
-
-
 def test_hash_encoder_store_identical_and_counted(tmp_path):
     texts = repeated_texts(200, 30)
     enc = InvariantHash()
     a = encode_corpus(texts, tmp_path / "a", enc, shard_size=64, batch_size=8, dedupe=True)
     b = encode_corpus(texts, tmp_path / "b", HashEncoder(), shard_size=64, batch_size=8, dedupe=False)
-    assert shards_and_manifest(a.out_dir) == shards_and_manifest(b.out_dir)
+    assert store_content(a.out_dir) == store_content(b.out_dir)
     # each distinct text runs once in the whole store: a shard runs only the texts no earlier shard had
     new, seen = [], set()
     for i in range(0, 200, 64):
@@ -138,7 +137,7 @@ def test_store_dedupe_across_shards_per_runtime(tmp_path, tiny_bert, runtime, pr
     texts = _tiny_texts()
     a = encode_corpus(texts, tmp_path / "a", enc, shard_size=64, batch_size=8, dedupe=True)
     b = encode_corpus(texts, tmp_path / "b", enc, shard_size=64, batch_size=8, dedupe=False)
-    assert shards_and_manifest(a.out_dir) == shards_and_manifest(b.out_dir)
+    assert store_content(a.out_dir) == store_content(b.out_dir)
     within = sum(enc.encode_distinct(texts[i : i + 64], batch_size=8)[1] for i in range(0, len(texts), 64))
     if enc.dedupe_exact:
         assert a.encoded_rows < within < len(texts)
@@ -183,7 +182,7 @@ def test_e5_store_byte_identical_default_runtime(tmp_path):
     texts = repeated_texts(300, 40)
     a = encode_corpus(texts, tmp_path / "a", enc, shard_size=128, batch_size=16, dedupe=True)
     b = encode_corpus(texts, tmp_path / "b", enc, shard_size=128, batch_size=16, dedupe=False)
-    assert shards_and_manifest(a.out_dir) == shards_and_manifest(b.out_dir)
+    assert store_content(a.out_dir) == store_content(b.out_dir)
     assert b.encoded_rows == 300 and a.encoded_rows < 150
 
 
@@ -225,7 +224,7 @@ def test_resume_after_kill_mid_encode(tmp_path, tiny_bert):
     assert EmbeddingStore(tmp_path / "u").encoded_rows < 150
     r = cli(tmp_path / "n", None, "--no-dedupe")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert shards_and_manifest(tmp_path / "n") == shards_and_manifest(tmp_path / "u")
+    assert store_content(tmp_path / "n") == store_content(tmp_path / "u")
     assert EmbeddingStore(tmp_path / "n").encoded_rows == 300
 
 
@@ -245,9 +244,7 @@ def test_augment_parts_identical_and_report(tmp_path):
     for name in set(a) - {"report.json", *stores}:
         assert a[name] == b[name], name
     for name in stores:
-        assert shards_and_manifest((runs[True].out / name).parent) == shards_and_manifest(
-            (runs[False].out / name).parent
-        )
+        assert store_content((runs[True].out / name).parent) == store_content((runs[False].out / name).parent)
     expect, within = {}, {}
     for name, p in (("source", src), ("target", tgt)):
         rows = [line for line in p.read_text().splitlines()]
