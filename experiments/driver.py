@@ -97,6 +97,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "matched-only": {"placement": "none", "labels": "matched"},
     "oracle": {"placement": "none", "labels": "gold"},
     "xite-sentence": {"placement": "sentence", "lda": False},
+    # issue #23 directions: λ from a mixture with mass at 0 (the λ = 0 objective on half the examples),
+    # and also at 1 (English replay of the matched sources with their own labels)
+    "xite-mix0": {"placement": "sentence", "lda": False, "lam_zero": 0.5},
+    "xite-mix01": {"placement": "sentence", "lda": False, "lam_zero": 0.5, "lam_one": 0.2},
     "xite-sentence-lda": {"placement": "sentence", "lda": True},
     # basis = the language-mean offset direction (XiteConfig.lda_basis "means")
     "xite-sentence-lda-means": {"placement": "sentence", "lda": True, "lda_basis": "means"},
@@ -709,7 +713,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
     from xite_fast.train.collator import XiteDataset
     from xite_fast.train.config import XiteConfig
     from xite_fast.train.model import XiteModel
-    from xite_fast.train.trainer import XiteTrainer, fit_lda, match_sources, predict
+    from xite_fast.train.trainer import Stage2Estimate, XiteTrainer, fit_lda, match_sources, predict
 
     unknown = [v for v in [*cfg.variants, *cfg.aligned_variants] if v not in VARIANTS]
     if unknown:
@@ -949,13 +953,17 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
                 src_texts = [en_tr[0][i] for i in idx]
                 src_pairs = [en_tr_p[i] for i in idx] if en_tr_p is not None else None
                 xite_labels = en_tr[1][idx]
-                pseudo = predict(xm, tok, pool_texts, pool_pairs, **ev).label_ids
+                stage1_pred = predict(xm, tok, pool_texts, pool_pairs, **ev)
+                pseudo = stage1_pred.label_ids
+                # the label-free estimate of whether stage 2 on the matched labels beats zero-shot
+                estimate = Stage2Estimate.from_predictions(stage1_pred.probabilities, xite_labels, scores)
                 gold = data.get("labelled", {}).get(lang, True)  # False: a custom target without labels
                 diag = {
                     "match_label_acc": float((xite_labels == pool_gold).mean()) if gold else float("nan"),
                     "pseudo_label_acc": float((pseudo == pool_gold).mean()) if gold else float("nan"),
                     "match_score_mean": float(scores.mean()),
                     "match_center": bool(cfg.match_center),
+                    "estimate": estimate.as_dict(),
                 }
                 print(f"[seed {seed}] {row} {lang}: {diag}", flush=True)
                 if gold:  # per pool row, for the similarity histogram / label-transfer accuracy per bin

@@ -105,6 +105,12 @@ def test_sentiment_task_rows_oracle_gold_and_matched_labels(tmp_path, tiny_model
     # the recorded label-transfer accuracy is that of the labels matched-only trained on
     acc = float(np.mean(np.array(seen["matched-only"]["labels"]) == np.array(gold)))
     assert runs["matched-only"]["diag"]["match_label_acc"] == pytest.approx(acc)
+    # the stage-2 estimate is recorded per cell: agreement of the matched labels with the stage-1 model's
+    # pseudo-labels (self-train trained on those), over every pool row
+    est = runs["matched-only"]["diag"]["estimate"]
+    agree = float(np.mean(np.array(seen["matched-only"]["labels"]) == np.array(seen["self-train"]["labels"])))
+    assert est["rows"] == len(gold) and est["agreement"] == pytest.approx(agree)
+    assert est["predicted_gain"] == pytest.approx(est["matched_accuracy"] - est["stage1_confidence"])
 
     rows = summarize(read_csv(f"{out}.csv"))
     assert [r["variant"] for r in rows] == ["zero-shot", *TASK_VARIANTS]

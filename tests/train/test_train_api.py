@@ -20,7 +20,7 @@ from tests.utils import toy_classifier as _model
 from tests.utils import training_args as _args
 from xite_fast.train.config import XiteConfig, default_prefix, is_e5
 from xite_fast.train.model import XiteModel
-from xite_fast.train.trainer import XiteTrainer, match_sources, predict, train_xite
+from xite_fast.train.trainer import XiteTrainer, match_sources, predict, stage2_estimate, train_xite
 from xite_fast.xite.augmenter import XiteAugmenter
 from xite_fast.xite.pipeline import AugmentConfig, run_augment
 
@@ -139,6 +139,51 @@ def test_augment_run_manifest_path_leaving_the_directory_is_refused(tmp_path):
     mpath.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="refusing a path that leaves it"):
         train_xite(_model(num_labels=4), TOK, _args(tmp_path), augment=run.out, train=False)
+
+
+# ------------------------------------------------------------------------------------------- stage-2 estimate
+def test_stage2_estimate_against_numpy():
+    """agreement / confidence from predict's outputs, the implied matched-label accuracy solving
+    a = m c + (1 - m)(1 - c) / (K - 1), and the even row sample."""
+    m = _model(num_labels=3)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, len(TGT))
+    est = stage2_estimate(m, TOK, TGT, labels, similarity=np.linspace(0, 1, len(TGT)), max_rows=16)
+    rows = np.unique(np.linspace(0, len(TGT) - 1, 16).round().astype(int))
+    p = predict(m, TOK, [TGT[i] for i in rows])
+    a = np.mean(p.label_ids == labels[rows])
+    c = p.probabilities.max(1).mean()
+    off = (1 - c) / 2
+    want = np.clip((a - off) / (c - off), 0, 1)
+    assert est.rows == len(rows) == 16
+    assert est.agreement == pytest.approx(a) and est.stage1_confidence == pytest.approx(c, rel=1e-6)
+    assert est.matched_accuracy == pytest.approx(want, rel=1e-5)
+    assert est.predicted_gain == pytest.approx(want - c, rel=1e-5, abs=1e-6)
+    assert est.mean_similarity == pytest.approx(np.linspace(0, 1, len(TGT))[rows].mean())
+    # labels equal to the model's own predictions: full agreement, matched accuracy 1
+    same = stage2_estimate(m, TOK, [TGT[i] for i in rows], p.label_ids)
+    assert same.agreement == 1.0 and same.matched_accuracy == 1.0
+    with pytest.raises(ValueError, match=r"matched_label_ids must have one id per target text \(48\)"):
+        stage2_estimate(m, TOK, TGT, labels[:5])
+
+
+def test_train_xite_reports_the_estimate_before_stage_2(tmp_path):
+    src, labels, tgt = _corpora()
+    res = XiteAugmenter(HashEncoder(), center=False).augment(src, labels, tgt)
+    kw = dict(source_texts=src, target_texts=tgt, augment=res, train=False)
+    tr = train_xite(_model(num_labels=4), TOK, _args(tmp_path), **kw)
+    est = tr.estimate
+    assert est.rows == len(tgt)
+    want = stage2_estimate(tr.model, TOK, tgt, tr.matching.label_ids, similarity=tr.matching.similarity)
+    assert est == want
+    cfg = XiteConfig(estimate_rows=5)
+    assert train_xite(_model(num_labels=4), TOK, _args(tmp_path), xite_config=cfg, **kw).estimate.rows == 5
+    off = XiteConfig(estimate_rows=0)
+    assert train_xite(_model(num_labels=4), TOK, _args(tmp_path), xite_config=off, **kw).estimate is None
+    stage1 = train_xite(
+        _model(num_labels=4), TOK, _args(tmp_path), source_texts=src, source_labels=labels, train=False
+    )
+    assert stage1.estimate is None
 
 
 def test_in_memory_augment_result_checked_against_its_corpora(tmp_path):
@@ -288,6 +333,40 @@ def test_lam_given_is_fixed_alpha_draws_beta_and_both_is_an_error():
     assert XiteConfig(lam=0.0).beta_alpha() is None and XiteConfig().beta_alpha() == 1.0
     with pytest.raises(ValueError, match="give lam .* or alpha .* not both"):
         XiteModel(_model(), XiteConfig(lam=0.2, alpha=1.0))
+
+
+def test_lam_mixture_puts_its_mass_at_zero_and_one():
+    """lam_zero / lam_one: the share of λ = 0 and λ = 1 follows the probabilities (binomial bounds, 4,000
+    draws), the rest is the Beta draw (strictly inside (0, 1)); zero masses keep the plain Beta stream."""
+
+    def lams(n=4000, **kw):
+        xm = XiteModel(_model(), XiteConfig(**kw))
+        torch.manual_seed(1)
+        return xm._lam(n, torch.device("cpu"), None)
+
+    lam = lams(lam_zero=0.3, lam_one=0.2)
+    for value, p in ((0.0, 0.3), (1.0, 0.2)):
+        share = float((lam == value).float().mean())
+        assert abs(share - p) < 4 * (p * (1 - p) / 4000) ** 0.5, (value, share)
+    inner = lam[(lam > 0) & (lam < 1)]
+    assert len(inner) + int(((lam == 0) | (lam == 1)).sum()) == 4000
+    assert abs(float(inner.mean()) - 0.5) < 0.03  # Beta(1, 1)
+    np.testing.assert_array_equal(lams(lam_zero=0.0, lam_one=0.0).numpy(), lams().numpy())
+    assert (lams(lam_zero=1.0) == 0).all() and (lams(lam_one=1.0) == 1).all()
+
+
+@pytest.mark.parametrize(
+    ("kw", "msg"),
+    [
+        ({"lam_zero": -0.1}, "lam_zero must be a finite float >= 0"),
+        ({"lam_one": 1.5}, r"lam_one must be a float in \[0, 1\]"),
+        ({"lam_zero": 0.6, "lam_one": 0.5}, "lam_zero \\+ lam_one must be <= 1"),
+        ({"lam": 0.5, "lam_zero": 0.2}, "with a fixed lam=0.5 they must be 0"),
+    ],
+)
+def test_lam_mixture_bad_values_are_named(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        XiteConfig(**kw).validate()
 
 
 def test_a_config_with_a_wrapped_model_is_applied_or_refused(tmp_path):

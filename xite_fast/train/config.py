@@ -56,6 +56,12 @@ class XiteConfig:
         alpha: λ ~ Beta(alpha, alpha) per example (drawn in the forward pass from torch's RNG, which
             ``TrainingArguments.seed`` seeds and checkpoints restore). With neither ``lam`` nor ``alpha``
             given, λ ~ Beta(1, 1) (uniform); giving both is a ValueError.
+        lam_zero, lam_one: a mixture for the drawn λ: with probability ``lam_zero`` an example gets λ = 0
+            (without LDA: the matched target alone with its inherited label, the λ = 0 objective), with
+            probability ``lam_one`` λ = 1 (the matched English source alone with its own label: English
+            replay), else λ ~ Beta as above. Both in [0, 1], sum <= 1; not with a fixed ``lam``. With LDA
+            the mixing op's modes give λ = 0 / 1 their own meaning (``proj`` at λ = 0 keeps only the
+            target's language-subspace part).
         lda: mix through the LDA language subspace (``lda_project_interp`` mode ``lda_mode``) instead of
             ``λ·s + (1-λ)·t``; the basis W is fitted at the mixing level on the training pairs when the
             trainer starts unless given.
@@ -82,6 +88,9 @@ class XiteConfig:
             the trained model's ``config.json`` (``xite_fast``) and :func:`~xite_fast.train.trainer.predict`
             uses them.
         head_lr: learning rate of the classification head (None: ``TrainingArguments.learning_rate``).
+        estimate_rows: target rows (an even sample of the matched ones) on which ``train_xite`` computes
+            the stage-2 estimate before training (:func:`~xite_fast.train.trainer.stage2_estimate`: one
+            forward pass of the stage-1 model over them); 0 turns it off.
         ear: EAR objective (stage 1; records need a ``perturbed`` copy or the trainer makes one).
         ear_rate, ear_k: perturbation: substitution probability and neighbour count.
         ear_ce_weight, ear_ce_perturbed_weight, ear_push_weight, ear_pull_weight: EAR term weights.
@@ -93,6 +102,8 @@ class XiteConfig:
     hidden_layer: int = 2
     lam: float | None = None
     alpha: float | None = None
+    lam_zero: float = 0.0
+    lam_one: float = 0.0
     lda: bool = False
     lda_mode: str = "shift"
     lda_components: int | None = None
@@ -105,6 +116,7 @@ class XiteConfig:
     max_length: int = 128
     prefix: str | None = None
     head_lr: float | None = None
+    estimate_rows: int = 1000
     ear: bool = False
     ear_rate: float = 0.15
     ear_k: int = 10
@@ -145,6 +157,20 @@ class XiteConfig:
                 f"XiteConfig: give lam (a fixed λ, got {self.lam!r}) or alpha (λ ~ Beta(alpha, alpha), got "
                 f"{self.alpha!r}), not both"
             )
+        for name in ("lam_zero", "lam_one"):
+            float_ge(name, 0.0)
+            if getattr(self, name) > 1:
+                raise ValueError(f"XiteConfig.{name} must be a float in [0, 1], got {getattr(self, name)!r}")
+        if self.lam_zero + self.lam_one > 1:
+            raise ValueError(
+                f"XiteConfig.lam_zero + lam_one must be <= 1 (probabilities of λ = 0 and λ = 1), got "
+                f"{self.lam_zero!r} + {self.lam_one!r}"
+            )
+        if self.lam is not None and (self.lam_zero or self.lam_one):
+            raise ValueError(
+                f"XiteConfig.lam_zero / lam_one shape the drawn λ; with a fixed lam={self.lam!r} they must "
+                f"be 0, got lam_zero={self.lam_zero!r}, lam_one={self.lam_one!r}"
+            )
         if self.prefix is not None and not isinstance(self.prefix, str):
             raise ValueError(f"XiteConfig.prefix must be a str or None, got {self.prefix!r}")
         if self.lda_components is not None:
@@ -154,6 +180,7 @@ class XiteConfig:
         int_ge("hidden_layer", 0)
         int_ge("freeze_layers", 0)
         int_ge("max_length", 1)
+        int_ge("estimate_rows", 0)
         if self.head_lr is not None:
             float_ge("head_lr", 0.0, strict=True)
         for name in ("freeze_embeddings", "cache_frozen", "lda", "ear"):

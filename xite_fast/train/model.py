@@ -332,10 +332,16 @@ class XiteModel(nn.Module):
         if lam is not None:
             return torch.as_tensor(lam, dtype=torch.float32, device=device).reshape(-1).expand(B).contiguous()
         alpha = self.xite.beta_alpha()
-        if alpha is not None:
-            a = torch.full((B,), alpha, device=device)
-            return torch.distributions.Beta(a, a).sample().float()
-        return torch.full((B,), float(self.xite.lam), device=device)
+        if alpha is None:
+            return torch.full((B,), float(self.xite.lam), device=device)
+        a = torch.full((B,), alpha, device=device)
+        lam = torch.distributions.Beta(a, a).sample().float()
+        p0, p1 = float(self.xite.lam_zero), float(self.xite.lam_one)
+        if p0 or p1:  # the mixture's point masses (one more draw only when asked: old runs keep their RNG)
+            u = torch.rand(B, device=device)
+            lam = torch.where(u < p0, torch.zeros_like(lam), lam)
+            lam = torch.where((u >= p0) & (u < p0 + p1), torch.ones_like(lam), lam)
+        return lam
 
     def _mix(self, s: torch.Tensor, t: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         from xite_fast.ops.lda_project_interp import mix_states

@@ -19,7 +19,9 @@ checkpoints/resume and early stopping; nothing of that is re-implemented here. W
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 from transformers import Trainer
 
+from xite_fast._validation import check_positive_int
 from xite_fast.train.collator import XiteCollator, XiteDataset, tokenize_texts
 from xite_fast.train.config import LabelMap, XiteConfig, check_label, save_tokenization, saved_tokenization
 from xite_fast.train.data import (
@@ -44,6 +47,8 @@ from xite_fast.train.model import WRAPPER_LDA, XiteModel
 # rows of an augment run sampled to fit the LDA basis (each is embedded once, in memory)
 _LDA_ROWS = 20_000
 
+log = logging.getLogger("xite_fast")
+
 __all__ = [
     "XiteTrainer",
     "Prediction",
@@ -52,6 +57,8 @@ __all__ = [
     "match_sources",
     "fit_lda",
     "train_xite",
+    "Stage2Estimate",
+    "stage2_estimate",
     "classification_metrics",
     "label_map_for",
 ]
@@ -451,9 +458,11 @@ def train_xite(
     in ``config.json``) and :func:`predict` uses it.
 
     ``trainer.matching`` (a :class:`~xite_fast.train.data.Matching`: target/source ids, similarities,
-    labels) says what stage 2 trained on (None for stage 1). ``args.seed`` seeds training, not the
-    classifier head, which ``from_pretrained`` initialised before this call: for a reproducible head call
-    ``transformers.set_seed(seed)`` before loading the model.
+    labels) says what stage 2 trained on (None for stage 1). ``trainer.estimate`` (a
+    :class:`Stage2Estimate`, classifiers only; None for stage 1 or ``xite_config.estimate_rows=0``) is the
+    label-free estimate of whether stage 2 beats the stage-1 model, computed before training.
+    ``args.seed`` seeds training, not the classifier head, which ``from_pretrained`` initialised before
+    this call: for a reproducible head call ``transformers.set_seed(seed)`` before loading the model.
     """
     if isinstance(model, XiteModel):
         if xite_config is not None and xite_config.resolved(model.model, tokenizer) != model.xite:
@@ -579,6 +588,19 @@ def train_xite(
             )
             matching = Matching(tid, sid, sim, y, list(lm.values) if lm is not None else None)
             lda_texts = (pick(src, sid), tgt, pick(sp, sid), tp)
+    estimate = None
+    if matching is not None and classes and cfg.estimate_rows and len(matching):
+        n = len(matching)
+        rows = np.unique(np.linspace(0, n - 1, min(n, cfg.estimate_rows)).round().astype(np.int64))
+        if isinstance(ds, RunPairs):
+            et, _, etp, _ = ds.texts(rows)
+        else:
+            et = [tgt[i] for i in matching.target_id[rows]]
+            etp = None if tp is None else [tp[i] for i in matching.target_id[rows]]
+        estimate = stage2_estimate(
+            xm, tokenizer, et, matching.label_ids[rows], etp, similarity=matching.similarity[rows], **kw
+        )
+        log.info("train_xite: stage-2 estimate before training %s", estimate.as_dict())
     if cfg.lda and cfg.placement != "none" and xm.lda_W is None and lda_texts is not None:
         s, t, spp, tpp = lda_texts
         xm.set_lda(fit_lda(xm, tokenizer, s, t, source_text_pairs=spp, target_text_pairs=tpp, **kw))
@@ -613,9 +635,111 @@ def train_xite(
     trainer = XiteTrainer(xm, args, train_dataset=ds, processing_class=tokenizer, **trainer_kw)
     trainer.matching = matching
     trainer.label_map = lm
+    trainer.estimate = estimate
     if train:
         trainer.train()
     return trainer
+
+
+@dataclass
+class Stage2Estimate:
+    """A label-free estimate, made before stage 2, of whether training on the matched labels beats the
+    stage-1 model (zero-shot) on the target: :func:`stage2_estimate`, ``trainer.estimate`` of
+    :func:`train_xite`.
+
+    Attributes:
+        rows: target rows it was computed on (an even sample of the matched rows).
+        agreement: share of them whose stage-1 prediction is the matched (transferred) label.
+        stage1_confidence: the stage-1 model's mean top probability on them: its target accuracy if it
+            is calibrated.
+        matched_accuracy: the matched labels' accuracy implied by ``agreement`` and
+            ``stage1_confidence`` when the two err independently, wrong labels spread evenly over the
+            other K - 1 classes: a = m c + (1 - m)(1 - c) / (K - 1), solved for m (NaN when c <= 1/K).
+        predicted_gain: ``matched_accuracy - stage1_confidence``: > 0 says the matched labels are more
+            often right than the stage-1 model, so stage 2 on them should beat zero-shot.
+        mean_similarity: mean cosine similarity of the matches (NaN where not known).
+    """
+
+    rows: int
+    agreement: float
+    stage1_confidence: float
+    matched_accuracy: float
+    predicted_gain: float
+    mean_similarity: float
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_predictions(
+        cls, probabilities: Any, matched_label_ids: Any, similarity: Any = None
+    ) -> Stage2Estimate:
+        """The estimate from the stage-1 model's (n, K) class probabilities on n target rows and their
+        matched label ids (and match similarities)."""
+        p = np.asarray(probabilities, dtype=np.float64)
+        y = np.asarray(matched_label_ids).astype(np.int64)
+        if p.ndim != 2 or y.shape != (p.shape[0],) or not len(y):
+            raise ValueError(
+                f"probabilities must be (n, K) with n >= 1 and matched_label_ids (n,), got shapes {p.shape} "
+                f"and {y.shape}"
+            )
+        k = p.shape[1]
+        a = float(np.mean(p.argmax(1) == y))
+        c = float(p.max(1).mean())
+        off = (1.0 - c) / max(k - 1, 1)
+        m = float(np.clip((a - off) / (c - off), 0.0, 1.0)) if c - off > 1e-6 else float("nan")
+        sim = np.asarray(similarity, dtype=np.float64) if similarity is not None else np.array([np.nan])
+        return cls(
+            rows=len(y),
+            agreement=a,
+            stage1_confidence=c,
+            matched_accuracy=m,
+            predicted_gain=m - c,
+            mean_similarity=float(np.nanmean(sim)) if np.isfinite(sim).any() else float("nan"),
+        )
+
+
+def stage2_estimate(
+    model: Any,
+    tokenizer: Any,
+    target_texts: Sequence[str],
+    matched_label_ids: Sequence[int],
+    target_text_pairs: Sequence[str] | None = None,
+    *,
+    similarity: Sequence[float] | None = None,
+    max_rows: int = 2000,
+    max_length: int | None = None,
+    prefix: str | None = None,
+    batch_size: int = 64,
+) -> Stage2Estimate:
+    """:class:`Stage2Estimate` of a classifier (before stage 2) on target texts and their matched label
+    ids (``model.config.id2label`` ids): one forward pass over at most ``max_rows`` evenly spaced rows."""
+    texts = as_texts("target_texts", target_texts)
+    y = np.asarray(matched_label_ids)
+    if y.shape != (len(texts),):
+        raise ValueError(
+            f"matched_label_ids must have one id per target text ({len(texts)}), got shape {y.shape}"
+        )
+    if not texts:
+        raise ValueError("target_texts must not be empty")
+    pairs = None
+    if target_text_pairs is not None:
+        pairs = as_texts("target_text_pairs", target_text_pairs, len(texts))
+    max_rows = check_positive_int("max_rows", max_rows)
+    rows = np.unique(np.linspace(0, len(texts) - 1, min(len(texts), max_rows)).round().astype(np.int64))
+    pred = predict(
+        model,
+        tokenizer,
+        [texts[i] for i in rows],
+        None if pairs is None else [pairs[i] for i in rows],
+        max_length=max_length,
+        prefix=prefix,
+        batch_size=batch_size,
+    )
+    if pred.label_ids is None:
+        raise ValueError("stage2_estimate needs a single-label classifier (its predictions are class ids)")
+    sim = None if similarity is None else np.asarray(similarity, dtype=np.float64)[rows]
+    return Stage2Estimate.from_predictions(pred.probabilities, y[rows], sim)
 
 
 @dataclass
