@@ -971,7 +971,7 @@ class Encoder:
             return None
         batch_size = check_positive_int("batch_size", batch_size)
         ids, types = self._ids_of(sentences)
-        return _row_keys(ids, types, self._plan(ids, batch_size)[1])
+        return _row_keys(ids, types, self._plan(ids, batch_size))
 
     def _ids_of(self, sentences: Any) -> tuple[list, list | None]:
         texts, pairs = as_texts(sentences, "sentences")
@@ -990,15 +990,13 @@ class Encoder:
         on the CPU), with the bytes of :meth:`encode`."""
         return self.runtime in DEDUPE_RUNTIMES and self.device == "cpu"
 
-    def _plan(self, ids_list: list, batch_size: int) -> tuple[np.ndarray, list]:
-        """Row lengths and the planned ``[(rows, width)]`` batches: longest first (stable), so the first
+    def _plan(self, ids_list: list, batch_size: int) -> list:
+        """The planned ``[(rows, width)]`` batches: longest first (stable), so the first
         batch is the slowest (the tqdm ETA is pessimistic) and equal lengths keep input order, making
         batches a pure function of the input."""
         lengths = np.fromiter((len(x) for x in ids_list), dtype=np.int64, count=len(ids_list))
         order = np.argsort(-lengths, kind="stable")
-        return lengths, [
-            (order[b0:b1], int(lengths[order[b0]])) for b0, b1 in _batches(lengths[order], batch_size)
-        ]
+        return [(order[b0:b1], int(lengths[order[b0]])) for b0, b1 in _batches(lengths[order], batch_size)]
 
     def _encode_ids(
         self, ids_list, batch_size, show_progress_bar, normalize, token_type_ids, dedupe, known=None
@@ -1006,7 +1004,7 @@ class Encoder:
         """(out, rows run, row keys or None). With ``dedupe``, repeats run once and rows ``known.find``s
         are copied from ``known.fetch`` after normalization (they are stored normalized)."""
         n = len(ids_list)
-        _, batches = self._plan(ids_list, batch_size)
+        batches = self._plan(ids_list, batch_size)
         rep = keys = found = None
         if dedupe:
             keys = _row_keys(ids_list, token_type_ids, batches)

@@ -685,16 +685,16 @@ def encode_rows(
         for i in range(len(texts)):
             inv[i] = first.setdefault(keys[i].tobytes(), len(first))
         heads = np.unique(inv, return_index=True)[1]  # first row of each distinct text
-        run = heads[found[heads] < 0]
+        new = found[heads] < 0  # heads no earlier shard holds: the model runs these
+        run = heads[new]
         emb = np.zeros((len(heads), int(encoder.dim)), dtype=np.float32)
         if len(run):
             got = encoder.encode(
                 [texts[i] for i in run], batch_size=batch_size, show_progress_bar=False, normalize=True
             )
-            emb[found[heads] < 0] = np.asarray(got, dtype=np.float32)
-        old = np.flatnonzero(found[heads] >= 0)
-        if len(old):
-            emb[old] = known.fetch(found[heads[old]])
+            emb[new] = np.asarray(got, dtype=np.float32)
+        if not new.all():
+            emb[~new] = known.fetch(found[heads[~new]])
         return emb[inv], len(run), keys
     emb = encoder.encode(texts, batch_size=batch_size, show_progress_bar=False, normalize=True)
     return np.asarray(emb, dtype=np.float32), len(texts), None

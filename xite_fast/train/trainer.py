@@ -49,6 +49,13 @@ _LDA_ROWS = 20_000
 
 log = logging.getLogger("xite_fast")
 
+
+def _even_rows(n: int, k: int) -> np.ndarray:
+    """At most ``k`` distinct, evenly spaced rows of ``range(n)``, sorted (the sample the LDA fit and the
+    stage-2 estimate take of a large stage-2 set)."""
+    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(np.int64))
+
+
 __all__ = [
     "XiteTrainer",
     "Prediction",
@@ -527,7 +534,7 @@ def train_xite(
             matching = ds.matching()
             if cfg.lda and cfg.placement != "none" and xm.lda_W is None:
                 n = len(ds)
-                rows = np.unique(np.linspace(0, n - 1, min(n, _LDA_ROWS)).round().astype(np.int64))
+                rows = _even_rows(n, _LDA_ROWS)
                 t, s, tpp, spp = ds.texts(rows)
                 lda_texts = (s, t, spp, tpp)
         else:
@@ -591,14 +598,21 @@ def train_xite(
     estimate = None
     if matching is not None and classes and cfg.estimate_rows and len(matching):
         n = len(matching)
-        rows = np.unique(np.linspace(0, n - 1, min(n, cfg.estimate_rows)).round().astype(np.int64))
+        rows = _even_rows(n, cfg.estimate_rows)
         if isinstance(ds, RunPairs):
             et, _, etp, _ = ds.texts(rows)
         else:
             et = [tgt[i] for i in matching.target_id[rows]]
             etp = None if tp is None else [tp[i] for i in matching.target_id[rows]]
-        estimate = stage2_estimate(
-            xm, tokenizer, et, matching.label_ids[rows], etp, similarity=matching.similarity[rows], **kw
+        estimate = stage2_estimate(  # the rows are the sample already: max_rows keeps them all
+            xm,
+            tokenizer,
+            et,
+            matching.label_ids[rows],
+            etp,
+            similarity=matching.similarity[rows],
+            max_rows=len(rows),
+            **kw,
         )
         log.info("train_xite: stage-2 estimate before training %s", estimate.as_dict())
     if cfg.lda and cfg.placement != "none" and xm.lda_W is None and lda_texts is not None:
@@ -726,7 +740,7 @@ def stage2_estimate(
     if target_text_pairs is not None:
         pairs = as_texts("target_text_pairs", target_text_pairs, len(texts))
     max_rows = check_positive_int("max_rows", max_rows)
-    rows = np.unique(np.linspace(0, len(texts) - 1, min(len(texts), max_rows)).round().astype(np.int64))
+    rows = _even_rows(len(texts), max_rows)
     pred = predict(
         model,
         tokenizer,
