@@ -101,6 +101,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # and also at 1 (English replay of the matched sources with their own labels)
     "xite-mix0": {"placement": "sentence", "lda": False, "lam_zero": 0.5},
     "xite-mix01": {"placement": "sentence", "lda": False, "lam_zero": 0.5, "lam_one": 0.2},
+    # the λ mixture behind the do-no-harm guard: stage 2 skipped when the estimate predicts no gain
+    "xite-mix0-guard": {"placement": "sentence", "lda": False, "lam_zero": 0.5, "guard": True},
+    # L2-SP toward the stage-1 weights on the λ = 0 objective and on the λ mixture
+    "matched-l2sp": {"placement": "none", "labels": "matched", "l2sp": 0.1},
+    "xite-mix0-l2sp": {"placement": "sentence", "lda": False, "lam_zero": 0.5, "l2sp": 0.1},
     "xite-sentence-lda": {"placement": "sentence", "lda": True},
     # basis = the language-mean offset direction (XiteConfig.lda_basis "means")
     "xite-sentence-lda-means": {"placement": "sentence", "lda": True, "lda_basis": "means"},
@@ -939,7 +944,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
                     continue
                 _restore(xm, stage1)
                 xm.xite = XiteConfig(placement="none", cache_frozen=can_cache, **common)
-                idx, scores = match_sources(
+                nbr = XiteConfig().estimate_neighbours  # the library's default vote size
+                nidx, nscores = match_sources(
                     xm,
                     tok,
                     en_tr[0],
@@ -948,15 +954,19 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
                     target_text_pairs=pool_pairs,
                     center=cfg.match_center,
                     backend=cfg.backend,
+                    k=nbr + 1,
                     **ev,
                 )  # pairs: matched on the pair's embedding
+                idx, scores = nidx[:, 0], nscores[:, 0]
                 src_texts = [en_tr[0][i] for i in idx]
                 src_pairs = [en_tr_p[i] for i in idx] if en_tr_p is not None else None
                 xite_labels = en_tr[1][idx]
                 stage1_pred = predict(xm, tok, pool_texts, pool_pairs, **ev)
                 pseudo = stage1_pred.label_ids
                 # the label-free estimate of whether stage 2 on the matched labels beats zero-shot
-                estimate = Stage2Estimate.from_predictions(stage1_pred.probabilities, xite_labels, scores)
+                estimate = Stage2Estimate.from_predictions(
+                    stage1_pred.probabilities, xite_labels, scores, en_tr[1][nidx[:, :nbr]]
+                )
                 gold = data.get("labelled", {}).get(lang, True)  # False: a custom target without labels
                 diag = {
                     "match_label_acc": float((xite_labels == pool_gold).mean()) if gold else float("nan"),
@@ -1033,13 +1043,22 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
                         train_dataset=ds2,
                         processing_class=tok,
                     )
-                    tr2.train()
+                    # guard (as train_xite does): no stage 2 when the estimate predicts no gain
+                    skip = cfg2.guard and not estimate.predicted_gain > 0
+                    guard = None
+                    if cfg2.guard:
+                        guard = "skipped" if skip else "trained"
+                    if not skip:
+                        tr2.train()
                     xm.eval()
                     fin = {
-                        lang: test_metrics(xm, tok, lang),
-                        "english": _metrics(xm, tok, *en_te, ev, en_te_p) if cfg.stage2_english else None,
+                        lang: last[lang] if skip else test_metrics(xm, tok, lang),
+                        "english": (last["english"] if skip else _metrics(xm, tok, *en_te, ev, en_te_p))
+                        if cfg.stage2_english
+                        else None,
                     }
                     steps = max(1, int(tr2.state.global_step))
+                    runtime = (tr2.state.log_history or [{}])[-1].get("train_runtime", 0.0)  # none: skipped
                     rec = {
                         "key": key,
                         "seed": seed,
@@ -1049,13 +1068,15 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
                         "engine": "trainer",
                         "labels": label_source if placement == "none" else "matched",
                         "seconds": time.perf_counter() - t0,
-                        "step_seconds": float(tr2.state.log_history[-1].get("train_runtime", 0.0)) / steps,
+                        "step_seconds": float(runtime) / steps,
                         "english": fin["english"],
                         "target": fin[lang],
                         "diag": diag,
                         "config": {k: v for k, v in vars(cfg2).items()},
                         "loss_history": _losses(tr2),
                     }
+                    if guard is not None:
+                        rec["guard"] = guard
                     if cfg2.lda and lda_extra is not None:
                         rec["lda_languages"] = ["source", lang, *lda_extra]
                         rec["lda_components"] = int(xm.lda_W.shape[1])

@@ -110,7 +110,11 @@ def test_sentiment_task_rows_oracle_gold_and_matched_labels(tmp_path, tiny_model
     est = runs["matched-only"]["diag"]["estimate"]
     agree = float(np.mean(np.array(seen["matched-only"]["labels"]) == np.array(seen["self-train"]["labels"])))
     assert est["rows"] == len(gold) and est["agreement"] == pytest.approx(agree)
-    assert est["predicted_gain"] == pytest.approx(est["matched_accuracy"] - est["stage1_confidence"])
+    # the vote of the 10 nearest English rows where the two disagree (library default k)
+    assert est["neighbours"] == 10 and 0 <= est["vote_matched"] <= 1 and 0 <= est["vote_stage1"] <= 1
+    assert est["predicted_gain"] == pytest.approx(
+        (1 - est["agreement"]) * (est["vote_matched"] - est["vote_stage1"])
+    )
 
     rows = summarize(read_csv(f"{out}.csv"))
     assert [r["variant"] for r in rows] == ["zero-shot", *TASK_VARIANTS]

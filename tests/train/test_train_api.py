@@ -5,6 +5,7 @@ the e5 prefix), evaluation by texts and labels, stage 1 in one call, matching di
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -20,7 +21,15 @@ from tests.utils import toy_classifier as _model
 from tests.utils import training_args as _args
 from xite_fast.train.config import XiteConfig, default_prefix, is_e5
 from xite_fast.train.model import XiteModel
-from xite_fast.train.trainer import XiteTrainer, match_sources, predict, stage2_estimate, train_xite
+from xite_fast.train.trainer import (
+    Stage2Estimate,
+    XiteTrainer,
+    embed_texts,
+    match_sources,
+    predict,
+    stage2_estimate,
+    train_xite,
+)
 from xite_fast.xite.augmenter import XiteAugmenter
 from xite_fast.xite.pipeline import AugmentConfig, run_augment
 
@@ -158,13 +167,51 @@ def test_stage2_estimate_against_numpy():
     assert est.rows == len(rows) == 16
     assert est.agreement == pytest.approx(a) and est.stage1_confidence == pytest.approx(c, rel=1e-6)
     assert est.matched_accuracy == pytest.approx(want, rel=1e-5)
-    assert est.predicted_gain == pytest.approx(want - c, rel=1e-5, abs=1e-6)
+    # no neighbour labels: no vote, no prediction
+    assert est.neighbours == 0 and np.isnan(est.predicted_gain) and est.helps is None
     assert est.mean_similarity == pytest.approx(np.linspace(0, 1, len(TGT))[rows].mean())
     # labels equal to the model's own predictions: full agreement, matched accuracy 1
     same = stage2_estimate(m, TOK, [TGT[i] for i in rows], p.label_ids)
     assert same.agreement == 1.0 and same.matched_accuracy == 1.0
     with pytest.raises(ValueError, match=r"matched_label_ids must have one id per target text \(48\)"):
         stage2_estimate(m, TOK, TGT, labels[:5])
+
+
+def test_stage2_estimate_neighbour_vote_against_numpy():
+    """predicted_gain = (1 - agreement) * (vote share of the matched label - vote share of the stage-1
+    prediction), the shares over the disagreeing rows, computed here with a plain loop."""
+    rng = np.random.default_rng(1)
+    n, k, nb = 200, 3, 7
+    prob = rng.dirichlet(np.ones(k), n)
+    y = rng.integers(0, k, n)
+    nl = rng.integers(0, k, (n, nb))
+    nl[:, 0] = y  # column 0: the match itself
+    est = Stage2Estimate.from_predictions(prob, y, None, nl)
+    pred = prob.argmax(1)
+    vm, vs = [], []
+    for i in range(n):
+        if pred[i] != y[i]:
+            vm.append(sum(int(v == y[i]) for v in nl[i]) / nb)
+            vs.append(sum(int(v == pred[i]) for v in nl[i]) / nb)
+    share = len(vm) / n
+    assert 0 < share < 1 and est.neighbours == nb
+    assert est.vote_matched == pytest.approx(np.mean(vm)) and est.vote_stage1 == pytest.approx(np.mean(vs))
+    assert est.predicted_gain == pytest.approx(share * (np.mean(vm) - np.mean(vs)))
+    assert est.helps == (est.predicted_gain > 0)
+    # neighbours that all carry the matched label: it wins every disagreement; all the prediction: it loses
+    assert Stage2Estimate.from_predictions(prob, y, None, np.repeat(y[:, None], nb, 1)).predicted_gain == (
+        pytest.approx(share)
+    )
+    assert Stage2Estimate.from_predictions(prob, y, None, np.repeat(pred[:, None], nb, 1)).predicted_gain == (
+        pytest.approx(-share)
+    )
+    # full agreement: nothing to gain
+    assert Stage2Estimate.from_predictions(prob, pred, None, nl).predicted_gain == 0.0
+    bad_shape = r"neighbour_label_ids must be \(n=200, k >= 1\) label ids in \[0, 3\)"
+    with pytest.raises(ValueError, match=bad_shape):
+        Stage2Estimate.from_predictions(prob, y, None, nl[:5])
+    with pytest.raises(ValueError, match=r"matched_label_ids must be in \[0, 3\)"):
+        Stage2Estimate.from_predictions(prob, y + 3)
 
 
 def test_train_xite_reports_the_estimate_before_stage_2(tmp_path):
@@ -175,7 +222,8 @@ def test_train_xite_reports_the_estimate_before_stage_2(tmp_path):
     est = tr.estimate
     assert est.rows == len(tgt)
     want = stage2_estimate(tr.model, TOK, tgt, tr.matching.label_ids, similarity=tr.matching.similarity)
-    assert est == want
+    assert str(est) == str(want)  # (NaN vote fields: an augment result holds no neighbours)
+    assert est.neighbours == 0 and np.isnan(est.predicted_gain)
     cfg = XiteConfig(estimate_rows=5)
     assert train_xite(_model(num_labels=4), TOK, _args(tmp_path), xite_config=cfg, **kw).estimate.rows == 5
     off = XiteConfig(estimate_rows=0)
@@ -184,6 +232,109 @@ def test_train_xite_reports_the_estimate_before_stage_2(tmp_path):
         _model(num_labels=4), TOK, _args(tmp_path), source_texts=src, source_labels=labels, train=False
     )
     assert stage1.estimate is None
+
+
+def test_train_xite_estimate_votes_with_the_k_nearest_sources(tmp_path):
+    """Matching done by train_xite: the estimate's neighbour votes are the labels of each target's k
+    nearest sources in the model's space (centered cosine, numpy here)."""
+    src, labels, tgt = _corpora()
+    cfg = XiteConfig(estimate_neighbours=5)
+    tr = train_xite(
+        _model(num_labels=4), TOK, _args(tmp_path), source_texts=src, source_labels=labels,
+        target_texts=tgt, xite_config=cfg, train=False,
+    )  # fmt: skip
+    xm = tr.model
+    kw = dict(max_length=xm.xite.max_length, prefix=xm.xite.prefix)
+    S = embed_texts(xm, TOK, src, **kw).astype(np.float64)
+    T = embed_texts(xm, TOK, tgt, **kw).astype(np.float64)
+    S, T = S - S.mean(0), T - T.mean(0)
+    cos = (T / np.linalg.norm(T, axis=1, keepdims=True)) @ (S / np.linalg.norm(S, axis=1, keepdims=True)).T
+    top = np.argsort(-cos, axis=1, kind="stable")[:, :5]
+    ids = tr.label_map.encode([labels[i] for i in top.reshape(-1)]).reshape(top.shape)
+    np.testing.assert_array_equal(top[:, 0], tr.matching.source_id)
+    p = predict(xm, TOK, tgt)
+    m = tr.matching
+    want = Stage2Estimate.from_predictions(p.probabilities, m.label_ids, m.similarity, ids)
+    est = tr.estimate
+    assert est.neighbours == 5 and est.rows == len(tgt)
+    for f in ("agreement", "vote_matched", "vote_stage1", "predicted_gain", "mean_similarity"):
+        a, b = getattr(est, f), getattr(want, f)
+        assert (np.isnan(a) and np.isnan(b)) or a == pytest.approx(b, rel=1e-5, abs=1e-6), f
+
+
+@pytest.mark.parametrize("gain", [-0.02, 0.0, 0.03])
+def test_guard_skips_stage_2_when_no_gain_is_predicted(tmp_path, monkeypatch, gain):
+    """guard=True: stage 2 runs only when the estimate predicts a gain > 0; the decision is reported and a
+    skipped run leaves every weight as it was."""
+    import xite_fast.train.trainer as trainer_mod
+
+    real = trainer_mod.stage2_estimate
+
+    def fixed(*a, **kw):
+        return dataclasses.replace(real(*a, **kw), predicted_gain=gain)
+
+    monkeypatch.setattr(trainer_mod, "stage2_estimate", fixed)
+    src, labels, tgt = _corpora()
+    model = _model(num_labels=4)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tr = train_xite(
+        model, TOK, _args(tmp_path, num_train_epochs=1), source_texts=src, source_labels=labels,
+        target_texts=tgt, xite_config=XiteConfig(guard=True),
+    )  # fmt: skip
+    changed = any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    if gain > 0:
+        assert tr.guard_decision.startswith("trained stage 2: predicted gain +0.0300")
+        assert tr.state.global_step > 0 and changed
+    else:
+        assert tr.guard_decision.startswith("skipped stage 2: predicted gain")
+        assert tr.state.global_step == 0 and not changed
+    off = train_xite(
+        _model(num_labels=4), TOK, _args(tmp_path), source_texts=src, source_labels=labels,
+        target_texts=tgt, train=False,
+    )  # fmt: skip
+    assert off.guard_decision is None
+
+
+def test_guard_needs_the_estimate(tmp_path):
+    src, labels, tgt = _corpora()
+    res = XiteAugmenter(HashEncoder(), center=False).augment(src, labels, tgt)
+    with pytest.raises(ValueError, match="XiteConfig.guard=True needs the stage-2 estimate's predicted_gain"):
+        train_xite(
+            _model(num_labels=4), TOK, _args(tmp_path), source_texts=src, target_texts=tgt, augment=res,
+            xite_config=XiteConfig(guard=True), train=False,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="XiteConfig.guard must be a bool, got 1"):
+        XiteConfig(guard=1).validate()
+
+
+def test_l2sp_adds_the_squared_distance_to_the_starting_weights(tmp_path):
+    """compute_loss with l2sp = the model's own loss + l2sp * sum ||θ - θ_start||² over trainable weights."""
+    src, labels, _ = _corpora()
+    model = _model(num_labels=4)
+    trainers = {}
+    for w in (0.0, 0.5):
+        xm = XiteModel(model, XiteConfig(placement="none", l2sp=w))
+        tr = train_xite(xm, TOK, _args(tmp_path), source_texts=src, source_labels=labels, train=False)
+        trainers[w] = tr
+    batch = trainers[0.0].data_collator([trainers[0.0].train_dataset[i] for i in range(8)])
+
+    def losses():
+        out = {}
+        for w, tr in trainers.items():
+            tr.model.eval()  # no dropout: both see the same forward pass
+            with torch.no_grad():
+                out[w] = float(tr.compute_loss(tr.model, dict(batch)))
+        return out
+
+    loss = losses()
+    assert loss[0.5] == pytest.approx(loss[0.0], rel=1e-6)  # at the anchor: no penalty
+    head = [p for n, p in model.named_parameters() if n.endswith("classifier.bias")][0]
+    with torch.no_grad():
+        head.add_(0.1)
+    moved = losses()
+    assert moved[0.5] - moved[0.0] == pytest.approx(0.5 * head.numel() * 0.01, rel=1e-4)
+    with pytest.raises(ValueError, match=r"XiteConfig.l2sp must be a finite float >= 0.0, got -1"):
+        XiteConfig(l2sp=-1).validate()
 
 
 def test_in_memory_augment_result_checked_against_its_corpora(tmp_path):

@@ -91,6 +91,14 @@ class XiteConfig:
         estimate_rows: target rows (an even sample of the matched ones) on which ``train_xite`` computes
             the stage-2 estimate before training (:func:`~xite_fast.train.trainer.stage2_estimate`: one
             forward pass of the stage-1 model over them); 0 turns it off.
+        estimate_neighbours: k, the sources nearest each target whose labels vote in the estimate
+            (:class:`~xite_fast.train.trainer.Stage2Estimate`: who is right where the matched label and the
+            stage-1 prediction disagree); the matching computes them in the same pass as the top-1.
+        guard: opt-in "do no harm": ``train_xite`` skips stage 2 (the model stays the stage-1 model) when the
+            estimate's ``predicted_gain`` is <= 0; ``trainer.guard_decision`` says what it did.
+        l2sp: weight of an L2-SP penalty ``l2sp * sum ||θ - θ_start||²`` over the trainable weights, θ_start
+            their values when the trainer is built (stage 2: the stage-1 model): pulls stage 2 toward the
+            model that knew English. 0 (default) turns it off.
         ear: EAR objective (stage 1; records need a ``perturbed`` copy or the trainer makes one).
         ear_rate, ear_k: perturbation: substitution probability and neighbour count.
         ear_ce_weight, ear_ce_perturbed_weight, ear_push_weight, ear_pull_weight: EAR term weights.
@@ -117,6 +125,9 @@ class XiteConfig:
     prefix: str | None = None
     head_lr: float | None = None
     estimate_rows: int = 1000
+    estimate_neighbours: int = 10
+    guard: bool = False
+    l2sp: float = 0.0
     ear: bool = False
     ear_rate: float = 0.15
     ear_k: int = 10
@@ -181,9 +192,11 @@ class XiteConfig:
         int_ge("freeze_layers", 0)
         int_ge("max_length", 1)
         int_ge("estimate_rows", 0)
+        int_ge("estimate_neighbours", 1)
+        float_ge("l2sp", 0.0)
         if self.head_lr is not None:
             float_ge("head_lr", 0.0, strict=True)
-        for name in ("freeze_embeddings", "cache_frozen", "lda", "ear"):
+        for name in ("freeze_embeddings", "cache_frozen", "lda", "ear", "guard"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"XiteConfig.{name} must be a bool, got {getattr(self, name)!r}")
         if num_layers is not None:

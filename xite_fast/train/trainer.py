@@ -140,6 +140,22 @@ class XiteTrainer(Trainer):
         super().__init__(model=model, args=args, **kwargs)
         self.matching: Matching | None = None
         self.label_map: LabelMap | None = None
+        self.estimate: Stage2Estimate | None = None
+        self.guard_decision: str | None = None
+        # L2-SP anchor: the trainable weights as they are now (stage 2: the stage-1 model)
+        self._l2sp_anchor: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        if model.xite.l2sp:
+            self._l2sp_anchor = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, **kwargs: Any) -> Any:
+        """The model's loss, plus ``XiteConfig.l2sp * sum ||θ - θ_start||²`` over the trainable weights."""
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        if not self._l2sp_anchor:
+            return out
+        loss, rest = (out[0], out[1]) if return_outputs else (out, None)
+        pen = sum(((p - a.to(p.device)) ** 2).sum() for p, a in self._l2sp_anchor)
+        loss = loss + self.model.xite.l2sp * pen
+        return (loss, rest) if return_outputs else loss
 
     def create_optimizer(self, *args: Any, **kwargs: Any) -> Any:
         """AdamW as ``TrainingArguments`` say, with the head (and pooler) at ``XiteConfig.head_lr``."""
@@ -274,20 +290,25 @@ def match_sources(
     level: str = "mean",
     center: bool = True,
     backend: str = "auto",
+    k: int = 1,
     **embed_kw: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
     """XITE matching in the model's space: every target's cosine top-1 source (pairs: the pair's
     embedding), via :func:`xite_fast.xite.match.match_arrays` (per-language centering by default).
+    ``k > 1``: the k nearest sources, best first (column 0 is the match; capped at the source count).
 
     Returns:
-        indices (N_tgt,) int64 into ``source_texts``, scores (N_tgt,) float32.
+        indices (N_tgt,) int64 into ``source_texts``, scores (N_tgt,) float32; with ``k > 1`` both
+        (N_tgt, k).
     """
     from xite_fast.xite.match import match_arrays
 
+    k = check_positive_int("k", k)
     src = embed_texts(model, tokenizer, source_texts, source_text_pairs, level=level, **embed_kw)
     tgt = embed_texts(model, tokenizer, target_texts, target_text_pairs, level=level, **embed_kw)
-    scores, idx = match_arrays(tgt, src, 1, center=center, backend=backend)
-    return np.asarray(idx)[:, 0].astype(np.int64), np.asarray(scores)[:, 0].astype(np.float32)
+    scores, idx = match_arrays(tgt, src, min(k, len(src)), center=center, backend=backend)
+    idx, scores = np.asarray(idx).astype(np.int64), np.asarray(scores).astype(np.float32)
+    return (idx[:, 0], scores[:, 0]) if k == 1 else (idx, scores)
 
 
 def fit_lda(
@@ -579,9 +600,18 @@ def train_xite(
                 raise ValueError(
                     "source_text_pairs and target_text_pairs must be given together (sentence pairs)"
                 )
-            sid, sim = match_sources(
-                xm, tokenizer, src, tgt, source_text_pairs=sp, target_text_pairs=tp, backend=cfg.backend, **kw
+            nid, nsim = match_sources(
+                xm,
+                tokenizer,
+                src,
+                tgt,
+                source_text_pairs=sp,
+                target_text_pairs=tp,
+                backend=cfg.backend,
+                k=cfg.estimate_neighbours + 1,  # 2-D even at k = 1
+                **kw,
             )
+            nid, sid, sim = nid[:, : cfg.estimate_neighbours], nid[:, 0], nsim[:, 0]
             tid = np.arange(len(tgt))
             y = _targets(xm, [ys[i] for i in sid], lm)
             ds = XiteDataset(
@@ -596,6 +626,9 @@ def train_xite(
             matching = Matching(tid, sid, sim, y, list(lm.values) if lm is not None else None)
             lda_texts = (pick(src, sid), tgt, pick(sp, sid), tp)
     estimate = None
+    neighbour_ids = None
+    if augment is None and tgt is not None and lm is not None and classes:
+        neighbour_ids = lm.encode([ys[i] for i in nid.reshape(-1)], name="source_labels").reshape(nid.shape)
     if matching is not None and classes and cfg.estimate_rows and len(matching):
         n = len(matching)
         rows = _even_rows(n, cfg.estimate_rows)
@@ -611,10 +644,26 @@ def train_xite(
             matching.label_ids[rows],
             etp,
             similarity=matching.similarity[rows],
+            neighbour_label_ids=None if neighbour_ids is None else neighbour_ids[matching.target_id[rows]],
             max_rows=len(rows),
             **kw,
         )
         log.info("train_xite: stage-2 estimate before training %s", estimate.as_dict())
+    guard = None
+    if cfg.guard and matching is not None:
+        gain = float("nan") if estimate is None else estimate.predicted_gain
+        if not np.isfinite(gain):
+            raise ValueError(
+                "XiteConfig.guard=True needs the stage-2 estimate's predicted_gain: a single-label "
+                "classifier, estimate_rows >= 1 and matching done here (source_texts / source_labels / "
+                f"target_texts, not augment=); got predicted_gain={gain}"
+            )
+        guard = (
+            f"skipped stage 2: predicted gain {gain:+.4f} <= 0 (the model is the stage-1 model)"
+            if gain <= 0
+            else f"trained stage 2: predicted gain {gain:+.4f} > 0"
+        )
+        log.info("train_xite: guard %s", guard)
     if cfg.lda and cfg.placement != "none" and xm.lda_W is None and lda_texts is not None:
         s, t, spp, tpp = lda_texts
         xm.set_lda(fit_lda(xm, tokenizer, s, t, source_text_pairs=spp, target_text_pairs=tpp, **kw))
@@ -650,7 +699,8 @@ def train_xite(
     trainer.matching = matching
     trainer.label_map = lm
     trainer.estimate = estimate
-    if train:
+    trainer.guard_decision = guard
+    if train and not (guard is not None and guard.startswith("skipped")):
         trainer.train()
     return trainer
 
@@ -661,16 +711,24 @@ class Stage2Estimate:
     stage-1 model (zero-shot) on the target: :func:`stage2_estimate`, ``trainer.estimate`` of
     :func:`train_xite`.
 
+    Where the matched (transferred) label and the stage-1 prediction agree, training on it changes
+    little; where they disagree exactly one of them can be right, and the labels of the ``neighbours``
+    sources nearest the target vote on which (a k-nearest-neighbour label transfer, smoothed beyond
+    the single match). ``predicted_gain`` is the share of disagreeing rows times the mean vote margin of
+    the matched label over the stage-1 prediction on them.
+
     Attributes:
         rows: target rows it was computed on (an even sample of the matched rows).
-        agreement: share of them whose stage-1 prediction is the matched (transferred) label.
-        stage1_confidence: the stage-1 model's mean top probability on them: its target accuracy if it
-            is calibrated.
-        matched_accuracy: the matched labels' accuracy implied by ``agreement`` and
-            ``stage1_confidence`` when the two err independently, wrong labels spread evenly over the
-            other K - 1 classes: a = m c + (1 - m)(1 - c) / (K - 1), solved for m (NaN when c <= 1/K).
-        predicted_gain: ``matched_accuracy - stage1_confidence``: > 0 says the matched labels are more
-            often right than the stage-1 model, so stage 2 on them should beat zero-shot.
+        agreement: share of them whose stage-1 prediction is the matched label.
+        stage1_confidence: the stage-1 model's mean top probability on them.
+        matched_accuracy: the matched labels' accuracy if they and the stage-1 model erred independently
+            (a = m c + (1 - m)(1 - c) / (K - 1) solved for m; NaN when c <= 1/K). Kept for reference: the
+            two err together (both come from one representation), so it runs high and is not the signal.
+        neighbours: k, the sources whose labels vote (0: not known, e.g. an ``augment=`` result).
+        vote_matched: mean share of the k votes for the matched label, over the disagreeing rows.
+        vote_stage1: the same for the stage-1 prediction.
+        predicted_gain: ``(1 - agreement) * (vote_matched - vote_stage1)``; > 0 says stage 2 on the
+            matched labels should beat zero-shot (NaN without neighbours; 0 when every row agrees).
         mean_similarity: mean cosine similarity of the matches (NaN where not known).
     """
 
@@ -678,18 +736,31 @@ class Stage2Estimate:
     agreement: float
     stage1_confidence: float
     matched_accuracy: float
+    neighbours: int
+    vote_matched: float
+    vote_stage1: float
     predicted_gain: float
     mean_similarity: float
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
 
+    @property
+    def helps(self) -> bool | None:
+        """True / False: stage 2 predicted to beat / not beat zero-shot; None without neighbours."""
+        return None if not np.isfinite(self.predicted_gain) else bool(self.predicted_gain > 0)
+
     @classmethod
     def from_predictions(
-        cls, probabilities: Any, matched_label_ids: Any, similarity: Any = None
+        cls,
+        probabilities: Any,
+        matched_label_ids: Any,
+        similarity: Any = None,
+        neighbour_label_ids: Any = None,
     ) -> Stage2Estimate:
-        """The estimate from the stage-1 model's (n, K) class probabilities on n target rows and their
-        matched label ids (and match similarities)."""
+        """The estimate from the stage-1 model's (n, K) class probabilities on n target rows, their
+        matched label ids, optionally the match similarities and the (n, k) label ids of each row's k
+        nearest sources (column 0: the match)."""
         p = np.asarray(probabilities, dtype=np.float64)
         y = np.asarray(matched_label_ids).astype(np.int64)
         if p.ndim != 2 or y.shape != (p.shape[0],) or not len(y):
@@ -697,18 +768,39 @@ class Stage2Estimate:
                 f"probabilities must be (n, K) with n >= 1 and matched_label_ids (n,), got shapes {p.shape} "
                 f"and {y.shape}"
             )
-        k = p.shape[1]
-        a = float(np.mean(p.argmax(1) == y))
+        n, k = p.shape
+        if y.min() < 0 or y.max() >= k:
+            raise ValueError(f"matched_label_ids must be in [0, {k}) (columns of probabilities), got {y}")
+        pred = p.argmax(1)
+        a = float(np.mean(pred == y))
         c = float(p.max(1).mean())
         off = (1.0 - c) / max(k - 1, 1)
         m = float(np.clip((a - off) / (c - off), 0.0, 1.0)) if c - off > 1e-6 else float("nan")
         sim = np.asarray(similarity, dtype=np.float64) if similarity is not None else np.array([np.nan])
+        nb, vm, vs, gain = 0, float("nan"), float("nan"), float("nan")
+        if neighbour_label_ids is not None:
+            nl = np.asarray(neighbour_label_ids).astype(np.int64)
+            if nl.ndim != 2 or nl.shape[0] != n or nl.shape[1] < 1 or nl.min() < 0 or nl.max() >= k:
+                raise ValueError(
+                    f"neighbour_label_ids must be (n={n}, k >= 1) label ids in [0, {k}), got shape {nl.shape}"
+                )
+            nb = nl.shape[1]
+            d = pred != y
+            if d.any():
+                vm = float((nl[d] == y[d, None]).mean(1).mean())
+                vs = float((nl[d] == pred[d, None]).mean(1).mean())
+                gain = float(d.mean()) * (vm - vs)
+            else:
+                gain = 0.0
         return cls(
-            rows=len(y),
+            rows=n,
             agreement=a,
             stage1_confidence=c,
             matched_accuracy=m,
-            predicted_gain=m - c,
+            neighbours=nb,
+            vote_matched=vm,
+            vote_stage1=vs,
+            predicted_gain=gain,
             mean_similarity=float(np.nanmean(sim)) if np.isfinite(sim).any() else float("nan"),
         )
 
@@ -721,13 +813,15 @@ def stage2_estimate(
     target_text_pairs: Sequence[str] | None = None,
     *,
     similarity: Sequence[float] | None = None,
+    neighbour_label_ids: Any = None,
     max_rows: int = 2000,
     max_length: int | None = None,
     prefix: str | None = None,
     batch_size: int = 64,
 ) -> Stage2Estimate:
     """:class:`Stage2Estimate` of a classifier (before stage 2) on target texts and their matched label
-    ids (``model.config.id2label`` ids): one forward pass over at most ``max_rows`` evenly spaced rows."""
+    ids (``model.config.id2label`` ids), optionally the (n, k) label ids of each text's k nearest sources
+    (for ``predicted_gain``): one forward pass over at most ``max_rows`` evenly spaced rows."""
     texts = as_texts("target_texts", target_texts)
     y = np.asarray(matched_label_ids)
     if y.shape != (len(texts),):
@@ -753,7 +847,16 @@ def stage2_estimate(
     if pred.label_ids is None:
         raise ValueError("stage2_estimate needs a single-label classifier (its predictions are class ids)")
     sim = None if similarity is None else np.asarray(similarity, dtype=np.float64)[rows]
-    return Stage2Estimate.from_predictions(pred.probabilities, y[rows], sim)
+    nl = None
+    if neighbour_label_ids is not None:
+        nl = np.asarray(neighbour_label_ids)
+        if nl.ndim != 2 or nl.shape[0] != len(texts):
+            raise ValueError(
+                f"neighbour_label_ids must be (n={len(texts)}, k), one row per target text, got shape "
+                f"{nl.shape}"
+            )
+        nl = nl[rows]
+    return Stage2Estimate.from_predictions(pred.probabilities, y[rows], sim, nl)
 
 
 @dataclass
