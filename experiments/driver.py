@@ -105,6 +105,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "xite-mix0-guard": {"placement": "sentence", "lda": False, "lam_zero": 0.5, "guard": True},
     # L2-SP toward the stage-1 weights on the λ = 0 objective and on the λ mixture
     "matched-l2sp": {"placement": "none", "labels": "matched", "l2sp": 0.1},
+    "matched-l2sp10": {"placement": "none", "labels": "matched", "l2sp": 10.0},
     "xite-mix0-l2sp": {"placement": "sentence", "lda": False, "lam_zero": 0.5, "l2sp": 0.1},
     "xite-sentence-lda": {"placement": "sentence", "lda": True},
     # basis = the language-mean offset direction (XiteConfig.lda_basis "means")

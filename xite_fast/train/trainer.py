@@ -628,7 +628,7 @@ def train_xite(
     estimate = None
     neighbour_ids = None
     if augment is None and tgt is not None and lm is not None and classes:
-        neighbour_ids = lm.encode([ys[i] for i in nid.reshape(-1)], name="source_labels").reshape(nid.shape)
+        neighbour_ids = lm.encode(ys, name="source_labels")[nid]  # (N_tgt, k) label ids
     if matching is not None and classes and cfg.estimate_rows and len(matching):
         n = len(matching)
         rows = _even_rows(n, cfg.estimate_rows)
@@ -649,7 +649,7 @@ def train_xite(
             **kw,
         )
         log.info("train_xite: stage-2 estimate before training %s", estimate.as_dict())
-    guard = None
+    guard, skip = None, False
     if cfg.guard and matching is not None:
         gain = float("nan") if estimate is None else estimate.predicted_gain
         if not np.isfinite(gain):
@@ -658,9 +658,10 @@ def train_xite(
                 "classifier, estimate_rows >= 1 and matching done here (source_texts / source_labels / "
                 f"target_texts, not augment=); got predicted_gain={gain}"
             )
+        skip = gain <= 0
         guard = (
             f"skipped stage 2: predicted gain {gain:+.4f} <= 0 (the model is the stage-1 model)"
-            if gain <= 0
+            if skip
             else f"trained stage 2: predicted gain {gain:+.4f} > 0"
         )
         log.info("train_xite: guard %s", guard)
@@ -700,7 +701,7 @@ def train_xite(
     trainer.label_map = lm
     trainer.estimate = estimate
     trainer.guard_decision = guard
-    if train and not (guard is not None and guard.startswith("skipped")):
+    if train and not skip:
         trainer.train()
     return trainer
 
