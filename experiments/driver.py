@@ -101,7 +101,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # and also at 1 (English replay of the matched sources with their own labels)
     "xite-mix0": {"placement": "sentence", "lda": False, "lam_zero": 0.5},
     "xite-mix01": {"placement": "sentence", "lda": False, "lam_zero": 0.5, "lam_one": 0.2},
-    # the λ mixture behind the do-no-harm guard: stage 2 skipped when the estimate predicts no gain
+    # the λ mixture behind the do-no-harm guard: stage 2 skipped when too few matched labels differ from the
+    # stage-1 predictions (Stage2Estimate.helps)
     "xite-mix0-guard": {"placement": "sentence", "lda": False, "lam_zero": 0.5, "guard": True},
     # L2-SP toward the stage-1 weights on the λ = 0 objective and on the λ mixture
     "matched-l2sp": {"placement": "none", "labels": "matched", "l2sp": 0.1},
@@ -806,6 +807,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
         hidden_layer=cfg.hidden_layer,
         lam=cfg.lam if alpha is None else None,  # a given lam is a fixed λ: only without Beta
         alpha=alpha,
+        lam_zero=0.0,  # the paper's plain Beta draw; the mixture rows (xite-mix*) set their own
         lda_mode=cfg.lda_mode,
         backend=cfg.backend,
     )
@@ -1045,7 +1047,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, dict]:
                         processing_class=tok,
                     )
                     # guard (as train_xite does): no stage 2 when the estimate predicts no gain
-                    skip = cfg2.guard and not estimate.predicted_gain > 0
+                    skip = cfg2.guard and not estimate.helps(cfg2.guard_min_disagreement)
                     guard = None
                     if cfg2.guard:
                         guard = "skipped" if skip else "trained"

@@ -168,7 +168,8 @@ def test_stage2_estimate_against_numpy():
     assert est.agreement == pytest.approx(a) and est.stage1_confidence == pytest.approx(c, rel=1e-6)
     assert est.matched_accuracy == pytest.approx(want, rel=1e-5)
     # no neighbour labels: no vote, no prediction
-    assert est.neighbours == 0 and np.isnan(est.predicted_gain) and est.helps is None
+    assert est.neighbours == 0 and np.isnan(est.predicted_gain)
+    assert est.helps(1 - a) and not est.helps(1 - a + 1e-6)  # disagreement 1 - a against the threshold
     assert est.mean_similarity == pytest.approx(np.linspace(0, 1, len(TGT))[rows].mean())
     # labels equal to the model's own predictions: full agreement, matched accuracy 1
     same = stage2_estimate(m, TOK, [TGT[i] for i in rows], p.label_ids)
@@ -197,7 +198,6 @@ def test_stage2_estimate_neighbour_vote_against_numpy():
     assert 0 < share < 1 and est.neighbours == nb
     assert est.vote_matched == pytest.approx(np.mean(vm)) and est.vote_stage1 == pytest.approx(np.mean(vs))
     assert est.predicted_gain == pytest.approx(share * (np.mean(vm) - np.mean(vs)))
-    assert est.helps == (est.predicted_gain > 0)
     # neighbours that all carry the matched label: it wins every disagreement; all the prediction: it loses
     assert Stage2Estimate.from_predictions(prob, y, None, np.repeat(y[:, None], nb, 1)).predicted_gain == (
         pytest.approx(share)
@@ -262,16 +262,17 @@ def test_train_xite_estimate_votes_with_the_k_nearest_sources(tmp_path):
         assert (np.isnan(a) and np.isnan(b)) or a == pytest.approx(b, rel=1e-5, abs=1e-6), f
 
 
-@pytest.mark.parametrize("gain", [-0.02, 0.0, 0.03])
-def test_guard_skips_stage_2_when_no_gain_is_predicted(tmp_path, monkeypatch, gain):
-    """guard=True: stage 2 runs only when the estimate predicts a gain > 0; the decision is reported and a
-    skipped run leaves every weight as it was."""
+@pytest.mark.parametrize("agreement", [0.95, 0.86, 0.85, 0.5])
+def test_guard_skips_stage_2_when_too_few_labels_differ(tmp_path, monkeypatch, agreement):
+    """guard=True: stage 2 runs only when at least guard_min_disagreement (0.14) of the rows have a matched
+    label other than the stage-1 prediction; the decision is reported and a skipped run leaves every weight
+    as it was."""
     import xite_fast.train.trainer as trainer_mod
 
     real = trainer_mod.stage2_estimate
 
     def fixed(*a, **kw):
-        return dataclasses.replace(real(*a, **kw), predicted_gain=gain)
+        return dataclasses.replace(real(*a, **kw), agreement=agreement)
 
     monkeypatch.setattr(trainer_mod, "stage2_estimate", fixed)
     src, labels, tgt = _corpora()
@@ -282,11 +283,11 @@ def test_guard_skips_stage_2_when_no_gain_is_predicted(tmp_path, monkeypatch, ga
         target_texts=tgt, xite_config=XiteConfig(guard=True),
     )  # fmt: skip
     changed = any(not torch.equal(before[n], p) for n, p in model.named_parameters())
-    if gain > 0:
-        assert tr.guard_decision.startswith("trained stage 2: predicted gain +0.0300")
+    if 1 - agreement >= 0.14 - 1e-9:
+        assert tr.guard_decision == f"trained stage 2: disagreement {1 - agreement:.3f} >= 0.14"
         assert tr.state.global_step > 0 and changed
     else:
-        assert tr.guard_decision.startswith("skipped stage 2: predicted gain")
+        assert tr.guard_decision.startswith(f"skipped stage 2: disagreement {1 - agreement:.3f} < 0.14")
         assert tr.state.global_step == 0 and not changed
     off = train_xite(
         _model(num_labels=4), TOK, _args(tmp_path), source_texts=src, source_labels=labels,
@@ -298,13 +299,22 @@ def test_guard_skips_stage_2_when_no_gain_is_predicted(tmp_path, monkeypatch, ga
 def test_guard_needs_the_estimate(tmp_path):
     src, labels, tgt = _corpora()
     res = XiteAugmenter(HashEncoder(), center=False).augment(src, labels, tgt)
-    with pytest.raises(ValueError, match="XiteConfig.guard=True needs the stage-2 estimate's predicted_gain"):
+    # an augment result has no neighbour votes, but the guard needs only the agreement
+    tr = train_xite(
+        _model(num_labels=4), TOK, _args(tmp_path), source_texts=src, target_texts=tgt, augment=res,
+        xite_config=XiteConfig(guard=True), train=False,
+    )  # fmt: skip
+    assert tr.guard_decision.split(":")[0] in ("trained stage 2", "skipped stage 2")
+    need = "XiteConfig.guard=True needs the stage-2 estimate: .* estimate_rows=0"
+    with pytest.raises(ValueError, match=need):
         train_xite(
             _model(num_labels=4), TOK, _args(tmp_path), source_texts=src, target_texts=tgt, augment=res,
-            xite_config=XiteConfig(guard=True), train=False,
+            xite_config=XiteConfig(guard=True, estimate_rows=0), train=False,
         )  # fmt: skip
     with pytest.raises(ValueError, match="XiteConfig.guard must be a bool, got 1"):
         XiteConfig(guard=1).validate()
+    with pytest.raises(ValueError, match=r"guard_min_disagreement must be a float in \[0, 1\], got 1.5"):
+        XiteConfig(guard_min_disagreement=1.5).validate()
 
 
 def test_l2sp_adds_the_squared_distance_to_the_starting_weights(tmp_path):
@@ -479,8 +489,8 @@ def test_lam_given_is_fixed_alpha_draws_beta_and_both_is_an_error():
 
     assert lams(lam=0.0).tolist() == [0.0] * 6
     assert lams(lam=0.3).tolist() == pytest.approx([0.3] * 6)
-    assert len(set(lams().tolist())) == 6  # the default: Beta(1, 1)
-    assert len(set(lams(alpha=0.4).tolist())) == 6
+    assert len(set(lams(lam_zero=0.0).tolist())) == 6  # the paper's plain draw: Beta(1, 1)
+    assert len(set(lams(alpha=0.4, lam_zero=0.0).tolist())) == 6
     assert XiteConfig(lam=0.0).beta_alpha() is None and XiteConfig().beta_alpha() == 1.0
     with pytest.raises(ValueError, match="give lam .* or alpha .* not both"):
         XiteModel(_model(), XiteConfig(lam=0.2, alpha=1.0))
@@ -502,8 +512,17 @@ def test_lam_mixture_puts_its_mass_at_zero_and_one():
     inner = lam[(lam > 0) & (lam < 1)]
     assert len(inner) + int(((lam == 0) | (lam == 1)).sum()) == 4000
     assert abs(float(inner.mean()) - 0.5) < 0.03  # Beta(1, 1)
-    np.testing.assert_array_equal(lams(lam_zero=0.0, lam_one=0.0).numpy(), lams().numpy())
-    assert (lams(lam_zero=1.0) == 0).all() and (lams(lam_one=1.0) == 1).all()
+    np.testing.assert_array_equal(
+        lams(lam_zero=0.0, lam_one=0.0).numpy(), lams(alpha=1.0, lam_zero=0.0).numpy()
+    )
+    assert (lams(lam_zero=1.0) == 0).all() and (lams(lam_one=1.0, lam_zero=0.0) == 1).all()
+    # the default (lam_zero=None): half the draws at λ = 0 without LDA; none with LDA or a fixed λ
+    default = lams()
+    share = float((default == 0).float().mean())
+    assert abs(share - 0.5) < 4 * (0.25 / 4000) ** 0.5, share
+    np.testing.assert_array_equal(default.numpy(), lams(lam_zero=0.5).numpy())
+    assert XiteConfig().lam_mixture() == (0.5, 0.0) and XiteConfig(lda=True).lam_mixture() == (0.0, 0.0)
+    assert XiteConfig(lam=0.3).lam_mixture() == (0.0, 0.0) and (lams(lam=0.3) == 0.3).all()
 
 
 @pytest.mark.parametrize(
@@ -512,6 +531,7 @@ def test_lam_mixture_puts_its_mass_at_zero_and_one():
         ({"lam_zero": -0.1}, "lam_zero must be a finite float >= 0"),
         ({"lam_one": 1.5}, r"lam_one must be a float in \[0, 1\]"),
         ({"lam_zero": 0.6, "lam_one": 0.5}, "lam_zero \\+ lam_one must be <= 1"),
+        ({"lam_one": 0.6}, r"lam_zero \+ lam_one must be <= 1 .* got 0.5 \+ 0.6 \(lam_zero=None: 0.5 when"),
         ({"lam": 0.5, "lam_zero": 0.2}, "with a fixed lam=0.5 they must be 0"),
     ],
 )

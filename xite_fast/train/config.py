@@ -61,7 +61,10 @@ class XiteConfig:
             probability ``lam_one`` λ = 1 (the matched English source alone with its own label: English
             replay), else λ ~ Beta as above. Both in [0, 1], sum <= 1; not with a fixed ``lam``. With LDA
             the mixing op's modes give λ = 0 / 1 their own meaning (``proj`` at λ = 0 keeps only the
-            target's language-subspace part).
+            target's language-subspace part). ``lam_zero=None`` (default): 0.5 when λ is drawn without
+            LDA, else 0 (a fixed ``lam``; LDA, where it is unmeasured) (:meth:`lam_mixture`): it keeps the
+            λ = 0 objective's target accuracy and interpolation's English (README, "Which stage 2 should
+            I use?"). ``lam_zero=0.0`` is the paper's plain Beta draw.
         lda: mix through the LDA language subspace (``lda_project_interp`` mode ``lda_mode``) instead of
             ``λ·s + (1-λ)·t``; the basis W is fitted at the mixing level on the training pairs when the
             trainer starts unless given.
@@ -95,7 +98,11 @@ class XiteConfig:
             (:class:`~xite_fast.train.trainer.Stage2Estimate`: who is right where the matched label and the
             stage-1 prediction disagree); the matching computes them in the same pass as the top-1.
         guard: opt-in "do no harm": ``train_xite`` skips stage 2 (the model stays the stage-1 model) when the
-            estimate's ``predicted_gain`` is <= 0; ``trainer.guard_decision`` says what it did.
+            estimate says it will not help: fewer than ``guard_min_disagreement`` of the sampled target rows
+            have a matched label other than the stage-1 prediction (there is then little stage 2 can
+            teach, and fine-tuning noise decides the sign); ``trainer.guard_decision`` says what it did.
+        guard_min_disagreement: the threshold of ``guard`` (and of ``Stage2Estimate.helps``); 0.14 lies
+            between the cells measured without a gain (top-6 zh: 0.07–0.11) and with one (0.17–0.46).
         l2sp: weight of an L2-SP penalty ``l2sp * sum ||θ - θ_start||²`` over the trainable weights, θ_start
             their values when the trainer is built (stage 2: the stage-1 model): pulls stage 2 toward the
             model that knew English. 0 (default) turns it off.
@@ -110,7 +117,7 @@ class XiteConfig:
     hidden_layer: int = 2
     lam: float | None = None
     alpha: float | None = None
-    lam_zero: float = 0.0
+    lam_zero: float | None = None
     lam_one: float = 0.0
     lda: bool = False
     lda_mode: str = "shift"
@@ -127,6 +134,7 @@ class XiteConfig:
     estimate_rows: int = 1000
     estimate_neighbours: int = 10
     guard: bool = False
+    guard_min_disagreement: float = 0.14
     l2sp: float = 0.0
     ear: bool = False
     ear_rate: float = 0.15
@@ -168,14 +176,16 @@ class XiteConfig:
                 f"XiteConfig: give lam (a fixed λ, got {self.lam!r}) or alpha (λ ~ Beta(alpha, alpha), got "
                 f"{self.alpha!r}), not both"
             )
-        for name in ("lam_zero", "lam_one"):
+        for name in ("lam_zero", "lam_one") if self.lam_zero is not None else ("lam_one",):
             float_ge(name, 0.0)
             if getattr(self, name) > 1:
                 raise ValueError(f"XiteConfig.{name} must be a float in [0, 1], got {getattr(self, name)!r}")
-        if self.lam_zero + self.lam_one > 1:
+        p0, p1 = self.lam_mixture()
+        if p0 + p1 > 1:
             raise ValueError(
                 f"XiteConfig.lam_zero + lam_one must be <= 1 (probabilities of λ = 0 and λ = 1), got "
-                f"{self.lam_zero!r} + {self.lam_one!r}"
+                f"{p0!r} + {p1!r}"
+                + (" (lam_zero=None: 0.5 when λ is drawn without LDA)" if self.lam_zero is None else "")
             )
         if self.lam is not None and (self.lam_zero or self.lam_one):
             raise ValueError(
@@ -194,6 +204,12 @@ class XiteConfig:
         int_ge("estimate_rows", 0)
         int_ge("estimate_neighbours", 1)
         float_ge("l2sp", 0.0)
+        float_ge("guard_min_disagreement", 0.0)
+        if self.guard_min_disagreement > 1:
+            raise ValueError(
+                "XiteConfig.guard_min_disagreement must be a float in [0, 1], got "
+                f"{self.guard_min_disagreement!r}"
+            )
         if self.head_lr is not None:
             float_ge("head_lr", 0.0, strict=True)
         for name in ("freeze_embeddings", "cache_frozen", "lda", "ear", "guard"):
@@ -243,6 +259,14 @@ class XiteConfig:
 
         Backend.parse(self.backend, name="XiteConfig.backend")
         return self
+
+    def lam_mixture(self) -> tuple[float, float]:
+        """(p0, p1): the probabilities of λ = 0 and λ = 1 (``lam_zero=None``: 0.5 when λ is drawn without
+        LDA, else 0)."""
+        p0 = (
+            self.lam_zero if self.lam_zero is not None else (0.0 if self.lam is not None or self.lda else 0.5)
+        )
+        return float(p0), float(self.lam_one)
 
     def beta_alpha(self) -> float | None:
         """The Beta shape λ is drawn with, or None when λ is the fixed ``lam``."""

@@ -336,7 +336,7 @@ class XiteModel(nn.Module):
             return torch.full((B,), float(self.xite.lam), device=device)
         a = torch.full((B,), alpha, device=device)
         lam = torch.distributions.Beta(a, a).sample().float()
-        p0, p1 = float(self.xite.lam_zero), float(self.xite.lam_one)
+        p0, p1 = self.xite.lam_mixture()
         if p0 or p1:  # the mixture's point masses (one more draw only when asked: old runs keep their RNG)
             u = torch.rand(B, device=device)
             lam = torch.where(u < p0, torch.zeros_like(lam), lam)

@@ -651,18 +651,18 @@ def train_xite(
         log.info("train_xite: stage-2 estimate before training %s", estimate.as_dict())
     guard, skip = None, False
     if cfg.guard and matching is not None:
-        gain = float("nan") if estimate is None else estimate.predicted_gain
-        if not np.isfinite(gain):
+        if estimate is None:
             raise ValueError(
-                "XiteConfig.guard=True needs the stage-2 estimate's predicted_gain: a single-label "
-                "classifier, estimate_rows >= 1 and matching done here (source_texts / source_labels / "
-                f"target_texts, not augment=); got predicted_gain={gain}"
+                "XiteConfig.guard=True needs the stage-2 estimate: a single-label classifier and "
+                f"estimate_rows >= 1 (got problem_type={xm.config.problem_type!r}, "
+                f"estimate_rows={cfg.estimate_rows})"
             )
-        skip = gain <= 0
+        skip = not estimate.helps(cfg.guard_min_disagreement)
+        what = f"disagreement {1 - estimate.agreement:.3f}"
         guard = (
-            f"skipped stage 2: predicted gain {gain:+.4f} <= 0 (the model is the stage-1 model)"
+            f"skipped stage 2: {what} < {cfg.guard_min_disagreement} (the model is the stage-1 model)"
             if skip
-            else f"trained stage 2: predicted gain {gain:+.4f} > 0"
+            else f"trained stage 2: {what} >= {cfg.guard_min_disagreement}"
         )
         log.info("train_xite: guard %s", guard)
     if cfg.lda and cfg.placement != "none" and xm.lda_W is None and lda_texts is not None:
@@ -713,10 +713,12 @@ class Stage2Estimate:
     :func:`train_xite`.
 
     Where the matched (transferred) label and the stage-1 prediction agree, training on it changes
-    little; where they disagree exactly one of them can be right, and the labels of the ``neighbours``
-    sources nearest the target vote on which (a k-nearest-neighbour label transfer, smoothed beyond
-    the single match). ``predicted_gain`` is the share of disagreeing rows times the mean vote margin of
-    the matched label over the stage-1 prediction on them.
+    little: :meth:`helps` says stage 2 should beat zero-shot when enough rows disagree (measured: the
+    one signal with the right sign on every measured cell; README "Which stage 2 should I use?"). Where
+    they disagree, exactly one of them can be right (binary) and the labels of the ``neighbours``
+    sources nearest the target vote on which: ``predicted_gain``, the share of disagreeing rows times
+    the vote margin of the matched label, a diagnostic (right on binary sentiment, wrong on 19-topic
+    chatterbot, where the votes are diluted).
 
     Attributes:
         rows: target rows it was computed on (an even sample of the matched rows).
@@ -728,8 +730,8 @@ class Stage2Estimate:
         neighbours: k, the sources whose labels vote (0: not known, e.g. an ``augment=`` result).
         vote_matched: mean share of the k votes for the matched label, over the disagreeing rows.
         vote_stage1: the same for the stage-1 prediction.
-        predicted_gain: ``(1 - agreement) * (vote_matched - vote_stage1)``; > 0 says stage 2 on the
-            matched labels should beat zero-shot (NaN without neighbours; 0 when every row agrees).
+        predicted_gain: ``(1 - agreement) * (vote_matched - vote_stage1)`` (NaN without neighbours; 0
+            when every row agrees).
         mean_similarity: mean cosine similarity of the matches (NaN where not known).
     """
 
@@ -746,10 +748,11 @@ class Stage2Estimate:
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
 
-    @property
-    def helps(self) -> bool | None:
-        """True / False: stage 2 predicted to beat / not beat zero-shot; None without neighbours."""
-        return None if not np.isfinite(self.predicted_gain) else bool(self.predicted_gain > 0)
+    def helps(self, min_disagreement: float = 0.14) -> bool:
+        """Whether stage 2 is predicted to beat zero-shot: at least ``min_disagreement`` of the rows have a
+        matched label other than the stage-1 prediction (``XiteConfig.guard`` uses it; the default is
+        ``XiteConfig.guard_min_disagreement``'s)."""
+        return bool(1.0 - self.agreement >= min_disagreement)
 
     @classmethod
     def from_predictions(
