@@ -530,6 +530,7 @@ def train_xite(
     pick = lambda xs, ids: [xs[i] for i in ids] if xs is not None else None  # noqa: E731
     matching: Matching | None = None
     lm: LabelMap | None = None
+    nid = source_label_ids = None  # matching done here: (N_tgt, k) nearest sources, source label ids
     lda_texts = None
     if augment is not None:
         augment = _augment_arg(augment)
@@ -600,6 +601,8 @@ def train_xite(
                 raise ValueError(
                     "source_text_pairs and target_text_pairs must be given together (sentence pairs)"
                 )
+            # the estimate's neighbour votes come from the same top-k pass (only when it will run)
+            votes = classes and lm is not None and cfg.estimate_rows > 0
             nid, nsim = match_sources(
                 xm,
                 tokenizer,
@@ -608,10 +611,13 @@ def train_xite(
                 source_text_pairs=sp,
                 target_text_pairs=tp,
                 backend=cfg.backend,
-                k=cfg.estimate_neighbours + 1,  # 2-D even at k = 1
+                k=cfg.estimate_neighbours if votes else 1,
                 **kw,
             )
-            nid, sid, sim = nid[:, : cfg.estimate_neighbours], nid[:, 0], nsim[:, 0]
+            nid, nsim = nid.reshape(len(tgt), -1), nsim.reshape(len(tgt), -1)  # (N_tgt, k), k may be 1
+            sid, sim = nid[:, 0], nsim[:, 0]
+            if votes:
+                source_label_ids = lm.encode(ys, name="source_labels")
             tid = np.arange(len(tgt))
             y = _targets(xm, [ys[i] for i in sid], lm)
             ds = XiteDataset(
@@ -626,9 +632,6 @@ def train_xite(
             matching = Matching(tid, sid, sim, y, list(lm.values) if lm is not None else None)
             lda_texts = (pick(src, sid), tgt, pick(sp, sid), tp)
     estimate = None
-    neighbour_ids = None
-    if augment is None and tgt is not None and lm is not None and classes:
-        neighbour_ids = lm.encode(ys, name="source_labels")[nid]  # (N_tgt, k) label ids
     if matching is not None and classes and cfg.estimate_rows and len(matching):
         n = len(matching)
         rows = _even_rows(n, cfg.estimate_rows)
@@ -644,7 +647,9 @@ def train_xite(
             matching.label_ids[rows],
             etp,
             similarity=matching.similarity[rows],
-            neighbour_label_ids=None if neighbour_ids is None else neighbour_ids[matching.target_id[rows]],
+            neighbour_label_ids=None
+            if source_label_ids is None
+            else source_label_ids[nid[matching.target_id[rows]]],  # the sample's (rows, k) votes
             max_rows=len(rows),
             **kw,
         )
@@ -748,10 +753,12 @@ class Stage2Estimate:
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
 
-    def helps(self, min_disagreement: float = 0.14) -> bool:
+    def helps(self, min_disagreement: float | None = None) -> bool:
         """Whether stage 2 is predicted to beat zero-shot: at least ``min_disagreement`` of the rows have a
-        matched label other than the stage-1 prediction (``XiteConfig.guard`` uses it; the default is
-        ``XiteConfig.guard_min_disagreement``'s)."""
+        matched label other than the stage-1 prediction (``XiteConfig.guard`` uses it; None: the default
+        of ``XiteConfig.guard_min_disagreement``)."""
+        if min_disagreement is None:
+            min_disagreement = XiteConfig.guard_min_disagreement
         return bool(1.0 - self.agreement >= min_disagreement)
 
     @classmethod
