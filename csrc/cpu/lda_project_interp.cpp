@@ -1,5 +1,5 @@
 // Fused LDA projection + interpolation (AVX2/FMA + OpenMP), one pass over the rows. On AVX-512F CPUs
-// the W modes with r >= 8 run the same scheme in zmm registers (lda_project_interp_avx512.cpp, same bits).
+// the W modes run the same arithmetic in zmm registers (lda_project_interp_avx512.cpp, same bits).
 //
 // With P(x) = x W W^T (W (D, r) orthonormal) and g = 1 - lam:
 //   interp: out = lam*s + g*t
@@ -279,12 +279,10 @@ int64_t lda_project_interp(const float* src, const float* tgt, const float* W, i
   // nt_mode: -1 auto (outputs larger than ~L3 bypass the cache), 0 off, 1 on when aligned
   const bool big = M * D * int64_t(sizeof(float)) >= (int64_t(16) << 20);
   p.nt = aligned && (nt_mode == 1 || (nt_mode < 0 && big));
-  // simd: -1 auto, 0 AVX2, 1 AVX-512 (bit-identical). auto: AVX-512 for the W modes from r = 8 on
-  // AVX-512F CPUs. Measured at 200k x 768 on Zen 5 (one thread, CPU time, % of that thread's triad):
-  // r = 16 AVX-512 46-57% vs AVX2 32-35% (2 threads under load: 1.3-1.8x); r = 8 49-58% vs 50-55%;
-  // r = 4 56-63% vs 59-66% (2 threads: AVX2 a little ahead), so small r stays on AVX2.
+  // simd: -1 auto, 0 AVX2, 1 AVX-512 (bit-identical). auto: AVX-512 for the W modes on AVX-512F CPUs
+  // (its row pipeline streams like the triad; the A/B is in bench/README.md).
   XITE_CHECK(simd != 1 || xite::cpu_has_avx512(), "lda_project_interp: simd='avx512' needs a CPU with AVX-512F");
-  const bool use512 = simd == 1 || (simd < 0 && r >= 8 && xite::cpu_has_avx512());
+  const bool use512 = simd == 1 || (simd < 0 && xite::cpu_has_avx512());
   if (p.mode != kInterp && use512) {
     const bool nt_any = (nt_mode == 1 || (nt_mode < 0 && big)) && D % 8 == 0;
     const Call c{src, tgt, W, r, lam, lam_len, lam_div, p.mode, out, M, D, nt_any};

@@ -196,7 +196,7 @@ HAS_AVX512 = bool(load_extension() is not None and load_extension().cpu_supports
 @needs_cpu
 @pytest.mark.skipif(not HAS_AVX512, reason="CPU without AVX-512F")
 @pytest.mark.parametrize(
-    "M,D", [(1, 1), (3, 7), (9, 15), (13, 16), (23, 63), (37, 65), (41, 64), (77, 768), (300, 96)]
+    "M,D", [(1, 1), (3, 7), (9, 15), (13, 16), (11, 24), (23, 63), (37, 65), (41, 64), (77, 768), (300, 96)]
 )
 def test_avx512_bitwise_equals_avx2(M, D):
     """The AVX-512 kernel of proj/comp/shift does the AVX2 kernel's arithmetic (same 8-lane partial
@@ -217,13 +217,25 @@ def test_avx512_bitwise_equals_avx2(M, D):
                         ext.lda_project_interp(s, t, W, lam, div, mode, b, threads, nt_mode, "avx512") == -1
                     )
                     assert a.tobytes() == b.tobytes(), (r, mode, lam.shape, nt_mode, threads)
-    # auto (AVX-512 from r = 8) equals the forced AVX2 kernel, also in place (out is src: every row
+    # auto (AVX-512 here) equals the forced AVX2 kernel, also in place (out is src: every row
     # is read before it is written)
     W = orthonormal(D, min(D, 9), rng)
     want = lda_project_interp(s, t, W, 0.3, "shift", backend="cpu")
     s2 = s.copy()
     assert ext.lda_project_interp(s2, t, W, np.array([0.3], np.float32), M, "shift", s2, 2, -1, "avx2") == -1
     assert want.tobytes() == s2.tobytes()
+    # the AVX-512 row pipeline in place too (out is src or tgt: it reads the next rows ahead of writing)
+    for r in sorted({4, 9} & set(range(1, D + 1))):
+        W = orthonormal(D, r, rng)
+        for mode in ("proj", "comp", "shift"):
+            want = aligned_empty((M, D))
+            ext.lda_project_interp(s, t, W, np.array([0.3], np.float32), M, mode, want, 2, -1, "avx2")
+            for which in ("src", "tgt"):
+                s2, t2 = s.copy(), t.copy()
+                o = s2 if which == "src" else t2
+                lam = np.array([0.3], np.float32)
+                assert ext.lda_project_interp(s2, t2, W, lam, M, mode, o, 2, -1, "avx512") == -1
+                assert want.tobytes() == o.tobytes(), (r, mode, which)
 
 
 @needs_cpu
