@@ -152,7 +152,9 @@ def test_run_augment_show_progress_bar(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "match+synthesize: 100%" in err and "encode source_emb" in err, err
     run_augment(_cfg(src, tgt, tmp_path / "run"), encoder=HashEncoder(), show_progress_bar=False)
-    assert "match+synthesize" not in capsys.readouterr().err
+    # no bar ("match+synthesize: 12%|..."); a log line "[xite-fast] match+synthesize ..." may be there when an
+    # earlier test (the CLI's) left the package logger at INFO
+    assert "match+synthesize:" not in capsys.readouterr().err
 
 
 @pytest.mark.slow
