@@ -68,6 +68,14 @@ def add_common_args(p: argparse.ArgumentParser, config_cls: type) -> None:
     )
     g.add_argument("--batch-size", type=int, default=d["batch_size"], help="texts per encoder call")
     g.add_argument(
+        "--static-shapes",
+        action="store_true",
+        default=d["static_shapes"],
+        help="OpenVINO: compile one static-shape model per padded batch width instead of one dynamic model "
+        "(a few seconds per width; faster int8 batches, for large corpora: bench/README.md); changes the "
+        "embeddings within rounding, so a resume must use the same",
+    )
+    g.add_argument(
         "--shard-size", type=int, default=d["shard_size"], help="rows per embedding / synthetic shard"
     )
     g.add_argument("--text-field", default=d["text_field"], help="field / column holding the text")

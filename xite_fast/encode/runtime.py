@@ -14,6 +14,7 @@ Pooling is :mod:`xite_fast.encode.pooling`'s (inside the ONNX graph for the firs
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -81,33 +82,107 @@ class OrtRuntime:
         return np.asarray(out, dtype=np.float32)
 
 
+STATIC_WIDTH_MULTIPLE = 8  # static_shapes: batch widths are padded to a multiple of this
+# static_shapes: compiled shapes kept loaded (each holds its own copy of the weights; the least recently
+# used one is dropped and reloaded from OpenVINO's model cache when needed again)
+STATIC_MAX_MODELS = 4
+
+
 class OpenVinoRuntime:
     """OpenVINO CPU plugin over the raw ONNX graph (f32 or bf16 inference precision) or the NNCF int8 IR.
 
     ``int8``: the quantized matmuls run in int8; the ops left in floating point (attention scores,
     softmax, LayerNorm) stay f32.
     ``tag`` is appended to the precision in :attr:`name` (the int8 recipe, so manifests record it).
+
+    ``static_shapes``: instead of one dynamic-shape compile, one static-shape compile per batch shape,
+    made the first time the shape is seen (seconds each; OpenVINO's model cache under ``cache_dir``
+    makes later processes load it instead). Each batch is padded to a width that is a multiple of
+    :data:`STATIC_WIDTH_MULTIPLE` (at most ``max_width``) and to ``batch_size`` rows (copies of its
+    first row, dropped from the output), so a job of fixed batch size compiles one shape per padded
+    width; at most :data:`STATIC_MAX_MODELS` stay loaded. A row's output then depends only on the row
+    and its padded width (not on the other rows, nor on which shapes were loaded before). Worth it for
+    large int8 jobs (bench/README.md, ``openvino_int8_static``); ``static`` is added to :attr:`name`.
     """
 
-    def __init__(self, path: Path, inputs: list[str], num_threads: int | None, precision: str, tag: str = ""):
+    def __init__(
+        self,
+        path: Path,
+        inputs: list[str],
+        num_threads: int | None,
+        precision: str,
+        tag: str = "",
+        *,
+        static_shapes: bool = False,
+        pad_id: int = 0,
+        max_width: int | None = None,
+        cache_dir: Path | None = None,
+    ):
         ov = import_openvino()
-        core = ov.Core()
-        cfg = {
+        self._ov = ov
+        self.core = ov.Core()
+        self.cfg = {
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         }
         if num_threads is not None:
-            cfg["INFERENCE_NUM_THREADS"] = int(num_threads)
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", cfg)
-        self.request = self.compiled.create_infer_request()
-        self.output = self.compiled.output(0)
+            self.cfg["INFERENCE_NUM_THREADS"] = int(num_threads)
         self.inputs = inputs
         self.device = "cpu"
-        self.name = f"openvino-{ov.__version__.split('-')[0]}-{precision}{'.' + tag if tag else ''}-cpu"
+        self.static_shapes = bool(static_shapes)
+        tags = ("." + tag if tag else "") + (".static" if self.static_shapes else "")
+        self.name = f"openvino-{ov.__version__.split('-')[0]}-{precision}{tags}-cpu"
+        self.model = self.core.read_model(str(path))
+        if not self.static_shapes:
+            self.compiled = self.core.compile_model(self.model, "CPU", self.cfg)
+            self.request = self.compiled.create_infer_request()
+            self.output = self.compiled.output(0)
+            return
+        if cache_dir is not None:
+            self.cfg["CACHE_DIR"] = str(cache_dir)
+        self.pad_id, self.max_width = int(pad_id), max_width
+        self._static: OrderedDict[tuple[int, int], tuple] = (
+            OrderedDict()
+        )  # (rows, width) -> (request, output)
+        self.static_compiles = 0  # compiles and cache loads, for tests and benchmarks
 
-    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        res = self.request.infer({k: feeds[k] for k in self.inputs})
-        return np.array(res[self.output], dtype=np.float32)  # copy: the request reuses its buffer
+    def _static_request(self, shape: tuple[int, int]):
+        if shape in self._static:
+            self._static.move_to_end(shape)
+            return self._static[shape]
+        while len(self._static) >= STATIC_MAX_MODELS:
+            self._static.popitem(last=False)
+        model = self.model.clone()
+        model.reshape({port.get_any_name(): self._ov.PartialShape(list(shape)) for port in model.inputs})
+        compiled = self.core.compile_model(model, "CPU", self.cfg)
+        self._static[shape] = (compiled.create_infer_request(), compiled.output(0))
+        self.static_compiles += 1
+        return self._static[shape]
+
+    def __call__(self, feeds: dict[str, np.ndarray], batch_size: int | None = None) -> np.ndarray:
+        """Pooled (B, H) float32 for one padded batch. ``batch_size``: the job's rows per batch (static
+        shapes pad smaller batches to it; ignored otherwise)."""
+        feeds = {k: feeds[k] for k in self.inputs}
+        if not self.static_shapes:
+            res = self.request.infer(feeds)
+            return np.array(res[self.output], dtype=np.float32)  # copy: the request reuses its buffer
+        b, w = feeds["input_ids"].shape
+        width = -(-w // STATIC_WIDTH_MULTIPLE) * STATIC_WIDTH_MULTIPLE
+        if self.max_width is not None and width > self.max_width:
+            width = w
+        rows = max(b, batch_size or b)
+        if (rows, width) != (b, w):
+            padded = {}
+            for k, v in feeds.items():
+                fill = self.pad_id if k == "input_ids" else 0
+                x = np.full((rows, width), fill, dtype=v.dtype)
+                x[:b, :w] = v
+                x[b:, :w] = v[:1]
+                padded[k] = x
+            feeds = padded
+        request, output = self._static_request((rows, width))
+        res = request.infer(feeds)
+        return np.array(res[output][:b], dtype=np.float32)
 
 
 class TorchRuntime:

@@ -599,6 +599,7 @@ class _Run:
         if self.encoder is not None:
             conf["model"] = str(getattr(self.encoder, "model_id", type(self.encoder).__name__))
             conf["precision"] = str(getattr(self.encoder, "precision", self.cfg.precision))
+            conf["static_shapes"] = bool(getattr(self.encoder, "static_shapes", self.cfg.static_shapes))
         for name, idx in (("source", self.src), ("target", self.tgt)):
             conf[name] = {**inputs[name], **idx.fingerprint()}
         return conf
@@ -630,6 +631,8 @@ class _Run:
                 )
             if "precision" not in old and old.get("version") == _CONFIG_VERSION:
                 old["precision"] = "fp32"  # written before the option existed: every run was fp32
+            if "static_shapes" not in old and old.get("version") == _CONFIG_VERSION:
+                old["static_shapes"] = False  # likewise
             if old != self.config:
                 diff = sorted(k for k in set(old) | set(self.config) if old.get(k) != self.config.get(k))
                 if self.committed():
