@@ -141,9 +141,8 @@ class OpenVinoRuntime:
         if cache_dir is not None:
             self.cfg["CACHE_DIR"] = str(cache_dir)
         self.pad_id, self.max_width = int(pad_id), max_width
-        self._static: OrderedDict[tuple[int, int], tuple] = (
-            OrderedDict()
-        )  # (rows, width) -> (request, output)
+        # (rows, width) -> (infer request, output port), least recently used first
+        self._static: OrderedDict[tuple[int, int], tuple] = OrderedDict()
         self.static_compiles = 0  # compiles and cache loads, for tests and benchmarks
 
     def _static_request(self, shape: tuple[int, int]):
