@@ -97,12 +97,13 @@ class OpenVinoRuntime:
 
     ``static_shapes``: instead of one dynamic-shape compile, one static-shape compile per batch shape,
     made the first time the shape is seen (seconds each; OpenVINO's model cache under ``cache_dir``
-    makes later processes load it instead). Each batch is padded to a width that is a multiple of
-    :data:`STATIC_WIDTH_MULTIPLE` (at most ``max_width``) and to ``batch_size`` rows (copies of its
-    first row, dropped from the output), so a job of fixed batch size compiles one shape per padded
-    width; at most :data:`STATIC_MAX_MODELS` stay loaded. A row's output then depends only on the row
-    and its padded width (not on the other rows, nor on which shapes were loaded before). Worth it for
-    large int8 jobs (bench/README.md, ``openvino_int8_static``); ``static`` is added to :attr:`name`.
+    makes later processes load it instead, at the price of one blob with the weights per shape on disk).
+    Each batch is padded to a width that is a multiple of :data:`STATIC_WIDTH_MULTIPLE` (at most
+    ``max_width``) and to ``batch_size`` rows (copies of its first row, dropped from the output), so a
+    job of fixed batch size compiles one shape per padded width; at most :data:`STATIC_MAX_MODELS` stay
+    loaded. A row's output then depends only on the row and its padded width (not on the other rows,
+    nor on which shapes were loaded before). Worth it for large int8 jobs (bench/README.md,
+    ``openvino_int8_static``); ``static`` is added to :attr:`name`.
     """
 
     def __init__(
