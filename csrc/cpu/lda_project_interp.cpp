@@ -13,7 +13,8 @@
 // are still in L1/L2 when phase 2 re-reads them, so DRAM sees each input once and the output once
 // (non-temporal stores skip the read-for-ownership of the output when it is large). Phase 2
 // prefetches the next block's rows so their DRAM latency overlaps this block's FMAs; interp (no W)
-// is a plain row-by-row stream instead, which the hardware prefetchers follow best.
+// is a plain row-by-row stream instead, which the hardware prefetchers follow best, and r <= 4 runs
+// the row pipeline (run_pipe: phase 1 of the next row inside phase 2 of this one, same bits).
 #include <immintrin.h>
 #include <omp.h>
 
@@ -212,6 +213,141 @@ inline bool interp_row(const Params& p, int64_t i) {
   return !_mm256_testz_si256(_mm256_castps_si256(bad), _mm256_castps_si256(bad));
 }
 
+inline float lam_of_row(const Params& p, int64_t i) { return p.lam[p.lam_len == 1 ? 0 : i / p.lam_div]; }
+
+// Row pipeline (r <= kPipeMaxR): phase 1 of row i + 1 runs in the column loop of phase 2 of
+// row i, so a thread reads three sequential streams (t of the next row, s of this one, the output), as
+// in the triad, instead of the 4-row blocks' 8 interleaved input streams; both phases use the same W^T
+// vectors of each 8 columns, and the rows kPipePrefetch ahead are prefetched. Per output value the
+// arithmetic is the block kernel's (one 8-lane chain per component along D, hsum, init then one FMA per
+// k in order): same bits. The AVX-512 twin is lda_project_interp_avx512.cpp. Up to r = 4 only: at
+// r = 8 the ymm FMAs of one row at a time (no W^T reuse across rows) measured slower than the blocks
+// (bench/README.md).
+constexpr int kPipeMaxR = 4;
+constexpr int64_t kPipePrefetch = 2;
+
+template <int R>
+struct Pipe2 {
+  // columns [d, d + 8) (masked when MASKED): phase 1 of the next row (P1) and phase 2 of this one (P2)
+  template <bool P1, bool P2, bool MASKED>
+  static inline __m256 step(const Params& p, int64_t d, const float* tn, const float* sn, __m256* acc,
+                            const float* s, const float* t, float* o, __m256 lv, __m256 gv, const float* coef,
+                            __m256i mask, __m256 bad) {
+    const bool shift = p.mode == kShift;
+    __m256 x = _mm256_setzero_ps(), out = _mm256_setzero_ps();
+    if (P1) {
+      x = MASKED ? _mm256_maskload_ps(tn + d, mask) : _mm256_loadu_ps(tn + d);
+      if (shift) x = _mm256_sub_ps(x, MASKED ? _mm256_maskload_ps(sn + d, mask) : _mm256_loadu_ps(sn + d));
+    }
+    if (P2) {
+      const __m256 sv = MASKED ? _mm256_maskload_ps(s + d, mask) : _mm256_loadu_ps(s + d);
+      if (shift) {
+        out = sv;
+      } else if (p.mode == kProj) {
+        out = _mm256_mul_ps(lv, sv);
+      } else {
+        const __m256 tv = MASKED ? _mm256_maskload_ps(t + d, mask) : _mm256_loadu_ps(t + d);
+        out = _mm256_fmadd_ps(gv, tv, _mm256_mul_ps(lv, sv));
+      }
+    }
+    for (int k = 0; k < R; ++k) {
+      const __m256 w = _mm256_load_ps(p.wt + int64_t(k) * p.Dp + d);
+      if (P1) acc[k] = _mm256_fmadd_ps(x, w, acc[k]);
+      if (P2) out = _mm256_fmadd_ps(_mm256_broadcast_ss(coef + k), w, out);
+    }
+    if (P2) {
+      bad = _mm256_or_ps(bad, _mm256_sub_ps(out, out));
+      if (MASKED) {
+        _mm256_maskstore_ps(o + d, mask, out);
+      } else if (p.nt) {
+        _mm256_stream_ps(o + d, out);
+      } else {
+        _mm256_storeu_ps(o + d, out);
+      }
+    }
+    return bad;
+  }
+
+  template <bool P1, bool P2>
+  static inline __m256 pass(const Params& p, const float* tn, const float* sn, __m256* acc, const float* s,
+                            const float* t, float* o, float lam, const float* coef, const float* pt,
+                            const float* ps) {
+    const int64_t D = p.D, full = D & ~int64_t(7);
+    const __m256 lv = _mm256_set1_ps(lam), gv = _mm256_set1_ps(1.0f - lam);
+    const __m256i none = _mm256_setzero_si256();
+    __m256 bad = _mm256_setzero_ps();
+    for (int64_t d = 0; d < full; d += 8) {
+      if (pt != nullptr && (d & 15) == 0) {  // one line of each stream per 16 columns
+        _mm_prefetch(reinterpret_cast<const char*>(pt + d), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(ps + d), _MM_HINT_T0);
+      }
+      bad = step<P1, P2, false>(p, d, tn, sn, acc, s, t, o, lv, gv, coef, none, bad);
+    }
+    if (full < D) bad = step<P1, P2, true>(p, full, tn, sn, acc, s, t, o, lv, gv, coef, tail_mask(D - full), bad);
+    return bad;
+  }
+
+  static void finish(const Params& p, const __m256* acc, float lam, float* coef) {
+    const float g = (p.mode == kComp ? -1.0f : 1.0f) * (1.0f - lam);
+    for (int k = 0; k < R; ++k) coef[k] = hsum(acc[k]) * g;
+  }
+
+  // rows [i0, i1): the first row with a non-finite output, or -1
+  static int64_t run_rows(const Params& p, int64_t i0, int64_t i1) {
+    const int64_t D = p.D;
+    alignas(32) float coef[2][R];
+    __m256 acc[R];
+    int64_t first_bad = -1;
+    for (int k = 0; k < R; ++k) acc[k] = _mm256_setzero_ps();
+    pass<true, false>(p, p.t + i0 * D, p.s + i0 * D, acc, nullptr, nullptr, nullptr, 0.0f, nullptr, nullptr,
+                      nullptr);
+    finish(p, acc, lam_of_row(p, i0), coef[0]);
+    for (int64_t i = i0; i < i1; ++i) {
+      const float* s = p.s + i * D;
+      const float* t = p.t + i * D;
+      float* o = p.out + i * D;
+      const int cur = (i - i0) & 1;
+      __m256 bad;
+      if (i + 1 < i1) {
+        for (int k = 0; k < R; ++k) acc[k] = _mm256_setzero_ps();
+        const bool pf = i + 1 + kPipePrefetch < p.M;
+        const float* pt = pf ? t + (1 + kPipePrefetch) * D : nullptr;
+        const float* ps = pf ? (p.mode == kShift ? s + D : s) + kPipePrefetch * D : nullptr;
+        bad = pass<true, true>(p, t + D, s + D, acc, s, t, o, lam_of_row(p, i), coef[cur], pt, ps);
+        finish(p, acc, lam_of_row(p, i + 1), coef[cur ^ 1]);
+      } else {
+        bad = pass<false, true>(p, nullptr, nullptr, acc, s, t, o, lam_of_row(p, i), coef[cur], nullptr, nullptr);
+      }
+      if (first_bad < 0 && !_mm256_testz_si256(_mm256_castps_si256(bad), _mm256_castps_si256(bad)))
+        first_bad = i;
+    }
+    return first_bad;
+  }
+};
+
+int64_t run_pipe(const Params& p, int num_threads) {
+  int64_t first_bad = std::numeric_limits<int64_t>::max();
+  const int nt = num_threads > 0 ? num_threads : omp_get_max_threads();
+  const bool par = nt > 1 && p.M * p.D >= 32768;
+#pragma omp parallel num_threads(par ? nt : 1) reduction(min : first_bad)
+  {
+    const int64_t T = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t i0 = p.M * id / T, i1 = p.M * (id + 1) / T;
+    if (i0 < i1) {
+      int64_t bad = -1;
+      switch (p.r) {
+        case 1: bad = Pipe2<1>::run_rows(p, i0, i1); break;
+        case 2: bad = Pipe2<2>::run_rows(p, i0, i1); break;
+        case 3: bad = Pipe2<3>::run_rows(p, i0, i1); break;
+        default: bad = Pipe2<4>::run_rows(p, i0, i1); break;  // r == 4
+      }
+      if (bad >= 0) first_bad = bad;
+    }
+    if (p.nt) _mm_sfence();
+  }
+  return first_bad == std::numeric_limits<int64_t>::max() ? -1 : first_bad;
+}
+
 int64_t run(const Params& p, int num_threads) {
   const int64_t nblocks = (p.M + kRowBlock - 1) / kRowBlock;
   int64_t first_bad = std::numeric_limits<int64_t>::max();
@@ -296,6 +432,7 @@ int64_t lda_project_interp(const float* src, const float* tgt, const float* W, i
       for (int k = 0; k < r; ++k) wt[size_t(k) * p.Dp + d] = W[d * r + k];
   }
   p.wt = wt.get();
+  if (p.mode != kInterp && r <= kPipeMaxR) return run_pipe(p, num_threads);
   return run(p, num_threads);
 }
 
