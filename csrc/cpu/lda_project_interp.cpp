@@ -327,12 +327,10 @@ struct Pipe2 {
 
 int64_t run_pipe(const Params& p, int num_threads) {
   int64_t first_bad = std::numeric_limits<int64_t>::max();
-  const int nt = num_threads > 0 ? num_threads : omp_get_max_threads();
-  const bool par = nt > 1 && p.M * p.D >= 32768;
-#pragma omp parallel num_threads(par ? nt : 1) reduction(min : first_bad)
+#pragma omp parallel num_threads(pool_threads(p.M, p.D, num_threads)) reduction(min : first_bad)
   {
-    const int64_t T = omp_get_num_threads(), id = omp_get_thread_num();
-    const int64_t i0 = p.M * id / T, i1 = p.M * (id + 1) / T;
+    int64_t i0, i1;
+    thread_rows(p.M, i0, i1);
     if (i0 < i1) {
       int64_t bad = -1;
       switch (p.r) {
@@ -351,10 +349,7 @@ int64_t run_pipe(const Params& p, int num_threads) {
 int64_t run(const Params& p, int num_threads) {
   const int64_t nblocks = (p.M + kRowBlock - 1) / kRowBlock;
   int64_t first_bad = std::numeric_limits<int64_t>::max();
-  const int nt = num_threads > 0 ? num_threads : omp_get_max_threads();
-  // tiny problems are not worth waking the thread pool
-  const bool par = nt > 1 && p.M * p.D >= 32768;
-#pragma omp parallel num_threads(par ? nt : 1) reduction(min : first_bad)
+#pragma omp parallel num_threads(pool_threads(p.M, p.D, num_threads)) reduction(min : first_bad)
   {
     AlignedBuf coef = aligned_floats(size_t(kRowBlock) * std::max(p.rp, 1));
     if (p.mode == kInterp) {

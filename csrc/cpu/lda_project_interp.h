@@ -3,6 +3,7 @@
 #pragma once
 
 #include <immintrin.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -62,6 +63,20 @@ inline float hsum(__m256 v) {
 // Lanes [0, rem) set (rem in 0..8).
 inline __m256i tail_mask(int64_t rem) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// OpenMP threads for an M x D call: num_threads (0: OpenMP's default), or 1 when the problem is too small
+// to be worth waking the thread pool.
+inline int pool_threads(int64_t M, int64_t D, int num_threads) {
+  const int nt = num_threads > 0 ? num_threads : omp_get_max_threads();
+  return nt > 1 && M * D >= 32768 ? nt : 1;
+}
+
+// Inside a parallel region: this thread's contiguous share [i0, i1) of M rows (the row pipelines).
+inline void thread_rows(int64_t M, int64_t& i0, int64_t& i1) {
+  const int64_t T = omp_get_num_threads(), id = omp_get_thread_num();
+  i0 = M * id / T;
+  i1 = M * (id + 1) / T;
 }
 
 inline float lam_of(const Call& c, int64_t row) { return c.lam[c.lam_len == 1 ? 0 : row / c.lam_div]; }

@@ -216,9 +216,7 @@ XITE_LDA512 int64_t run_mode(const P& p, int num_threads) {
   const Call& c = *p.c;
   const int64_t nblocks = c.M / kRB;
   int64_t first_bad = std::numeric_limits<int64_t>::max();
-  const int nt = num_threads > 0 ? num_threads : omp_get_max_threads();
-  const bool par = nt > 1 && c.M * c.D >= 32768;  // tiny problems are not worth waking the thread pool
-#pragma omp parallel num_threads(par ? nt : 1) reduction(min : first_bad)
+#pragma omp parallel num_threads(pool_threads(c.M, c.D, num_threads)) reduction(min : first_bad)
   {
     AlignedBuf coef = aligned_floats(size_t(kRB) * p.rp);
     AlignedBuf xbuf = aligned_floats(MODE == kShift ? size_t(kRB) * c.D : 0);
@@ -418,12 +416,10 @@ template <int R, Mode MODE>
 XITE_LDA512 int64_t run_pipe_r(const P& p, int num_threads) {
   const Call& c = *p.c;
   int64_t first_bad = std::numeric_limits<int64_t>::max();
-  const int nt = num_threads > 0 ? num_threads : omp_get_max_threads();
-  const bool par = nt > 1 && c.M * c.D >= 32768;
-#pragma omp parallel num_threads(par ? nt : 1) reduction(min : first_bad)
+#pragma omp parallel num_threads(pool_threads(c.M, c.D, num_threads)) reduction(min : first_bad)
   {
-    const int64_t T = omp_get_num_threads(), id = omp_get_thread_num();
-    const int64_t i0 = c.M * id / T, i1 = c.M * (id + 1) / T;
+    int64_t i0, i1;
+    thread_rows(c.M, i0, i1);
     if (i0 < i1) {
       int64_t bad;
       if (R >= kPipeRB2FromR) {  // pairs of rows; an odd last row alone
