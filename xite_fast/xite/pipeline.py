@@ -87,6 +87,8 @@ _MARKER = {"format": "xite_fast.run", "version": 1}
 _PART_RE = r"part-\d{5}\.(npy|jsonl)"
 # options that do not change any output byte (so not part of config.json); ``header`` changes the rows of a
 # TSV/CSV input only, and is in that input's fingerprint (config.json's source/target) instead
+# identity options added after config version 2 was written, with the value every earlier run had
+_ADDED_OPTIONS = {"precision": "fp32", "static_shapes": False}
 _NOT_IDENTITY = ("out", "ray", "match_chunk", "backend", "progress", "encoder_runtime", "header", "dedupe")
 
 
@@ -629,10 +631,8 @@ class _Run:
                     f"version {_CONFIG_VERSION}, source and target; got {json.dumps(old)[:80]}); "
                     f"{self.out} cannot be trusted: delete it (or use a new out directory) and rerun"
                 )
-            if "precision" not in old and old.get("version") == _CONFIG_VERSION:
-                old["precision"] = "fp32"  # written before the option existed: every run was fp32
-            if "static_shapes" not in old and old.get("version") == _CONFIG_VERSION:
-                old["static_shapes"] = False  # likewise
+            for name, value in _ADDED_OPTIONS.items():  # written before the option existed
+                old.setdefault(name, value)
             if old != self.config:
                 diff = sorted(k for k in set(old) | set(self.config) if old.get(k) != self.config.get(k))
                 if self.committed():
